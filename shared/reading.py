@@ -1,0 +1,164 @@
+# The reading message: a COSE_Sign1 (RFC 9052) signed with ES256K (RFC 8812)
+# whose payload is a SenML pack in CBOR (RFC 8428). See READING_FORMAT.md
+# beside this file for the specification a third party implements.
+#
+# Runs on MicroPython (the meter builds and signs) and CPython (the
+# coordinator parses; it verifies with bitcoinx over the bytes as received).
+
+import hashlib
+import binascii
+
+from . import cbor, cose, senml, secp256k1
+
+ALG_ES256K = -47
+KID_LEN = 8
+MAX_MESSAGE_BYTES = 1024
+
+# Record names, appended to the base name "<device-id>:".
+SEQ = "seq"
+IMPORT = "import"
+EXPORT = "export"
+POWER = "power"
+VOLTAGE = "voltage"
+
+# name -> unit for the records every reading carries.
+REQUIRED = ((IMPORT, "Wh"), (EXPORT, "Wh"), (POWER, "W"), (VOLTAGE, "V"))
+MAX_SEQ = (1 << 63) - 1
+
+
+class ReadingError(ValueError):
+    pass
+
+
+def key_id(public_key):
+    """kid: the first 8 bytes of SHA-256 over the compressed SEC1 key."""
+    return hashlib.sha256(public_key).digest()[:KID_LEN]
+
+
+def device_id(public_key):
+    """The device id is the key id in lower-case hex (16 characters)."""
+    return binascii.hexlify(key_id(public_key)).decode()
+
+
+def encode_payload(device, seq, t, import_wh, export_wh, power_w, voltage_v, extra=None):
+    """SenML pack for one reading. `extra` is a list of (name, unit, value)
+    records appended after the required ones (current, frequency, flags)."""
+    pack = [
+        {senml.BN: device + ":", senml.BT: t, senml.N: SEQ, senml.V: seq},
+        {senml.N: IMPORT, senml.U: "Wh", senml.V: import_wh},
+        {senml.N: EXPORT, senml.U: "Wh", senml.V: export_wh},
+        {senml.N: POWER, senml.U: "W", senml.V: power_w},
+        {senml.N: VOLTAGE, senml.U: "V", senml.V: voltage_v},
+    ]
+    if extra:
+        for name, unit, value in extra:
+            rec = {senml.N: name}
+            if unit:
+                rec[senml.U] = unit
+            if isinstance(value, str):
+                rec[senml.VS] = value
+            elif isinstance(value, bool):
+                rec[senml.VB] = value
+            else:
+                rec[senml.V] = value
+            pack.append(rec)
+    return cbor.dumps(pack)
+
+
+def sign_payload(secret, public_key, payload):
+    """Wrap a payload in a COSE_Sign1 signed by `secret`."""
+    protected = cose.encode_protected(ALG_ES256K, key_id(public_key))
+    signature = secp256k1.sign(secret, cose.sig_structure(protected, payload))
+    return cose.build(protected, payload, signature)
+
+
+def build(secret, public_key, seq, t, import_wh, export_wh, power_w, voltage_v, extra=None):
+    payload = encode_payload(device_id(public_key), seq, t, import_wh, export_wh, power_w, voltage_v, extra)
+    return sign_payload(secret, public_key, payload)
+
+
+class Reading:
+    """A parsed (not yet verified) reading. `message` keeps the COSE
+    structure as received; verify over message.to_be_signed()."""
+
+    def __init__(self, message, kid, device, seq, t, values, extra):
+        self.message = message
+        self.kid = kid
+        self.device = device
+        self.seq = seq
+        self.t = t
+        self.import_wh = values[IMPORT]
+        self.export_wh = values[EXPORT]
+        self.power_w = values[POWER]
+        self.voltage_v = values[VOLTAGE]
+        self.extra = extra
+
+
+def parse(data):
+    """Parse and validate the structure of a reading message. Raises
+    ReadingError naming what is wrong; does not check the signature."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ReadingError("message of %d bytes exceeds %d" % (len(data), MAX_MESSAGE_BYTES))
+    try:
+        msg = cose.parse(data)
+    except cose.COSEError as e:
+        raise ReadingError(str(e))
+    alg = msg.headers.get(cose.HDR_ALG)
+    if alg != ALG_ES256K:
+        raise ReadingError("protected alg %r is not ES256K (-47)" % (alg,))
+    kid = msg.headers.get(cose.HDR_KID)
+    if not isinstance(kid, bytes) or len(kid) != KID_LEN:
+        raise ReadingError("protected kid must be %d bytes" % KID_LEN)
+    if len(msg.signature) != 64:
+        raise ReadingError("ES256K signature must be 64 bytes, got %d" % len(msg.signature))
+    try:
+        records = senml.resolve(cbor.loads(msg.payload))
+    except (cbor.CBORError, senml.SenMLError) as e:
+        raise ReadingError("payload: %s" % e)
+    device = binascii.hexlify(kid).decode()
+    prefix = device + ":"
+    values = {}
+    extra = {}
+    t = None
+    for rec in records:
+        name = rec["n"]
+        if not name.startswith(prefix):
+            raise ReadingError("record %r does not belong to device %s" % (name, device))
+        short = name[len(prefix):]
+        if short in values or short in extra:
+            raise ReadingError("record %r appears twice" % short)
+        if t is None:
+            t = rec["t"]
+        value = rec.get("v", rec.get("vs", rec.get("vb", rec.get("vd"))))
+        if short == SEQ or short in (IMPORT, EXPORT, POWER, VOLTAGE):
+            values[short] = (value, rec["u"])
+        else:
+            extra[short] = value
+    if SEQ not in values:
+        raise ReadingError("missing seq record")
+    seq = values.pop(SEQ)[0]
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+        raise ReadingError("seq must be an integer in 0..2^63-1, got %r" % (seq,))
+    if not isinstance(t, (int, float)) or t < 0:
+        raise ReadingError("time must be a non-negative number, got %r" % (t,))
+    plain = {}
+    for name, unit in REQUIRED:
+        if name not in values:
+            raise ReadingError("missing %s record" % name)
+        value, got_unit = values[name]
+        if got_unit != unit:
+            raise ReadingError("%s unit %r, expected %r" % (name, got_unit, unit))
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ReadingError("%s value must be a number" % name)
+        if unit == "Wh" and (not isinstance(value, int) or value < 0):
+            raise ReadingError("%s must be a non-negative integer Wh, got %r" % (name, value))
+        plain[name] = value
+    return Reading(msg, kid, device, seq, t, plain, extra)
+
+
+def verify(reading, public_key):
+    """Check the signature with the pure-Python verifier (the coordinator
+    uses bitcoinx instead; both accept exactly the same signatures)."""
+    if key_id(public_key) != reading.kid:
+        return False
+    return secp256k1.verify(public_key, reading.message.to_be_signed(), reading.message.signature)
