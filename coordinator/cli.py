@@ -1,0 +1,109 @@
+"""`microgrid coordinator ...` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from .config import Config, ConfigError, load
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load(args.config)
+    if getattr(args, "host", None):
+        config.coap.host = args.host
+    if getattr(args, "port", None) is not None:
+        config.coap.port = args.port
+    if getattr(args, "db", None):
+        config.store.path = args.db
+    return config.validate()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    try:
+        config = _load(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, config.log.level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(config))
+    except OSError as e:
+        print(f"error: cannot serve on {config.coap.host}:{config.coap.port}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    from microgrid.shared import secp256k1
+
+    from .store.database import open_database
+    from .store.readings import ReadingStore
+
+    try:
+        config = _load(args)
+        public_key = bytes.fromhex(args.pubkey)
+        secp256k1.decode_public_key(public_key)
+        if len(public_key) != 33:
+            raise ValueError("expected the 33-byte compressed form (66 hex characters, starting 02 or 03)")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: --pubkey {args.pubkey!r} is not a secp256k1 public key: {e}", file=sys.stderr)
+        return 2
+    store = ReadingStore(open_database(config.store.path))
+    device, created = store.register_device(public_key, args.name or "")
+    result = {"device_id": device.device_id, "name": device.name, "created": created, "database": config.store.path}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        verb = "registered" if created else "already registered"
+        print(f"{verb} device {device.device_id} ({device.name}) in {config.store.path}")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"config ok: coap {config.coap.host}:{config.coap.port}, database {config.store.path}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("coordinator", help="run and administer a coordinator")
+    csub = p.add_subparsers(dest="coordinator_command", metavar="ACTION")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--config", help="TOML config file (default: built-in defaults)")
+        q.add_argument("--db", help="SQLite database path (overrides [store] path)")
+
+    run = csub.add_parser("run", help="serve CoAP: receive, verify and store readings")
+    common(run)
+    run.add_argument("--host", help="address to bind (overrides [coap] host)")
+    run.add_argument("--port", type=int, help="UDP port (overrides [coap] port)")
+    run.set_defaults(func=_run)
+
+    reg = csub.add_parser("register-device", help="register a meter's public key")
+    common(reg)
+    reg.add_argument("--pubkey", required=True, help="compressed secp256k1 public key, hex")
+    reg.add_argument("--name", help="a human name for the meter")
+    reg.add_argument("--json", action="store_true", help="print the result as JSON")
+    reg.set_defaults(func=_register)
+
+    chk = csub.add_parser("check-config", help="validate a config file without starting")
+    chk.add_argument("--config", required=True)
+    chk.set_defaults(func=_check_config)
+
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -1,0 +1,130 @@
+"""The coordinator's configuration: one TOML file, validated at start-up.
+
+Every setting has a default here. A bad value stops the start with an error
+naming the key, the value and what is allowed, so a technician fixes the
+file instead of reading a traceback. Sections of later subsystems (MQTT,
+Modbus, market, channels) are added here as they arrive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+@dataclass
+class CoapSettings:
+    host: str = "127.0.0.1"
+    port: int = 5683
+
+    def validate(self, section: str) -> None:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            raise ConfigError(f"{section}.host={self.host!r}: expected an IP address such as 127.0.0.1 or ::") from None
+        _int_range(f"{section}.port", self.port, 0, 65535)
+
+
+@dataclass
+class StoreSettings:
+    path: str = "microgrid.db"
+
+    def validate(self, section: str) -> None:
+        if not self.path:
+            raise ConfigError(f"{section}.path: expected a file path for the SQLite database")
+
+
+@dataclass
+class IngestSettings:
+    # Readings whose time lies further than this in the future are refused:
+    # a meter with a wrong clock must not write tomorrow's evidence.
+    max_future_s: int = 300
+    # Installer token required by POST /devices (empty: registration over
+    # CoAP is disabled; `microgrid coordinator register-device` still works).
+    installer_token: str = ""
+
+    def validate(self, section: str) -> None:
+        _int_range(f"{section}.max_future_s", self.max_future_s, 0, 10**9)
+
+
+@dataclass
+class LogSettings:
+    level: str = "info"
+
+    def validate(self, section: str) -> None:
+        allowed = ("debug", "info", "warning", "error")
+        if self.level not in allowed:
+            raise ConfigError(f"{section}.level={self.level!r}: expected one of {', '.join(allowed)}")
+
+
+@dataclass
+class Config:
+    coap: CoapSettings = field(default_factory=CoapSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+        return self
+
+
+def _int_range(key: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{key}={value!r}: expected an integer in {lo}..{hi}")
+
+
+def _build_section(name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] must be a table, got {type(raw).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown setting; allowed: {', '.join(sorted(known))}")
+        default = getattr(cls(), key)
+        if default is not None and not isinstance(default, bool) and isinstance(default, (int, float, str)):
+            want = type(default)
+            ok = isinstance(value, want) and not isinstance(value, bool)
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value, ok = float(value), True
+            if not ok:
+                raise ConfigError(f"{name}.{key}={value!r}: expected {want.__name__}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    kwargs = {}
+    hints = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+    for name, value in raw.items():
+        if name not in sections:
+            raise ConfigError(f"[{name}]: unknown section; allowed: {', '.join(sorted(sections))}")
+        kwargs[name] = _build_section(name, hints[name], value)
+    return Config(**kwargs).validate()
+
+
+def load(path: str | Path | None) -> Config:
+    """Load and validate a TOML file; None gives the defaults."""
+    if path is None:
+        return Config().validate()
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    return from_dict(raw)

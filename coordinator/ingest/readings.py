@@ -1,0 +1,120 @@
+"""Accepting a reading: parse, authenticate, check its sequence, store.
+
+Transport-free: `ReadingIngest.accept` takes the bytes of a request and
+returns an `Outcome` (a CoAP response code and a short diagnostic); the
+CoAP resource in resources.py only moves bytes. A reading is stored, and
+committed, before the outcome says so; nothing is stored for any error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from bitcoinx import PublicKey
+
+from microgrid.shared import reading as reading_format
+from microgrid.shared import secp256k1
+
+from ..store.database import StoreError
+from ..store.readings import DuplicateReading, ReadingStore
+
+log = logging.getLogger("microgrid.ingest")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: str  # "2.01", "4.00", ...
+    diagnostic: str
+    stored: bool = False
+    device_id: str | None = None
+    seq: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code.startswith("2.")
+
+
+def created(device_id: str, seq: int) -> Outcome:
+    return Outcome("2.01", f"stored {device_id}/{seq}", True, device_id, seq)
+
+
+class ReadingIngest:
+    def __init__(
+        self,
+        store: ReadingStore,
+        max_future_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        on_stored: Callable[[reading_format.Reading], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.max_future_s = max_future_s
+        self.clock = clock
+        self.on_stored = on_stored
+        self._keys: dict[str, PublicKey] = {}
+        self.counts = {"stored": 0, "duplicate": 0, "rejected": 0}
+
+    def _key(self, device_id: str) -> PublicKey | None:
+        key = self._keys.get(device_id)
+        if key is None:
+            device = self.store.device(device_id)
+            if device is None:
+                return None
+            key = PublicKey.from_bytes(device.public_key)
+            self._keys[device_id] = key
+        return key
+
+    def forget_key(self, device_id: str) -> None:
+        self._keys.pop(device_id, None)
+
+    def _reject(self, code: str, why: str, device_id: str | None = None, seq: int | None = None) -> Outcome:
+        self.counts["rejected"] += 1
+        log.warning("reading rejected %s: %s", code, why)
+        return Outcome(code, why, False, device_id, seq)
+
+    def accept(self, message: bytes) -> Outcome:
+        try:
+            r = reading_format.parse(message)
+        except reading_format.ReadingError as e:
+            code = "4.13" if len(message) > reading_format.MAX_MESSAGE_BYTES else "4.00"
+            return self._reject(code, f"malformed reading: {e}")
+        key = self._key(r.device)
+        if key is None:
+            return self._reject("4.01", f"unknown device {r.device}: register its public key first", r.device, r.seq)
+        sig = r.message.signature
+        if int.from_bytes(sig[32:], "big") > secp256k1.HALF_N:
+            return self._reject("4.03", "signature has high S (malleated); ES256K here requires low S", r.device, r.seq)
+        try:
+            der = secp256k1.der_signature(sig)
+            good = key.verify_der_signature(der, r.message.to_be_signed())
+        except (ValueError, TypeError):
+            good = False
+        if not good:
+            return self._reject("4.03", f"signature does not verify with the key registered for {r.device}", r.device, r.seq)
+        if r.t > self.clock() + self.max_future_s:
+            return self._reject("4.00", f"reading time {r.t} is more than {self.max_future_s:.0f} s in the future", r.device, r.seq)
+        last = self.store.last_seq(r.device)
+        if last is not None and r.seq <= last:
+            stored = self.store.stored_message(r.device, r.seq)
+            if stored == bytes(message):
+                self.counts["duplicate"] += 1
+                log.info("duplicate of stored reading %s/%d", r.device, r.seq)
+                return Outcome("4.09", f"duplicate: seq {r.seq} already stored", False, r.device, r.seq)
+            return self._reject("4.09", f"stale: seq {r.seq} is not above last stored {last}", r.device, r.seq)
+        try:
+            self.store.insert(r, message)
+        except DuplicateReading as e:
+            self.counts["duplicate"] += 1
+            if e.identical:
+                return Outcome("4.09", f"duplicate: seq {r.seq} already stored", False, r.device, r.seq)
+            return self._reject("4.09", f"stale: seq {r.seq} already stored with other content", r.device, r.seq)
+        except StoreError as e:
+            # Not the meter's fault: it keeps the reading and retries.
+            log.error("%s", e)
+            return Outcome("5.03", "storage unavailable, retry later", False, r.device, r.seq)
+        self.counts["stored"] += 1
+        if self.on_stored is not None:
+            self.on_stored(r)
+        return created(r.device, r.seq)

@@ -1,0 +1,151 @@
+"""Registered devices and their accepted readings.
+
+Every accepted reading is kept exactly as received (the COSE bytes, in the
+`cose` column) beside its decoded values, so anyone can re-verify the
+stored evidence later with any COSE library and the device's public key.
+(device_id, seq) is unique: a reading is stored once, however often the
+meter retransmits it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import sqlite_utils
+
+from microgrid.shared import reading as reading_format
+
+from .database import StoreError
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    public_key: bytes
+    name: str
+    registered_at: str
+
+
+class DuplicateReading(Exception):
+    """(device, seq) is already stored; `identical` tells whether the
+    stored message is byte-for-byte the one offered."""
+
+    def __init__(self, device_id: str, seq: int, identical: bool) -> None:
+        super().__init__(f"device {device_id} seq {seq} already stored")
+        self.identical = identical
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class ReadingStore:
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        self._last_seq: dict[str, int] = {}
+
+    # -- devices -----------------------------------------------------------
+
+    def register_device(self, public_key: bytes, name: str = "") -> tuple[Device, bool]:
+        """Register a public key; returns (device, created). Registering the
+        same key again is harmless and keeps the first registration."""
+        device_id = reading_format.device_id(public_key)
+        existing = self.device(device_id)
+        if existing is not None:
+            if existing.public_key != public_key:
+                raise StoreError(f"key id {device_id} collides with a different registered key")
+            return existing, False
+        record = {
+            "device_id": device_id,
+            "public_key": public_key.hex(),
+            "name": name or device_id,
+            "registered_at": utc_now(),
+        }
+        with self.db.conn:
+            self.db["devices"].insert(record)
+        return self.device(device_id), True  # type: ignore[return-value]
+
+    def device(self, device_id: str) -> Device | None:
+        row = self.db.execute(
+            "SELECT device_id, public_key, name, registered_at FROM devices WHERE device_id = ?", [device_id]
+        ).fetchone()
+        if row is None:
+            return None
+        return Device(row[0], bytes.fromhex(row[1]), row[2], row[3])
+
+    def devices(self) -> list[Device]:
+        rows = self.db.execute("SELECT device_id, public_key, name, registered_at FROM devices ORDER BY device_id")
+        return [Device(r[0], bytes.fromhex(r[1]), r[2], r[3]) for r in rows]
+
+    # -- readings ----------------------------------------------------------
+
+    def last_seq(self, device_id: str) -> int | None:
+        if device_id in self._last_seq:
+            return self._last_seq[device_id]
+        row = self.db.execute("SELECT MAX(seq) FROM readings WHERE device_id = ?", [device_id]).fetchone()
+        if row[0] is not None:
+            self._last_seq[device_id] = row[0]
+        return row[0]
+
+    def stored_message(self, device_id: str, seq: int) -> bytes | None:
+        row = self.db.execute("SELECT cose FROM readings WHERE device_id = ? AND seq = ?", [device_id, seq]).fetchone()
+        return None if row is None else row[0]
+
+    def insert(self, r: reading_format.Reading, message: bytes, source: str = "coap") -> int:
+        """Store one verified reading and commit before returning, so the
+        caller may acknowledge it. Raises DuplicateReading for a (device,
+        seq) already stored, StoreError if the disk refuses the write."""
+        record = {
+            "device_id": r.device,
+            "seq": r.seq,
+            "time": float(r.t),
+            "import_wh": r.import_wh,
+            "export_wh": r.export_wh,
+            "power_w": float(r.power_w),
+            "voltage_v": float(r.voltage_v),
+            "extra": json.dumps(r.extra, sort_keys=True) if r.extra else None,
+            "source": source,
+            "received_at": utc_now(),
+            "cose": bytes(message),
+        }
+        try:
+            with self.db.conn:
+                cur = self.db.conn.execute(
+                    "INSERT INTO readings (device_id, seq, time, import_wh, export_wh, power_w, voltage_v,"
+                    " extra, source, received_at, cose) VALUES (:device_id, :seq, :time, :import_wh, :export_wh,"
+                    " :power_w, :voltage_v, :extra, :source, :received_at, :cose)",
+                    record,
+                )
+        except sqlite3.IntegrityError:
+            stored = self.stored_message(r.device, r.seq)
+            raise DuplicateReading(r.device, r.seq, stored == bytes(message)) from None
+        except sqlite3.OperationalError as e:
+            raise StoreError(f"cannot store reading {r.device}/{r.seq}: {e}") from None
+        last = self._last_seq.get(r.device)
+        if last is None or r.seq > last:
+            self._last_seq[r.device] = r.seq
+        return int(cur.lastrowid or 0)
+
+    def count(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            return int(self.db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+        return int(self.db.execute("SELECT COUNT(*) FROM readings WHERE device_id = ?", [device_id]).fetchone()[0])
+
+    def readings(self, device_id: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        sql = "SELECT * FROM readings"
+        args: list[Any] = []
+        if device_id is not None:
+            sql += " WHERE device_id = ?"
+            args.append(device_id)
+        sql += " ORDER BY device_id, seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        cur = self.db.execute(sql, args)
+        cols = [c[0] for c in cur.description]
+        for row in cur:
+            yield dict(zip(cols, row))

@@ -1,0 +1,228 @@
+# Minimal confirmable CoAP client (RFC 7252) for the meter.
+#
+# One exchange at a time (NSTART = 1). A POST is retransmitted with the
+# RFC's exponential backoff until an ACK arrives; the response may come
+# piggybacked on the ACK or separately (an empty ACK first, then a CON or
+# NON response carrying our token, which we acknowledge). Message ids and
+# tokens start from random values at boot, because aiocoap treats a reused
+# message id from the same address within its exchange lifetime as a
+# duplicate and would answer with a cached ACK for some earlier reading.
+
+import os
+import socket
+import struct
+import time
+
+CON = 0
+NON = 1
+ACK = 2
+RST = 3
+
+POST = 2
+OPT_URI_PATH = 11
+OPT_CONTENT_FORMAT = 12
+
+RANDOM_FACTOR = 1.5
+
+
+class CoAPError(OSError):
+    pass
+
+
+def code_str(code):
+    return "%d.%02d" % (code >> 5, code & 31)
+
+
+def _opt_field(n):
+    if n < 13:
+        return n, b""
+    if n < 269:
+        return 13, bytes([n - 13])
+    return 14, struct.pack(">H", n - 269)
+
+
+def encode(mtype, code, mid, token, options, payload):
+    """options: list of (number, bytes) in ascending number order."""
+    out = bytearray()
+    out.append(0x40 | (mtype << 4) | len(token))
+    out.append(code)
+    out.extend(struct.pack(">H", mid))
+    out.extend(token)
+    last = 0
+    for num, val in options:
+        d, dx = _opt_field(num - last)
+        l, lx = _opt_field(len(val))
+        out.append((d << 4) | l)
+        out.extend(dx)
+        out.extend(lx)
+        out.extend(val)
+        last = num
+    if payload:
+        out.append(0xFF)
+        out.extend(payload)
+    return bytes(out)
+
+
+def decode(data):
+    """(type, code, mid, token, payload) or None if the datagram is not a
+    well-formed CoAP message (it is then ignored, as RFC 7252 asks)."""
+    if len(data) < 4:
+        return None
+    b0 = data[0]
+    if b0 >> 6 != 1:
+        return None
+    tkl = b0 & 0x0F
+    if tkl > 8 or len(data) < 4 + tkl:
+        return None
+    mtype = (b0 >> 4) & 3
+    code = data[1]
+    mid = (data[2] << 8) | data[3]
+    token = bytes(data[4:4 + tkl])
+    i = 4 + tkl
+    # Skip options; we need none from responses.
+    while i < len(data):
+        if data[i] == 0xFF:
+            return mtype, code, mid, token, bytes(data[i + 1:])
+        d = data[i] >> 4
+        l = data[i] & 0x0F
+        i += 1
+        if d == 15 or l == 15:
+            return None
+        if d == 13:
+            i += 1
+        elif d == 14:
+            i += 2
+        if l == 13:
+            l = data[i] + 13 if i < len(data) else 0
+            i += 1
+        elif l == 14:
+            if i + 1 >= len(data):
+                return None
+            l = ((data[i] << 8) | data[i + 1]) + 269
+            i += 2
+        i += l
+    if i > len(data):
+        return None
+    return mtype, code, mid, token, b""
+
+
+def _ticks_ms():
+    if hasattr(time, "ticks_ms"):
+        return time.ticks_ms()
+    return int(time.time() * 1000)
+
+
+def _elapsed_ms(start):
+    if hasattr(time, "ticks_diff"):
+        return time.ticks_diff(time.ticks_ms(), start)
+    return _ticks_ms() - start
+
+
+class Client:
+    def __init__(self, host, port, ack_timeout_s=2.0, max_retransmit=4, local_port=0):
+        self.addr = socket.getaddrinfo(host, port)[0][-1]
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if local_port:
+            self.sock.bind(socket.getaddrinfo("0.0.0.0", local_port)[0][-1])
+        self.ack_timeout_ms = int(ack_timeout_s * 1000)
+        self.max_retransmit = max_retransmit
+        r = os.urandom(6)
+        self.mid = (r[0] << 8) | r[1]
+        self.token_base = bytes(r[2:6])
+        self.token_counter = 0
+        self.retransmissions = 0
+
+    def close(self):
+        self.sock.close()
+
+    def _next_mid(self):
+        self.mid = (self.mid + 1) & 0xFFFF
+        return self.mid
+
+    def _next_token(self):
+        self.token_counter = (self.token_counter + 1) & 0xFFFFFFFF
+        c = self.token_counter
+        t = self.token_base
+        return bytes([t[0] ^ (c >> 24) & 255, t[1] ^ (c >> 16) & 255, t[2] ^ (c >> 8) & 255, t[3] ^ c & 255])
+
+    def _recv(self, timeout_ms):
+        if timeout_ms <= 0:
+            return None
+        self.sock.settimeout(timeout_ms / 1000)
+        try:
+            data, addr = self.sock.recvfrom(1152)
+        except OSError:
+            # A timeout is OSError(EAGAIN/ETIMEDOUT) on MicroPython and
+            # socket.timeout (an OSError) on CPython; a refused port (ICMP)
+            # can also surface here. Either way: nothing received.
+            return None
+        return decode(data)
+
+    def post(self, path, payload, content_format=None):
+        """Send a confirmable POST; return (code, payload) of the response.
+        Raises CoAPError when no acknowledgement arrives after the last
+        retransmission, or when the server resets the exchange."""
+        mid = self._next_mid()
+        token = self._next_token()
+        options = []
+        for seg in path.strip("/").split("/"):
+            options.append((OPT_URI_PATH, seg.encode()))
+        if content_format is not None:
+            cf = bytes([content_format]) if content_format < 256 else struct.pack(">H", content_format)
+            options.append((OPT_CONTENT_FORMAT, cf))
+        msg = encode(CON, POST, mid, token, options, payload)
+        # Initial timeout between ACK_TIMEOUT and ACK_TIMEOUT * RANDOM_FACTOR.
+        r = os.urandom(1)[0]
+        timeout = self.ack_timeout_ms + (self.ack_timeout_ms * (RANDOM_FACTOR - 1) * r) // 255
+        acked = False
+        for attempt in range(self.max_retransmit + 1):
+            if attempt:
+                self.retransmissions += 1
+            try:
+                self.sock.sendto(msg, self.addr)
+            except OSError:
+                pass
+            start = _ticks_ms()
+            while True:
+                left = timeout - _elapsed_ms(start)
+                got = self._recv(left)
+                if got is None:
+                    if left <= 0 or _elapsed_ms(start) >= timeout:
+                        break
+                    continue
+                mtype, code, rmid, rtoken, rpayload = got
+                if mtype == RST and rmid == mid:
+                    raise CoAPError("coordinator reset the exchange")
+                if mtype == ACK and rmid == mid:
+                    if code == 0:
+                        acked = True
+                        break
+                    if rtoken == token:
+                        return code, rpayload
+                    # A cached ACK for someone else's token: not ours.
+                    continue
+                if rtoken == token and mtype in (CON, NON) and code >= 64:
+                    if mtype == CON:
+                        self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), self.addr)
+                    return code, rpayload
+                if mtype == CON:
+                    # Unknown confirmable message: reject it.
+                    self.sock.sendto(encode(RST, 0, rmid, b"", [], b""), self.addr)
+            if acked:
+                break
+            timeout *= 2
+        if not acked:
+            raise CoAPError("no acknowledgement after %d transmissions" % (self.max_retransmit + 1))
+        # Empty ACK received: the response follows separately.
+        wait = self.ack_timeout_ms * 16
+        start = _ticks_ms()
+        while _elapsed_ms(start) < wait:
+            got = self._recv(wait - _elapsed_ms(start))
+            if got is None:
+                continue
+            mtype, code, rmid, rtoken, rpayload = got
+            if rtoken == token and mtype in (CON, NON) and code >= 64:
+                if mtype == CON:
+                    self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), self.addr)
+                return code, rpayload
+        raise CoAPError("acknowledged but no response within %d ms" % wait)

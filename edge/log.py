@@ -1,0 +1,45 @@
+# Tiny leveled logger for the firmware. Lines go to the console (serial on
+# a board, stdout under the unix port) and the last few are kept in RAM so
+# the technician console can show them without a filesystem.
+
+import time
+
+DEBUG = 10
+INFO = 20
+WARNING = 30
+ERROR = 40
+_NAMES = {DEBUG: "DEBUG", INFO: "INFO", WARNING: "WARN", ERROR: "ERROR"}
+
+level = INFO
+_recent = []
+RECENT_MAX = 32
+
+
+def log(lvl, tag, msg):
+    if lvl < level:
+        return
+    line = "%s %s: %s" % (_NAMES.get(lvl, str(lvl)), tag, msg)
+    _recent.append(line)
+    if len(_recent) > RECENT_MAX:
+        _recent.pop(0)
+    print(line)
+
+
+def debug(tag, msg):
+    log(DEBUG, tag, msg)
+
+
+def info(tag, msg):
+    log(INFO, tag, msg)
+
+
+def warning(tag, msg):
+    log(WARNING, tag, msg)
+
+
+def error(tag, msg):
+    log(ERROR, tag, msg)
+
+
+def recent():
+    return list(_recent)
