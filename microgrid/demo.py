@@ -65,6 +65,10 @@ def run_quickstart(out_dir: Path, readings: int, speed: float, interval_s: float
                 "coordinator_port": port,
                 "interval_s": interval_s,
                 "clock_speed": speed,
+                # Yesterday 10:00 UTC: the accelerated clock stays in the
+                # past (the coordinator refuses readings from the future)
+                # and starts in daylight, so the solar profile shows.
+                "clock_start": int(time.time() // 86400 * 86400 - 86400 + 10 * 3600),
                 "max_readings": readings,
                 "ack_timeout_s": 0.5,
                 "meter": {"type": "simulated", "profile": "prosumer", "seed": 1},
