@@ -97,8 +97,11 @@ def _encode(obj, out, depth):
         _head(6, obj.tag, out)
         _encode(obj.value, out, depth + 1)
     elif isinstance(obj, float):
-        f32 = struct.pack(">f", obj)
-        if struct.unpack(">f", f32)[0] == obj:
+        try:
+            f32 = struct.pack(">f", obj)
+        except OverflowError:
+            f32 = None
+        if f32 is not None and struct.unpack(">f", f32)[0] == obj:
             out.append(0xFA)
             out.extend(f32)
         else:
