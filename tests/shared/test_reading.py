@@ -182,3 +182,15 @@ def test_any_truncation_or_bit_flip_is_refused_or_fails_verification(data: st.Da
     except reading.ReadingError:
         return
     assert not reading.verify(r, PUB)
+
+
+def test_the_example_in_the_format_document_is_what_we_build() -> None:
+    import re
+    from pathlib import Path
+
+    import microgrid.shared
+
+    doc = (Path(microgrid.shared.__file__).parent / "READING_FORMAT.md").read_text()
+    block = doc.split("## Example", 1)[1].split("```")[1]
+    example = bytes.fromhex(re.sub(r"\s", "", block))
+    assert example == reading.build(SECRET, PUB, 7, 1_700_000_000, 1234, 5, 420, 230.5)
