@@ -103,14 +103,18 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     return cls(**kwargs)
 
 
+def _sections() -> dict[str, type]:
+    defaults = Config()
+    return {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(Config)}
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
-    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    sections = _sections()
     kwargs = {}
-    hints = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
     for name, value in raw.items():
         if name not in sections:
             raise ConfigError(f"[{name}]: unknown section; allowed: {', '.join(sorted(sections))}")
-        kwargs[name] = _build_section(name, hints[name], value)
+        kwargs[name] = _build_section(name, sections[name], value)
     return Config(**kwargs).validate()
 
 

@@ -21,7 +21,7 @@ class StoreError(RuntimeError):
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["devices"].create(
+    db.table("devices").create(
         {
             "device_id": str,
             "public_key": str,
@@ -30,7 +30,7 @@ def _v1(db: sqlite_utils.Database) -> None:
         },
         pk="device_id",
     )
-    db["readings"].create(
+    db.table("readings").create(
         {
             "id": int,
             "device_id": str,
@@ -48,8 +48,8 @@ def _v1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"device_id", "seq", "time", "import_wh", "export_wh", "source", "received_at"},
     )
-    db["readings"].create_index(["device_id", "seq"], unique=True, index_name="readings_device_seq")
-    db["readings"].create_index(["time"], index_name="readings_time")
+    db.table("readings").create_index(["device_id", "seq"], unique=True, index_name="readings_device_seq")
+    db.table("readings").create_index(["time"], index_name="readings_time")
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]

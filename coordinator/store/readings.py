@@ -66,7 +66,7 @@ class ReadingStore:
             "registered_at": utc_now(),
         }
         with self.db.conn:
-            self.db["devices"].insert(record)
+            self.db.table("devices").insert(record)
         return self.device(device_id), True  # type: ignore[return-value]
 
     def device(self, device_id: str) -> Device | None:
