@@ -12,6 +12,7 @@ import aiocoap
 import aiocoap.resource as resource
 
 from .config import Config
+from .ingest.dedup import bound_duplicate_cache
 from .ingest.readings import ReadingIngest
 from .ingest.resources import HealthResource, ReadingsResource
 from .store.database import open_database
@@ -48,6 +49,7 @@ class Coordinator:
     async def start(self) -> None:
         c = self.config.coap
         self.context = await aiocoap.Context.create_server_context(self.site(), bind=(c.host, c.port))
+        self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)
         log.info("coordinator listening on coap://%s:%d (database %s)", c.host, c.port, self.config.store.path)
 
     async def stop(self) -> None:

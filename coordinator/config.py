@@ -50,9 +50,13 @@ class IngestSettings:
     # Installer token required by POST /devices (empty: registration over
     # CoAP is disabled; `microgrid coordinator register-device` still works).
     installer_token: str = ""
+    # Entries in the CoAP duplicate-message cache (about 2.7 KB each); the
+    # bound on the server's memory at any request rate. See ingest/dedup.py.
+    dedup_entries: int = 8192
 
     def validate(self, section: str) -> None:
         _int_range(f"{section}.max_future_s", self.max_future_s, 0, 10**9)
+        _int_range(f"{section}.dedup_entries", self.dedup_entries, 16, 10**7)
 
 
 @dataclass
