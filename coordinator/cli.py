@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 
 from .config import Config, ConfigError, load
@@ -30,10 +29,9 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, config.log.level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from .logs import setup_logging
+
+    setup_logging(config.log.level)
     try:
         asyncio.run(serve(config))
     except OSError as e:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import time
+
+import pytest
 from pathlib import Path
 
 from bitcoinx import PrivateKey, PublicKey
@@ -75,7 +77,8 @@ def test_200_readings_from_micropython_are_stored_once_and_verify(tmp_path: Path
     assert imports == sorted(imports) and exports == sorted(exports)
 
 
-def test_killed_coordinator_loses_no_reading(tmp_path: Path, coordinator_factory) -> None:
+@pytest.mark.parametrize("how", ["kill", "terminate"])
+def test_stopped_coordinator_loses_no_reading(tmp_path: Path, coordinator_factory, how: str) -> None:
     db = tmp_path / "c.db"
     port = free_udp_port()
     image, pub = provision(tmp_path, db, port, max_readings=150, interval_s=0.02, drain_timeout_s=60)
@@ -85,7 +88,12 @@ def test_killed_coordinator_loses_no_reading(tmp_path: Path, coordinator_factory
     deadline = time.time() + 30
     while time.time() < deadline and len(stored_rows(db, pub)) < 40:
         time.sleep(0.05)
-    coordinator.kill()
+    if how == "kill":
+        coordinator.kill()
+    else:
+        # SIGTERM: a graceful stop, exit status 0, nothing acknowledged lost.
+        coordinator.stop()
+        assert coordinator.proc.returncode == 0
     stored_before = len(stored_rows(db, pub))
     assert 40 <= stored_before < 150
     time.sleep(1.0)  # the meter retransmits into the void and buffers
