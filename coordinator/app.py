@@ -6,12 +6,15 @@ import asyncio
 import logging
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import aiocoap
 import aiocoap.resource as resource
 
 from .config import Config
+from .console import Console
+from .console_server import ConsoleServer
+from .logs import LOG_BUFFER
 from .ingest.dedup import bound_duplicate_cache
 from .ingest.readings import ReadingIngest
 from .ingest.resources import HealthResource, ReadingsResource
@@ -29,6 +32,13 @@ class Coordinator:
         self.ingest = ReadingIngest(self.store, max_future_s=config.ingest.max_future_s)
         self.started = time.time()
         self.context: aiocoap.Context | None = None
+        self.log_buffer = LOG_BUFFER
+        # Optional subsystems the console shows; None until configured.
+        self.relays: dict[str, Any] | None = None
+        self.console_peers: Callable[[], list[dict[str, Any]]] | None = None
+        self.console_orders: Callable[[], list[dict[str, Any]]] | None = None
+        self.console_channels: Callable[[], list[dict[str, Any]]] | None = None
+        self.console_server = ConsoleServer(Console(self), config.console_socket())
 
     def status(self) -> dict[str, Any]:
         return {
@@ -50,9 +60,11 @@ class Coordinator:
         c = self.config.coap
         self.context = await aiocoap.Context.create_server_context(self.site(), bind=(c.host, c.port))
         self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)
+        await self.console_server.start()
         log.info("coordinator listening on coap://%s:%d (database %s)", c.host, c.port, self.config.store.path)
 
     async def stop(self) -> None:
+        await self.console_server.stop()
         if self.context is not None:
             await self.context.shutdown()
             self.context = None

@@ -70,11 +70,28 @@ class LogSettings:
 
 
 @dataclass
+class ConsoleSettings:
+    # Unix socket of the technician console; empty: console.sock beside the
+    # database.
+    socket: str = ""
+
+    def validate(self, section: str) -> None:
+        if len(self.socket) > 100:
+            raise ConfigError(f"{section}.socket={self.socket!r}: a Unix socket path must be under 100 characters")
+
+
+@dataclass
 class Config:
     coap: CoapSettings = field(default_factory=CoapSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+
+    def console_socket(self) -> Path:
+        if self.console.socket:
+            return Path(self.console.socket)
+        return Path(self.store.path).resolve().parent / "console.sock"
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):

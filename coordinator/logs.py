@@ -24,6 +24,29 @@ class JournalFormatter(logging.Formatter):
         return text
 
 
+class LogBuffer(logging.Handler):
+    """The last lines logged, for the console's `log` command."""
+
+    def __init__(self, capacity: int = 500) -> None:
+        super().__init__()
+        from collections import deque
+
+        self.records: deque[str] = deque(maxlen=capacity)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.records.append(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+    def lines(self, n: int) -> list[str]:
+        return list(self.records)[-n:]
+
+
+LOG_BUFFER = LogBuffer()
+
+
 def setup_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM"):
@@ -31,7 +54,7 @@ def setup_logging(level: str = "info") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, LOG_BUFFER]
     root.setLevel(getattr(logging, level.upper()))
     # aiocoap logs every duplicate and retransmission at INFO: too chatty
     # for a journal that must last on an SD card.

@@ -10,6 +10,7 @@ from typing import Callable
 # sets `func`, which takes the parsed arguments and returns an exit status.
 _SUBCOMMANDS = [
     "microgrid.coordinator.cli",
+    "microgrid.coordinator.console_client",
     "microgrid.demo",
 ]
 

@@ -130,6 +130,20 @@ class ReadingStore:
             self._last_seq[r.device] = r.seq
         return int(cur.lastrowid or 0)
 
+    def last_reading(self, device_id: str) -> dict[str, Any] | None:
+        rows = self.recent_readings(device_id, 1)
+        return rows[0] if rows else None
+
+    def recent_readings(self, device_id: str, n: int) -> list[dict[str, Any]]:
+        """The last n readings of a device, newest first."""
+        cur = self.db.execute(
+            "SELECT seq, time, import_wh, export_wh, power_w, voltage_v, extra, source FROM readings"
+            " WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
+            [device_id, n],
+        )
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur]
+
     def count(self, device_id: str | None = None) -> int:
         if device_id is None:
             return int(self.db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
