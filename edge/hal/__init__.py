@@ -1,0 +1,28 @@
+# Thin hardware layer: the only place the firmware touches hardware.
+#
+# On a board, `machine` provides UART, Pin, ADC and WDT and the filesystem
+# is the board's flash (LittleFS). Under the unix port, `machine` exists
+# but has none of those classes, so the scripted stand-in is chosen: it
+# replays recorded UART replies, pulse trains and ADC samples and records
+# what the firmware writes, so drivers run unchanged in tests.
+#
+# Interface (both backends):
+#   uart(cfg) -> object with write(bytes), read(n) -> bytes or None, any()
+#   pin(id, mode, pull=None) -> object with value([v]), irq(handler, trigger)
+#   adc(id, atten=None) -> object with read_u16()
+#   ticks_ms(), ticks_diff(a, b), sleep_ms(ms)
+#   irq_off() -> state, irq_on(state): guard counters shared with an IRQ
+#   watchdog(timeout_ms) -> object with feed()
+#   reboot(), free_memory(), IS_BOARD, BACKEND
+
+try:
+    import machine
+
+    IS_BOARD = hasattr(machine, "UART") and hasattr(machine, "Pin")
+except ImportError:
+    IS_BOARD = False
+
+if IS_BOARD:
+    from edge.hal.board import *  # noqa: F401,F403
+else:
+    from edge.hal.scripted import *  # noqa: F401,F403

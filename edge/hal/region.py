@@ -1,0 +1,78 @@
+# A fixed-size byte region in flash, backed by a file on the board's
+# filesystem (LittleFS on an ESP32, the host filesystem under the unix
+# port). The journal and the outbox lay their slots out inside a region.
+#
+# `fault` is a test hook (set by the scripted backend): when set, it is
+# called as fault(region, offset, data) before each write and may return
+# a shorter (or altered) prefix to write followed by a PowerCut, which is
+# how tests tear a write at any byte.
+
+import os
+
+fault = None
+
+
+class PowerCut(Exception):
+    """Raised by the scripted backend when a write is torn on purpose."""
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+class Region:
+    def __init__(self, path, size):
+        self.path = path
+        self.size = size
+        if not _exists(path):
+            with open(path, "wb") as f:
+                # Erased flash reads as 0xFF.
+                block = b"\xff" * 256
+                left = size
+                while left > 0:
+                    f.write(block if left >= 256 else block[:left])
+                    left -= 256
+        self.f = open(path, "r+b")
+
+    def read(self, offset, n):
+        if offset < 0 or offset + n > self.size:
+            raise ValueError("region %s: read %d bytes at %d outside 0..%d" % (self.path, n, offset, self.size))
+        self.f.seek(offset)
+        data = self.f.read(n)
+        if len(data) < n:
+            data = data + b"\xff" * (n - len(data))
+        return data
+
+    def write(self, offset, data):
+        if offset < 0 or offset + len(data) > self.size:
+            raise ValueError("region %s: write %d bytes at %d outside 0..%d" % (self.path, len(data), offset, self.size))
+        cut = None
+        if fault is not None:
+            cut = fault(self, offset, data)
+        self.f.seek(offset)
+        self.f.write(data if cut is None else cut)
+        self.f.flush()
+        if cut is not None:
+            raise PowerCut("write of %d bytes at %d torn after %d" % (len(data), offset, len(cut)))
+
+    def sync(self):
+        self.f.flush()
+        if hasattr(os, "sync"):
+            os.sync()
+
+    def close(self):
+        self.f.close()
+
+    def erase(self):
+        """Set the whole region back to erased flash (0xFF)."""
+        self.f.seek(0)
+        left = self.size
+        block = b"\xff" * 256
+        while left > 0:
+            self.f.write(block if left >= 256 else block[:left])
+            left -= 256
+        self.f.flush()

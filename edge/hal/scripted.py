@@ -1,0 +1,287 @@
+# Scripted hardware for the unix port: replays recordings, records writes.
+#
+# A script is a dict (or a JSON file named by load(path)):
+#   {"uart": {"2": {"replies": ["01 04 14 ...", null, ...], "repeat": false}},
+#    "pin": {"4": {"edges": [[t_ms, level], ...], "level": 1}},
+#    "adc": {"34": {"samples": [u16, ...]}},
+#    "virtual_time": true}
+# A UART answers each write with the next recorded reply (hex, spaces
+# allowed; null = the device stays silent) and keeps every write in
+# `writes`. A pin fires its IRQ handler for each recorded edge once the
+# clock passes the edge's time (ms from load()), with ticks_ms() inside the
+# handler returning the edge's time, as a real IRQ would see it. An ADC
+# returns its samples in order, cycling. With virtual_time the clock moves
+# only by sleep_ms() and advance(), so tests are exact and instant.
+
+import binascii
+import gc
+import json
+import time
+
+from edge.hal import region
+
+BACKEND = "scripted"
+IS_BOARD = False
+
+PIN_IN = 1
+PIN_OUT = 3
+PULL_UP = 1
+IRQ_FALLING = 1
+IRQ_RISING = 2
+ATTEN_11DB = 3
+
+_script = {}
+_uarts = {}
+_pins = {}
+_adcs = {}
+_virtual = None  # ms, when time is virtual
+_t0 = time.ticks_ms()
+_irq_time = None
+_pumping = False
+watchdogs = []
+reboots = []
+
+
+def load(script):
+    """Install a script (dict or path of a JSON file); resets all devices."""
+    global _script, _virtual, _t0, _irq_time
+    if isinstance(script, str):
+        with open(script) as f:
+            script = json.load(f)
+    _script = script
+    _uarts.clear()
+    _pins.clear()
+    _adcs.clear()
+    _irq_time = None
+    _virtual = 0 if script.get("virtual_time") else None
+    _t0 = time.ticks_ms() if _virtual is None else 0
+
+
+def _try_default_script():
+    # The firmware under the unix port picks up hal_script.json from the
+    # image folder when a test put one there.
+    try:
+        load("hal_script.json")
+    except OSError:
+        pass
+
+
+def _section(kind, key):
+    return _script.get(kind, {}).get(str(key), {})
+
+
+def _now():
+    if _virtual is not None:
+        return _virtual
+    return time.ticks_ms()
+
+
+def ticks_ms():
+    if _irq_time is not None:
+        return _irq_time
+    _pump()
+    return _now()
+
+
+def ticks_diff(a, b):
+    return time.ticks_diff(a, b)
+
+
+def sleep_ms(ms):
+    global _virtual
+    if _virtual is not None:
+        _virtual += int(ms)
+        _pump()
+    else:
+        time.sleep_ms(int(ms))
+
+
+def advance(ms):
+    """Move virtual time on (or, with real time, just deliver due edges)."""
+    global _virtual
+    if _virtual is not None:
+        _virtual += int(ms)
+    _pump()
+
+
+def irq_off():
+    return 0
+
+
+def irq_on(state):
+    pass
+
+
+def _pump():
+    # Deliver every recorded edge whose time has come, in time order.
+    global _irq_time, _pumping
+    if _pumping or not _pins:
+        return
+    _pumping = True
+    try:
+        elapsed = time.ticks_diff(_now(), _t0)
+        while True:
+            best = None
+            for p in _pins.values():
+                if p.next < len(p.edges) and p.edges[p.next][0] <= elapsed:
+                    if best is None or p.edges[p.next][0] < best.edges[best.next][0]:
+                        best = p
+            if best is None:
+                break
+            t, level = best.edges[best.next]
+            best.next += 1
+            prev = best.level
+            best.level = level
+            if best.handler is not None and level != prev:
+                falling = prev == 1 and level == 0
+                if (falling and best.trigger & IRQ_FALLING) or (not falling and best.trigger & IRQ_RISING):
+                    _irq_time = time.ticks_add(_t0, t)
+                    try:
+                        best.handler(best)
+                    finally:
+                        _irq_time = None
+    finally:
+        _pumping = False
+
+
+class UART:
+    def __init__(self, key, cfg):
+        sec = _section("uart", key)
+        self.replies = sec.get("replies", [])
+        self.repeat = sec.get("repeat", False)
+        self.next = 0
+        self.rx = b""
+        self.writes = []
+        self.cfg = cfg
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+        if self.next >= len(self.replies):
+            if not self.repeat or not self.replies:
+                return len(data)
+            self.next = 0
+        reply = self.replies[self.next]
+        self.next += 1
+        if reply:
+            self.rx += binascii.unhexlify(reply.replace(" ", ""))
+        return len(data)
+
+    def any(self):
+        return len(self.rx)
+
+    def read(self, n=-1):
+        if not self.rx:
+            return None
+        if n < 0 or n >= len(self.rx):
+            out, self.rx = self.rx, b""
+        else:
+            out, self.rx = self.rx[:n], self.rx[n:]
+        return out
+
+
+def uart(cfg):
+    key = cfg.get("id", 2)
+    if key not in _uarts:
+        _uarts[key] = UART(key, cfg)
+    return _uarts[key]
+
+
+class Pin:
+    def __init__(self, key, mode):
+        sec = _section("pin", key)
+        self.key = key
+        self.mode = mode
+        self.edges = sec.get("edges", [])
+        self.level = sec.get("level", 1)
+        self.next = 0
+        self.handler = None
+        self.trigger = 0
+        self.history = []
+
+    def value(self, v=None):
+        if v is None:
+            _pump()
+            return self.level
+        self.level = 1 if v else 0
+        self.history.append((ticks_ms(), self.level))
+
+    def irq(self, handler=None, trigger=IRQ_FALLING):
+        self.handler = handler
+        self.trigger = trigger
+
+
+def pin(pin_id, mode, pull=None):
+    if pin_id not in _pins:
+        _pins[pin_id] = Pin(pin_id, mode)
+    return _pins[pin_id]
+
+
+class ADC:
+    def __init__(self, key):
+        self.samples = _section("adc", key).get("samples", [32768])
+        self.next = 0
+
+    def read_u16(self):
+        v = self.samples[self.next]
+        self.next += 1
+        if self.next >= len(self.samples):
+            self.next = 0
+        return v
+
+
+def adc(pin_id, atten=None):
+    if pin_id not in _adcs:
+        _adcs[pin_id] = ADC(pin_id)
+    return _adcs[pin_id]
+
+
+class Watchdog:
+    def __init__(self, timeout_ms):
+        self.timeout_ms = timeout_ms
+        self.feeds = 0
+
+    def feed(self):
+        self.feeds += 1
+
+
+def watchdog(timeout_ms):
+    w = Watchdog(timeout_ms)
+    watchdogs.append(w)
+    return w
+
+
+class Reboot(Exception):
+    """Raised by reboot() under the unix port; main.py exits with status 3
+    so a supervisor (or a test) can start the image again."""
+
+
+def reboot():
+    reboots.append(ticks_ms())
+    raise Reboot("reboot requested")
+
+
+def free_memory():
+    gc.collect()
+    return gc.mem_free()
+
+
+def wait_tx_done(u, nbytes, baud):
+    pass
+
+
+def tear_next_write(nbytes, garbage=None):
+    """Tear the next region write after `nbytes` bytes; `garbage`, if given,
+    is one more byte written half-programmed at the cut."""
+
+    def cut(reg, offset, data):
+        region.fault = None
+        n = min(nbytes, len(data))
+        out = bytes(data[:n])
+        if garbage is not None and n < len(data):
+            out += bytes([garbage])
+        return out
+
+    region.fault = cut
+
+
+_try_default_script()
