@@ -7,7 +7,7 @@
 # Energy integrates power exactly in integer millijoules, so counters never
 # drift or go backwards.
 
-from edge.meters.base import Measurement, Meter
+from edge.meters.base import Measurement, Meter, RESET_ENERGY
 
 PROFILES = ("household", "solar", "load", "prosumer")
 
@@ -49,6 +49,8 @@ def _load_w(base_w, seed, t):
 
 
 class SimulatedMeter(Meter):
+    counts_in_host = True
+
     def __init__(self, cfg):
         profile = cfg.get("profile", "household")
         if profile not in PROFILES:
@@ -61,6 +63,7 @@ class SimulatedMeter(Meter):
         self.import_mj = 0
         self.export_mj = 0
         self.last_t = None
+        self.pending_reset = None
 
     def restore(self, import_wh, export_wh):
         self.import_mj = import_wh * 3600000
@@ -83,9 +86,16 @@ class SimulatedMeter(Meter):
                 self.export_mj += -power * ms
         self.last_t = t
         volt = self.voltage_v + (_noise(self.seed + 3, int(t // 60)) - 500) / 250.0
+        reset, self.pending_reset = self.pending_reset, None
         return Measurement(
             self.import_mj // 3600000,
             self.export_mj // 3600000,
             power,
             int(volt * 10 + 0.5) / 10,
+            reset=reset,
         )
+
+    def reset_energy(self, reason=RESET_ENERGY):
+        self.pending_reset = (reason, self.import_mj // 3600000, self.export_mj // 3600000)
+        self.import_mj = 0
+        self.export_mj = 0
