@@ -22,6 +22,7 @@ DEFAULTS = {
     "retry_after_s": 5.0,
     "clock_start": 0,
     "clock_speed": 1.0,
+    "clock_origin": 0,
     "max_readings": 0,
     "drain_timeout_s": 30.0,
     "local_port": 0,
@@ -71,6 +72,7 @@ def validate(cfg):
     _num(cfg, "retry_after_s", 0, 3600)
     _num(cfg, "clock_start", 0, 1 << 40)
     _num(cfg, "clock_speed", 0.001, 1000000)
+    _num(cfg, "clock_origin", 0, 1 << 40)
     _int(cfg, "max_readings", 0, 1 << 40)
     _num(cfg, "drain_timeout_s", 0, 1 << 30)
     meter = cfg["meter"]

@@ -69,14 +69,19 @@ _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
 class Clock:
     """Unix time, optionally accelerated: clock_start (0 = now) advanced
     clock_speed times faster than real time. Demos use it to run a day in
-    minutes; every reading's time and the simulated profile follow it."""
+    minutes; every reading's time and the simulated profile follow it.
+    With `origin` (the real Unix time at which simulated time was `start`)
+    several meters and coordinators share one simulated clock exactly."""
 
-    def __init__(self, start, speed):
+    def __init__(self, start, speed, origin=0):
         self.boot_ms = _ticks_ms()
         self.start = start if start else time.time() + _EPOCH_OFFSET
         self.speed = speed
+        self.origin = origin
 
     def now(self):
+        if self.origin:
+            return self.start + (time.time() + _EPOCH_OFFSET - self.origin) * self.speed
         return self.start + _since(self.boot_ms) * self.speed / 1000.0
 
 
@@ -90,7 +95,7 @@ class Firmware:
         self.meter = open_meter(cfg["meter"])
         self.journal = Journal(cfg["state_file"])
         self.outbox = Outbox(cfg["outbox_size"])
-        self.clock = Clock(cfg["clock_start"], cfg["clock_speed"])
+        self.clock = Clock(cfg["clock_start"], cfg["clock_speed"], cfg["clock_origin"])
         self.client = coap.Client(
             cfg["coordinator_host"], cfg["coordinator_port"], cfg["ack_timeout_s"], cfg["max_retransmit"], cfg["local_port"]
         )

@@ -1,0 +1,40 @@
+"""Time for the coordinator's cores, passed in rather than read.
+
+A `Clock` is anything with `now() -> float` (Unix seconds). On a Pi it is
+the system clock; in the demo it is a `ScaledClock` running many times
+faster than real time, shared by every coordinator and (through the same
+origin and speed in their config) every meter.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class ScaledClock:
+    """Simulated time: `start` at real time `origin`, advancing `speed`
+    simulated seconds per real second."""
+
+    def __init__(self, start: float, speed: float, origin: float | None = None) -> None:
+        if speed <= 0:
+            raise ValueError(f"clock speed must be positive, got {speed}")
+        self.start = start
+        self.speed = speed
+        self.origin = time.time() if origin is None else origin
+
+    def now(self) -> float:
+        return self.start + (time.time() - self.origin) * self.speed
+
+    def real_seconds(self, simulated: float) -> float:
+        """Real seconds that `simulated` seconds take."""
+        return simulated / self.speed
