@@ -11,6 +11,7 @@ from typing import Any, Callable
 import aiocoap
 import aiocoap.resource as resource
 
+from .clock import Clock, SystemClock
 from .config import Config
 from .console import Console
 from .console_server import ConsoleServer
@@ -25,11 +26,12 @@ log = logging.getLogger("microgrid.coordinator")
 
 
 class Coordinator:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock: Clock = clock or SystemClock()
         self.db = open_database(config.store.path)
         self.store = ReadingStore(self.db)
-        self.ingest = ReadingIngest(self.store, max_future_s=config.ingest.max_future_s)
+        self.ingest = ReadingIngest(self.store, max_future_s=config.ingest.max_future_s, clock=self.clock.now)
         self.started = time.time()
         self.context: aiocoap.Context | None = None
         self.log_buffer = LOG_BUFFER
