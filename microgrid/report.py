@@ -70,19 +70,20 @@ def line_chart(title: str, xs: Sequence[float], series: list[tuple[str, Sequence
     for k, (name, ys) in enumerate(series):
         color = PALETTE[k % len(PALETTE)]
         if bars:
-            for x, y in zip(xs, ys):
-                if y is None:
+            for x, yb in zip(xs, ys):
+                if yb is None:
                     continue
+                y = yb
                 top, base = py(max(y, 0)), py(min(y, 0))
                 parts.append(f'<rect x="{px(x) + k * bar_w - n * bar_w / 2:.1f}" y="{top:.1f}" width="{bar_w:.1f}" '
                              f'height="{max(base - top, 0.5):.1f}" fill="{color}"/>')
         else:
             path, pen = [], "M"
-            for x, y in zip(xs, ys):
-                if y is None:
+            for x, yl in zip(xs, ys):
+                if yl is None:
                     pen = "M"
                     continue
-                path.append(f"{pen}{px(x):.1f},{py(y):.1f}")
+                path.append(f"{pen}{px(x):.1f},{py(yl):.1f}")
                 pen = "L"
             parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="2"/>')
         parts.append(f'<rect x="{PAD_L + 10 + k * 170}" y="6" width="10" height="10" fill="{color}"/>'
