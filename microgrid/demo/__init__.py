@@ -1,0 +1,178 @@
+"""`microgrid demo`: a whole neighbourhood on one machine, then a report.
+
+Coordinators (default 3) with their meters (default 12 in all, running the
+flashed firmware in the `micropython` executable) on loopback, one
+simulated day in about 90 seconds; at the end an HTML report with plots,
+a text summary, and `--json` for scripts. Ctrl-C stops every process it
+started and still writes the report for what ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import calendar
+import json
+import logging
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .neighbourhood import DAY, MAX_COORDINATORS, MAX_DAYS, MAX_METERS, Neighbourhood
+
+INTERVAL_S = 900  # market interval, simulated seconds
+DEFAULT_START = calendar.timegm((2026, 6, 21, 0, 0, 0))  # midsummer: plenty of sun
+
+
+def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
+    from microgrid.coordinator.store.database import open_database
+    from microgrid.coordinator.store.readings import ReadingStore
+
+    from .accounting import Ledger
+
+    ledger = Ledger(INTERVAL_S)
+    participants = []
+    produced = stored = rejected = 0
+    for c in hood.plans:
+        store = ReadingStore(open_database(c.directory / "coordinator.db"))
+        c_stored = 0
+        for m in c.meters:
+            rows = list(store.readings(m.device_id))
+            c_stored += len(rows)
+            ledger.add_meter(c.name, rows)
+            produced += int(m.summary.get("produced", len(rows)))
+            rejected += int(m.summary.get("rejected", 0))
+        store.db.close()
+        stored += c_stored
+        tot = ledger.totals[c.name]
+        participants.append({"coordinator": c.name, "meters": len(c.meters), "readings": c_stored,
+                             "import_wh": tot.import_wh, "export_wh": tot.export_wh})
+    intervals = []
+    for start in ledger.intervals():
+        gen = sum(ledger.at(p, start).export_wh for p in ledger.participants())
+        cons = sum(ledger.at(p, start).import_wh for p in ledger.participants())
+        intervals.append({"start": start, "generation_wh": gen, "consumption_wh": cons, "traded_wh": 0,
+                          "clearing_price": None, "self_sufficiency": (min(gen, cons) / cons) if cons else None})
+    summary = {
+        "readings_produced": produced,
+        "readings_stored": stored,
+        "readings_rejected": rejected,
+        "energy_traded_wh": 0,
+        "trades": 0,
+        "payment_updates": 0,
+        "settlement_txs": 0,
+        "settlement_txs_verified": 0,
+        "energy_balance_error_wh": ledger.balance_error_wh(),
+        "coordinators": len(hood.plans),
+        "meters": len(hood.all_meters()),
+        "simulated_days": hood.days,
+        "elapsed_s": round(elapsed, 1),
+        "stopped_early": hood.stopped_early,
+    }
+    return {"summary": summary, "intervals": intervals, "participants": participants, "channels": []}
+
+
+async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    from .progress import Progress
+
+    speed = args.speed or DAY / 90.0
+    hood = Neighbourhood(out_dir, args.coordinators, args.meters, args.days, args.seed, speed, DEFAULT_START)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    progress = Progress(args.days * DAY, DEFAULT_START, enabled=not args.quiet)
+    started = time.time()
+    try:
+        await hood.start()
+        runner = asyncio.ensure_future(hood.run(progress))
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for t in (runner, stopper):
+            t.cancel()
+        if stop.is_set():
+            print("\ninterrupted: stopping every process and writing the report for what ran", file=sys.stderr)
+    finally:
+        await hood.stop()
+        progress.finish()
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+    data = collect(hood, time.time() - started)
+    data["params"] = {"coordinators": args.coordinators, "meters": args.meters, "days": args.days,
+                      "seed": args.seed, "speed": round(speed, 1),
+                      "start": datetime.fromtimestamp(DEFAULT_START, timezone.utc).isoformat()}
+    data["title"] = (f"{args.coordinators} coordinators, {args.meters} meters, {args.days} simulated day(s), "
+                     f"seed {args.seed}")
+    return data
+
+
+def _positive_limited(name: str, lo: float, hi: float, kind: type = int) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{name} must be between {lo} and {hi} on a 2-core machine, got {v}")
+        return v
+    return parse
+
+
+def _run(args: argparse.Namespace) -> int:
+    from microgrid.report import write_report
+
+    if args.meters < args.coordinators:
+        print(f"error: --meters ({args.meters}) must be at least --coordinators ({args.coordinators})", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out) if args.out else Path("demo-out") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    logging.basicConfig(level=logging.WARNING, filename=str(out_dir / "demo.log") if out_dir.mkdir(parents=True, exist_ok=True) is None else None,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        data = asyncio.run(run_demo(args, out_dir))
+    except Exception as e:  # noqa: BLE001 - one line for the user, details in the log
+        logging.getLogger("microgrid.demo").exception("demo failed")
+        print(f"error: demo failed: {e} (details in {out_dir / 'demo.log'})", file=sys.stderr)
+        return 1
+    page = write_report(out_dir, data)
+    summary = data["summary"]
+    summary["report"] = str(page)
+    summary["out_dir"] = str(out_dir)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"neighbourhood: {summary['coordinators']} coordinators, {summary['meters']} meters, "
+              f"{summary['simulated_days']} simulated day(s) in {summary['elapsed_s']} s")
+        print(f"readings: produced {summary['readings_produced']}, stored {summary['readings_stored']}, "
+              f"rejected {summary['readings_rejected']}")
+        print(f"market: {summary['trades']} trades, {summary['energy_traded_wh']} Wh traded")
+        print(f"payments: {summary['payment_updates']} channel updates, {summary['settlement_txs']} settlement "
+              f"transactions ({summary['settlement_txs_verified']} verified by the script interpreter)")
+        print(f"energy balance error: {summary['energy_balance_error_wh']} Wh")
+        print(f"report: {page}")
+    ok = summary["readings_stored"] > 0 and summary["readings_rejected"] == 0 and summary["energy_balance_error_wh"] == 0
+    return 0 if ok or summary["stopped_early"] else 1
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="a neighbourhood on one machine: coordinators, MicroPython meters, market, channels; then a report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--coordinators", type=_positive_limited("--coordinators", 1, MAX_COORDINATORS), default=3,
+                   help=f"coordinators (households), 1..{MAX_COORDINATORS} (default 3)")
+    p.add_argument("--meters", type=_positive_limited("--meters", 1, MAX_METERS), default=12,
+                   help=f"meters in all, each a micropython process, 1..{MAX_METERS} (default 12)")
+    p.add_argument("--days", type=_positive_limited("--days", 0.01, MAX_DAYS, float), default=1.0,
+                   help=f"simulated days, 0.01..{MAX_DAYS} (default 1)")
+    p.add_argument("--seed", type=int, default=1, help="seed for profiles and keys (default 1)")
+    p.add_argument("--speed", type=_positive_limited("--speed", 1, 5000, float), default=None,
+                   help="simulated seconds per real second (default: a day in 90 s, 960)")
+    p.add_argument("--out", help="folder for databases, images, logs and the report (default demo-out/<time>)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)

@@ -1,0 +1,69 @@
+"""Energy per interval from stored readings.
+
+Meters report cumulative counters; the energy of an interval is the
+increase of a counter between consecutive readings, booked to the interval
+in which the later reading falls. `balance_error_wh` compares what the
+intervals hold with each meter's first and last counters as stored: a
+gap, a duplicate or a counter that ran backwards shows up there.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable
+
+
+@dataclass
+class IntervalEnergy:
+    import_wh: int = 0  # drawn from the grid connection by the meters
+    export_wh: int = 0  # fed into it
+
+
+@dataclass
+class Ledger:
+    interval_s: int
+    # (participant, interval start) -> energy
+    cells: dict[tuple[str, int], IntervalEnergy] = field(default_factory=lambda: defaultdict(IntervalEnergy))
+    # participant -> counters' increase from each meter's first to last reading
+    totals: dict[str, IntervalEnergy] = field(default_factory=lambda: defaultdict(IntervalEnergy))
+
+    def add_meter(self, participant: str, readings: Iterable[dict]) -> None:
+        """`readings`: one meter's rows ordered by seq (time, import_wh, export_wh)."""
+        prev = None
+        first = None
+        for r in readings:
+            if first is None:
+                first = r
+            if prev is not None:
+                d_imp = r["import_wh"] - prev["import_wh"]
+                d_exp = r["export_wh"] - prev["export_wh"]
+                if d_imp < 0 or d_exp < 0:
+                    raise ValueError(f"counter went backwards at seq {r['seq']} of a meter of {participant}")
+                start = int(r["time"]) // self.interval_s * self.interval_s
+                cell = self.cells[(participant, start)]
+                cell.import_wh += d_imp
+                cell.export_wh += d_exp
+            prev = r
+        if first is not None and prev is not None:
+            tot = self.totals[participant]
+            tot.import_wh += prev["import_wh"] - first["import_wh"]
+            tot.export_wh += prev["export_wh"] - first["export_wh"]
+
+    def intervals(self) -> list[int]:
+        return sorted({start for _, start in self.cells})
+
+    def participants(self) -> list[str]:
+        return sorted({p for p, _ in self.cells})
+
+    def at(self, participant: str, start: int) -> IntervalEnergy:
+        return self.cells.get((participant, start)) or IntervalEnergy()
+
+    def balance_error_wh(self) -> int:
+        """Sum over intervals minus the counters' total increase (must be 0)."""
+        err = 0
+        for p, tot in self.totals.items():
+            imp = sum(c.import_wh for (q, _), c in self.cells.items() if q == p)
+            exp = sum(c.export_wh for (q, _), c in self.cells.items() if q == p)
+            err += abs(imp - tot.import_wh) + abs(exp - tot.export_wh)
+        return err

@@ -1,0 +1,206 @@
+"""A neighbourhood on one machine: coordinators, meters, one simulated clock.
+
+Each coordinator is a full `Coordinator` (its own database, CoAP port and
+console) running in this process; each meter is the flashed firmware image
+booted in its own `micropython` process, sending signed readings over
+loopback CoAP to its coordinator. Everything follows one `ScaledClock`: the
+meters get the same start, speed and real-time origin in their config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bitcoinx import PrivateKey
+
+from microgrid.coordinator.app import Coordinator
+from microgrid.coordinator.clock import ScaledClock
+from microgrid.coordinator.config import Config
+from microgrid.flash.image import write_image
+from microgrid.flash.unix_port import boot
+
+log = logging.getLogger("microgrid.demo")
+
+NAMES = ["alder", "birch", "cedar", "dogwood", "elm", "fir", "ginkgo", "hazel", "ivy", "juniper",
+         "larch", "maple", "oak", "pine", "rowan", "spruce", "willow", "yew", "aspen", "beech"]
+READING_INTERVAL_S = 60.0  # simulated seconds between readings
+DAY = 86400
+
+# Limits that keep a run inside a 2-core machine (stated in --help).
+MAX_COORDINATORS = 8
+MAX_METERS = 40
+MAX_DAYS = 7
+
+
+@dataclass
+class MeterPlan:
+    name: str
+    profile: str
+    seed: int
+    solar_peak_w: int
+    base_load_w: int
+    key: PrivateKey
+    device_id: str = ""
+    image: Path | None = None
+    process: subprocess.Popen | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CoordinatorPlan:
+    name: str
+    index: int
+    port: int
+    directory: Path
+    meters: list[MeterPlan] = field(default_factory=list)
+    coordinator: Coordinator | None = None
+
+
+def free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def plan_neighbourhood(out_dir: Path, coordinators: int, meters: int, seed: int) -> list[CoordinatorPlan]:
+    """Who is who: deterministic in `seed`. Coordinators alternate between
+    households with rooftop solar (sellers at noon) and without (buyers),
+    so the market has both sides."""
+    rng = random.Random(seed)
+    plans = [CoordinatorPlan(NAMES[i], i, free_udp_port(), out_dir / NAMES[i]) for i in range(coordinators)]
+    for m in range(meters):
+        c = plans[m % coordinators]
+        sunny = c.index % 2 == 0
+        first = not c.meters
+        if first and sunny:
+            profile, peak, base = "solar", rng.choice([3000, 4000, 5000, 6000]), 0
+        elif sunny:
+            profile, peak, base = "prosumer", rng.choice([1500, 2500]), rng.choice([200, 300, 400])
+        else:
+            profile, peak, base = "load", 0, rng.choice([250, 350, 450, 600])
+        key = PrivateKey(rng.randbytes(32))
+        c.meters.append(MeterPlan(f"{c.name}-m{len(c.meters) + 1}", profile, seed * 1000 + m, peak, base, key))
+    return plans
+
+
+class Neighbourhood:
+    def __init__(self, out_dir: Path, coordinators: int, meters: int, days: float, seed: int, speed: float,
+                 start: float) -> None:
+        self.out_dir = out_dir
+        self.days = days
+        self.seed = seed
+        self.speed = speed
+        self.sim_start = start
+        self.plans = plan_neighbourhood(out_dir, coordinators, meters, seed)
+        self.clock: ScaledClock | None = None
+        self.stopped_early = False
+
+    @property
+    def sim_end(self) -> float:
+        return self.sim_start + self.days * DAY
+
+    def all_meters(self) -> list[MeterPlan]:
+        return [m for c in self.plans for m in c.meters]
+
+    async def start(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # The clock starts slightly ahead of now so that every process is up
+        # before simulated midnight.
+        origin = time.time() + 1.0
+        self.clock = ScaledClock(self.sim_start, self.speed, origin)
+        for c in self.plans:
+            c.directory.mkdir(parents=True, exist_ok=True)
+            config = Config()
+            config.coap.host = "127.0.0.1"
+            config.coap.port = c.port
+            config.store.path = str(c.directory / "coordinator.db")
+            config.log.level = "warning"
+            coordinator = Coordinator(config, clock=self.clock)
+            for m in c.meters:
+                device, _ = coordinator.store.register_device(m.key.public_key.to_bytes(compressed=True), m.name)
+                m.device_id = device.device_id
+            await coordinator.start()
+            c.coordinator = coordinator
+        readings_per_meter = int(self.days * DAY / READING_INTERVAL_S)
+        for c in self.plans:
+            for m in c.meters:
+                m.image = write_image(c.directory / m.name, {
+                    "device_name": m.name,
+                    "coordinator_port": c.port,
+                    "interval_s": READING_INTERVAL_S / self.speed,
+                    "clock_start": self.sim_start,
+                    "clock_speed": self.speed,
+                    "clock_origin": origin,
+                    "max_readings": readings_per_meter,
+                    "ack_timeout_s": 0.5,
+                    "retry_after_s": 0.5,
+                    "drain_timeout_s": 30,
+                    "outbox_size": 4096,
+                    "persist_every": 60,
+                    "meter": {"type": "simulated", "profile": m.profile, "seed": m.seed,
+                              "solar_peak_w": m.solar_peak_w, "base_load_w": m.base_load_w},
+                }, m.key.to_bytes())
+                m.process = boot(m.image, stdout=open(c.directory / f"{m.name}.log", "w"))
+
+    def counts(self) -> dict[str, int]:
+        stored = sum(c.coordinator.ingest.counts["stored"] for c in self.plans if c.coordinator)
+        rejected = sum(c.coordinator.ingest.counts["rejected"] for c in self.plans if c.coordinator)
+        running = sum(1 for m in self.all_meters() if m.process and m.process.poll() is None)
+        return {"meters running": running, "readings stored": stored, "rejected": rejected}
+
+    async def run(self, progress: Any = None, tick_s: float = 0.25) -> None:
+        """Until every meter has finished (or the run is cancelled)."""
+        assert self.clock is not None
+        hard_deadline = time.time() + (self.days * DAY / self.speed) * 1.5 + 60
+        while True:
+            if progress is not None:
+                progress.update(min(self.clock.now(), self.sim_end), self.counts())
+            if all(m.process is None or m.process.poll() is not None for m in self.all_meters()):
+                break
+            if time.time() > hard_deadline:
+                log.warning("meters still running past the deadline; stopping them")
+                break
+            await asyncio.sleep(tick_s)
+
+    async def stop(self) -> None:
+        for m in self.all_meters():
+            p = m.process
+            if p is not None and p.poll() is None:
+                self.stopped_early = True
+                p.terminate()
+        for m in self.all_meters():
+            p = m.process
+            if p is None:
+                continue
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+            m.summary = _meter_summary(self.out_dir, m)
+        for c in self.plans:
+            if c.coordinator is not None:
+                await c.coordinator.stop()
+
+
+def _meter_summary(out_dir: Path, m: MeterPlan) -> dict[str, Any]:
+    assert m.image is not None
+    log_file = m.image.parent / f"{m.name}.log"
+    try:
+        lines = log_file.read_text().splitlines()
+    except OSError:
+        return {}
+    for line in reversed(lines):
+        if line.startswith("SUMMARY "):
+            return dict(json.loads(line[len("SUMMARY "):]))
+    return {}
