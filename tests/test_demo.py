@@ -1,0 +1,61 @@
+"""`microgrid demo`: a small neighbourhood runs to the end with every
+reading stored, and Ctrl-C stops every process but still writes a report."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REQUIRED = ["readings_produced", "readings_stored", "readings_rejected", "energy_traded_wh", "trades",
+            "payment_updates", "settlement_txs", "settlement_txs_verified", "energy_balance_error_wh"]
+
+
+def demo(*args: str) -> list[str]:
+    return [sys.executable, "-m", "microgrid.cli", "demo", "--quiet", *args]
+
+
+def test_small_neighbourhood_stores_every_reading_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run(demo("--coordinators", "2", "--meters", "3", "--days", "0.03", "--json", "--out", str(out)),
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    for key in REQUIRED:
+        assert key in summary
+    assert summary["readings_produced"] == summary["readings_stored"] > 0
+    assert summary["readings_rejected"] == 0 and summary["energy_balance_error_wh"] == 0
+    assert (out / "report.html").exists() and json.loads((out / "report.json").read_text())["summary"]["meters"] == 3
+
+
+def test_ctrl_c_stops_every_process_and_still_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(demo("--coordinators", "2", "--meters", "2", "--days", "1", "--json", "--out", str(out)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(out.glob("*/*.log")):
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert "interrupted" in stderr
+    summary = json.loads(stdout)
+    assert summary["stopped_early"] is True and summary["readings_stored"] > 0
+    assert (out / "report.html").exists()
+    # Meters run with their image folder as working directory.
+    leftover = []
+    for pid_dir in Path("/proc").iterdir():
+        try:
+            if pid_dir.name.isdigit() and str((pid_dir / "cwd").resolve()).startswith(str(out.resolve())):
+                leftover.append(pid_dir.name)
+        except OSError:
+            pass
+    assert leftover == [], f"processes left running: {leftover}"
+
+
+def test_limits_are_enforced_with_a_clear_message() -> None:
+    proc = subprocess.run(demo("--meters", "500"), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "--meters must be between 1 and 40 on a 2-core machine" in proc.stderr
