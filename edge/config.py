@@ -16,7 +16,8 @@ DEFAULTS = {
     "persist_every": 10,
     "key_file": "device.key",
     "state_file": "state",
-    "outbox_size": 256,
+    "outbox_file": "outbox",
+    "outbox_size": 1536,
     "ack_timeout_s": 2.0,
     "max_retransmit": 4,
     "retry_after_s": 5.0,
@@ -29,7 +30,13 @@ DEFAULTS = {
     "meter": {"type": "simulated", "profile": "household", "seed": 1},
     "wifi": None,
     "log_level": "info",
+    "console": False,
+    "watchdog_s": 300.0,
 }
+
+# Keys the running firmware picks up at once when set from the console;
+# the others take effect after a reboot.
+LIVE_KEYS = ("interval_s", "persist_every", "retry_after_s", "log_level", "max_readings", "drain_timeout_s")
 
 
 class ConfigError(ValueError):
@@ -66,7 +73,8 @@ def validate(cfg):
     _int(cfg, "persist_every", 1, 100000)
     _str(cfg, "key_file")
     _str(cfg, "state_file")
-    _int(cfg, "outbox_size", 1, 100000)
+    _str(cfg, "outbox_file")
+    _int(cfg, "outbox_size", 2, 100000)
     _num(cfg, "ack_timeout_s", 0.01, 60)
     _int(cfg, "max_retransmit", 0, 20)
     _num(cfg, "retry_after_s", 0, 3600)
@@ -78,6 +86,13 @@ def validate(cfg):
     meter = cfg["meter"]
     if not isinstance(meter, dict) or not isinstance(meter.get("type"), str):
         raise ConfigError("config meter=%r: expected an object with a \"type\"" % (meter,))
+    from edge.meters import TYPES
+
+    if meter["type"] not in TYPES:
+        raise ConfigError("config meter.type=%r: expected one of %s" % (meter["type"], ", ".join(TYPES)))
+    if not isinstance(cfg["console"], bool):
+        raise ConfigError("config console=%r: expected true or false" % (cfg["console"],))
+    _num(cfg, "watchdog_s", 0, 3600)
     if cfg["log_level"] not in ("debug", "info", "warning", "error"):
         raise ConfigError("config log_level=%r: expected debug, info, warning or error" % (cfg["log_level"],))
     wifi = cfg["wifi"]
@@ -97,7 +112,8 @@ def with_defaults(raw):
     return validate(cfg)
 
 
-def load(path=CONFIG_FILE):
+def load_raw(path=CONFIG_FILE):
+    """The config file's own keys (no defaults filled in)."""
     try:
         with open(path) as f:
             text = f.read()
@@ -107,4 +123,55 @@ def load(path=CONFIG_FILE):
         raw = json.loads(text)
     except ValueError:
         raise ConfigError("config file %s is not valid JSON" % path)
-    return with_defaults(raw)
+    if not isinstance(raw, dict):
+        raise ConfigError("config file %s must hold a JSON object" % path)
+    return raw
+
+
+def load(path=CONFIG_FILE):
+    return with_defaults(load_raw(path))
+
+
+def save_raw(path, raw):
+    """Validate, then replace the config file (write a copy, rename it
+    over: a power cut leaves the old or the new file, never half of one)."""
+    cfg = with_defaults(raw)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(raw))
+    import os
+
+    os.rename(tmp, path)
+    return cfg
+
+
+def parse_value(text):
+    """A console value: JSON if it parses (numbers, true/false/null,
+    objects), else the text itself as a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def set_key(raw, key, value):
+    """A copy of `raw` with KEY (or meter.KEY, one level deep) set,
+    validated; raises ConfigError naming the key, value and what is allowed."""
+    out = {}
+    for k in raw:
+        out[k] = raw[k]
+    if "." in key:
+        top, sub = key.split(".", 1)
+        if top != "meter" or not sub or "." in sub:
+            raise ConfigError("config key %r: only meter.KEY is nested" % key)
+        meter = {}
+        for k, v in (raw.get("meter") or DEFAULTS["meter"]).items():
+            meter[k] = v
+        meter[sub] = value
+        out["meter"] = meter
+    else:
+        if key not in DEFAULTS:
+            raise ConfigError("config key %r is unknown; allowed: %s" % (key, ", ".join(sorted(DEFAULTS))))
+        out[key] = value
+    with_defaults(out)
+    return out

@@ -1,28 +1,40 @@
 # The meter's measure-sign-send loop.
 #
 # Every interval it reads the meter, gives the reading the next sequence
-# number, signs it and queues it; then it sends the oldest queued reading
-# until the coordinator acknowledges it. The sequence number and counters
-# are persisted every `persist_every` readings; after a restart the meter
-# skips ahead by that many numbers, so a sequence number is never reused
-# even if the last persisted state is behind what was sent.
+# number, signs it and writes it to the flash outbox; then it sends the
+# oldest unacknowledged reading until the coordinator acknowledges it.
+# Because a reading is on flash before it is first sent, a restart at any
+# moment continues the sequence and the counters from the newest reading
+# on flash: no sequence number is reused, no counter moves backwards and
+# no buffered reading is lost. The journal (two slots, CRC) additionally
+# keeps the sequence, counters and the last acknowledged sequence every
+# `persist_every` readings.
+#
+# No meter, flash or network error ends the loop: each is counted, shown
+# by the console's `status`, logged, and retried with backoff. On a board
+# a hardware watchdog is fed every pass.
 
 import binascii
 import time
 
-from shared import reading, secp256k1, cose
-from edge import coap, log
-from edge.config import load as load_config
+from shared import cbor, cose, reading, secp256k1, senml
+from edge import coap, hal, log
+from edge import config as config_mod
 from edge.journal import Journal
 from edge.meters import open_meter
+from edge.meters.base import RESET_FACTORY
 from edge.outbox import Outbox
 
 TAG = "fw"
+VERSION = "0.2.0"
+MERGED_FROM = "merged_from"
 
 # Codes after which a reading leaves the outbox.
 CREATED = 65  # 2.01
 CHANGED = 68  # 2.04
 CONFLICT = 137  # 4.09: the coordinator already holds this sequence number
+
+MAX_BACKOFF = 16  # times the base delay
 
 
 def load_key(path):
@@ -81,62 +93,148 @@ class Clock:
 
     def now(self):
         if self.origin:
+            # Shared simulated clock: `start` at real Unix time `origin`.
             return self.start + (time.time() + _EPOCH_OFFSET - self.origin) * self.speed
         return self.start + _since(self.boot_ms) * self.speed / 1000.0
 
 
+class Errors:
+    """Error counts by kind (meter, flash, network, rejected) and the last
+    message, for `status`."""
+
+    def __init__(self):
+        self.counts = {"meter": 0, "flash": 0, "network": 0, "rejected": 0}
+        self.last = None
+        self.streak = {"meter": 0, "network": 0}
+
+    def add(self, kind, msg):
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if kind in self.streak:
+            self.streak[kind] += 1
+        self.last = "%s: %s" % (kind, msg)
+
+    def ok(self, kind):
+        self.streak[kind] = 0
+
+    def backoff(self, kind):
+        n = self.streak.get(kind, 0)
+        if n <= 0:
+            return 1
+        return min(1 << (n - 1), MAX_BACKOFF)
+
+
+def merged_message(secret, public_key, message, first_seq):
+    """The reading re-signed with a ("merged_from", first_seq) record: it
+    stands for the readings first_seq .. its own seq merged in the outbox."""
+    pack = cbor.loads(cose.parse(message).payload)
+    pack.append({senml.N: MERGED_FROM, senml.V: first_seq})
+    return reading.sign_payload(secret, public_key, cbor.dumps(pack))
+
+
 class Firmware:
-    def __init__(self, cfg):
+    def __init__(self, cfg, config_path=config_mod.CONFIG_FILE):
         self.cfg = cfg
+        self.config_path = config_path
+        self.boot_ms = _ticks_ms()
         log.level = {"debug": log.DEBUG, "info": log.INFO, "warning": log.WARNING, "error": log.ERROR}[cfg["log_level"]]
         self.secret = load_key(cfg["key_file"])
         self.public_key = secp256k1.public_key(self.secret)
         self.device = reading.device_id(self.public_key)
+        self.errors = Errors()
         self.meter = open_meter(cfg["meter"])
         self.journal = Journal(cfg["state_file"])
-        self.outbox = Outbox(cfg["outbox_size"])
+        state = self.journal.load() or {}
+        self.outbox = Outbox(cfg["outbox_file"], cfg["outbox_size"], state.get("acked", 0), state.get("covered_from"))
         self.clock = Clock(cfg["clock_start"], cfg["clock_speed"], cfg["clock_origin"])
         self.client = coap.Client(
             cfg["coordinator_host"], cfg["coordinator_port"], cfg["ack_timeout_s"], cfg["max_retransmit"], cfg["local_port"]
         )
-        state = self.journal.load()
-        if state:
-            # Skip any sequence numbers possibly used after the last save.
-            self.seq = state["seq"] + cfg["persist_every"]
-            self.meter.restore(state["import_wh"], state["export_wh"])
-            self.last_import = state["import_wh"]
-            self.last_export = state["export_wh"]
-        else:
-            self.seq = 0
-            self.last_import = 0
-            self.last_export = 0
+        self._recover(state)
         self.produced = 0
         self.delivered = 0
         self.rejected = 0
         self.retry_at_ms = None
+        self.link = "unknown"
+        self.last_measurement = None
         self.running = True
-        log.info(TAG, "device %s (%s) -> coap://%s:%d/readings, next seq %d" % (
-            self.device, cfg["device_name"], cfg["coordinator_host"], cfg["coordinator_port"], self.seq + 1))
+        self.reboot_requested = False
+        self.watchdog = hal.watchdog(int(cfg["watchdog_s"] * 1000)) if cfg["watchdog_s"] and hal.IS_BOARD else None
+        self.console = None
+        if cfg["console"]:
+            from edge.console import Console
+
+            self.console = Console(self)
+        log.info(TAG, "device %s (%s) -> coap://%s:%d/readings, next seq %d, %d buffered" % (
+            self.device, cfg["device_name"], cfg["coordinator_host"], cfg["coordinator_port"], self.seq + 1,
+            len(self.outbox)))
+
+    def _recover(self, state):
+        # The newest reading on flash is the truth; the journal covers a
+        # lost or wiped outbox, skipping the numbers that might have been
+        # used after its last save.
+        newest = self.outbox.newest
+        jseq = state.get("seq")
+        if newest is not None and (jseq is None or newest[0] >= jseq):
+            self.seq, self.last_import, self.last_export = newest
+        elif jseq is not None:
+            self.seq = jseq + (self.cfg["persist_every"] if newest is None else 0)
+            self.last_import = state.get("import_wh", 0)
+            self.last_export = state.get("export_wh", 0)
+        else:
+            self.seq, self.last_import, self.last_export = 0, 0, 0
+        if jseq is not None or newest is not None:
+            self.meter.restore(self.last_import, self.last_export)
+
+    def state(self):
+        s = {"seq": self.seq, "import_wh": self.last_import, "export_wh": self.last_export}
+        s.update(self.outbox.state())
+        return s
 
     def persist(self):
-        self.journal.save({"seq": self.seq, "import_wh": self.last_import, "export_wh": self.last_export})
+        try:
+            self.journal.save(self.state())
+        except OSError as e:
+            self.errors.add("flash", "journal: %s" % e)
+            log.error(TAG, "journal not saved: %s" % e)
 
     def measure(self):
+        """Read the meter and queue a signed reading. False if the meter
+        or the flash failed (counted; the caller backs off)."""
         t = self.clock.now()
-        m = self.meter.read(t)
-        self.seq += 1
+        try:
+            m = self.meter.read(t)
+        except OSError as e:
+            self.errors.add("meter", str(e))
+            log.warning(TAG, "meter read failed: %s" % e)
+            return False
+        self.errors.ok("meter")
+        self.last_measurement = (t, m)
+        seq = self.seq + 1
+        msg = reading.build(
+            self.secret, self.public_key, seq, int(t), m.import_wh, m.export_wh, m.power_w, m.voltage_v, m.extra_records()
+        )
+        try:
+            merged = self.outbox.push(seq, msg, m.import_wh, m.export_wh)
+        except (OSError, ValueError) as e:
+            # Not on flash, so never sent: the number is free to reuse.
+            self.errors.add("flash", "outbox: %s" % e)
+            log.error(TAG, "reading seq %d not buffered: %s" % (seq, e))
+            return False
+        self.seq = seq
         self.last_import = m.import_wh
         self.last_export = m.export_wh
-        msg = reading.build(
-            self.secret, self.public_key, self.seq, int(t), m.import_wh, m.export_wh, m.power_w, m.voltage_v, m.extra_records()
-        )
-        dropped = self.outbox.push(self.seq, msg)
-        if dropped is not None:
-            log.warning(TAG, "outbox full: dropped reading seq %d (counters are cumulative)" % dropped)
         self.produced += 1
-        if self.seq % self.cfg["persist_every"] == 0:
+        if merged is not None:
+            log.warning(TAG, "outbox full: merged reading seq %d into the next (counters are cumulative)" % merged)
             self.persist()
-        log.debug(TAG, "reading seq %d import %d Wh export %d Wh power %d W" % (self.seq, m.import_wh, m.export_wh, m.power_w))
+        elif self.seq % self.cfg["persist_every"] == 0 or m.reset is not None:
+            self.persist()
+        log.debug(TAG, "reading seq %d import %d Wh export %d Wh power %s W" % (seq, m.import_wh, m.export_wh, m.power_w))
+        return True
+
+    def _retry_later(self):
+        delay = self.cfg["retry_after_s"] * self.errors.backoff("network")
+        self.retry_at_ms = _add(_ticks_ms(), int(delay * 1000))
 
     def send_one(self):
         """Try to deliver the oldest queued reading. Returns True if it left
@@ -144,13 +242,19 @@ class Firmware:
         item = self.outbox.peek()
         if item is None:
             return False
-        seq, msg = item
+        seq, msg, first = item
+        if first < seq:
+            msg = merged_message(self.secret, self.public_key, msg, first)
         try:
             code, payload = self.client.post("readings", msg, cose.CONTENT_FORMAT_SIGN1)
         except OSError as e:
+            self.link = "down"
+            self.errors.add("network", str(e))
             log.warning(TAG, "seq %d not delivered: %s; %d queued" % (seq, e, len(self.outbox)))
-            self.retry_at_ms = _add(_ticks_ms(), int(self.cfg["retry_after_s"] * 1000))
+            self._retry_later()
             return False
+        self.link = "up"
+        self.errors.ok("network")
         if code in (CREATED, CHANGED):
             self.outbox.pop(seq)
             self.delivered += 1
@@ -165,11 +269,35 @@ class Firmware:
             # Refused for good: keeping it would block every later reading.
             self.outbox.pop(seq)
             self.rejected += 1
+            self.errors.add("rejected", "seq %d %s: %s" % (seq, coap.code_str(code), text))
             log.error(TAG, "seq %d rejected %s: %s" % (seq, coap.code_str(code), text))
             return True
         log.warning(TAG, "seq %d: coordinator answered %s: %s; will retry" % (seq, coap.code_str(code), text))
-        self.retry_at_ms = _add(_ticks_ms(), int(self.cfg["retry_after_s"] * 1000))
+        self.errors.add("network", "coordinator answered %s" % coap.code_str(code))
+        self._retry_later()
         return False
+
+    def factory_reset(self):
+        """Clear the config and the stored energy. The counters' old totals
+        go out first as a signed reset record; the sequence continues (a
+        number is never reused) and the device key is kept."""
+        old = (self.last_import, self.last_export)
+        evidence = True
+        try:
+            self.meter.reset_energy(RESET_FACTORY)
+        except OSError as e:
+            evidence = False
+            log.warning(TAG, "factory reset: meter keeps its own counters (%s)" % e)
+        if evidence:
+            if not self.measure():
+                raise OSError("factory reset: the reset record could not be made: %s" % self.errors.last)
+        config_mod.save_raw(self.config_path, {})
+        self.persist()
+        log.warning(TAG, "factory reset: config cleared, stored energy %d/%d Wh cleared; reboot to apply" % old)
+        return evidence
+
+    def uptime_s(self):
+        return _since(self.boot_ms) // 1000
 
     def summary(self):
         return {
@@ -181,21 +309,31 @@ class Firmware:
             "dropped": self.outbox.dropped,
             "retransmissions": self.client.retransmissions,
             "last_seq": self.seq,
+            "errors": self.errors.counts,
         }
+
+    def wait(self, ms):
+        if self.console is not None:
+            self.console.poll(ms)
+        else:
+            _sleep_ms(ms)
 
     def run(self):
         cfg = self.cfg
-        interval_ms = int(cfg["interval_s"] * 1000)
         limit = cfg["max_readings"]
         next_ms = _ticks_ms()
         drain_start = None
         while self.running:
+            if self.watchdog is not None:
+                self.watchdog.feed()
+            interval_ms = int(cfg["interval_s"] * 1000)
             if (not limit or self.produced < limit) and _since(next_ms) >= 0:
-                self.measure()
-                next_ms = _add(next_ms, interval_ms)
+                ok = self.measure()
+                wait = interval_ms if ok else min(interval_ms * self.errors.backoff("meter"), 300000)
+                next_ms = _add(next_ms, wait)
                 if _since(next_ms) > interval_ms:
                     # Fell far behind (a long outage): don't burst to catch up.
-                    next_ms = _add(_ticks_ms(), interval_ms)
+                    next_ms = _add(_ticks_ms(), wait)
             if limit and self.produced >= limit:
                 if not self.outbox:
                     break
@@ -204,15 +342,26 @@ class Firmware:
                 elif _since(drain_start) > cfg["drain_timeout_s"] * 1000:
                     log.warning(TAG, "giving up with %d readings undelivered" % len(self.outbox))
                     break
+            if self.console is not None:
+                self.console.poll(0)
+                if not self.running:
+                    break
             if self.outbox and (self.retry_at_ms is None or _since(self.retry_at_ms) >= 0):
                 self.retry_at_ms = None
-                self.send_one()
+                try:
+                    self.send_one()
+                except OSError as e:
+                    # Flash read or re-sign trouble: count, back off, go on.
+                    self.errors.add("flash", str(e))
+                    self._retry_later()
                 continue
             wait = -_since(next_ms)
             if self.outbox and self.retry_at_ms is not None:
                 wait = min(wait, -_since(self.retry_at_ms))
+            if limit and self.produced >= limit and not self.outbox:
+                wait = 0
             if wait > 0:
-                _sleep_ms(min(wait, 1000))
+                self.wait(min(wait, 1000))
         self.persist()
         self.client.close()
         return self.summary()
@@ -222,11 +371,17 @@ def main(config_path="config.json"):
     import json
 
     try:
-        cfg = load_config(config_path)
-        fw = Firmware(cfg)
+        cfg = config_mod.load(config_path)
+        fw = Firmware(cfg, config_path)
     except ValueError as e:
         log.error(TAG, "cannot start: %s" % e)
         return 1
     summary = fw.run()
     print("SUMMARY " + json.dumps(summary))
+    if fw.reboot_requested:
+        try:
+            hal.reboot()
+        except Exception:
+            # Unix port: exit status 3 asks the supervisor to start again.
+            return 3
     return 0
