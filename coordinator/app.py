@@ -17,6 +17,7 @@ from .console import Console
 from .console_server import ConsoleServer
 from .logs import LOG_BUFFER
 from .ingest.dedup import bound_duplicate_cache
+from .ingest.devices import devices_resource
 from .ingest.readings import ReadingIngest
 from .ingest.resources import HealthResource, ReadingsResource
 from .store.database import open_database
@@ -56,6 +57,7 @@ class Coordinator:
         site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader))
         site.add_resource(["readings"], ReadingsResource(self.ingest))
         site.add_resource(["health"], HealthResource(self.status))
+        site.add_resource(["devices"], devices_resource(self.store, self.config.ingest.installer_token))
         return site
 
     async def start(self) -> None:
