@@ -309,6 +309,8 @@ class Firmware:
             "dropped": self.outbox.dropped,
             "retransmissions": self.client.retransmissions,
             "last_seq": self.seq,
+            "import_wh": self.last_import,
+            "export_wh": self.last_export,
             "errors": self.errors.counts,
         }
 
