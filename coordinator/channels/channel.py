@@ -250,13 +250,13 @@ class PayerChannel:
         terms = Terms(channel_id, capacity, fee, locktime, key.public_key.to_bytes(compressed=True), payer_script)
         return cls(terms, key, policy)
 
-    def _need(self, *states: State) -> None:
+    def require_state(self, *states: State) -> None:
         if self.state not in states:
             raise StateError(f"channel {self.terms.channel_id.hex()} is {self.state.value}: "
                              f"expected {' or '.join(s.value for s in states)}")
 
     def on_accept(self, payee_key: bytes, payee_script: bytes) -> None:
-        self._need(State.PROPOSED)
+        self.require_state(State.PROPOSED)
         _pubkey(payee_key, "payee key")
         _script(payee_script, "payee script")
         if payee_key == self.terms.payer_key:
@@ -265,12 +265,12 @@ class PayerChannel:
         self.state = State.ACCEPTED
 
     def funding_output(self) -> TxOutput:
-        self._need(State.ACCEPTED)
+        self.require_state(State.ACCEPTED)
         return TxOutput(self.terms.capacity, self.terms.funding_script)
 
     def refund_request(self, funding_tx: Tx) -> Tx:
         """Record the (signed, unbroadcast) funding tx; return the unsigned refund."""
-        self._need(State.ACCEPTED)
+        self.require_state(State.ACCEPTED)
         op = _check_funding_tx(self.terms, funding_tx, None)
         self.funding, self.funding_tx = op, funding_tx
         self.state = State.FUNDING
@@ -278,7 +278,7 @@ class PayerChannel:
 
     def on_refund_signature(self, payee_sig: bytes) -> Tx:
         """Check the payee's refund signature, complete and verify the refund."""
-        self._need(State.FUNDING)
+        self.require_state(State.FUNDING)
         assert self.funding is not None
         tx = refund_tx(self.terms, self.funding)
         prev = TxOutput(self.terms.capacity, self.terms.funding_script)
@@ -295,7 +295,7 @@ class PayerChannel:
 
     def on_funded(self) -> None:
         """The funding tx was broadcast and the payee acknowledged it."""
-        self._need(State.REFUND_SIGNED)
+        self.require_state(State.REFUND_SIGNED)
         self.state = State.OPEN
 
     @property
@@ -309,7 +309,7 @@ class PayerChannel:
 
     def pay(self, amount: int, now: int) -> Update:
         """Sign an update adding `amount` sat for the payee."""
-        self._need(State.OPEN)
+        self.require_state(State.OPEN)
         if amount <= 0:
             raise AmountError(f"payment of {amount} sat: expected > 0")
         if now >= self.terms.refund_locktime - self.policy.close_margin:
@@ -334,19 +334,19 @@ class PayerChannel:
 
     def refund_for_broadcast(self, now: int) -> Tx:
         """The signed refund, once its lock time has passed."""
-        self._need(State.REFUND_SIGNED, State.OPEN)
+        self.require_state(State.REFUND_SIGNED, State.OPEN)
         assert self.refund is not None
-        if now < self.terms.refund_locktime:
-            raise LockTimeError(f"refund lock time {self.terms.refund_locktime} not reached at {now}")
+        if now <= self.terms.refund_locktime:  # final once the lock time is strictly past
+            raise LockTimeError(f"refund lock time {self.terms.refund_locktime} not passed at {now}")
         return self.refund
 
     def on_refunded(self) -> None:
-        self._need(State.REFUND_SIGNED, State.OPEN)
+        self.require_state(State.REFUND_SIGNED, State.OPEN)
         self.state = State.REFUNDED
 
     def on_close(self, close_tx: Tx) -> None:
         """The payee closed: check the closing tx pays us what we did not pay."""
-        self._need(State.OPEN)
+        self.require_state(State.OPEN)
         assert self.funding is not None
         if len(close_tx.inputs) != 1 or Outpoint(close_tx.inputs[0].prev_hash, close_tx.inputs[0].prev_idx) \
                 != self.funding:
@@ -408,7 +408,7 @@ class PayeeChannel:
         terms = Terms(channel_id, capacity, fee, refund_locktime, payer_key, payer_script, mine, payee_script)
         return cls(terms, key, policy)
 
-    def _need(self, *states: State) -> None:
+    def require_state(self, *states: State) -> None:
         if self.state not in states:
             raise StateError(f"channel {self.terms.channel_id.hex()} is {self.state.value}: "
                              f"expected {' or '.join(s.value for s in states)}")
@@ -419,7 +419,7 @@ class PayeeChannel:
 
     def sign_refund(self, funding: Outpoint, refund: Tx) -> bytes:
         """Sign the payer's refund if it is the refund we agreed to."""
-        self._need(State.ACCEPTED)
+        self.require_state(State.ACCEPTED)
         want = refund_tx(self.terms, funding)
         if refund.to_bytes() != want.to_bytes():
             if refund.locktime != self.terms.refund_locktime:
@@ -433,7 +433,7 @@ class PayeeChannel:
         return sig
 
     def on_funded(self, funding_tx: Tx) -> None:
-        self._need(State.REFUND_SIGNED)
+        self.require_state(State.REFUND_SIGNED)
         _check_funding_tx(self.terms, funding_tx, self.funding)
         self.state = State.OPEN
 
@@ -447,7 +447,7 @@ class PayeeChannel:
 
     def check_update(self, update: Update, now: int) -> int:
         """All checks of `receive` without changing anything; returns the increase."""
-        self._need(State.OPEN)
+        self.require_state(State.OPEN)
         seq = self.seq
         if update.seq == seq and self.latest is not None and update.amount == self.latest.amount \
                 and update.payer_sig == self.latest.payer_sig:
@@ -475,11 +475,11 @@ class PayeeChannel:
         the interpreter (what `closing_tx` does)."""
         delta = self.check_update(update, now)
         if full_check:
-            self._complete(update)
+            self.complete_update(update)
         self.latest = update
         return delta
 
-    def _complete(self, update: Update) -> Tx:
+    def complete_update(self, update: Update) -> Tx:
         assert self.funding is not None
         tx = update_tx(self.terms, self.funding, update.amount, self.policy.dust_limit)
         tx.inputs[0].script_sig = multisig_script_sig(update.payer_sig, sign_input(tx, 0, self.key, self.prevout))
@@ -494,17 +494,17 @@ class PayeeChannel:
 
     def close(self, now: int) -> Tx:
         """Countersign the latest update: the closing tx to broadcast."""
-        self._need(State.OPEN, State.CLOSING)
+        self.require_state(State.OPEN, State.CLOSING)
         if self.latest is None:
             raise AmountError("no payment received: nothing to close with (the payer's refund returns the funds)")
         if now >= self.terms.refund_locktime:
             raise LockTimeError(f"time {now} is past the refund lock time {self.terms.refund_locktime}: "
                                 "the payer's refund may already be valid")
-        tx = self._complete(self.latest)
+        tx = self.complete_update(self.latest)
         self.closing_tx = tx
         self.state = State.CLOSING
         return tx
 
     def on_closed(self) -> None:
-        self._need(State.CLOSING)
+        self.require_state(State.CLOSING)
         self.state = State.CLOSED

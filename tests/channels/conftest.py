@@ -27,3 +27,37 @@ def ledger() -> LocalLedger:
 @pytest.fixture
 def wallet() -> Wallet:
     return Wallet.generate(fee_rate=100)
+
+
+class FixedClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, t: float = 1_700_000_000) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+
+def make_node(tmp_path, name: str, ledger: LocalLedger, clock: FixedClock, funds: int = 0, **kw):
+    from bitcoinx import PrivateKey
+
+    from microgrid.coordinator.channels.channel import ChannelPolicy
+    from microgrid.coordinator.channels.protocol import ChannelNode
+    from microgrid.coordinator.channels.store import ChannelStore
+
+    wallet_path = tmp_path / f"{name}-wallet.json"
+    if wallet_path.exists():
+        wallet = Wallet.open(wallet_path, "pw")
+    else:
+        wallet = Wallet.create(wallet_path, "pw", fee_rate=100)
+    if funds:
+        fund(wallet, ledger, funds)
+        wallet.save()
+    key_path = tmp_path / f"{name}-identity.hex"
+    if not key_path.exists():
+        key_path.write_text(PrivateKey.from_random().to_hex())
+    identity = PrivateKey.from_hex(key_path.read_text())
+    store = ChannelStore(tmp_path / f"{name}-channels.db", clock=clock.now)
+    kw.setdefault("policy", ChannelPolicy(min_lock_seconds=3_600, close_margin=600))
+    return ChannelNode(identity, wallet, store, ledger, clock, **kw)

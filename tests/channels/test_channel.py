@@ -151,7 +151,7 @@ def test_refund_before_lock_time_fails_and_after_succeeds(ledger: LocalLedger) -
     p = open_pair(ledger)
     lt = p.payer.terms.refund_locktime
     with pytest.raises(LockTimeError):
-        p.payer.refund_for_broadcast(lt - 1)
+        p.payer.refund_for_broadcast(lt)
     ledger.set_time(lt - 1)
     with pytest.raises(ChainError, match="nLockTime"):
         ledger.broadcast(p.payer.refund)
@@ -166,7 +166,7 @@ def test_payee_closing_with_an_old_state_is_refused(ledger: LocalLedger) -> None
     p = open_pair(ledger)
     u1 = p.payer.pay(1_000, T0)
     p.payee.receive(u1, T0)
-    old = p.payee._complete(u1)
+    old = p.payee.complete_update(u1)
     p.payee.receive(p.payer.pay(1_000, T0), T0)
     latest = p.payee.close(T0)
     ledger.broadcast(latest)
@@ -177,7 +177,7 @@ def test_payee_closing_with_an_old_state_is_refused(ledger: LocalLedger) -> None
     v1 = q.payer.pay(1_000, T0)
     q.payee.receive(v1, T0)
     q.payee.receive(q.payer.pay(1_000, T0), T0)
-    q.payer.on_close(q.payee._complete(v1))
+    q.payer.on_close(q.payee.complete_update(v1))
     assert q.payer.closed_amount == 1_000 < q.payer.paid
 
 

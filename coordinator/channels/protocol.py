@@ -1,0 +1,402 @@
+"""The channel node: one per coordinator. It turns signed messages into
+channel steps and back, with the wallet, the store, the chain backend and
+the clock plugged in; it opens no sockets (see `transport`).
+
+As payee (server side), `handle(wire)` answers every request with a signed
+reply or a signed error; handlers are `rpc_<type>` methods. As payer
+(client side), `open_request`, `pay_request`, `close_request` build
+requests and `on_reply(request, wire)` takes the answer and returns the
+next request, if the exchange continues.
+
+Rules the node adds to the channel state machines:
+- every message is authenticated (`messages.decode`); a channel is bound to
+  the coordinator key that opened it (and, for the payer, to the payee it
+  asked), and a message about it from any other key is refused;
+- answers must carry the digest of the request they answer;
+- state is durable before it is acknowledged (payee) or sent (payer);
+- an error changes nothing, on either side.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from bitcoinx import PrivateKey, Tx
+
+from ..clock import Clock
+from .chain import ChainBackend, ChainError
+from .channel import ChannelError, ChannelPolicy, FundingError, PayeeChannel, PayerChannel, State, Update
+from .messages import REPLIES, Message, MessageError, decode, digest, encode
+from .store import ChannelStore, payee_from_record, payer_from_record
+from .txs import Outpoint, TransactionError, txid_hex, tx_from_bytes
+from .wallet import CHANNEL_CHAIN, Wallet
+
+PaymentListener = Callable[[bytes, int, Update], None]
+
+
+class ProtocolError(Exception):
+    """A refused request or an error answer; `code` as in the error message."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass
+class Entry:
+    role: str  # "payer" or "payee"
+    channel: PayerChannel | PayeeChannel
+    peer: bytes  # the other coordinator's public key
+    peer_uri: str
+    key_index: int
+
+
+class ChannelNode:
+    def __init__(self, identity: PrivateKey, wallet: Wallet, store: ChannelStore, chain: ChainBackend, clock: Clock,
+                 policy: ChannelPolicy | None = None, uri: str = "",
+                 allow: Callable[[bytes], bool] | None = None, full_check: bool = True) -> None:
+        self.identity = identity
+        self.public_key = identity.public_key.to_bytes(compressed=True)
+        self.wallet = wallet
+        self.store = store
+        self.chain = chain
+        self.clock = clock
+        self.policy = policy or ChannelPolicy(fee_rate=wallet.fee_rate, dust_limit=wallet.dust_limit)
+        self.uri = uri
+        self.allow = allow
+        self.full_check = full_check
+        self.channels: dict[bytes, Entry] = {}
+        self.payment_listeners: list[PaymentListener] = []
+        self.resume()
+
+    # -- lifecycle ------------------------------------------------------------
+    def resume(self) -> None:
+        """Load every channel from the store (after a restart)."""
+        self.channels.clear()
+        for row in self.store.rows():
+            key = self.wallet.channel_key(row["key_index"])
+            if self.wallet.next_index[CHANNEL_CHAIN] <= row["key_index"]:
+                self.wallet.next_index[CHANNEL_CHAIN] = row["key_index"] + 1
+            ch: PayerChannel | PayeeChannel
+            if row["role"] == "payer":
+                ch = payer_from_record(row["record"], key)
+            else:
+                ch = payee_from_record(row["record"], key)
+            self.channels[row["id"]] = Entry(row["role"], ch, row["peer"], row["peer_uri"], row["key_index"])
+
+    def now(self) -> int:
+        return int(self.clock.now())
+
+    def open_channels(self, role: str | None = None) -> list[bytes]:
+        return [cid for cid, e in self.channels.items()
+                if e.channel.state == State.OPEN and (role is None or e.role == role)]
+
+    def payer(self, channel_id: bytes) -> PayerChannel:
+        return self._get(channel_id, "payer").channel  # type: ignore[return-value]
+
+    def payee(self, channel_id: bytes) -> PayeeChannel:
+        return self._get(channel_id, "payee").channel  # type: ignore[return-value]
+
+    def _get(self, channel_id: bytes, role: str) -> Entry:
+        e = self.channels.get(channel_id)
+        if e is None:
+            raise ProtocolError("unknown-channel", f"channel {channel_id.hex()} is not known here")
+        if e.role != role:
+            raise ProtocolError("role", f"channel {channel_id.hex()}: we are its {e.role}, not its {role}")
+        return e
+
+    def _save(self, e: Entry, update: Update | None = None, acked: bool = False) -> None:
+        self.store.save_channel(e.role, e.channel, e.peer, e.peer_uri, e.key_index, update, acked)
+
+    def _save_wallet(self) -> None:
+        if self.wallet.path is not None:
+            self.wallet.save()
+
+    # -- server side (requests) -------------------------------------------------
+    def handle(self, wire: bytes) -> bytes:
+        """Answer one request; always returns signed reply bytes."""
+        try:
+            msg = decode(wire)
+        except MessageError as e:
+            return self._error(bytes(16), wire, e.code, str(e))
+        if msg.reply_to or msg.type not in REPLIES:
+            return self._error(msg.channel_id, wire, "unexpected", f"{msg.type} is not a request")
+        handler = getattr(self, "rpc_" + msg.type.replace("-", "_"))
+        try:
+            body = handler(msg)
+        except ProtocolError as e:
+            return self._error(msg.channel_id, wire, e.code, e.detail)
+        except ChannelError as e:
+            return self._error(msg.channel_id, wire, e.code, str(e))
+        except (TransactionError, ChainError) as e:
+            return self._error(msg.channel_id, wire, "transaction", str(e))
+        return encode(self.identity, REPLIES[msg.type], msg.channel_id, body, digest(wire)).wire
+
+    def _error(self, channel_id: bytes, wire: bytes, code: str, detail: str) -> bytes:
+        return encode(self.identity, "error", channel_id, {"code": code, "detail": detail[:400]}, digest(wire)).wire
+
+    def _from_peer(self, msg: Message, role: str) -> Entry:
+        e = self._get(msg.channel_id, role)
+        if msg.sender != e.peer:
+            raise ProtocolError("forbidden", f"channel {msg.channel_id.hex()} belongs to {e.peer.hex()}, "
+                                f"not to sender {msg.sender.hex()}")
+        return e
+
+    def rpc_open(self, msg: Message) -> dict:
+        if self.allow is not None and not self.allow(msg.sender):
+            raise ProtocolError("forbidden", f"coordinator {msg.sender.hex()} is not an allowed peer")
+        if msg.channel_id in self.channels:
+            raise ProtocolError("duplicate", f"channel {msg.channel_id.hex()} already exists")
+        b = msg.body
+        index = self.wallet.next_index[CHANNEL_CHAIN]
+        _, script = self.wallet.receive_script()
+        ch = PayeeChannel.accept(msg.channel_id, b["capacity"], b["fee"], b["refund_locktime"], b["payer_key"],
+                                 b["payer_script"], self.wallet.channel_key(index), bytes(script), self.now(),
+                                 self.policy)
+        self.wallet.new_index(CHANNEL_CHAIN)
+        e = Entry("payee", ch, msg.sender, str(b.get("uri", "")), index)
+        self._save(e)
+        self._save_wallet()
+        self.channels[msg.channel_id] = e
+        return {"payee_key": ch.terms.payee_key, "payee_script": ch.terms.payee_script}
+
+    def rpc_refund_request(self, msg: Message) -> dict:
+        e = self._from_peer(msg, "payee")
+        ch: PayeeChannel = e.channel  # type: ignore[assignment]
+        b = msg.body
+        if len(b["funding_txid"]) != 32:
+            raise ProtocolError("malformed", f"funding txid of {len(b['funding_txid'])} bytes: expected 32")
+        sig = ch.sign_refund(Outpoint(b["funding_txid"], b["funding_vout"]), tx_from_bytes(b["refund"]))
+        try:
+            self._save(e)
+        except BaseException:
+            ch.state, ch.funding = State.ACCEPTED, None
+            raise
+        return {"sig": sig}
+
+    def rpc_funded(self, msg: Message) -> dict:
+        e = self._from_peer(msg, "payee")
+        ch: PayeeChannel = e.channel  # type: ignore[assignment]
+        ch.require_state(State.REFUND_SIGNED)
+        tx = tx_from_bytes(msg.body["funding_tx"])
+        assert ch.funding is not None
+        if txid_hex(tx) != txid_hex_of(ch.funding):
+            raise FundingError(f"funding tx {txid_hex(tx)}: expected {txid_hex_of(ch.funding)} (the refund's input)")
+        if self.chain.get_output(ch.funding) is None:
+            raise FundingError(f"funding output {ch.funding} is not unspent on the chain")
+        ch.on_funded(tx)
+        try:
+            self._save(e)
+        except BaseException:
+            ch.state = State.REFUND_SIGNED
+            raise
+        return {}
+
+    def rpc_pay(self, msg: Message) -> dict:
+        e = self._from_peer(msg, "payee")
+        ch: PayeeChannel = e.channel  # type: ignore[assignment]
+        b = msg.body
+        update = Update(b["seq"], b["amount"], b["sig"])
+        now = self.now()
+        delta = ch.check_update(update, now)
+        if self.full_check:
+            ch.complete_update(update)
+        previous = ch.latest
+        ch.latest = update
+        try:
+            self._save(e, update, acked=True)  # durable before the ack below
+        except BaseException:
+            ch.latest = previous
+            raise
+        for listener in self.payment_listeners:
+            listener(msg.channel_id, delta, update)
+        return {"seq": update.seq, "amount": update.amount}
+
+    def rpc_close(self, msg: Message) -> dict:
+        e = self._from_peer(msg, "payee")
+        return {"closing_tx": self._close(e).to_bytes()}
+
+    def rpc_closed(self, msg: Message) -> dict:
+        e = self._from_peer(msg, "payer")
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        tx = tx_from_bytes(msg.body["closing_tx"])
+        ch.on_close(tx)
+        self._save(e)
+        self.wallet.scan(tx)
+        self._save_wallet()
+        return {}
+
+    def _close(self, e: Entry) -> Tx:
+        ch: PayeeChannel = e.channel  # type: ignore[assignment]
+        if ch.state == State.CLOSED and ch.closing_tx is not None:
+            return ch.closing_tx
+        tx = ch.close(self.now())
+        self._save(e)  # CLOSING with the closing tx, before it is broadcast
+        self.chain.broadcast(tx)
+        ch.on_closed()
+        self._save(e)
+        self.wallet.scan(tx)
+        self._save_wallet()
+        return tx
+
+    # -- payee actions -------------------------------------------------------------
+    def close(self, channel_id: bytes) -> Message:
+        """Close a channel we are paid through: broadcast the latest update
+        and return the `closed` notice to send to the payer."""
+        e = self._get(channel_id, "payee")
+        tx = self._close(e)
+        return encode(self.identity, "closed", channel_id, {"closing_tx": tx.to_bytes()})
+
+    def channels_to_close(self) -> list[bytes]:
+        now = self.now()
+        return [cid for cid, e in self.channels.items()
+                if e.role == "payee" and isinstance(e.channel, PayeeChannel) and e.channel.must_close(now)
+                and e.channel.latest is not None]
+
+    # -- client side (payer) -------------------------------------------------------
+    def open_request(self, peer_uri: str, capacity: int, lock_seconds: int, peer: bytes = b"") -> Message:
+        """Start a channel paying the coordinator at `peer_uri` (whose key
+        is `peer`, if known; else the first answer binds it)."""
+        index = self.wallet.next_index[CHANNEL_CHAIN]
+        _, script = self.wallet.receive_script()
+        cid = os.urandom(16)
+        ch = PayerChannel.propose(cid, capacity, self.wallet.channel_key(index), bytes(script), self.now(),
+                                  lock_seconds, self.policy)
+        self.wallet.new_index(CHANNEL_CHAIN)
+        e = Entry("payer", ch, peer, peer_uri, index)
+        self._save(e)
+        self._save_wallet()
+        self.channels[cid] = e
+        t = ch.terms
+        return encode(self.identity, "open", cid, {"capacity": t.capacity, "fee": t.fee,
+                                                   "refund_locktime": t.refund_locktime, "payer_key": t.payer_key,
+                                                   "payer_script": t.payer_script, "uri": self.uri})
+
+    def pay_request(self, channel_id: bytes, amount: int) -> Message:
+        """Sign an update adding `amount` sat; stored before it is returned."""
+        e = self._get(channel_id, "payer")
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        if ch.sent is not None and ch.sent.seq > ch.acked_seq:
+            raise ProtocolError("pending", f"update {ch.sent.seq} is not acknowledged yet; resend it first")
+        previous = ch.sent
+        update = ch.pay(amount, self.now())
+        try:
+            self._save(e, update)
+        except BaseException:
+            ch.sent = previous
+            raise
+        return self._pay_message(channel_id, update)
+
+    def pending_request(self, channel_id: bytes) -> Message | None:
+        """The unacknowledged update to resend (after a timeout or restart)."""
+        ch = self.payer(channel_id)
+        if ch.sent is None or ch.sent.seq <= ch.acked_seq:
+            return None
+        return self._pay_message(channel_id, ch.sent)
+
+    def _pay_message(self, channel_id: bytes, u: Update) -> Message:
+        return encode(self.identity, "pay", channel_id, {"seq": u.seq, "amount": u.amount, "sig": u.payer_sig})
+
+    def close_request(self, channel_id: bytes) -> Message:
+        self._get(channel_id, "payer")
+        return encode(self.identity, "close", channel_id, {})
+
+    def refund(self, channel_id: bytes) -> str:
+        """Broadcast the refund (after its lock time)."""
+        e = self._get(channel_id, "payer")
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        tx = ch.refund_for_broadcast(self.now())
+        txid = self.chain.broadcast(tx)
+        ch.on_refunded()
+        self._save(e)
+        self.wallet.scan(tx)
+        self._save_wallet()
+        return txid
+
+    def on_reply(self, request: Message, wire: bytes) -> Message | None:
+        """Take the answer to `request`; return the next request or None.
+        Raises ProtocolError for an error answer or a reply that does not
+        fit (nothing changes then)."""
+        try:
+            reply = decode(wire)
+        except MessageError as e:
+            raise ProtocolError(e.code, f"reply: {e}") from None
+        if reply.reply_to != request.digest:
+            raise ProtocolError("unexpected", f"reply {reply.type} answers another request")
+        if reply.channel_id != request.channel_id and reply.type != "error":
+            raise ProtocolError("unexpected", f"reply about channel {reply.channel_id.hex()}: "
+                                f"expected {request.channel_id.hex()}")
+        e = self.channels.get(request.channel_id)
+        if e is not None and e.peer and reply.sender != e.peer:
+            raise ProtocolError("forbidden", f"reply from {reply.sender.hex()}: expected {e.peer.hex()}")
+        if reply.type == "error":
+            code, detail = reply.body["code"], reply.body["detail"]
+            if request.type == "pay" and code == "duplicate" and e is not None:
+                # The payee already holds exactly this update: it is acknowledged.
+                self._ack(e, request.body["seq"], request.body["amount"])
+                return None
+            raise ProtocolError(code, f"peer refused {request.type}: {detail}")
+        if reply.type != REPLIES[request.type]:
+            raise ProtocolError("unexpected", f"reply {reply.type} to {request.type}: expected {REPLIES[request.type]}")
+        if e is None:
+            raise ProtocolError("unknown-channel", f"channel {request.channel_id.hex()} is not known here")
+        return getattr(self, "on_" + reply.type.replace("-", "_"))(e, reply)
+
+    def _ack(self, e: Entry, seq: int, amount: int) -> None:
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        if ch.acked_seq == seq and ch.acked_amount == amount:
+            return
+        ch.on_ack(seq, amount)
+        self.store.mark_acked(ch, e.peer, e.peer_uri, e.key_index)
+
+    def on_accept(self, e: Entry, reply: Message) -> Message:
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        ch.on_accept(reply.body["payee_key"], reply.body["payee_script"])
+        if not e.peer:
+            e.peer = reply.sender
+        try:
+            funding_tx = self.wallet.build_payment([ch.funding_output()])
+        except Exception:
+            ch.state = State.PROPOSED
+            raise
+        refund = ch.refund_request(funding_tx)
+        self._save(e)
+        self._save_wallet()
+        assert ch.funding is not None
+        return encode(self.identity, "refund-request", ch.terms.channel_id,
+                      {"funding_txid": ch.funding.txid, "funding_vout": ch.funding.index, "refund": refund.to_bytes()})
+
+    def on_refund_signature(self, e: Entry, reply: Message) -> Message:
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        ch.on_refund_signature(reply.body["sig"])
+        self._save(e)  # the signed refund is durable before the funds are committed
+        assert ch.funding_tx is not None
+        self.chain.broadcast(ch.funding_tx)
+        self.wallet.scan(ch.funding_tx)
+        self._save_wallet()
+        return encode(self.identity, "funded", ch.terms.channel_id, {"funding_tx": ch.funding_tx.to_bytes()})
+
+    def on_funded_ack(self, e: Entry, reply: Message) -> None:
+        e.channel.on_funded()  # type: ignore[call-arg]
+        self._save(e)
+        return None
+
+    def on_pay_ack(self, e: Entry, reply: Message) -> None:
+        self._ack(e, reply.body["seq"], reply.body["amount"])
+        return None
+
+    def on_closed(self, e: Entry, reply: Message) -> None:
+        self.rpc_closed(reply)
+        return None
+
+    def on_closed_ack(self, e: Entry, reply: Message) -> None:
+        return None
+
+
+def txid_hex_of(o: Outpoint) -> str:
+    from bitcoinx import hash_to_hex_str
+
+    return str(hash_to_hex_str(o.txid))
