@@ -1,0 +1,232 @@
+"""Publishing orders through the overlay and collecting a zone's book.
+
+Keys:
+    mg/market/<zone>/<interval_start>           signed orders (orders.py encoding)
+    mg/market-result/<zone>/<interval_start>    cleared-book hashes, one per coordinator
+
+The overlay is anything with
+
+    async put(key: str, value: bytes, ttl_s: int) -> bool
+    async get(key: str) -> list[bytes | record]
+    listen(key: str, callback: Callable[[bytes | record], None]) -> handle with .cancel()
+
+where a record (coordinator/overlay's SignedRecord) carries the value as
+`.body` and its signer as `.publisher_id`. When `put` takes a `slot`
+keyword (coordinator/overlay does: a newer value in the same slot replaces
+the older for readers), each order goes in the slot "<owner>:<nonce>", so a
+coordinator's orders for one interval live side by side, and re-publishing
+an order (same owner and nonce) replaces it, which is also how the market
+treats it.
+
+Orders are signed by their owners, so the overlay's own signature adds
+nothing the market relies on: every value read is decoded and checked by an
+OrderFilter, which ignores invalid, unsigned, expired, duplicated or late
+orders with a logged reason. Collection stops at gate closure (interval
+start minus the configured lead time) by the clock passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol
+
+import cbor2
+
+from ..clock import Clock
+from .clearing import ClearedInterval, Comparison, compare_books
+from .orders import DEFAULT_INTERVAL_S, ZONE_RE, OrderFilter, SignedOrder
+
+log = logging.getLogger("microgrid.market.book")
+
+MAX_TTL_S = 24 * 3600
+RESULT_TTL_S = 3600
+
+
+class Overlay(Protocol):
+    async def put(self, key: str, value: bytes, ttl_s: int) -> bool: ...
+
+    async def get(self, key: str) -> list[Any]: ...
+
+    def listen(self, key: str, callback: Callable[[Any], None]) -> Any: ...
+
+
+class BookError(ValueError):
+    """A zone or interval that cannot name a book."""
+
+
+def order_key(zone: str, interval_start: int) -> str:
+    """The overlay key a zone's orders for an interval live under."""
+    _check(zone, interval_start)
+    return f"mg/market/{zone}/{interval_start}"
+
+
+def result_key(zone: str, interval_start: int) -> str:
+    """Where coordinators publish their cleared-book hash for comparison."""
+    _check(zone, interval_start)
+    return f"mg/market-result/{zone}/{interval_start}"
+
+
+def _check(zone: str, interval_start: int) -> None:
+    if not isinstance(zone, str) or not ZONE_RE.match(zone):
+        raise BookError(f"zone={zone!r}: expected 1..32 characters of [a-z0-9._-]")
+    if isinstance(interval_start, bool) or not isinstance(interval_start, int) or interval_start < 0:
+        raise BookError(f"interval_start={interval_start!r}: expected a unix time >= 0")
+
+
+def value_bytes(v: Any) -> bytes:
+    """The published bytes of what the overlay returned (bytes or a record)."""
+    body = getattr(v, "body", v)
+    if not isinstance(body, (bytes, bytearray)):
+        raise TypeError(f"overlay value of type {type(v).__name__}: expected bytes or a record with .body")
+    return bytes(body)
+
+
+def _takes_slot(overlay: Overlay) -> bool:
+    try:
+        return "slot" in inspect.signature(overlay.put).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+async def _put(overlay: Overlay, key: str, value: bytes, ttl_s: int, slot: str) -> bool:
+    if _takes_slot(overlay):
+        return await overlay.put(key, value, ttl_s, slot=slot)  # type: ignore[call-arg]
+    return await overlay.put(key, value, ttl_s)
+
+
+async def publish_order(overlay: Overlay, so: SignedOrder, now: float) -> bool:
+    """Publish a signed order under its book's key until it expires. False
+    when the overlay did not confirm it (or it is already dead)."""
+    o = so.order
+    ttl = min(int(o.expires - now), MAX_TTL_S)
+    if ttl < 1:
+        log.info("order %s not published: expired at %d, now %d", so.hash_hex[:16], o.expires, int(now))
+        return False
+    ok = await _put(overlay, order_key(o.zone, o.interval_start), so.encoded, ttl, f"{o.owner.hex()[:16]}:{o.nonce}")
+    if not ok:
+        log.warning("order %s for %s/%d: overlay did not confirm the put", so.hash_hex[:16], o.zone, o.interval_start)
+    return ok
+
+
+class BookCollector:
+    """One zone's orders for one interval, gathered from the overlay until
+    gate closure: every value under the key, as listened and as fetched."""
+
+    def __init__(self, overlay: Overlay, zone: str, interval_start: int, clock: Clock,
+                 interval_s: int = DEFAULT_INTERVAL_S, gate_lead_s: int = 300) -> None:
+        self.overlay = overlay
+        self.clock = clock
+        self.key = order_key(zone, interval_start)
+        self.filter = OrderFilter(zone, interval_start, interval_s, gate_lead_s)
+        self._handle: Any = None
+        # Digests of values already judged: listen and repeated fetches see
+        # the same values again; each is judged (and logged) once.
+        self._seen: set[bytes] = set()
+
+    @property
+    def gate_closes_at(self) -> int:
+        return self.filter.gate_closes_at
+
+    def offer(self, value: Any) -> SignedOrder | None:
+        """Take one overlay value (bytes or record) now; the accepted order
+        or None."""
+        try:
+            data = value_bytes(value)
+        except TypeError as e:
+            log.info("order ignored (invalid): %s", e)
+            self.filter.rejected["invalid"] += 1
+            return None
+        digest = hashlib.sha256(data).digest()
+        if digest in self._seen:
+            return None
+        self._seen.add(digest)
+        return self.filter.offer(data, self.clock.now())
+
+    def _on_value(self, value: Any) -> None:
+        self.offer(value)
+
+    def start(self) -> None:
+        """Listen for orders as they are published."""
+        if self._handle is None:
+            self._handle = self.overlay.listen(self.key, self._on_value)
+
+    def stop(self) -> None:
+        if self._handle is not None and hasattr(self._handle, "cancel"):
+            self._handle.cancel()
+        self._handle = None
+
+    async def fetch(self) -> None:
+        """Fetch what is stored under the key (what a listen may have missed)."""
+        for v in await self.overlay.get(self.key):
+            self.offer(v)
+
+    async def collect(self, poll_s: float = 5.0,
+                      sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> list[SignedOrder]:
+        """Listen and fetch until gate closure; return the book (sorted by
+        hash). `poll_s` is in clock seconds; with a scaled clock the real
+        wait is shortened accordingly."""
+        self.start()
+        try:
+            while True:
+                await self.fetch()
+                left = self.gate_closes_at - self.clock.now()
+                if left <= 0:
+                    break
+                wait = min(left, poll_s)
+                real = getattr(self.clock, "real_seconds", None)
+                await sleep(real(wait) if real else wait)
+        finally:
+            self.stop()
+        return self.filter.orders()
+
+    def orders(self) -> list[SignedOrder]:
+        return self.filter.orders()
+
+
+# -- comparing cleared books ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    peer: str
+    hash: bytes
+    orders: int
+
+
+def encode_result(peer: str, cleared: ClearedInterval) -> bytes:
+    return cbor2.dumps({"peer": peer, "hash": cleared.hash, "orders": len(cleared.order_hashes)}, canonical=True)
+
+
+def decode_result(value: Any) -> PublishedResult | None:
+    try:
+        m = cbor2.loads(value_bytes(value))
+        peer = getattr(value, "publisher_id", None) or m["peer"]
+        if not isinstance(m["hash"], bytes) or len(m["hash"]) != 32 or not isinstance(peer, str):
+            raise ValueError("hash or peer of the wrong type")
+        return PublishedResult(peer, m["hash"], int(m["orders"]))
+    except Exception as e:  # a result from anyone: never let it raise
+        log.info("cleared-book result ignored: %s (expected {peer, hash: 32 bytes, orders})", e)
+        return None
+
+
+async def publish_result(overlay: Overlay, peer: str, cleared: ClearedInterval) -> bool:
+    return await _put(overlay, result_key(cleared.zone, cleared.interval_start), encode_result(peer, cleared),
+                      RESULT_TTL_S, f"result:{cleared.interval_s}")
+
+
+async def compare_with_peers(overlay: Overlay, peer: str, cleared: ClearedInterval) -> Comparison:
+    """Read the other coordinators' published hashes for this book and
+    compare (disagreements are logged by compare_books). On an overlay that
+    signs records, peers are named by their publisher ids (ours included,
+    whatever `peer` says); on a bare one by the ids they published."""
+    me = getattr(overlay, "publisher_id", None) or peer
+    theirs = {}
+    for v in await overlay.get(result_key(cleared.zone, cleared.interval_start)):
+        r = decode_result(v)
+        if r is not None and r.peer != me:
+            theirs[r.peer] = r.hash
+    return compare_books(cleared, theirs)
