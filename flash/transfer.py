@@ -114,7 +114,7 @@ class FolderTarget:
 
     def micropython(self, step: str) -> str:
         if self._micropython:
-            return self._micropython
+            return tools.find_tool("micropython", step, self._micropython)
         try:
             return find_micropython()
         except MicroPythonNotFound as e:
