@@ -207,7 +207,7 @@ def check_pins(board_name: str, assignments: Mapping[str, PinUse | tuple[int, st
 
 
 def _check_uart_pin(b: Board, function: str, label: str, use: PinUse, report: PinReport, reserved: bool) -> None:
-    if use.uart not in b.uarts:
+    if use.uart is None or use.uart not in b.uarts:
         report.problems.append(f"{function}: {b.name} has no UART{use.uart}; expected one of "
                                f"{', '.join(str(u) for u in b.uarts)}")
         return

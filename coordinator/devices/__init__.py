@@ -1,0 +1,1 @@
+"""Modbus meters and inverters, GPIO relays and LEDs."""
