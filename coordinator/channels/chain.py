@@ -85,6 +85,7 @@ class LocalLedger:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
         if self.db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0] == 0:
             self.db.execute("INSERT INTO blocks VALUES (0, ?)", (start_time,))
