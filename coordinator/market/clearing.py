@@ -60,11 +60,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import cbor2
 
-from .orders import BUY, DEFAULT_INTERVAL_S, SELL, SignedOrder, dedupe
+from .orders import BUY, DEFAULT_INTERVAL_S, SignedOrder, dedupe
 
 log = logging.getLogger("microgrid.market.clearing")
 
@@ -97,8 +97,7 @@ class ZoneRules:
             raise ClearingError(f"pricing={self.pricing!r}: expected one of {PRICING}")
 
 
-@dataclass(frozen=True)
-class Trade:
+class Trade(NamedTuple):
     buy: bytes  # buy order hash
     sell: bytes  # sell order hash
     buyer: bytes  # owner public keys
@@ -137,72 +136,71 @@ def trade_value(wh: int, price_sat_per_kwh: int) -> int:
     return wh * price_sat_per_kwh // 1000
 
 
-def _buy_key(fee: int):  # type: ignore[no-untyped-def]
-    def key(so: SignedOrder) -> tuple[int, int, bytes]:
-        return (fee - so.order.limit_sat_per_kwh, so.order.created, so.hash)
-    return key
-
-
-def _sell_key(so: SignedOrder) -> tuple[int, int, bytes]:
-    return (so.order.limit_sat_per_kwh, so.order.created, so.hash)
-
-
 def clear_interval(orders: Iterable[SignedOrder], zone: str, interval_start: int,
                    interval_s: int = DEFAULT_INTERVAL_S, rules: ZoneRules = ZoneRules()) -> ClearedInterval:
     """Clear one zone's interval. Raises ClearingError for an order of
     another zone or interval."""
     book = dedupe(orders)
+    want = (zone, interval_start, interval_s)
+    fee = rules.grid_fee_sat_per_kwh
+    # Rows sort by priority (rules 2 and 3): buyers by -(limit - fee), sellers
+    # by limit, then created, then hash.
+    buy_rows: list[tuple[int, int, bytes, int, bytes, int]] = []
+    sell_rows: list[tuple[int, int, bytes, int, bytes, int]] = []
     for so in book:
         o = so.order
-        if (o.zone, o.interval_start, o.interval_s) != (zone, interval_start, interval_s):
+        if (o.zone, o.interval_start, o.interval_s) != want:
             raise ClearingError(f"order {so.hash_hex[:16]} for {o.zone}/{o.interval_start}+{o.interval_s}s:"
                                 f" expected {zone}/{interval_start}+{interval_s}s")
-    fee = rules.grid_fee_sat_per_kwh
-    buys = sorted((so for so in book if so.order.side == BUY), key=_buy_key(fee))
-    sells = sorted((so for so in book if so.order.side == SELL), key=_sell_key)
-    cap = rules.capacity_wh
-    pairs: list[tuple[SignedOrder, SignedOrder, int]] = []
-    fills: dict[bytes, int] = {so.hash: 0 for so in book}
+        if o.side == BUY:
+            eff = o.limit_sat_per_kwh - fee
+            buy_rows.append((-eff, o.created, so.hash, o.quantity_wh, o.owner, eff))
+        else:
+            sell_rows.append((o.limit_sat_per_kwh, o.created, so.hash, o.quantity_wh, o.owner,
+                              o.limit_sat_per_kwh))
+    buy_rows.sort()
+    sell_rows.sort()
+    cap = rules.capacity_wh if rules.capacity_wh is not None else -1
+    pairs: list[tuple[tuple[int, int, bytes, int, bytes, int], tuple[int, int, bytes, int, bytes, int], int]] = []
+    hashes = tuple(so.hash for so in book)  # dedupe sorts by hash
+    fills: dict[bytes, int] = dict.fromkeys(hashes, 0)
+    nb, ns = len(buy_rows), len(sell_rows)
     i = j = 0
-    b_rest = buys[0].order.quantity_wh if buys else 0
-    s_rest = sells[0].order.quantity_wh if sells else 0
+    b_rest = buy_rows[0][3] if nb else 0
+    s_rest = sell_rows[0][3] if ns else 0
     volume = 0
-    while i < len(buys) and j < len(sells):
-        b, s = buys[i], sells[j]
-        if b.order.limit_sat_per_kwh - fee < s.order.limit_sat_per_kwh:
+    while i < nb and j < ns:
+        b, s = buy_rows[i], sell_rows[j]
+        if b[5] < s[5]:
             break
-        q = min(b_rest, s_rest)
-        if cap is not None:
+        q = b_rest if b_rest < s_rest else s_rest
+        if cap >= 0:
             q = min(q, cap - volume)
             if q <= 0:
                 break
         pairs.append((b, s, q))
         volume += q
-        fills[b.hash] += q
-        fills[s.hash] += q
+        fills[b[2]] += q
+        fills[s[2]] += q
         b_rest -= q
         s_rest -= q
         if b_rest == 0:
             i += 1
-            b_rest = buys[i].order.quantity_wh if i < len(buys) else 0
+            b_rest = buy_rows[i][3] if i < nb else 0
         if s_rest == 0:
             j += 1
-            s_rest = sells[j].order.quantity_wh if j < len(sells) else 0
+            s_rest = sell_rows[j][3] if j < ns else 0
 
     clearing_price: int | None = None
     if pairs:
         mb, ms, _ = pairs[-1]
-        clearing_price = (mb.order.limit_sat_per_kwh - fee + ms.order.limit_sat_per_kwh) // 2
+        clearing_price = (mb[5] + ms[5]) // 2
+    bid = rules.pricing == PAY_AS_BID
     trades = []
     for b, s, q in pairs:
-        if rules.pricing == PAY_AS_CLEAR:
-            assert clearing_price is not None
-            p = clearing_price
-        else:
-            p = (b.order.limit_sat_per_kwh - fee + s.order.limit_sat_per_kwh) // 2
-        trades.append(Trade(b.hash, s.hash, b.order.owner, s.order.owner, q, p,
-                            trade_value(q, p), trade_value(q, fee)))
-    hashes = tuple(so.hash for so in book)  # dedupe sorts by hash
+        p = (b[5] + s[5]) // 2 if bid else clearing_price
+        assert p is not None
+        trades.append(Trade(b[2], s[2], b[4], s[4], q, p, q * p // 1000, q * fee // 1000))
     encoded = encode_cleared(zone, interval_start, interval_s, rules, clearing_price, volume, hashes, trades)
     return ClearedInterval(zone, interval_start, interval_s, rules, clearing_price, volume, tuple(trades),
                            hashes, fills, encoded, hashlib.sha256(encoded).digest())
