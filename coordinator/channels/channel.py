@@ -187,7 +187,7 @@ def _pubkey(raw: bytes, what: str) -> PublicKey:
         if len(raw) != 33:
             raise ValueError(f"{len(raw)} bytes")
         return PublicKey.from_bytes(raw)
-    except (ValueError, TypeError) as e:
+    except Exception as e:  # bitcoinx raises ValueError and its own errors
         raise TermsError(f"{what} {raw.hex()[:80]!r}: expected a 33-byte compressed secp256k1 key ({e})") from None
 
 

@@ -154,7 +154,7 @@ def decode(wire: bytes) -> Message:
         raise MessageError("malformed", "signed part is not canonical CBOR")
     try:
         ok = PublicKey.from_bytes(sender).verify_der_signature(sig, signed)
-    except (ValueError, TypeError):
+    except Exception:  # bitcoinx raises InvalidSignature, ValueError... on malformed keys/DER
         ok = False
     if not ok:
         raise MessageError("auth", f"signature does not verify for sender {sender.hex()}")

@@ -133,6 +133,8 @@ class ChannelNode:
             return self._error(msg.channel_id, wire, e.code, str(e))
         except (TransactionError, ChainError) as e:
             return self._error(msg.channel_id, wire, "transaction", str(e))
+        except Exception as e:  # a bug or a storage failure: refuse, never acknowledge
+            return self._error(msg.channel_id, wire, "internal", f"{type(e).__name__}: {e}")
         return encode(self.identity, REPLIES[msg.type], msg.channel_id, body, digest(wire)).wire
 
     def _error(self, channel_id: bytes, wire: bytes, code: str, detail: str) -> bytes:
@@ -322,8 +324,8 @@ class ChannelNode:
         fit (nothing changes then)."""
         try:
             reply = decode(wire)
-        except MessageError as e:
-            raise ProtocolError(e.code, f"reply: {e}") from None
+        except MessageError as err:
+            raise ProtocolError(err.code, f"reply: {err}") from None
         if reply.reply_to != request.digest:
             raise ProtocolError("unexpected", f"reply {reply.type} answers another request")
         if reply.channel_id != request.channel_id and reply.type != "error":

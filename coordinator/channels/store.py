@@ -96,15 +96,15 @@ class ChannelStore:
     def _migrate(self) -> None:
         db = self.db
         if "channels" not in db.table_names():
-            db["channels"].create({"id": bytes, "role": str, "peer": bytes, "peer_uri": str, "key_index": int,
+            db.table("channels").create({"id": bytes, "role": str, "peer": bytes, "peer_uri": str, "key_index": int,
                                    "state": str, "record": bytes, "updated_at": float}, pk="id")
         if "updates" not in db.table_names():
-            db["updates"].create({"channel_id": bytes, "seq": int, "amount": int, "sig": bytes, "role": str,
+            db.table("updates").create({"channel_id": bytes, "seq": int, "amount": int, "sig": bytes, "role": str,
                                   "acked": int, "at": float}, pk=("channel_id", "seq"))
         if "events" not in db.table_names():
-            db["events"].create({"id": int, "channel_id": bytes, "at": float, "kind": str, "wh": float,
+            db.table("events").create({"id": int, "channel_id": bytes, "at": float, "kind": str, "wh": float,
                                  "amount": int, "seq": int, "detail": str}, pk="id")
-            db["events"].create_index(["channel_id", "id"])
+            db.table("events").create_index(["channel_id", "id"])
         self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- transactions ---------------------------------------------------------

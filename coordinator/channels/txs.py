@@ -105,7 +105,7 @@ def signature_valid(tx: Tx, index: int, key: PublicKey, prevout: TxOutput, sig: 
         return False
     try:
         return bool(key.verify_der_signature(sig[:-1], sighash(tx, index, prevout), hasher=None))
-    except (ValueError, TypeError):
+    except Exception:  # bitcoinx raises InvalidSignature on malformed DER
         return False
 
 

@@ -204,3 +204,21 @@ def test_malformed_requests_answer_errors(nodes) -> None:
     assert error_of(b.handle(bad.wire))[0] == "unknown-channel"
     with pytest.raises(MessageError):
         encode(a.identity, "pay", os.urandom(16), {"seq": "1", "amount": 1, "sig": b"x"})
+
+
+def test_garbage_signature_in_update_is_refused(nodes) -> None:
+    a, b, clock = nodes
+    cid = open_channel(a, b)
+    for sig in (b"", b"\x30\x02\x01", b"\x00" * 72, bytes(range(72)) + b"\x41"):
+        bad = encode(a.identity, "pay", cid, {"seq": 1, "amount": 100, "sig": sig})
+        assert error_of(b.handle(bad.wire))[0] == "signature"
+    assert b.payee(cid).latest is None
+
+
+def test_storage_failure_is_not_acknowledged(nodes) -> None:
+    a, b, clock = nodes
+    cid = open_channel(a, b)
+    msg = a.pay_request(cid, 100)
+    b.store.conn.close()  # the disk is gone
+    assert error_of(b.handle(msg.wire))[0] == "internal"
+    assert b.payee(cid).latest is None
