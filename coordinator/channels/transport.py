@@ -94,6 +94,15 @@ class ChannelClient:
         """As payer: ask the payee to close; the answer carries the closing tx."""
         await self.exchange(self.node.channels[channel_id].peer_uri, self.node.close_request(channel_id))
 
+    async def close_due(self) -> list[bytes]:
+        """As payee: close every channel within its close margin (call it
+        periodically); returns the channels closed."""
+        done = []
+        for cid in self.node.channels_to_close():
+            await self.close_as_payee(cid)
+            done.append(cid)
+        return done
+
     async def close_as_payee(self, channel_id: bytes) -> None:
         """As payee: close and tell the payer (if it gave a URI)."""
         notice = self.node.close(channel_id)

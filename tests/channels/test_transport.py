@@ -36,8 +36,10 @@ def test_open_stream_close_over_coap(tmp_path, ledger: LocalLedger) -> None:
             with pytest.raises(AmountError, match="capacity"):
                 await client_a.pay(cid, 10_000_000)
             assert b.payee(cid).received == 5_000
-            # the payee closes and tells the payer over CoAP
-            await client_b.close_as_payee(cid)
+            # near the lock time the payee closes and tells the payer over CoAP
+            assert await client_b.close_due() == []
+            clock.t = b.payee(cid).terms.refund_locktime - 600
+            assert await client_b.close_due() == [cid]
             assert a.payer(cid).state == State.CLOSED
             assert ledger.transaction(a.payer(cid).closing_txid) is not None
         finally:
