@@ -90,12 +90,13 @@ def base_config(req: FlashRequest, existing: str | None, board: str = "unix") ->
         raw = settings.read_json_file(req.config_file)
     elif existing is not None:
         try:
-            raw = json.loads(existing)
+            found: Any = json.loads(existing)
         except ValueError:
-            raw = None
-        if not isinstance(raw, dict):
+            found = None
+        if not isinstance(found, dict):
             raise FlashError("check config", "the target's config.json is not a JSON object, and no --config was given",
                              "give the meter's settings with --config FILE")
+        raw = found
     else:
         raw = {}
     flags: list[str] = []
