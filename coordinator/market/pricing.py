@@ -178,6 +178,7 @@ def parse_rule(name: str, value: Any) -> PriceRule | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
+        _check_price(name, value)
         return FixedPrice(value)
     if isinstance(value, Mapping) and set(value) == {"fixed"}:
         return parse_rule(name, value["fixed"])

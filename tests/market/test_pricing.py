@@ -104,3 +104,28 @@ def test_plans_sign_into_valid_orders_with_consecutive_nonces() -> None:
     signed = sign_plans(plans, KEYS[4], "zone-a", START, CREATED, EXPIRES, first_nonce=40)
     assert [decode_order(s.encoded).order.nonce for s in signed] == [40, 41]
     assert signed[0].order.quantity_wh == 700 and signed[1].side == BUY
+
+
+# -- the [market] config section ------------------------------------------------------
+
+from microgrid.coordinator.market.settings import MarketSettings, MarketSettingsError  # noqa: E402
+
+
+def test_market_settings_give_zone_rules_tariff_and_policy() -> None:
+    s = MarketSettings(enabled=True, zone="elm-street", feeder_capacity_w=20_000, grid_fee_sat_per_kwh=5,
+                       pricing="pay-as-bid", prices={"sell": 90, "reserve_wh": 1000}).validate()
+    assert s.rules().capacity_wh == 5000 and s.rules().pricing == "pay-as-bid"
+    assert s.tariff().import_sat_per_kwh == 250
+    assert s.policy().sell == FixedPrice(90) and s.policy().reserve_wh == 1000
+    assert MarketSettings().validate().rules().capacity_wh is None
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"enabled": True}, "market.zone=''"), ({"interval_s": 600}, "interval_s"),
+    ({"gate_lead_s": 4000}, "order_lead_s"), ({"pricing": "dutch"}, "pricing"),
+    ({"grid_fee_sat_per_kwh": -1}, "grid_fee"), ({"import_tariff_sat_per_kwh": "x"}, "import_sat_per_kwh"),
+    ({"prices": {"sell": -5}}, "market.prices: sell=-5"), ({"operator": ""}, "operator"),
+])
+def test_bad_market_settings_name_the_key_and_the_expectation(kw: dict, match: str) -> None:
+    with pytest.raises(MarketSettingsError, match=match):
+        MarketSettings(**kw).validate()
