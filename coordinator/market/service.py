@@ -1,0 +1,152 @@
+"""One coordinator's part in the market, interval after interval: the only
+module here that waits. Wiring for app.py; the decisions are in the pure
+modules.
+
+For each interval (start S, settings from [market]):
+    S - order_lead_s   plan this household's orders from its forecast and
+                       battery (pricing.py), sign, publish (book.py)
+    until S - gate_lead_s   collect the zone's book from the overlay
+    at the gate        clear (clearing.py), publish our book hash, wait
+                       result_wait_s, compare with the peers' hashes
+    after S + interval settle with the meter readings (settlement.py):
+                       `settle(round, readings)`, called by whoever holds
+                       the readings (the store)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable
+
+from bitcoinx import PrivateKey
+
+from ..clock import Clock
+from . import book as bk
+from .clearing import ClearedInterval, Comparison, clear_interval
+from .orders import SignedOrder
+from .pricing import Battery, Forecast, plan_interval, sign_plans
+from .settings import MarketSettings
+from .settlement import IntervalSettlement, Metered, settle_interval
+
+log = logging.getLogger("microgrid.market.service")
+
+# Given an interval start: the household's forecast and battery state.
+Forecaster = Callable[[int], tuple[Forecast, Battery | None]]
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+@dataclass
+class MarketRound:
+    interval_start: int
+    own_orders: list[SignedOrder] = field(default_factory=list)
+    book: list[SignedOrder] = field(default_factory=list)
+    cleared: ClearedInterval | None = None
+    comparison: Comparison | None = None
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+class MarketService:
+    def __init__(self, overlay: bk.Overlay, key: PrivateKey, settings: MarketSettings, clock: Clock,
+                 forecaster: Forecaster, sleep: Sleep = asyncio.sleep, poll_s: float = 5.0,
+                 result_wait_s: float = 10.0, peer_id: str | None = None) -> None:
+        self.overlay = overlay
+        self.key = key
+        self.settings = settings
+        self.clock = clock
+        self.forecaster = forecaster
+        self._sleep = sleep
+        self.poll_s = poll_s
+        self.result_wait_s = result_wait_s
+        self.peer_id = peer_id or getattr(overlay, "publisher_id", None) or key.public_key.to_hex()
+        self.rounds: dict[int, MarketRound] = {}
+
+    def next_interval(self, now: float | None = None) -> int:
+        """The first interval whose orders can still be placed in time."""
+        now = self.clock.now() if now is None else now
+        step = self.settings.interval_s
+        earliest = now + self.settings.order_lead_s
+        return int(math.ceil(earliest / step) * step)
+
+    async def _sleep_until(self, t: float) -> None:
+        while True:
+            left = t - self.clock.now()
+            if left <= 0:
+                return
+            real = getattr(self.clock, "real_seconds", None)
+            await self._sleep(real(left) if real else left)
+
+    async def place_orders(self, interval_start: int) -> list[SignedOrder]:
+        s = self.settings
+        forecast, battery = self.forecaster(interval_start)
+        plans = plan_interval(s.policy(), forecast, battery, s.utc_offset_s)
+        now = self.clock.now()
+        # Nonces from the clock in milliseconds: new ones after a restart too.
+        orders = sign_plans(plans, self.key, s.zone, interval_start, int(now), interval_start + s.interval_s,
+                            first_nonce=int(now * 1000) * 4, interval_s=s.interval_s)
+        for so in orders:
+            if not await bk.publish_order(self.overlay, so, now):
+                log.warning("order %s for %s/%d not confirmed by the overlay", so.hash_hex[:16], s.zone,
+                            interval_start)
+        return orders
+
+    async def run_interval(self, interval_start: int) -> MarketRound:
+        """Place, collect, clear and compare one interval's book."""
+        s = self.settings
+        rnd = self.rounds.setdefault(interval_start, MarketRound(interval_start))
+        await self._sleep_until(interval_start - s.order_lead_s)
+        collector = bk.BookCollector(self.overlay, s.zone, interval_start, self.clock, s.interval_s, s.gate_lead_s)
+        collector.start()
+        rnd.own_orders = await self.place_orders(interval_start)
+        rnd.book = await collector.collect(self.poll_s, self._sleep)
+        rnd.rejected = {k: v for k, v in collector.filter.rejected.items() if v}
+        rnd.cleared = clear_interval(rnd.book, s.zone, interval_start, s.interval_s, s.rules())
+        c = rnd.cleared
+        log.info("cleared %s/%d: %d orders, %d Wh at %s sat/kWh, book %s", s.zone, interval_start,
+                 len(rnd.book), c.volume_wh, c.price_sat_per_kwh, c.hash.hex()[:16])
+        await bk.publish_result(self.overlay, self.peer_id, c)
+        await self._sleep_until(self.clock.now() + self.result_wait_s)
+        rnd.comparison = await bk.compare_with_peers(self.overlay, self.peer_id, c)
+        return rnd
+
+    def settle(self, interval_start: int, readings: Iterable[Metered]) -> IntervalSettlement:
+        rnd = self.rounds.get(interval_start)
+        if rnd is None or rnd.cleared is None:
+            raise KeyError(f"interval {interval_start}: not cleared here (cleared: {sorted(self.rounds)})")
+        return settle_interval(rnd.cleared, readings, self.settings.tariff(), self.settings.operator)
+
+    async def _guarded(self, interval_start: int) -> None:
+        try:
+            await self.run_interval(interval_start)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("market round %s/%d failed", self.settings.zone, interval_start)
+
+    async def run(self, stop: asyncio.Event, keep: int = 96) -> None:
+        """Every interval until `stop` is set, each round in its own task
+        started at its order time (rounds overlap when order_lead_s exceeds
+        interval_s). Keeps the last `keep` rounds for settlement."""
+        start = self.next_interval()
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                waiter = asyncio.ensure_future(self._sleep_until(start - self.settings.order_lead_s))
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                if stop.is_set():
+                    break
+                task = asyncio.ensure_future(self._guarded(start))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                for old in sorted(self.rounds)[:-keep]:
+                    del self.rounds[old]
+                start += self.settings.interval_s
+        finally:
+            for t in list(tasks):
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
