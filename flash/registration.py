@@ -55,7 +55,13 @@ async def _request(step: str, message: aiocoap.Message, uri: str, timeout: float
     except asyncio.TimeoutError:
         raise _unreachable(step, uri, f"no answer within {timeout:g} s") from None
     except aiocoap.error.Error as e:
-        raise _unreachable(step, uri, str(e) or type(e).__name__) from None
+        if isinstance(e.__cause__, ConnectionRefusedError):
+            why = "nothing listens on that UDP port (connection refused)"
+        elif isinstance(e.__cause__, OSError) and e.__cause__.strerror:
+            why = e.__cause__.strerror
+        else:
+            why = str(e) if str(e) and str(e) != type(e).__name__ else f"{type(e).__name__} (host unknown or network down)"
+        raise _unreachable(step, uri, why) from None
     except OSError as e:
         raise _unreachable(step, uri, e.strerror or str(e)) from None
     finally:
