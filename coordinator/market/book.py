@@ -190,15 +190,26 @@ class BookCollector:
 # -- comparing cleared books ----------------------------------------------------
 
 
+# A published result lists the cleared orders' hash prefixes (8 bytes each)
+# when they fit in an overlay record, so a disagreeing peer can tell which
+# orders one side lacked.
+PREFIX_BYTES = 8
+MAX_LISTED_ORDERS = 150
+
+
 @dataclass(frozen=True)
 class PublishedResult:
     peer: str
     hash: bytes
     orders: int
+    prefixes: tuple[bytes, ...] | None  # None when the book was too big to list
 
 
 def encode_result(peer: str, cleared: ClearedInterval) -> bytes:
-    return cbor2.dumps({"peer": peer, "hash": cleared.hash, "orders": len(cleared.order_hashes)}, canonical=True)
+    m: dict[str, Any] = {"peer": peer, "hash": cleared.hash, "orders": len(cleared.order_hashes)}
+    if len(cleared.order_hashes) <= MAX_LISTED_ORDERS:
+        m["prefixes"] = b"".join(h[:PREFIX_BYTES] for h in cleared.order_hashes)
+    return cbor2.dumps(m, canonical=True)
 
 
 def decode_result(value: Any) -> PublishedResult | None:
@@ -207,7 +218,11 @@ def decode_result(value: Any) -> PublishedResult | None:
         peer = getattr(value, "publisher_id", None) or m["peer"]
         if not isinstance(m["hash"], bytes) or len(m["hash"]) != 32 or not isinstance(peer, str):
             raise ValueError("hash or peer of the wrong type")
-        return PublishedResult(peer, m["hash"], int(m["orders"]))
+        raw = m.get("prefixes")
+        prefixes = None
+        if isinstance(raw, bytes) and len(raw) % PREFIX_BYTES == 0:
+            prefixes = tuple(raw[i:i + PREFIX_BYTES] for i in range(0, len(raw), PREFIX_BYTES))
+        return PublishedResult(peer, m["hash"], int(m["orders"]), prefixes)
     except Exception as e:  # a result from anyone: never let it raise
         log.info("cleared-book result ignored: %s (expected {peer, hash: 32 bytes, orders})", e)
         return None
@@ -224,9 +239,12 @@ async def compare_with_peers(overlay: Overlay, peer: str, cleared: ClearedInterv
     signs records, peers are named by their publisher ids (ours included,
     whatever `peer` says); on a bare one by the ids they published."""
     me = getattr(overlay, "publisher_id", None) or peer
-    theirs = {}
+    theirs: dict[str, bytes] = {}
+    listed: dict[str, tuple[bytes, ...]] = {}
     for v in await overlay.get(result_key(cleared.zone, cleared.interval_start)):
         r = decode_result(v)
         if r is not None and r.peer != me:
             theirs[r.peer] = r.hash
-    return compare_books(cleared, theirs)
+            if r.prefixes is not None:
+                listed[r.peer] = r.prefixes
+    return compare_books(cleared, theirs, listed)

@@ -242,7 +242,7 @@ class Disagreement:
     peer: str
     their_hash: bytes
     # Filled when the peer's order list is known: what each side lacked.
-    missing_here: tuple[bytes, ...] = ()  # orders the peer cleared and we did not
+    missing_here: tuple[bytes, ...] = ()  # orders (or hash prefixes) the peer cleared and we did not
     missing_there: tuple[bytes, ...] = ()  # orders we cleared and the peer did not
 
 
@@ -273,9 +273,13 @@ def compare_books(ours: ClearedInterval, theirs: Mapping[str, bytes],
         lacked_here: tuple[bytes, ...] = ()
         lacked_there: tuple[bytes, ...] = ()
         if their_orders is not None and peer in their_orders:
-            other = set(their_orders[peer])
-            lacked_here = tuple(sorted(other - mine))
-            lacked_there = tuple(sorted(mine - other))
+            # Peers may list hash prefixes (book.py publishes 8 bytes each).
+            other = list(their_orders[peer])
+            n = min((len(x) for x in other), default=32)
+            mine_by_prefix = {x[:n]: x for x in mine}
+            other_prefixes = {x[:n] for x in other}
+            lacked_here = tuple(sorted(x for x in other_prefixes if x not in mine_by_prefix))
+            lacked_there = tuple(sorted(x for p, x in mine_by_prefix.items() if p not in other_prefixes))
         d = Disagreement(peer, h, lacked_here, lacked_there)
         disagree.append(d)
         log.warning("cleared book %s/%d disagrees with peer %s: ours %s, theirs %s;"

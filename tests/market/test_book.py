@@ -127,9 +127,12 @@ def test_a_coordinator_that_missed_an_order_disagrees_and_it_is_logged(caplog: p
         with caplog.at_level(logging.WARNING, logger="microgrid.market.clearing"):
             cmp = await bk.compare_with_peers(a, "a", full)
         assert not cmp.unanimous and cmp.disagree[0].peer == "b"
-        assert "disagrees with peer b" in caplog.text
+        # b's published order list shows what it lacked, by hash prefix.
+        assert cmp.disagree[0].missing_there == (sos[2].hash,) and cmp.disagree[0].missing_here == ()
+        assert "disagrees with peer b" in caplog.text and "orders they lacked 1" in caplog.text
         await a.put(bk.result_key("zone-a", START), b"junk", 60)
-        assert (await bk.compare_with_peers(b, "b", partial)).disagree[0].peer == "a"
+        back = await bk.compare_with_peers(b, "b", partial)
+        assert back.disagree[0].peer == "a" and back.disagree[0].missing_here == (sos[2].hash[:8],)
     asyncio.run(go())
 
 
@@ -171,3 +174,14 @@ def test_three_coordinators_agree_over_the_overlays_memory_implementation() -> N
         assert cleared[0].encoded == cleared[1].encoded == cleared[2].encoded
         assert all(c.unanimous and len(c.agree) == 2 for c in comparisons)
     asyncio.run(go())
+
+
+def test_result_lists_order_prefixes_only_while_they_fit_in_a_record() -> None:
+    small = clear_interval([order(BUY, 10, 5, nonce=i) for i in range(3)], "zone-a", START)
+    big = clear_interval([order(BUY, 10, 5, nonce=i) for i in range(bk.MAX_LISTED_ORDERS + 1)], "zone-a", START)
+    r_small, r_big = bk.decode_result(bk.encode_result("p", small)), bk.decode_result(bk.encode_result("p", big))
+    assert r_small is not None and r_small.prefixes == tuple(h[:8] for h in small.order_hashes)
+    assert r_big is not None and r_big.prefixes is None and r_big.orders == bk.MAX_LISTED_ORDERS + 1
+    assert len(bk.encode_result("p" * 64, clear_interval(
+        [order(BUY, 10, 5, nonce=i) for i in range(bk.MAX_LISTED_ORDERS)], "zone-a", START))) <= 1536
+    assert bk.decode_result(cbor2.dumps({"peer": "p", "hash": b"short", "orders": 1})) is None
