@@ -22,7 +22,7 @@ overlay_pkg = pytest.importorskip("microgrid.coordinator.overlay")
 def test_three_coordinators_on_opendht_loopback_clear_byte_identical_books() -> None:
     async def go() -> None:
         keys = [PrivateKey.from_int(77_000 + i) for i in range(3)]
-        nodes = []
+        nodes: list = []
         for k in keys:
             boot = [f"127.0.0.1:{nodes[0].port}"] if nodes else []
             o = engine.Overlay(k, overlay_pkg.OverlaySettings.loopback(bootstrap=boot))
