@@ -263,6 +263,7 @@ class Flasher:
                                  "remove it and flash again")
             public_key = bytes.fromhex(line[2])
             made = "kept" if line[1] == "kept" else "board"
+        self.target.protect_key(cfg["key_file"])
         device = reading.device_id(public_key)
         where = {"board": "made on the board", "kept": "kept (already on the board)", "host": "made on this machine"}[made]
         self.progress.done(f"{where}\n      public key: {public_key.hex()}\n      key id:     {device}")

@@ -111,7 +111,7 @@ def _esptool_error(step: str, port: str, profile: BoardProfile, output: str) -> 
     low = output.lower()
     if "wrong --chip" in low or "this chip is" in low or "wrong chip" in low:
         line = next((ln.strip() for ln in output.splitlines() if "chip is" in ln.lower()), "")
-        return FlashError(step, f"the board on {port} is not a {profile.esptool_chip} ({line or 'esptool: wrong chip'})",
+        return FlashError(step, f"the board on {port} is not an {str(profile.esptool_chip).upper()} ({line or 'esptool: wrong chip'})",
                           f"use --board for the board you have (supported: esp32-devkitc, esp32-c3, pico-w), or plug in a {profile.name}")
     if "permission denied" in low:
         return FlashError(step, f"no permission to open {port}",

@@ -161,6 +161,13 @@ class FolderTarget:
                              "free some disk space or choose a folder you can write to") from None
         return len(copy)
 
+    def protect_key(self, key_file: str) -> None:
+        """The unix port's open() makes files 0644: a key in a folder on a
+        shared machine must be readable by its owner only."""
+        path = self.path / key_file
+        if path.exists():
+            path.chmod(0o600)
+
     def put_key(self, key_file: str, secret_hex: str, step: str) -> None:
         path = self.path / key_file
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -215,6 +222,9 @@ class SerialTarget:
             args += (["+"] if args else []) + ["fs", "cp", rel, ":" + rel]
         self._run(args, step, cwd=staging)
         return len(copy)
+
+    def protect_key(self, key_file: str) -> None:
+        """A board's filesystem has no permissions."""
 
     def put_key(self, key_file: str, secret_hex: str, step: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -132,7 +132,7 @@ def test_wrong_chip_reported_by_esptool_stops_before_any_file_is_written(tmp_pat
     fw, digest = firmware(tmp_path)
     run = flash("--target", f"serial:{port}", "--board", "esp32-devkitc", "--firmware", str(fw), "--firmware-sha256", digest,
                 "--esptool", str(fake_esptool(tmp_path)), "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", env=env)
-    assert_error(run, "write firmware", "not a esp32", "ESP32-C3", "--board")
+    assert_error(run, "write firmware", "not an ESP32", "ESP32-C3", "--board")
     assert not [c for c in tool_calls(tmp_path / "tools.log") if c[0] == "mpremote"]
 
 

@@ -73,6 +73,7 @@ def test_flashed_folder_boots_registers_and_sends_verified_readings(tmp_path: Pa
     # The private key never left the folder: not in anything printed.
     secret = (image / "device.key").read_text().strip()
     assert secret not in run.out + run.err
+    assert (image / "device.key").stat().st_mode & 0o077 == 0
 
 
 def test_flashing_twice_is_idempotent_and_a_changed_config_keeps_key_and_counters(tmp_path: Path, coordinator_factory) -> None:
