@@ -169,6 +169,9 @@ class Flasher:
                              "leave --firmware out for --target dir:PATH")
         digest = tools.verify_firmware(req.firmware, profile, req.firmware_sha256)
         self.progress.done(f"{req.firmware.name}: sha256 {digest} matches")
+        # The settings too, before the board is touched (the board's own
+        # config.json, if any, is read after the firmware is written).
+        settings.validate(base_config(req, None, profile.name), profile.name)
         step = self.progress.step("write firmware")
         if profile.esptool_chip is None:
             raise FlashError(step, f"{profile.name} is not written with esptool",

@@ -113,6 +113,22 @@ def test_pin_the_board_lacks_or_used_twice_is_an_error_at_flash_time(tmp_path: P
     assert [c[3] for c in tool_calls(tmp_path / "tools.log")] == ["run"]  # looked, wrote nothing
 
 
+def test_bad_pins_stop_a_firmware_flash_before_esptool_runs(tmp_path: Path) -> None:
+    import hashlib
+
+    from .fakes import fake_esptool
+
+    port = tmp_path / "ttyUSB0"
+    port.touch()
+    fw = tmp_path / "ESP32_GENERIC.bin"
+    fw.write_bytes(b"\xe9firmware")
+    run = flash("--target", f"serial:{port}", "--board", "esp32-devkitc", "--firmware", str(fw),
+                "--firmware-sha256", hashlib.sha256(fw.read_bytes()).hexdigest(), "--esptool", str(fake_esptool(tmp_path)),
+                "--set", 'meter={"type": "ct", "v_pin": 6}', "--no-register", env=board_env(tmp_path, tmp_path / "board"))
+    assert_error(run, "check config", "GPIO6")
+    assert tool_calls(tmp_path / "tools.log") == []
+
+
 def test_meter_type_flag_takes_the_documented_wiring_of_the_board(tmp_path: Path) -> None:
     port = tmp_path / "ttyUSB0"
     port.touch()
