@@ -106,7 +106,10 @@ class Console:
         try:
             cmd(words[1:])
         except (ValueError, OSError) as e:
-            _out("error: %s %s" % (words[0], e))
+            msg = str(e)
+            if not msg.startswith(words[0]):
+                msg = "%s %s" % (words[0], msg)
+            _out("error: " + msg)
         except Exception as e:  # a console must never take the meter down
             _out("error: %s failed: %r" % (words[0], e))
 

@@ -136,6 +136,10 @@ class Firmware:
         self.cfg = cfg
         self.config_path = config_path
         self.boot_ms = _ticks_ms()
+        if cfg["console"]:
+            # Import (compile, under the unix port) before the signer's
+            # tables fragment the heap.
+            from edge.console import Console
         log.level = {"debug": log.DEBUG, "info": log.INFO, "warning": log.WARNING, "error": log.ERROR}[cfg["log_level"]]
         self.secret = load_key(cfg["key_file"])
         self.public_key = secp256k1.public_key(self.secret)
@@ -161,8 +165,6 @@ class Firmware:
         self.watchdog = hal.watchdog(int(cfg["watchdog_s"] * 1000)) if cfg["watchdog_s"] and hal.IS_BOARD else None
         self.console = None
         if cfg["console"]:
-            from edge.console import Console
-
             self.console = Console(self)
         log.info(TAG, "device %s (%s) -> coap://%s:%d/readings, next seq %d, %d buffered" % (
             self.device, cfg["device_name"], cfg["coordinator_host"], cfg["coordinator_port"], self.seq + 1,
