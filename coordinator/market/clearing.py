@@ -53,6 +53,15 @@ Encoding of a cleared interval (canonical CBOR map, integer labels):
 coordinators that saw different orders get different hashes even when
 their trades happen to agree. `compare_books` reports who disagrees and,
 given the peers' order lists, which orders one side lacked.
+
+Known limits:
+- `created` is the owner's own claim; it only orders equal prices, and an
+  order must claim a time before gate closure, but an owner can backdate it
+  to win ties at its price.
+- An owner's buy may meet its own sell (nothing is gained or lost but the
+  grid fee); pricing.py never places both sides for one interval.
+- Which orders a coordinator saw by gate closure depends on its clock and
+  the overlay; that is what the hash exchange detects, not prevents.
 """
 
 from __future__ import annotations

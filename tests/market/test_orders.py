@@ -210,3 +210,16 @@ def test_well_formed_cbor_with_wrong_fields_is_refused_with_an_order_error_only(
     data = cbor2.dumps([1, cbor2.dumps(body, canonical=True), sig], canonical=True)
     with pytest.raises(OrderError):
         decode_order(data)
+
+
+_pool = [order(BUY, 100 + i, 50, who=i % 3, nonce=i % 4) for i in range(10)] + \
+    [order(SELL, 7, 1, who=1, nonce=99), order(SELL, 7, 1, who=1, nonce=99, expires=EXPIRES + 1)]
+
+
+@given(st.permutations(_pool + _pool[:4]))
+@settings(max_examples=100, deadline=None)
+def test_any_arrival_order_admits_the_same_book(arrivals: list) -> None:
+    f = OrderFilter("zone-a", START, 900, gate_lead_s=300)
+    for so in arrivals:
+        f.offer(so.encoded, START - 1000)
+    assert f.orders() == om.dedupe(_pool)
