@@ -141,11 +141,13 @@ class Firmware:
             # tables fragment the heap.
             from edge.console import Console
         log.level = {"debug": log.DEBUG, "info": log.INFO, "warning": log.WARNING, "error": log.ERROR}[cfg["log_level"]]
+        self.errors = Errors()
+        # The driver's modules load (compile, under the unix port) before
+        # the signer's tables fragment the heap.
+        self.meter = open_meter(cfg["meter"])
         self.secret = load_key(cfg["key_file"])
         self.public_key = secp256k1.public_key(self.secret)
         self.device = reading.device_id(self.public_key)
-        self.errors = Errors()
-        self.meter = open_meter(cfg["meter"])
         self.journal = Journal(cfg["state_file"])
         state = self.journal.load() or {}
         self.outbox = Outbox(cfg["outbox_file"], cfg["outbox_size"], state.get("acked", 0), state.get("covered_from"))

@@ -114,6 +114,8 @@ class Outbox:
     def _scan(self):
         best = None
         for slot in range(self.capacity):
+            if self.region.read(slot * SLOT_SIZE, 1)[0] != MAGIC:
+                continue
             rec = self._read(slot)
             if rec is not None and (best is None or rec[0] > best[0]):
                 best = (rec[0], slot, rec[1], rec[2])

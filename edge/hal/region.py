@@ -29,13 +29,10 @@ class Region:
         self.path = path
         self.size = size
         if not _exists(path):
-            with open(path, "wb") as f:
-                # Erased flash reads as 0xFF.
-                block = b"\xff" * 256
-                left = size
-                while left > 0:
-                    f.write(block if left >= 256 else block[:left])
-                    left -= 256
+            # Created empty and grown by writes: bytes past the end read as
+            # erased flash (0xFF), so a fresh region costs no flash writes.
+            with open(path, "wb"):
+                pass
         self.f = open(path, "r+b")
 
     def read(self, offset, n):
@@ -68,11 +65,8 @@ class Region:
         self.f.close()
 
     def erase(self):
-        """Set the whole region back to erased flash (0xFF)."""
-        self.f.seek(0)
-        left = self.size
-        block = b"\xff" * 256
-        while left > 0:
-            self.f.write(block if left >= 256 else block[:left])
-            left -= 256
-        self.f.flush()
+        """Set the whole region back to erased flash (reads as 0xFF)."""
+        self.f.close()
+        with open(self.path, "wb"):
+            pass
+        self.f = open(self.path, "r+b")
