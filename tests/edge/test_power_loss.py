@@ -34,7 +34,7 @@ def test_sigkill_at_random_points_never_repeats_loses_or_rewinds(tmp_path: Path,
     outputs = []
     for _ in range(POWER_CUTS):
         meter = boot(image, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        time.sleep(rng.uniform(0.03, 0.2))
+        time.sleep(rng.uniform(0.02, 0.12))
         meter.send_signal(signal.SIGKILL)
         out, _ = meter.communicate(timeout=10)
         outputs.append(out)
