@@ -1,0 +1,1 @@
+"""MQTT publishing and Home Assistant discovery."""
