@@ -339,3 +339,83 @@ def validate_coordinator_pins(extra: Mapping[str, PinUse | tuple[int, str]] | No
     allow = frozenset(name for name, a in data["assignments"].items() if a.get("allow_reserved"))
     uses.update(extra or {})
     return validate_pins(data["board"], uses, wifi=False, allow_reserved=allow)
+
+
+# -- documents rendered from the data (kept in step by a test) ---------------
+
+
+def bills_of_materials() -> dict[str, Any]:
+    builds: dict[str, Any] = load_data("bom.json")["builds"]
+    return builds
+
+
+def render_bom_markdown() -> str:
+    """hardware/bom.md, from bom.json."""
+    lines = ["# Bills of materials", "",
+             "Generated from `hardware/bom.json` by `python -m microgrid.hardware.boards`; edit the JSON, not this file.",
+             "Part numbers are the ones the builds were drawn for; parts with the same ratings are fine.",
+             "Mains parts (breakers, contactors, meters) must carry the marks your country requires (CE/UKCA/UL).", ""]
+    for name, build in bills_of_materials().items():
+        lines += [f"## {build['title']}", "", f"Build `{name}`: board `{build['board']}`"
+                  + (f", meter driver `{build['meter']}`" if build.get("meter") else "") + ".", "",
+                  "| Qty | Part | Manufacturer | Part number | Note |", "|---:|---|---|---|---|"]
+        for it in build["items"]:
+            lines.append(f"| {it['qty']} | {it['part']} | {it['manufacturer']} | {it['part_number']} | {it.get('note', '')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_pinmaps_markdown() -> str:
+    """hardware/pinmaps.md, from boards.json and meters.json."""
+    lines = ["# Pin maps", "",
+             "Generated from `hardware/boards.json` and `hardware/meters.json` by `python -m microgrid.hardware.boards`;",
+             "edit the JSON, not this file. GPIO numbers are the chip's (ESP32 GPIOn, RP2040 GPn, Raspberry Pi BCM),",
+             "not header pin positions. `microgrid flash` checks a meter's config against these maps.", ""]
+    drivers = load_data("meters.json")["drivers"]
+    for name in board_names():
+        b = board(name)
+        lines += [f"## {b.title} (`{name}`)", ""]
+        lines.append(f"- Usable GPIOs: {_list(b, b.gpios)}")
+        if b.input_only:
+            lines.append(f"- Input-only (no output, no internal pull-up/down): {_list(b, b.input_only)}")
+        for pin, why in sorted(b.unusable.items()):
+            lines.append(f"- Not usable: {_name(b, pin)}: {why}")
+        for pin, why in sorted(b.strapping.items()):
+            lines.append(f"- Strapping: {_name(b, pin)}: {why}")
+        for pin, why in sorted(b.caution.items()):
+            lines.append(f"- Shared: {_name(b, pin)}: {why}")
+        if b.adc:
+            ok = [f"{_name(b, p)} ({ch})" for p, (ch, wifi) in sorted(b.adc.items()) if wifi]
+            blocked = [f"{_name(b, p)} ({ch})" for p, (ch, wifi) in sorted(b.adc.items()) if not wifi]
+            lines.append(f"- ADC: {', '.join(ok)}")
+            if blocked:
+                lines.append(f"- ADC, unusable while Wi-Fi is on: {', '.join(blocked)}")
+        else:
+            lines.append("- ADC: none")
+        for uid, u in sorted(b.uarts.items()):
+            tx = "any output pin" if u.tx is None else _list(b, u.tx)
+            rx = "any pin" if u.rx is None else _list(b, u.rx)
+            default = f"; default TX {_name(b, u.default_tx)}, RX {_name(b, u.default_rx)}" if u.default_tx is not None and u.default_rx is not None else "; no default pins"
+            lines.append(f"- UART{uid}: TX {tx}; RX {rx}{default}" + (f" ({u.reserved})" if u.reserved else ""))
+        for note in b.notes:
+            lines.append(f"- Note: {note}")
+        suggested = [(kind, spec["suggested"][name]) for kind, spec in drivers.items() if name in spec.get("suggested", {})]
+        if suggested:
+            lines += ["", "Suggested meter wiring (the `meter` object of the board's config):", ""]
+            for kind, cfg in suggested:
+                lines.append(f"- `{kind}`: `{json.dumps({'type': kind, **cfg})}`")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _write_docs() -> None:  # pragma: no cover - run by hand after editing the JSON
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    (here / "bom.md").write_text(render_bom_markdown())
+    (here / "pinmaps.md").write_text(render_pinmaps_markdown())
+    print(f"wrote {here / 'bom.md'} and {here / 'pinmaps.md'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _write_docs()

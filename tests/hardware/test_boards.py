@@ -219,3 +219,42 @@ def test_any_single_assignment_passes_or_names_its_pin(board_name: str, pin: int
     b = boards.board(board_name)
     if pin not in b.gpios:
         assert report.problems
+
+
+# -- documents ----------------------------------------------------------------
+
+HARDWARE = REPO / "hardware"
+# BCM GPIO -> 40-pin header position (Raspberry Pi pinout), written out independently.
+PI_HEADER = {2: 3, 3: 5, 4: 7, 14: 8, 15: 10, 17: 11, 18: 12, 27: 13, 22: 15, 23: 16, 24: 18, 10: 19, 9: 21, 25: 22,
+             11: 23, 8: 24, 7: 26, 0: 27, 1: 28, 5: 29, 6: 31, 12: 32, 13: 33, 19: 35, 16: 36, 26: 37, 20: 38, 21: 40}
+
+
+def test_generated_documents_are_in_step_with_the_data() -> None:
+    assert (HARDWARE / "bom.md").read_text() == boards.render_bom_markdown(), "run: python -m microgrid.hardware.boards"
+    assert (HARDWARE / "pinmaps.md").read_text() == boards.render_pinmaps_markdown(), "run: python -m microgrid.hardware.boards"
+
+
+def test_coordinator_header_pins_match_the_pi_pinout_and_the_document() -> None:
+    doc = (HARDWARE / "coordinator-pi.md").read_text()
+    for name, a in boards.coordinator_assignments().items():
+        assert PI_HEADER[a.gpio] == a.header_pin, name
+        assert re.search(rf"\| `{name}` \| {a.gpio} \| {a.header_pin} \|", doc), f"{name} missing from coordinator-pi.md"
+
+
+def test_every_build_has_parts_with_part_numbers_for_a_known_board_and_driver() -> None:
+    drivers = boards.load_data("meters.json")["drivers"]
+    builds = boards.bills_of_materials()
+    assert {b["meter"] for b in builds.values()} >= set(DRIVERS)
+    for name, build in builds.items():
+        assert build["board"] in boards.board_names(), name
+        assert build["meter"] is None or build["meter"] in drivers, name
+        for item in build["items"]:
+            assert isinstance(item["qty"], int) and item["qty"] > 0
+            assert item["part"] and item["manufacturer"] and item["part_number"], (name, item)
+
+
+def test_human_documents_exist_and_link_safety() -> None:
+    for doc in ("README.md", "wiring.md", "coordinator-pi.md", "safety.md", "bom.md", "pinmaps.md"):
+        assert (HARDWARE / doc).stat().st_size > 500, doc
+    assert "safety.md" in (HARDWARE / "README.md").read_text() and "safety.md" in (HARDWARE / "wiring.md").read_text()
+    assert "rpi-lgpio" in (HARDWARE / "coordinator-pi.md").read_text()
