@@ -1,0 +1,101 @@
+"""MemoryOverlay: the in-memory stand-in others unit-test against behaves
+like the real overlay (same signing, filtering, expiry, listen rules)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from bitcoinx import PrivateKey
+
+from microgrid.coordinator.overlay import MemoryNetwork, MemoryOverlay, OverlayError, RecordError, records
+
+
+class Clock:
+    def __init__(self, t: float = 1_750_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def pair(clock: Clock | None = None) -> tuple[MemoryOverlay, MemoryOverlay, MemoryNetwork]:
+    net = MemoryNetwork(clock or Clock())
+    a, b = MemoryOverlay(PrivateKey.from_random(), net), MemoryOverlay(PrivateKey.from_random(), net)
+    await a.start()
+    await b.start()
+    return a, b, net
+
+
+def test_record_put_by_one_member_is_found_by_another_signed_by_the_first() -> None:
+    async def go() -> None:
+        a, b, _ = await pair()
+        assert await a.put("dir/z1", b"a's entry", 600)
+        got = await b.get("dir/z1")
+        assert [(r.body, r.publisher) for r in got] == [(b"a's entry", a.public_key)]
+        assert [p.node_id for p in a.peers()] == [b.publisher_id]
+    asyncio.run(go())
+
+
+def test_forged_and_junk_values_never_reach_the_reader() -> None:
+    async def go() -> None:
+        a, b, _ = await pair()
+        raw = records.sign(a.signing_key, "dir/z1", b"real", 1, int(a.clock()), 60)
+        await b.put_raw("dir/z1", raw.replace(b"real", b"fake"), 60)
+        await b.put_raw("dir/z1", b"junk", 60)
+        await b.put_raw("dir/z2", raw, 60)  # a's record copied under another key
+        assert await b.get("dir/z1") == [] and await b.get("dir/z2") == []
+        assert b.counts["rejected"] == 3
+    asyncio.run(go())
+
+
+def test_records_disappear_at_their_expiry() -> None:
+    async def go() -> None:
+        clock = Clock()
+        a, b, _ = await pair(clock)
+        await a.put("k", b"short", 30)
+        clock.t += 29
+        assert len(await b.get("k")) == 1
+        clock.t += 1
+        assert await b.get("k") == []
+    asyncio.run(go())
+
+
+def test_newer_put_supersedes_older_for_readers_and_listeners() -> None:
+    async def go() -> None:
+        a, b, _ = await pair()
+        seen: list[bytes] = []
+        handle = b.listen("k", lambda r: seen.append(r.body))
+        await a.put("k", b"v1", 60)
+        await a.put("k", b"v2", 60)
+        await a.put("k", b"order", 60, slot="o1")
+        await asyncio.sleep(0)
+        assert sorted(r.body for r in await b.get("k")) == [b"order", b"v2"]
+        assert seen == [b"v1", b"v2", b"order"]
+        handle.cancel()
+        await a.put("k", b"v3", 60)
+        await asyncio.sleep(0)
+        assert seen == [b"v1", b"v2", b"order"]
+    asyncio.run(go())
+
+
+def test_listen_delivers_records_already_there() -> None:
+    async def go() -> None:
+        a, b, _ = await pair()
+        await a.put("k", b"before", 60)
+        seen: list[bytes] = []
+        b.listen("k", lambda r: seen.append(r.body))
+        await asyncio.sleep(0)
+        assert seen == [b"before"]
+    asyncio.run(go())
+
+
+def test_stopped_overlay_refuses_use_and_bad_ttl_is_refused() -> None:
+    async def go() -> None:
+        a, _, _ = await pair()
+        with pytest.raises(RecordError):
+            await a.put("k", b"x", 0)
+        await a.stop()
+        with pytest.raises(OverlayError, match="not running"):
+            await a.get("k")
+    asyncio.run(go())
