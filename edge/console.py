@@ -20,6 +20,7 @@
 #   selftest                 key, signature, meter, flash and memory checks
 #   log [N]                  the last N log lines (default 10)
 #   reset                    factory reset, after typing YES
+#   reset energy             the meter's energy reset, after typing YES
 #   reboot                   persist and restart
 
 import json
@@ -37,7 +38,8 @@ HELP = """commands:
   help | status | reading | pubkey | selftest | log [N] | reboot
   config show | config get KEY | config set KEY VALUE   (KEY or meter.KEY)
   calibrate WATTS [VOLTS]   reference load >= 60 W (CT meter)
-  reset                     factory reset: clears config and stored energy (asks YES)"""
+  reset                     factory reset: clears config and stored energy (asks YES)
+  reset energy              zero the meter's energy counters (asks YES)"""
 
 
 def _out(line):
@@ -52,7 +54,7 @@ class Console:
         self.poller.register(self.stream, select.POLLIN)
         self.buf = ""
         self.open = True
-        self.confirming = False
+        self.confirming = None  # the action awaiting YES
         self.commands = {
             "help": self.cmd_help, "status": self.cmd_status, "reading": self.cmd_reading, "meter": self.cmd_reading,
             "config": self.cmd_config, "calibrate": self.cmd_calibrate, "pubkey": self.cmd_pubkey,
@@ -93,9 +95,9 @@ class Console:
     def handle(self, line):
         words = line.split()
         if self.confirming:
-            self.confirming = False
+            action, self.confirming = self.confirming, None
             if line.strip() == CONFIRM:
-                self.factory_reset()
+                action()
             else:
                 _out("reset cancelled")
             return
@@ -263,10 +265,23 @@ class Console:
             _out(line)
 
     def cmd_reset(self, args):
-        self._no_args("reset", args)
-        _out("factory reset clears the config and the stored energy (the old totals go out as a signed reset record)")
+        if args == ["energy"]:
+            _out("energy reset zeroes the meter's energy counters (the old totals go out as a signed reset record)")
+            self.confirming = self.energy_reset
+        elif not args:
+            _out("factory reset clears the config and the stored energy (the old totals go out as a signed reset record)")
+            self.confirming = self.factory_reset
+        else:
+            raise ValueError("expects nothing (factory reset) or energy, got %r" % " ".join(args))
         _out("type %s to confirm, anything else cancels:" % CONFIRM)
-        self.confirming = True
+
+    def energy_reset(self):
+        try:
+            self.fw.energy_reset()
+        except OSError as e:
+            _out("error: reset %s" % e)
+            return
+        _out("energy reset done: seq %d import %d Wh export %d Wh" % (self.fw.seq, self.fw.last_import, self.fw.last_export))
 
     def factory_reset(self):
         try:

@@ -22,7 +22,7 @@ from edge import coap, hal, log
 from edge import config as config_mod
 from edge.journal import Journal
 from edge.meters import open_meter
-from edge.meters.base import RESET_FACTORY
+from edge.meters.base import RESET_ENERGY, RESET_FACTORY
 from edge.outbox import Outbox
 
 TAG = "fw"
@@ -280,6 +280,13 @@ class Firmware:
         self.errors.add("network", "coordinator answered %s" % coap.code_str(code))
         self._retry_later()
         return False
+
+    def energy_reset(self):
+        """The driver's energy reset; the next reading, made at once,
+        carries the reset record with the old totals."""
+        self.meter.reset_energy(RESET_ENERGY)
+        if not self.measure():
+            raise OSError("energy reset: the reset record could not be made: %s" % self.errors.last)
 
     def factory_reset(self):
         """Clear the config and the stored energy. The counters' old totals

@@ -18,6 +18,7 @@ from microgrid.flash.unix_port import boot
 
 from ..conftest import free_udp_port, meter_summary
 from ..e2e.test_meter_to_coordinator import assert_all_verify, provision, stored_rows
+from .mp import fixture
 
 
 def console_image(tmp_path: Path, coordinator_factory, **cfg: object) -> tuple[Path, bytes, Path]:
@@ -44,17 +45,17 @@ def test_piped_commands_answer_while_the_meter_keeps_sending(tmp_path: Path, coo
     out, code = run_piped(image, ["help", "status", "reading", "pubkey", "config get interval_s",
                                   "config get meter.profile", "selftest", "log 3", "status", "reboot"])
     assert code == 3, out  # reboot under the unix port: exit status 3
-    assert "config show | config get KEY" in out
-    assert "firmware 0.2.0" in out and "link up" in out and "free memory" in out
-    assert "import " in out and "power " in out and "voltage " in out
-    assert pub.hex() in out
-    assert "interval_s = 0.05" in out and 'meter.profile = "prosumer"' in out
-    assert "selftest passed" in out and "PASS signature" in out
-    assert "rebooting" in out
+    assert "config show | config get KEY" in out, out
+    assert "firmware 0.2.0" in out and "link up" in out and "free memory" in out, out
+    assert "import " in out and "power " in out and "voltage " in out, out
+    assert pub.hex() in out, out
+    assert "interval_s = 0.05" in out and 'meter.profile = "prosumer"' in out, out
+    assert "selftest passed" in out and "PASS signature" in out, out
+    assert "rebooting" in out, out
     summary = meter_summary(out)
-    assert summary["produced"] >= 10 and summary["rejected"] == 0
+    assert summary["produced"] >= 10 and summary["rejected"] == 0, out
     # The meter measured and delivered all along.
-    assert len(stored_rows(db, pub)) >= summary["delivered"] - 1 > 5
+    assert summary["delivered"] > 5 and len(stored_rows(db, pub)) >= summary["delivered"], out
 
 
 def test_bad_commands_and_values_get_one_line_errors_and_nothing_changes(tmp_path: Path, coordinator_factory) -> None:
@@ -161,3 +162,34 @@ def test_factory_reset_asks_first_then_sends_old_totals_as_evidence(tmp_path: Pa
     after = [r["import_wh"] for r in rows if r["seq"] >= reset["seq"]]
     assert after[0] == 0 and after == sorted(after) and after[-1] < prior[-1]["import_wh"]
     assert_all_verify(rows, pub)
+
+
+def test_energy_reset_from_the_console_is_a_signed_record_with_old_totals(tmp_path: Path, coordinator_factory) -> None:
+    image, pub, db = console_image(tmp_path, coordinator_factory)
+    out, _ = run_piped(image, ["reset energy", "YES", "reset bogus", "reboot"], pause=0.6)
+    assert "energy reset done" in out, out
+    assert "error: reset expects nothing (factory reset) or energy, got 'bogus'" in out
+    rows = stored_rows(db, pub)
+    marked = [r for r in rows if r["extra"] and json.loads(r["extra"]).get("reset") == "energy_reset"]
+    assert len(marked) == 1
+    extra = json.loads(marked[0]["extra"])
+    before = [r for r in rows if r["seq"] < marked[0]["seq"]][-1]
+    assert extra["reset_import_wh"] >= before["import_wh"] and marked[0]["import_wh"] == 0
+    # The configuration is untouched by an energy reset.
+    assert json.loads((image / "config.json").read_text())["console"] is True
+
+
+def test_calibrate_from_the_console_refuses_small_loads_and_saves_gains(tmp_path: Path, coordinator_factory) -> None:
+    fx = fixture("ct_waveforms.json")["cases"]["kettle"]
+    meter = {"type": "ct", "v_pin": 36, "i_pin": 39, "samples": 400, "v_gain": fx["v_gain"] * 1.1,
+             "i_gain": fx["i_gain"] * 0.8, "phase_cal": fx["phase_cal"]}
+    image, _, _ = console_image(tmp_path, coordinator_factory, meter=meter)
+    (image / "hal_script.json").write_text(json.dumps({"adc": {"36": {"samples": fx["v"]}, "39": {"samples": fx["i"]}}}))
+    out, _ = run_piped(image, ["calibrate 40", "calibrate 2070 230", "reading", "reboot"])
+    assert "error: calibrate reference load 40.0 W is too small to calibrate against: use at least 60 W" in out, out
+    assert "calibrated: i_gain" in out and "(saved)" in out
+    saved = json.loads((image / "config.json").read_text())["meter"]
+    assert abs(saved["v_gain"] / fx["v_gain"] - 1) < 0.005 and abs(saved["i_gain"] / fx["i_gain"] - 1) < 0.01
+    reading_line = [line for line in out.splitlines() if line.startswith("import ")][-1]
+    power = float(reading_line.split("power ")[1].split(" W")[0])
+    assert abs(power - 2070) < 10
