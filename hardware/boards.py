@@ -179,7 +179,7 @@ def check_pins(board_name: str, assignments: Mapping[str, PinUse | tuple[int, st
             report.problems.append(f"{label}: {_name(b, pin)} is {b.unusable[pin]}; expected one of {_list(b, b.gpios)}")
             continue
         if pin not in b.gpios:
-            candidates = b.adc if use.mode == "adc" else b.gpios
+            candidates = [p for p, (_, ok) in b.adc.items() if ok or not wifi] if use.mode == "adc" else b.gpios
             report.problems.append(f"{label}: {b.name} has no {_name(b, pin)}; expected one of {_list(b, candidates)}")
             continue
         reserved = function in allow_reserved

@@ -80,6 +80,8 @@ class ModbusLink:
                 if not ok:
                     self.client.close()
                     raise ModbusReadError("connection", what, f"cannot connect: {why}")
+                if self.bus.rs485:
+                    self._enable_rs485(what)
             try:
                 if kind == "input":
                     rr = await self.client.read_input_registers(address, count=count, device_id=unit)
@@ -104,6 +106,23 @@ class ModbusLink:
         if len(regs) < count:
             raise ModbusReadError("short", what, f"{len(regs)} registers in the answer; expected {count}")
         return regs
+
+    def _enable_rs485(self, what: str) -> None:
+        """Kernel RS-485 mode on the open serial port: RTS high while
+        sending, low to receive, switched by the UART driver in time for
+        the reply (hardware/coordinator-pi.md)."""
+        from serial.rs485 import RS485Settings
+
+        port = getattr(getattr(self.client.ctx, "transport", None), "sync_serial", None)
+        try:
+            if port is None:
+                raise ValueError("pymodbus did not expose the serial port")
+            port.rs485_mode = RS485Settings(rts_level_for_tx=True, rts_level_for_rx=False)
+        except (ValueError, OSError) as e:
+            self.client.close()
+            raise ModbusReadError("connection", what, f"cannot switch {self.bus.device} to RS-485 mode ({e}); "
+                                  "expected a UART whose driver supports RS-485 (see hardware/coordinator-pi.md) "
+                                  "or rs485 = false for an adapter with automatic direction control") from None
 
     def close(self) -> None:
         self.client.close()

@@ -14,6 +14,7 @@
     parity = "N"             # N | E | O
     stopbits = 1
     bytesize = 8
+    rs485 = true             # kernel RS-485 mode: the UART's RTS drives the transceiver's DE//RE
 
     [modbus.buses.inverter_lan]
     kind = "tcp"
@@ -53,7 +54,7 @@ NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 BUS_KINDS = ("rtu", "tcp", "rtu-over-tcp")
 MODELS = ("sdm120", "sdm630", "sunspec-meter", "sunspec-inverter")
 _BUS_KEYS = {"kind": str, "device": str, "host": str, "port": int, "baudrate": int, "parity": str, "stopbits": int,
-             "bytesize": int}
+             "bytesize": int, "rs485": bool}
 _DEVICE_KEYS = {"bus": str, "unit": int, "model": str, "interval_s": float, "sunspec_base": int}
 
 
@@ -68,6 +69,10 @@ class ModbusBusSettings:
     parity: str = "N"
     stopbits: int = 1
     bytesize: int = 8
+    # Switch the serial port to the kernel's RS-485 mode (TIOCSRS485), so
+    # the driver raises RTS (wired to DE and /RE) exactly while sending.
+    # Off for USB adapters with automatic direction control.
+    rs485: bool = False
 
     def describe(self) -> str:
         if self.kind == "rtu":
@@ -132,6 +137,8 @@ class ModbusSettings:
                     raise ModbusSettingsError(f"{key}.baudrate={bus.baudrate!r}: expected one of 1200, 2400, 4800, "
                                               "9600, 19200, 38400, 57600, 115200")
             else:
+                if bus.rs485:
+                    raise ModbusSettingsError(f"{key}.rs485: only a serial bus (kind = \"rtu\") has an RS-485 mode")
                 if not bus.host:
                     raise ModbusSettingsError(f"{key}.host: missing; expected the device's or gateway's address")
                 if not 1 <= bus.port <= 65535:
@@ -177,7 +184,7 @@ def _known(key: str, raw: dict[str, Any], keys: dict[str, type]) -> None:
         if k not in keys:
             raise ModbusSettingsError(f"{key}.{k}: unknown setting; allowed: {', '.join(keys)}")
         want = keys[k]
-        ok = isinstance(v, want) and not isinstance(v, bool)
+        ok = isinstance(v, want) and (want is bool or not isinstance(v, bool))
         if want is float and isinstance(v, int) and not isinstance(v, bool):
             ok = True
         if not ok:

@@ -417,3 +417,63 @@ def test_device_interval_defaults_to_the_section_interval() -> None:
     s = ModbusSettings(interval_s=30, buses={"b": {"kind": "tcp", "host": "h"}},
                        devices={"a": {"bus": "b", "model": "sdm120"}, "c": {"bus": "b", "model": "sdm630", "interval_s": 5}})
     assert [d.interval_s for d in s.validate().device_settings()] == [30.0, 5.0]
+
+
+def test_a_serial_port_without_rs485_support_is_reported_not_raised() -> None:
+    """The RTU serial client on a real pseudo-terminal: it opens, but a
+    pty has no RS-485 mode, which the poller reports with the fix."""
+    import os
+
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+
+    async def go() -> Any:
+        s = ModbusSettings(timeout_s=0.2, retries=0,
+                           buses={"rs485": {"kind": "rtu", "device": path, "baudrate": 9600, "rs485": True}},
+                           devices={"m": {"bus": "rs485", "model": "sdm120"}})
+        p = ModbusPoller(s, lambda m: None)
+        assert await p.poll("m") is None
+        p.close()
+        return p.status()["m"]
+
+    try:
+        st = run(go())
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert st.last_error_kind == "connection"
+    assert f"cannot switch {path} to RS-485 mode" in st.last_error and "rs485 = false" in st.last_error
+
+
+def test_a_silent_serial_line_times_out() -> None:
+    """The same pty without RS-485 mode: the request goes out as an RTU
+    frame with CRC and nobody answers."""
+    import os
+
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+
+    async def go() -> Any:
+        s = ModbusSettings(timeout_s=0.2, retries=1, buses={"line": {"kind": "rtu", "device": path}},
+                           devices={"m": {"bus": "line", "model": "sdm120", "unit": 5}})
+        p = ModbusPoller(s, lambda m: None)
+        assert await p.poll("m") is None
+        p.close()
+        return p.status()["m"]
+
+    try:
+        st = run(go())
+        sent = os.read(master, 64)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert st.last_error_kind == "timeout" and st.retries == 1
+    # unit 5, function 0x04, address 0x0000, count 0x0020, then the CRC
+    assert sent[:6] == bytes([5, 4, 0, 0, 0, 0x20]) and len(sent) >= 8
+
+
+def test_rs485_mode_is_only_for_serial_buses() -> None:
+    with pytest.raises(ModbusSettingsError, match='modbus.buses.b.rs485: only a serial bus'):
+        ModbusSettings(buses={"b": {"kind": "tcp", "host": "h", "rs485": True}}).validate()
+    with pytest.raises(ModbusSettingsError, match="modbus.buses.b.rs485='yes': expected bool"):
+        ModbusSettings(buses={"b": {"kind": "rtu", "device": "/dev/ttyUSB0", "rs485": "yes"}}).validate()
