@@ -129,3 +129,29 @@ print(j.gen, Journal({path!r}).load()["seq"])
 """
     )
     assert out.split() == ["0", "new"]
+
+
+def test_random_and_bit_flipped_slots_are_refused_without_a_crash() -> None:
+    import random
+
+    rng = random.Random(9)
+    blobs = [bytes(rng.randrange(256) for _ in range(rng.randrange(13, 512))).hex() for _ in range(200)]
+    out = run_micropython("""
+import json, binascii
+from edge import journal
+blobs = json.loads(%r)
+bad = 0
+for h in blobs:
+    got = journal.decode_slot(binascii.unhexlify(h))
+    if got is not None:
+        bad += 1
+good = journal.encode_slot(5, {"seq": 9, "import_wh": 1})
+flipped = 0
+for i in range(len(good) * 8):
+    b = bytearray(good)
+    b[i // 8] ^= 1 << (i %% 8)
+    if journal.decode_slot(bytes(b)) is not None:
+        flipped += 1
+print(json.dumps([bad, flipped, journal.decode_slot(good)[1]]))
+""" % json.dumps(blobs))
+    assert json.loads(out.strip().splitlines()[-1]) == [0, 0, {"seq": 9, "import_wh": 1}]
