@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from bitcoinx import PrivateKey
 
 from microgrid.coordinator.overlay import OverlaySettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 from microgrid.coordinator.overlay.engine import Overlay
 
 
