@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 from typing import Any, Callable
+
+from bitcoinx import PrivateKey
 
 import aiocoap
 import aiocoap.resource as resource
 
 from .clock import Clock, SystemClock
-from .config import Config
+from .config import Config, ConfigError
 from .console import Console
 from .console_server import ConsoleServer
 from .logs import LOG_BUFFER
@@ -26,10 +30,57 @@ from .store.readings import ReadingStore
 log = logging.getLogger("microgrid.coordinator")
 
 
+def load_or_create_key(path: Path) -> PrivateKey:
+    """The coordinator's identity key: 32 bytes hex in a 0600 file."""
+    if path.exists():
+        text = path.read_text().strip()
+        try:
+            return PrivateKey(bytes.fromhex(text))
+        except ValueError:
+            raise ConfigError(f"identity key file {path} does not hold a 32-byte hex key; restore it from backup") from None
+    key = PrivateKey.from_random()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.to_hex() + "\n")
+    log.info("created identity key %s", path)
+    return key
+
+
+def wallet_password(config: Config) -> str:
+    c = config.channels
+    if c.wallet_password_file:
+        return config.resolve(c.wallet_password_file).read_text().strip()
+    pw = os.environ.get("MICROGRID_WALLET_PASSWORD", "")
+    if not pw:
+        raise ConfigError("channels.enabled needs the wallet password: set channels.wallet_password_file "
+                          "or the environment variable MICROGRID_WALLET_PASSWORD")
+    return pw
+
+
+def open_chain(config: Config, clock: Clock) -> Any:
+    spec = config.channels.chain
+    if spec.startswith("local:"):
+        from .channels.chain import LocalLedger
+
+        return LocalLedger(str(config.resolve(spec[len("local:"):])), clock=clock)
+    from .channels.chain_rpc import NodeRpcBackend
+
+    return NodeRpcBackend(spec[len("rpc:"):])
+
+
 class Coordinator:
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None, chain: Any = None, overlay: Any = None,
+                 wallet: Any = None) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
+        self.chain = chain
+        self.overlay = overlay
+        self.wallet = wallet
+        self.key = load_or_create_key(config.resolve(config.identity.key_file))
+        self.trading: Any = None
+        self._trading_task: asyncio.Task[None] | None = None
+        self._stop_trading = asyncio.Event()
         self.db = open_database(config.store.path)
         self.store = ReadingStore(self.db)
         self.ingest = ReadingIngest(self.store, max_future_s=config.ingest.max_future_s, clock=self.clock.now)
@@ -60,14 +111,78 @@ class Coordinator:
         site.add_resource(["devices"], devices_resource(self.store, self.config.ingest.installer_token))
         return site
 
+    def _channel_node(self) -> Any:
+        from .channels.protocol import ChannelNode
+        from .channels.store import ChannelStore
+        from .channels.wallet import Wallet
+
+        c = self.config.channels
+        if self.wallet is None:
+            path = self.config.resolve(c.wallet_path)
+            pw = wallet_password(self.config)
+            if path.exists():
+                self.wallet = Wallet.open(path, pw)
+            else:
+                self.wallet = Wallet.create(path, pw, fee_rate=c.fee_rate_sat_per_kb)
+        if self.chain is None:
+            self.chain = open_chain(self.config, self.clock)
+        store = ChannelStore(self.config.resolve(c.store_path), clock=self.clock.now)
+        return ChannelNode(self.key, self.wallet, store, self.chain, self.clock, uri=self.coap_uri("channel"))
+
+    def coap_uri(self, path: str) -> str:
+        c = self.config.coap
+        host = f"[{c.host}]" if ":" in c.host else c.host
+        return f"coap://{host}:{c.port}/{path}"
+
     async def start(self) -> None:
         c = self.config.coap
-        self.context = await aiocoap.Context.create_server_context(self.site(), bind=(c.host, c.port))
+        site = self.site()
+        node = None
+        if self.config.channels.enabled:
+            from .channels.transport import site as channel_site
+
+            node = self._channel_node()
+            channel_site(node, site)
+            self.console_channels = lambda: [
+                {"channel": cid.hex()[:16], "role": e.role, "state": e.channel.state.name,
+                 "paid_sat": getattr(e.channel, "acked_amount", None) or getattr(getattr(e.channel, "latest", None), "amount", 0)}
+                for cid, e in node.channels.items()
+            ]
+        self.context = await aiocoap.Context.create_server_context(site, bind=(c.host, c.port))
         self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)
+        if self.config.overlay.enabled and self.overlay is None:
+            from .overlay import Overlay
+
+            self.overlay = Overlay(self.key, self.config.overlay, clock=self.clock.now)
+        if self.overlay is not None and not self.overlay.running:
+            await self.overlay.start()
+        if self.overlay is not None:
+            overlay = self.overlay
+            self.console_peers = lambda: [{"node": p.node_id[:16], "address": p.address, "status": p.status}
+                                          for p in overlay.peers()]
+        if self.config.market.enabled and node is not None:
+            from .trading.service import TradingService, TradingSettings
+
+            ch = self.config.channels
+            self.trading = TradingService(
+                key=self.key, overlay=self.overlay, market=self.config.market, clock=self.clock, store=self.store,
+                device_ids=lambda: [d.device_id for d in self.store.devices()], node=node, context=self.context,
+                own_uri=self.coap_uri("channel"),
+                settings=TradingSettings(increment_wh=ch.increment_wh, channel_capacity_sat=ch.capacity_sat,
+                                         channel_lock_s=ch.lock_s, settle_delay_s=ch.settle_delay_s),
+            )
+            self._trading_task = asyncio.ensure_future(self.trading.run(self._stop_trading))
         await self.console_server.start()
         log.info("coordinator listening on coap://%s:%d (database %s)", c.host, c.port, self.config.store.path)
 
     async def stop(self) -> None:
+        self._stop_trading.set()
+        if self._trading_task is not None:
+            self._trading_task.cancel()
+            await asyncio.gather(self._trading_task, return_exceptions=True)
+            self._trading_task = None
+        if self.overlay is not None and self.overlay.running and self.config.overlay.enabled:
+            await self.overlay.stop()
         await self.console_server.stop()
         if self.context is not None:
             await self.context.shutdown()

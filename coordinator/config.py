@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .market.settings import MarketSettings
+from .overlay.settings import OverlaySettings
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
@@ -81,12 +84,54 @@ class ConsoleSettings:
 
 
 @dataclass
+class IdentitySettings:
+    # The coordinator's own secp256k1 key (signs overlay records, orders and
+    # channel messages). Created with mode 0600 on first start.
+    key_file: str = "coordinator.key"
+
+    def validate(self, section: str) -> None:
+        if not self.key_file:
+            raise ConfigError(f"{section}.key_file: expected a file path")
+
+
+@dataclass
+class ChannelsSettings:
+    enabled: bool = False
+    wallet_path: str = "wallet.json"
+    # The wallet's password is read from this file (mode 0600), or from the
+    # environment variable MICROGRID_WALLET_PASSWORD when empty.
+    wallet_password_file: str = ""
+    # "local:PATH" keeps a local ledger (tests, demos, a private grid);
+    # "rpc:http://user:pass@127.0.0.1:8332" talks to a BSV node.
+    chain: str = "local:ledger.db"
+    store_path: str = "channels.db"
+    fee_rate_sat_per_kb: int = 100
+    capacity_sat: int = 2_000_000
+    lock_s: int = 7 * 86400
+    increment_wh: int = 10
+    settle_delay_s: int = 120
+
+    def validate(self, section: str) -> None:
+        if not (self.chain.startswith("local:") or self.chain.startswith("rpc:")):
+            raise ConfigError(f"{section}.chain={self.chain!r}: expected \"local:PATH\" or \"rpc:URL\"")
+        _int_range(f"{section}.fee_rate_sat_per_kb", self.fee_rate_sat_per_kb, 1, 100_000)
+        _int_range(f"{section}.capacity_sat", self.capacity_sat, 1_000, 100_000_000)
+        _int_range(f"{section}.lock_s", self.lock_s, 3600, 30 * 86400)
+        _int_range(f"{section}.increment_wh", self.increment_wh, 1, 100_000)
+        _int_range(f"{section}.settle_delay_s", self.settle_delay_s, 0, 3600)
+
+
+@dataclass
 class Config:
     coap: CoapSettings = field(default_factory=CoapSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     log: LogSettings = field(default_factory=LogSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+    overlay: OverlaySettings = field(default_factory=OverlaySettings)
+    market: MarketSettings = field(default_factory=MarketSettings)
+    channels: ChannelsSettings = field(default_factory=ChannelsSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:
@@ -95,8 +140,21 @@ class Config:
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
-            getattr(self, f.name).validate(f.name)
+            try:
+                getattr(self, f.name).validate(f.name)
+            except ConfigError:
+                raise
+            except ValueError as e:  # the subsystems' own settings errors
+                raise ConfigError(str(e)) from None
+        if self.market.enabled and not (self.overlay.enabled and self.channels.enabled):
+            raise ConfigError("market.enabled = true needs overlay.enabled and channels.enabled: orders travel "
+                              "through the overlay and payments through channels")
         return self
+
+    def resolve(self, path: str) -> Path:
+        """A relative path in the config is relative to the database's folder."""
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.store.path).resolve().parent / p
 
 
 def _int_range(key: str, value: Any, lo: int, hi: int) -> None:

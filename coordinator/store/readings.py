@@ -144,6 +144,15 @@ class ReadingStore:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur]
 
+    def counters_at(self, device_id: str, t: float) -> tuple[int, int] | None:
+        """(import_wh, export_wh) of the device's last reading at or before
+        time t, or None if it has none yet."""
+        row = self.db.execute(
+            "SELECT import_wh, export_wh FROM readings WHERE device_id = ? AND time <= ? ORDER BY time DESC, seq DESC LIMIT 1",
+            [device_id, t],
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
     def count(self, device_id: str | None = None) -> int:
         if device_id is None:
             return int(self.db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])

@@ -50,29 +50,116 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
         tot = ledger.totals[c.name]
         participants.append({"coordinator": c.name, "meters": len(c.meters), "readings": c_stored,
                              "import_wh": tot.import_wh, "export_wh": tot.export_wh})
+    market = collect_market(hood)
+    names = {c.coordinator.key.public_key.to_hex(compressed=True): c.name for c in hood.plans if c.coordinator}
+    for row in participants:
+        for pub, name in names.items():
+            if name == row["coordinator"]:
+                row.update(market["by_participant"].get(pub, {}))
     intervals = []
     for start in ledger.intervals():
         gen = sum(ledger.at(p, start).export_wh for p in ledger.participants())
         cons = sum(ledger.at(p, start).import_wh for p in ledger.participants())
-        intervals.append({"start": start, "generation_wh": gen, "consumption_wh": cons, "traded_wh": 0,
-                          "clearing_price": None, "self_sufficiency": (min(gen, cons) / cons) if cons else None})
+        st = market["settled"].get(start)
+        cl = market["cleared"].get(start)
+        intervals.append({
+            "start": start, "generation_wh": gen, "consumption_wh": cons,
+            "traded_wh": st.delivered_wh if st else 0,
+            "clearing_price": cl.price_sat_per_kwh if cl else None,
+            "self_sufficiency": (min(gen, cons) / cons) if cons else None,
+        })
     summary = {
         "readings_produced": produced,
         "readings_stored": stored,
         "readings_rejected": rejected,
-        "energy_traded_wh": 0,
-        "trades": 0,
-        "payment_updates": 0,
-        "settlement_txs": 0,
-        "settlement_txs_verified": 0,
-        "energy_balance_error_wh": ledger.balance_error_wh(),
+        "energy_traded_wh": market["delivered_wh"],
+        "energy_matched_wh": market["matched_wh"],
+        "trades": market["trades"],
+        "payment_updates": market["payment_updates"],
+        "paid_sat": market["paid_sat"],
+        "settlement_txs": market["settlement_txs"],
+        "settlement_txs_verified": market["settlement_txs_verified"],
+        "energy_balance_error_wh": ledger.balance_error_wh() + market["balance_error_wh"],
+        "book_disagreements": market["disagreements"],
+        "trading_errors": market["errors"],
         "coordinators": len(hood.plans),
         "meters": len(hood.all_meters()),
         "simulated_days": hood.days,
         "elapsed_s": round(elapsed, 1),
         "stopped_early": hood.stopped_early,
     }
-    return {"summary": summary, "intervals": intervals, "participants": participants, "channels": []}
+    channels = [{"name": f"{names.get(payer, payer[:8])} -> {names.get(payee, payee[:8])}",
+                 "capacity_sat": hood.plans[0].coordinator.config.channels.capacity_sat if hood.plans[0].coordinator else 0,
+                 "series": series} for (payer, payee), series in sorted(market["channel_series"].items())]
+    return {"summary": summary, "intervals": intervals, "participants": participants, "channels": channels}
+
+
+def collect_market(hood: Neighbourhood) -> dict[str, Any]:
+    """Trades, settlements, payments and settlement transactions, checked:
+    every coordinator must have cleared the same books, every interval's
+    energy must balance, and every closing transaction must be on the
+    ledger and pass the script interpreter."""
+    from bitcoinx import hash_to_hex_str
+
+    from microgrid.coordinator.channels.txs import TransactionError, txid_hex, verify_transaction
+
+    traders = [c.coordinator.trading for c in hood.plans if c.coordinator and c.coordinator.trading]
+    out: dict[str, Any] = {"trades": 0, "matched_wh": 0, "delivered_wh": 0, "payment_updates": 0, "paid_sat": 0,
+                           "settlement_txs": 0, "settlement_txs_verified": 0, "balance_error_wh": 0,
+                           "disagreements": 0, "errors": 0, "settled": {}, "cleared": {}, "by_participant": {},
+                           "channel_series": {}}
+    if not traders:
+        return out
+    for t in traders:
+        out["payment_updates"] += t.stats.payment_updates
+        out["paid_sat"] += t.stats.paid_sat
+        out["errors"] += t.stats.errors
+        payer = t.public_hex
+        for when, payee, acked in t.stats.payment_log:
+            out["channel_series"].setdefault((payer, payee), []).append([when, acked])
+        for start, cleared in t.stats.cleared.items():
+            first = out["cleared"].setdefault(start, cleared)
+            if first.hash != cleared.hash:
+                out["disagreements"] += 1
+        for start, s in t.stats.settled.items():
+            out["settled"].setdefault(start, s)
+    for start, cleared in out["cleared"].items():
+        out["trades"] += len(cleared.trades)
+        out["matched_wh"] += cleared.volume_wh
+    for start, s in out["settled"].items():
+        out["delivered_wh"] += s.delivered_wh
+        # The balance, recomputed here rather than trusted.
+        err = abs(s.export_wh + s.utility_import_wh - s.import_wh - s.utility_export_wh)
+        for r in s.participants:
+            err += abs(r.export_wh - r.sold_wh - r.utility_export_wh) + abs(r.import_wh - r.bought_wh - r.utility_import_wh)
+            row = out["by_participant"].setdefault(r.participant, {"bought_wh": 0, "sold_wh": 0, "paid_sat": 0,
+                                                                   "earned_sat": 0})
+            row["bought_wh"] += r.bought_wh
+            row["sold_wh"] += r.sold_wh
+            row["paid_sat"] += r.paid_sat
+            row["earned_sat"] += r.earned_sat
+        out["balance_error_wh"] += err
+    ledger = hood.ledger
+    for c in hood.plans:
+        trading = c.coordinator.trading if c.coordinator else None
+        if trading is None:
+            continue
+        for cid, entry in trading.node.channels.items():
+            tx = getattr(entry.channel, "closing_tx", None)
+            if entry.role != "payee" or tx is None:
+                continue
+            out["settlement_txs"] += 1
+            try:
+                prevouts = []
+                for txin in tx.inputs:
+                    funding = ledger.transaction(hash_to_hex_str(txin.prev_hash))
+                    prevouts.append(funding.outputs[txin.prev_idx])
+                verify_transaction(tx, prevouts)
+                if ledger.transaction(txid_hex(tx)) is not None:
+                    out["settlement_txs_verified"] += 1
+            except (TransactionError, AttributeError, IndexError) as e:
+                logging.getLogger("microgrid.demo").error("settlement tx of %s fails verification: %s", cid.hex(), e)
+    return out
 
 
 async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
@@ -147,7 +234,9 @@ def _run(args: argparse.Namespace) -> int:
               f"{summary['simulated_days']} simulated day(s) in {summary['elapsed_s']} s")
         print(f"readings: produced {summary['readings_produced']}, stored {summary['readings_stored']}, "
               f"rejected {summary['readings_rejected']}")
-        print(f"market: {summary['trades']} trades, {summary['energy_traded_wh']} Wh traded")
+        print(f"market: {summary['trades']} trades, {summary['energy_matched_wh']} Wh matched, "
+              f"{summary['energy_traded_wh']} Wh delivered and paid peer to peer "
+              f"({summary['book_disagreements']} book disagreements)")
         print(f"payments: {summary['payment_updates']} channel updates, {summary['settlement_txs']} settlement "
               f"transactions ({summary['settlement_txs_verified']} verified by the script interpreter)")
         print(f"energy balance error: {summary['energy_balance_error_wh']} Wh")

@@ -23,7 +23,9 @@ from bitcoinx import PrivateKey
 
 from microgrid.coordinator.app import Coordinator
 from microgrid.coordinator.clock import ScaledClock
-from microgrid.coordinator.config import Config
+from microgrid.coordinator.config import ChannelsSettings, Config
+from microgrid.coordinator.market.settings import MarketSettings
+from microgrid.coordinator.overlay.settings import OverlaySettings
 from microgrid.flash.image import write_image
 from microgrid.flash.unix_port import boot
 
@@ -31,6 +33,7 @@ log = logging.getLogger("microgrid.demo")
 
 NAMES = ["alder", "birch", "cedar", "dogwood", "elm", "fir", "ginkgo", "hazel", "ivy", "juniper",
          "larch", "maple", "oak", "pine", "rowan", "spruce", "willow", "yew", "aspen", "beech"]
+DEMO_NETWORK_ID = 0x4D47444D  # "MGDM": a private overlay network for demos
 READING_INTERVAL_S = 60.0  # simulated seconds between readings
 DAY = 86400
 
@@ -62,6 +65,7 @@ class CoordinatorPlan:
     directory: Path
     meters: list[MeterPlan] = field(default_factory=list)
     coordinator: Coordinator | None = None
+    overlay_port: int = 0
 
 
 def free_udp_port() -> int:
@@ -95,7 +99,9 @@ def plan_neighbourhood(out_dir: Path, coordinators: int, meters: int, seed: int)
 
 class Neighbourhood:
     def __init__(self, out_dir: Path, coordinators: int, meters: int, days: float, seed: int, speed: float,
-                 start: float) -> None:
+                 start: float, increment_wh: int = 10) -> None:
+        self.increment_wh = increment_wh
+        self.ledger: Any = None
         self.out_dir = out_dir
         self.days = days
         self.seed = seed
@@ -112,20 +118,68 @@ class Neighbourhood:
     def all_meters(self) -> list[MeterPlan]:
         return [m for c in self.plans for m in c.meters]
 
+    def coordinator_config(self, c: CoordinatorPlan) -> Config:
+        """Every coordinator of the zone shares the market rules; prices
+        differ: households with solar sell cheaply, the others bid up to just
+        under the utility's import tariff."""
+        config = Config()
+        config.coap.host = "127.0.0.1"
+        config.coap.port = c.port
+        config.store.path = str(c.directory / "coordinator.db")
+        config.log.level = "warning"
+        config.overlay = OverlaySettings(
+            enabled=True, network_id=DEMO_NETWORK_ID, port=c.overlay_port, bind4="127.0.0.1", bind6="::1",
+            bootstrap=[] if c.index == 0 else [f"127.0.0.1:{self.plans[0].overlay_port}"],
+            peer_rate_limit=-1, rate_limit=-1, maintain_storage=False, get_timeout_s=0.5, put_timeout_s=1.0,
+            stop_timeout_s=1.0,
+        )
+        sunny = any(m.solar_peak_w for m in c.meters)
+        config.market = MarketSettings(
+            enabled=True, zone="demo-street", interval_s=900, gate_lead_s=600, order_lead_s=1800,
+            import_tariff_sat_per_kwh=250, export_tariff_sat_per_kwh=40, operator="demo-street-feeder",
+            prices={"sell": 60 + 10 * c.index, "buy": 200 - 5 * c.index} if sunny
+            else {"sell": 240, "buy": 220 - 5 * c.index},
+        )
+        config.channels = ChannelsSettings(
+            enabled=True, wallet_path="wallet.json", wallet_password_file="wallet.password",
+            chain="local:ledger.db", capacity_sat=5_000_000, lock_s=3 * 86400 + int(self.days * DAY),
+            increment_wh=self.increment_wh, settle_delay_s=120,
+        )
+        return config.validate()
+
+    def fund_wallet(self, c: CoordinatorPlan, config: Config, sats: int) -> Any:
+        from microgrid.coordinator.channels.wallet import Utxo, Wallet
+
+        password = "demo-" + c.name
+        pw_file = config.resolve(config.channels.wallet_password_file)
+        pw_file.write_text(password + "\n")
+        pw_file.chmod(0o600)
+        wallet = Wallet.create(config.resolve(config.channels.wallet_path), password,
+                               fee_rate=config.channels.fee_rate_sat_per_kb)
+        index, script = wallet.receive_script()
+        assert self.ledger is not None
+        wallet.add_utxo(Utxo(self.ledger.faucet(script, sats), sats, index))
+        wallet.save()
+        return wallet
+
     async def start(self) -> None:
+        from microgrid.coordinator.channels.chain import LocalLedger
+
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # The clock starts slightly ahead of now so that every process is up
         # before simulated midnight.
-        origin = time.time() + 1.0
+        origin = time.time() + 1.5
         self.clock = ScaledClock(self.sim_start, self.speed, origin)
+        # The zone's local ledger: every channel transaction goes through it
+        # and its script interpreter.
+        self.ledger = LocalLedger(str(self.out_dir / "ledger.db"), clock=self.clock)
         for c in self.plans:
             c.directory.mkdir(parents=True, exist_ok=True)
-            config = Config()
-            config.coap.host = "127.0.0.1"
-            config.coap.port = c.port
-            config.store.path = str(c.directory / "coordinator.db")
-            config.log.level = "warning"
-            coordinator = Coordinator(config, clock=self.clock)
+            c.overlay_port = free_udp_port()
+        for c in self.plans:
+            config = self.coordinator_config(c)
+            wallet = self.fund_wallet(c, config, 20_000_000)
+            coordinator = Coordinator(config, clock=self.clock, chain=self.ledger, wallet=wallet)
             for m in c.meters:
                 device, _ = coordinator.store.register_device(m.key.public_key.to_bytes(compressed=True), m.name)
                 m.device_id = device.device_id
@@ -188,6 +242,18 @@ class Neighbourhood:
                 p.kill()
                 p.wait(5)
             m.summary = _meter_summary(self.out_dir, m)
+        # Sellers close the channels paying them: the settlement
+        # transactions go to the ledger, checked by its script interpreter.
+        self.closed_channels = []
+        for c in self.plans:
+            if c.coordinator is not None and c.coordinator.trading is not None:
+                c.coordinator._stop_trading.set()
+        for c in self.plans:
+            if c.coordinator is not None and c.coordinator.trading is not None:
+                try:
+                    self.closed_channels += await asyncio.wait_for(c.coordinator.trading.close_incoming(), 30)
+                except asyncio.TimeoutError:
+                    log.warning("closing %s's channels timed out", c.name)
         for c in self.plans:
             if c.coordinator is not None:
                 await c.coordinator.stop()

@@ -1,0 +1,255 @@
+"""Trading for one household: market rounds, metering, settlement, payments.
+
+The decisions live in market/ (orders, clearing, settlement) and channels/
+(the payment channel state machines); this module runs them in time:
+
+    each interval S          MarketService places orders from the forecast,
+                             collects the zone's book, clears it
+    S + I + settle_delay     publish our connection's metering for [S, S+I)
+                             on the overlay (signed, like every record)
+    S + I + 2 settle_delay   collect every participant's metering, settle the
+                             interval (the same result on every coordinator),
+                             and pay what we owe each seller through a
+                             channel to it, one update per delivered
+                             increment (default 10 Wh)
+
+A seller's coordinator address is found in the overlay directory
+(`mg/dir/<public key hex>`), which every coordinator publishes at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import aiocoap
+from bitcoinx import PrivateKey
+
+from ..channels.protocol import ChannelNode
+from ..channels.transport import ChannelClient
+from ..clock import Clock
+from ..market.clearing import ClearedInterval
+from ..market.pricing import Battery, Forecast
+from ..market.service import MarketService
+from ..market.settings import MarketSettings
+from ..market.settlement import P2P, IntervalSettlement, Metered, check_energy_balance, settle_interval
+from ..store.readings import ReadingStore
+from .metering import interval_energy
+
+log = logging.getLogger("microgrid.trading")
+
+DIR_PREFIX = "mg/dir/"
+METERING_PREFIX = "mg/metering/"
+
+
+@dataclass
+class TradingSettings:
+    increment_wh: int = 10  # one channel update per this much delivered energy
+    channel_capacity_sat: int = 2_000_000
+    channel_lock_s: int = 7 * 86400
+    settle_delay_s: int = 120  # simulated or real seconds after an interval's end
+    record_ttl_s: int = 6 * 3600
+
+
+@dataclass
+class TradingStats:
+    trades: int = 0  # trades in cleared books this coordinator was part of
+    traded_wh: int = 0
+    payment_updates: int = 0
+    paid_sat: int = 0
+    settled: dict[int, IntervalSettlement] = field(default_factory=dict)
+    cleared: dict[int, ClearedInterval] = field(default_factory=dict)
+    channels_opened: int = 0
+    errors: int = 0
+    # (time, payee public key hex, cumulative sat acknowledged on that channel)
+    payment_log: list[tuple[float, str, int]] = field(default_factory=list)
+
+
+def split_increments(wh: int, sats: int, increment_wh: int) -> list[int]:
+    """Sats per delivered increment: ceil(wh / increment) updates whose
+    amounts add up to exactly `sats` (earlier ones take the remainder)."""
+    if sats <= 0 or wh <= 0:
+        return []
+    n = max(1, -(-wh // max(increment_wh, 1)))
+    n = min(n, sats)  # never an update of 0 sat
+    base, rem = divmod(sats, n)
+    return [base + (1 if i < rem else 0) for i in range(n)]
+
+
+class TradingService:
+    def __init__(self, *, key: PrivateKey, overlay: Any, market: MarketSettings, clock: Clock,
+                 store: ReadingStore, device_ids: Callable[[], list[str]], node: ChannelNode,
+                 context: aiocoap.Context, own_uri: str, settings: TradingSettings | None = None,
+                 sleep: Callable[[float], Any] = asyncio.sleep, poll_s: float = 0.05) -> None:
+        self.key = key
+        self.public_hex = key.public_key.to_hex(compressed=True)
+        self.overlay = overlay
+        self.market_settings = market
+        self.clock = clock
+        self.store = store
+        self.device_ids = device_ids
+        self.node = node
+        self.client = ChannelClient(node, context)
+        self.own_uri = own_uri
+        self.settings = settings or TradingSettings()
+        self._sleep = sleep
+        self.market = MarketService(overlay, key, market, clock, self.forecast, sleep=sleep, poll_s=poll_s,
+                                    result_wait_s=market.gate_lead_s / 4)
+        self.stats = TradingStats()
+        self.channel_to: dict[str, bytes] = {}  # payee public key hex -> channel id
+        self._pay_lock = asyncio.Lock()
+
+    # -- forecasting and metering -----------------------------------------------
+
+    def forecast(self, interval_start: int) -> tuple[Forecast, Battery | None]:
+        """Persistence: the last complete interval before the order time."""
+        step = self.market_settings.interval_s
+        last_end = int(self.clock.now()) // step * step
+        e = interval_energy(self.store, self.device_ids(), last_end - step, last_end)
+        return Forecast(interval_start, e.export_wh, e.import_wh), None
+
+    def metered(self, start: int) -> Metered:
+        e = interval_energy(self.store, self.device_ids(), start, start + self.market_settings.interval_s)
+        return Metered(bytes.fromhex(self.public_hex), e.net_export_wh, e.net_import_wh)
+
+    # -- overlay records --------------------------------------------------------
+
+    def _metering_key(self, start: int) -> str:
+        return f"{METERING_PREFIX}{self.market_settings.zone}/{start}"
+
+    async def publish_directory(self) -> None:
+        body = json.dumps({"coap": self.own_uri}).encode()
+        await self.overlay.put(DIR_PREFIX + self.public_hex, body, self.settings.record_ttl_s)
+
+    async def lookup_uri(self, public_hex: str, attempts: int = 3) -> str | None:
+        for attempt in range(attempts):
+            for rec in await self.overlay.get(DIR_PREFIX + public_hex):
+                if rec.publisher.hex() == public_hex:
+                    return str(json.loads(rec.body)["coap"])
+            await asyncio.sleep(0.05 * (attempt + 1))
+        return None
+
+    async def publish_metering(self, start: int) -> Metered:
+        m = self.metered(start)
+        body = json.dumps({"export_wh": m.export_wh, "import_wh": m.import_wh}).encode()
+        await self.overlay.put(self._metering_key(start), body, self.settings.record_ttl_s)
+        return m
+
+    async def collect_metering(self, start: int) -> list[Metered]:
+        out: dict[bytes, Metered] = {}
+        for rec in await self.overlay.get(self._metering_key(start)):
+            try:
+                d = json.loads(rec.body)
+                out[rec.publisher] = Metered(rec.publisher, int(d["export_wh"]), int(d["import_wh"]))
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("ignored metering record from %s: %s", rec.publisher.hex()[:16], e)
+        return list(out.values())
+
+    # -- payments ----------------------------------------------------------------
+
+    async def _channel(self, payee_hex: str) -> bytes:
+        cid = self.channel_to.get(payee_hex)
+        if cid is not None:
+            return cid
+        uri = await self.lookup_uri(payee_hex)
+        if uri is None:
+            raise LookupError(f"no directory entry for {payee_hex[:16]}")
+        cid = await self.client.open_channel(uri, self.settings.channel_capacity_sat, self.settings.channel_lock_s,
+                                             bytes.fromhex(payee_hex))
+        self.channel_to[payee_hex] = cid
+        self.stats.channels_opened += 1
+        return cid
+
+    async def pay(self, settlement: IntervalSettlement) -> None:
+        async with self._pay_lock:
+            for p in settlement.payments:
+                if p.kind != P2P or p.payer != self.public_hex or p.sats <= 0:
+                    continue
+                cid = await self._channel(p.payee)
+                acked = 0
+                for amount in split_increments(p.wh, p.sats, self.settings.increment_wh):
+                    acked = await self.client.pay(cid, amount)
+                    self.stats.payment_updates += 1
+                    self.stats.paid_sat += amount
+                self.stats.payment_log.append((self.clock.now(), p.payee, acked))
+
+    # -- the schedule -------------------------------------------------------------
+
+    async def _sleep_until(self, t: float) -> None:
+        real = getattr(self.clock, "real_seconds", None)
+        while (left := t - self.clock.now()) > 0:
+            await self._sleep(real(left) if real else left)
+
+    async def settle_interval(self, start: int) -> IntervalSettlement | None:
+        step = self.market_settings.interval_s
+        delay = self.settings.settle_delay_s
+        await self._sleep_until(start + step + delay)
+        await self.publish_metering(start)
+        await self._sleep_until(start + step + 2 * delay)
+        rnd = self.market.rounds.get(start)
+        if rnd is None or rnd.cleared is None:
+            return None
+        metered = await self.collect_metering(start)
+        s = settle_interval(rnd.cleared, metered, self.market_settings.tariff(), self.market_settings.operator)
+        check_energy_balance(s)
+        self.stats.settled[start] = s
+        await self.pay(s)
+        return s
+
+    async def _round(self, start: int) -> None:
+        try:
+            # Re-announce our address every round: peers that joined after
+            # us, or lost the record with a node, find it again.
+            await self.publish_directory()
+            rnd = await self.market.run_interval(start)
+            if rnd.cleared is not None:
+                self.stats.cleared[start] = rnd.cleared
+                mine = [t for t in rnd.cleared.trades if self.public_hex in (t.buyer.hex(), t.seller.hex())]
+                self.stats.trades += len(mine)
+                self.stats.traded_wh += sum(t.wh for t in mine)
+            await self.settle_interval(start)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.stats.errors += 1
+            log.exception("trading round %d failed", start)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start a round for every interval until `stop`; rounds overlap."""
+        await self.publish_directory()
+        s = self.market_settings
+        start = self.market.next_interval()
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                waiter = asyncio.ensure_future(self._sleep_until(start - s.order_lead_s))
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                if stop.is_set():
+                    break
+                task = asyncio.ensure_future(self._round(start))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                start += s.interval_s
+        finally:
+            for t in list(tasks):
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close_incoming(self) -> list[bytes]:
+        """As payee: close every channel paying us (broadcast the latest
+        update); returns the closed channel ids."""
+        closed = []
+        for cid in self.node.open_channels("payee"):
+            try:
+                await self.client.close_as_payee(cid)
+                closed.append(cid)
+            except Exception:
+                self.stats.errors += 1
+                log.exception("closing channel %s failed", cid.hex()[:16])
+        return closed
