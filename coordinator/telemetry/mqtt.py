@@ -241,7 +241,13 @@ class MqttPublisher:
             client.subscribe(self.topics.ha_status, qos=1)
         for msg in reversed(first):
             self._enqueue(msg, front=True)
-        self._pump()
+        # paho resends the messages it still holds (handed over, never
+        # acknowledged) only after this callback returns. Sending more now
+        # would overtake them; their acknowledgements restart the pump.
+        with self._lock:
+            held = bool(self._unacked)
+        if not held:
+            self._pump()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         with self._lock:
