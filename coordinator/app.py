@@ -172,15 +172,25 @@ class Coordinator:
                                          channel_lock_s=ch.lock_s, settle_delay_s=ch.settle_delay_s),
             )
             self._trading_task = asyncio.ensure_future(self.trading.run(self._stop_trading))
+            trading = self.trading
+            self.console_orders = lambda: [
+                {"interval": start, "side": so.side, "wh": so.order.quantity_wh,
+                 "limit_sat_per_kwh": so.order.limit_sat_per_kwh, "hash": so.hash_hex[:16]}
+                for start, rnd in sorted(trading.market.rounds.items())[-8:] for so in rnd.own_orders
+            ]
         await self.console_server.start()
         log.info("coordinator listening on coap://%s:%d (database %s)", c.host, c.port, self.config.store.path)
 
-    async def stop(self) -> None:
+    async def stop_trading(self) -> None:
+        """Stop placing orders and paying; open channels stay as they are."""
         self._stop_trading.set()
         if self._trading_task is not None:
             self._trading_task.cancel()
             await asyncio.gather(self._trading_task, return_exceptions=True)
             self._trading_task = None
+
+    async def stop(self) -> None:
+        await self.stop_trading()
         if self.overlay is not None and self.overlay.running and self.config.overlay.enabled:
             await self.overlay.stop()
         await self.console_server.stop()

@@ -59,3 +59,17 @@ def test_ctrl_c_stops_every_process_and_still_writes_the_report(tmp_path: Path) 
 def test_limits_are_enforced_with_a_clear_message() -> None:
     proc = subprocess.run(demo("--meters", "500"), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--meters must be between 1 and 40 on a 2-core machine" in proc.stderr
+
+
+def test_a_sunny_morning_trades_pays_through_channels_and_settles_on_the_ledger(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run(demo("--start-hour", "10", "--days", "0.1", "--json", "--out", str(out)),
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["readings_produced"] == s["readings_stored"] and s["readings_rejected"] == 0
+    assert s["trades"] > 0 and 0 < s["energy_traded_wh"] <= s["energy_matched_wh"]
+    assert s["book_disagreements"] == 0 and s["trading_errors"] == 0
+    assert s["payment_updates"] >= s["energy_traded_wh"] // 10 // 2  # about one update per 10 Wh paid so far
+    assert s["settlement_txs"] > 0 and s["settlement_txs_verified"] == s["settlement_txs"]
+    assert s["energy_balance_error_wh"] == 0

@@ -166,12 +166,14 @@ async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     from .progress import Progress
 
     speed = args.speed or DAY / 90.0
-    hood = Neighbourhood(out_dir, args.coordinators, args.meters, args.days, args.seed, speed, DEFAULT_START)
+    sim_start = DEFAULT_START + int(args.start_hour * 3600)
+    hood = Neighbourhood(out_dir, args.coordinators, args.meters, args.days, args.seed, speed, sim_start,
+                         increment_wh=args.increment_wh)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    progress = Progress(args.days * DAY, DEFAULT_START, enabled=not args.quiet)
+    progress = Progress(args.days * DAY, sim_start, enabled=not args.quiet)
     started = time.time()
     try:
         await hood.start()
@@ -190,7 +192,8 @@ async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     data = collect(hood, time.time() - started)
     data["params"] = {"coordinators": args.coordinators, "meters": args.meters, "days": args.days,
                       "seed": args.seed, "speed": round(speed, 1),
-                      "start": datetime.fromtimestamp(DEFAULT_START, timezone.utc).isoformat()}
+                      "start": datetime.fromtimestamp(sim_start, timezone.utc).isoformat(),
+                      "increment_wh": args.increment_wh}
     data["title"] = (f"{args.coordinators} coordinators, {args.meters} meters, {args.days} simulated day(s), "
                      f"seed {args.seed}")
     return data
@@ -261,6 +264,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed for profiles and keys (default 1)")
     p.add_argument("--speed", type=_positive_limited("--speed", 1, 5000, float), default=None,
                    help="simulated seconds per real second (default: a day in 90 s, 960)")
+    p.add_argument("--start-hour", type=_positive_limited("--start-hour", 0, 23.99, float), default=0.0,
+                   help="simulated time of day to start at, in hours (default 0: midnight)")
+    p.add_argument("--increment-wh", type=_positive_limited("--increment-wh", 1, 10000), default=10,
+                   help="energy paid for by each channel update, Wh (default 10)")
     p.add_argument("--out", help="folder for databases, images, logs and the report (default demo-out/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -246,8 +246,8 @@ class Neighbourhood:
         # transactions go to the ledger, checked by its script interpreter.
         self.closed_channels = []
         for c in self.plans:
-            if c.coordinator is not None and c.coordinator.trading is not None:
-                c.coordinator._stop_trading.set()
+            if c.coordinator is not None:
+                await c.coordinator.stop_trading()
         for c in self.plans:
             if c.coordinator is not None and c.coordinator.trading is not None:
                 try:
