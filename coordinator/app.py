@@ -79,6 +79,10 @@ class Coordinator:
         self.wallet = wallet
         self.key = load_or_create_key(config.resolve(config.identity.key_file))
         self.trading: Any = None
+        self.gpio: Any = None
+        self.mqtt: Any = None
+        self.modbus: Any = None
+        self._modbus_task: asyncio.Task[None] | None = None
         self._trading_task: asyncio.Task[None] | None = None
         self._stop_trading = asyncio.Event()
         self.db = open_database(config.store.path)
@@ -178,8 +182,52 @@ class Coordinator:
                  "limit_sat_per_kwh": so.order.limit_sat_per_kwh, "hash": so.hash_hex[:16]}
                 for start, rnd in sorted(trading.market.rounds.items())[-8:] for so in rnd.own_orders
             ]
+        self._start_devices()
         await self.console_server.start()
         log.info("coordinator listening on coap://%s:%d (database %s)", c.host, c.port, self.config.store.path)
+
+    def _start_devices(self) -> None:
+        """Relays and LEDs, wired meters and MQTT, as the config asks."""
+        cfg = self.config
+        if cfg.gpio.relays or cfg.gpio.backend != "auto":
+            from .devices.gpio_settings import open_gpio
+
+            self.gpio = open_gpio(cfg.gpio)
+            self.gpio.fail_safe.install()
+            self.relays = dict(self.gpio.relays)
+        if cfg.mqtt.enabled:
+            from .telemetry.mqtt import MqttPublisher
+
+            self.mqtt = MqttPublisher(cfg.mqtt, clock=self.clock.now)
+            self.mqtt.start()
+            mqtt = self.mqtt
+            names = {d.device_id: d.name for d in self.store.devices()}
+
+            def publish(r: Any) -> None:
+                mqtt.publish_meter({"device_id": r.device, "name": names.get(r.device, r.device), "t": r.t,
+                                    "import_wh": r.import_wh, "export_wh": r.export_wh, "power_w": r.power_w,
+                                    "voltage_v": r.voltage_v, "current_a": r.extra.get("current"),
+                                    "frequency_hz": r.extra.get("frequency"), "source": "coap"})
+
+            self.ingest.on_stored = publish
+        if cfg.modbus.enabled:
+            from .devices.modbus import ModbusPoller
+
+            self.modbus = ModbusPoller(cfg.modbus, self._on_wired_measurement, clock=self.clock.now)
+            self._modbus_task = asyncio.ensure_future(self.modbus.run())
+
+    def _on_wired_measurement(self, m: Any) -> None:
+        if m.import_wh is None and m.export_wh is None:
+            return
+        extra = {k: v for k, v in (("current", m.current_a), ("frequency", m.frequency_hz),
+                                   ("power_factor", m.power_factor)) if v is not None}
+        device_id = f"modbus-{m.device}"
+        last = self.store.last_reading(device_id)
+        imp = m.import_wh if m.import_wh is not None else (last["import_wh"] if last else 0)
+        exp = m.export_wh if m.export_wh is not None else (last["export_wh"] if last else 0)
+        self.store.insert_measurement(device_id, m.device, m.t, imp, exp, m.power_w, m.voltage_v, extra, m.source)
+        if self.mqtt is not None:
+            self.mqtt.publish_meter(m)
 
     async def stop_trading(self) -> None:
         """Stop placing orders and paying; open channels stay as they are."""
@@ -191,6 +239,15 @@ class Coordinator:
 
     async def stop(self) -> None:
         await self.stop_trading()
+        if self._modbus_task is not None:
+            self.modbus.stop()
+            self._modbus_task.cancel()
+            await asyncio.gather(self._modbus_task, return_exceptions=True)
+            self.modbus.close()
+        if self.mqtt is not None:
+            self.mqtt.stop(flush_timeout_s=2.0)
+        if self.gpio is not None:
+            self.gpio.close()
         if self.overlay is not None and self.overlay.running and self.config.overlay.enabled:
             await self.overlay.stop()
         await self.console_server.stop()

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .devices.gpio_settings import GpioSettings
+from .devices.modbus_settings import ModbusSettings
 from .market.settings import MarketSettings
+from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
 
 
@@ -132,6 +135,9 @@ class Config:
     overlay: OverlaySettings = field(default_factory=OverlaySettings)
     market: MarketSettings = field(default_factory=MarketSettings)
     channels: ChannelsSettings = field(default_factory=ChannelsSettings)
+    gpio: GpioSettings = field(default_factory=GpioSettings)
+    modbus: ModbusSettings = field(default_factory=ModbusSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH:/usr/sbin"
 status=0
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@" || status=$?
+timeout 1500 .venv/bin/python -m pytest -q -p no:cacheprovider "$@" || status=$?
 if [ "$status" -eq 5 ]; then
     echo "test: no tests were collected for this selection"
     status=0

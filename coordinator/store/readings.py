@@ -153,6 +153,33 @@ class ReadingStore:
         ).fetchone()
         return None if row is None else (int(row[0]), int(row[1]))
 
+    def insert_measurement(self, device_id: str, name: str, t: float, import_wh: int, export_wh: int,
+                           power_w: float | None, voltage_v: float | None, extra: dict[str, Any], source: str) -> int:
+        """Store a wired meter's values (Modbus) beside the signed readings:
+        same table, its own device id, `source` naming the bus device, and
+        no COSE evidence (the meter cannot sign)."""
+        if self.device(device_id) is None:
+            with self.db.conn:
+                self.db.table("devices").insert({"device_id": device_id, "public_key": "", "name": name,
+                                                 "registered_at": utc_now()}, ignore=True)
+        seq = (self.last_seq(device_id) or 0) + 1
+        record = {"device_id": device_id, "seq": seq, "time": float(t), "import_wh": int(import_wh),
+                  "export_wh": int(export_wh), "power_w": float(power_w or 0.0), "voltage_v": float(voltage_v or 0.0),
+                  "extra": json.dumps(extra, sort_keys=True) if extra else None, "source": source,
+                  "received_at": utc_now(), "cose": None}
+        try:
+            with self.db.conn:
+                cur = self.db.conn.execute(
+                    "INSERT INTO readings (device_id, seq, time, import_wh, export_wh, power_w, voltage_v,"
+                    " extra, source, received_at, cose) VALUES (:device_id, :seq, :time, :import_wh, :export_wh,"
+                    " :power_w, :voltage_v, :extra, :source, :received_at, :cose)",
+                    record,
+                )
+        except sqlite3.OperationalError as e:
+            raise StoreError(f"cannot store measurement {device_id}/{seq}: {e}") from None
+        self._last_seq[device_id] = seq
+        return int(cur.lastrowid or 0)
+
     def count(self, device_id: str | None = None) -> int:
         if device_id is None:
             return int(self.db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
