@@ -87,3 +87,17 @@ def test_run_reports_a_port_in_use(tmp_path: Path) -> None:
         port = s.getsockname()[1]
         r = cli("coordinator", "run", "--db", str(tmp_path / "c.db"), "--port", str(port))
     assert r.returncode == 1 and "cannot serve" in r.stderr
+
+
+def test_the_example_config_shipped_for_installers_is_valid() -> None:
+    import microgrid.coordinator
+
+    example = Path(microgrid.coordinator.__file__).parent / "service" / "coordinator.example.toml"
+    config = load(example)
+    assert config.market.enabled and config.channels.enabled and config.overlay.enabled
+    assert config.modbus.devices["grid"]["model"] == "sdm630"
+
+
+def test_market_without_overlay_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="market.enabled = true needs overlay.enabled and channels.enabled"):
+        load(write(tmp_path, '[market]\nenabled = true\nzone = "z"\n'))
