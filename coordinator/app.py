@@ -138,7 +138,9 @@ class Coordinator:
         host = f"[{c.host}]" if ":" in c.host else c.host
         return f"coap://{host}:{c.port}/{path}"
 
-    async def start(self) -> None:
+    async def start(self, defer_trading: bool = False) -> None:
+        """Serve. With `defer_trading`, the market starts only when
+        `start_trading()` is called (the demo first provisions its meters)."""
         c = self.config.coap
         site = self.site()
         node = None
@@ -175,7 +177,8 @@ class Coordinator:
                 settings=TradingSettings(increment_wh=ch.increment_wh, channel_capacity_sat=ch.capacity_sat,
                                          channel_lock_s=ch.lock_s, settle_delay_s=ch.settle_delay_s),
             )
-            self._trading_task = asyncio.ensure_future(self.trading.run(self._stop_trading))
+            if not defer_trading:
+                self.start_trading()
             trading = self.trading
             self.console_orders = lambda: [
                 {"interval": start, "side": so.side, "wh": so.order.quantity_wh,
@@ -228,6 +231,10 @@ class Coordinator:
         self.store.insert_measurement(device_id, m.device, m.t, imp, exp, m.power_w, m.voltage_v, extra, m.source)
         if self.mqtt is not None:
             self.mqtt.publish_meter(m)
+
+    def start_trading(self) -> None:
+        if self.trading is not None and self._trading_task is None:
+            self._trading_task = asyncio.ensure_future(self.trading.run(self._stop_trading))
 
     async def stop_trading(self) -> None:
         """Stop placing orders and paying; open channels stay as they are."""

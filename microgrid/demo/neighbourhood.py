@@ -1,9 +1,11 @@
 """A neighbourhood on one machine: coordinators, meters, one simulated clock.
 
-Each coordinator is a full `Coordinator` (its own database, CoAP port and
-console) running in this process; each meter is the flashed firmware image
-booted in its own `micropython` process, sending signed readings over
-loopback CoAP to its coordinator. Everything follows one `ScaledClock`: the
+Each coordinator is a full `Coordinator` (its own database, CoAP port,
+console, identity key, wallet, channel store and OpenDHT node) running in
+this process; each meter is provisioned with `microgrid flash` into a folder
+and booted in its own `micropython` process, sending signed readings over
+loopback CoAP to its coordinator. Channel transactions go to one local
+ledger, the zone's stand-in for the BSV network. Everything follows one `ScaledClock`: the
 meters get the same start, speed and real-time origin in their config.
 """
 
@@ -19,20 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bitcoinx import PrivateKey
-
 from microgrid.coordinator.app import Coordinator
 from microgrid.coordinator.clock import ScaledClock
 from microgrid.coordinator.config import ChannelsSettings, Config
 from microgrid.coordinator.market.settings import MarketSettings
 from microgrid.coordinator.overlay.settings import OverlaySettings
-from microgrid.flash.image import write_image
 from microgrid.flash.unix_port import boot
 
 log = logging.getLogger("microgrid.demo")
 
 NAMES = ["alder", "birch", "cedar", "dogwood", "elm", "fir", "ginkgo", "hazel", "ivy", "juniper",
          "larch", "maple", "oak", "pine", "rowan", "spruce", "willow", "yew", "aspen", "beech"]
+INSTALLER_TOKEN = "demo-installer-token"
 DEMO_NETWORK_ID = 0x4D47444D  # "MGDM": a private overlay network for demos
 READING_INTERVAL_S = 60.0  # simulated seconds between readings
 DAY = 86400
@@ -50,7 +50,6 @@ class MeterPlan:
     seed: int
     solar_peak_w: int
     base_load_w: int
-    key: PrivateKey
     device_id: str = ""
     image: Path | None = None
     process: subprocess.Popen | None = None
@@ -92,8 +91,7 @@ def plan_neighbourhood(out_dir: Path, coordinators: int, meters: int, seed: int)
             profile, peak, base = "prosumer", rng.choice([1500, 2500]), rng.choice([200, 300, 400])
         else:
             profile, peak, base = "load", 0, rng.choice([250, 350, 450, 600])
-        key = PrivateKey(rng.randbytes(32))
-        c.meters.append(MeterPlan(f"{c.name}-m{len(c.meters) + 1}", profile, seed * 1000 + m, peak, base, key))
+        c.meters.append(MeterPlan(f"{c.name}-m{len(c.meters) + 1}", profile, seed * 1000 + m, peak, base))
     return plans
 
 
@@ -127,6 +125,10 @@ class Neighbourhood:
         config.coap.port = c.port
         config.store.path = str(c.directory / "coordinator.db")
         config.log.level = "warning"
+        config.ingest.installer_token = INSTALLER_TOKEN
+        # Meters' clocks start at their own boot, up to a few hundred
+        # simulated seconds apart at this speed.
+        config.ingest.max_future_s = 900
         config.overlay = OverlaySettings(
             enabled=True, network_id=DEMO_NETWORK_ID, port=c.overlay_port, bind4="127.0.0.1", bind6="::1",
             bootstrap=[] if c.index == 0 else [f"127.0.0.1:{self.plans[0].overlay_port}"],
@@ -166,10 +168,8 @@ class Neighbourhood:
         from microgrid.coordinator.channels.chain import LocalLedger
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        # The clock starts slightly ahead of now so that every process is up
-        # before simulated midnight.
-        origin = time.time() + 1.5
-        self.clock = ScaledClock(self.sim_start, self.speed, origin)
+        # Provisional: the clock's origin is set when the meters boot.
+        self.clock = ScaledClock(self.sim_start, self.speed, time.time() + 3600)
         # The zone's local ledger: every channel transaction goes through it
         # and its script interpreter.
         self.ledger = LocalLedger(str(self.out_dir / "ledger.db"), clock=self.clock)
@@ -180,21 +180,19 @@ class Neighbourhood:
             config = self.coordinator_config(c)
             wallet = self.fund_wallet(c, config, 20_000_000)
             coordinator = Coordinator(config, clock=self.clock, chain=self.ledger, wallet=wallet)
-            for m in c.meters:
-                device, _ = coordinator.store.register_device(m.key.public_key.to_bytes(compressed=True), m.name)
-                m.device_id = device.device_id
-            await coordinator.start()
+            await coordinator.start(defer_trading=True)
             c.coordinator = coordinator
         readings_per_meter = int(self.days * DAY / READING_INTERVAL_S)
+        # Each meter is provisioned as an installer would: `microgrid flash`
+        # into a folder (compiled image, key made on the "board" by the unix
+        # port, registration with the coordinator's installer token).
+        jobs = []
         for c in self.plans:
             for m in c.meters:
-                m.image = write_image(c.directory / m.name, {
-                    "device_name": m.name,
-                    "coordinator_port": c.port,
+                meter_cfg = {
                     "interval_s": READING_INTERVAL_S / self.speed,
                     "clock_start": self.sim_start,
                     "clock_speed": self.speed,
-                    "clock_origin": origin,
                     "max_readings": readings_per_meter,
                     "ack_timeout_s": 0.5,
                     "retry_after_s": 0.5,
@@ -203,8 +201,36 @@ class Neighbourhood:
                     "persist_every": 60,
                     "meter": {"type": "simulated", "profile": m.profile, "seed": m.seed,
                               "solar_peak_w": m.solar_peak_w, "base_load_w": m.base_load_w},
-                }, m.key.to_bytes())
+                }
+                jobs.append(asyncio.to_thread(self._flash, c, m, meter_cfg))
+        for i in range(0, len(jobs), 4):
+            await asyncio.gather(*jobs[i:i + 4])
+        # Simulated time starts now, for the coordinators and (each from its
+        # own boot, a few milliseconds apart) for the meters.
+        self.clock.origin = time.time()
+        for c in self.plans:
+            for m in c.meters:
+                assert m.image is not None
                 m.process = boot(m.image, stdout=open(c.directory / f"{m.name}.log", "w"))
+        for c in self.plans:
+            assert c.coordinator is not None
+            c.coordinator.start_trading()
+
+    def _flash(self, c: CoordinatorPlan, m: MeterPlan, meter_cfg: dict[str, Any]) -> None:
+        import io
+
+        from microgrid.flash.flow import Flasher, FlashRequest
+        from microgrid.flash.transfer import FolderTarget
+
+        cfg_file = c.directory / f"{m.name}.json"
+        cfg_file.write_text(json.dumps(meter_cfg))
+        out = io.StringIO()
+        image = c.directory / m.name
+        result = Flasher(FlashRequest(target=FolderTarget(image), config_file=str(cfg_file), name=m.name,
+                                      coordinator=f"127.0.0.1:{c.port}", token=INSTALLER_TOKEN), out).run()
+        (c.directory / f"{m.name}.flash.log").write_text(out.getvalue())
+        m.device_id = result.device_id
+        m.image = image
 
     def counts(self) -> dict[str, int]:
         stored = sum(c.coordinator.ingest.counts["stored"] for c in self.plans if c.coordinator)
