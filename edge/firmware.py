@@ -22,7 +22,7 @@ from edge import coap, hal, log
 from edge import config as config_mod
 from edge.journal import Journal
 from edge.meters import open_meter
-from edge.meters.base import RESET_ENERGY, RESET_FACTORY
+from edge.meters.base import FLAG_TIME_UNSET, RESET_ENERGY, RESET_FACTORY
 from edge.outbox import Outbox
 
 TAG = "fw"
@@ -85,11 +85,26 @@ class Clock:
     With `origin` (the real Unix time at which simulated time was `start`)
     several meters and coordinators share one simulated clock exactly."""
 
-    def __init__(self, start, speed, origin=0):
+    def __init__(self, start, speed, origin=0, synced=True):
         self.boot_ms = _ticks_ms()
         self.start = start if start else time.time() + _EPOCH_OFFSET
         self.speed = speed
         self.origin = origin
+        # False on a board until SNTP or the coordinator gave the time:
+        # readings made meanwhile carry FLAG_TIME_UNSET.
+        self.synced = synced or bool(start)
+
+    def set(self, unix_s):
+        """Take the time from outside (the coordinator's response)."""
+        self.boot_ms = _ticks_ms()
+        self.start = unix_s
+        self.origin = 0
+        self.speed = 1.0
+        self.synced = True
+
+    def resync(self):
+        """The RTC was just set (SNTP): follow it."""
+        self.set(time.time() + _EPOCH_OFFSET)
 
     def now(self):
         if self.origin:
@@ -151,7 +166,10 @@ class Firmware:
         self.journal = Journal(cfg["state_file"])
         state = self.journal.load() or {}
         self.outbox = Outbox(cfg["outbox_file"], cfg["outbox_size"], state.get("acked", 0), state.get("covered_from"))
-        self.clock = Clock(cfg["clock_start"], cfg["clock_speed"], cfg["clock_origin"])
+        self.net = hal.network(cfg["wifi"])
+        self.clock = Clock(cfg["clock_start"], cfg["clock_speed"], cfg["clock_origin"], not hal.IS_BOARD)
+        self.sntp_at_ms = None
+        self._sync_time()
         self.client = coap.Client(
             cfg["coordinator_host"], cfg["coordinator_port"], cfg["ack_timeout_s"], cfg["max_retransmit"], cfg["local_port"]
         )
@@ -189,6 +207,17 @@ class Firmware:
         if jseq is not None or newest is not None:
             self.meter.restore(self.last_import, self.last_export)
 
+    def _sync_time(self):
+        # SNTP where the network has it; tried again every 10 minutes.
+        if self.clock.synced:
+            return
+        if self.sntp_at_ms is not None and _since(self.sntp_at_ms) < 600000:
+            return
+        self.sntp_at_ms = _ticks_ms()
+        if self.net.up() and hal.sntp():
+            self.clock.resync()
+            log.info(TAG, "time set by SNTP")
+
     def state(self):
         s = {"seq": self.seq, "import_wh": self.last_import, "export_wh": self.last_export}
         s.update(self.outbox.state())
@@ -207,11 +236,13 @@ class Firmware:
         t = self.clock.now()
         try:
             m = self.meter.read(t)
-        except OSError as e:
-            self.errors.add("meter", str(e))
+        except Exception as e:  # a driver bug must not stop the meter either
+            self.errors.add("meter", str(e) or repr(e))
             log.warning(TAG, "meter read failed: %s" % e)
             return False
         self.errors.ok("meter")
+        if not self.clock.synced:
+            m.flags |= FLAG_TIME_UNSET
         self.last_measurement = (t, m)
         seq = self.seq + 1
         msg = reading.build(
@@ -247,6 +278,11 @@ class Firmware:
         if item is None:
             return False
         seq, msg, first = item
+        if not self.net.ensure():
+            self.link = "down"
+            self.errors.add("network", "wifi not connected")
+            self._retry_later()
+            return False
         if first < seq:
             msg = merged_message(self.secret, self.public_key, msg, first)
         try:
@@ -339,6 +375,8 @@ class Firmware:
         while self.running:
             if self.watchdog is not None:
                 self.watchdog.feed()
+            if not self.clock.synced:
+                self._sync_time()
             interval_ms = int(cfg["interval_s"] * 1000)
             if (not limit or self.produced < limit) and _since(next_ms) >= 0:
                 ok = self.measure()

@@ -89,3 +89,73 @@ def wait_tx_done(u, nbytes, baud):
         u.flush()
     else:
         time.sleep_us(nbytes * 10 * 1000000 // baud + 100)
+
+
+class Network:
+    """Wi-Fi station from the config's "wifi" ({"ssid", "password"}); null
+    means the board is already online (Ethernet) or offline by design."""
+
+    def __init__(self, wifi_cfg):
+        self.cfg = wifi_cfg
+        self.wlan = None
+        self.last_try = None
+        if wifi_cfg:
+            import network
+
+            self.wlan = network.WLAN(network.STA_IF)
+            self.wlan.active(True)
+            self.connect()
+
+    def connect(self):
+        self.last_try = time.ticks_ms()
+        try:
+            self.wlan.connect(self.cfg["ssid"], self.cfg.get("password", ""))
+        except OSError:
+            pass
+
+    def up(self):
+        return self.wlan is None or self.wlan.isconnected()
+
+    def ensure(self, retry_ms=30000):
+        """Reconnect when down, at most every retry_ms."""
+        if self.wlan is None or self.wlan.isconnected():
+            return True
+        if self.last_try is None or time.ticks_diff(time.ticks_ms(), self.last_try) >= retry_ms:
+            self.connect()
+        return False
+
+
+def network(wifi_cfg):
+    return Network(wifi_cfg)
+
+
+NTP_HOST = "pool.ntp.org"
+NTP_TO_UNIX = 2208988800
+UNIX_TO_2000 = 946684800
+
+
+def sntp(host=NTP_HOST, timeout_s=2):
+    """Set the RTC from one SNTP exchange (RFC 4330); True if it worked."""
+    import socket
+    import struct
+
+    try:
+        addr = socket.getaddrinfo(host, 123)[0][-1]
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.settimeout(timeout_s)
+            query = bytearray(48)
+            query[0] = 0x1B  # LI 0, version 3, mode 3 (client)
+            s.sendto(query, addr)
+            reply = s.recv(48)
+        finally:
+            s.close()
+    except OSError:
+        return False
+    if len(reply) < 48 or reply[1] == 0:  # stratum 0: kiss-o'-death
+        return False
+    unix = struct.unpack("!I", reply[40:44])[0] - NTP_TO_UNIX
+    epoch = UNIX_TO_2000 if time.gmtime(0)[0] == 2000 else 0
+    tm = time.gmtime(unix - epoch)
+    machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], 0))
+    return True

@@ -284,4 +284,27 @@ def tear_next_write(nbytes, garbage=None):
     region.fault = cut
 
 
+
+class Network:
+    """The unix port is online through the host."""
+
+    def __init__(self, wifi_cfg):
+        self.cfg = wifi_cfg
+
+    def up(self):
+        return True
+
+    def ensure(self, retry_ms=30000):
+        return True
+
+
+def network(wifi_cfg):
+    return Network(wifi_cfg)
+
+
+def sntp():
+    # The host keeps the time.
+    return True
+
+
 _try_default_script()

@@ -18,6 +18,7 @@
 
 FLAG_BELOW_ACCURACY = 1  # |power| under the driver's accuracy floor
 FLAG_METER_ALARM = 2  # the meter raised its own alarm (PZEM power alarm)
+FLAG_TIME_UNSET = 4  # taken before the board knew the time (no SNTP or coordinator time yet)
 
 RESET_FACTORY = "factory_reset"
 RESET_ENERGY = "energy_reset"
