@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# Set everything up, then run the whole test suite (arguments go to pytest).
-# pytest's "no tests collected" (exit 5) is not a failure when a subset is chosen.
+# Set everything up, then run the type check and the whole test suite
+# (arguments go to pytest). pytest's "no tests collected" (exit 5) is not a
+# failure when a subset is chosen; any failing test or type error is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH:/usr/sbin"
-status=0
-timeout 1500 .venv/bin/python -m pytest -q -p no:cacheprovider "$@" || status=$?
-if [ "$status" -eq 5 ]; then
+
+# The coordinator and its tools are type-checked (edge/ and shared/ stay plain MicroPython).
+types=0
+.venv/bin/python -m mypy coordinator microgrid flash hardware || types=$?
+
+tests=0
+timeout 1500 .venv/bin/python -m pytest -q -p no:cacheprovider "$@" || tests=$?
+if [ "$tests" -eq 5 ]; then
     echo "test: no tests were collected for this selection"
-    status=0
+    tests=0
 fi
-exit "$status"
+if [ "$types" -ne 0 ]; then
+    echo "test: the type check failed (see mypy's output above)"
+    exit "$types"
+fi
+exit "$tests"

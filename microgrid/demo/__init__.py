@@ -218,7 +218,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: --meters ({args.meters}) must be at least --coordinators ({args.coordinators})", file=sys.stderr)
         return 2
     out_dir = Path(args.out) if args.out else Path("demo-out") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    logging.basicConfig(level=logging.WARNING, filename=str(out_dir / "demo.log") if out_dir.mkdir(parents=True, exist_ok=True) is None else None,
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.WARNING, filename=str(out_dir / "demo.log"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         data = asyncio.run(run_demo(args, out_dir))
