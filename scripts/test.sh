@@ -4,7 +4,7 @@
 # failure when a subset is chosen; any failing test or type error is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+MICROGRID_SETUP_TESTS=1 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH:/usr/sbin"
 
 # The coordinator and its tools are type-checked (edge/ and shared/ stay plain MicroPython).
