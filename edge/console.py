@@ -236,9 +236,13 @@ class Console:
             return "%d Wh, %s W" % (m.import_wh, m.power_w)
 
         def flash():
-            if fw.journal.load() is None and fw.seq:
-                raise ValueError("journal unreadable")
-            return "journal ok, %d buffered" % len(fw.outbox)
+            # Both regions read back; an empty journal is fine before the
+            # first save (every persist_every readings).
+            state = fw.journal.load()
+            if state is not None and state.get("seq", 0) > fw.seq:
+                raise ValueError("journal seq %d is ahead of the running seq %d" % (state["seq"], fw.seq))
+            fw.outbox.peek()
+            return "journal %s, %d buffered" % ("empty" if state is None else "seq %d" % state["seq"], len(fw.outbox))
 
         def memory():
             free = hal.free_memory()
