@@ -115,8 +115,24 @@ class Journal:
         if best is None:
             self.gen = None
             self.slot = 1
-            return None
+            return self._legacy()
         self.gen, state, self.slot = best
+        return state
+
+    def _legacy(self):
+        # Firmware 0.1 kept the state as a plain JSON file: carry it over
+        # once, so an upgraded meter never reuses a sequence number.
+        raw = self.region.read(0, self.slot_size)
+        if raw[0] != 0x7B:  # "{"
+            return None
+        end = raw.find(b"}")
+        try:
+            state = json.loads(raw[:end + 1].decode())
+        except (ValueError, UnicodeError):
+            return None
+        if not isinstance(state, dict) or "seq" not in state:
+            return None
+        self.slot = 0  # the first save goes to slot 1, leaving this intact
         return state
 
     def save(self, state):

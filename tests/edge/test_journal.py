@@ -155,3 +155,20 @@ for i in range(len(good) * 8):
 print(json.dumps([bad, flipped, journal.decode_slot(good)[1]]))
 """ % json.dumps(blobs))
     assert json.loads(out.strip().splitlines()[-1]) == [0, 0, {"seq": 9, "import_wh": 1}]
+
+
+def test_a_legacy_json_state_file_is_carried_over_once(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    path.write_text('{"seq": 41, "import_wh": 900, "export_wh": 12}')
+    out = run_micropython(f"""
+import json
+from edge.journal import Journal
+j = Journal({str(path)!r})
+first = j.load()
+j.save({{"seq": 42, "import_wh": 901, "export_wh": 12}})
+j.close()
+print(json.dumps([first, Journal({str(path)!r}).load()]))
+""")
+    first, after = json.loads(out.strip().splitlines()[-1])
+    assert first == {"seq": 41, "import_wh": 900, "export_wh": 12}
+    assert after == {"seq": 42, "import_wh": 901, "export_wh": 12}
