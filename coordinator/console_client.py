@@ -82,16 +82,17 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write(data.decode(errors="replace"))
             sys.stdout.flush()
 
-        # Output runs until the coordinator closes the session, even after
-        # our input has ended, so every answer is shown.
-        out = threading.Thread(target=_pump, args=(lambda: sock.recv(4096), stdout_write, threading.Event()), daemon=True)
-        out.start()
-        _pump(lambda: sys.stdin.buffer.readline(), sock.sendall, done)
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        out.join(5)
+        # The session lasts until the coordinator closes it (after 'quit',
+        # or once our input has ended and every answer has been shown).
+        def send_stdin() -> None:
+            _pump(lambda: sys.stdin.buffer.readline(), sock.sendall, done)
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        threading.Thread(target=send_stdin, daemon=True).start()
+        _pump(lambda: sock.recv(4096), stdout_write, threading.Event())
     sock.close()
     return 0
 

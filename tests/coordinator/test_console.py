@@ -116,3 +116,46 @@ def test_console_without_a_coordinator_says_what_to_check(tmp_path: Path) -> Non
         input="status\n", capture_output=True, text=True, timeout=30,
     )
     assert proc.returncode == 1 and "no coordinator console at" in proc.stderr
+
+
+def test_console_through_a_pseudo_terminal(tmp_path: Path, coordinator_factory) -> None:
+    """A technician's terminal: the console runs on a pty, answers each
+    command after its prompt, and leaves on 'quit'."""
+    import os
+    import pty
+    import select
+    import time
+
+    db = tmp_path / "c.db"
+    store = ReadingStore(open_database(db))
+    store.register_device(PUB, "porch")
+    store.db.close()
+    coordinator_factory(db=db)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the console on the pty's slave side
+        os.execv(sys.executable, [sys.executable, "-m", "microgrid.cli", "console", "--db", str(db)])
+
+    def read_until(marker: str, timeout: float = 15) -> str:
+        buf = ""
+        deadline = time.monotonic() + timeout
+        while marker not in buf and time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                try:
+                    buf += os.read(fd, 4096).decode(errors="replace")
+                except OSError:
+                    break
+        assert marker in buf, f"no {marker!r} in {buf!r}"
+        return buf
+
+    try:
+        read_until("microgrid> ")
+        os.write(fd, b"meters\n")
+        assert "porch" in read_until("microgrid> ")
+        os.write(fd, b"readings nowhere\n")
+        assert "error: no meter 'nowhere'" in read_until("microgrid> ")
+        os.write(fd, b"quit\n")
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+    finally:
+        os.close(fd)
