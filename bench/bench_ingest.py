@@ -30,12 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bitcoinx import PrivateKey
-
 from microgrid.coordinator.store.database import open_database
 from microgrid.coordinator.store.readings import ReadingStore
-from microgrid.edge import coap
-from microgrid.shared import cose, reading
+from microgrid.loadgen import SimulatedSender, drive
 
 ECHO_SERVER = """
 import asyncio, sys, aiocoap, aiocoap.resource as r
@@ -64,63 +61,7 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-class Device:
-    """A simulated meter: signs with bitcoinx (fast) the exact message the
-    firmware would build."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.key = PrivateKey(rng.randbytes(32))
-        self.pub = self.key.public_key.to_bytes(compressed=True)
-        self.id = reading.device_id(self.pub)
-        self.protected = cose.encode_protected(reading.ALG_ES256K, reading.key_id(self.pub))
-        self.seq = 0
-        self.mid = rng.randrange(65536)
-
-    def next_message(self) -> bytes:
-        self.seq += 1
-        payload = reading.encode_payload(self.id, self.seq, 1_700_000_000 + self.seq, self.seq, 0, 100, 230.0)
-        sig = self.key.sign_recoverable(cose.sig_structure(self.protected, payload))[:64]
-        return cose.build(self.protected, payload, sig)
-
-
-async def drive(port: int, devices: list[Device], seconds: float) -> tuple[int, int]:
-    """Each device sends one CON at a time until time is up; returns
-    (acknowledged with 2.xx, timeouts)."""
-    loop = asyncio.get_running_loop()
-    deadline = time.monotonic() + seconds
-    ok = 0
-    lost = 0
-    opts = [(coap.OPT_URI_PATH, b"readings"), (coap.OPT_CONTENT_FORMAT, b"\x12")]
-
-    async def run(dev: Device) -> None:
-        nonlocal ok, lost
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.connect(("127.0.0.1", port))
-        try:
-            while time.monotonic() < deadline:
-                dev.mid = (dev.mid + 1) & 0xFFFF
-                datagram = coap.encode(coap.CON, coap.POST, dev.mid, dev.mid.to_bytes(2, "big"), opts, dev.next_message())
-                await loop.sock_sendall(sock, datagram)
-                while True:
-                    try:
-                        data = await asyncio.wait_for(loop.sock_recv(sock, 2048), 2.0)
-                    except asyncio.TimeoutError:
-                        lost += 1
-                        break
-                    got = coap.decode(data)
-                    if got and got[2] == dev.mid and got[0] == coap.ACK:
-                        if got[1] >> 5 == 2:
-                            ok += 1
-                        break
-        finally:
-            sock.close()
-
-    await asyncio.gather(*(run(d) for d in devices))
-    return ok, lost
-
-
-def measure(cmd: list[str], port: int, devices: list[Device], seconds: float) -> dict:
+def measure(cmd: list[str], port: int, devices: list[SimulatedSender], seconds: float) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
@@ -129,7 +70,9 @@ def measure(cmd: list[str], port: int, devices: list[Device], seconds: float) ->
             raise RuntimeError(f"server did not start: {line!r}")
         rss_start = rss_kb(proc.pid)
         t0 = time.monotonic()
-        ok, lost = asyncio.run(drive(port, devices, seconds))
+        asyncio.run(drive(devices, port, seconds))
+        ok = sum(len(d.acked) for d in devices)
+        lost = sum(d.timeouts for d in devices)
         elapsed = time.monotonic() - t0
         rss_end = rss_kb(proc.pid)
     finally:
@@ -147,16 +90,17 @@ def main() -> int:
     rng = random.Random(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
 
-    def fresh_devices(db: Path) -> list[Device]:
-        devs = [Device(rng) for _ in range(args.devices)]
+    def fresh_devices(db: Path) -> list[SimulatedSender]:
+        devs = [SimulatedSender(rng) for _ in range(args.devices)]
         store = ReadingStore(open_database(db))
         for d in devs:
-            store.register_device(d.pub)
+            store.register_device(d.public_key)
         store.db.close()
         return devs
 
     port = free_port()
-    echo = measure([sys.executable, "-c", ECHO_SERVER, str(port)], port, [Device(rng) for _ in range(args.devices)], args.seconds)
+    echo = measure([sys.executable, "-c", ECHO_SERVER, str(port)], port, [SimulatedSender(rng) for _ in range(args.devices)],
+                   args.seconds)
 
     results = {}
     for label, entries in (("bounded", 8192), ("unbounded", 10_000_000)):
