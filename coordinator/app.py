@@ -83,6 +83,7 @@ class Coordinator:
         self.mqtt: Any = None
         self.modbus: Any = None
         self._modbus_task: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
         self._trading_task: asyncio.Task[None] | None = None
         self._stop_trading = asyncio.Event()
         self.db = open_database(config.store.path)
@@ -177,6 +178,11 @@ class Coordinator:
                 settings=TradingSettings(increment_wh=ch.increment_wh, channel_capacity_sat=ch.capacity_sat,
                                          channel_lock_s=ch.lock_s, settle_delay_s=ch.settle_delay_s),
             )
+            if self.mqtt is not None:
+                from .market.settlement import report
+
+                mqtt = self.mqtt
+                self.trading.on_settled = lambda settlement: mqtt.publish_market(report(settlement))
             if not defer_trading:
                 self.start_trading()
             trading = self.trading
@@ -186,6 +192,7 @@ class Coordinator:
                 for start, rnd in sorted(trading.market.rounds.items())[-8:] for so in rnd.own_orders
             ]
         self._start_devices()
+        self._retention_task = asyncio.ensure_future(self._retention_loop())
         await self.console_server.start()
         log.info("coordinator listening on coap://%s:%d (database %s)", c.host, c.port, self.config.store.path)
 
@@ -219,6 +226,18 @@ class Coordinator:
             self.modbus = ModbusPoller(cfg.modbus, self._on_wired_measurement, clock=self.clock.now)
             self._modbus_task = asyncio.ensure_future(self.modbus.run())
 
+    async def _retention_loop(self, every_s: float = 3600.0) -> None:
+        from .store.retention import RetentionPolicy, apply_retention
+
+        st = self.config.store
+        policy = RetentionPolicy(st.retention_raw_days, st.retention_hourly_days)
+        while True:
+            try:
+                apply_retention(self.db, self.clock.now(), policy)
+            except Exception:  # noqa: BLE001 - a full disk must not stop ingestion
+                log.exception("retention run failed; will retry")
+            await asyncio.sleep(every_s)
+
     def _on_wired_measurement(self, m: Any) -> None:
         if m.import_wh is None and m.export_wh is None:
             return
@@ -246,6 +265,9 @@ class Coordinator:
 
     async def stop(self) -> None:
         await self.stop_trading()
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            await asyncio.gather(self._retention_task, return_exceptions=True)
         if self._modbus_task is not None:
             self.modbus.stop()
             self._modbus_task.cancel()

@@ -42,10 +42,16 @@ class CoapSettings:
 @dataclass
 class StoreSettings:
     path: str = "microgrid.db"
+    # Every reading for retention_raw_days, then one per meter per hour until
+    # retention_hourly_days, then one per day (store/retention.py).
+    retention_raw_days: int = 7
+    retention_hourly_days: int = 90
 
     def validate(self, section: str) -> None:
         if not self.path:
             raise ConfigError(f"{section}.path: expected a file path for the SQLite database")
+        _int_range(f"{section}.retention_raw_days", self.retention_raw_days, 1, 36500)
+        _int_range(f"{section}.retention_hourly_days", self.retention_hourly_days, self.retention_raw_days, 36500)
 
 
 @dataclass

@@ -99,6 +99,8 @@ class TradingService:
         self.market = MarketService(overlay, key, market, clock, self.forecast, sleep=sleep, poll_s=poll_s,
                                     result_wait_s=market.gate_lead_s / 4)
         self.stats = TradingStats()
+        # Called with each interval's settlement (MQTT, reports).
+        self.on_settled: Callable[[IntervalSettlement], None] | None = None
         self.channel_to: dict[str, bytes] = {}  # payee public key hex -> channel id
         self._pay_lock = asyncio.Lock()
 
@@ -196,6 +198,8 @@ class TradingService:
         s = settle_interval(rnd.cleared, metered, self.market_settings.tariff(), self.market_settings.operator)
         check_energy_balance(s)
         self.stats.settled[start] = s
+        if self.on_settled is not None:
+            self.on_settled(s)
         await self.pay(s)
         return s
 
