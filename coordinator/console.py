@@ -39,6 +39,24 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
+def _note(extra: Any) -> str:
+    """What a technician must notice about a reading: resets and flags."""
+    if not extra:
+        return ""
+    e = json.loads(extra) if isinstance(extra, str) else extra
+    notes = []
+    if "reset" in e:
+        notes.append(f"RESET {e['reset']} (before: import {e.get('reset_import_wh', '?')} Wh,"
+                     f" export {e.get('reset_export_wh', '?')} Wh)")
+    flags = int(e.get("flags", 0) or 0)
+    for bit, text in ((1, "below accuracy floor"), (2, "meter alarm"), (4, "time not set")):
+        if flags & bit:
+            notes.append(text)
+    if "merged_from" in e:
+        notes.append(f"merges from seq {e['merged_from']}")
+    return "; ".join(notes)
+
+
 class Console:
     def __init__(self, target: ConsoleTarget) -> None:
         self.target = target
@@ -134,8 +152,9 @@ class Console:
         if not rows:
             return f"no readings from {device} yet"
         return _table(
-            [[r["seq"], _ts(r["time"]), r["import_wh"], r["export_wh"], f"{r['power_w']:.0f}", f"{r['voltage_v']:.1f}", r["source"]] for r in rows],
-            ["seq", "time (UTC)", "import Wh", "export Wh", "power W", "voltage V", "source"],
+            [[r["seq"], _ts(r["time"]), r["import_wh"], r["export_wh"], f"{r['power_w']:.0f}", f"{r['voltage_v']:.1f}",
+              r["source"], _note(r.get("extra"))] for r in rows],
+            ["seq", "time (UTC)", "import Wh", "export Wh", "power W", "voltage V", "source", "note"],
         )
 
     def _subsystem(self, attr: str, what: str) -> Any:

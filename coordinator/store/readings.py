@@ -10,6 +10,7 @@ meter retransmits it.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +38,29 @@ class DuplicateReading(Exception):
     def __init__(self, device_id: str, seq: int, identical: bool) -> None:
         super().__init__(f"device {device_id} seq {seq} already stored")
         self.identical = identical
+
+
+def counter_increase(prev: dict[str, Any], cur: dict[str, Any]) -> tuple[int, int]:
+    """Energy (import Wh, export Wh) between two consecutive readings of a
+    meter. A reading carrying a `reset` record starts new counters; the
+    totals just before the reset travel with it (`reset_import_wh`,
+    `reset_export_wh`), so the energy across it is still exact:
+    (reset total - previous) + new counter. Anything else that runs
+    backwards counts as zero and is logged, never as negative energy."""
+    extra = cur.get("extra")
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    if extra and "reset" in extra:
+        before_imp = int(extra.get("reset_import_wh", prev["import_wh"]))
+        before_exp = int(extra.get("reset_export_wh", prev["export_wh"]))
+        return (max(before_imp - prev["import_wh"], 0) + cur["import_wh"],
+                max(before_exp - prev["export_wh"], 0) + cur["export_wh"])
+    d_imp = cur["import_wh"] - prev["import_wh"]
+    d_exp = cur["export_wh"] - prev["export_wh"]
+    if d_imp < 0 or d_exp < 0:
+        logging.getLogger("microgrid.store").warning(
+            "counters of %s ran backwards at seq %s without a reset record", cur.get("device_id", "?"), cur.get("seq"))
+    return max(d_imp, 0), max(d_exp, 0)
 
 
 def utc_now() -> str:
@@ -179,6 +203,21 @@ class ReadingStore:
             raise StoreError(f"cannot store measurement {device_id}/{seq}: {e}") from None
         self._last_seq[device_id] = seq
         return int(cur.lastrowid or 0)
+
+    def readings_between(self, device_id: str, start: float, end: float) -> list[dict[str, Any]]:
+        """The last reading at or before `start` (if any) and every reading
+        after it up to `end`, in sequence order: what counter_increase walks."""
+        first = self.db.execute(
+            "SELECT seq FROM readings WHERE device_id = ? AND time <= ? ORDER BY time DESC, seq DESC LIMIT 1",
+            [device_id, start],
+        ).fetchone()
+        cur = self.db.execute(
+            "SELECT device_id, seq, time, import_wh, export_wh, extra FROM readings"
+            " WHERE device_id = ? AND seq >= ? AND time <= ? ORDER BY seq",
+            [device_id, first[0] if first else 0, end],
+        )
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur]
 
     def count(self, device_id: str | None = None) -> int:
         if device_id is None:

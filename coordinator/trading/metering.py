@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..store.readings import ReadingStore
+from ..store.readings import ReadingStore, counter_increase
 
 
 @dataclass(frozen=True)
@@ -34,17 +34,16 @@ class ConnectionEnergy:
 
 
 def interval_energy(store: ReadingStore, device_ids: Iterable[str], start: float, end: float) -> ConnectionEnergy:
+    """Walks each meter's readings in the interval, so a counter reset in
+    the middle (a signed reset record) is accounted for exactly."""
     imp = exp = 0
     complete = True
     for device in device_ids:
-        before = store.counters_at(device, start)
-        after = store.counters_at(device, end)
-        if after is None:
+        rows = store.readings_between(device, start, end)
+        if not rows or rows[0]["time"] > start:
             complete = False
-            continue
-        if before is None:
-            complete = False
-            before = (after[0], after[1])
-        imp += max(after[0] - before[0], 0)
-        exp += max(after[1] - before[1], 0)
+        for prev, cur in zip(rows, rows[1:]):
+            d_imp, d_exp = counter_increase(prev, cur)
+            imp += d_imp
+            exp += d_exp
     return ConnectionEnergy(imp, exp, complete)

@@ -9,9 +9,12 @@ gap, a duplicate or a counter that ran backwards shows up there.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
+
+from microgrid.coordinator.store.readings import counter_increase
 
 
 @dataclass
@@ -32,23 +35,31 @@ class Ledger:
         """`readings`: one meter's rows ordered by seq (time, import_wh, export_wh)."""
         prev = None
         first = None
-        for r in readings:
+        rows = list(readings)
+        for r in rows:
             if first is None:
                 first = r
             if prev is not None:
-                d_imp = r["import_wh"] - prev["import_wh"]
-                d_exp = r["export_wh"] - prev["export_wh"]
-                if d_imp < 0 or d_exp < 0:
-                    raise ValueError(f"counter went backwards at seq {r['seq']} of a meter of {participant}")
+                d_imp, d_exp = counter_increase(prev, r)
                 start = int(r["time"]) // self.interval_s * self.interval_s
                 cell = self.cells[(participant, start)]
                 cell.import_wh += d_imp
                 cell.export_wh += d_exp
             prev = r
         if first is not None and prev is not None:
+            # Independently of the interval booking: first to last counter,
+            # plus what each reset record says ran up before it.
             tot = self.totals[participant]
-            tot.import_wh += prev["import_wh"] - first["import_wh"]
-            tot.export_wh += prev["export_wh"] - first["export_wh"]
+            imp, exp = prev["import_wh"] - first["import_wh"], prev["export_wh"] - first["export_wh"]
+            last = first
+            for r in rows[1:]:
+                extra = json.loads(r["extra"]) if isinstance(r.get("extra"), str) else (r.get("extra") or {})
+                if "reset" in extra:
+                    imp += int(extra.get("reset_import_wh", last["import_wh"]))
+                    exp += int(extra.get("reset_export_wh", last["export_wh"]))
+                last = r
+            tot.import_wh += imp
+            tot.export_wh += exp
 
     def intervals(self) -> list[int]:
         return sorted({start for _, start in self.cells})

@@ -159,3 +159,12 @@ def test_console_through_a_pseudo_terminal(tmp_path: Path, coordinator_factory) 
         assert os.WEXITSTATUS(status) == 0
     finally:
         os.close(fd)
+
+
+def test_readings_show_resets_and_flags_to_the_technician(tmp_path: Path) -> None:
+    target = Target(tmp_path)
+    m = reading.build(SECRET, PUB, 9, 1_700_000_100, 2, 0, 1, 230.0,
+                      [("flags", None, 1), ("reset", None, "energy_reset"), ("reset_import_wh", "Wh", 30)])
+    target.store.insert(reading.parse(m), m)
+    out = Console(target).handle("readings kitchen 1")
+    assert "RESET energy_reset (before: import 30 Wh" in out and "below accuracy floor" in out
