@@ -208,8 +208,9 @@ def decode_order(data: bytes) -> SignedOrder:
     if isinstance(outer, (bytes, dict)):
         # A bare body (or map) with no signature: what an unsigned order looks like.
         raise OrderError(UNSIGNED, "no signature: expected [1, body, signature]")
-    if not isinstance(outer, list) or len(outer) not in (2, 3) or outer[0] != FORMAT_VERSION \
-            or not isinstance(outer[1], bytes):
+    # `type(...) is int`: CBOR true decodes to True, which equals 1 in Python.
+    if not isinstance(outer, list) or len(outer) not in (2, 3) or type(outer[0]) is not int \
+            or outer[0] != FORMAT_VERSION or not isinstance(outer[1], bytes):
         raise OrderError(INVALID, f"outer structure {type(outer).__name__}: expected [1, body, signature]")
     if len(outer) == 2 or not isinstance(outer[2], bytes) or not outer[2]:
         raise OrderError(UNSIGNED, "no signature: expected [1, body, signature]")

@@ -125,10 +125,13 @@ class MarketService:
         except Exception:
             log.exception("market round %s/%d failed", self.settings.zone, interval_start)
 
-    async def run(self, stop: asyncio.Event, keep: int = 96) -> None:
+    async def run(self, stop: asyncio.Event, keep: int = 96,
+                  round_fn: Callable[[int], Awaitable[None]] | None = None) -> None:
         """Every interval until `stop` is set, each round in its own task
         started at its order time (rounds overlap when order_lead_s exceeds
-        interval_s). Keeps the last `keep` rounds for settlement."""
+        interval_s). Keeps the last `keep` rounds for settlement. A caller
+        that does more per round (settling, paying) passes `round_fn`,
+        which is then run instead of the market round alone."""
         start = self.next_interval()
         tasks: set[asyncio.Task[None]] = set()
         try:
@@ -140,7 +143,7 @@ class MarketService:
                 stopper.cancel()
                 if stop.is_set():
                     break
-                task = asyncio.ensure_future(self._guarded(start))
+                task = asyncio.ensure_future(round_fn(start) if round_fn is not None else self._guarded(start))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 for old in sorted(self.rounds)[:-keep]:

@@ -119,6 +119,16 @@ class ReadingStore:
         row = self.db.execute("SELECT cose FROM readings WHERE device_id = ? AND seq = ?", [device_id, seq]).fetchone()
         return None if row is None else row[0]
 
+    def _insert_row(self, record: dict[str, Any]) -> sqlite3.Cursor:
+        """One row into readings, committed (synchronous=FULL) on return."""
+        with self.db.conn:
+            return self.db.conn.execute(
+                "INSERT INTO readings (device_id, seq, time, import_wh, export_wh, power_w, voltage_v,"
+                " extra, source, received_at, cose) VALUES (:device_id, :seq, :time, :import_wh, :export_wh,"
+                " :power_w, :voltage_v, :extra, :source, :received_at, :cose)",
+                record,
+            )
+
     def insert(self, r: reading_format.Reading, message: bytes, source: str = "coap") -> int:
         """Store one verified reading and commit before returning, so the
         caller may acknowledge it. Raises DuplicateReading for a (device,
@@ -137,13 +147,7 @@ class ReadingStore:
             "cose": bytes(message),
         }
         try:
-            with self.db.conn:
-                cur = self.db.conn.execute(
-                    "INSERT INTO readings (device_id, seq, time, import_wh, export_wh, power_w, voltage_v,"
-                    " extra, source, received_at, cose) VALUES (:device_id, :seq, :time, :import_wh, :export_wh,"
-                    " :power_w, :voltage_v, :extra, :source, :received_at, :cose)",
-                    record,
-                )
+            cur = self._insert_row(record)
         except sqlite3.IntegrityError:
             stored = self.stored_message(r.device, r.seq)
             raise DuplicateReading(r.device, r.seq, stored == bytes(message)) from None
@@ -192,13 +196,7 @@ class ReadingStore:
                   "extra": json.dumps(extra, sort_keys=True) if extra else None, "source": source,
                   "received_at": utc_now(), "cose": None}
         try:
-            with self.db.conn:
-                cur = self.db.conn.execute(
-                    "INSERT INTO readings (device_id, seq, time, import_wh, export_wh, power_w, voltage_v,"
-                    " extra, source, received_at, cose) VALUES (:device_id, :seq, :time, :import_wh, :export_wh,"
-                    " :power_w, :voltage_v, :extra, :source, :received_at, :cose)",
-                    record,
-                )
+            cur = self._insert_row(record)
         except sqlite3.OperationalError as e:
             raise StoreError(f"cannot store measurement {device_id}/{seq}: {e}") from None
         self._last_seq[device_id] = seq

@@ -14,7 +14,7 @@ The decisions live in market/ (orders, clearing, settlement) and channels/
                              increment (default 10 Wh)
 
 A seller's coordinator address is found in the overlay directory
-(`mg/dir/<public key hex>`), which every coordinator publishes at start.
+(overlay/directory.py), which every coordinator re-publishes each round.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from ..market.clearing import ClearedInterval
 from ..market.pricing import Battery, Forecast
 from ..market.service import MarketService
 from ..market.settings import MarketSettings
+from ..overlay.directory import Directory
 from ..market.settlement import P2P, IntervalSettlement, Metered, check_energy_balance, settle_interval
 from ..store.readings import ReadingStore
 from .metering import interval_energy
 
 log = logging.getLogger("microgrid.trading")
 
-DIR_PREFIX = "mg/dir/"
 METERING_PREFIX = "mg/metering/"
 
 
@@ -98,6 +98,8 @@ class TradingService:
         self._sleep = sleep
         self.market = MarketService(overlay, key, market, clock, self.forecast, sleep=sleep, poll_s=poll_s,
                                     result_wait_s=market.gate_lead_s / 4)
+        self.directory = Directory(overlay, {"coap": own_uri}, ttl_s=self.settings.record_ttl_s,
+                                   republish_s=self.settings.record_ttl_s / 4)
         self.stats = TradingStats()
         # Called with each interval's settlement (MQTT, reports).
         self.on_settled: Callable[[IntervalSettlement], None] | None = None
@@ -123,16 +125,11 @@ class TradingService:
         return f"{METERING_PREFIX}{self.market_settings.zone}/{start}"
 
     async def publish_directory(self) -> None:
-        body = json.dumps({"coap": self.own_uri}).encode()
-        await self.overlay.put(DIR_PREFIX + self.public_hex, body, self.settings.record_ttl_s)
+        await self.directory.publish()
 
-    async def lookup_uri(self, public_hex: str, attempts: int = 3) -> str | None:
-        for attempt in range(attempts):
-            for rec in await self.overlay.get(DIR_PREFIX + public_hex):
-                if rec.publisher.hex() == public_hex:
-                    return str(json.loads(rec.body)["coap"])
-            await asyncio.sleep(0.05 * (attempt + 1))
-        return None
+    async def lookup_uri(self, public_hex: str) -> str | None:
+        contact = await self.directory.lookup(public_hex)
+        return None if contact is None else contact.get("coap")
 
     async def publish_metering(self, start: int) -> Metered:
         m = self.metered(start)
@@ -222,28 +219,10 @@ class TradingService:
             log.exception("trading round %d failed", start)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Start a round for every interval until `stop`; rounds overlap."""
+        """A round (market, then settlement and payment) for every interval
+        until `stop`; rounds overlap. The market's scheduler runs them."""
         await self.publish_directory()
-        s = self.market_settings
-        start = self.market.next_interval()
-        tasks: set[asyncio.Task[None]] = set()
-        try:
-            while not stop.is_set():
-                waiter = asyncio.ensure_future(self._sleep_until(start - s.order_lead_s))
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
-                if stop.is_set():
-                    break
-                task = asyncio.ensure_future(self._round(start))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                start += s.interval_s
-        finally:
-            for t in list(tasks):
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.market.run(stop, round_fn=self._round)
 
     async def close_incoming(self) -> list[bytes]:
         """As payee: close every channel paying us (broadcast the latest

@@ -1,0 +1,69 @@
+"""The peer directory: where each coordinator can be reached.
+
+Every coordinator publishes one signed record under `mg/dir/<public key
+hex>` whose body is its contact (JSON: {"coap": URI}), and re-publishes it
+every `republish_s` so that it outlives its TTL and reappears on the
+surviving nodes after others died. Lookups accept only the record signed
+by the key the entry is for: anyone can write under any key, but nobody
+else can pose as us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+log = logging.getLogger("microgrid.overlay.directory")
+
+PREFIX = "mg/dir/"
+
+
+def directory_key(public_hex: str) -> str:
+    return PREFIX + public_hex
+
+
+class Directory:
+    def __init__(self, overlay: Any, contact: dict[str, str], ttl_s: int = 6 * 3600,
+                 republish_s: float = 1800.0) -> None:
+        if republish_s >= ttl_s:
+            raise ValueError(f"republish_s={republish_s} must be shorter than ttl_s={ttl_s}, or the entry lapses")
+        self.overlay = overlay
+        self.contact = dict(contact)
+        self.ttl_s = ttl_s
+        self.republish_s = republish_s
+        self.public_hex = overlay.public_key.hex()
+        self.published = 0
+
+    async def publish(self) -> bool:
+        ok = bool(await self.overlay.put(directory_key(self.public_hex), json.dumps(self.contact).encode(), self.ttl_s))
+        self.published += 1
+        return ok
+
+    async def lookup(self, public_hex: str, attempts: int = 3) -> dict[str, str] | None:
+        """The contact of the coordinator with this key, or None."""
+        for attempt in range(attempts):
+            for rec in await self.overlay.get(directory_key(public_hex)):
+                if rec.publisher.hex() != public_hex:
+                    continue
+                try:
+                    contact = json.loads(rec.body)
+                except ValueError:
+                    continue
+                if isinstance(contact, dict):
+                    return {str(k): str(v) for k, v in contact.items()}
+            await asyncio.sleep(0.05 * (attempt + 1))
+        return None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish now and again every `republish_s` until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self.publish()
+            except Exception:  # noqa: BLE001 - a failed put is retried next round
+                log.exception("directory publish failed")
+            try:
+                await asyncio.wait_for(stop.wait(), self.republish_s)
+            except asyncio.TimeoutError:
+                pass
