@@ -143,6 +143,7 @@ class Coordinator:
         """Serve. With `defer_trading`, the market starts only when
         `start_trading()` is called (the demo first provisions its meters)."""
         c = self.config.coap
+        self._start_devices()
         site = self.site()
         node = None
         if self.config.channels.enabled:
@@ -176,7 +177,9 @@ class Coordinator:
                 device_ids=lambda: [d.device_id for d in self.store.devices()], node=node, context=self.context,
                 own_uri=self.coap_uri("channel"),
                 settings=TradingSettings(increment_wh=ch.increment_wh, channel_capacity_sat=ch.capacity_sat,
-                                         channel_lock_s=ch.lock_s, settle_delay_s=ch.settle_delay_s),
+                                         channel_lock_s=ch.lock_s, settle_delay_s=ch.settle_delay_s,
+                                         credit_sat=ch.credit_sat),
+                export_relay=(self.relays or {}).get(ch.export_relay) if ch.export_relay else None,
             )
             if self.mqtt is not None:
                 from .market.settlement import report
@@ -191,7 +194,6 @@ class Coordinator:
                  "limit_sat_per_kwh": so.order.limit_sat_per_kwh, "hash": so.hash_hex[:16]}
                 for start, rnd in sorted(trading.market.rounds.items())[-8:] for so in rnd.own_orders
             ]
-        self._start_devices()
         self._retention_task = asyncio.ensure_future(self._retention_loop())
         await self.console_server.start()
         log.info("coordinator listening on coap://%s:%d (database %s)", c.host, c.port, self.config.store.path)

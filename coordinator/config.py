@@ -119,6 +119,10 @@ class ChannelsSettings:
     lock_s: int = 7 * 86400
     increment_wh: int = 10
     settle_delay_s: int = 120
+    # As a seller: a buyer more than credit_sat behind opens export_relay
+    # (a relay name from [gpio.relays]; empty: no relay to open).
+    credit_sat: int = 500
+    export_relay: str = ""
 
     def validate(self, section: str) -> None:
         if not (self.chain.startswith("local:") or self.chain.startswith("rpc:")):
@@ -128,6 +132,7 @@ class ChannelsSettings:
         _int_range(f"{section}.lock_s", self.lock_s, 3600, 30 * 86400)
         _int_range(f"{section}.increment_wh", self.increment_wh, 1, 100_000)
         _int_range(f"{section}.settle_delay_s", self.settle_delay_s, 0, 3600)
+        _int_range(f"{section}.credit_sat", self.credit_sat, 0, 100_000_000)
 
 
 @dataclass
@@ -158,6 +163,9 @@ class Config:
                 raise
             except ValueError as e:  # the subsystems' own settings errors
                 raise ConfigError(str(e)) from None
+        if self.channels.export_relay and self.channels.export_relay not in self.gpio.relays:
+            raise ConfigError(f"channels.export_relay={self.channels.export_relay!r}: expected a relay of [gpio.relays] "
+                              f"({', '.join(self.gpio.relays) or 'none configured'})")
         if self.market.enabled and not (self.overlay.enabled and self.channels.enabled):
             raise ConfigError("market.enabled = true needs overlay.enabled and channels.enabled: orders travel "
                               "through the overlay and payments through channels")

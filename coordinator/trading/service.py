@@ -38,6 +38,7 @@ from ..market.settings import MarketSettings
 from ..overlay.directory import Directory
 from ..market.settlement import P2P, IntervalSettlement, Metered, check_energy_balance, settle_interval
 from ..store.readings import ReadingStore
+from .credit import SellerCredit
 from .metering import interval_energy
 
 log = logging.getLogger("microgrid.trading")
@@ -52,6 +53,9 @@ class TradingSettings:
     channel_lock_s: int = 7 * 86400
     settle_delay_s: int = 120  # simulated or real seconds after an interval's end
     record_ttl_s: int = 6 * 3600
+    # As a seller: how far one buyer may fall behind what the settled
+    # intervals say it owes us before our export relay opens (sat).
+    credit_sat: int = 500
 
 
 @dataclass
@@ -83,7 +87,8 @@ class TradingService:
     def __init__(self, *, key: PrivateKey, overlay: Any, market: MarketSettings, clock: Clock,
                  store: ReadingStore, device_ids: Callable[[], list[str]], node: ChannelNode,
                  context: aiocoap.Context, own_uri: str, settings: TradingSettings | None = None,
-                 sleep: Callable[[float], Any] = asyncio.sleep, poll_s: float = 0.05) -> None:
+                 sleep: Callable[[float], Any] = asyncio.sleep, poll_s: float = 0.05,
+                 export_relay: Any = None) -> None:
         self.key = key
         self.public_hex = key.public_key.to_hex(compressed=True)
         self.overlay = overlay
@@ -105,6 +110,9 @@ class TradingService:
         self.on_settled: Callable[[IntervalSettlement], None] | None = None
         self.channel_to: dict[str, bytes] = {}  # payee public key hex -> channel id
         self._pay_lock = asyncio.Lock()
+        # As a seller: what each buyer owes by the settlements, and has paid.
+        self.credit = SellerCredit(self.settings.credit_sat, export_relay)
+        node.payment_listeners.append(self._on_payment)
 
     # -- forecasting and metering -----------------------------------------------
 
@@ -162,6 +170,18 @@ class TradingService:
         self.stats.channels_opened += 1
         return cid
 
+    # -- as a seller: is every buyer paying? ------------------------------------
+
+    def _on_payment(self, channel_id: bytes, delta: int, update: Any) -> None:
+        entry = self.node.channels.get(channel_id)
+        if entry is not None:
+            self.credit.paid(entry.peer.hex(), delta)
+
+    def expect_payments(self, settlement: IntervalSettlement) -> None:
+        for p in settlement.payments:
+            if p.kind == P2P and p.payee == self.public_hex and p.sats > 0:
+                self.credit.owe(p.payer, p.sats)
+
     async def pay(self, settlement: IntervalSettlement) -> None:
         async with self._pay_lock:
             for p in settlement.payments:
@@ -197,6 +217,7 @@ class TradingService:
         self.stats.settled[start] = s
         if self.on_settled is not None:
             self.on_settled(s)
+        self.expect_payments(s)
         await self.pay(s)
         return s
 
