@@ -236,7 +236,11 @@ class Neighbourhood:
         stored = sum(c.coordinator.ingest.counts["stored"] for c in self.plans if c.coordinator)
         rejected = sum(c.coordinator.ingest.counts["rejected"] for c in self.plans if c.coordinator)
         running = sum(1 for m in self.all_meters() if m.process and m.process.poll() is None)
-        return {"meters running": running, "readings stored": stored, "rejected": rejected}
+        traders = [c.coordinator.trading for c in self.plans if c.coordinator and c.coordinator.trading]
+        trades = max((len(t.stats.cleared) and sum(len(x.trades) for x in t.stats.cleared.values())
+                      for t in traders), default=0)
+        updates = sum(t.stats.payment_updates for t in traders)
+        return {"meters": running, "readings": stored, "rejected": rejected, "trades": trades, "payments": updates}
 
     async def run(self, progress: Any = None, tick_s: float = 0.25) -> None:
         """Until every meter has finished (or the run is cancelled)."""
