@@ -97,6 +97,7 @@ class Coordinator:
         self.console_peers: Callable[[], list[dict[str, Any]]] | None = None
         self.console_orders: Callable[[], list[dict[str, Any]]] | None = None
         self.console_channels: Callable[[], list[dict[str, Any]]] | None = None
+        self.console_market: Callable[[int], list[str]] | None = None
         self.console_server = ConsoleServer(Console(self), config.console_socket())
 
     def status(self) -> dict[str, Any]:
@@ -189,6 +190,16 @@ class Coordinator:
             if not defer_trading:
                 self.start_trading()
             trading = self.trading
+
+            def market_lines(n: int) -> list[str]:
+                from .market.settlement import report_lines
+
+                out: list[str] = []
+                for start in sorted(trading.stats.settled)[-n:]:
+                    out += report_lines(trading.stats.settled[start], {trading.public_hex: "us"})
+                return out
+
+            self.console_market = market_lines
             self.console_orders = lambda: [
                 {"interval": start, "side": so.side, "wh": so.order.quantity_wh,
                  "limit_sat_per_kwh": so.order.limit_sat_per_kwh, "hash": so.hash_hex[:16]}

@@ -67,6 +67,7 @@ class Console:
             "readings": (self.cmd_readings, "readings METER [N]      last N readings of a meter (id or name; default 10)"),
             "peers": (self.cmd_peers, "peers                   overlay peers"),
             "orders": (self.cmd_orders, "orders                  open market orders"),
+            "market": (self.cmd_market, "market [N]              the last N settled intervals (default 4)"),
             "channels": (self.cmd_channels, "channels                payment channels and balances"),
             "relay": (self.cmd_relay, "relay [NAME on|off]     show relays, or switch one"),
             "log": (self.cmd_log, "log [N]                 last N log lines (default 20)"),
@@ -172,6 +173,11 @@ class Console:
         self._no_args("orders", args)
         rows = self._subsystem("console_orders", "the market")()
         return _table([list(r.values()) for r in rows], list(rows[0].keys())) if rows else "no open orders"
+
+    def cmd_market(self, args: list[str]) -> str:
+        n = self._count(args, 4, "market")
+        lines = self._subsystem("console_market", "the market")(n)
+        return "\n".join(lines) if lines else "no interval settled yet"
 
     def cmd_channels(self, args: list[str]) -> str:
         self._no_args("channels", args)

@@ -56,7 +56,7 @@ def console(tmp_path: Path) -> Console:
 
 def test_help_lists_every_command(console: Console) -> None:
     out = console.handle("help")
-    for name in ("status", "meters", "readings", "peers", "orders", "channels", "relay", "log", "config"):
+    for name in ("status", "meters", "readings", "peers", "orders", "market", "channels", "relay", "log", "config"):
         assert f"  {name}" in out
     assert console.handle("help readings").startswith("readings METER")
 
@@ -168,3 +168,12 @@ def test_readings_show_resets_and_flags_to_the_technician(tmp_path: Path) -> Non
     target.store.insert(reading.parse(m), m)
     out = Console(target).handle("readings kitchen 1")
     assert "RESET energy_reset (before: import 30 Wh" in out and "below accuracy floor" in out
+
+
+def test_market_shows_each_settled_interval(tmp_path: Path) -> None:
+    target = Target(tmp_path)
+    console = Console(target)
+    assert console.handle("market") == "error: the market is not configured on this coordinator"
+    target.console_market = lambda n: [f"zone @{i}: price 120 sat/kWh" for i in range(n)]  # type: ignore[attr-defined]
+    assert console.handle("market 2").splitlines() == ["zone @0: price 120 sat/kWh", "zone @1: price 120 sat/kWh"]
+    assert console.handle("market x") == "error: market: N must be a whole number, got 'x'"
