@@ -20,6 +20,7 @@ from .config import Config, ConfigError
 from .console import Console
 from .console_server import ConsoleServer
 from .logs import LOG_BUFFER
+from .ingest.api import mount as mount_api
 from .ingest.dedup import bound_duplicate_cache
 from .ingest.devices import devices_resource
 from .ingest.readings import ReadingIngest
@@ -115,6 +116,7 @@ class Coordinator:
         site.add_resource(["readings"], ReadingsResource(self.ingest))
         site.add_resource(["health"], HealthResource(self.status))
         site.add_resource(["devices"], devices_resource(self.store, self.config.ingest.installer_token))
+        mount_api(site, self)
         return site
 
     def _channel_node(self) -> Any:

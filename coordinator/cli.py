@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from .config import Config, ConfigError, load
 
@@ -79,6 +80,35 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace) -> int:
+    from .store.backup import backup_database, backup_file
+    from .store.database import StoreError
+
+    try:
+        config = _load(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.to)
+    written = []
+    try:
+        written.append(backup_database(config.store.path, out / "coordinator.db"))
+        channels = config.resolve(config.channels.store_path)
+        if channels.exists():
+            written.append(backup_database(channels, out / "channels.db"))
+        for name, path in (("wallet.json", config.resolve(config.channels.wallet_path)),
+                           ("coordinator.key", config.resolve(config.identity.key_file))):
+            copied = backup_file(path, out / name)
+            if copied is not None:
+                written.append(copied)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for p in written:
+        print(f"backed up {p}")
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("coordinator", help="run and administer a coordinator")
     csub = p.add_subparsers(dest="coordinator_command", metavar="ACTION")
@@ -99,6 +129,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     reg.add_argument("--name", help="a human name for the meter")
     reg.add_argument("--json", action="store_true", help="print the result as JSON")
     reg.set_defaults(func=_register)
+
+    bak = csub.add_parser("backup", help="a consistent copy of the database, channel states, wallet and key, while running")
+    common(bak)
+    bak.add_argument("--to", required=True, help="folder for the copies")
+    bak.set_defaults(func=_backup)
 
     chk = csub.add_parser("check-config", help="validate a config file without starting")
     chk.add_argument("--config", required=True)

@@ -101,3 +101,17 @@ def test_the_example_config_shipped_for_installers_is_valid() -> None:
 def test_market_without_overlay_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="market.enabled = true needs overlay.enabled and channels.enabled"):
         load(write(tmp_path, '[market]\nenabled = true\nzone = "z"\n'))
+
+
+def test_backup_command_copies_database_and_key(tmp_path: Path) -> None:
+    from microgrid.shared import secp256k1
+
+    db = str(tmp_path / "c.db")
+    pub = secp256k1.public_key(bytes(range(1, 33))).hex()
+    assert cli("coordinator", "register-device", "--db", db, "--pubkey", pub).returncode == 0
+    (tmp_path / "coordinator.key").write_text("11" * 32 + "\n")
+    r = cli("coordinator", "backup", "--db", db, "--to", str(tmp_path / "bak"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "bak" / "coordinator.db").exists() and (tmp_path / "bak" / "coordinator.key").stat().st_mode & 0o077 == 0
+    missing = cli("coordinator", "backup", "--db", str(tmp_path / "nope.db"), "--to", str(tmp_path / "bak2"))
+    assert missing.returncode == 1 and "no such database" in missing.stderr
