@@ -298,6 +298,8 @@ class Firmware:
         if code in (CREATED, CHANGED):
             self.outbox.pop(seq)
             self.delivered += 1
+            if not self.clock.synced and payload:
+                self.take_time(payload)
             return True
         text = payload.decode() if payload else ""
         if code == CONFLICT and text.startswith("duplicate"):
@@ -345,6 +347,21 @@ class Firmware:
 
     def uptime_s(self):
         return _since(self.boot_ms) // 1000
+
+    def take_time(self, payload):
+        """The coordinator's 2.01 says "stored DEVICE/SEQ t=UNIX": a board
+        without SNTP takes its time from there."""
+        try:
+            text = payload.decode()
+            i = text.find(" t=")
+            if i < 0:
+                return
+            t = int(text[i + 3:].split()[0])
+        except (ValueError, UnicodeError, IndexError):
+            return
+        if t > 1600000000:
+            self.clock.set(t)
+            log.info(TAG, "time taken from the coordinator: %d" % t)
 
     def summary(self):
         return {

@@ -37,8 +37,9 @@ class Outcome:
         return self.code.startswith("2.")
 
 
-def created(device_id: str, seq: int) -> Outcome:
-    return Outcome("2.01", f"stored {device_id}/{seq}", True, device_id, seq)
+def created(device_id: str, seq: int, now: float) -> Outcome:
+    # The time rides along: a meter without SNTP sets its clock from it.
+    return Outcome("2.01", f"stored {device_id}/{seq} t={int(now)}", True, device_id, seq)
 
 
 class ReadingIngest:
@@ -117,4 +118,4 @@ class ReadingIngest:
         self.counts["stored"] += 1
         if self.on_stored is not None:
             self.on_stored(r)
-        return created(r.device, r.seq)
+        return created(r.device, r.seq, self.clock())
