@@ -1,11 +1,13 @@
 """The peer directory: where each coordinator can be reached.
 
 Every coordinator publishes one signed record under `mg/dir/<public key
-hex>` whose body is its contact (JSON: {"coap": URI}), and re-publishes it
-every `republish_s` so that it outlives its TTL and reappears on the
-surviving nodes after others died. Lookups accept only the record signed
-by the key the entry is for: anyone can write under any key, but nobody
-else can pose as us.
+hex>` whose body is its contact (JSON: {"coap": URI, "zone": ..., 
+"capabilities": "market,channels"}), and, when it names a zone, the same
+body under `mg/zone/<zone>` in its own slot, so a zone's members can be
+listed. It re-publishes both every `republish_s` so that they outlive their
+TTL and reappear on the surviving nodes after others died. Lookups by key
+accept only the record signed by that key: anyone can write under any key,
+but nobody else can pose as us.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ from typing import Any
 log = logging.getLogger("microgrid.overlay.directory")
 
 PREFIX = "mg/dir/"
+ZONE_PREFIX = "mg/zone/"
 
 
 def directory_key(public_hex: str) -> str:
     return PREFIX + public_hex
+
+
+def zone_key(zone: str) -> str:
+    return ZONE_PREFIX + zone
 
 
 class Directory:
@@ -37,9 +44,25 @@ class Directory:
         self.published = 0
 
     async def publish(self) -> bool:
-        ok = bool(await self.overlay.put(directory_key(self.public_hex), json.dumps(self.contact).encode(), self.ttl_s))
+        body = json.dumps(self.contact).encode()
+        ok = bool(await self.overlay.put(directory_key(self.public_hex), body, self.ttl_s))
+        zone = self.contact.get("zone")
+        if zone:
+            ok = bool(await self.overlay.put(zone_key(zone), body, self.ttl_s, slot="member")) and ok
         self.published += 1
         return ok
+
+    async def members(self, zone: str) -> dict[str, dict[str, str]]:
+        """Public key hex -> contact of every coordinator announcing `zone`."""
+        out: dict[str, dict[str, str]] = {}
+        for rec in await self.overlay.get(zone_key(zone)):
+            try:
+                contact = json.loads(rec.body)
+            except ValueError:
+                continue
+            if isinstance(contact, dict) and contact.get("zone") == zone:
+                out[rec.publisher.hex()] = {str(k): str(v) for k, v in contact.items()}
+        return out
 
     async def lookup(self, public_hex: str, attempts: int = 3) -> dict[str, str] | None:
         """The contact of the coordinator with this key, or None."""

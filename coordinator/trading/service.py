@@ -103,7 +103,8 @@ class TradingService:
         self._sleep = sleep
         self.market = MarketService(overlay, key, market, clock, self.forecast, sleep=sleep, poll_s=poll_s,
                                     result_wait_s=market.gate_lead_s / 4)
-        self.directory = Directory(overlay, {"coap": own_uri}, ttl_s=self.settings.record_ttl_s,
+        self.directory = Directory(overlay, {"coap": own_uri, "zone": market.zone, "capabilities": "market,channels"},
+                                   ttl_s=self.settings.record_ttl_s,
                                    republish_s=self.settings.record_ttl_s / 4)
         self.stats = TradingStats()
         # Called with each interval's settlement (MQTT, reports).

@@ -68,3 +68,22 @@ def test_an_entry_written_by_another_key_is_never_returned() -> None:
 def test_republishing_slower_than_the_ttl_is_refused() -> None:
     with pytest.raises(ValueError, match="must be shorter than ttl_s"):
         Directory(type("O", (), {"public_key": b"\x02" * 33})(), {}, ttl_s=60, republish_s=60)
+
+
+def test_a_zone_lists_its_members() -> None:
+    from bitcoinx import PrivateKey
+
+    async def go() -> None:
+        net = MemoryNetwork()
+        overlays = [MemoryOverlay(PrivateKey.from_random(), net) for _ in range(3)]
+        for o in overlays:
+            await o.start()
+        dirs = [Directory(o, {"coap": f"coap://h{i}/channel", "zone": "elm" if i < 2 else "oak",
+                              "capabilities": "market"}, ttl_s=60, republish_s=10) for i, o in enumerate(overlays)]
+        for d in dirs:
+            await d.publish()
+        elm = await dirs[2].members("elm")
+        assert set(elm) == {dirs[0].public_hex, dirs[1].public_hex}
+        assert elm[dirs[1].public_hex]["coap"] == "coap://h1/channel"
+        assert set(await dirs[0].members("oak")) == {dirs[2].public_hex}
+    asyncio.run(go())
