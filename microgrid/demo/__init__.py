@@ -66,7 +66,10 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
             "start": start, "generation_wh": gen, "consumption_wh": cons,
             "traded_wh": st.delivered_wh if st else 0,
             "clearing_price": cl.price_sat_per_kwh if cl else None,
-            "self_sufficiency": (min(gen, cons) / cons) if cons else None,
+            # The market's own figure (zone imports met by peers) once the
+            # interval is settled; before that, what local generation could cover.
+            "self_sufficiency": (st.self_sufficiency_ppm / 1_000_000 if st and st.self_sufficiency_ppm is not None
+                                 else (min(gen, cons) / cons) if cons else None),
         })
     summary = {
         "readings_produced": produced,
