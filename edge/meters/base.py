@@ -79,6 +79,48 @@ def round_to(x, digits):
     return int(x * f + (0.5 if x >= 0 else -0.5)) / f
 
 
+class EnergyIntegrator:
+    """Power held over time, summed exactly into cumulative Wh (in integer
+    millijoules, so counters never drift or go backwards). For drivers that
+    measure power themselves (CT clamp, simulated) rather than read energy
+    registers from the meter chip."""
+
+    def __init__(self):
+        self.import_mj = 0
+        self.export_mj = 0
+        self.last_t = None
+        self.pending_reset = None
+
+    def restore(self, import_wh, export_wh):
+        self.import_mj = import_wh * 3600000
+        self.export_mj = export_wh * 3600000
+
+    def add(self, power_w, t):
+        """Book `power_w` (+ import, - export) from the last call up to t."""
+        if self.last_t is not None and t > self.last_t:
+            ms = int((t - self.last_t) * 1000)
+            if power_w >= 0:
+                self.import_mj += int(power_w * ms)
+            else:
+                self.export_mj += int(-power_w * ms)
+        self.last_t = t
+
+    def wh(self):
+        return self.import_mj // 3600000, self.export_mj // 3600000
+
+    def reset(self, reason):
+        """Zero the counters, keeping the old totals for the next reading's
+        reset record."""
+        imp, exp = self.wh()
+        self.pending_reset = (reason, imp, exp)
+        self.import_mj = 0
+        self.export_mj = 0
+
+    def take_reset(self):
+        reset, self.pending_reset = self.pending_reset, None
+        return reset
+
+
 class Meter:
     """Base class: drivers override read(); the rest has defaults."""
 

@@ -26,7 +26,7 @@
 import math
 
 from edge import hal
-from edge.meters.base import Measurement, Meter, RESET_ENERGY, below_floor, round_to
+from edge.meters.base import EnergyIntegrator, Measurement, Meter, RESET_ENERGY, below_floor, round_to
 
 MIN_CALIBRATION_W = 60
 
@@ -51,14 +51,10 @@ class CTMeter(Meter):
 
         self.raw_v = array.array("H", bytes(2 * self.samples))
         self.raw_i = array.array("H", bytes(2 * self.samples))
-        self.import_mj = 0
-        self.export_mj = 0
-        self.last_t = None
-        self.pending_reset = None
+        self.energy = EnergyIntegrator()
 
     def restore(self, import_wh, export_wh):
-        self.import_mj = import_wh * 3600000
-        self.export_mj = export_wh * 3600000
+        self.energy.restore(import_wh, export_wh)
 
     def sample(self):
         rv, ri, av, ai = self.raw_v, self.raw_i, self.adc_v, self.adc_i
@@ -97,21 +93,13 @@ class CTMeter(Meter):
 
     def read(self, t):
         vrms, irms, p, pf = self.measure()
-        if self.last_t is not None and t > self.last_t:
-            ms = int((t - self.last_t) * 1000)
-            if p >= 0:
-                self.import_mj += int(p * ms)
-            else:
-                self.export_mj += int(-p * ms)
-        self.last_t = t
-        reset, self.pending_reset = self.pending_reset, None
-        return Measurement(self.import_mj // 3600000, self.export_mj // 3600000, round_to(p, 1), round_to(vrms, 1),
-                           round_to(irms, 3), None, below_floor(p, self.accuracy_floor_w), round_to(pf, 3), reset)
+        self.energy.add(p, t)
+        imp, exp = self.energy.wh()
+        return Measurement(imp, exp, round_to(p, 1), round_to(vrms, 1), round_to(irms, 3), None,
+                           below_floor(p, self.accuracy_floor_w), round_to(pf, 3), self.energy.take_reset())
 
     def reset_energy(self, reason=RESET_ENERGY):
-        self.pending_reset = (reason, self.import_mj // 3600000, self.export_mj // 3600000)
-        self.import_mj = 0
-        self.export_mj = 0
+        self.energy.reset(reason)
 
     def calibrate(self, ref_power_w, ref_voltage_v=None):
         """Gains from a resistive reference load of known power (a kettle, a

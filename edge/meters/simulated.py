@@ -7,7 +7,7 @@
 # Energy integrates power exactly in integer millijoules, so counters never
 # drift or go backwards.
 
-from edge.meters.base import Measurement, Meter, RESET_ENERGY
+from edge.meters.base import EnergyIntegrator, Measurement, Meter, RESET_ENERGY
 
 PROFILES = ("household", "solar", "load", "prosumer")
 
@@ -60,14 +60,10 @@ class SimulatedMeter(Meter):
         self.peak_w = int(cfg.get("solar_peak_w", 4000 if profile in ("solar", "prosumer") else 0))
         self.base_w = int(cfg.get("base_load_w", 0 if profile == "solar" else 300))
         self.voltage_v = float(cfg.get("voltage_v", 230.0))
-        self.import_mj = 0
-        self.export_mj = 0
-        self.last_t = None
-        self.pending_reset = None
+        self.energy = EnergyIntegrator()
 
     def restore(self, import_wh, export_wh):
-        self.import_mj = import_wh * 3600000
-        self.export_mj = export_wh * 3600000
+        self.energy.restore(import_wh, export_wh)
 
     def power_at(self, t):
         """Net power in W at time t: positive import, negative export."""
@@ -77,25 +73,10 @@ class SimulatedMeter(Meter):
 
     def read(self, t):
         power = self.power_at(t)
-        if self.last_t is not None and t > self.last_t:
-            # Power held over the interval since the last reading.
-            ms = int((t - self.last_t) * 1000)
-            if power >= 0:
-                self.import_mj += power * ms
-            else:
-                self.export_mj += -power * ms
-        self.last_t = t
+        self.energy.add(power, t)  # power held over the interval since the last reading
         volt = self.voltage_v + (_noise(self.seed + 3, int(t // 60)) - 500) / 250.0
-        reset, self.pending_reset = self.pending_reset, None
-        return Measurement(
-            self.import_mj // 3600000,
-            self.export_mj // 3600000,
-            power,
-            int(volt * 10 + 0.5) / 10,
-            reset=reset,
-        )
+        imp, exp = self.energy.wh()
+        return Measurement(imp, exp, power, int(volt * 10 + 0.5) / 10, reset=self.energy.take_reset())
 
     def reset_energy(self, reason=RESET_ENERGY):
-        self.pending_reset = (reason, self.import_mj // 3600000, self.export_mj // 3600000)
-        self.import_mj = 0
-        self.export_mj = 0
+        self.energy.reset(reason)
