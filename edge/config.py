@@ -18,6 +18,7 @@ DEFAULTS = {
     "state_file": "state",
     "outbox_file": "outbox",
     "outbox_size": 1536,
+    "batch_size": 1,
     "ack_timeout_s": 2.0,
     "max_retransmit": 4,
     "retry_after_s": 5.0,
@@ -75,6 +76,7 @@ def validate(cfg):
     _str(cfg, "state_file")
     _str(cfg, "outbox_file")
     _int(cfg, "outbox_size", 2, 100000)
+    _int(cfg, "batch_size", 1, 8)
     _num(cfg, "ack_timeout_s", 0.01, 60)
     _int(cfg, "max_retransmit", 0, 20)
     _num(cfg, "retry_after_s", 0, 3600)

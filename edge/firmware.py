@@ -175,6 +175,7 @@ class Firmware:
         )
         self._recover(state)
         self.produced = 0
+        self.batch = []  # readings waiting to be signed together (batch_size > 1)
         self.delivered = 0
         self.rejected = 0
         self.retry_at_ms = None
@@ -245,6 +246,8 @@ class Firmware:
             m.flags |= FLAG_TIME_UNSET
         self.last_measurement = (t, m)
         seq = self.seq + 1
+        if self.cfg["batch_size"] > 1:
+            return self._batch_reading(seq, t, m)
         msg = reading.build(
             self.secret, self.public_key, seq, int(t), m.import_wh, m.export_wh, m.power_w, m.voltage_v, m.extra_records()
         )
@@ -265,6 +268,52 @@ class Firmware:
         elif self.seq % self.cfg["persist_every"] == 0 or m.reset is not None:
             self.persist()
         log.debug(TAG, "reading seq %d import %d Wh export %d Wh power %s W" % (seq, m.import_wh, m.export_wh, m.power_w))
+        return True
+
+    def _batch_reading(self, seq, t, m):
+        """Batching: readings wait in RAM until `batch_size` of them (or a
+        reset, or the last one) go out in one message with one signature.
+        A power cut loses only readings never sent; their numbers are
+        reused and the counters are cumulative."""
+        self.batch.append((seq, int(t), m.import_wh, m.export_wh, m.power_w, m.voltage_v, m.extra_records()))
+        self.seq = seq
+        self.last_import = m.import_wh
+        self.last_export = m.export_wh
+        self.produced += 1
+        limit = self.cfg["max_readings"]
+        if len(self.batch) >= self.cfg["batch_size"] or m.reset is not None or (limit and self.produced >= limit):
+            return self.flush_batch()
+        return True
+
+    def flush_batch(self):
+        """Sign and buffer the waiting readings: as many per message as fit
+        an outbox slot."""
+        from edge.outbox import MAX_MESSAGE
+
+        while self.batch:
+            n = len(self.batch)
+            payload = reading.encode_batch(self.device, self.batch[:n])
+            # COSE envelope: about 100 bytes around the payload.
+            while n > 1 and len(payload) + 100 > MAX_MESSAGE:
+                n -= 1
+                payload = reading.encode_batch(self.device, self.batch[:n])
+            part = self.batch[:n]
+            last = part[-1]
+            msg = reading.sign_payload(self.secret, self.public_key, payload)
+            try:
+                merged = self.outbox.push(last[0], msg, last[2], last[3])
+            except (OSError, ValueError) as e:
+                # Never on flash, never sent: those numbers are free again.
+                self.errors.add("flash", "outbox: %s" % e)
+                log.error(TAG, "readings seq %d..%d not buffered: %s" % (self.batch[0][0], self.batch[-1][0], e))
+                self.seq = self.batch[0][0] - 1
+                self.produced -= len(self.batch)
+                self.batch = []
+                return False
+            self.batch = self.batch[n:]
+            if merged is not None:
+                log.warning(TAG, "outbox full: merged reading seq %d into the next (counters are cumulative)" % merged)
+            self.persist()
         return True
 
     def _retry_later(self):
@@ -430,6 +479,7 @@ class Firmware:
                 wait = 0
             if wait > 0:
                 self.wait(min(wait, 1000))
+        self.flush_batch()
         self.persist()
         self.client.close()
         return self.summary()

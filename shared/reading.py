@@ -24,6 +24,8 @@ VOLTAGE = "voltage"
 # name -> unit for the records every reading carries.
 REQUIRED = ((IMPORT, "Wh"), (EXPORT, "Wh"), (POWER, "W"), (VOLTAGE, "V"))
 MAX_SEQ = (1 << 63) - 1
+# Readings one message may carry (a slow board signs once per batch).
+MAX_BATCH = 8
 
 
 class ReadingError(ValueError):
@@ -65,6 +67,24 @@ def encode_payload(device, seq, t, import_wh, export_wh, power_w, voltage_v, ext
     return cbor.dumps(pack)
 
 
+def encode_batch(device, readings):
+    """SenML pack for several readings: tuples (seq, t, import_wh,
+    export_wh, power_w, voltage_v, extra), each starting with its own seq
+    record and base time. One reading encodes exactly as encode_payload."""
+    pack = []
+    for seq, t, imp, exp, power, volt, extra in readings:
+        one = cbor.loads(encode_payload(device, seq, t, imp, exp, power, volt, extra))
+        if pack:
+            del one[0][senml.BN]  # the base name carries over
+        pack.extend(one)
+    return cbor.dumps(pack)
+
+
+def build_batch(secret, public_key, readings):
+    """One signed message carrying several readings (see encode_batch)."""
+    return sign_payload(secret, public_key, encode_batch(device_id(public_key), readings))
+
+
 def sign_payload(secret, public_key, payload):
     """Wrap a payload in a COSE_Sign1 signed by `secret`."""
     protected = cose.encode_protected(ALG_ES256K, key_id(public_key))
@@ -94,9 +114,8 @@ class Reading:
         self.extra = extra
 
 
-def parse(data):
-    """Parse and validate the structure of a reading message. Raises
-    ReadingError naming what is wrong; does not check the signature."""
+def _open(data):
+    """The COSE envelope checked, and the payload's records resolved."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise ReadingError("message of %d bytes exceeds %d" % (len(data), MAX_MESSAGE_BYTES))
     try:
@@ -115,12 +134,16 @@ def parse(data):
         records = senml.resolve(cbor.loads(msg.payload))
     except (cbor.CBORError, senml.SenMLError) as e:
         raise ReadingError("payload: %s" % e)
-    device = binascii.hexlify(kid).decode()
+    return msg, kid, records
+
+
+def _reading(msg, kid, device, group):
+    """One reading from its records (the first is its seq record)."""
     prefix = device + ":"
     values = {}
     extra = {}
     t = None
-    for rec in records:
+    for rec in group:
         name = rec["n"]
         if not name.startswith(prefix):
             raise ReadingError("record %r does not belong to device %s" % (name, device))
@@ -154,6 +177,36 @@ def parse(data):
             raise ReadingError("%s must be a non-negative integer Wh, got %r" % (name, value))
         plain[name] = value
     return Reading(msg, kid, device, seq, t, plain, extra)
+
+
+def parse_all(data):
+    """Every reading of a message, in order: one, or a batch of up to
+    MAX_BATCH whose sequence numbers strictly increase. Each reading starts
+    with its `seq` record. Raises ReadingError; does not check the
+    signature (one signature covers the whole batch)."""
+    msg, kid, records = _open(data)
+    device = binascii.hexlify(kid).decode()
+    seq_name = device + ":" + SEQ
+    groups = []
+    for rec in records:
+        if rec["n"] == seq_name or not groups:
+            groups.append([])
+        groups[-1].append(rec)
+    if len(groups) > MAX_BATCH:
+        raise ReadingError("batch of %d readings exceeds %d" % (len(groups), MAX_BATCH))
+    out = [_reading(msg, kid, device, g) for g in groups]
+    for a, b in zip(out, out[1:]):
+        if b.seq <= a.seq:
+            raise ReadingError("batch sequence numbers must increase: %d then %d" % (a.seq, b.seq))
+    return out
+
+
+def parse(data):
+    """Parse a message holding exactly one reading (see parse_all)."""
+    readings = parse_all(data)
+    if len(readings) != 1:
+        raise ReadingError("message holds %d readings: expected one (use parse_all)" % len(readings))
+    return readings[0]
 
 
 def verify(reading, public_key):

@@ -77,10 +77,11 @@ class ReadingIngest:
 
     def accept(self, message: bytes) -> Outcome:
         try:
-            r = reading_format.parse(message)
+            batch = reading_format.parse_all(message)
         except reading_format.ReadingError as e:
             code = "4.13" if len(message) > reading_format.MAX_MESSAGE_BYTES else "4.00"
             return self._reject(code, f"malformed reading: {e}")
+        r = batch[0]  # one signature covers the batch; its first reading decides duplicates
         key = self._key(r.device)
         if key is None:
             return self._reject("4.01", f"unknown device {r.device}: register its public key first", r.device, r.seq)
@@ -94,8 +95,9 @@ class ReadingIngest:
             good = False
         if not good:
             return self._reject("4.03", f"signature does not verify with the key registered for {r.device}", r.device, r.seq)
-        if r.t > self.clock() + self.max_future_s:
-            return self._reject("4.00", f"reading time {r.t} is more than {self.max_future_s:.0f} s in the future", r.device, r.seq)
+        latest = max(x.t for x in batch)
+        if latest > self.clock() + self.max_future_s:
+            return self._reject("4.00", f"reading time {latest} is more than {self.max_future_s:.0f} s in the future", r.device, r.seq)
         last = self.store.last_seq(r.device)
         if last is not None and r.seq <= last:
             stored = self.store.stored_message(r.device, r.seq)
@@ -105,7 +107,7 @@ class ReadingIngest:
                 return Outcome("4.09", f"duplicate: seq {r.seq} already stored", False, r.device, r.seq)
             return self._reject("4.09", f"stale: seq {r.seq} is not above last stored {last}", r.device, r.seq)
         try:
-            self.store.insert(r, message)
+            self.store.insert_batch(batch, message)
         except DuplicateReading as e:
             self.counts["duplicate"] += 1
             if e.identical:
@@ -115,7 +117,12 @@ class ReadingIngest:
             # Not the meter's fault: it keeps the reading and retries.
             log.error("%s", e)
             return Outcome("5.03", "storage unavailable, retry later", False, r.device, r.seq)
-        self.counts["stored"] += 1
+        self.counts["stored"] += len(batch)
         if self.on_stored is not None:
-            self.on_stored(r)
-        return created(r.device, r.seq, self.clock())
+            for x in batch:
+                self.on_stored(x)
+        last_seq = batch[-1].seq
+        outcome = created(r.device, last_seq, self.clock())
+        if len(batch) > 1:
+            outcome = Outcome("2.01", f"stored {r.device}/{r.seq}..{last_seq} t={int(self.clock())}", True, r.device, last_seq)
+        return outcome

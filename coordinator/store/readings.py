@@ -40,6 +40,13 @@ class DuplicateReading(Exception):
         self.identical = identical
 
 
+_INSERT = (
+    "INSERT INTO readings (device_id, seq, time, import_wh, export_wh, power_w, voltage_v,"
+    " extra, source, received_at, cose) VALUES (:device_id, :seq, :time, :import_wh, :export_wh,"
+    " :power_w, :voltage_v, :extra, :source, :received_at, :cose)"
+)
+
+
 def counter_increase(prev: dict[str, Any], cur: dict[str, Any]) -> tuple[int, int]:
     """Energy (import Wh, export Wh) between two consecutive readings of a
     meter. A reading carrying a `reset` record starts new counters; the
@@ -122,18 +129,20 @@ class ReadingStore:
     def _insert_row(self, record: dict[str, Any]) -> sqlite3.Cursor:
         """One row into readings, committed (synchronous=FULL) on return."""
         with self.db.conn:
-            return self.db.conn.execute(
-                "INSERT INTO readings (device_id, seq, time, import_wh, export_wh, power_w, voltage_v,"
-                " extra, source, received_at, cose) VALUES (:device_id, :seq, :time, :import_wh, :export_wh,"
-                " :power_w, :voltage_v, :extra, :source, :received_at, :cose)",
-                record,
-            )
+            return self.db.conn.execute(_INSERT, record)
 
     def insert(self, r: reading_format.Reading, message: bytes, source: str = "coap") -> int:
-        """Store one verified reading and commit before returning, so the
-        caller may acknowledge it. Raises DuplicateReading for a (device,
-        seq) already stored, StoreError if the disk refuses the write."""
-        record = {
+        """Store one verified reading (see insert_batch)."""
+        return self.insert_batch([r], message, source)
+
+    def insert_batch(self, batch: list[reading_format.Reading], message: bytes, source: str = "coap") -> int:
+        """Store the verified readings of one message in one transaction,
+        committed before returning, so the caller may acknowledge them. Each
+        row keeps the whole message as evidence. Raises DuplicateReading for
+        a (device, seq) already stored (nothing of the batch is stored),
+        StoreError if the disk refuses the write."""
+        now = utc_now()
+        records = [{
             "device_id": r.device,
             "seq": r.seq,
             "time": float(r.t),
@@ -143,20 +152,26 @@ class ReadingStore:
             "voltage_v": float(r.voltage_v),
             "extra": json.dumps(r.extra, sort_keys=True) if r.extra else None,
             "source": source,
-            "received_at": utc_now(),
+            "received_at": now,
             "cose": bytes(message),
-        }
+        } for r in batch]
         try:
-            cur = self._insert_row(record)
+            with self.db.conn:
+                self.db.conn.execute("BEGIN IMMEDIATE")
+                cur = None
+                for record in records:
+                    cur = self.db.conn.execute(_INSERT, record)
         except sqlite3.IntegrityError:
-            stored = self.stored_message(r.device, r.seq)
-            raise DuplicateReading(r.device, r.seq, stored == bytes(message)) from None
+            first = batch[0]
+            stored = self.stored_message(first.device, first.seq)
+            raise DuplicateReading(first.device, first.seq, stored == bytes(message)) from None
         except sqlite3.OperationalError as e:
-            raise StoreError(f"cannot store reading {r.device}/{r.seq}: {e}") from None
-        last = self._last_seq.get(r.device)
-        if last is None or r.seq > last:
-            self._last_seq[r.device] = r.seq
-        return int(cur.lastrowid or 0)
+            raise StoreError(f"cannot store reading {batch[0].device}/{batch[0].seq}: {e}") from None
+        for r in batch:
+            last = self._last_seq.get(r.device)
+            if last is None or r.seq > last:
+                self._last_seq[r.device] = r.seq
+        return int(cur.lastrowid or 0) if cur is not None else 0
 
     def last_reading(self, device_id: str) -> dict[str, Any] | None:
         rows = self.recent_readings(device_id, 1)

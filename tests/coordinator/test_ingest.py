@@ -203,3 +203,24 @@ def test_random_datagrams_over_udp_leave_the_server_serving(tmp_path: Path) -> N
             assert (await post(client, uri, make(1))).code == Code.CREATED
 
     asyncio.run(go())
+
+
+def test_a_batch_is_stored_whole_once_and_a_repeat_is_a_duplicate(tmp_path: Path) -> None:
+    batch = [(s, T0 + s, 100 + s, 0, 500, 230.0, None) for s in (4, 5, 6)]
+    message = reading.build_batch(SECRET, PUB, batch)
+
+    async def go() -> None:
+        async with served(tmp_path) as (coord, client, uri):
+            resp = await post(client, uri, message)
+            assert resp.code == Code.CREATED and b"/4..6" in resp.payload
+            again = await post(client, uri, message)
+            assert again.code == Code.CONFLICT and again.payload.startswith(b"duplicate")
+            rows = list(coord.store.readings())
+            assert [r["seq"] for r in rows] == [4, 5, 6] and all(r["cose"] == message for r in rows)
+            # A batch overlapping what is stored is refused whole.
+            overlap = reading.build_batch(SECRET, PUB, [(6, T0 + 6, 999, 0, 0, 230.0, None),
+                                                        (7, T0 + 7, 1000, 0, 0, 230.0, None)])
+            assert (await post(client, uri, overlap)).code == Code.CONFLICT
+            assert coord.store.count() == 3
+
+    asyncio.run(go())

@@ -135,3 +135,23 @@ def test_meter_restart_continues_the_sequence(tmp_path: Path, coordinator_factor
     assert len(seqs) == 50 and seqs == sorted(set(seqs))
     imports = [r["import_wh"] for r in rows]
     assert imports == sorted(imports)
+
+
+def test_batching_signs_once_per_message_and_stores_every_reading(tmp_path: Path, coordinator_factory) -> None:
+    db = tmp_path / "c.db"
+    port = free_udp_port()
+    image, pub = provision(tmp_path, db, port, max_readings=31, batch_size=3)
+    coordinator_factory(db=db, port=port)
+    meter = boot(image)
+    out, _ = meter.communicate(timeout=120)
+    summary = meter_summary(out)
+    assert summary["produced"] == 31 and summary["pending"] == 0, summary
+    rows = stored_rows(db, pub)
+    assert [r["seq"] for r in rows] == list(range(1, 32))
+    messages = {r["cose"] for r in rows}
+    assert len(messages) == 11  # ten batches of three and the last reading alone
+    key = PublicKey.from_bytes(pub)
+    for m in messages:
+        batch = reading.parse_all(m)
+        der = secp256k1.der_signature(batch[0].message.signature)
+        assert key.verify_der_signature(der, batch[0].message.to_be_signed())

@@ -194,3 +194,42 @@ def test_the_example_in_the_format_document_is_what_we_build() -> None:
     block = doc.split("## Example", 1)[1].split("```")[1]
     example = bytes.fromhex(re.sub(r"\s", "", block))
     assert example == reading.build(SECRET, PUB, 7, 1_700_000_000, 1234, 5, 420, 230.5)
+
+
+BATCH = [(1, 1_700_000_000, 10, 0, 5, 230.0, None),
+         (2, 1_700_000_060, 11, 0, 6, 231.0, [("flags", None, 1)]),
+         (3, 1_700_000_120, 12, 1, -3, 229.5, None)]
+
+
+def test_a_batch_carries_several_readings_under_one_signature() -> None:
+    message = reading.build_batch(SECRET, PUB, BATCH)
+    readings = reading.parse_all(message)
+    assert [(r.seq, r.t, r.import_wh, r.extra) for r in readings] == [
+        (1, 1_700_000_000, 10, {}), (2, 1_700_000_060, 11, {"flags": 1}), (3, 1_700_000_120, 12, {})]
+    assert all(reading.verify(r, PUB) for r in readings)
+    with pytest.raises(reading.ReadingError, match="holds 3 readings"):
+        reading.parse(message)
+    # A single reading is a batch of one, byte for byte.
+    assert reading.build_batch(SECRET, PUB, BATCH[:1]) == reading.build(SECRET, PUB, *BATCH[0][:6])
+
+
+def test_micropython_builds_the_same_batch_bytes() -> None:
+    out = run_micropython("""
+from shared import reading, secp256k1
+import binascii
+sk = bytes(range(1, 33))
+pub = secp256k1.public_key(sk)
+b = [(1, 1700000000, 10, 0, 5, 230.0, None), (2, 1700000060, 11, 0, 6, 231.0, [("flags", None, 1)]),
+     (3, 1700000120, 12, 1, -3, 229.5, None)]
+print(binascii.hexlify(reading.build_batch(sk, pub, b)).decode())
+""").split()
+    assert out == [reading.build_batch(SECRET, PUB, BATCH).hex()]
+
+
+def test_batches_out_of_order_or_too_long_are_refused() -> None:
+    backwards = [BATCH[1], BATCH[0]]
+    with pytest.raises(reading.ReadingError, match="must increase"):
+        reading.parse_all(reading.build_batch(SECRET, PUB, backwards))
+    many = [(i, 1_700_000_000 + i, i, 0, 0, 230.0, None) for i in range(1, 10)]
+    with pytest.raises(reading.ReadingError, match="exceeds"):
+        reading.parse_all(reading.sign_payload(SECRET, PUB, reading.encode_batch(reading.device_id(PUB), many)))
