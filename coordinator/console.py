@@ -68,6 +68,7 @@ class Console:
             "peers": (self.cmd_peers, "peers                   overlay peers"),
             "orders": (self.cmd_orders, "orders                  open market orders"),
             "market": (self.cmd_market, "market [N]              the last N settled intervals (default 4)"),
+            "prices": (self.cmd_prices, "prices [sell|buy SAT]   show this household's prices, or set a fixed one (sat/kWh)"),
             "channels": (self.cmd_channels, "channels                payment channels and balances"),
             "relay": (self.cmd_relay, "relay [NAME on|off]     show relays, or switch one"),
             "log": (self.cmd_log, "log [N]                 last N log lines (default 20)"),
@@ -178,6 +179,31 @@ class Console:
         n = self._count(args, 4, "market")
         lines = self._subsystem("console_market", "the market")(n)
         return "\n".join(lines) if lines else "no interval settled yet"
+
+    def cmd_prices(self, args: list[str]) -> str:
+        market = getattr(self.target.config, "market", None)
+        if market is None or not market.enabled:
+            raise CommandError("the market is not configured on this coordinator")
+        if not args:
+            shown = {k: market.prices.get(k) for k in ("sell", "buy", "reserve_wh", "sell_floor_sat_per_kwh")}
+            return "\n".join(f"{k} = {json.dumps(v)}" for k, v in shown.items() if v is not None) or "no prices set"
+        if len(args) != 2 or args[0] not in ("sell", "buy"):
+            raise CommandError("usage: prices sell|buy SAT_PER_KWH")
+        try:
+            value = int(args[1])
+        except ValueError:
+            raise CommandError(f"prices: SAT_PER_KWH must be a whole number, got {args[1]!r}") from None
+        from .market.pricing import PricingError, parse_policy
+
+        new = dict(market.prices)
+        new[args[0]] = value
+        try:
+            parse_policy(new)
+        except PricingError as e:
+            raise CommandError(f"prices: {e}") from None
+        market.prices = new  # the next interval's orders use it
+        return (f"{args[0]} price set to {value} sat/kWh from the next order on "
+                "(until restart: put it in [market.prices] to keep it)")
 
     def cmd_channels(self, args: list[str]) -> str:
         self._no_args("channels", args)

@@ -177,3 +177,19 @@ def test_market_shows_each_settled_interval(tmp_path: Path) -> None:
     target.console_market = lambda n: [f"zone @{i}: price 120 sat/kWh" for i in range(n)]  # type: ignore[attr-defined]
     assert console.handle("market 2").splitlines() == ["zone @0: price 120 sat/kWh", "zone @1: price 120 sat/kWh"]
     assert console.handle("market x") == "error: market: N must be a whole number, got 'x'"
+
+
+def test_prices_are_shown_and_set_from_the_console(tmp_path: Path) -> None:
+    target = Target(tmp_path)
+    console = Console(target)
+    assert console.handle("prices") == "error: the market is not configured on this coordinator"
+    target.config.market.enabled = True
+    target.config.market.zone = "elm"
+    target.config.market.prices = {"sell": 80, "buy": 150}
+    assert console.handle("prices").splitlines() == ["sell = 80", "buy = 150"]
+    assert console.handle("prices sell 95").startswith("sell price set to 95 sat/kWh")
+    assert target.config.market.policy().sell.sat_per_kwh == 95
+    assert console.handle("prices sell -3").startswith("error: prices:")
+    assert console.handle("prices sell lots") == "error: prices: SAT_PER_KWH must be a whole number, got 'lots'"
+    assert console.handle("prices hold 3") == "error: usage: prices sell|buy SAT_PER_KWH"
+    assert target.config.market.prices["sell"] == 95  # refused values changed nothing
