@@ -8,8 +8,9 @@ origin and speed in their config) every meter.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 
 class Clock(Protocol):
@@ -38,3 +39,11 @@ class ScaledClock:
     def real_seconds(self, simulated: float) -> float:
         """Real seconds that `simulated` seconds take."""
         return simulated / self.speed
+
+
+async def sleep_until(clock: Clock, t: float, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+    """Wait until clock.now() reaches t. A scaled clock is waited on in its
+    real seconds; the loop re-reads the clock, so it follows any clock."""
+    while (left := t - clock.now()) > 0:
+        real = getattr(clock, "real_seconds", None)
+        await sleep(real(left) if real else left)

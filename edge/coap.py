@@ -11,7 +11,8 @@
 import os
 import socket
 import struct
-import time
+
+from edge import ticks
 
 CON = 0
 NON = 1
@@ -106,18 +107,6 @@ def decode(data):
     return mtype, code, mid, token, b""
 
 
-def _ticks_ms():
-    if hasattr(time, "ticks_ms"):
-        return time.ticks_ms()
-    return int(time.time() * 1000)
-
-
-def _elapsed_ms(start):
-    if hasattr(time, "ticks_diff"):
-        return time.ticks_diff(time.ticks_ms(), start)
-    return _ticks_ms() - start
-
-
 class Client:
     def __init__(self, host, port, ack_timeout_s=2.0, max_retransmit=4, local_port=0):
         self.addr = socket.getaddrinfo(host, port)[0][-1]
@@ -182,12 +171,12 @@ class Client:
                 self.sock.sendto(msg, self.addr)
             except OSError:
                 pass
-            start = _ticks_ms()
+            start = ticks.ticks_ms()
             while True:
-                left = timeout - _elapsed_ms(start)
+                left = timeout - ticks.since(start)
                 got = self._recv(left)
                 if got is None:
-                    if left <= 0 or _elapsed_ms(start) >= timeout:
+                    if left <= 0 or ticks.since(start) >= timeout:
                         break
                     continue
                 mtype, code, rmid, rtoken, rpayload = got
@@ -215,9 +204,9 @@ class Client:
             raise CoAPError("no acknowledgement after %d transmissions" % (self.max_retransmit + 1))
         # Empty ACK received: the response follows separately.
         wait = self.ack_timeout_ms * 16
-        start = _ticks_ms()
-        while _elapsed_ms(start) < wait:
-            got = self._recv(wait - _elapsed_ms(start))
+        start = ticks.ticks_ms()
+        while ticks.since(start) < wait:
+            got = self._recv(wait - ticks.since(start))
             if got is None:
                 continue
             mtype, code, rmid, rtoken, rpayload = got

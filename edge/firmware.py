@@ -18,7 +18,7 @@ import binascii
 import time
 
 from shared import cbor, cose, reading, secp256k1, senml
-from edge import coap, hal, log
+from edge import coap, hal, log, ticks
 from edge import config as config_mod
 from edge.journal import Journal
 from edge.meters import open_meter
@@ -52,27 +52,6 @@ def load_key(path):
     return secret
 
 
-def _ticks_ms():
-    return time.ticks_ms() if hasattr(time, "ticks_ms") else int(time.time() * 1000)
-
-
-def _add(ticks, ms):
-    return time.ticks_add(ticks, ms) if hasattr(time, "ticks_add") else ticks + ms
-
-
-def _sleep_ms(ms):
-    if hasattr(time, "sleep_ms"):
-        time.sleep_ms(ms)
-    else:
-        time.sleep(ms / 1000)
-
-
-def _since(start):
-    if hasattr(time, "ticks_diff"):
-        return time.ticks_diff(time.ticks_ms(), start)
-    return _ticks_ms() - start
-
-
 # Seconds between the MicroPython epoch and the Unix epoch: boards count
 # from 2000-01-01, the unix port from 1970-01-01.
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
@@ -86,7 +65,7 @@ class Clock:
     several meters and coordinators share one simulated clock exactly."""
 
     def __init__(self, start, speed, origin=0, synced=True):
-        self.boot_ms = _ticks_ms()
+        self.boot_ms = ticks.ticks_ms()
         self.start = start if start else time.time() + _EPOCH_OFFSET
         self.speed = speed
         self.origin = origin
@@ -96,7 +75,7 @@ class Clock:
 
     def set(self, unix_s):
         """Take the time from outside (the coordinator's response)."""
-        self.boot_ms = _ticks_ms()
+        self.boot_ms = ticks.ticks_ms()
         self.start = unix_s
         self.origin = 0
         self.speed = 1.0
@@ -110,7 +89,7 @@ class Clock:
         if self.origin:
             # Shared simulated clock: `start` at real Unix time `origin`.
             return self.start + (time.time() + _EPOCH_OFFSET - self.origin) * self.speed
-        return self.start + _since(self.boot_ms) * self.speed / 1000.0
+        return self.start + ticks.since(self.boot_ms) * self.speed / 1000.0
 
 
 class Errors:
@@ -150,7 +129,7 @@ class Firmware:
     def __init__(self, cfg, config_path=config_mod.CONFIG_FILE):
         self.cfg = cfg
         self.config_path = config_path
-        self.boot_ms = _ticks_ms()
+        self.boot_ms = ticks.ticks_ms()
         if cfg["console"]:
             # Import (compile, under the unix port) before the signer's
             # tables fragment the heap.
@@ -212,9 +191,9 @@ class Firmware:
         # SNTP where the network has it; tried again every 10 minutes.
         if self.clock.synced:
             return
-        if self.sntp_at_ms is not None and _since(self.sntp_at_ms) < 600000:
+        if self.sntp_at_ms is not None and ticks.since(self.sntp_at_ms) < 600000:
             return
-        self.sntp_at_ms = _ticks_ms()
+        self.sntp_at_ms = ticks.ticks_ms()
         if self.net.up() and hal.sntp():
             self.clock.resync()
             log.info(TAG, "time set by SNTP")
@@ -318,7 +297,7 @@ class Firmware:
 
     def _retry_later(self):
         delay = self.cfg["retry_after_s"] * self.errors.backoff("network")
-        self.retry_at_ms = _add(_ticks_ms(), int(delay * 1000))
+        self.retry_at_ms = ticks.add(ticks.ticks_ms(), int(delay * 1000))
 
     def send_one(self):
         """Try to deliver the oldest queued reading. Returns True if it left
@@ -395,7 +374,7 @@ class Firmware:
         return evidence
 
     def uptime_s(self):
-        return _since(self.boot_ms) // 1000
+        return ticks.since(self.boot_ms) // 1000
 
     def take_time(self, payload):
         """The coordinator's 2.01 says "stored DEVICE/SEQ t=UNIX": a board
@@ -431,12 +410,12 @@ class Firmware:
         if self.console is not None:
             self.console.poll(ms)
         else:
-            _sleep_ms(ms)
+            ticks.sleep_ms(ms)
 
     def run(self):
         cfg = self.cfg
         limit = cfg["max_readings"]
-        next_ms = _ticks_ms()
+        next_ms = ticks.ticks_ms()
         drain_start = None
         while self.running:
             if self.watchdog is not None:
@@ -444,26 +423,26 @@ class Firmware:
             if not self.clock.synced:
                 self._sync_time()
             interval_ms = int(cfg["interval_s"] * 1000)
-            if (not limit or self.produced < limit) and _since(next_ms) >= 0:
+            if (not limit or self.produced < limit) and ticks.since(next_ms) >= 0:
                 ok = self.measure()
                 wait = interval_ms if ok else min(interval_ms * self.errors.backoff("meter"), 300000)
-                next_ms = _add(next_ms, wait)
-                if _since(next_ms) > interval_ms:
+                next_ms = ticks.add(next_ms, wait)
+                if ticks.since(next_ms) > interval_ms:
                     # Fell far behind (a long outage): don't burst to catch up.
-                    next_ms = _add(_ticks_ms(), wait)
+                    next_ms = ticks.add(ticks.ticks_ms(), wait)
             if limit and self.produced >= limit:
                 if not self.outbox:
                     break
                 if drain_start is None:
-                    drain_start = _ticks_ms()
-                elif _since(drain_start) > cfg["drain_timeout_s"] * 1000:
+                    drain_start = ticks.ticks_ms()
+                elif ticks.since(drain_start) > cfg["drain_timeout_s"] * 1000:
                     log.warning(TAG, "giving up with %d readings undelivered" % len(self.outbox))
                     break
             if self.console is not None:
                 self.console.poll(0)
                 if not self.running:
                     break
-            if self.outbox and (self.retry_at_ms is None or _since(self.retry_at_ms) >= 0):
+            if self.outbox and (self.retry_at_ms is None or ticks.since(self.retry_at_ms) >= 0):
                 self.retry_at_ms = None
                 try:
                     self.send_one()
@@ -472,9 +451,9 @@ class Firmware:
                     self.errors.add("flash", str(e))
                     self._retry_later()
                 continue
-            wait = -_since(next_ms)
+            wait = -ticks.since(next_ms)
             if self.outbox and self.retry_at_ms is not None:
-                wait = min(wait, -_since(self.retry_at_ms))
+                wait = min(wait, -ticks.since(self.retry_at_ms))
             if limit and self.produced >= limit and not self.outbox:
                 wait = 0
             if wait > 0:

@@ -37,9 +37,10 @@ class Outcome:
         return self.code.startswith("2.")
 
 
-def created(device_id: str, seq: int, now: float) -> Outcome:
+def created(device_id: str, first: int, last: int, now: float) -> Outcome:
     # The time rides along: a meter without SNTP sets its clock from it.
-    return Outcome("2.01", f"stored {device_id}/{seq} t={int(now)}", True, device_id, seq)
+    seqs = str(last) if first == last else f"{first}..{last}"
+    return Outcome("2.01", f"stored {device_id}/{seqs} t={int(now)}", True, device_id, last)
 
 
 class ReadingIngest:
@@ -121,8 +122,4 @@ class ReadingIngest:
         if self.on_stored is not None:
             for x in batch:
                 self.on_stored(x)
-        last_seq = batch[-1].seq
-        outcome = created(r.device, last_seq, self.clock())
-        if len(batch) > 1:
-            outcome = Outcome("2.01", f"stored {r.device}/{r.seq}..{last_seq} t={int(self.clock())}", True, r.device, last_seq)
-        return outcome
+        return created(r.device, r.seq, batch[-1].seq, self.clock())

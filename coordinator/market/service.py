@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from bitcoinx import PrivateKey
 
-from ..clock import Clock
+from ..clock import Clock, sleep_until
 from . import book as bk
 from .clearing import ClearedInterval, Comparison, clear_interval
 from .orders import SignedOrder
@@ -71,12 +71,7 @@ class MarketService:
         return int(math.ceil(earliest / step) * step)
 
     async def _sleep_until(self, t: float) -> None:
-        while True:
-            left = t - self.clock.now()
-            if left <= 0:
-                return
-            real = getattr(self.clock, "real_seconds", None)
-            await self._sleep(real(left) if real else left)
+        await sleep_until(self.clock, t, self._sleep)
 
     async def place_orders(self, interval_start: int) -> list[SignedOrder]:
         s = self.settings

@@ -30,7 +30,7 @@ from bitcoinx import PrivateKey
 
 from ..channels.protocol import ChannelNode
 from ..channels.transport import ChannelClient
-from ..clock import Clock
+from ..clock import Clock, sleep_until
 from ..market.clearing import ClearedInterval
 from ..market.pricing import Battery, Forecast
 from ..market.service import MarketService
@@ -199,9 +199,7 @@ class TradingService:
     # -- the schedule -------------------------------------------------------------
 
     async def _sleep_until(self, t: float) -> None:
-        real = getattr(self.clock, "real_seconds", None)
-        while (left := t - self.clock.now()) > 0:
-            await self._sleep(real(left) if real else left)
+        await sleep_until(self.clock, t, self._sleep)
 
     async def settle_interval(self, start: int) -> IntervalSettlement | None:
         step = self.market_settings.interval_s
