@@ -12,7 +12,7 @@ import os
 import socket
 import struct
 
-from edge import ticks
+from . import ticks
 
 CON = 0
 NON = 1
