@@ -119,6 +119,9 @@ class ChannelsSettings:
     lock_s: int = 7 * 86400
     increment_wh: int = 10
     settle_delay_s: int = 120
+    # As a buyer: pay for energy as it arrives, every stream_poll_s during
+    # an interval (0: pay only once the interval is settled).
+    stream_poll_s: int = 60
     # As a seller: a buyer more than credit_sat behind opens export_relay
     # (a relay name from [gpio.relays]; empty: no relay to open).
     credit_sat: int = 500
@@ -132,6 +135,7 @@ class ChannelsSettings:
         _int_range(f"{section}.lock_s", self.lock_s, 3600, 30 * 86400)
         _int_range(f"{section}.increment_wh", self.increment_wh, 1, 100_000)
         _int_range(f"{section}.settle_delay_s", self.settle_delay_s, 0, 3600)
+        _int_range(f"{section}.stream_poll_s", self.stream_poll_s, 0, 3600)
         _int_range(f"{section}.credit_sat", self.credit_sat, 0, 100_000_000)
 
 

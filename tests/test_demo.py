@@ -71,5 +71,10 @@ def test_a_sunny_morning_trades_pays_through_channels_and_settles_on_the_ledger(
     assert s["trades"] > 0 and 0 < s["energy_traded_wh"] <= s["energy_matched_wh"]
     assert s["book_disagreements"] == 0 and s["trading_errors"] == 0
     assert s["payment_updates"] >= s["energy_traded_wh"] // 10 // 2  # about one update per 10 Wh paid so far
+    # Buyers pay as their meters show energy arriving, settlement tops up, and
+    # every satoshi is accounted for: owed and paid, or paid ahead.
+    assert 0 < s["streamed_sat"] <= s["paid_sat"]
+    assert s["p2p_unpaid_sat"] == 0
+    assert s["paid_sat"] == s["p2p_owed_sat"] + s["p2p_prepaid_sat"]
     assert s["settlement_txs"] > 0 and s["settlement_txs_verified"] == s["settlement_txs"]
     assert s["energy_balance_error_wh"] == 0

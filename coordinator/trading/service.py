@@ -5,13 +5,19 @@ The decisions live in market/ (orders, clearing, settlement) and channels/
 
     each interval S          MarketService places orders from the forecast,
                              collects the zone's book, clears it
+    during [S, S + I)        every `stream_poll_s`: as a seller, publish our
+                             export so far (signed) on the overlay; as a
+                             buyer, pay each seller for what our meters show
+                             received and its record shows sent, one update
+                             per whole increment (trading/delivery.py)
     S + I + settle_delay     publish our connection's metering for [S, S+I)
                              on the overlay (signed, like every record)
     S + I + 2 settle_delay   collect every participant's metering, settle the
                              interval (the same result on every coordinator),
-                             and pay what we owe each seller through a
-                             channel to it, one update per delivered
-                             increment (default 10 Wh)
+                             and pay each seller what the settlement says we
+                             owe beyond what we streamed; what we streamed
+                             beyond it (the seller fell short) counts
+                             against what we owe it next
 
 A seller's coordinator address is found in the overlay directory
 (overlay/directory.py), which every coordinator re-publishes each round.
@@ -39,11 +45,13 @@ from ..overlay.directory import Directory
 from ..market.settlement import P2P, IntervalSettlement, Metered, check_energy_balance, settle_interval
 from ..store.readings import ReadingStore
 from .credit import SellerCredit
+from .delivery import SellerAccounts, streamed_due
 from .metering import interval_energy
 
 log = logging.getLogger("microgrid.trading")
 
 METERING_PREFIX = "mg/metering/"
+LIVE_PREFIX = "mg/live/"  # a seller's running export during an interval
 
 
 @dataclass
@@ -56,6 +64,9 @@ class TradingSettings:
     # As a seller: how far one buyer may fall behind what the settled
     # intervals say it owes us before our export relay opens (sat).
     credit_sat: int = 500
+    # As a buyer: how often to pay for energy received during an interval
+    # (0: pay only after the interval's settlement).
+    stream_poll_s: float = 60.0
 
 
 @dataclass
@@ -64,6 +75,8 @@ class TradingStats:
     traded_wh: int = 0
     payment_updates: int = 0
     paid_sat: int = 0
+    streamed_sat: int = 0  # of paid_sat, paid during intervals as energy arrived
+    stream_failures: int = 0  # in-interval payments that failed; settlement pays them
     settled: dict[int, IntervalSettlement] = field(default_factory=dict)
     cleared: dict[int, ClearedInterval] = field(default_factory=dict)
     channels_opened: int = 0
@@ -113,6 +126,13 @@ class TradingService:
         self._pay_lock = asyncio.Lock()
         # As a seller: what each buyer owes by the settlements, and has paid.
         self.credit = SellerCredit(self.settings.credit_sat, export_relay)
+        # As a buyer: what we owe each seller by the settlements, what we
+        # have signed to it (streamed or settled), and per interval what
+        # was streamed (seller hex -> Wh, sat).
+        self.accounts = SellerAccounts()
+        self.committed: dict[str, int] = {}
+        self.streamed: dict[int, dict[str, tuple[int, int]]] = {}
+        self._streams: dict[int, asyncio.Task[None]] = {}
         node.payment_listeners.append(self._on_payment)
 
     # -- forecasting and metering -----------------------------------------------
@@ -132,6 +152,28 @@ class TradingService:
 
     def _metering_key(self, start: int) -> str:
         return f"{METERING_PREFIX}{self.market_settings.zone}/{start}"
+
+    def _live_key(self, start: int) -> str:
+        return f"{LIVE_PREFIX}{self.market_settings.zone}/{start}"
+
+    async def publish_live_export(self, start: int, export_wh: int, at: float) -> None:
+        body = json.dumps({"export_wh": export_wh, "at": int(at)}).encode()
+        await self.overlay.put(self._live_key(start), body, self.settings.record_ttl_s)
+
+    async def collect_live_exports(self, start: int) -> dict[bytes, int]:
+        """Each seller's latest running export for the interval (the
+        overlay keeps the newest record per publisher)."""
+        out: dict[bytes, tuple[int, int]] = {}
+        for rec in await self.overlay.get(self._live_key(start)):
+            try:
+                d = json.loads(rec.body)
+                wh, at = int(d["export_wh"]), int(d["at"])
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("ignored live export record from %s: %s", rec.publisher.hex()[:16], e)
+                continue
+            if rec.publisher not in out or at >= out[rec.publisher][1]:
+                out[rec.publisher] = (wh, at)
+        return {p: wh for p, (wh, _) in out.items()}
 
     async def publish_directory(self) -> None:
         await self.directory.publish()
@@ -183,18 +225,96 @@ class TradingService:
             if p.kind == P2P and p.payee == self.public_hex and p.sats > 0:
                 self.credit.owe(p.payer, p.sats)
 
+    async def _send(self, payee_hex: str, amounts: list[int]) -> int:
+        """One channel update per amount to `payee_hex`; returns the sat
+        signed to it, which counts as paid even when an acknowledgement is
+        lost, because the channel resends a pending update before the next."""
+        cid = await self._channel(payee_hex)
+        payer = self.node.payer(cid)
+        before = payer.paid
+        acked = None
+        try:
+            for amount in amounts:
+                acked = await self.client.pay(cid, amount)
+                self.stats.payment_updates += 1
+                self.stats.paid_sat += amount
+        finally:
+            signed = payer.paid - before
+            self.committed[payee_hex] = self.committed.get(payee_hex, 0) + signed
+            if acked is not None:
+                self.stats.payment_log.append((self.clock.now(), payee_hex, acked))
+        return signed
+
     async def pay(self, settlement: IntervalSettlement) -> None:
+        """Pay each seller what this settlement adds to what we owe it,
+        less what we have already signed to it."""
+        settled: dict[str, tuple[int, int]] = {}
+        for p in settlement.payments:
+            if p.kind == P2P and p.payer == self.public_hex and p.sats > 0:
+                wh, sats = settled.get(p.payee, (0, 0))
+                settled[p.payee] = (wh + p.wh, sats + p.sats)
+        streamed = self.streamed.pop(settlement.interval_start, {})
         async with self._pay_lock:
-            for p in settlement.payments:
-                if p.kind != P2P or p.payer != self.public_hex or p.sats <= 0:
+            for payee, (wh, sats) in sorted(settled.items()):
+                due = self.accounts.settle(payee, sats, self.committed.get(payee, 0))
+                if due > 0:
+                    wh_left = max(wh - streamed.get(payee, (0, 0))[0], 1)
+                    await self._send(payee, split_increments(wh_left, due, self.settings.increment_wh))
+
+    async def stream_interval(self, cleared: ClearedInterval) -> None:
+        """Pay as energy arrives during the interval. As a seller, publish
+        our export so far; as a buyer, pay for what our meters show
+        received and the seller's record shows sent. A failed update is
+        retried at the next poll, and settlement pays whatever the stream
+        did not."""
+        me = bytes.fromhex(self.public_hex)
+        buying = any(t.buyer == me for t in cleared.trades)
+        selling = any(t.seller == me for t in cleared.trades)
+        poll = self.settings.stream_poll_s
+        if not (buying or selling) or poll <= 0:
+            return
+        start, end = cleared.interval_start, cleared.interval_start + cleared.interval_s
+        sent = self.streamed.setdefault(start, {})
+        t = float(start)
+        while t < end:
+            t = min(t + poll, end)
+            await self._sleep_until(t)
+            energy = interval_energy(self.store, self.device_ids(), start, t)
+            if selling:
+                try:
+                    await self.publish_live_export(start, energy.net_export_wh, t)
+                except Exception as e:  # the buyers pay after settlement instead
+                    log.warning("publishing our export so far for interval %d failed: %s", start, e)
+            if not buying:
+                continue
+            try:
+                exports = await self.collect_live_exports(start)
+            except Exception as e:
+                log.warning("reading sellers' exports for interval %d failed: %s", start, e)
+                continue
+            due_now = streamed_due(cleared.trades, me, energy.net_import_wh, self.settings.increment_wh, exports)
+            for seller, due in sorted(due_now.items()):
+                payee = seller.hex()
+                wh_sent, sat_sent = sent.get(payee, (0, 0))
+                if due.sats <= sat_sent:
                     continue
-                cid = await self._channel(p.payee)
-                acked = 0
-                for amount in split_increments(p.wh, p.sats, self.settings.increment_wh):
-                    acked = await self.client.pay(cid, amount)
-                    self.stats.payment_updates += 1
-                    self.stats.paid_sat += amount
-                self.stats.payment_log.append((self.clock.now(), p.payee, acked))
+                before = self.committed.get(payee, 0)
+                async with self._pay_lock:
+                    try:
+                        await self._send(payee, split_increments(max(due.wh - wh_sent, self.settings.increment_wh),
+                                                                 due.sats - sat_sent, self.settings.increment_wh))
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:
+                        self.stats.stream_failures += 1
+                        log.warning("streaming %d sat to %s for interval %d failed (retried at the next poll, "
+                                    "settled after the interval): %s", due.sats - sat_sent, payee[:16], start, e)
+                    finally:
+                        # What was signed counts, even from an update that failed.
+                        signed = self.committed.get(payee, 0) - before
+                        if signed:
+                            sent[payee] = (due.wh if signed >= due.sats - sat_sent else wh_sent, sat_sent + signed)
+                            self.stats.streamed_sat += signed
 
     # -- the schedule -------------------------------------------------------------
 
@@ -210,6 +330,13 @@ class TradingService:
         rnd = self.market.rounds.get(start)
         if rnd is None or rnd.cleared is None:
             return None
+        stream = self._streams.pop(start, None)
+        if stream is not None:  # long finished by now: it ends with the interval
+            try:
+                await stream
+            except Exception:
+                self.stats.errors += 1
+                log.exception("streaming payments for interval %d failed; settlement pays the rest", start)
         metered = await self.collect_metering(start)
         s = settle_interval(rnd.cleared, metered, self.market_settings.tariff(), self.market_settings.operator)
         check_energy_balance(s)
@@ -231,12 +358,17 @@ class TradingService:
                 mine = [t for t in rnd.cleared.trades if self.public_hex in (t.buyer.hex(), t.seller.hex())]
                 self.stats.trades += len(mine)
                 self.stats.traded_wh += sum(t.wh for t in mine)
+                self._streams[start] = asyncio.ensure_future(self.stream_interval(rnd.cleared))
             await self.settle_interval(start)
         except asyncio.CancelledError:
             raise
         except Exception:
             self.stats.errors += 1
             log.exception("trading round %d failed", start)
+        finally:
+            stream = self._streams.pop(start, None)
+            if stream is not None and not stream.done():
+                stream.cancel()
 
     async def run(self, stop: asyncio.Event) -> None:
         """A round (market, then settlement and payment) for every interval

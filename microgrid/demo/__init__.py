@@ -80,6 +80,14 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
         "trades": market["trades"],
         "payment_updates": market["payment_updates"],
         "paid_sat": market["paid_sat"],
+        # Of paid_sat: streamed during intervals as energy arrived. Then what
+        # the settlements said buyers owed sellers; paid ahead of them (for
+        # intervals not yet settled when the demo stopped, or a net import
+        # that later export in the interval offset); owed but not paid.
+        "streamed_sat": market["streamed_sat"],
+        "p2p_owed_sat": market["p2p_owed_sat"],
+        "p2p_prepaid_sat": market["p2p_prepaid_sat"],
+        "p2p_unpaid_sat": market["p2p_unpaid_sat"],
         "settlement_txs": market["settlement_txs"],
         "settlement_txs_verified": market["settlement_txs_verified"],
         "energy_balance_error_wh": ledger.balance_error_wh() + market["balance_error_wh"],
@@ -108,6 +116,7 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
 
     traders = [c.coordinator.trading for c in hood.plans if c.coordinator and c.coordinator.trading]
     out: dict[str, Any] = {"trades": 0, "matched_wh": 0, "delivered_wh": 0, "payment_updates": 0, "paid_sat": 0,
+                           "streamed_sat": 0, "p2p_owed_sat": 0, "p2p_prepaid_sat": 0, "p2p_unpaid_sat": 0,
                            "settlement_txs": 0, "settlement_txs_verified": 0, "balance_error_wh": 0,
                            "disagreements": 0, "errors": 0, "settled": {}, "cleared": {}, "by_participant": {},
                            "channel_series": {}}
@@ -116,6 +125,12 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
     for t in traders:
         out["payment_updates"] += t.stats.payment_updates
         out["paid_sat"] += t.stats.paid_sat
+        out["streamed_sat"] += t.stats.streamed_sat
+        for seller in set(t.accounts.owed) | set(t.committed):
+            owed, signed = t.accounts.owed.get(seller, 0), t.committed.get(seller, 0)
+            out["p2p_owed_sat"] += owed
+            out["p2p_prepaid_sat"] += max(0, signed - owed)
+            out["p2p_unpaid_sat"] += max(0, owed - signed)
         out["errors"] += t.stats.errors
         payer = t.public_hex
         for when, payee, acked in t.stats.payment_log:
@@ -244,7 +259,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"market: {summary['trades']} trades, {summary['energy_matched_wh']} Wh matched, "
               f"{summary['energy_traded_wh']} Wh delivered and paid peer to peer "
               f"({summary['book_disagreements']} book disagreements)")
-        print(f"payments: {summary['payment_updates']} channel updates, {summary['settlement_txs']} settlement "
+        print(f"payments: {summary['payment_updates']} channel updates, {summary['paid_sat']} sat "
+              f"({summary['streamed_sat']} streamed as energy arrived), {summary['settlement_txs']} settlement "
               f"transactions ({summary['settlement_txs_verified']} verified by the script interpreter)")
         print(f"energy balance error: {summary['energy_balance_error_wh']} Wh")
         print(f"report: {page}")

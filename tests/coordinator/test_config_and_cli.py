@@ -39,6 +39,7 @@ def test_a_full_file_loads(tmp_path: Path) -> None:
         ("[nonsense]\n", "[nonsense]: unknown section"),
         ('[log]\nlevel = "loud"\n', "log.level='loud': expected one of debug, info, warning, error"),
         ("[coap\n", "not valid TOML"),
+        ("[channels]\nstream_poll_s = -1\n", "channels.stream_poll_s=-1: expected an integer in 0..3600"),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(tmp_path: Path, text: str, message: str) -> None:

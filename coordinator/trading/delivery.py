@@ -1,0 +1,89 @@
+"""Paying as energy arrives: a buyer's running import, shared out over its
+trades of the interval, becomes what it owes each seller so far. Pure.
+
+After the interval, settlement (market/settlement.py) decides what each
+trade delivered: min(trade Wh, seller's export left, buyer's import left),
+in trade order, paid floor(Wh * price / 1000). While the interval runs the
+buyer knows its own meters, and each seller's running export as the
+seller publishes it (signed, on the overlay): it streams payment for whole
+increments of what both show, handed to its trades in that same order,
+capped at each trade's Wh, and assuming every earlier trade takes all it
+can of the seller's export and of the buyer's import, with the same
+rounding. So the stream stays behind what settlement will say is owed
+(tests/trading/test_delivery.py checks it on random books and meters),
+and settlement tops it up. Should it ever run ahead (a net import that
+export later in the interval offsets),
+`SellerAccounts` counts every satoshi against what is owed to that
+seller later, so nothing is paid twice and nothing is lost.
+
+This is not channels/streaming.EnergyBuyer: that engine prices one stream
+at a whole number of satoshis per increment, while a trade's price is per
+kWh and its payments must round exactly as settlement rounds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from ..market.clearing import Trade, trade_value
+
+
+@dataclass(frozen=True)
+class Due:
+    wh: int  # whole increments received against this seller's trades
+    sats: int  # what they are worth, rounded per trade as settlement rounds
+
+
+def streamed_due(trades: Iterable[Trade], buyer: bytes, import_wh: int, increment_wh: int,
+                 seller_export: Mapping[bytes, int] | None = None) -> dict[bytes, Due]:
+    """Per seller, what `buyer` owes for `import_wh` received so far in
+    the interval of `trades` (the cleared interval's trades, in order).
+    With `seller_export` (seller -> Wh exported so far; a seller missing
+    from it has shown nothing yet), no seller is paid beyond it."""
+    if increment_wh <= 0:
+        raise ValueError(f"increment {increment_wh} Wh: expected > 0")
+    left = max(import_wh, 0)
+    export_left = None if seller_export is None else {s: max(wh, 0) for s, wh in seller_export.items()}
+    wh: dict[bytes, int] = {}
+    sats: dict[bytes, int] = {}
+    for t in trades:
+        # Every earlier trade is assumed to take all it can, of the seller's
+        # export and of our import, before this one: what is left is no
+        # more than settlement will find left, whatever the meters show by
+        # the end, so the stream never runs ahead of the settlement.
+        exported = t.wh if export_left is None else min(t.wh, export_left.get(t.seller, 0))
+        if export_left is not None:
+            export_left[t.seller] = export_left.get(t.seller, 0) - exported
+        if t.buyer != buyer:
+            continue
+        imported = min(t.wh, left)
+        left -= imported
+        got = min(imported, exported)
+        whole = got // increment_wh * increment_wh
+        wh[t.seller] = wh.get(t.seller, 0) + whole
+        sats[t.seller] = sats.get(t.seller, 0) + trade_value(whole, t.price_sat_per_kwh)
+    return {s: Due(wh[s], sats[s]) for s in wh}
+
+
+@dataclass
+class SellerAccounts:
+    """A buyer's running account with each seller (public key hex): what
+    the settled intervals say it owes, and what it has committed through
+    the seller's channel, streamed or settled. The difference, when
+    positive, is what settlement still pays; when negative, a prepayment
+    that counts against the next interval."""
+
+    owed: dict[str, int] = field(default_factory=dict)
+
+    def settle(self, seller: str, sats: int, committed: int) -> int:
+        """Add an interval's settled `sats`; returns what to pay now, given
+        `committed` sat already signed to this seller."""
+        if sats < 0 or committed < 0:
+            raise ValueError(f"settled {sats} / committed {committed} sat: expected >= 0")
+        self.owed[seller] = self.owed.get(seller, 0) + sats
+        return max(0, self.owed[seller] - committed)
+
+    def prepaid(self, seller: str, committed: int) -> int:
+        """Satoshis paid ahead of what settlement has said is owed."""
+        return max(0, committed - self.owed.get(seller, 0))
