@@ -298,8 +298,8 @@ class TradingService:
                 wh_sent, sat_sent = sent.get(payee, (0, 0))
                 if due.sats <= sat_sent:
                     continue
-                before = self.committed.get(payee, 0)
                 async with self._pay_lock:
+                    before = self.committed.get(payee, 0)  # under the lock: settlement pays this seller too
                     try:
                         await self._send(payee, split_increments(max(due.wh - wh_sent, self.settings.increment_wh),
                                                                  due.sats - sat_sent, self.settings.increment_wh))
