@@ -87,3 +87,13 @@ class SellerAccounts:
     def prepaid(self, seller: str, committed: int) -> int:
         """Satoshis paid ahead of what settlement has said is owed."""
         return max(0, committed - self.owed.get(seller, 0))
+
+    def lines(self, committed: Mapping[str, int]) -> list[str]:
+        """One line per seller for the technician's console."""
+        out = []
+        for seller in sorted(set(self.owed) | set(committed)):
+            owed, signed = self.owed.get(seller, 0), committed.get(seller, 0)
+            state = ("settled" if signed == owed else f"{signed - owed} sat paid ahead" if signed > owed
+                     else f"{owed - signed} sat still to pay")
+            out.append(f"paying {seller[:16]}: {signed} sat signed, {owed} sat owed by settlements ({state})")
+        return out

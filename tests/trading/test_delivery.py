@@ -120,3 +120,15 @@ def test_capped_by_what_sellers_show_the_stream_stays_behind_the_settlement(spec
                        seller_export={p: e for p, (e, _) in running.items()})
     for seller, d in due.items():
         assert d.sats <= settled.get(seller.hex(), 0), (seller.hex()[:8], d, settled)
+
+
+def test_console_lines_say_what_is_signed_owed_and_ahead() -> None:
+    acc = SellerAccounts()
+    acc.settle("a" * 66, 100, committed=100)
+    acc.settle("b" * 66, 50, committed=40)
+    lines = acc.lines({"a" * 66: 100, "b" * 66: 40, "c" * 66: 7})
+    assert lines == [
+        f"paying {'a' * 16}: 100 sat signed, 100 sat owed by settlements (settled)",
+        f"paying {'b' * 16}: 40 sat signed, 50 sat owed by settlements (10 sat still to pay)",
+        f"paying {'c' * 16}: 7 sat signed, 0 sat owed by settlements (7 sat paid ahead)",
+    ]
