@@ -69,31 +69,43 @@ def streamed_due(trades: Iterable[Trade], buyer: bytes, import_wh: int, incremen
 @dataclass
 class SellerAccounts:
     """A buyer's running account with each seller (public key hex): what
-    the settled intervals say it owes, and what it has committed through
-    the seller's channel, streamed or settled. The difference, when
-    positive, is what settlement still pays; when negative, a prepayment
-    that counts against the next interval."""
+    the settled intervals say it owes, and what it has signed through the
+    seller's channel, streamed or settled. The difference, when positive,
+    is what settlement still pays; when negative, a prepayment that counts
+    against the next interval."""
 
     owed: dict[str, int] = field(default_factory=dict)
+    signed: dict[str, int] = field(default_factory=dict)
 
-    def settle(self, seller: str, sats: int, committed: int) -> int:
-        """Add an interval's settled `sats`; returns what to pay now, given
-        `committed` sat already signed to this seller."""
-        if sats < 0 or committed < 0:
-            raise ValueError(f"settled {sats} / committed {committed} sat: expected >= 0")
+    def add_signed(self, seller: str, sats: int) -> None:
+        if sats < 0:
+            raise ValueError(f"signed {sats} sat: expected >= 0")
+        self.signed[seller] = self.signed.get(seller, 0) + sats
+
+    def settle(self, seller: str, sats: int) -> int:
+        """Add an interval's settled `sats`; returns what to pay now."""
+        if sats < 0:
+            raise ValueError(f"settled {sats} sat: expected >= 0")
         self.owed[seller] = self.owed.get(seller, 0) + sats
-        return max(0, self.owed[seller] - committed)
+        return self.unpaid(seller)
 
-    def prepaid(self, seller: str, committed: int) -> int:
-        """Satoshis paid ahead of what settlement has said is owed."""
-        return max(0, committed - self.owed.get(seller, 0))
+    def unpaid(self, seller: str) -> int:
+        """Satoshis settlement says are owed and not yet signed."""
+        return max(0, self.owed.get(seller, 0) - self.signed.get(seller, 0))
 
-    def lines(self, committed: Mapping[str, int]) -> list[str]:
+    def prepaid(self, seller: str) -> int:
+        """Satoshis signed ahead of what settlement has said is owed."""
+        return max(0, self.signed.get(seller, 0) - self.owed.get(seller, 0))
+
+    def sellers(self) -> list[str]:
+        return sorted(set(self.owed) | set(self.signed))
+
+    def lines(self) -> list[str]:
         """One line per seller for the technician's console."""
         out = []
-        for seller in sorted(set(self.owed) | set(committed)):
-            owed, signed = self.owed.get(seller, 0), committed.get(seller, 0)
-            state = ("settled" if signed == owed else f"{signed - owed} sat paid ahead" if signed > owed
-                     else f"{owed - signed} sat still to pay")
-            out.append(f"paying {seller[:16]}: {signed} sat signed, {owed} sat owed by settlements ({state})")
+        for seller in self.sellers():
+            ahead, behind = self.prepaid(seller), self.unpaid(seller)
+            state = f"{ahead} sat paid ahead" if ahead else f"{behind} sat still to pay" if behind else "settled"
+            out.append(f"paying {seller[:16]}: {self.signed.get(seller, 0)} sat signed, "
+                       f"{self.owed.get(seller, 0)} sat owed by settlements ({state})")
         return out

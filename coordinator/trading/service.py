@@ -42,7 +42,8 @@ from ..market.pricing import Battery, Forecast
 from ..market.service import MarketService
 from ..market.settings import MarketSettings
 from ..overlay.directory import Directory
-from ..market.settlement import P2P, IntervalSettlement, Metered, check_energy_balance, settle_interval
+from ..market.settlement import (P2P, IntervalSettlement, Metered, SettlementError, check_energy_balance,
+                                 settle_interval)
 from ..store.readings import ReadingStore
 from .credit import SellerCredit
 from .delivery import SellerAccounts, streamed_due
@@ -76,7 +77,6 @@ class TradingStats:
     payment_updates: int = 0
     paid_sat: int = 0
     streamed_sat: int = 0  # of paid_sat, paid during intervals as energy arrived
-    stream_failures: int = 0  # in-interval payments that failed; settlement pays them
     settled: dict[int, IntervalSettlement] = field(default_factory=dict)
     cleared: dict[int, ClearedInterval] = field(default_factory=dict)
     channels_opened: int = 0
@@ -126,11 +126,10 @@ class TradingService:
         self._pay_lock = asyncio.Lock()
         # As a seller: what each buyer owes by the settlements, and has paid.
         self.credit = SellerCredit(self.settings.credit_sat, export_relay)
-        # As a buyer: what we owe each seller by the settlements, what we
-        # have signed to it (streamed or settled), and per interval what
-        # was streamed (seller hex -> Wh, sat).
+        # As a buyer: what we owe each seller by the settlements and have
+        # signed to it (streamed or settled), and per interval what was
+        # streamed (seller hex -> Wh, sat).
         self.accounts = SellerAccounts()
-        self.committed: dict[str, int] = {}
         self.streamed: dict[int, dict[str, tuple[int, int]]] = {}
         self._streams: dict[int, asyncio.Task[None]] = {}
         node.payment_listeners.append(self._on_payment)
@@ -156,24 +155,28 @@ class TradingService:
     def _live_key(self, start: int) -> str:
         return f"{LIVE_PREFIX}{self.market_settings.zone}/{start}"
 
-    async def publish_live_export(self, start: int, export_wh: int, at: float) -> None:
-        body = json.dumps({"export_wh": export_wh, "at": int(at)}).encode()
-        await self.overlay.put(self._live_key(start), body, self.settings.record_ttl_s)
+    async def _publish_wh(self, key: str, **wh: int) -> None:
+        await self.overlay.put(key, json.dumps(wh).encode(), self.settings.record_ttl_s)
 
-    async def collect_live_exports(self, start: int) -> dict[bytes, int]:
-        """Each seller's latest running export for the interval (the
-        overlay keeps the newest record per publisher)."""
-        out: dict[bytes, tuple[int, int]] = {}
-        for rec in await self.overlay.get(self._live_key(start)):
+    async def _collect_wh(self, key: str, *fields: str) -> dict[bytes, tuple[int, ...]]:
+        """Each publisher's integer `fields` under `key` (the overlay gives
+        the newest record per publisher); malformed records are logged and
+        skipped."""
+        out: dict[bytes, tuple[int, ...]] = {}
+        for rec in await self.overlay.get(key):
             try:
                 d = json.loads(rec.body)
-                wh, at = int(d["export_wh"]), int(d["at"])
+                out[rec.publisher] = tuple(int(d[f]) for f in fields)
             except (ValueError, KeyError, TypeError) as e:
-                log.warning("ignored live export record from %s: %s", rec.publisher.hex()[:16], e)
-                continue
-            if rec.publisher not in out or at >= out[rec.publisher][1]:
-                out[rec.publisher] = (wh, at)
-        return {p: wh for p, (wh, _) in out.items()}
+                log.warning("ignored record under %s from %s: %s", key, rec.publisher.hex()[:16], e)
+        return out
+
+    async def publish_live_export(self, start: int, export_wh: int) -> None:
+        await self._publish_wh(self._live_key(start), export_wh=export_wh)
+
+    async def collect_live_exports(self, start: int) -> dict[bytes, int]:
+        """Each seller's running export for the interval, as last published."""
+        return {p: v[0] for p, v in (await self._collect_wh(self._live_key(start), "export_wh")).items()}
 
     async def publish_directory(self) -> None:
         await self.directory.publish()
@@ -184,19 +187,18 @@ class TradingService:
 
     async def publish_metering(self, start: int) -> Metered:
         m = self.metered(start)
-        body = json.dumps({"export_wh": m.export_wh, "import_wh": m.import_wh}).encode()
-        await self.overlay.put(self._metering_key(start), body, self.settings.record_ttl_s)
+        await self._publish_wh(self._metering_key(start), export_wh=m.export_wh, import_wh=m.import_wh)
         return m
 
     async def collect_metering(self, start: int) -> list[Metered]:
-        out: dict[bytes, Metered] = {}
-        for rec in await self.overlay.get(self._metering_key(start)):
+        out = []
+        for publisher, (export_wh, import_wh) in (await self._collect_wh(self._metering_key(start), "export_wh",
+                                                                          "import_wh")).items():
             try:
-                d = json.loads(rec.body)
-                out[rec.publisher] = Metered(rec.publisher, int(d["export_wh"]), int(d["import_wh"]))
-            except (ValueError, KeyError, TypeError) as e:
-                log.warning("ignored metering record from %s: %s", rec.publisher.hex()[:16], e)
-        return list(out.values())
+                out.append(Metered(publisher, export_wh, import_wh))
+            except SettlementError as e:  # a negative figure
+                log.warning("ignored metering record from %s: %s", publisher.hex()[:16], e)
+        return out
 
     # -- payments ----------------------------------------------------------------
 
@@ -225,10 +227,10 @@ class TradingService:
             if p.kind == P2P and p.payee == self.public_hex and p.sats > 0:
                 self.credit.owe(p.payer, p.sats)
 
-    async def _send(self, payee_hex: str, amounts: list[int]) -> int:
-        """One channel update per amount to `payee_hex`; returns the sat
-        signed to it, which counts as paid even when an acknowledgement is
-        lost, because the channel resends a pending update before the next."""
+    async def _send(self, payee_hex: str, amounts: list[int]) -> None:
+        """One channel update per amount to `payee_hex`. What is signed
+        counts as paid even when an acknowledgement is lost, because the
+        channel resends a pending update before the next."""
         cid = await self._channel(payee_hex)
         payer = self.node.payer(cid)
         before = payer.paid
@@ -239,11 +241,9 @@ class TradingService:
                 self.stats.payment_updates += 1
                 self.stats.paid_sat += amount
         finally:
-            signed = payer.paid - before
-            self.committed[payee_hex] = self.committed.get(payee_hex, 0) + signed
+            self.accounts.add_signed(payee_hex, payer.paid - before)
             if acked is not None:
                 self.stats.payment_log.append((self.clock.now(), payee_hex, acked))
-        return signed
 
     async def pay(self, settlement: IntervalSettlement) -> None:
         """Pay each seller what this settlement adds to what we owe it,
@@ -253,10 +253,10 @@ class TradingService:
             if p.kind == P2P and p.payer == self.public_hex and p.sats > 0:
                 wh, sats = settled.get(p.payee, (0, 0))
                 settled[p.payee] = (wh + p.wh, sats + p.sats)
-        streamed = self.streamed.pop(settlement.interval_start, {})
+        streamed = self.streamed.get(settlement.interval_start, {})
         async with self._pay_lock:
             for payee, (wh, sats) in sorted(settled.items()):
-                due = self.accounts.settle(payee, sats, self.committed.get(payee, 0))
+                due = self.accounts.settle(payee, sats)
                 if due > 0:
                     wh_left = max(wh - streamed.get(payee, (0, 0))[0], 1)
                     await self._send(payee, split_increments(wh_left, due, self.settings.increment_wh))
@@ -282,7 +282,7 @@ class TradingService:
             energy = interval_energy(self.store, self.device_ids(), start, t)
             if selling:
                 try:
-                    await self.publish_live_export(start, energy.net_export_wh, t)
+                    await self.publish_live_export(start, energy.net_export_wh)
                 except Exception as e:  # the buyers pay after settlement instead
                     log.warning("publishing our export so far for interval %d failed: %s", start, e)
             if not buying:
@@ -299,19 +299,18 @@ class TradingService:
                 if due.sats <= sat_sent:
                     continue
                 async with self._pay_lock:
-                    before = self.committed.get(payee, 0)  # under the lock: settlement pays this seller too
+                    before = self.accounts.signed.get(payee, 0)  # under the lock: settlement pays this seller too
                     try:
                         await self._send(payee, split_increments(max(due.wh - wh_sent, self.settings.increment_wh),
                                                                  due.sats - sat_sent, self.settings.increment_wh))
                     except asyncio.CancelledError:
                         raise
                     except Exception as e:
-                        self.stats.stream_failures += 1
                         log.warning("streaming %d sat to %s for interval %d failed (retried at the next poll, "
                                     "settled after the interval): %s", due.sats - sat_sent, payee[:16], start, e)
                     finally:
                         # What was signed counts, even from an update that failed.
-                        signed = self.committed.get(payee, 0) - before
+                        signed = self.accounts.signed.get(payee, 0) - before
                         if signed:
                             sent[payee] = (due.wh if signed >= due.sats - sat_sent else wh_sent, sat_sent + signed)
                             self.stats.streamed_sat += signed
@@ -366,6 +365,7 @@ class TradingService:
             self.stats.errors += 1
             log.exception("trading round %d failed", start)
         finally:
+            self.streamed.pop(start, None)
             stream = self._streams.pop(start, None)
             if stream is not None and not stream.done():
                 stream.cancel()

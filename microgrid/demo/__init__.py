@@ -126,11 +126,10 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
         out["payment_updates"] += t.stats.payment_updates
         out["paid_sat"] += t.stats.paid_sat
         out["streamed_sat"] += t.stats.streamed_sat
-        for seller in set(t.accounts.owed) | set(t.committed):
-            owed, signed = t.accounts.owed.get(seller, 0), t.committed.get(seller, 0)
-            out["p2p_owed_sat"] += owed
-            out["p2p_prepaid_sat"] += max(0, signed - owed)
-            out["p2p_unpaid_sat"] += max(0, owed - signed)
+        for seller in t.accounts.sellers():
+            out["p2p_owed_sat"] += t.accounts.owed.get(seller, 0)
+            out["p2p_prepaid_sat"] += t.accounts.prepaid(seller)
+            out["p2p_unpaid_sat"] += t.accounts.unpaid(seller)
         out["errors"] += t.stats.errors
         payer = t.public_hex
         for when, payee, acked in t.stats.payment_log:

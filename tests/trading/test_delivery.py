@@ -38,16 +38,21 @@ def test_bad_increment_and_accounts_are_refused() -> None:
     with pytest.raises(ValueError, match="increment"):
         streamed_due([], PK[0], 10, 0)
     with pytest.raises(ValueError, match="expected >= 0"):
-        SellerAccounts().settle("s", -1, 0)
+        SellerAccounts().settle("s", -1)
+    with pytest.raises(ValueError, match="expected >= 0"):
+        SellerAccounts().add_signed("s", -1)
 
 
 def test_a_shortfall_paid_ahead_counts_against_the_next_interval() -> None:
     acc = SellerAccounts()
     # Interval 1: we streamed 30 sat, the seller delivered only 20 sat worth.
-    assert acc.settle("s", 20, committed=30) == 0 and acc.prepaid("s", 30) == 10
+    acc.add_signed("s", 30)
+    assert acc.settle("s", 20) == 0 and acc.prepaid("s") == 10
     # Interval 2: 25 owed, 5 streamed in it: 10 prepaid + 5 leaves 10 to pay.
-    assert acc.settle("s", 25, committed=35) == 10
-    assert acc.prepaid("s", 45) == 0 and acc.owed["s"] == 45
+    acc.add_signed("s", 5)
+    assert acc.settle("s", 25) == 10 == acc.unpaid("s")
+    acc.add_signed("s", 10)
+    assert acc.prepaid("s") == 0 == acc.unpaid("s") and acc.owed["s"] == 45
 
 
 spec = st.tuples(st.sampled_from([BUY, SELL]), st.integers(1, 400), st.integers(1, 40), st.integers(0, 4))
@@ -124,9 +129,11 @@ def test_capped_by_what_sellers_show_the_stream_stays_behind_the_settlement(spec
 
 def test_console_lines_say_what_is_signed_owed_and_ahead() -> None:
     acc = SellerAccounts()
-    acc.settle("a" * 66, 100, committed=100)
-    acc.settle("b" * 66, 50, committed=40)
-    lines = acc.lines({"a" * 66: 100, "b" * 66: 40, "c" * 66: 7})
+    for seller, signed in (("a" * 66, 100), ("b" * 66, 40), ("c" * 66, 7)):
+        acc.add_signed(seller, signed)
+    acc.settle("a" * 66, 100)
+    acc.settle("b" * 66, 50)
+    lines = acc.lines()
     assert lines == [
         f"paying {'a' * 16}: 100 sat signed, 100 sat owed by settlements (settled)",
         f"paying {'b' * 16}: 40 sat signed, 50 sat owed by settlements (10 sat still to pay)",
