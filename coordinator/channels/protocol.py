@@ -94,6 +94,31 @@ class ChannelNode:
         return [cid for cid, e in self.channels.items()
                 if e.channel.state == State.OPEN and (role is None or e.role == role)]
 
+    def signed_by_peer(self, role: str) -> dict[str, int]:
+        """Per peer (public key hex), every satoshi signed over all our
+        channels in `role` with it, whatever their state: as payer what we
+        have signed away, as payee what we hold signed. Durable, so the
+        books built on it survive a restart."""
+        out: dict[str, int] = {}
+        for e in self.channels.values():
+            if e.role != role or not e.peer:
+                continue
+            ch = e.channel
+            amount = ch.paid if isinstance(ch, PayerChannel) else (ch.latest.amount if ch.latest else 0)
+            out[e.peer.hex()] = out.get(e.peer.hex(), 0) + amount
+        return out
+
+    def open_channel_to(self, peer: bytes) -> bytes | None:
+        """Our open channel paying `peer` with the most left to pay, if any."""
+        best: tuple[int, bytes] | None = None
+        for cid in self.open_channels("payer"):
+            e = self.channels[cid]
+            if e.peer == peer:
+                left = e.channel.remaining  # type: ignore[union-attr]
+                if best is None or left > best[0]:
+                    best = (left, cid)
+        return None if best is None else best[1]
+
     def payer(self, channel_id: bytes) -> PayerChannel:
         return self._get(channel_id, "payer").channel  # type: ignore[return-value]
 

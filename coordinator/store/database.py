@@ -52,7 +52,17 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("readings").create_index(["time"], index_name="readings_time")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    # What each settled interval says one coordinator owes another for
+    # energy traded between them (store/dues.py).
+    db.table("p2p_dues").create(
+        {"interval_start": int, "payer": str, "payee": str, "wh": int, "sats": int, "recorded_at": str},
+        pk=("interval_start", "payer", "payee"),
+        not_null={"wh", "sats", "recorded_at"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 
 
 def open_database(path: str | Path) -> sqlite_utils.Database:

@@ -44,6 +44,7 @@ from ..market.settings import MarketSettings
 from ..overlay.directory import Directory
 from ..market.settlement import (P2P, IntervalSettlement, Metered, SettlementError, check_energy_balance,
                                  settle_interval)
+from ..store.dues import Due, DuesStore
 from ..store.readings import ReadingStore
 from .credit import SellerCredit
 from .delivery import SellerAccounts, streamed_due
@@ -124,12 +125,20 @@ class TradingService:
         self.on_settled: Callable[[IntervalSettlement], None] | None = None
         self.channel_to: dict[str, bytes] = {}  # payee public key hex -> channel id
         self._pay_lock = asyncio.Lock()
+        # The books, rebuilt from what is durable: the settled dues (our
+        # database) and every signed update (the channel store), so a
+        # restart neither pays a seller twice nor forgets who is behind.
+        self.dues = DuesStore(store.db)
         # As a seller: what each buyer owes by the settlements, and has paid.
         self.credit = SellerCredit(self.settings.credit_sat, export_relay)
+        self.credit.owed = self.dues.owed_to(self.public_hex)
+        self.credit.received = node.signed_by_peer("payee")
+        self.credit.enforce()
         # As a buyer: what we owe each seller by the settlements and have
         # signed to it (streamed or settled), and per interval what was
         # streamed (seller hex -> Wh, sat).
-        self.accounts = SellerAccounts()
+        self.accounts = SellerAccounts(owed=self.dues.owed_by(self.public_hex),
+                                       signed=node.signed_by_peer("payer"))
         self.streamed: dict[int, dict[str, tuple[int, int]]] = {}
         self._streams: dict[int, asyncio.Task[None]] = {}
         node.payment_listeners.append(self._on_payment)
@@ -203,8 +212,9 @@ class TradingService:
     # -- payments ----------------------------------------------------------------
 
     async def _channel(self, payee_hex: str) -> bytes:
-        cid = self.channel_to.get(payee_hex)
+        cid = self.channel_to.get(payee_hex) or self.node.open_channel_to(bytes.fromhex(payee_hex))
         if cid is not None:
+            self.channel_to[payee_hex] = cid
             return cid
         uri = await self.lookup_uri(payee_hex)
         if uri is None:
@@ -222,10 +232,17 @@ class TradingService:
         if entry is not None:
             self.credit.paid(entry.peer.hex(), delta)
 
-    def expect_payments(self, settlement: IntervalSettlement) -> None:
-        for p in settlement.payments:
-            if p.kind == P2P and p.payee == self.public_hex and p.sats > 0:
-                self.credit.owe(p.payer, p.sats)
+    def record_dues(self, settlement: IntervalSettlement) -> list[Due]:
+        """Keep what this settlement says we owe and are owed; returns the
+        dues not recorded before (an interval counts once)."""
+        mine = [Due(p.payer, p.payee, p.wh, p.sats) for p in settlement.payments
+                if p.kind == P2P and p.sats > 0 and self.public_hex in (p.payer, p.payee)]
+        return self.dues.record(settlement.interval_start, mine)
+
+    def expect_payments(self, dues: list[Due]) -> None:
+        for d in dues:
+            if d.payee == self.public_hex:
+                self.credit.owe(d.payer, d.sats)
 
     async def _send(self, payee_hex: str, amounts: list[int]) -> None:
         """One channel update per amount to `payee_hex`. What is signed
@@ -245,21 +262,30 @@ class TradingService:
             if acked is not None:
                 self.stats.payment_log.append((self.clock.now(), payee_hex, acked))
 
-    async def pay(self, settlement: IntervalSettlement) -> None:
-        """Pay each seller what this settlement adds to what we owe it,
-        less what we have already signed to it."""
-        settled: dict[str, tuple[int, int]] = {}
-        for p in settlement.payments:
-            if p.kind == P2P and p.payer == self.public_hex and p.sats > 0:
-                wh, sats = settled.get(p.payee, (0, 0))
-                settled[p.payee] = (wh + p.wh, sats + p.sats)
-        streamed = self.streamed.get(settlement.interval_start, {})
+    async def pay(self, interval_start: int, dues: list[Due]) -> None:
+        """Pay each seller what these (newly recorded) dues add to what we
+        owe it, and anything still unpaid from before (a failed payment, a
+        restart between settling and paying), less what we have already
+        signed to it. One seller failing does not hold up the others."""
+        streamed = self.streamed.get(interval_start, {})
         async with self._pay_lock:
-            for payee, (wh, sats) in sorted(settled.items()):
-                due = self.accounts.settle(payee, sats)
-                if due > 0:
-                    wh_left = max(wh - streamed.get(payee, (0, 0))[0], 1)
+            new_wh: dict[str, int] = {}
+            for d in dues:
+                if d.payer == self.public_hex:
+                    self.accounts.settle(d.payee, d.sats)
+                    new_wh[d.payee] = new_wh.get(d.payee, 0) + d.wh
+            behind = {s for s in self.accounts.sellers() if self.accounts.unpaid(s) > 0}
+            for payee in sorted(behind):
+                due = self.accounts.unpaid(payee)
+                wh_left = max(new_wh.get(payee, 0) - streamed.get(payee, (0, 0))[0], 1)
+                try:
                     await self._send(payee, split_increments(wh_left, due, self.settings.increment_wh))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    self.stats.errors += 1
+                    log.warning("paying %d sat owed to %s failed (retried after the next settlement): %s",
+                                due, payee[:16], e)
 
     async def stream_interval(self, cleared: ClearedInterval) -> None:
         """Pay as energy arrives during the interval. As a seller, publish
@@ -342,8 +368,9 @@ class TradingService:
         self.stats.settled[start] = s
         if self.on_settled is not None:
             self.on_settled(s)
-        self.expect_payments(s)
-        await self.pay(s)
+        dues = self.record_dues(s)
+        self.expect_payments(dues)
+        await self.pay(start, dues)
         return s
 
     async def _round(self, start: int) -> None:

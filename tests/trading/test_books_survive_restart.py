@@ -1,0 +1,166 @@
+"""A coordinator's trading books survive a restart: what the settlements
+say is owed (our database) and what has been signed (the channel store).
+A restarted buyer neither pays a seller twice nor forgets what it paid
+ahead or still owes; a restarted seller still knows who is behind and keeps
+its export relay open on them. Real channel nodes, CoAP over 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+import aiocoap
+
+from microgrid.coordinator.channels.chain import LocalLedger
+from microgrid.coordinator.channels.protocol import ChannelNode
+from microgrid.coordinator.channels.transport import channel_uri, serve
+from microgrid.coordinator.devices.gpio import Relay, SimulatedGpio
+from microgrid.coordinator.market.settings import MarketSettings
+from microgrid.coordinator.market.settlement import P2P, IntervalSettlement, PaymentInstruction
+from microgrid.coordinator.store.database import open_database
+from microgrid.coordinator.store.dues import Due, DuesStore
+from microgrid.coordinator.store.readings import ReadingStore
+from microgrid.coordinator.trading.service import TradingService
+
+from ..channels.conftest import FixedClock, ledger, make_node  # noqa: F401 - the ledger fixture
+from ..conftest import free_udp_port
+
+ZONE = "z"
+
+
+def service(node: ChannelNode, db: Path, clock: FixedClock, context: aiocoap.Context | None,
+            relay: Relay | None = None) -> TradingService:
+    return TradingService(key=node.identity, overlay=SimpleNamespace(public_key=node.public_key),
+                          market=MarketSettings(enabled=True, zone=ZONE), clock=clock,
+                          store=ReadingStore(open_database(db)), device_ids=lambda: [], node=node,
+                          context=context, own_uri="coap://127.0.0.1:1/channel",  # type: ignore[arg-type]
+                          export_relay=relay)
+
+
+def settlement(start: int, *payments: tuple[str, str, int, int]) -> IntervalSettlement:
+    return IntervalSettlement(ZONE, start, 900, 100, 0, 0, [],
+                              [PaymentInstruction(payer, payee, sats, wh, P2P, ZONE, start)
+                               for payer, payee, sats, wh in payments], b"")
+
+
+async def settle(svc: TradingService, s: IntervalSettlement) -> list[Due]:
+    dues = svc.record_dues(s)
+    svc.expect_payments(dues)
+    await svc.pay(s.interval_start, dues)
+    return dues
+
+
+def test_dues_are_recorded_once_and_summed_per_peer(tmp_path: Path) -> None:
+    dues = DuesStore(open_database(tmp_path / "d.db"))
+    first = dues.record(900, [Due("a", "b", 100, 10), Due("a", "b", 50, 5), Due("c", "a", 10, 1)])
+    assert first == [Due("a", "b", 150, 15), Due("c", "a", 10, 1)]
+    assert dues.record(900, [Due("a", "b", 999, 999)]) == []  # the interval counts once
+    dues.record(1800, [Due("a", "b", 20, 2), Due("a", "d", 30, 3)])
+    assert dues.owed_by("a") == {"b": 17, "d": 3}
+    assert dues.owed_to("a") == {"c": 1}
+    assert dues.intervals() == [900, 1800]
+    try:
+        dues.record(2700, [Due("a", "b", -1, 0)])
+    except ValueError as e:
+        assert "must be >= 0" in str(e)
+    else:
+        raise AssertionError("a negative due was recorded")
+    assert dues.intervals() == [900, 1800]
+
+
+def test_a_database_from_before_the_dues_table_gains_it_and_keeps_its_readings(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE devices (device_id TEXT PRIMARY KEY, public_key TEXT, name TEXT, registered_at TEXT)")
+    conn.execute("INSERT INTO devices VALUES ('d1', '02', 'm', 'then')")
+    conn.execute("CREATE TABLE readings (id INTEGER PRIMARY KEY, device_id TEXT, seq INTEGER, time FLOAT, "
+                 "import_wh INTEGER, export_wh INTEGER, power_w FLOAT, voltage_v FLOAT, extra TEXT, source TEXT, "
+                 "received_at TEXT, cose BLOB)")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    db = open_database(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert DuesStore(db).record(0, [Due("a", "b", 1, 1)]) == [Due("a", "b", 1, 1)]
+    assert db.execute("SELECT name FROM devices").fetchall() == [("m",)]
+
+
+def test_buyer_and_seller_books_survive_restarts(tmp_path: Path, ledger: LocalLedger) -> None:
+    asyncio.run(_books_survive_restarts(tmp_path, ledger))
+
+
+async def _books_survive_restarts(tmp_path: Path, ledger: LocalLedger) -> None:
+    clock = FixedClock()
+    ledger.clock = clock
+    a = make_node(tmp_path, "a", ledger, clock, funds=500_000)  # the buyer
+    b = make_node(tmp_path, "b", ledger, clock)  # the seller
+    buyer_hex, seller_hex = a.public_key.hex(), b.public_key.hex()
+    port = free_udp_port()
+    server = await serve(b, port=port)
+    ctx = await aiocoap.Context.create_client_context()
+    gpio = SimulatedGpio()
+    relay = Relay(gpio, 17, safe_state="connected")
+    try:
+        buyer = service(a, tmp_path / "a.db", clock, ctx)
+        seller = service(b, tmp_path / "b.db", clock, None, relay)
+        cid = await buyer.client.open_channel(channel_uri("127.0.0.1", port), 100_000, 7_200, b.public_key)
+
+        # Interval 900: 300 sat streamed while energy arrived, settled at 700.
+        await buyer._send(seller_hex, [100, 100, 100])
+        s900 = settlement(900, (buyer_hex, seller_hex, 700, 70))
+        await settle(buyer, s900)
+        await settle(seller, s900)
+        assert a.payer(cid).paid == 700 and b.payee(cid).received == 700
+        # Interval 1800: the seller fell short; 200 streamed, settled at 150.
+        await buyer._send(seller_hex, [100, 100])
+        s1800 = settlement(1800, (buyer_hex, seller_hex, 150, 15))
+        await settle(buyer, s1800)
+        await settle(seller, s1800)
+        assert buyer.accounts.prepaid(seller_hex) == 50 and a.payer(cid).paid == 900
+
+        # The buyer restarts: it remembers the 50 paid ahead, and its channel.
+        a = make_node(tmp_path, "a", ledger, clock)
+        buyer = service(a, tmp_path / "a.db", clock, ctx)
+        assert buyer.accounts.owed == {seller_hex: 850} and buyer.accounts.signed == {seller_hex: 900}
+        assert buyer.accounts.prepaid(seller_hex) == 50
+        # A settlement replayed after the restart changes nothing.
+        assert buyer.record_dues(s900) == [] and buyer.accounts.owed == {seller_hex: 850}
+        # Interval 2700, settled at 120: the 50 ahead counts, 70 is paid on
+        # the same channel (no new one is opened).
+        await settle(buyer, settlement(2700, (buyer_hex, seller_hex, 120, 12)))
+        assert a.payer(cid).paid == 970 and buyer.stats.channels_opened == 0
+        assert buyer.accounts.unpaid(seller_hex) == buyer.accounts.prepaid(seller_hex) == 0
+
+        # Interval 3600 is settled at 600 (over the seller's credit of 500)
+        # and the buyer dies before paying.
+        s3600 = settlement(3600, (buyer_hex, seller_hex, 600, 60))
+        buyer.record_dues(s3600)
+        await settle(seller, settlement(2700, (buyer_hex, seller_hex, 120, 12)))
+        await settle(seller, s3600)
+        assert str(relay.state) == "disconnected" and seller.credit.behind() == {buyer_hex: 600}
+
+        # The seller restarts too: its relay stays open on the buyer still
+        # 600 sat behind, not back to connected as if nothing were owed.
+        b = make_node(tmp_path, "b", ledger, clock)
+        await server.shutdown()
+        server = await serve(b, port=port)
+        relay = Relay(gpio, 17, safe_state="connected")  # a restarted process starts from the safe state
+        seller = service(b, tmp_path / "b.db", clock, None, relay)
+        assert seller.credit.owed == {buyer_hex: 1570} and seller.credit.received == {buyer_hex: 970}
+        assert str(relay.state) == "disconnected"
+
+        # The buyer restarts and the next settlement (nothing new with this
+        # seller) pays the 600 it still owed; the seller's relay closes.
+        a = make_node(tmp_path, "a", ledger, clock)
+        buyer = service(a, tmp_path / "a.db", clock, ctx)
+        assert buyer.accounts.unpaid(seller_hex) == 600
+        await settle(buyer, settlement(4500))
+        assert a.payer(cid).paid == b.payee(cid).received == 1570
+        assert buyer.accounts.unpaid(seller_hex) == 0
+        assert seller.credit.behind() == {} and str(relay.state) == "connected"
+    finally:
+        await ctx.shutdown()
+        await server.shutdown()
