@@ -122,8 +122,10 @@ class ChannelsSettings:
     # As a buyer: pay for energy as it arrives, every stream_poll_s during
     # an interval (0: pay only once the interval is settled).
     stream_poll_s: int = 60
-    # As a seller: a buyer more than credit_sat behind opens export_relay
-    # (a relay name from [gpio.relays]; empty: no relay to open).
+    # As a seller: a buyer more than credit_sat behind (on the settled
+    # intervals, and during an interval on what its stream should have
+    # paid by now) opens export_relay (a relay name from [gpio.relays];
+    # empty: no relay to open).
     credit_sat: int = 500
     export_relay: str = ""
 

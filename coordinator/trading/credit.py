@@ -1,7 +1,15 @@
 """A seller's view of its buyers: what the settled intervals say each owes,
-what each has paid through its channel, and the export relay that opens
-while one is too far behind. Pure bookkeeping; the relay is anything with
-connect(), disconnect() and a `state` ("connected"/"disconnected")."""
+what each buyer's stream should have reached in the intervals still
+running, what each has paid through its channel, and the export relay
+that opens while one is too far behind. Pure bookkeeping; the relay is
+anything with connect(), disconnect() and a `state`
+("connected"/"disconnected").
+
+During an interval a seller cannot tell from its own meters which buyer
+took its energy; it judges each buyer on what that buyer's own published
+import and the sellers' published exports say its stream owes
+(trading/delivery.py, the same rule the buyer pays by). Once the interval
+is settled, the settlement's figure replaces that estimate.""" 
 
 from __future__ import annotations
 
@@ -17,12 +25,26 @@ class SellerCredit:
             raise ValueError(f"credit_sat={credit_sat}: expected >= 0")
         self.credit_sat = credit_sat
         self.relay = relay
-        self.owed: dict[str, int] = {}
+        self.owed: dict[str, int] = {}  # by settled intervals
+        self.streaming: dict[int, dict[str, int]] = {}  # interval -> buyer -> its stream should be at
         self.received: dict[str, int] = {}
         self.disconnects = 0
 
-    def owe(self, buyer: str, sats: int) -> None:
-        self.owed[buyer] = self.owed.get(buyer, 0) + sats
+    def expect_streamed(self, interval_start: int, buyer: str, sats: int) -> None:
+        """What `buyer`'s stream should have reached so far in an interval
+        not yet settled; it only grows."""
+        if sats < 0:
+            raise ValueError(f"expected {sats} sat: expected >= 0")
+        running = self.streaming.setdefault(interval_start, {})
+        running[buyer] = max(running.get(buyer, 0), sats)
+        self.enforce()
+
+    def settled(self, interval_start: int, dues: dict[str, int]) -> None:
+        """An interval is settled: its `dues` (buyer -> sat) replace what
+        its stream was expected to reach."""
+        self.streaming.pop(interval_start, None)
+        for buyer, sats in dues.items():
+            self.owed[buyer] = self.owed.get(buyer, 0) + sats
         self.enforce()
 
     def paid(self, buyer: str, sats: int) -> None:
@@ -31,9 +53,13 @@ class SellerCredit:
 
     def behind(self) -> dict[str, int]:
         """Buyers owing more than they have paid, in sat."""
+        due = dict(self.owed)
+        for running in self.streaming.values():
+            for buyer, sats in running.items():
+                due[buyer] = due.get(buyer, 0) + sats
         out = {}
-        for buyer, owed in self.owed.items():
-            gap = owed - self.received.get(buyer, 0)
+        for buyer, sats in due.items():
+            gap = sats - self.received.get(buyer, 0)
             if gap > 0:
                 out[buyer] = gap
         return out

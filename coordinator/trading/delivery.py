@@ -66,6 +66,26 @@ def streamed_due(trades: Iterable[Trade], buyer: bytes, import_wh: int, incremen
     return {s: Due(wh[s], sats[s]) for s in wh}
 
 
+def expected_streams(trades: Iterable[Trade], seller: bytes, live: Mapping[bytes, tuple[int, int]],
+                     increment_wh: int) -> dict[bytes, int]:
+    """The seller's side of `streamed_due`: per buyer of `seller`, the
+    satoshis its stream should have paid `seller` by now, by the rule
+    buyers pay by, from the participants' live records (publisher ->
+    (export Wh, import Wh) so far). A buyer with no record yet owes
+    nothing yet; settlement judges it after the interval. A participant
+    matched against itself pays nobody."""
+    trades = list(trades)
+    exports = {p: v[0] for p, v in live.items()}
+    out: dict[bytes, int] = {}
+    for buyer in sorted({t.buyer for t in trades if t.seller == seller and t.buyer != seller}):
+        if buyer not in live:
+            continue
+        due = streamed_due(trades, buyer, live[buyer][1], increment_wh, exports).get(seller)
+        if due is not None and due.sats > 0:
+            out[buyer] = due.sats
+    return out
+
+
 @dataclass
 class SellerAccounts:
     """A buyer's running account with each seller (public key hex): what

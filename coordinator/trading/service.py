@@ -5,11 +5,14 @@ The decisions live in market/ (orders, clearing, settlement) and channels/
 
     each interval S          MarketService places orders from the forecast,
                              collects the zone's book, clears it
-    during [S, S + I)        every `stream_poll_s`: as a seller, publish our
-                             export so far (signed) on the overlay; as a
+    during [S, S + I)        every `stream_poll_s`: publish our export and
+                             import so far (signed) on the overlay; as a
                              buyer, pay each seller for what our meters show
                              received and its record shows sent, one update
-                             per whole increment (trading/delivery.py)
+                             per whole increment (trading/delivery.py); as a
+                             seller, work out from the same records what
+                             each buyer's stream should have reached, and
+                             open our export relay on one too far behind
     S + I + settle_delay     publish our connection's metering for [S, S+I)
                              on the overlay (signed, like every record)
     S + I + 2 settle_delay   collect every participant's metering, settle the
@@ -47,13 +50,13 @@ from ..market.settlement import (P2P, IntervalSettlement, Metered, SettlementErr
 from ..store.dues import Due, DuesStore
 from ..store.readings import ReadingStore
 from .credit import SellerCredit
-from .delivery import SellerAccounts, streamed_due
+from .delivery import SellerAccounts, expected_streams, streamed_due
 from .metering import interval_energy
 
 log = logging.getLogger("microgrid.trading")
 
 METERING_PREFIX = "mg/metering/"
-LIVE_PREFIX = "mg/live/"  # a seller's running export during an interval
+LIVE_PREFIX = "mg/live/"  # each trader's running export and import during an interval
 
 
 @dataclass
@@ -180,12 +183,14 @@ class TradingService:
                 log.warning("ignored record under %s from %s: %s", key, rec.publisher.hex()[:16], e)
         return out
 
-    async def publish_live_export(self, start: int, export_wh: int) -> None:
-        await self._publish_wh(self._live_key(start), export_wh=export_wh)
+    async def publish_live(self, start: int, export_wh: int, import_wh: int) -> None:
+        await self._publish_wh(self._live_key(start), export_wh=export_wh, import_wh=import_wh)
 
-    async def collect_live_exports(self, start: int) -> dict[bytes, int]:
-        """Each seller's running export for the interval, as last published."""
-        return {p: v[0] for p, v in (await self._collect_wh(self._live_key(start), "export_wh")).items()}
+    async def collect_live(self, start: int) -> dict[bytes, tuple[int, int]]:
+        """Each trader's running (export, import) Wh for the interval, as
+        last published."""
+        got = await self._collect_wh(self._live_key(start), "export_wh", "import_wh")
+        return {p: (v[0], v[1]) for p, v in got.items()}
 
     async def publish_directory(self) -> None:
         await self.directory.publish()
@@ -236,13 +241,17 @@ class TradingService:
         """Keep what this settlement says we owe and are owed; returns the
         dues not recorded before (an interval counts once)."""
         mine = [Due(p.payer, p.payee, p.wh, p.sats) for p in settlement.payments
-                if p.kind == P2P and p.sats > 0 and self.public_hex in (p.payer, p.payee)]
+                if p.kind == P2P and p.sats > 0 and self.public_hex in (p.payer, p.payee) and p.payer != p.payee]
         return self.dues.record(settlement.interval_start, mine)
 
-    def expect_payments(self, dues: list[Due]) -> None:
+    def expect_payments(self, interval_start: int, dues: list[Due]) -> None:
+        """As a seller: the settlement's dues replace what the buyers'
+        streams were expected to reach in that interval."""
+        owed: dict[str, int] = {}
         for d in dues:
             if d.payee == self.public_hex:
-                self.credit.owe(d.payer, d.sats)
+                owed[d.payer] = owed.get(d.payer, 0) + d.sats
+        self.credit.settled(interval_start, owed)
 
     async def _send(self, payee_hex: str, amounts: list[int]) -> None:
         """One channel update per amount to `payee_hex`. What is signed
@@ -288,11 +297,11 @@ class TradingService:
                                 due, payee[:16], e)
 
     async def stream_interval(self, cleared: ClearedInterval) -> None:
-        """Pay as energy arrives during the interval. As a seller, publish
-        our export so far; as a buyer, pay for what our meters show
-        received and the seller's record shows sent. A failed update is
-        retried at the next poll, and settlement pays whatever the stream
-        did not."""
+        """Pay as energy arrives during the interval. Publish our export
+        and import so far; as a buyer, pay for what our meters show
+        received and the seller's record shows sent; as a seller, expect
+        each buyer's stream to keep up. A failed update is retried at the
+        next poll, and settlement pays whatever the stream did not."""
         me = bytes.fromhex(self.public_hex)
         buying = any(t.buyer == me for t in cleared.trades)
         selling = any(t.seller == me for t in cleared.trades)
@@ -306,40 +315,52 @@ class TradingService:
             t = min(t + poll, end)
             await self._sleep_until(t)
             energy = interval_energy(self.store, self.device_ids(), start, t)
-            if selling:
-                try:
-                    await self.publish_live_export(start, energy.net_export_wh)
-                except Exception as e:  # the buyers pay after settlement instead
-                    log.warning("publishing our export so far for interval %d failed: %s", start, e)
-            if not buying:
-                continue
             try:
-                exports = await self.collect_live_exports(start)
+                await self.publish_live(start, energy.net_export_wh, energy.net_import_wh)
+            except Exception as e:  # payments then wait for the settlement
+                log.warning("publishing our energy so far for interval %d failed: %s", start, e)
+            try:
+                live = await self.collect_live(start)
             except Exception as e:
-                log.warning("reading sellers' exports for interval %d failed: %s", start, e)
+                log.warning("reading the traders' energy so far for interval %d failed: %s", start, e)
                 continue
-            due_now = streamed_due(cleared.trades, me, energy.net_import_wh, self.settings.increment_wh, exports)
-            for seller, due in sorted(due_now.items()):
-                payee = seller.hex()
-                wh_sent, sat_sent = sent.get(payee, (0, 0))
-                if due.sats <= sat_sent:
-                    continue
-                async with self._pay_lock:
-                    before = self.accounts.signed.get(payee, 0)  # under the lock: settlement pays this seller too
-                    try:
-                        await self._send(payee, split_increments(max(due.wh - wh_sent, self.settings.increment_wh),
-                                                                 due.sats - sat_sent, self.settings.increment_wh))
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as e:
-                        log.warning("streaming %d sat to %s for interval %d failed (retried at the next poll, "
-                                    "settled after the interval): %s", due.sats - sat_sent, payee[:16], start, e)
-                    finally:
-                        # What was signed counts, even from an update that failed.
-                        signed = self.accounts.signed.get(payee, 0) - before
-                        if signed:
-                            sent[payee] = (due.wh if signed >= due.sats - sat_sent else wh_sent, sat_sent + signed)
-                            self.stats.streamed_sat += signed
+            if buying:
+                await self._stream_payments(cleared, live, energy.net_import_wh, sent)
+            if selling:
+                for buyer, sats in expected_streams(cleared.trades, me, live, self.settings.increment_wh).items():
+                    self.credit.expect_streamed(start, buyer.hex(), sats)
+
+    async def _stream_payments(self, cleared: ClearedInterval, live: dict[bytes, tuple[int, int]], import_wh: int,
+                               sent: dict[str, tuple[int, int]]) -> None:
+        """As a buyer, one poll: pay each seller what its trades make due
+        beyond what we streamed to it this interval (`sent`: seller hex ->
+        Wh, sat)."""
+        me, start = bytes.fromhex(self.public_hex), cleared.interval_start
+        exports = {p: v[0] for p, v in live.items()}
+        due_now = streamed_due(cleared.trades, me, import_wh, self.settings.increment_wh, exports)
+        for seller, due in sorted(due_now.items()):
+            if seller == me:  # our own sell order matched our buy: nothing to pay
+                continue
+            payee = seller.hex()
+            wh_sent, sat_sent = sent.get(payee, (0, 0))
+            if due.sats <= sat_sent:
+                continue
+            async with self._pay_lock:
+                before = self.accounts.signed.get(payee, 0)  # under the lock: settlement pays this seller too
+                try:
+                    await self._send(payee, split_increments(max(due.wh - wh_sent, self.settings.increment_wh),
+                                                             due.sats - sat_sent, self.settings.increment_wh))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.warning("streaming %d sat to %s for interval %d failed (retried at the next poll, "
+                                "settled after the interval): %s", due.sats - sat_sent, payee[:16], start, e)
+                finally:
+                    # What was signed counts, even from an update that failed.
+                    signed = self.accounts.signed.get(payee, 0) - before
+                    if signed:
+                        sent[payee] = (due.wh if signed >= due.sats - sat_sent else wh_sent, sat_sent + signed)
+                        self.stats.streamed_sat += signed
 
     # -- the schedule -------------------------------------------------------------
 
@@ -369,7 +390,7 @@ class TradingService:
         if self.on_settled is not None:
             self.on_settled(s)
         dues = self.record_dues(s)
-        self.expect_payments(dues)
+        self.expect_payments(start, dues)
         await self.pay(start, dues)
         return s
 

@@ -46,7 +46,7 @@ def settlement(start: int, *payments: tuple[str, str, int, int]) -> IntervalSett
 
 async def settle(svc: TradingService, s: IntervalSettlement) -> list[Due]:
     dues = svc.record_dues(s)
-    svc.expect_payments(dues)
+    svc.expect_payments(s.interval_start, dues)
     await svc.pay(s.interval_start, dues)
     return dues
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from microgrid.coordinator.market.clearing import Trade, ZoneRules, clear_interval
 from microgrid.coordinator.market.orders import BUY, SELL
 from microgrid.coordinator.market.settlement import P2P, Metered, Tariff, settle_interval
-from microgrid.coordinator.trading.delivery import SellerAccounts, streamed_due
+from microgrid.coordinator.trading.delivery import SellerAccounts, expected_streams, streamed_due
 
 from ..market.helpers import KEYS, START, order
 
@@ -139,3 +139,26 @@ def test_console_lines_say_what_is_signed_owed_and_ahead() -> None:
         f"paying {'b' * 16}: 40 sat signed, 50 sat owed by settlements (10 sat still to pay)",
         f"paying {'c' * 16}: 7 sat signed, 0 sat owed by settlements (7 sat paid ahead)",
     ]
+
+
+@given(st.lists(spec, min_size=2, max_size=12), st.lists(meter, min_size=5, max_size=5),
+       st.sampled_from([1, 10, 25]), st.integers(0, 4))
+@settings(max_examples=200, deadline=None)
+def test_a_seller_expects_exactly_what_a_keeping_up_buyer_pays_and_no_more(specs: list, meters: list, increment: int,
+                                                                         who: int) -> None:
+    """From the same live records, the seller's expectation of each buyer
+    is what that buyer's stream pays it: an honest buyer is never cut off,
+    and a buyer that pays nothing is behind by all of it."""
+    book = [order(s, wh, p * 5, who=w, nonce=i) for i, (s, wh, p, w) in enumerate(specs)]
+    cleared = clear_interval(book, "zone-a", START, 900, ZoneRules())
+    live = {PK[i]: (e, m) for i, (e, m, _, _) in enumerate(meters)}
+    seller = PK[who]
+    expected = expected_streams(cleared.trades, seller, live, increment)
+    exports = {p: e for p, (e, _) in live.items()}
+    assert seller not in expected  # matched against itself, it pays nobody
+    for buyer in {t.buyer for t in cleared.trades if t.seller == seller} - {seller}:
+        paid = streamed_due(cleared.trades, buyer, live[buyer][1], increment, exports).get(seller)
+        assert expected.get(buyer, 0) == (paid.sats if paid else 0)
+    # A buyer that has published nothing yet is expected to have paid nothing.
+    quiet = {p: v for p, v in live.items() if p == seller}
+    assert expected_streams(cleared.trades, seller, quiet, increment) == {}
