@@ -76,5 +76,9 @@ def test_a_sunny_morning_trades_pays_through_channels_and_settles_on_the_ledger(
     assert 0 < s["streamed_sat"] <= s["paid_sat"]
     assert s["p2p_unpaid_sat"] == 0
     assert s["paid_sat"] == s["p2p_owed_sat"] + s["p2p_prepaid_sat"]
+    # Sellers judge buyers during each interval; buyers that keep up are never cut off.
+    assert s["export_relay_cuts"] == 0
+    journal = [json.loads(line) for c in sorted(out.glob("*/gpio.jsonl")) for line in c.read_text().splitlines()]
+    assert journal, "the export relays' simulated GPIO journal is empty"
     assert s["settlement_txs"] > 0 and s["settlement_txs_verified"] == s["settlement_txs"]
     assert s["energy_balance_error_wh"] == 0

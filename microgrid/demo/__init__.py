@@ -88,6 +88,8 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
         "p2p_owed_sat": market["p2p_owed_sat"],
         "p2p_prepaid_sat": market["p2p_prepaid_sat"],
         "p2p_unpaid_sat": market["p2p_unpaid_sat"],
+        # Times a seller opened its export relay on a buyer too far behind.
+        "export_relay_cuts": market["export_relay_cuts"],
         "settlement_txs": market["settlement_txs"],
         "settlement_txs_verified": market["settlement_txs_verified"],
         "energy_balance_error_wh": ledger.balance_error_wh() + market["balance_error_wh"],
@@ -117,6 +119,7 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
     traders = [c.coordinator.trading for c in hood.plans if c.coordinator and c.coordinator.trading]
     out: dict[str, Any] = {"trades": 0, "matched_wh": 0, "delivered_wh": 0, "payment_updates": 0, "paid_sat": 0,
                            "streamed_sat": 0, "p2p_owed_sat": 0, "p2p_prepaid_sat": 0, "p2p_unpaid_sat": 0,
+                           "export_relay_cuts": 0,
                            "settlement_txs": 0, "settlement_txs_verified": 0, "balance_error_wh": 0,
                            "disagreements": 0, "errors": 0, "settled": {}, "cleared": {}, "by_participant": {},
                            "channel_series": {}}
@@ -131,6 +134,7 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
             out["p2p_prepaid_sat"] += t.accounts.prepaid(seller)
             out["p2p_unpaid_sat"] += t.accounts.unpaid(seller)
         out["errors"] += t.stats.errors
+        out["export_relay_cuts"] += t.credit.disconnects
         payer = t.public_hex
         for when, payee, acked in t.stats.payment_log:
             out["channel_series"].setdefault((payer, payee), []).append([when, acked])
@@ -260,7 +264,8 @@ def _run(args: argparse.Namespace) -> int:
               f"({summary['book_disagreements']} book disagreements)")
         print(f"payments: {summary['payment_updates']} channel updates, {summary['paid_sat']} sat "
               f"({summary['streamed_sat']} streamed as energy arrived), {summary['settlement_txs']} settlement "
-              f"transactions ({summary['settlement_txs_verified']} verified by the script interpreter)")
+              f"transactions ({summary['settlement_txs_verified']} verified by the script interpreter), "
+              f"{summary['p2p_unpaid_sat']} sat unpaid, export relay cut {summary['export_relay_cuts']} time(s)")
         print(f"energy balance error: {summary['energy_balance_error_wh']} Wh")
         print(f"report: {page}")
     ok = summary["readings_stored"] > 0 and summary["readings_rejected"] == 0 and summary["energy_balance_error_wh"] == 0

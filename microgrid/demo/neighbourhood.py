@@ -24,6 +24,7 @@ from typing import Any
 from microgrid.coordinator.app import Coordinator
 from microgrid.coordinator.clock import ScaledClock
 from microgrid.coordinator.config import ChannelsSettings, Config
+from microgrid.coordinator.devices.gpio_settings import GpioSettings
 from microgrid.coordinator.market.settings import MarketSettings
 from microgrid.coordinator.overlay.settings import OverlaySettings
 from microgrid.flash.unix_port import boot
@@ -145,8 +146,13 @@ class Neighbourhood:
         config.channels = ChannelsSettings(
             enabled=True, wallet_path="wallet.json", wallet_password_file="wallet.password",
             chain="local:ledger.db", capacity_sat=5_000_000, lock_s=3 * 86400 + int(self.days * DAY),
-            increment_wh=self.increment_wh, settle_delay_s=120,
+            increment_wh=self.increment_wh, settle_delay_s=120, export_relay="relay_1",
         )
+        # Each household's export contactor, on the simulated GPIO backend
+        # (every switch journalled): a seller opens it on a buyer that falls
+        # more than channels.credit_sat behind.
+        config.gpio = GpioSettings(backend="simulated", leds=False, journal=str(c.directory / "gpio.jsonl"),
+                                   relays={"relay_1": {"safe_state": "connected"}})
         return config.validate()
 
     def fund_wallet(self, c: CoordinatorPlan, config: Config, sats: int) -> Any:
