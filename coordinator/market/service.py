@@ -70,6 +70,15 @@ class MarketService:
         earliest = now + self.settings.order_lead_s
         return int(math.ceil(earliest / step) * step)
 
+    def in_flight(self, now: float | None = None) -> list[int]:
+        """Intervals whose orders were due before `now` and whose gate has
+        not closed: after a restart, their rounds run without placing
+        orders again (the ones placed before are in the overlay)."""
+        now = self.clock.now() if now is None else now
+        step = self.settings.interval_s
+        first = (int(now) + self.settings.gate_lead_s) // step * step + step
+        return list(range(first, self.next_interval(now), step))
+
     async def _sleep_until(self, t: float) -> None:
         await sleep_until(self.clock, t, self._sleep)
 
@@ -87,15 +96,20 @@ class MarketService:
                             interval_start)
         return orders
 
-    async def run_interval(self, interval_start: int) -> MarketRound:
-        """Place, collect, clear and compare one interval's book."""
+    async def run_interval(self, interval_start: int, place: bool = True) -> MarketRound:
+        """Place (unless not `place`), collect, clear and compare one
+        interval's book."""
         s = self.settings
         rnd = self.rounds.setdefault(interval_start, MarketRound(interval_start))
         await self._sleep_until(interval_start - s.order_lead_s)
         collector = bk.BookCollector(self.overlay, s.zone, interval_start, self.clock, s.interval_s, s.gate_lead_s)
         collector.start()
-        rnd.own_orders = await self.place_orders(interval_start)
+        if place:
+            rnd.own_orders = await self.place_orders(interval_start)
         rnd.book = await collector.collect(self.poll_s, self._sleep)
+        if not place:  # ours from before a restart, as the book shows them
+            me = self.key.public_key.to_bytes(compressed=True)
+            rnd.own_orders = [so for so in rnd.book if so.owner == me]
         rnd.rejected = {k: v for k, v in collector.filter.rejected.items() if v}
         rnd.cleared = clear_interval(rnd.book, s.zone, interval_start, s.interval_s, s.rules())
         c = rnd.cleared

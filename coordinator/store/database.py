@@ -62,7 +62,18 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    # Each interval's book as this coordinator cleared it (store/books.py).
+    db.table("cleared_books").create(
+        {"zone": str, "interval_start": int, "interval_s": int, "book_hash": bytes, "orders": bytes,
+         "settled": int, "recorded_at": str},
+        pk=("zone", "interval_start"),
+        not_null={"interval_s", "book_hash", "orders", "settled", "recorded_at"},
+        defaults={"settled": 0},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 
 
 def open_database(path: str | Path) -> sqlite_utils.Database:

@@ -40,13 +40,15 @@ from bitcoinx import PrivateKey
 from ..channels.protocol import ChannelNode
 from ..channels.transport import ChannelClient
 from ..clock import Clock, sleep_until
-from ..market.clearing import ClearedInterval
+from ..market.clearing import ClearedInterval, ClearingError, clear_interval
+from ..market.orders import OrderError, decode_order
 from ..market.pricing import Battery, Forecast
-from ..market.service import MarketService
+from ..market.service import MarketRound, MarketService
 from ..market.settings import MarketSettings
 from ..overlay.directory import Directory
 from ..market.settlement import (P2P, IntervalSettlement, Metered, SettlementError, check_energy_balance,
                                  settle_interval)
+from ..store.books import BookStore, StoredBook
 from ..store.dues import Due, DuesStore
 from ..store.readings import ReadingStore
 from .credit import SellerCredit
@@ -132,6 +134,8 @@ class TradingService:
         # database) and every signed update (the channel store), so a
         # restart neither pays a seller twice nor forgets who is behind.
         self.dues = DuesStore(store.db)
+        self.books = BookStore(store.db)  # cleared books, to settle them after a restart
+        self._resumed: set[asyncio.Task[None]] = set()
         # As a seller: what each buyer owes by the settlements, and has paid.
         self.credit = SellerCredit(self.settings.credit_sat, export_relay)
         self.credit.owed = self.dues.owed_to(self.public_hex)
@@ -312,7 +316,9 @@ class TradingService:
         sent = self.streamed.setdefault(start, {})
         t = float(start)
         while t < end:
-            t = min(t + poll, end)
+            # A poll that took longer than `poll` (a slow overlay, the demo's
+            # fast clock) is not made up for: the next looks at now.
+            t = min(max(t + poll, self.clock.now()), end)
             await self._sleep_until(t)
             energy = interval_energy(self.store, self.device_ids(), start, t)
             try:
@@ -377,7 +383,9 @@ class TradingService:
         if rnd is None or rnd.cleared is None:
             return None
         stream = self._streams.pop(start, None)
-        if stream is not None:  # long finished by now: it ends with the interval
+        if stream is not None:
+            # It ends with the interval's last poll (polls never queue up
+            # behind a slow overlay), so waiting for it is short.
             try:
                 await stream
             except Exception:
@@ -390,19 +398,27 @@ class TradingService:
         if self.on_settled is not None:
             self.on_settled(s)
         dues = self.record_dues(s)
+        self.books.mark_settled(self.market_settings.zone, start)
         self.expect_payments(start, dues)
         await self.pay(start, dues)
         return s
 
-    async def _round(self, start: int) -> None:
+    def _keep_book(self, rnd: MarketRound) -> None:
+        c = rnd.cleared
+        if c is not None:
+            self.books.save(StoredBook(c.zone, c.interval_start, c.interval_s, c.hash, [so.encoded for so in rnd.book]))
+
+    async def _round(self, start: int, place: bool = True) -> None:
         try:
             # Re-announce our address every round: peers that joined after
             # us, or lost the record with a node, find it again.
             await self.publish_directory()
-            rnd = await self.market.run_interval(start)
+            rnd = await self.market.run_interval(start, place=place)
             if rnd.cleared is not None:
                 self.stats.cleared[start] = rnd.cleared
                 mine = [t for t in rnd.cleared.trades if self.public_hex in (t.buyer.hex(), t.seller.hex())]
+                if mine:
+                    self._keep_book(rnd)
                 self.stats.trades += len(mine)
                 self.stats.traded_wh += sum(t.wh for t in mine)
                 self._streams[start] = asyncio.ensure_future(self.stream_interval(rnd.cleared))
@@ -418,11 +434,65 @@ class TradingService:
             if stream is not None and not stream.done():
                 stream.cancel()
 
+    def resume(self) -> list[int]:
+        """After a restart, pick up what was in flight: settle (and pay or
+        expect payment for) the intervals cleared here and not settled,
+        from their kept books, as far back as the peers' metering records
+        live; and run the rounds whose orders were already placed, without
+        placing them again. Returns the intervals picked up."""
+        s = self.market_settings
+        picked = []
+        for book in self.books.unsettled(s.zone, int(self.clock.now()) - self.settings.record_ttl_s):
+            start = book.interval_start
+            try:
+                orders = [decode_order(o) for o in book.orders]
+                cleared = clear_interval(orders, book.zone, start, book.interval_s, s.rules())
+            except (OrderError, ClearingError) as e:
+                log.error("the kept book of interval %d cannot be cleared again (%s): not settled here", start, e)
+                continue
+            if cleared.hash != book.book_hash:
+                log.error("the kept book of interval %d clears to %s, not %s (market rules changed?): not settled "
+                          "here", start, cleared.hash.hex()[:16], book.book_hash.hex()[:16])
+                continue
+            mine = [so for so in orders if so.owner.hex() == self.public_hex]
+            self.market.rounds[start] = MarketRound(start, own_orders=mine, book=orders, cleared=cleared)
+            self.stats.cleared[start] = cleared
+            self._spawn(self._settle_resumed(start))
+            picked.append(start)
+        for start in self.market.in_flight():
+            if start not in self.market.rounds:
+                self._spawn(self._round(start, place=False))
+                picked.append(start)
+        if picked:
+            log.info("picked up intervals %s: cleared here and not settled, or with orders already due", picked)
+        return picked
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._resumed.add(task)
+        task.add_done_callback(self._resumed.discard)
+
+    async def _settle_resumed(self, start: int) -> None:
+        try:
+            await self.settle_interval(start)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.stats.errors += 1
+            log.exception("settling interval %d after a restart failed", start)
+
     async def run(self, stop: asyncio.Event) -> None:
         """A round (market, then settlement and payment) for every interval
-        until `stop`; rounds overlap. The market's scheduler runs them."""
+        until `stop`; rounds overlap. The market's scheduler runs them;
+        what a restart interrupted is picked up first."""
         await self.publish_directory()
-        await self.market.run(stop, round_fn=self._round)
+        self.resume()
+        try:
+            await self.market.run(stop, round_fn=self._round)
+        finally:
+            for task in list(self._resumed):
+                task.cancel()
+            await asyncio.gather(*self._resumed, return_exceptions=True)
 
     async def close_incoming(self) -> list[bytes]:
         """As payee: close every channel paying us (broadcast the latest

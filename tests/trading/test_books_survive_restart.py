@@ -18,7 +18,8 @@ from microgrid.coordinator.channels.transport import channel_uri, serve
 from microgrid.coordinator.devices.gpio import Relay, SimulatedGpio
 from microgrid.coordinator.market.settings import MarketSettings
 from microgrid.coordinator.market.settlement import P2P, IntervalSettlement, PaymentInstruction
-from microgrid.coordinator.store.database import open_database
+from microgrid.coordinator.store.database import MIGRATIONS, open_database
+from microgrid.coordinator.store.books import StoredBook
 from microgrid.coordinator.store.dues import Due, DuesStore
 from microgrid.coordinator.store.readings import ReadingStore
 from microgrid.coordinator.trading.service import TradingService
@@ -83,7 +84,7 @@ def test_a_database_from_before_the_dues_table_gains_it_and_keeps_its_readings(t
     conn.commit()
     conn.close()
     db = open_database(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert DuesStore(db).record(0, [Due("a", "b", 1, 1)]) == [Due("a", "b", 1, 1)]
     assert db.execute("SELECT name FROM devices").fetchall() == [("m",)]
 
@@ -161,6 +162,91 @@ async def _books_survive_restarts(tmp_path: Path, ledger: LocalLedger) -> None:
         assert a.payer(cid).paid == b.payee(cid).received == 1570
         assert buyer.accounts.unpaid(seller_hex) == 0
         assert seller.credit.behind() == {} and str(relay.state) == "connected"
+    finally:
+        await ctx.shutdown()
+        await server.shutdown()
+
+
+def test_a_restart_between_clearing_and_settling_still_settles_and_pays(tmp_path: Path, ledger: LocalLedger) -> None:
+    asyncio.run(_restart_before_settling(tmp_path, ledger))
+
+
+async def _restart_before_settling(tmp_path: Path, ledger: LocalLedger) -> None:
+    import json
+
+    from microgrid.coordinator.market.clearing import clear_interval
+    from microgrid.coordinator.market.orders import make_order
+    from microgrid.coordinator.market.service import MarketRound
+    from microgrid.coordinator.overlay.memory import MemoryNetwork, MemoryOverlay
+    from microgrid.coordinator.trading.service import METERING_PREFIX
+    from microgrid.shared import reading, secp256k1
+
+    from ..market.overlay_stub import ManualClock
+
+    start = 1_700_000_100 // 900 * 900 + 900
+    clock = ManualClock(start - 400)
+    ledger.clock = clock
+    a = make_node(tmp_path, "a", ledger, clock, funds=500_000)
+    b = make_node(tmp_path, "b", ledger, clock)
+    port = free_udp_port()
+    server = await serve(b, port=port)
+    ctx = await aiocoap.Context.create_client_context()
+    net = MemoryNetwork(clock.now)
+    market = MarketSettings(enabled=True, zone=ZONE, gate_lead_s=300, order_lead_s=600)
+    # The buyer's meter takes 300 Wh during the interval.
+    secret = bytes(range(1, 33))
+    meter = secp256k1.public_key(secret)
+
+    def buyer_service() -> TradingService:
+        overlay = MemoryOverlay(a.identity, net)
+        store = ReadingStore(open_database(tmp_path / "a.db"))
+        return TradingService(key=a.identity, overlay=overlay, market=market, clock=clock, store=store,
+                              device_ids=lambda: [reading.device_id(meter)], node=a, context=ctx,
+                              own_uri="coap://127.0.0.1:1/channel", sleep=clock.sleep)
+
+    try:
+        buyer = buyer_service()
+        await buyer.overlay.start()
+        buyer.store.register_device(meter)
+        for i in range(16):
+            m = reading.build(secret, meter, i + 1, start + 60 * i, 20 * i, 0, 0, 230.0, [])
+            buyer.store.insert(reading.parse(m), m)
+        cid = await buyer.client.open_channel(channel_uri("127.0.0.1", port), 100_000, 7_200, b.public_key)
+        # Gate closure: the book is cleared (400 Wh bought from b) and kept ...
+        buy = make_order(a.identity, "buy", ZONE, start, 400, 200, start + 900, 1, int(clock.now()))
+        sell = make_order(b.identity, "sell", ZONE, start, 400, 100, start + 900, 2, int(clock.now()))
+        cleared = clear_interval([buy, sell], ZONE, start, 900, market.rules())
+        assert len(cleared.trades) == 1
+        buyer._keep_book(MarketRound(start, book=[buy, sell], cleared=cleared))
+        # ... and the buyer stops. While it is down the interval runs, and
+        # the seller publishes its metering: 400 Wh exported.
+        await buyer.overlay.stop()
+        clock.t = start + 900 + 300
+        seller_overlay = MemoryOverlay(b.identity, net)
+        await seller_overlay.start()
+        await seller_overlay.put(f"{METERING_PREFIX}{ZONE}/{start}",
+                                 json.dumps({"export_wh": 400, "import_wh": 0}).encode(), 3600)
+
+        # Back up: it settles the interval from the kept book and pays.
+        a = make_node(tmp_path, "a", ledger, clock)
+        buyer = buyer_service()
+        await buyer.overlay.start()
+        assert buyer.resume() == [start]
+        await asyncio.gather(*buyer._resumed)
+        settled = buyer.stats.settled[start]
+        owed = sum(p.sats for p in settled.payments if p.kind == P2P and p.payer == a.public_key.hex())
+        assert settled.delivered_wh == 300 and owed > 0
+        assert a.payer(cid).paid == b.payee(cid).received == owed
+        assert buyer.dues.owed_by(a.public_key.hex()) == {b.public_key.hex(): owed}
+        assert buyer.books.is_settled(ZONE, start) is True and buyer.stats.errors == 0
+        # Restarted again, there is nothing left to pick up.
+        await buyer.overlay.stop()
+        again = buyer_service()
+        assert again.resume() == []
+        # A book whose orders no longer clear to the kept hash is refused.
+        again.books.save(StoredBook(ZONE, start + 900, 900, b"\x00" * 32, [buy.encoded]))
+        assert again.resume() == [] and again.books.is_settled(ZONE, start + 900) is False
+        await seller_overlay.stop()
     finally:
         await ctx.shutdown()
         await server.shutdown()
