@@ -11,7 +11,8 @@ readings (with their COSE bytes) and drops the ones in between:
 
 With the defaults (7 and 90 days), a year of one-minute readings from 50
 meters is about 620,000 rows, under 256 MB on disk (tests/coordinator/
-test_retention.py generates such a year). Freed pages are reused, so the
+test_retention.py generates such a year for 10 meters and holds it to a
+fifth of that; meters are thinned independently). Freed pages are reused, so the
 file stops growing once the tiers are full.
 """
 

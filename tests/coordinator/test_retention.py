@@ -1,6 +1,11 @@
-"""A year of one-minute readings from 50 meters, generated day by day with
-the daily retention run after each day, stays within a stated size, and
-the kept readings are whole signed evidence at the promised resolution."""
+"""A year of one-minute readings, generated day by day with the daily
+retention run after each day, stays within a stated size, and the kept
+readings are whole signed evidence at the promised resolution.
+
+The bound is stated for 50 meters. Each meter's rows are thinned on their
+own, so the test generates the year for 10 meters (5 million rows, not 26
+million: the suite must fit its time budget) and holds them to a fifth of
+the bound, which the database's fixed overhead only makes stricter."""
 
 from __future__ import annotations
 
@@ -11,28 +16,29 @@ import pytest
 from microgrid.coordinator.store.database import open_database
 from microgrid.coordinator.store.retention import DAY, RetentionPolicy, apply_retention
 
-METERS = 50
+METERS = 10  # the year is generated for these
+STATED_METERS = 50  # the bound is stated for these
 PER_DAY = 1440
 T0 = 1_700_006_400  # a midnight
 COSE_BYTES = 186  # the size of a real reading message
-STATED_MAX_BYTES = 256 * 1024 * 1024
-STATED_MAX_ROWS = METERS * (8 * PER_DAY + 83 * 24 + 275 + 2)
+STATED_MAX_BYTES = 256 * 1024 * 1024  # for STATED_METERS
+MAX_ROWS_PER_METER = 8 * PER_DAY + 83 * 24 + 275 + 2
 
 
 def generate_day(conn, day: int) -> None:
     conn.execute(
         """WITH RECURSIVE m(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM m WHERE i < 1439),
-                d(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM d WHERE j < 49)
+                d(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM d WHERE j < :meters - 1)
            INSERT INTO readings (device_id, seq, time, import_wh, export_wh, power_w, voltage_v, extra, source,
                                  received_at, cose)
            SELECT printf('meter%02d', j), :seq0 + i + 1, :t0 + i * 60, (:seq0 + i) * 5, (:seq0 + i) * 2, 300.0, 230.0,
                   NULL, 'coap', '', randomblob(:cose) FROM m, d""",
-        {"seq0": day * PER_DAY, "t0": T0 + day * DAY, "cose": COSE_BYTES},
+        {"seq0": day * PER_DAY, "t0": T0 + day * DAY, "cose": COSE_BYTES, "meters": METERS},
     )
 
 
-@pytest.mark.timeout(400)  # 26 million rows generated: about two minutes on 2 cores
-def test_a_year_of_minute_readings_from_50_meters_fits_the_stated_bound(tmp_path: Path) -> None:
+@pytest.mark.timeout(200)  # 5 million rows generated: about 25 s on 2 cores
+def test_a_year_of_minute_readings_fits_the_bound_stated_for_50_meters(tmp_path: Path) -> None:
     path = tmp_path / "year.db"
     db = open_database(path)
     db.conn.execute("PRAGMA synchronous=OFF")  # generation speed; the retention itself is unchanged
@@ -45,8 +51,8 @@ def test_a_year_of_minute_readings_from_50_meters_fits_the_stated_bound(tmp_path
         apply_retention(db, now=T0 + (day + 1) * DAY, policy=policy)
     rows = db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
     size = path.stat().st_size
-    assert rows <= STATED_MAX_ROWS, rows
-    assert size <= STATED_MAX_BYTES, f"{size / 2**20:.0f} MB"
+    assert rows <= METERS * MAX_ROWS_PER_METER, rows
+    assert size * STATED_METERS // METERS <= STATED_MAX_BYTES, f"{size / 2**20:.0f} MB for {METERS} meters"
 
     now = T0 + 365 * DAY
     def count(lo: float, hi: float) -> int:
