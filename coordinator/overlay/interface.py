@@ -64,6 +64,8 @@ class ListenHandle:
         recs = self._overlay._select([raw], self.key)
         for rec in recs:
             if records.newer(rec, self._last):
+                if not self._overlay._listen_budget(rec.publisher):
+                    continue
                 self.delivered += 1
                 try:
                     self._callback(rec)
@@ -83,7 +85,10 @@ class BaseOverlay(ABC):
         self.accept = accept
         self.running = False
         self._last_seq = 0
-        self.counts = {"put": 0, "put_failed": 0, "get": 0, "rejected": 0, "listen": 0}
+        self.counts = {"put": 0, "put_failed": 0, "get": 0, "rejected": 0, "listen": 0, "rate_limited": 0}
+        # publisher -> (tokens, at): what it may still have delivered to
+        # listeners (records.LISTEN_BURST, LISTEN_RATE_PER_S).
+        self._budgets: dict[bytes, tuple[float, float]] = {}
 
     @property
     def publisher_id(self) -> str:
@@ -153,6 +158,27 @@ class BaseOverlay(ABC):
     def _rejected(self, why: str) -> None:
         self.counts["rejected"] += 1
         log.debug("overlay record dropped: %s", why)
+
+    def _listen_budget(self, publisher: bytes) -> bool:
+        """Take one listen delivery from `publisher`'s budget; False (and
+        the record dropped) once it publishes faster than the limit."""
+        now = self.clock()
+        tokens, at = self._budgets.get(publisher, (float(records.LISTEN_BURST), now))
+        tokens = min(float(records.LISTEN_BURST), tokens + max(0.0, now - at) * records.LISTEN_RATE_PER_S)
+        if tokens < 1.0:
+            self._budgets[publisher] = (tokens, now)
+            self.counts["rate_limited"] += 1
+            if self.counts["rate_limited"] % 100 == 1:
+                log.warning("publisher %s exceeds %d records then %.0f/s to our listeners: dropping "
+                            "(%d dropped so far, from all publishers)", records.key_id(publisher).hex(),
+                            records.LISTEN_BURST, records.LISTEN_RATE_PER_S, self.counts["rate_limited"])
+            return False
+        self._budgets[publisher] = (tokens - 1.0, now)
+        if len(self._budgets) > 4096:  # forget the publishers that are full again
+            full = [p for p, (t, _a) in self._budgets.items() if t >= records.LISTEN_BURST - 1]
+            for p in full[:2048]:
+                del self._budgets[p]
+        return True
 
     def _next_seq(self, now: float) -> int:
         # Milliseconds since the epoch: increasing across restarts without

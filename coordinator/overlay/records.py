@@ -50,6 +50,13 @@ MAX_SLOT_CHARS = 64
 # A record issued further in the future than this (clock skew between
 # coordinators) is refused.
 MAX_CLOCK_SKEW_S = 300
+# Listen deliveries per publisher (all keys together): a burst, then a
+# sustained rate, in records per second of the overlay's clock. Far above
+# what a coordinator publishes (a few orders per interval, a record a
+# minute while it trades); a flood beyond it is dropped unread by the
+# listener (a get still returns each slot's newest version).
+LISTEN_BURST = 60
+LISTEN_RATE_PER_S = 2.0
 
 L_KEY, L_SLOT, L_SEQ, L_ISSUED, L_EXPIRES, L_PUBLISHER, L_BODY = 1, 2, 3, 4, 5, 6, 7
 

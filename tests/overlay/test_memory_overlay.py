@@ -99,3 +99,36 @@ def test_stopped_overlay_refuses_use_and_bad_ttl_is_refused() -> None:
         with pytest.raises(OverlayError, match="not running"):
             await a.get("k")
     asyncio.run(go())
+
+
+def test_a_publisher_flooding_listeners_is_cut_to_the_stated_rate_and_others_still_get_through() -> None:
+    async def go() -> None:
+        clock = Clock()
+        a, b, net = await pair(clock)
+        heard: list[bytes] = []
+        b.listen("orders/z1/1", lambda r: heard.append(r.publisher))
+        await asyncio.sleep(0)
+        # 300 versions of one record in 10 s of the overlay's clock.
+        for i in range(300):
+            clock.t += 10 / 300
+            await a.put("orders/z1/1", b"o%d" % i, 600, slot="o")
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        from_a = heard.count(a.public_key)
+        allowed = records.LISTEN_BURST + 10 * records.LISTEN_RATE_PER_S
+        assert allowed - 2 <= from_a <= allowed + 1, from_a
+        assert b.counts["rate_limited"] == 300 - from_a
+        # Another publisher is not held back by the flooder's budget ...
+        c = MemoryOverlay(PrivateKey.from_random(), net)
+        await c.start()
+        await c.put("orders/z1/1", b"c's order", 600, slot="c")
+        await asyncio.sleep(0.05)
+        assert heard[-1] == c.public_key
+        # ... a get still returns the flooder's newest version ...
+        assert {r.body for r in await b.get("orders/z1/1")} == {b"o299", b"c's order"}
+        # ... and once it slows down, its records reach listeners again.
+        clock.t += 60
+        await a.put("orders/z1/1", b"later", 600, slot="o")
+        await asyncio.sleep(0.05)
+        assert heard[-1] == a.public_key
+    asyncio.run(go())
