@@ -257,10 +257,12 @@ class TradingService:
                 owed[d.payer] = owed.get(d.payer, 0) + d.sats
         self.credit.settled(interval_start, owed)
 
-    async def _send(self, payee_hex: str, amounts: list[int]) -> None:
+    async def _send(self, payee_hex: str, amounts: list[int], why: str, wh: int, **evidence: int) -> None:
         """One channel update per amount to `payee_hex`. What is signed
         counts as paid even when an acknowledgement is lost, because the
-        channel resends a pending update before the next."""
+        channel resends a pending update before the next. The channel's
+        journal keeps why (`stream` or `settle`), for how many Wh, and the
+        figures it was worked out from, so a dispute can be replayed."""
         cid = await self._channel(payee_hex)
         payer = self.node.payer(cid)
         before = payer.paid
@@ -271,9 +273,14 @@ class TradingService:
                 self.stats.payment_updates += 1
                 self.stats.paid_sat += amount
         finally:
-            self.accounts.add_signed(payee_hex, payer.paid - before)
+            signed = payer.paid - before
+            self.accounts.add_signed(payee_hex, signed)
             if acked is not None:
                 self.stats.payment_log.append((self.clock.now(), payee_hex, acked))
+            if signed:
+                self.node.store.record_event(cid, self.clock.now(), f"trade-{why}", wh=wh, amount=signed,
+                                             seq=payer.sent.seq if payer.sent else None,
+                                             detail=json.dumps(evidence, sort_keys=True))
 
     async def pay(self, interval_start: int, dues: list[Due]) -> None:
         """Pay each seller what these (newly recorded) dues add to what we
@@ -292,7 +299,8 @@ class TradingService:
                 due = self.accounts.unpaid(payee)
                 wh_left = max(new_wh.get(payee, 0) - streamed.get(payee, (0, 0))[0], 1)
                 try:
-                    await self._send(payee, split_increments(wh_left, due, self.settings.increment_wh))
+                    await self._send(payee, split_increments(wh_left, due, self.settings.increment_wh), "settle",
+                                     wh_left, interval=interval_start, owed=self.accounts.owed.get(payee, 0))
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
@@ -355,7 +363,9 @@ class TradingService:
                 before = self.accounts.signed.get(payee, 0)  # under the lock: settlement pays this seller too
                 try:
                     await self._send(payee, split_increments(max(due.wh - wh_sent, self.settings.increment_wh),
-                                                             due.sats - sat_sent, self.settings.increment_wh))
+                                                             due.sats - sat_sent, self.settings.increment_wh),
+                                     "stream", due.wh - wh_sent, interval=start, import_wh=import_wh,
+                                     seller_export_wh=exports.get(seller, 0), due_sat=due.sats)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:

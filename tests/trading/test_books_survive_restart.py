@@ -7,6 +7,7 @@ its export relay open on them. Real channel nodes, CoAP over 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -110,13 +111,16 @@ async def _books_survive_restarts(tmp_path: Path, ledger: LocalLedger) -> None:
         cid = await buyer.client.open_channel(channel_uri("127.0.0.1", port), 100_000, 7_200, b.public_key)
 
         # Interval 900: 300 sat streamed while energy arrived, settled at 700.
-        await buyer._send(seller_hex, [100, 100, 100])
+        await buyer._send(seller_hex, [100, 100, 100], "stream", 30, interval=900)
         s900 = settlement(900, (buyer_hex, seller_hex, 700, 70))
         await settle(buyer, s900)
         await settle(seller, s900)
         assert a.payer(cid).paid == 700 and b.payee(cid).received == 700
+        # The channel's journal says what each payment was for.
+        journal = [(e["kind"], e["amount"], json.loads(e["detail"]).get("interval")) for e in a.store.events(cid)]
+        assert journal == [("trade-stream", 300, 900), ("trade-settle", 400, 900)]
         # Interval 1800: the seller fell short; 200 streamed, settled at 150.
-        await buyer._send(seller_hex, [100, 100])
+        await buyer._send(seller_hex, [100, 100], "stream", 20, interval=1800)
         s1800 = settlement(1800, (buyer_hex, seller_hex, 150, 15))
         await settle(buyer, s1800)
         await settle(seller, s1800)
