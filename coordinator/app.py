@@ -154,11 +154,7 @@ class Coordinator:
 
             node = self._channel_node()
             channel_site(node, site)
-            self.console_channels = lambda: [
-                {"channel": cid.hex()[:16], "role": e.role, "state": e.channel.state.name,
-                 "paid_sat": getattr(e.channel, "acked_amount", None) or getattr(getattr(e.channel, "latest", None), "amount", 0)}
-                for cid, e in node.channels.items()
-            ]
+            self.console_channels = node.rows
         self.context = await aiocoap.Context.create_server_context(site, bind=(c.host, c.port))
         self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)
         if self.config.overlay.enabled and self.overlay is None:
@@ -187,8 +183,13 @@ class Coordinator:
             if self.mqtt is not None:
                 from .market.settlement import report
 
-                mqtt = self.mqtt
-                self.trading.on_settled = lambda settlement: mqtt.publish_market(report(settlement))
+                mqtt, trader = self.mqtt, self.trading
+
+                def on_settled(settlement: Any) -> None:
+                    mqtt.publish_market(report(settlement))
+                    mqtt.publish_channels(trader.channel_summary())
+
+                self.trading.on_settled = on_settled
             if not defer_trading:
                 self.start_trading()
             trading = self.trading

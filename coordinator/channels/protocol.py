@@ -94,6 +94,16 @@ class ChannelNode:
         return [cid for cid, e in self.channels.items()
                 if e.channel.state == State.OPEN and (role is None or e.role == role)]
 
+    def rows(self) -> list[dict[str, object]]:
+        """One row per channel, for the console, the local API and MQTT."""
+        out: list[dict[str, object]] = []
+        for cid, e in self.channels.items():
+            ch = e.channel
+            paid = ch.paid if isinstance(ch, PayerChannel) else (ch.latest.amount if ch.latest else 0)
+            out.append({"channel": cid.hex()[:16], "role": e.role, "peer": e.peer.hex()[:16],
+                        "state": ch.state.value, "capacity_sat": ch.terms.capacity, "paid_sat": paid})
+        return out
+
     def signed_by_peer(self, role: str) -> dict[str, int]:
         """Per peer (public key hex), every satoshi signed over all our
         channels in `role` with it, whatever their state: as payer what we

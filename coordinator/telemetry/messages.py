@@ -8,7 +8,10 @@ coordinator's id):
     <prefix>/<node>/meter/<meter>/state    JSON object, one per reading (retained)
     <prefix>/<node>/meter/<meter>/senml    the same reading as a SenML JSON pack (RFC 8428)
     <prefix>/<node>/market                 JSON: the latest market summary (retained)
-    <prefix>/<node>/channels               JSON: the latest channel summary (retained)
+    <prefix>/<node>/channels               JSON: the latest channel summary (retained), after
+                                           each settlement: every channel (role, peer, state,
+                                           capacity, paid), what we owe and have signed to each
+                                           seller, buyers behind, the export relay
     <discovery>/sensor/<node>/<meter>_<quantity>/config   Home Assistant discovery (retained)
 
 A meter's state object:

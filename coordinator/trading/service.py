@@ -378,6 +378,22 @@ class TradingService:
                         sent[payee] = (due.wh if signed >= due.sats - sat_sent else wh_sent, sat_sent + signed)
                         self.stats.streamed_sat += signed
 
+    def channel_summary(self) -> dict[str, Any]:
+        """Our channels and both sides' books, as MQTT publishes them after
+        each settlement: what we have signed to and owe each seller, what
+        each buyer is behind, and the export relay."""
+        relay = self.credit.relay
+        return {
+            "open": len(self.node.open_channels()),
+            "channels": self.node.rows(),
+            "paying": {s: {"signed_sat": self.accounts.signed.get(s, 0), "owed_sat": self.accounts.owed.get(s, 0),
+                           "ahead_sat": self.accounts.prepaid(s), "unpaid_sat": self.accounts.unpaid(s)}
+                       for s in self.accounts.sellers()},
+            "buyers_behind_sat": self.credit.behind(),
+            "export_relay": None if relay is None else str(relay.state),
+            "export_relay_cuts": self.credit.disconnects,
+        }
+
     # -- the schedule -------------------------------------------------------------
 
     async def _sleep_until(self, t: float) -> None:

@@ -131,6 +131,11 @@ async def _books_survive_restarts(tmp_path: Path, ledger: LocalLedger) -> None:
         buyer = service(a, tmp_path / "a.db", clock, ctx)
         assert buyer.accounts.owed == {seller_hex: 850} and buyer.accounts.signed == {seller_hex: 900}
         assert buyer.accounts.prepaid(seller_hex) == 50
+        summary = buyer.channel_summary()  # what MQTT publishes after each settlement
+        assert summary["open"] == 1 and summary["paying"] == {
+            seller_hex: {"signed_sat": 900, "owed_sat": 850, "ahead_sat": 50, "unpaid_sat": 0}}
+        assert summary["channels"] == [{"channel": cid.hex()[:16], "role": "payer", "peer": seller_hex[:16],
+                                        "state": "open", "capacity_sat": 100_000, "paid_sat": 900}]
         # A settlement replayed after the restart changes nothing.
         assert buyer.record_dues(s900) == [] and buyer.accounts.owed == {seller_hex: 850}
         # Interval 2700, settled at 120: the 50 ahead counts, 70 is paid on

@@ -90,6 +90,9 @@ async def _cutoff(tmp_path: Path, ledger: LocalLedger) -> None:
     # By the end the seller had exported 600 Wh: the buyer's stream owed 1,200 sat.
     assert seller.credit.behind() == {buyer.hex(): 1200}
     assert str(relay.state) == "disconnected" and seller.credit.disconnects == 1
+    summary = seller.channel_summary()
+    assert summary["export_relay"] == "disconnected" and summary["export_relay_cuts"] == 1
+    assert summary["buyers_behind_sat"] == {buyer.hex(): 1200}
     # The seller published its own running export and import for its buyers.
     live = await seller.collect_live(START)
     assert live[seller_node.public_key] == (600, 0) and live[buyer] == (0, 600)
