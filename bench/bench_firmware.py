@@ -1,6 +1,6 @@
 """Firmware sign time and peak heap, in the MicroPython unix port.
 
-    python bench/bench_firmware.py [--count 200]
+    python bench/bench_firmware.py [--count 200] [--loop-readings 30]
 
 Measures, in one run: building and signing a complete reading message in
 MicroPython with the precomputed generator table (unix port, boards with
@@ -11,6 +11,21 @@ MicroPython heap in which importing, deriving the key and signing readings
 succeeds (found by bisection over -X heapsize). A board is slower than this
 machine by a roughly constant factor (an ESP32 at 240 MHz is about 50-100x
 slower than one x86 core for big-integer code); the ratios carry over.
+
+The peak heap of the whole firmware as flashed is found the same way: the
+image `microgrid flash --target dir:` writes for the unix port (.mpy
+modules compiled by flash/build.py, main.py, config.json) boots with
+`micropython -X heapsize=N main.py` and runs its main loop (reads the
+simulated meter, signs, sends --loop-readings readings over CoAP/UDP to a
+real coordinator on 127.0.0.1), and must exit 0 with a SUMMARY showing every
+reading delivered and none pending, the coordinator holding them all. Each
+trial is a freshly flashed meter (a copy of the same image and a new key
+registered with the coordinator), so every trial starts from the same
+persisted state (no journal, no outbox) whatever ran before it. Near the
+limit a run succeeds or not with the heap's fragmentation, which follows
+the timing: the figure is the heap where the loop ran every time (three
+runs at each bisection step, ten more at the end), and the few KB below it
+where it runs only sometimes are printed with their success counts.
 """
 
 from __future__ import annotations
@@ -18,10 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from bitcoinx import PrivateKey
 
@@ -79,22 +98,208 @@ def compiled_shared() -> str:
     return str(out.parent)
 
 
-def min_heap_bytes(table: bool, path: str | None = None) -> int:
-    """Smallest MicroPython heap (to 1 KB) in which the firmware's imports,
-    key derivation and reading signing run: the peak heap it needs."""
-    env = dict(os.environ, MICROPYPATH=f".frozen:{path or REPO}")
-    lo, hi = 4 * 1024, 8 * 1024 * 1024
+def bisect_heap(runs: Callable[[int], bool], lo: int = 4 * 1024, hi: int = 8 * 1024 * 1024) -> int:
+    """Smallest heap in lo..hi (to 1 KB) for which `runs(heap)` holds,
+    taking it to hold at hi and to fail at lo."""
     while hi - lo > 1024:
         mid = (lo + hi) // 2
-        # The working directory is first on the path: run where the modules are.
-        r = subprocess.run([find_micropython(), "-X", f"heapsize={mid}", "-c", HEAP_PROBE % {"table": table}],
-                           capture_output=True, text=True, env=env, timeout=600, cwd=path or str(REPO))
-        if r.returncode == 0 and r.stdout.strip().endswith("ok"):
+        if runs(mid):
             hi = mid
         else:
             lo = mid
     return hi
 
+
+def min_heap_bytes(table: bool, path: str | None = None) -> int:
+    """Smallest MicroPython heap (to 1 KB) in which the firmware's imports,
+    key derivation and reading signing run: the peak heap it needs."""
+    env = dict(os.environ, MICROPYPATH=f".frozen:{path or REPO}")
+
+    def runs(heap: int) -> bool:
+        # The working directory is first on the path: run where the modules are.
+        r = subprocess.run([find_micropython(), "-X", f"heapsize={heap}", "-c", HEAP_PROBE % {"table": table}],
+                           capture_output=True, text=True, env=env, timeout=600, cwd=path or str(REPO))
+        return r.returncode == 0 and r.stdout.strip().endswith("ok")
+
+    return bisect_heap(runs)
+
+
+# -- the whole firmware as flashed, against a real coordinator ---------------
+
+COORDINATOR_START_S = 30.0
+LOOP_TRIAL_TIMEOUT_S = 120.0
+LOOP_REPEATS = 3  # runs in a row a bisection step needs
+LOOP_CONFIRM = 10  # further runs in a row at the heap found
+LOOP_BAND_TRIALS = 5  # runs at each heap below it
+LOOP_MAX_STEPS = 16  # 1 KB steps, up to confirm or down through the band
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Coordinator:
+    """`microgrid coordinator run` on 127.0.0.1 as a child process (as
+    tests/conftest.py's CoordinatorProcess starts it); its output goes to
+    a log file, so it can never block on a full pipe."""
+
+    def __init__(self, db: Path, port: int, log: Path) -> None:
+        self.db, self.port, self.log = db, port, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Coordinator":
+        cmd = [sys.executable, "-m", "microgrid.cli", "coordinator", "run", "--db", str(self.db),
+               "--host", "127.0.0.1", "--port", str(self.port)]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + COORDINATOR_START_S
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if any(line.startswith("READY") for line in self.log.read_text(errors="replace").splitlines()):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"the coordinator did not answer READY within {COORDINATOR_START_S:g} s; its log:\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def flashed_image(staging: Path, port: int, readings: int) -> Path:
+    """The image `microgrid flash --target dir:` builds for the unix port:
+    config checked as the installer checks it, modules compiled with
+    mpy-cross for the .mpy version and arch this micropython reads. The
+    device key is added per trial (see loop_trial)."""
+    from microgrid.flash import build, settings
+    from microgrid.flash.targets import board, decode_mpy
+
+    raw = {
+        "device_name": "bench-meter",
+        "coordinator_port": port,
+        "interval_s": 0.005,
+        "clock_start": 1_700_000_000,
+        "clock_speed": 60,
+        "ack_timeout_s": 0.2,
+        "retry_after_s": 0.2,
+        "drain_timeout_s": 20,
+        "max_readings": readings,
+        "meter": {"type": "simulated", "profile": "prosumer", "seed": 3},
+    }
+    settings.validate(raw, "unix")
+    out = subprocess.run([find_micropython(), "-c", "import sys; print(sys.implementation._mpy)"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    version, sub, arch = decode_mpy(int(out.strip()))
+    mpy_cross = build.find_mpy_cross()
+    if f"{version}.{sub}" != build.mpy_cross_version(mpy_cross):
+        # `microgrid flash` would copy .py sources then: not the figure wanted.
+        raise RuntimeError(f"micropython reads .mpy v{version}.{sub}, mpy-cross emits "
+                           f"v{build.mpy_cross_version(mpy_cross)}: the image cannot be compiled as flashed")
+    staging.mkdir(parents=True)
+    manifest = build.build(staging, settings.to_json(raw), board("unix"), arch, True, mpy_cross)
+    assert manifest.mpy and all(rel == "main.py" or rel.endswith(".mpy") for rel in manifest.files)
+    return staging
+
+
+def loop_trial(image: Path, work: Path, db: Path, heap: int, readings: int) -> tuple[bool, str]:
+    """Flash a fresh meter (a copy of `image` and a new registered key),
+    boot it with a heap of `heap` bytes and let its main loop run to the
+    end. (True, summary) if every reading was delivered and stored."""
+    from bitcoinx import PrivateKey
+
+    from microgrid.coordinator.store.database import open_database
+    from microgrid.coordinator.store.readings import ReadingStore
+
+    key = PrivateKey.from_random()
+    pub = key.public_key.to_bytes(compressed=True)
+    store = ReadingStore(open_database(db))
+    store.register_device(pub, "bench-meter")
+    store.db.close()
+    folder = work / f"trial-{heap}-{time.monotonic_ns()}"
+    shutil.copytree(image, folder)
+    key_path = folder / "device.key"
+    key_path.write_text(key.to_bytes().hex() + "\n")
+    key_path.chmod(0o600)
+    # As flash/unix_port.boot runs it: the image folder is the board's filesystem.
+    env = dict(os.environ, MICROPYPATH=".frozen:" + str(folder.resolve()))
+    try:
+        proc = subprocess.run([find_micropython(), "-X", f"heapsize={heap}", "main.py"], cwd=str(folder), env=env,
+                              capture_output=True, text=True, timeout=LOOP_TRIAL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {LOOP_TRIAL_TIMEOUT_S:g} s"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("SUMMARY ")]
+    if proc.returncode != 0 or not lines:
+        tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-2:])
+        return False, f"exit {proc.returncode}: {tail}"
+    summary = json.loads(lines[-1][len("SUMMARY "):])
+    store = ReadingStore(open_database(db))
+    stored = store.count(reading.device_id(pub))
+    store.db.close()
+    ok = (summary["produced"] == summary["delivered"] == stored == readings
+          and summary["pending"] == 0 and summary["rejected"] == 0)
+    return ok, lines[-1]
+
+
+def whole_loop_peak(readings: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """Smallest heap (to 1 KB) in which the flashed firmware runs its whole
+    main loop against a real coordinator every time: (that heap, the number
+    of trials run there, [(heap, successes out of LOOP_BAND_TRIALS)] for the
+    heaps below it, down to one where no trial ran).
+
+    Near the limit a run fails or not with the heap's fragmentation, which
+    follows the timing (the clock-driven readings, when each answer
+    arrives): the bisection asks for LOOP_REPEATS runs in a row at each
+    step, the heap found must then pass LOOP_CONFIRM more (else it goes up
+    1 KB at a time), and the band below is measured and shown."""
+    with tempfile.TemporaryDirectory(prefix="bench-firmware-") as tmp:
+        root = Path(tmp)
+        db = root / "coordinator.db"
+        port = free_udp_port()
+        image = flashed_image(root / "image", port, readings)
+        coordinator = Coordinator(db, port, root / "coordinator.log").start()
+        try:
+            def successes(heap: int, trials: int, stop_at_failure: bool) -> int:
+                ran = 0
+                for _ in range(trials):
+                    if coordinator.proc is None or coordinator.proc.poll() is not None:
+                        raise RuntimeError(f"the coordinator stopped during the bench; see {coordinator.log}")
+                    if loop_trial(image, root, db, heap, readings)[0]:
+                        ran += 1
+                    elif stop_at_failure:
+                        break
+                return ran
+
+            top = 8 * 1024 * 1024
+            ok, detail = loop_trial(image, root, db, top, readings)
+            if not ok:
+                raise RuntimeError(f"the flashed firmware did not complete its loop with an {top // 1024} KB heap: {detail}")
+            peak = bisect_heap(lambda heap: successes(heap, LOOP_REPEATS, True) == LOOP_REPEATS, hi=top)
+            for _ in range(LOOP_MAX_STEPS):
+                if successes(peak, LOOP_CONFIRM, True) == LOOP_CONFIRM:
+                    break
+                peak += 1024
+            else:
+                raise RuntimeError(f"no heap up to {peak // 1024} KB ran the loop {LOOP_CONFIRM} times in a row")
+            band = []
+            heap = peak - 1024
+            for _ in range(LOOP_MAX_STEPS):
+                ran = successes(heap, LOOP_BAND_TRIALS, False)
+                band.append((heap, ran))
+                if ran == 0:
+                    break
+                heap -= 1024
+        finally:
+            coordinator.stop()
+    return peak, LOOP_REPEATS + LOOP_CONFIRM, band
 
 
 def run_mp(table: bool, count: int) -> dict:
@@ -109,6 +314,8 @@ def run_mp(table: bool, count: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("--loop-readings", type=int, default=30,
+                    help="readings the flashed firmware sends per trial for the whole-loop peak heap (default 30)")
     args = ap.parse_args()
     n = args.count
 
@@ -134,6 +341,7 @@ def main() -> int:
     with_table["peak_bytes"] = min_heap_bytes(True)
     without["peak_bytes"] = min_heap_bytes(False)
     flashed_peak = min_heap_bytes(False, compiled_shared())
+    loop_peak, loop_runs, loop_band = whole_loop_peak(args.loop_readings)
 
     print(f"firmware benchmark: {n} readings built and signed")
     print(f"  baseline: bitcoinx (libsecp256k1, C) in CPython   {baseline_us:9.1f} us/reading")
@@ -144,6 +352,11 @@ def main() -> int:
           f"   resident {without['resident_bytes'] / 1024:.0f} KB, peak heap {without['peak_bytes'] / 1024:.0f} KB")
     print(f"  peak heap as flashed (.mpy modules, no table): {flashed_peak / 1024:.0f} KB (target < 48 KB; from .py sources "
           f"{without['peak_bytes'] / 1024:.0f} KB, ratio {without['peak_bytes'] / flashed_peak:.2f})")
+    print(f"  peak heap of the whole firmware as flashed: {loop_peak / 1024:.0f} KB (main loop: {args.loop_readings} readings read, "
+          f"signed, sent over CoAP and acknowledged by a coordinator on 127.0.0.1, in each of {loop_runs} runs; "
+          f"read-sign path as flashed {flashed_peak / 1024:.0f} KB, ratio {loop_peak / flashed_peak:.2f})")
+    print("    below it the loop runs only sometimes (fragmentation follows the timing): "
+          + ", ".join(f"{heap / 1024:.0f} KB {ran}/{LOOP_BAND_TRIALS}" for heap, ran in loop_band))
     print(f"  ... batches of 3 (batch_size = 3), no table      {without['us_per_reading_batched']:9.1f} us/reading   ratio {without['us_per_reading_batched'] / baseline_us:7.1f}x"
           f"   ({without['us_per_reading'] / without['us_per_reading_batched']:.1f}x faster than one signature per reading)")
     return 0

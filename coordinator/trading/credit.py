@@ -9,7 +9,7 @@ During an interval a seller cannot tell from its own meters which buyer
 took its energy; it judges each buyer on what that buyer's own published
 import and the sellers' published exports say its stream owes
 (trading/delivery.py, the same rule the buyer pays by). Once the interval
-is settled, the settlement's figure replaces that estimate.""" 
+is settled, the settlement's figure replaces that estimate."""
 
 from __future__ import annotations
 
@@ -46,6 +46,12 @@ class SellerCredit:
         for buyer, sats in dues.items():
             self.owed[buyer] = self.owed.get(buyer, 0) + sats
         self.enforce()
+
+    def forget(self, interval_start: int) -> None:
+        """An interval we could not settle: its estimate goes rather than
+        hold a buyer to it for ever (our failure is not theirs)."""
+        if self.streaming.pop(interval_start, None) is not None:
+            self.enforce()
 
     def paid(self, buyer: str, sats: int) -> None:
         self.received[buyer] = self.received.get(buyer, 0) + sats

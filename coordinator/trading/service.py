@@ -456,6 +456,7 @@ class TradingService:
             log.exception("trading round %d failed", start)
         finally:
             self.streamed.pop(start, None)
+            self.credit.forget(start)  # settled by now, or never will be here
             stream = self._streams.pop(start, None)
             if stream is not None and not stream.done():
                 stream.cancel()

@@ -60,6 +60,9 @@ def test_streams_of_several_running_intervals_add_up() -> None:
     assert credit.behind() == {"erin": 32}
     credit.settled(900, {})  # nothing delivered after all: the estimate goes
     assert credit.behind() == {"erin": 12}
+    # An interval that could not be settled here drops its estimate too.
+    credit.forget(1800)
+    assert credit.behind() == {"erin": 7} and credit.streaming == {}
 
 
 def test_without_a_relay_it_only_keeps_the_books_and_refuses_nonsense() -> None:
