@@ -9,6 +9,8 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from bitcoinx import PrivateKey
 
 from microgrid.coordinator.channels.chain import LocalLedger
@@ -28,11 +30,13 @@ START = 1_700_000_100 // 900 * 900 + 900
 METER_SECRET = bytes(range(1, 33))
 
 
-def test_a_buyer_that_stops_paying_is_cut_off_before_the_interval_ends(tmp_path: Path, ledger: LocalLedger) -> None:
-    asyncio.run(_cutoff(tmp_path, ledger))
+@pytest.mark.parametrize("overlay_read_s", [0, 200])
+def test_a_buyer_that_stops_paying_is_cut_off_before_the_interval_ends(tmp_path: Path, ledger: LocalLedger,
+                                                                       overlay_read_s: int) -> None:
+    asyncio.run(_cutoff(tmp_path, ledger, overlay_read_s))
 
 
-async def _cutoff(tmp_path: Path, ledger: LocalLedger) -> None:
+async def _cutoff(tmp_path: Path, ledger: LocalLedger, overlay_read_s: int) -> None:
     clock = ManualClock(START - 1)
     ledger.clock = clock
     seller_node = make_node(tmp_path, "seller", ledger, clock)
@@ -71,22 +75,25 @@ async def _cutoff(tmp_path: Path, ledger: LocalLedger) -> None:
     # The buyer publishes that it has taken 600 Wh, and pays nothing.
     await buyer_overlay.put(f"{LIVE_PREFIX}z/{START}", json.dumps({"export_wh": 0, "import_wh": 600}).encode(), 3600)
 
-    # Every read of the overlay is slow (a loaded network): 200 s pass each
-    # time. Polls do not queue up behind it, so the stream still ends with
-    # the interval, not many minutes later with stale figures.
+    # With overlay_read_s, every read of the overlay is slow (a loaded
+    # network): that many seconds pass each time. Polls do not queue up
+    # behind it, so the stream still ends with the interval, not many
+    # minutes later with stale figures.
     get = seller_overlay.get
 
-    async def slow_get(key: str, timeout_s: float | None = None):  # type: ignore[no-untyped-def]
+    async def timed_get(key: str, timeout_s: float | None = None):  # type: ignore[no-untyped-def]
         polls.append((clock.now(), str(relay.state)))
-        await clock.sleep(200)
+        await clock.sleep(overlay_read_s)
         return await get(key, timeout_s)
-    seller_overlay.get = slow_get  # type: ignore[method-assign]
+    seller_overlay.get = timed_get  # type: ignore[method-assign]
 
     await seller.stream_interval(cleared)
-    assert clock.now() <= START + 900 + 2 * 200, clock.now() - START  # not 15 polls of 200 s
+    assert clock.now() <= START + 900 + 2 * overlay_read_s, clock.now() - START  # not 15 slow polls
 
     cut = [t for t, state in polls if state == "disconnected"]
-    assert cut and cut[0] < START + 900, polls  # before the interval ends
+    # Before the interval ends; at full speed, within its first quarter
+    # (100 sat of credit is 50 Wh, under two minutes of this export).
+    assert cut and cut[0] < START + (900 if overlay_read_s else 225), polls
     # By the end the seller had exported 600 Wh: the buyer's stream owed 1,200 sat.
     assert seller.credit.behind() == {buyer.hex(): 1200}
     assert str(relay.state) == "disconnected" and seller.credit.disconnects == 1
