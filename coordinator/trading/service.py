@@ -484,6 +484,11 @@ class TradingService:
             mine = [so for so in orders if so.owner.hex() == self.public_hex]
             self.market.rounds[start] = MarketRound(start, own_orders=mine, book=orders, cleared=cleared)
             self.stats.cleared[start] = cleared
+            if self.clock.now() < start + book.interval_s:
+                # Still running: stream on from what the channel journals
+                # say was streamed for it before the restart.
+                self.streamed[start] = self._streamed_before(start)
+                self._streams[start] = asyncio.ensure_future(self.stream_interval(cleared))
             self._spawn(self._settle_resumed(start))
             picked.append(start)
         for start in self.market.in_flight():
@@ -493,6 +498,25 @@ class TradingService:
         if picked:
             log.info("picked up intervals %s: cleared here and not settled, or with orders already due", picked)
         return picked
+
+    def _streamed_before(self, start: int) -> dict[str, tuple[int, int]]:
+        """Per seller, the (Wh, sat) our journals record streamed for the
+        interval at `start` (see `_send`)."""
+        out: dict[str, tuple[int, int]] = {}
+        for cid, e in self.node.channels.items():
+            if e.role != "payer":
+                continue
+            for ev in self.node.store.events(cid):
+                if ev["kind"] != "trade-stream" or not ev["detail"]:
+                    continue
+                try:
+                    interval = json.loads(ev["detail"]).get("interval")
+                except ValueError:
+                    continue
+                if interval == start:
+                    wh, sats = out.get(e.peer.hex(), (0, 0))
+                    out[e.peer.hex()] = (wh + int(ev["wh"] or 0), sats + int(ev["amount"] or 0))
+        return out
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -507,6 +531,12 @@ class TradingService:
         except Exception:
             self.stats.errors += 1
             log.exception("settling interval %d after a restart failed", start)
+        finally:
+            self.streamed.pop(start, None)
+            self.credit.forget(start)
+            stream = self._streams.pop(start, None)
+            if stream is not None and not stream.done():
+                stream.cancel()
 
     async def run(self, stop: asyncio.Event) -> None:
         """A round (market, then settlement and payment) for every interval

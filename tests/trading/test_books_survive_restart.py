@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import aiocoap
+import pytest
 
 from microgrid.coordinator.channels.chain import LocalLedger
 from microgrid.coordinator.channels.protocol import ChannelNode
@@ -176,18 +177,18 @@ async def _books_survive_restarts(tmp_path: Path, ledger: LocalLedger) -> None:
         await server.shutdown()
 
 
-def test_a_restart_between_clearing_and_settling_still_settles_and_pays(tmp_path: Path, ledger: LocalLedger) -> None:
-    asyncio.run(_restart_before_settling(tmp_path, ledger))
+@pytest.mark.parametrize("back", ["after the interval", "in the middle of it"])
+def test_a_restart_between_clearing_and_settling_still_settles_and_pays_once(tmp_path: Path, ledger: LocalLedger,
+                                                                           back: str) -> None:
+    asyncio.run(_restart_before_settling(tmp_path, ledger, back == "in the middle of it"))
 
 
-async def _restart_before_settling(tmp_path: Path, ledger: LocalLedger) -> None:
-    import json
-
-    from microgrid.coordinator.market.clearing import clear_interval
+async def _restart_before_settling(tmp_path: Path, ledger: LocalLedger, mid_interval: bool) -> None:
+    from microgrid.coordinator.market.clearing import clear_interval, trade_value
     from microgrid.coordinator.market.orders import make_order
     from microgrid.coordinator.market.service import MarketRound
     from microgrid.coordinator.overlay.memory import MemoryNetwork, MemoryOverlay
-    from microgrid.coordinator.trading.service import METERING_PREFIX
+    from microgrid.coordinator.trading.service import LIVE_PREFIX, METERING_PREFIX
     from microgrid.shared import reading, secp256k1
 
     from ..market.overlay_stub import ManualClock
@@ -227,30 +228,43 @@ async def _restart_before_settling(tmp_path: Path, ledger: LocalLedger) -> None:
         cleared = clear_interval([buy, sell], ZONE, start, 900, market.rules())
         assert len(cleared.trades) == 1
         buyer._keep_book(MarketRound(start, book=[buy, sell], cleared=cleared))
-        # ... and the buyer stops. While it is down the interval runs, and
-        # the seller publishes its metering: 400 Wh exported.
-        await buyer.overlay.stop()
-        clock.t = start + 900 + 300
         seller_overlay = MemoryOverlay(b.identity, net)
         await seller_overlay.start()
+        # The seller shows 400 Wh exported, live and then as its metering.
+        await seller_overlay.put(f"{LIVE_PREFIX}{ZONE}/{start}", json.dumps({"export_wh": 400, "import_wh": 0}).encode(),
+                                 3600)
         await seller_overlay.put(f"{METERING_PREFIX}{ZONE}/{start}",
                                  json.dumps({"export_wh": 400, "import_wh": 0}).encode(), 3600)
+        before = 0
+        if mid_interval:  # it streamed for the first 100 Wh before it stopped
+            clock.t = start + 300
+            before = trade_value(100, cleared.trades[0].price_sat_per_kwh)
+            await buyer._send(b.public_key.hex(), [before], "stream", 100, interval=start)
+        # ... and the buyer stops, and is back after the interval, or in the
+        # middle of it.
+        await buyer.overlay.stop()
+        clock.t = start + 450 if mid_interval else start + 900 + 300
 
         # Back up: it settles the interval from the kept book and pays.
         a = make_node(tmp_path, "a", ledger, clock)
         buyer = buyer_service()
         await buyer.overlay.start()
-        assert buyer.resume() == [start]
+        assert buyer.resume() == ([start, start + 900] if mid_interval else [start])
         await asyncio.gather(*buyer._resumed)
         settled = buyer.stats.settled[start]
         owed = sum(p.sats for p in settled.payments if p.kind == P2P and p.payer == a.public_key.hex())
         assert settled.delivered_wh == 300 and owed > 0
-        assert a.payer(cid).paid == b.payee(cid).received == owed
+        assert a.payer(cid).paid == b.payee(cid).received == owed  # once, not twice
+        if mid_interval:  # it streamed on from where it stopped
+            streamed = [e["amount"] for e in a.store.events(cid) if e["kind"] == "trade-stream"]
+            assert streamed[0] == before and len(streamed) > 1 and sum(streamed) == owed
+            assert buyer.stats.streamed_sat == owed - before
         assert buyer.dues.owed_by(a.public_key.hex()) == {b.public_key.hex(): owed}
         assert buyer.books.is_settled(ZONE, start) is True and buyer.stats.errors == 0
         # Restarted again, there is nothing left to pick up.
         await buyer.overlay.stop()
         again = buyer_service()
+        clock.t = start + 900 + 300
         assert again.resume() == []
         # A book whose orders no longer clear to the kept hash is refused.
         again.books.save(StoredBook(ZONE, start + 900, 900, b"\x00" * 32, [buy.encoded]))
