@@ -200,7 +200,7 @@ class Coordinator:
                 out: list[str] = []
                 for start in sorted(trading.stats.settled)[-n:]:
                     out += report_lines(trading.stats.settled[start], {trading.public_hex: "us"})
-                return out + trading.accounts.lines()
+                return out + trading.accounts.lines() + trading.credit.lines()
 
             self.console_market = market_lines
             self.console_orders = lambda: [

@@ -70,6 +70,14 @@ class SellerCredit:
                 out[buyer] = gap
         return out
 
+    def lines(self) -> list[str]:
+        """For the technician's console: each buyer behind, and the relay."""
+        out = [f"buyer {buyer[:16]} is {gap} sat behind (credit {self.credit_sat} sat)"
+               for buyer, gap in sorted(self.behind().items())]
+        if self.relay is not None:
+            out.append(f"export relay {self.relay.state}, opened {self.disconnects} time(s) on a buyer behind")
+        return out
+
     def enforce(self) -> None:
         """Open the relay while a buyer is more than `credit_sat` behind;
         close it again once every buyer has caught up."""

@@ -23,6 +23,7 @@ def test_relay_opens_when_a_buyer_falls_behind_and_closes_when_paid() -> None:
     credit.paid("bob", 50)
     credit.paid("alice", 80)
     assert str(relay.state) == "connected" and credit.behind() == {}
+    assert credit.lines() == ["export relay connected, opened 1 time(s) on a buyer behind"]
     # Every switch went through the GPIO layer: off, then on again.
     assert [t.level for t in gpio.transitions if t.pin == 17][-2:] == [False, True]
 
@@ -69,6 +70,7 @@ def test_without_a_relay_it_only_keeps_the_books_and_refuses_nonsense() -> None:
     credit = SellerCredit(credit_sat=0)
     credit.settled(900, {"carol": 10})
     assert credit.behind() == {"carol": 10} and credit.disconnects == 0
+    assert credit.lines() == ["buyer carol is 10 sat behind (credit 0 sat)"]
     with pytest.raises(ValueError, match="expected >= 0"):
         credit.expect_streamed(900, "carol", -1)
     with pytest.raises(ValueError, match="credit_sat=-1"):
