@@ -81,7 +81,7 @@ class TradingStats:
     trades: int = 0  # trades in cleared books this coordinator was part of
     traded_wh: int = 0
     payment_updates: int = 0
-    paid_sat: int = 0
+    paid_sat: int = 0  # signed to sellers (what they can claim), acknowledged or not
     streamed_sat: int = 0  # of paid_sat, paid during intervals as energy arrived
     settled: dict[int, IntervalSettlement] = field(default_factory=dict)
     cleared: dict[int, ClearedInterval] = field(default_factory=dict)
@@ -271,9 +271,12 @@ class TradingService:
             for amount in amounts:
                 acked = await self.client.pay(cid, amount)
                 self.stats.payment_updates += 1
-                self.stats.paid_sat += amount
         finally:
+            # Paid is what is signed (the payee can claim it), acknowledged
+            # or not: an update in flight when we stop counts, as it does
+            # in the accounts.
             signed = payer.paid - before
+            self.stats.paid_sat += signed
             self.accounts.add_signed(payee_hex, signed)
             if acked is not None:
                 self.stats.payment_log.append((self.clock.now(), payee_hex, acked))
