@@ -36,6 +36,7 @@ from microgrid.coordinator.channels.protocol import ChannelNode
 from microgrid.coordinator.channels.store import ChannelStore
 from microgrid.coordinator.channels.transport import ChannelClient, channel_uri, serve
 from microgrid.coordinator.channels.wallet import Utxo, Wallet
+from microgrid.processes import free_udp_port
 
 T0 = 1_700_000_000
 
@@ -43,14 +44,6 @@ T0 = 1_700_000_000
 class Clock:
     def now(self) -> float:
         return T0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def timed(n: int, seconds: float, step) -> tuple[int, float, list[float]]:
@@ -121,7 +114,7 @@ def core(n: int, seconds: float, tmp: Path, persist: bool) -> float:
 
 def round_trip(n: int, seconds: float, tmp: Path) -> tuple[float, float, float]:
     ledger = LocalLedger()
-    pa, pb = free_port(), free_port()
+    pa, pb = free_udp_port(), free_udp_port()
     a = make_node(tmp, "rt-a", ledger, funds=10_000_000, uri=channel_uri("127.0.0.1", pa))
     b = make_node(tmp, "rt-b", ledger, uri=channel_uri("127.0.0.1", pb))
 

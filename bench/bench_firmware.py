@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from typing import Callable
 from bitcoinx import PrivateKey
 
 from microgrid.flash.unix_port import find_micropython
+from microgrid.processes import CoordinatorProcess, free_udp_port
 from microgrid.shared import cose, reading, secp256k1
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,45 +132,6 @@ LOOP_REPEATS = 3  # runs in a row a bisection step needs
 LOOP_CONFIRM = 10  # further runs in a row at the heap found
 LOOP_BAND_TRIALS = 5  # runs at each heap below it
 LOOP_MAX_STEPS = 16  # 1 KB steps, up to confirm or down through the band
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Coordinator:
-    """`microgrid coordinator run` on 127.0.0.1 as a child process (as
-    tests/conftest.py's CoordinatorProcess starts it); its output goes to
-    a log file, so it can never block on a full pipe."""
-
-    def __init__(self, db: Path, port: int, log: Path) -> None:
-        self.db, self.port, self.log = db, port, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Coordinator":
-        cmd = [sys.executable, "-m", "microgrid.cli", "coordinator", "run", "--db", str(self.db),
-               "--host", "127.0.0.1", "--port", str(self.port)]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + COORDINATOR_START_S
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if any(line.startswith("READY") for line in self.log.read_text(errors="replace").splitlines()):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
-        raise RuntimeError(f"the coordinator did not answer READY within {COORDINATOR_START_S:g} s; its log:\n{tail}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def flashed_image(staging: Path, port: int, readings: int) -> Path:
@@ -265,7 +226,7 @@ def whole_loop_peak(readings: int) -> tuple[int, int, list[tuple[int, int]]]:
         db = root / "coordinator.db"
         port = free_udp_port()
         image = flashed_image(root / "image", port, readings)
-        coordinator = Coordinator(db, port, root / "coordinator.log").start()
+        coordinator = CoordinatorProcess(db, port, log=root / "coordinator.log").start(COORDINATOR_START_S)
         try:
             def successes(heap: int, trials: int, stop_at_failure: bool) -> int:
                 ran = 0

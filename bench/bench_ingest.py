@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 from microgrid.coordinator.store.database import open_database
 from microgrid.coordinator.store.readings import ReadingStore
 from microgrid.loadgen import SimulatedSender, drive
+from microgrid.processes import free_udp_port
 
 ECHO_SERVER = """
 import asyncio, sys, aiocoap, aiocoap.resource as r
@@ -46,12 +46,6 @@ async def main():
     await asyncio.Event().wait()
 asyncio.run(main())
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kb(pid: int) -> int:
@@ -98,7 +92,7 @@ def main() -> int:
         store.db.close()
         return devs
 
-    port = free_port()
+    port = free_udp_port()
     echo = measure([sys.executable, "-c", ECHO_SERVER, str(port)], port, [SimulatedSender(rng) for _ in range(args.devices)],
                    args.seconds)
 
@@ -108,7 +102,7 @@ def main() -> int:
         devs = fresh_devices(db)
         cfg = tmp / f"{label}.toml"
         cfg.write_text(f"[ingest]\ndedup_entries = {entries}\nmax_future_s = 1000000000\n")
-        port = free_port()
+        port = free_udp_port()
         cmd = [sys.executable, "-m", "microgrid.cli", "coordinator", "run", "--db", str(db), "--port", str(port), "--config", str(cfg)]
         results[label] = measure(cmd, port, devs, args.seconds)
         store = ReadingStore(open_database(db))

@@ -98,10 +98,9 @@ class ChannelNode:
         """One row per channel, for the console, the local API and MQTT."""
         out: list[dict[str, object]] = []
         for cid, e in self.channels.items():
-            ch = e.channel
-            paid = ch.paid if isinstance(ch, PayerChannel) else (ch.latest.amount if ch.latest else 0)
             out.append({"channel": cid.hex()[:16], "role": e.role, "peer": e.peer.hex()[:16],
-                        "state": ch.state.value, "capacity_sat": ch.terms.capacity, "paid_sat": paid})
+                        "state": e.channel.state.value, "capacity_sat": e.channel.terms.capacity,
+                        "paid_sat": signed_amount(e.channel)})
         return out
 
     def signed_by_peer(self, role: str) -> dict[str, int]:
@@ -113,9 +112,7 @@ class ChannelNode:
         for e in self.channels.values():
             if e.role != role or not e.peer:
                 continue
-            ch = e.channel
-            amount = ch.paid if isinstance(ch, PayerChannel) else (ch.latest.amount if ch.latest else 0)
-            out[e.peer.hex()] = out.get(e.peer.hex(), 0) + amount
+            out[e.peer.hex()] = out.get(e.peer.hex(), 0) + signed_amount(e.channel)
         return out
 
     def open_channel_to(self, peer: bytes) -> bytes | None:
@@ -431,6 +428,12 @@ class ChannelNode:
 
     def on_closed_ack(self, e: Entry, reply: Message) -> None:
         return None
+
+
+def signed_amount(ch: PayerChannel | PayeeChannel) -> int:
+    """The cumulative amount signed on a channel: as payer what we have
+    signed away, as payee the latest update we hold."""
+    return ch.paid if isinstance(ch, PayerChannel) else (ch.latest.amount if ch.latest else 0)
 
 
 def txid_hex_of(o: Outpoint) -> str:

@@ -458,11 +458,7 @@ class TradingService:
             self.stats.errors += 1
             log.exception("trading round %d failed", start)
         finally:
-            self.streamed.pop(start, None)
-            self.credit.forget(start)  # settled by now, or never will be here
-            stream = self._streams.pop(start, None)
-            if stream is not None and not stream.done():
-                stream.cancel()
+            self._end_interval(start)
 
     def resume(self) -> list[int]:
         """After a restart, pick up what was in flight: settle (and pay or
@@ -535,11 +531,16 @@ class TradingService:
             self.stats.errors += 1
             log.exception("settling interval %d after a restart failed", start)
         finally:
-            self.streamed.pop(start, None)
-            self.credit.forget(start)
-            stream = self._streams.pop(start, None)
-            if stream is not None and not stream.done():
-                stream.cancel()
+            self._end_interval(start)
+
+    def _end_interval(self, start: int) -> None:
+        """An interval is done here (settled, failed or stopped): drop what
+        was kept for it while it ran."""
+        self.streamed.pop(start, None)
+        self.credit.forget(start)  # settled by now, or never will be here
+        stream = self._streams.pop(start, None)
+        if stream is not None and not stream.done():
+            stream.cancel()
 
     async def run(self, stop: asyncio.Event) -> None:
         """A round (market, then settlement and payment) for every interval

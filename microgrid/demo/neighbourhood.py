@@ -28,6 +28,7 @@ from microgrid.coordinator.devices.gpio_settings import GpioSettings
 from microgrid.coordinator.market.settings import MarketSettings
 from microgrid.coordinator.overlay.settings import OverlaySettings
 from microgrid.flash.unix_port import boot
+from microgrid.processes import free_udp_port
 
 log = logging.getLogger("microgrid.demo")
 
@@ -66,14 +67,6 @@ class CoordinatorPlan:
     meters: list[MeterPlan] = field(default_factory=list)
     coordinator: Coordinator | None = None
     overlay_port: int = 0
-
-
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def plan_neighbourhood(out_dir: Path, coordinators: int, meters: int, seed: int) -> list[CoordinatorPlan]:
