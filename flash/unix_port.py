@@ -15,9 +15,42 @@ class MicroPythonNotFound(RuntimeError):
     pass
 
 
-def find_micropython() -> str:
-    """The `micropython` executable: beside this Python (a venv's bin/),
-    then on PATH."""
+# The runtimes the firmware is tested in: pip's unix port (64-bit, double
+# floats) and the esp32-like build (32-bit, single floats, 30-bit ticks,
+# LittleFS2), which fails where a board would. MICROGRID_MICROPYTHON picks
+# one for every process started through this module.
+RUNTIMES = ("unix", "esp32like")
+RUNTIME_ENV = "MICROGRID_MICROPYTHON"
+ESP32LIKE_ENV = "MICROGRID_ESP32LIKE"
+ESP32LIKE_REL = Path("shared") / "micropython-esp32like" / "bin" / "micropython-esp32like"
+
+
+def find_esp32like() -> str:
+    """The esp32-like build: $MICROGRID_ESP32LIKE, else the shared tools
+    folder beside the repository (../shared/micropython-esp32like), used
+    where it lies. Raises MicroPythonNotFound saying what is missing."""
+    given = os.environ.get(ESP32LIKE_ENV)
+    path = Path(given) if given else Path(__file__).resolve().parent.parent.parent / ESP32LIKE_REL
+    if not path.exists():
+        raise MicroPythonNotFound(f"the esp32-like MicroPython was not found at {path} "
+                                  f"(set {ESP32LIKE_ENV}, or lay ../shared beside the repository)")
+    try:
+        subprocess.run([str(path), "-c", "pass"], check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise MicroPythonNotFound(f"the esp32-like MicroPython at {path} does not run ({e}): "
+                                  "it is a 32-bit program, install Debian's libc6-i386") from None
+    return str(path)
+
+
+def find_micropython(runtime: str | None = None) -> str:
+    """The `micropython` executable of `runtime` ("unix" or "esp32like";
+    default $MICROGRID_MICROPYTHON, else "unix"). The unix port is found
+    beside this Python (a venv's bin/), then on PATH."""
+    runtime = runtime or os.environ.get(RUNTIME_ENV) or "unix"
+    if runtime == "esp32like":
+        return find_esp32like()
+    if runtime != "unix":
+        raise MicroPythonNotFound(f"unknown MicroPython runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     beside = Path(sys.executable).parent / "micropython"
     if beside.exists():
         return str(beside)

@@ -12,6 +12,9 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 # The tests also look at the demo's report in a headless browser.
 if [ "${MICROGRID_SETUP_TESTS:-0}" = "1" ]; then
     command -v chromium >/dev/null 2>&1 || need+=(chromium)
+    # The firmware tests also run in ../shared's esp32-like MicroPython, a
+    # 32-bit program.
+    if [ "$(uname -m)" = "x86_64" ] && [ ! -e /lib/ld-linux.so.2 ]; then need+=(libc6-i386); fi
 fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}"

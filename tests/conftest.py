@@ -11,23 +11,40 @@ from typing import Iterator
 
 import pytest
 
+from microgrid.flash.unix_port import RUNTIME_ENV, RUNTIMES, MicroPythonNotFound, find_esp32like, find_micropython
 from microgrid.processes import CoordinatorProcess, free_udp_port  # noqa: F401 - imported by tests from here
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def micropython() -> str:
-    from microgrid.flash.unix_port import find_micropython
+@pytest.fixture(params=RUNTIMES)
+def mp_runtime(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test once per MicroPython runtime: pip's unix port and the
+    esp32-like build (32-bit, float32, 30-bit ticks). Every MicroPython
+    process the test starts (run_micropython, flash.unix_port.boot, the
+    flash tool) uses it. Without ../shared the esp32-like run is skipped
+    with the reason, except in CI, where it must run."""
+    name: str = request.param
+    if name == "esp32like":
+        try:
+            find_esp32like()
+        except MicroPythonNotFound as e:
+            if os.environ.get("CI"):
+                pytest.fail(f"CI must run the firmware in the esp32-like runtime: {e}")
+            pytest.skip(str(e))
+    monkeypatch.setenv(RUNTIME_ENV, name)
+    return name
 
+
+@pytest.fixture
+def micropython(mp_runtime: str) -> str:
     return find_micropython()
 
 
 def run_micropython(script: str, stdin: str = "", timeout: float = 120, cwd: Path | None = None) -> str:
     """Run `script` under the MicroPython unix port with the repository's
-    edge/ and shared/ importable; return stdout, failing on a non-zero exit."""
-    from microgrid.flash.unix_port import find_micropython
-
+    edge/ and shared/ importable; return stdout, failing on a non-zero exit.
+    The runtime is the test's `mp_runtime` (the unix port without one)."""
     env = dict(os.environ, MICROPYPATH=f".frozen:{REPO}")
     proc = subprocess.run(
         [find_micropython(), "-c", script],

@@ -32,7 +32,7 @@ def test_roundtrip_keeps_every_value() -> None:
     assert reading.verify(r, PUB)
 
 
-def test_micropython_builds_the_same_bytes_as_cpython() -> None:
+def test_micropython_builds_the_same_bytes_as_cpython(mp_runtime: str) -> None:
     script = """
 from shared import reading, secp256k1
 import binascii
@@ -213,7 +213,7 @@ def test_a_batch_carries_several_readings_under_one_signature() -> None:
     assert reading.build_batch(SECRET, PUB, BATCH[:1]) == reading.build(SECRET, PUB, *BATCH[0][:6])
 
 
-def test_micropython_builds_the_same_batch_bytes() -> None:
+def test_micropython_builds_the_same_batch_bytes(mp_runtime: str) -> None:
     out = run_micropython("""
 from shared import reading, secp256k1
 import binascii

@@ -35,7 +35,7 @@ def random_cases(n: int, seed: int) -> list[tuple[bytes, bytes]]:
     return cases
 
 
-def test_micropython_signatures_are_byte_identical_to_bitcoinx() -> None:
+def test_micropython_signatures_are_byte_identical_to_bitcoinx(mp_runtime: str) -> None:
     cases = random_cases(300, seed=7)
     script = """
 import sys, binascii, json
