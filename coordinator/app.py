@@ -87,6 +87,9 @@ class Coordinator:
         self._retention_task: asyncio.Task[None] | None = None
         self._trading_task: asyncio.Task[None] | None = None
         self._stop_trading = asyncio.Event()
+        self.channel_lifecycle: Any = None
+        self._lifecycle_task: asyncio.Task[None] | None = None
+        self._stop_lifecycle = asyncio.Event()
         self.db = open_database(config.store.path)
         self.store = ReadingStore(self.db)
         self.ingest = ReadingIngest(self.store, max_future_s=config.ingest.max_future_s, clock=self.clock.now)
@@ -120,6 +123,7 @@ class Coordinator:
         return site
 
     def _channel_node(self) -> Any:
+        from .channels.channel import ChannelPolicy
         from .channels.protocol import ChannelNode
         from .channels.store import ChannelStore
         from .channels.wallet import Wallet
@@ -135,7 +139,23 @@ class Coordinator:
         if self.chain is None:
             self.chain = open_chain(self.config, self.clock)
         store = ChannelStore(self.config.resolve(c.store_path), clock=self.clock.now)
-        return ChannelNode(self.key, self.wallet, store, self.chain, self.clock, uri=self.coap_uri("channel"))
+        policy = ChannelPolicy(fee_rate=self.wallet.fee_rate, dust_limit=self.wallet.dust_limit,
+                               close_margin=c.close_margin_s)
+        return ChannelNode(self.key, self.wallet, store, self.chain, self.clock, policy=policy,
+                           uri=self.coap_uri("channel"))
+
+    def _start_channel_lifecycle(self, node: Any) -> None:
+        """Close, refund and retry on every channel by itself, periodically
+        (channels/lifecycle.py)."""
+        from .channels.lifecycle import ChannelLifecycle, LifecycleSettings
+        from .channels.transport import ChannelClient
+
+        assert self.context is not None
+        c = self.config.channels
+        self.channel_lifecycle = ChannelLifecycle(
+            node, ChannelClient(node, self.context).exchange,
+            LifecycleSettings(every_s=c.lifecycle_every_s, full_below_sat=c.full_below_sat))
+        self._lifecycle_task = asyncio.ensure_future(self.channel_lifecycle.run(self._stop_lifecycle))
 
     def coap_uri(self, path: str) -> str:
         c = self.config.coap
@@ -157,6 +177,8 @@ class Coordinator:
             self.console_channels = node.rows
         self.context = await aiocoap.Context.create_server_context(site, bind=(c.host, c.port))
         self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)
+        if node is not None:
+            self._start_channel_lifecycle(node)
         if self.config.overlay.enabled and self.overlay is None:
             from .overlay import Overlay
 
@@ -281,6 +303,11 @@ class Coordinator:
 
     async def stop(self) -> None:
         await self.stop_trading()
+        if self._lifecycle_task is not None:
+            self._stop_lifecycle.set()
+            self._lifecycle_task.cancel()
+            await asyncio.gather(self._lifecycle_task, return_exceptions=True)
+            self._lifecycle_task = None
         if self._retention_task is not None:
             self._retention_task.cancel()
             await asyncio.gather(self._retention_task, return_exceptions=True)

@@ -22,6 +22,11 @@ from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
 
 
+# A channel's shortest useful life before its close margin
+# (channels.channel.ChannelPolicy.min_lock_seconds).
+MIN_LOCK_S = 3600
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
 
@@ -128,6 +133,16 @@ class ChannelsSettings:
     # empty: no relay to open).
     credit_sat: int = 500
     export_relay: str = ""
+    # As a seller: close each incoming channel this long before its
+    # refund's lock time (and stop taking updates on it then). On BSV the
+    # lock time is judged against the median time past, about an hour
+    # behind the clock, so three hours leave the close time to be mined.
+    close_margin_s: int = 3 * 3600
+    # As a seller: close a channel with less than this left to receive.
+    full_below_sat: int = 1_000
+    # How often (clock seconds) every channel is looked at: close when
+    # due, refund abandoned ones, retry what the chain does not show yet.
+    lifecycle_every_s: int = 300
 
     def validate(self, section: str) -> None:
         if not (self.chain.startswith("local:") or self.chain.startswith("rpc:")):
@@ -139,6 +154,14 @@ class ChannelsSettings:
         _int_range(f"{section}.settle_delay_s", self.settle_delay_s, 0, 3600)
         _int_range(f"{section}.stream_poll_s", self.stream_poll_s, 0, 3600)
         _int_range(f"{section}.credit_sat", self.credit_sat, 0, 100_000_000)
+        _int_range(f"{section}.close_margin_s", self.close_margin_s, 60, 7 * 86400)
+        _int_range(f"{section}.full_below_sat", self.full_below_sat, 0, self.capacity_sat)
+        # Several looks inside the margin, so a failed close is retried in time.
+        _int_range(f"{section}.lifecycle_every_s", self.lifecycle_every_s, 1, max(1, self.close_margin_s // 3))
+        if self.lock_s < self.close_margin_s + MIN_LOCK_S:
+            raise ConfigError(f"{section}.lock_s={self.lock_s}: expected at least close_margin_s + {MIN_LOCK_S} = "
+                              f"{self.close_margin_s + MIN_LOCK_S} (a seller refuses a channel it could not keep "
+                              "open for an hour before closing)")
 
 
 @dataclass

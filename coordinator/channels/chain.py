@@ -61,6 +61,13 @@ class ChainBackend(Protocol):
 
     def tip(self) -> ChainTip: ...
 
+    def confirmations(self, txid: str) -> int:
+        """What the chain shows of `txid`: -1 unknown, 0 in the mempool,
+        else the blocks that include it (its own counted). A channel step
+        counts as done only when this is >= 0: a peer's word that it
+        broadcast something is not evidence."""
+        ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, time INTEGER NOT NULL);

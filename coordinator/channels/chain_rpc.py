@@ -11,7 +11,16 @@ It uses three calls:
   node's code and message);
 - `gettxout <txid> <n> true` -> the unspent output (mempool included) or null;
 - `getblockchaininfo` -> `blocks` (height) and `mediantime` (the time
-  nLockTime is judged against).
+  nLockTime is judged against);
+- `getrawtransaction <txid> 1` -> `confirmations` (absent in the mempool),
+  or error -5 when the node does not know it (a confirmed transaction
+  outside the node's wallet needs `txindex=1`).
+
+A broadcast the node already knows counts as done: it answers -27
+("transaction already in block chain") or -26 with "txn-already-known" /
+"txn-already-in-mempool", and a retried close or refund after a crash must
+not look like a refusal. Any other -26 (a script or fee failure, a
+conflicting spend) stays a ChainError.
 
 Every transaction still passes bitcoinx's interpreter before it gets here
 (the wallet and channels check what they build). Calls block; run them in
@@ -33,6 +42,27 @@ from .chain import ChainError, ChainTip
 from .txs import Outpoint
 
 COIN = 100_000_000
+RPC_VERIFY_REJECTED = -26
+RPC_VERIFY_ALREADY_IN_CHAIN = -27
+RPC_INVALID_ADDRESS_OR_KEY = -5  # getrawtransaction: no such transaction
+# The -26 reasons that mean "I have it already", not "I refuse it".
+ALREADY_KNOWN_REASONS = ("txn-already-known", "txn-already-in-mempool", "already in the mempool")
+
+
+class NodeRpcError(ChainError):
+    """A JSON-RPC error answer; `code` is the node's error code."""
+
+    def __init__(self, method: str, code: Any, message: Any) -> None:
+        super().__init__(f"{method}: node refused (code {code}): {message}")
+        self.code = code
+        self.node_message = str(message)
+
+
+def already_known(e: NodeRpcError) -> bool:
+    """Whether a sendrawtransaction refusal says the node has the tx."""
+    if e.code == RPC_VERIFY_ALREADY_IN_CHAIN:
+        return True
+    return e.code == RPC_VERIFY_REJECTED and any(r in e.node_message.lower() for r in ALREADY_KNOWN_REASONS)
 
 
 class NodeRpcBackend:
@@ -70,11 +100,16 @@ class NodeRpcBackend:
             err = doc["error"]
             code = err.get("code") if isinstance(err, dict) else None
             msg = err.get("message") if isinstance(err, dict) else err
-            raise ChainError(f"{method}: node refused (code {code}): {msg}")
+            raise NodeRpcError(method, code, msg)
         return doc["result"]
 
     def broadcast(self, tx: Tx) -> str:
-        txid = self.call("sendrawtransaction", tx.to_hex())
+        try:
+            txid = self.call("sendrawtransaction", tx.to_hex())
+        except NodeRpcError as e:
+            if already_known(e):
+                return str(tx.hex_hash())
+            raise
         if txid != tx.hex_hash():
             raise ChainError(f"sendrawtransaction returned txid {txid!r}: expected {tx.hex_hash()}")
         return str(txid)
@@ -89,6 +124,20 @@ class NodeRpcBackend:
         except (KeyError, TypeError, ValueError) as e:
             raise ChainError(f"gettxout {outpoint}: unexpected answer {str(res)[:200]} ({e})") from None
         return TxOutput(value, script)
+
+    def confirmations(self, txid: str) -> int:
+        try:
+            res = self.call("getrawtransaction", txid, 1)
+        except NodeRpcError as e:
+            if e.code == RPC_INVALID_ADDRESS_OR_KEY:
+                return -1
+            raise
+        if not isinstance(res, dict):
+            raise ChainError(f"getrawtransaction {txid}: unexpected answer {str(res)[:200]}")
+        try:
+            return int(res.get("confirmations") or 0)
+        except (TypeError, ValueError) as e:
+            raise ChainError(f"getrawtransaction {txid}: unexpected answer {str(res)[:200]} ({e})") from None
 
     def tip(self) -> ChainTip:
         res = self.call("getblockchaininfo")

@@ -376,6 +376,10 @@ class PayeeChannel:
     funding: Outpoint | None = None
     latest: Update | None = None
     closing_tx: Tx | None = None
+    # The payer acknowledged our `closed` notice: until then the lifecycle
+    # keeps telling it (a notice lost in a crash or a network cut would
+    # otherwise leave the payer believing the channel open).
+    payer_notified: bool = False
 
     @classmethod
     def accept(cls, channel_id: bytes, capacity: int, fee: int, refund_locktime: int, payer_key: bytes,
@@ -491,6 +495,11 @@ class PayeeChannel:
 
     def must_close(self, now: int) -> bool:
         return self.state == State.OPEN and now >= self.terms.refund_locktime - self.policy.close_margin
+
+    def is_full(self, below: int) -> bool:
+        """Less than `below` sat left to receive: worth closing now, since
+        the payer has to move to a new channel soon anyway."""
+        return self.state == State.OPEN and self.terms.max_payment - self.received < below
 
     def close(self, now: int) -> Tx:
         """Countersign the latest update: the closing tx to broadcast."""

@@ -254,9 +254,20 @@ class ChannelNode:
         return {"closing_tx": self._close(e).to_bytes()}
 
     def rpc_closed(self, msg: Message) -> dict:
+        """The payee says it closed. Believed only when the chain shows the
+        closing tx: a signed close that was never broadcast (an old state
+        kept back, a crash before the broadcast) would otherwise mark the
+        channel closed and stop our refund while the funding output is
+        still unspent. The amount booked is what that tx pays."""
         e = self._from_peer(msg, "payer")
         ch: PayerChannel = e.channel  # type: ignore[assignment]
         tx = tx_from_bytes(msg.body["closing_tx"])
+        txid = txid_hex(tx)
+        if ch.state == State.CLOSED and ch.closing_txid == txid:
+            return {}  # the payee repeats a notice we already took
+        ch.require_state(State.OPEN)
+        if self.chain.confirmations(txid) < 0:
+            raise ProtocolError("not-on-chain", f"closing tx {txid} is not on the chain")
         ch.on_close(tx)
         self._save(e)
         self.wallet.scan(tx)
@@ -264,11 +275,21 @@ class ChannelNode:
         return {}
 
     def _close(self, e: Entry) -> Tx:
+        """Close as payee, or finish a close begun before: a CLOSING channel
+        broadcasts the closing tx it stored (the same tx, whatever the time
+        now: it was built before the lock time), a CLOSED one is put back
+        on the chain if the chain lost it. A broadcast of a tx the chain
+        already has succeeds (see the backends)."""
         ch: PayeeChannel = e.channel  # type: ignore[assignment]
         if ch.state == State.CLOSED and ch.closing_tx is not None:
+            if self.chain.confirmations(txid_hex(ch.closing_tx)) < 0:
+                self.chain.broadcast(ch.closing_tx)
             return ch.closing_tx
-        tx = ch.close(self.now())
-        self._save(e)  # CLOSING with the closing tx, before it is broadcast
+        if ch.state == State.CLOSING and ch.closing_tx is not None:
+            tx = ch.closing_tx
+        else:
+            tx = ch.close(self.now())
+            self._save(e)  # CLOSING with the closing tx, before it is broadcast
         self.chain.broadcast(tx)
         ch.on_closed()
         self._save(e)
@@ -427,13 +448,26 @@ class ChannelNode:
         return None
 
     def on_closed_ack(self, e: Entry, reply: Message) -> None:
+        ch = e.channel
+        if isinstance(ch, PayeeChannel) and not ch.payer_notified:
+            ch.payer_notified = True
+            self._save(e)
         return None
 
 
 def signed_amount(ch: PayerChannel | PayeeChannel) -> int:
     """The cumulative amount signed on a channel: as payer what we have
-    signed away, as payee the latest update we hold."""
-    return ch.paid if isinstance(ch, PayerChannel) else (ch.latest.amount if ch.latest else 0)
+    signed away, as payee the latest update we hold. Once the chain has
+    settled a payer's channel, what it shows counts: a close at an older
+    state paid the payee less, a refund paid it nothing, and the books
+    built on this then show the rest still owed."""
+    if isinstance(ch, PayerChannel):
+        if ch.state == State.CLOSED and ch.closed_amount is not None:
+            return ch.closed_amount
+        if ch.state == State.REFUNDED:
+            return 0
+        return ch.paid
+    return ch.latest.amount if ch.latest else 0
 
 
 def txid_hex_of(o: Outpoint) -> str:

@@ -113,3 +113,47 @@ def test_unreachable_node_is_a_chain_error() -> None:
     from ..conftest import free_udp_port
     with pytest.raises(ChainError, match="cannot reach"):
         NodeRpcBackend(f"http://127.0.0.1:{free_udp_port()}/", timeout=2).tip()
+
+
+@pytest.mark.parametrize("code,message", [
+    (-27, "Transaction already in block chain"),
+    (-26, "257: txn-already-known"),
+    (-26, "258: txn-already-in-mempool"),
+])
+def test_rebroadcast_of_a_known_tx_counts_as_done(node, code: int, message: str) -> None:
+    """A close or refund retried after a crash must not read as refused:
+    a node answers -27 or -26 "already known" to a tx it has."""
+    fake, url = node
+    tx = signed_tx()
+    fake.answers["sendrawtransaction"] = (500, {"result": None, "id": 1, "error": {"code": code, "message": message}})
+    assert NodeRpcBackend(url).broadcast(tx) == tx.hex_hash()
+
+
+@pytest.mark.parametrize("message", ["16: mandatory-script-verify-flag-failed", "258: txn-mempool-conflict",
+                                     "64: non-final"])
+def test_other_rejections_stay_errors(node, message: str) -> None:
+    fake, url = node
+    fake.answers["sendrawtransaction"] = (500, {"result": None, "id": 1,
+                                                "error": {"code": -26, "message": message}})
+    with pytest.raises(ChainError, match=message.split(": ")[1]):
+        NodeRpcBackend(url).broadcast(signed_tx())
+    fake.answers["sendrawtransaction"] = (500, {"result": None, "id": 1,
+                                                "error": {"code": -25, "message": "Missing inputs"}})
+    with pytest.raises(ChainError, match="Missing inputs"):
+        NodeRpcBackend(url).broadcast(signed_tx())
+
+
+def test_confirmations_from_getrawtransaction(node) -> None:
+    fake, url = node
+    b = NodeRpcBackend(url)
+    fake.answers["getrawtransaction"] = (200, {"result": {"txid": "ab" * 32, "confirmations": 3}, "error": None, "id": 1})
+    assert b.confirmations("ab" * 32) == 3
+    assert fake.requests[-1]["params"] == ["ab" * 32, 1]
+    fake.answers["getrawtransaction"] = (200, {"result": {"txid": "ab" * 32}, "error": None, "id": 1})
+    assert b.confirmations("ab" * 32) == 0  # in the mempool
+    fake.answers["getrawtransaction"] = (500, {"result": None, "id": 1, "error": {
+        "code": -5, "message": "No such mempool or blockchain transaction"}})
+    assert b.confirmations("ab" * 32) == -1
+    fake.answers["getrawtransaction"] = (500, {"result": None, "id": 1, "error": {"code": -28, "message": "Loading"}})
+    with pytest.raises(ChainError, match="Loading"):
+        b.confirmations("ab" * 32)

@@ -1,0 +1,176 @@
+"""Channels that end by themselves: every step after the payments, retried
+until the chain shows it.
+
+A Spilman channel has a deadline. After its refund's lock time the payer
+can take back the whole capacity, so a payee that has not closed by then
+loses everything it earned; and a payer whose payee vanished has its
+money locked until it broadcasts the refund. Nothing here waits for a
+person or for the demo: `ChannelLifecycle.tick()` looks at every channel
+and takes the next step, and `run()` ticks every `every_s` (clock seconds)
+in the appliance.
+
+As payee (seller), for each incoming channel:
+- OPEN with a payment, and within the close margin of the lock time (the
+  policy's `close_margin`), or with less than `full_below_sat` left:
+  close (broadcast the latest update) and tell the payer;
+- CLOSING (the closing tx was built, and the broadcast failed or we
+  crashed): broadcast that same tx again;
+- CLOSED and not on the chain any more (dropped from a mempool): again;
+- CLOSED and the payer has not acknowledged the `closed` notice: tell it
+  again (the payer believes it only once the chain shows the close).
+
+As payer (buyer), for each outgoing channel that is OPEN (or funded with
+the refund signed):
+- the funding output is spent though we have not seen a close: ask the
+  payee for the closing tx (`close`: it answers with the one it
+  broadcast), which the node takes once the chain shows it;
+- past the lock time with the funding output unspent (the payee never
+  closed): broadcast the refund;
+- REFUNDED and the refund not on the chain: broadcast it again.
+
+A payer asking to close (`close` request) is answered by the node at once
+(`ChannelNode.rpc_close`). One channel's failure (peer away, chain
+unreachable) is logged and retried at the next tick; it never holds up the
+others. Chain calls block (an RPC backend waits on the network); with a
+remote backend run `tick` where that is acceptable, as `run` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from .channel import PayeeChannel, PayerChannel, State
+from .messages import Message
+from .protocol import ChannelNode, Entry, txid_hex_of
+from .txs import txid_hex
+
+log = logging.getLogger("microgrid.channels.lifecycle")
+
+# Send a request to the coordinator at a URI and follow the exchange to its
+# end (ChannelClient.exchange); raises on an error answer or no answer.
+Exchange = Callable[[str, Message], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    # Clock seconds between two looks at every channel. Well inside the
+    # close margin, so a close is tried several times before the lock time.
+    every_s: float = 300.0
+    # As payee: close a channel with less than this left to receive (the
+    # payer is about to move to a new one; closing frees the funds now).
+    full_below_sat: int = 1_000
+
+
+@dataclass
+class TickReport:
+    """What one tick did, channel ids per step (tests, the console, logs)."""
+
+    closed: list[bytes] = field(default_factory=list)  # as payee: close broadcast (or re-broadcast)
+    notified: list[bytes] = field(default_factory=list)  # as payee: payer acknowledged the close
+    refunded: list[bytes] = field(default_factory=list)  # as payer: refund broadcast
+    close_seen: list[bytes] = field(default_factory=list)  # as payer: the chain's close taken
+    failed: list[bytes] = field(default_factory=list)  # a step failed; retried next tick
+
+
+class ChannelLifecycle:
+    def __init__(self, node: ChannelNode, exchange: Exchange, settings: LifecycleSettings | None = None) -> None:
+        self.node = node
+        self.exchange = exchange
+        self.settings = settings or LifecycleSettings()
+        # Refunds seen with confirmations, not checked again this run.
+        self._confirmed: set[bytes] = set()
+        self._missed: set[bytes] = set()  # as payee: lock time passed while open (logged once)
+        self.ticks = 0
+
+    async def tick(self) -> TickReport:
+        """Take the next step on every channel that needs one."""
+        report = TickReport()
+        self.ticks += 1
+        for cid, e in list(self.node.channels.items()):
+            try:
+                if e.role == "payee":
+                    await self._payee_step(cid, e, report)
+                else:
+                    await self._payer_step(cid, e, report)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the peer, the chain, the disk: try again next tick
+                report.failed.append(cid)
+                log.warning("channel %s (%s, %s): next step failed, retried in %.0f s: %s", cid.hex()[:16],
+                            e.role, e.channel.state.value, self.settings.every_s, err)
+        return report
+
+    async def _payee_step(self, cid: bytes, e: Entry, report: TickReport) -> None:
+        ch = e.channel
+        assert isinstance(ch, PayeeChannel)
+        now = self.node.now()
+        if ch.state == State.OPEN and now >= ch.terms.refund_locktime:
+            # Too late: the payer's refund may be valid, and the channel
+            # refuses to close (see PayeeChannel.close). Said once.
+            if cid not in self._missed and ch.latest is not None:
+                self._missed.add(cid)
+                log.error("channel %s: the refund lock time passed before it was closed; %d sat received on it "
+                          "are at the payer's mercy", cid.hex()[:16], ch.received)
+            return
+        due = ch.latest is not None and (ch.must_close(now) or ch.is_full(self.settings.full_below_sat))
+        if (ch.state == State.OPEN and due) or ch.state == State.CLOSING:
+            self.node.close(cid)
+            report.closed.append(cid)
+        elif ch.state == State.CLOSED:
+            self.node.close(cid)  # re-broadcasts only if the chain lost it
+        if ch.state == State.CLOSED and not ch.payer_notified and e.peer_uri:
+            await self.exchange(e.peer_uri, self.node.close(cid))
+            if ch.payer_notified:
+                report.notified.append(cid)
+
+    async def _payer_step(self, cid: bytes, e: Entry, report: TickReport) -> None:
+        ch = e.channel
+        assert isinstance(ch, PayerChannel)
+        chain = self.node.chain
+        if ch.state == State.REFUNDED:
+            if cid not in self._confirmed and ch.refund is not None:
+                n = chain.confirmations(txid_hex(ch.refund))
+                if n < 0:
+                    chain.broadcast(ch.refund)
+                    report.refunded.append(cid)
+                elif n > 0:
+                    self._confirmed.add(cid)
+            return
+        if ch.state not in (State.OPEN, State.REFUND_SIGNED) or ch.funding is None:
+            return
+        if chain.get_output(ch.funding) is None:
+            if chain.confirmations(txid_hex_of(ch.funding)) < 0:
+                # Funding never reached the chain (a crash between signing
+                # the refund and broadcasting): nothing is locked; our
+                # coins are still ours.
+                return
+            # Spent, and not by anything we know: the payee closed. Its
+            # answer to `close` carries the closing tx, taken once the
+            # chain shows it (ChannelNode.rpc_closed).
+            if e.peer_uri:
+                await self.exchange(e.peer_uri, self.node.close_request(cid))
+            if ch.state == State.CLOSED:
+                report.close_seen.append(cid)
+            return
+        if self.node.now() > ch.terms.refund_locktime:
+            self.node.refund(cid)
+            report.refunded.append(cid)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick every `every_s` clock seconds until `stop` is set."""
+        real = getattr(self.node.clock, "real_seconds", None)
+        wait = real(self.settings.every_s) if real else self.settings.every_s
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # tick guards each channel; this is a bug, keep the appliance going
+                log.exception("channel lifecycle tick failed")
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
