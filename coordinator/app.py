@@ -199,7 +199,8 @@ class Coordinator:
                 own_uri=self.coap_uri("channel"),
                 settings=TradingSettings(increment_wh=ch.increment_wh, channel_capacity_sat=ch.capacity_sat,
                                          channel_lock_s=ch.lock_s, settle_delay_s=ch.settle_delay_s,
-                                         credit_sat=ch.credit_sat, stream_poll_s=ch.stream_poll_s),
+                                         credit_sat=ch.credit_sat, stream_poll_s=ch.stream_poll_s,
+                                         renew_before_s=ch.renew_before_s, reserve_sat=ch.full_below_sat),
                 export_relay=(self.relays or {}).get(ch.export_relay) if ch.export_relay else None,
             )
             if self.mqtt is not None:

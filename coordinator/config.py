@@ -143,6 +143,10 @@ class ChannelsSettings:
     # How often (clock seconds) every channel is looked at: close when
     # due, refund abandoned ones, retry what the chain does not show yet.
     lifecycle_every_s: int = 300
+    # As a buyer: open the next channel to a seller this long before the
+    # current one's close margin begins (or once less than full_below_sat
+    # would be left on it), so payments never wait for an open.
+    renew_before_s: int = 86_400
 
     def validate(self, section: str) -> None:
         if not (self.chain.startswith("local:") or self.chain.startswith("rpc:")):
@@ -158,10 +162,12 @@ class ChannelsSettings:
         _int_range(f"{section}.full_below_sat", self.full_below_sat, 0, self.capacity_sat)
         # Several looks inside the margin, so a failed close is retried in time.
         _int_range(f"{section}.lifecycle_every_s", self.lifecycle_every_s, 1, max(1, self.close_margin_s // 3))
-        if self.lock_s < self.close_margin_s + MIN_LOCK_S:
-            raise ConfigError(f"{section}.lock_s={self.lock_s}: expected at least close_margin_s + {MIN_LOCK_S} = "
-                              f"{self.close_margin_s + MIN_LOCK_S} (a seller refuses a channel it could not keep "
-                              "open for an hour before closing)")
+        _int_range(f"{section}.renew_before_s", self.renew_before_s, 0, 30 * 86400)
+        least = self.close_margin_s + self.renew_before_s + MIN_LOCK_S
+        if self.lock_s < least:
+            raise ConfigError(f"{section}.lock_s={self.lock_s}: expected at least close_margin_s + renew_before_s + "
+                              f"{MIN_LOCK_S} = {least} (a channel must take payments for an hour before it is "
+                              "renewed and closed)")
 
 
 @dataclass

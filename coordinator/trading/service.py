@@ -37,7 +37,8 @@ from typing import Any, Callable
 import aiocoap
 from bitcoinx import PrivateKey
 
-from ..channels.protocol import ChannelNode
+from ..channels.channel import AmountError, DustError, LockTimeError, PayerChannel, State, StateError
+from ..channels.protocol import ChannelNode, ProtocolError
 from ..channels.transport import ChannelClient
 from ..clock import Clock, sleep_until
 from ..market.clearing import ClearedInterval, ClearingError, clear_interval
@@ -54,6 +55,7 @@ from ..store.readings import ReadingStore
 from .credit import SellerCredit
 from .delivery import SellerAccounts, expected_streams, streamed_due
 from .metering import interval_energy
+from .rollover import ROLL_OVER_CODES, RolloverPolicy
 
 log = logging.getLogger("microgrid.trading")
 
@@ -74,6 +76,11 @@ class TradingSettings:
     # As a buyer: how often to pay for energy received during an interval
     # (0: pay only after the interval's settlement).
     stream_poll_s: float = 60.0
+    # Rollover (trading/rollover.py): open the next channel to a seller this
+    # long before the current one's close margin begins, or when a payment
+    # would leave less than reserve_sat on it.
+    renew_before_s: int = 86_400
+    reserve_sat: int = 1_000
 
 
 @dataclass
@@ -86,6 +93,8 @@ class TradingStats:
     settled: dict[int, IntervalSettlement] = field(default_factory=dict)
     cleared: dict[int, ClearedInterval] = field(default_factory=dict)
     channels_opened: int = 0
+    rollover_s: list[float] = field(default_factory=list)  # clock seconds each open took
+    refused_rollovers: int = 0  # a payee refused more on a channel; the payment went to the next
     errors: int = 0
     # (time, payee public key hex, cumulative sat acknowledged on that channel)
     payment_log: list[tuple[float, str, int]] = field(default_factory=list)
@@ -128,7 +137,10 @@ class TradingService:
         self.stats = TradingStats()
         # Called with each interval's settlement (MQTT, reports).
         self.on_settled: Callable[[IntervalSettlement], None] | None = None
-        self.channel_to: dict[str, bytes] = {}  # payee public key hex -> channel id
+        self.channel_to: dict[str, bytes] = {}  # payee public key hex -> the channel paid last
+        self.rollover = RolloverPolicy(self.settings.renew_before_s, self.settings.reserve_sat)
+        self._refused: set[bytes] = set()  # channels a payee refused further payments on (this run)
+        self._close_asked: set[bytes] = set()  # old channels we asked the payee to close (this run)
         self._pay_lock = asyncio.Lock()
         # The books, rebuilt from what is durable: the settled dues (our
         # database) and every signed update (the channel store), so a
@@ -220,19 +232,71 @@ class TradingService:
 
     # -- payments ----------------------------------------------------------------
 
-    async def _channel(self, payee_hex: str) -> bytes:
-        cid = self.channel_to.get(payee_hex) or self.node.open_channel_to(bytes.fromhex(payee_hex))
-        if cid is not None:
-            self.channel_to[payee_hex] = cid
-            return cid
-        uri = await self.lookup_uri(payee_hex)
-        if uri is None:
-            raise LookupError(f"no directory entry for {payee_hex[:16]}")
-        cid = await self.client.open_channel(uri, self.settings.channel_capacity_sat, self.settings.channel_lock_s,
-                                             bytes.fromhex(payee_hex))
+    def _payer_channels(self, payee_hex: str) -> list[tuple[bytes, PayerChannel]]:
+        peer = bytes.fromhex(payee_hex)
+        return [(cid, e.channel) for cid, e in self.node.channels.items()
+                if e.role == "payer" and e.peer == peer and isinstance(e.channel, PayerChannel)]
+
+    async def _channel(self, payee_hex: str, amount: int = 0) -> bytes:
+        """The channel to pay `amount` through: a usable one (see
+        trading/rollover.py), or a new one opened now, before the old one
+        stops taking payments; the old ones are then asked to close."""
+        now = self.clock.now()
+        cid = self.rollover.pick(self._payer_channels(payee_hex), now, amount, self._refused)
+        if cid is None:
+            uri = await self.lookup_uri(payee_hex)
+            if uri is None:
+                raise LookupError(f"no directory entry for {payee_hex[:16]}")
+            started = self.clock.now()
+            cid = await self.client.open_channel(uri, self.settings.channel_capacity_sat,
+                                                 self.settings.channel_lock_s, bytes.fromhex(payee_hex))
+            self.stats.channels_opened += 1
+            self.stats.rollover_s.append(self.clock.now() - started)
+            log.info("opened channel %s to %s", cid.hex()[:16], payee_hex[:16])
         self.channel_to[payee_hex] = cid
-        self.stats.channels_opened += 1
+        self._retire(payee_hex, cid, amount)
         return cid
+
+    def _retire(self, payee_hex: str, keep: bytes, amount: int) -> None:
+        """Ask the payee to close each of our other open channels to it
+        that cannot take a payment like this one. Once per channel and run;
+        the seller's own lifecycle closes it at its margin if the request
+        is lost."""
+        channels = self._payer_channels(payee_hex)
+        old = set(self.rollover.to_retire(channels, self.clock.now(), amount, {keep}))
+        old |= {cid for cid, ch in channels if cid in self._refused and ch.state == State.OPEN}
+        for cid in sorted(old - self._close_asked - {keep}):
+            self._close_asked.add(cid)
+            self._spawn(self._ask_close(cid))
+
+    async def _ask_close(self, cid: bytes) -> None:
+        try:
+            await self.client.close(cid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("asking the payee to close channel %s failed (it closes it by itself before the lock "
+                        "time): %s", cid.hex()[:16], e)
+
+    async def _pay_one(self, payee_hex: str, amount: int) -> int:
+        """One update of `amount` to `payee_hex`, on the next channel if the
+        current one refuses it (locally or at the payee: closed, near its
+        lock time, full). Returns the amount acknowledged on the channel."""
+        cid = await self._channel(payee_hex, amount)
+        try:
+            return await self.client.pay(cid, amount)
+        except (LockTimeError, AmountError, DustError, StateError) as e:
+            why = str(e)
+        except ProtocolError as e:
+            if e.code not in ROLL_OVER_CODES:
+                raise
+            why = f"{e.code}: {e.detail}"
+        log.info("channel %s to %s takes no more payments (%s): moving to the next", cid.hex()[:16],
+                 payee_hex[:16], why)
+        self._refused.add(cid)
+        self.stats.refused_rollovers += 1
+        cid = await self._channel(payee_hex, amount)
+        return await self.client.pay(cid, amount)
 
     # -- as a seller: is every buyer paying? ------------------------------------
 
@@ -263,27 +327,30 @@ class TradingService:
         channel resends a pending update before the next. The channel's
         journal keeps why (`stream` or `settle`), for how many Wh, and the
         figures it was worked out from, so a dispute can be replayed."""
-        cid = await self._channel(payee_hex)
-        payer = self.node.payer(cid)
-        before = payer.paid
+        before = {cid: ch.paid for cid, ch in self._payer_channels(payee_hex)}
         acked = None
         try:
             for amount in amounts:
-                acked = await self.client.pay(cid, amount)
+                acked = await self._pay_one(payee_hex, amount)
                 self.stats.payment_updates += 1
         finally:
             # Paid is what is signed (the payee can claim it), acknowledged
             # or not: an update in flight when we stop counts, as it does
-            # in the accounts.
-            signed = payer.paid - before
-            self.stats.paid_sat += signed
-            self.accounts.add_signed(payee_hex, signed)
+            # in the accounts. A rollover spreads one call over two
+            # channels; each journal gets its part (the Wh go with the first).
+            wh_left = wh
+            for cid, ch in self._payer_channels(payee_hex):
+                signed = ch.paid - before.get(cid, 0)
+                if not signed:
+                    continue
+                self.stats.paid_sat += signed
+                self.accounts.add_signed(payee_hex, signed)
+                self.node.store.record_event(cid, self.clock.now(), f"trade-{why}", wh=wh_left, amount=signed,
+                                             seq=ch.sent.seq if ch.sent else None,
+                                             detail=json.dumps(evidence, sort_keys=True))
+                wh_left = 0
             if acked is not None:
                 self.stats.payment_log.append((self.clock.now(), payee_hex, acked))
-            if signed:
-                self.node.store.record_event(cid, self.clock.now(), f"trade-{why}", wh=wh, amount=signed,
-                                             seq=payer.sent.seq if payer.sent else None,
-                                             detail=json.dumps(evidence, sort_keys=True))
 
     async def pay(self, interval_start: int, dues: list[Due]) -> None:
         """Pay each seller what these (newly recorded) dues add to what we
@@ -292,6 +359,11 @@ class TradingService:
         signed to it. One seller failing does not hold up the others."""
         streamed = self.streamed.get(interval_start, {})
         async with self._pay_lock:
+            # What the chain settled counts, not what we signed: a channel
+            # the seller closed at an older state, or we refunded, paid it
+            # less (see channels.protocol.signed_amount); the rest is paid
+            # here, through the next channel.
+            self.accounts.signed = self.node.signed_by_peer("payer")
             new_wh: dict[str, int] = {}
             for d in dues:
                 if d.payer == self.public_hex:

@@ -26,7 +26,8 @@ def seller_config(tmp_path: Path, port: int) -> Config:
         "coap": {"port": port},
         "store": {"path": str(tmp_path / "seller.db")},
         "channels": {"enabled": True, "wallet_password_file": str(tmp_path / "pw"), "close_margin_s": 1_800,
-                     "lifecycle_every_s": 1, "lock_s": 7_200},
+                     "lifecycle_every_s": 1, "lock_s": 7_200,
+                     "renew_before_s": 1_800},
     })
 
 
@@ -69,6 +70,7 @@ def test_the_appliance_closes_incoming_channels_before_the_lock_time(tmp_path: P
 @pytest.mark.parametrize("channels,match", [
     ({"close_margin_s": 30}, "close_margin_s"),
     ({"lock_s": 7_200, "close_margin_s": 7_000}, "lock_s"),
+    ({"lock_s": 86_400, "close_margin_s": 3_600}, "renew_before_s"),  # the default day to renew does not fit
     ({"lifecycle_every_s": 3_601}, "lifecycle_every_s"),  # fewer than three looks inside the margin
     ({"full_below_sat": -1}, "full_below_sat"),
 ])

@@ -24,7 +24,7 @@ from microgrid.coordinator.store.database import MIGRATIONS, open_database
 from microgrid.coordinator.store.books import StoredBook
 from microgrid.coordinator.store.dues import Due, DuesStore
 from microgrid.coordinator.store.readings import ReadingStore
-from microgrid.coordinator.trading.service import TradingService
+from microgrid.coordinator.trading.service import TradingService, TradingSettings
 
 from ..channels.conftest import FixedClock, ledger, make_node  # noqa: F401 - the ledger fixture
 from ..conftest import free_udp_port
@@ -38,7 +38,9 @@ def service(node: ChannelNode, db: Path, clock: FixedClock, context: aiocoap.Con
                           market=MarketSettings(enabled=True, zone=ZONE), clock=clock,
                           store=ReadingStore(open_database(db)), device_ids=lambda: [], node=node,
                           context=context, own_uri="coap://127.0.0.1:1/channel",  # type: ignore[arg-type]
-                          export_relay=relay)
+                          export_relay=relay,
+                          # these tests' channels last 7,200 s: renew them within that
+                          settings=TradingSettings(renew_before_s=900))
 
 
 def settlement(start: int, *payments: tuple[str, str, int, int]) -> IntervalSettlement:
@@ -212,7 +214,8 @@ async def _restart_before_settling(tmp_path: Path, ledger: LocalLedger, mid_inte
         store = ReadingStore(open_database(tmp_path / "a.db"))
         return TradingService(key=a.identity, overlay=overlay, market=market, clock=clock, store=store,
                               device_ids=lambda: [reading.device_id(meter)], node=a, context=ctx,
-                              own_uri="coap://127.0.0.1:1/channel", sleep=clock.sleep)
+                              own_uri="coap://127.0.0.1:1/channel", sleep=clock.sleep,
+                              settings=TradingSettings(renew_before_s=900))
 
     try:
         buyer = buyer_service()
