@@ -67,7 +67,26 @@ def open_chain(config: Config, clock: Clock) -> Any:
         return LocalLedger(str(config.resolve(spec[len("local:"):])), clock=clock)
     from .channels.chain_rpc import NodeRpcBackend
 
-    return NodeRpcBackend(spec[len("rpc:"):])
+    user, password = rpc_credentials(config)
+    return NodeRpcBackend(spec[len("rpc:"):], user, password)
+
+
+def rpc_credentials(config: Config) -> tuple[str, str]:
+    """The node's RPC user and password, from their files (never from the
+    URL, which is logged)."""
+    c = config.channels
+    try:
+        if c.rpc_cookie_file:
+            path = config.resolve(c.rpc_cookie_file)
+            user, sep, password = path.read_text().strip().partition(":")
+            if not sep or not user:
+                raise ConfigError(f"channels.rpc_cookie_file {path}: expected one line user:password")
+            return user, password
+        if c.rpc_password_file:
+            return c.rpc_user, config.resolve(c.rpc_password_file).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the node's RPC credentials: {e.strerror} ({e.filename})") from None
+    return "", ""
 
 
 class Coordinator:

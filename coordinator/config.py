@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from .devices.gpio_settings import GpioSettings
 from .devices.modbus_settings import ModbusSettings
 from .market.settings import MarketSettings
+from .secrets import redact_url
 from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
 
@@ -116,8 +118,14 @@ class ChannelsSettings:
     # environment variable MICROGRID_WALLET_PASSWORD when empty.
     wallet_password_file: str = ""
     # "local:PATH" keeps a local ledger (tests, demos, a private grid);
-    # "rpc:http://user:pass@127.0.0.1:8332" talks to a BSV node.
+    # "rpc:http://127.0.0.1:8332" talks to a BSV node, logging in as
+    # rpc_user with the password in rpc_password_file (mode 0600), or with
+    # the node's own cookie file (rpc_cookie_file, "user:password"). Never
+    # credentials in the URL: URLs are logged and shown.
     chain: str = "local:ledger.db"
+    rpc_user: str = ""
+    rpc_password_file: str = ""
+    rpc_cookie_file: str = ""
     store_path: str = "channels.db"
     fee_rate_sat_per_kb: int = 100
     capacity_sat: int = 2_000_000
@@ -148,9 +156,31 @@ class ChannelsSettings:
     # would be left on it), so payments never wait for an open.
     renew_before_s: int = 86_400
 
+    def _validate_rpc(self, section: str) -> None:
+        url = self.chain[len("rpc:"):]
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ConfigError(f"{section}.chain: {redact_url(url)!r} is not a URL such as http://127.0.0.1:8332") \
+                from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{section}.chain={'rpc:' + redact_url(url)!r}: expected rpc:http://HOST:PORT")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(f"{section}.chain: credentials in the URL would be logged and shown; put the user in "
+                              f"{section}.rpc_user and the password in a file named by {section}.rpc_password_file "
+                              f"(or the node's cookie file in {section}.rpc_cookie_file)")
+        if self.rpc_cookie_file and (self.rpc_user or self.rpc_password_file):
+            raise ConfigError(f"{section}.rpc_cookie_file holds the user and password: expected no "
+                              f"{section}.rpc_user or {section}.rpc_password_file beside it")
+        if bool(self.rpc_user) != bool(self.rpc_password_file):
+            raise ConfigError(f"{section}.rpc_user and {section}.rpc_password_file go together")
+
     def validate(self, section: str) -> None:
         if not (self.chain.startswith("local:") or self.chain.startswith("rpc:")):
-            raise ConfigError(f"{section}.chain={self.chain!r}: expected \"local:PATH\" or \"rpc:URL\"")
+            raise ConfigError(f"{section}.chain={redact_url(self.chain)!r}: expected \"local:PATH\" or \"rpc:URL\"")
+        if self.chain.startswith("rpc:"):
+            self._validate_rpc(section)
         _int_range(f"{section}.fee_rate_sat_per_kb", self.fee_rate_sat_per_kb, 1, 100_000)
         _int_range(f"{section}.capacity_sat", self.capacity_sat, 1_000, 100_000_000)
         _int_range(f"{section}.lock_s", self.lock_s, 3600, 30 * 86400)

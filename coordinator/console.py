@@ -14,6 +14,8 @@ import shlex
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
+from .secrets import redact
+
 
 class ConsoleTarget(Protocol):
     """What the console needs from a coordinator; optional subsystems are
@@ -242,7 +244,6 @@ class Console:
             section = getattr(self.target.config, f.name)
             out.append(f"[{f.name}]")
             for k, v in dataclasses.asdict(section).items():
-                if "token" in k or "password" in k or "secret" in k:
-                    v = "(set)" if v else "(empty)"
-                out.append(f"{k} = {json.dumps(v)}")
+                # Secrets as set/empty, URLs without credentials, in nested tables too.
+                out.append(f"{k} = {json.dumps(redact(v, k))}")
         return "\n".join(out)

@@ -4,6 +4,9 @@ What it needs: a BSV node (bitcoind from bitcoin-sv, any recent version)
 with `server=1`, `rpcuser`/`rpcpassword` (or a cookie's user:password) and
 `rpcallowip` covering the coordinator, reachable at `url`
 (e.g. http://127.0.0.1:8332/ for mainnet, :18332 testnet, :18443 regtest).
+The user and password are passed separately (the coordinator reads them
+from files, see config.py); a user:password@ in `url` is taken out of it,
+so no error message or log line carries it.
 It uses three calls:
 
 - `sendrawtransaction <hex>` -> txid (the node checks scripts, lock time,
@@ -38,6 +41,7 @@ from typing import Any
 
 from bitcoinx import Script, Tx, TxOutput, hash_to_hex_str
 
+from ..secrets import split_userinfo
 from .chain import ChainError, ChainTip
 from .txs import Outpoint
 
@@ -67,7 +71,11 @@ def already_known(e: NodeRpcError) -> bool:
 
 class NodeRpcBackend:
     def __init__(self, url: str, user: str = "", password: str = "", timeout: float = 10.0) -> None:
-        self.url = url
+        # Credentials written into the URL are taken out of it: self.url
+        # goes into every error message and log line.
+        self.url, url_user, url_password = split_userinfo(url)
+        if url_user and not user:
+            user, password = url_user, url_password
         self.timeout = timeout
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() if user else ""
         self._ids = itertools.count(1)

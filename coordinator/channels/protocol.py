@@ -14,11 +14,15 @@ Rules the node adds to the channel state machines:
   asked), and a message about it from any other key is refused;
 - answers must carry the digest of the request they answer;
 - state is durable before it is acknowledged (payee) or sent (payer);
-- an error changes nothing, on either side.
+- an error changes nothing, on either side;
+- an error answer says which rule the peer's message broke, or, when the
+  failure is ours (the chain backend, the disk, a bug), only a code and a
+  fixed sentence: nothing from our environment reaches a peer.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -34,6 +38,16 @@ from .txs import Outpoint, TransactionError, txid_hex, tx_from_bytes
 from .wallet import CHANNEL_CHAIN, Wallet
 
 PaymentListener = Callable[[bytes, int, Update], None]
+log = logging.getLogger("microgrid.channels")
+
+# What a peer is told when the failure is ours, not its message's: a short
+# fixed sentence, nothing from our environment (paths, URLs, settings,
+# exception text). The rest of the error answers quote the rule the peer's
+# own message broke (messages, channel terms and state).
+PRIVATE_DETAIL = {
+    "chain": "our chain backend refused or could not be reached; nothing changed, try again later",
+    "internal": "an internal error here; nothing changed",
+}
 
 
 class ProtocolError(Exception):
@@ -163,10 +177,16 @@ class ChannelNode:
             return self._error(msg.channel_id, wire, e.code, e.detail)
         except ChannelError as e:
             return self._error(msg.channel_id, wire, e.code, str(e))
-        except (TransactionError, ChainError) as e:
+        except TransactionError as e:  # the peer's transaction bytes
             return self._error(msg.channel_id, wire, "transaction", str(e))
+        except ChainError as e:
+            # Our backend's words may name our node, its URL or our
+            # network: the peer gets the code, our log the detail.
+            log.warning("%s from %s: the chain backend failed: %s", msg.type, msg.sender.hex()[:16], e)
+            return self._error(msg.channel_id, wire, "chain", PRIVATE_DETAIL["chain"])
         except Exception as e:  # a bug or a storage failure: refuse, never acknowledge
-            return self._error(msg.channel_id, wire, "internal", f"{type(e).__name__}: {e}")
+            log.exception("%s from %s failed here", msg.type, msg.sender.hex()[:16])
+            return self._error(msg.channel_id, wire, "internal", PRIVATE_DETAIL["internal"])
         return encode(self.identity, REPLIES[msg.type], msg.channel_id, body, digest(wire)).wire
 
     def _error(self, channel_id: bytes, wire: bytes, code: str, detail: str) -> bytes:
