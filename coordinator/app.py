@@ -142,6 +142,7 @@ class Coordinator:
         return site
 
     def _channel_node(self) -> Any:
+        from .channels.admission import Admission
         from .channels.channel import ChannelPolicy
         from .channels.protocol import ChannelNode
         from .channels.store import ChannelStore
@@ -160,8 +161,10 @@ class Coordinator:
         store = ChannelStore(self.config.resolve(c.store_path), clock=self.clock.now)
         policy = ChannelPolicy(fee_rate=self.wallet.fee_rate, dust_limit=self.wallet.dust_limit,
                                close_margin=c.close_margin_s)
+        admission = Admission(frozenset(bytes.fromhex(k) for k in c.allowed_peers), c.max_open_per_peer,
+                              c.max_pending_per_peer, c.max_pending_total, c.max_capacity_sat)
         return ChannelNode(self.key, self.wallet, store, self.chain, self.clock, policy=policy,
-                           uri=self.coap_uri("channel"))
+                           uri=self.coap_uri("channel"), admission=admission)
 
     def _start_channel_lifecycle(self, node: Any) -> None:
         """Close, refund and retry on every channel by itself, periodically

@@ -155,6 +155,16 @@ class ChannelsSettings:
     # current one's close margin begins (or once less than full_below_sat
     # would be left on it), so payments never wait for an open.
     renew_before_s: int = 86_400
+    # As a seller: who may open channels to us (channels/admission.py):
+    # the coordinator keys (66 hex digits) of our neighbours, until zone
+    # membership decides it. Empty: nobody (we may still buy). And how
+    # many: channels open per peer, unfunded per peer and in all, and the
+    # total capacity of our incoming channels still to close.
+    allowed_peers: list[str] = field(default_factory=list)
+    max_open_per_peer: int = 4
+    max_pending_per_peer: int = 1
+    max_pending_total: int = 16
+    max_capacity_sat: int = 200_000_000
 
     def _validate_rpc(self, section: str) -> None:
         url = self.chain[len("rpc:"):]
@@ -193,6 +203,17 @@ class ChannelsSettings:
         # Several looks inside the margin, so a failed close is retried in time.
         _int_range(f"{section}.lifecycle_every_s", self.lifecycle_every_s, 1, max(1, self.close_margin_s // 3))
         _int_range(f"{section}.renew_before_s", self.renew_before_s, 0, 30 * 86400)
+        if not isinstance(self.allowed_peers, list):
+            raise ConfigError(f"{section}.allowed_peers: expected a list of coordinator public keys (66 hex digits)")
+        for n, key in enumerate(self.allowed_peers):
+            if not (isinstance(key, str) and len(key) == 66 and key[:2] in ("02", "03")
+                    and all(c in "0123456789abcdefABCDEF" for c in key)):
+                raise ConfigError(f"{section}.allowed_peers[{n}]={key!r}: expected a compressed public key, "
+                                  "66 hex digits starting 02 or 03 (the peer coordinator's identity key)")
+        _int_range(f"{section}.max_open_per_peer", self.max_open_per_peer, 1, 1_000)
+        _int_range(f"{section}.max_pending_per_peer", self.max_pending_per_peer, 1, self.max_open_per_peer)
+        _int_range(f"{section}.max_pending_total", self.max_pending_total, 1, 100_000)
+        _int_range(f"{section}.max_capacity_sat", self.max_capacity_sat, self.capacity_sat, 2_100_000_000_000_000)
         least = self.close_margin_s + self.renew_before_s + MIN_LOCK_S
         if self.lock_s < least:
             raise ConfigError(f"{section}.lock_s={self.lock_s}: expected at least close_margin_s + renew_before_s + "

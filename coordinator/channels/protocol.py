@@ -30,6 +30,7 @@ from typing import Callable
 from bitcoinx import PrivateKey, Tx
 
 from ..clock import Clock
+from .admission import Admission
 from .chain import ChainBackend, ChainError
 from .channel import ChannelError, ChannelPolicy, FundingError, PayeeChannel, PayerChannel, State, Update
 from .messages import REPLIES, Message, MessageError, decode, digest, encode
@@ -71,7 +72,8 @@ class Entry:
 class ChannelNode:
     def __init__(self, identity: PrivateKey, wallet: Wallet, store: ChannelStore, chain: ChainBackend, clock: Clock,
                  policy: ChannelPolicy | None = None, uri: str = "",
-                 allow: Callable[[bytes], bool] | None = None, full_check: bool = True) -> None:
+                 allow: Callable[[bytes], bool] | None = None, full_check: bool = True,
+                 admission: Admission | None = None) -> None:
         self.identity = identity
         self.public_key = identity.public_key.to_bytes(compressed=True)
         self.wallet = wallet
@@ -81,6 +83,9 @@ class ChannelNode:
         self.policy = policy or ChannelPolicy(fee_rate=wallet.fee_rate, dust_limit=wallet.dust_limit)
         self.uri = uri
         self.allow = allow
+        # Who may open channels to us and how many (channels/admission.py);
+        # None admits every key (tests, tools).
+        self.admission = admission
         self.full_check = full_check
         self.channels: dict[bytes, Entry] = {}
         self.payment_listeners: list[PaymentListener] = []
@@ -202,6 +207,14 @@ class ChannelNode:
     def rpc_open(self, msg: Message) -> dict:
         if self.allow is not None and not self.allow(msg.sender):
             raise ProtocolError("forbidden", f"coordinator {msg.sender.hex()} is not an allowed peer")
+        if self.admission is not None:
+            # Before anything is stored or a wallet key derived: a refused
+            # open costs a pass over the channels in memory and a signature.
+            incoming = [(e.peer, e.channel) for e in self.channels.values()
+                        if e.role == "payee" and isinstance(e.channel, PayeeChannel)]
+            refusal = self.admission.check(msg.sender, msg.body["capacity"], incoming)
+            if refusal is not None:
+                raise ProtocolError(refusal.code, refusal.detail)
         if msg.channel_id in self.channels:
             raise ProtocolError("duplicate", f"channel {msg.channel_id.hex()} already exists")
         b = msg.body

@@ -140,6 +140,8 @@ class Neighbourhood:
             enabled=True, wallet_path="wallet.json", wallet_password_file="wallet.password",
             chain="local:ledger.db", capacity_sat=5_000_000, lock_s=3 * 86400 + int(self.days * DAY),
             increment_wh=self.increment_wh, settle_delay_s=120, export_relay="relay_1",
+            # The street's coordinators are each other's neighbours.
+            allowed_peers=[k for k in self.peer_keys if k != self.peer_keys[c.index]],
         )
         # Each household's export contactor, on the simulated GPIO backend
         # (every switch journalled): a seller opens it on a buyer that falls
@@ -172,9 +174,15 @@ class Neighbourhood:
         # The zone's local ledger: every channel transaction goes through it
         # and its script interpreter.
         self.ledger = LocalLedger(str(self.out_dir / "ledger.db"), clock=self.clock)
+        from microgrid.coordinator.app import load_or_create_key
+
+        self.peer_keys: list[str] = []
         for c in self.plans:
             c.directory.mkdir(parents=True, exist_ok=True)
             c.overlay_port = free_udp_port()
+            # Keys first: each coordinator admits channels from the others only.
+            key = load_or_create_key(c.directory / "coordinator.key")
+            self.peer_keys.append(key.public_key.to_hex(compressed=True))
         for c in self.plans:
             config = self.coordinator_config(c)
             wallet = self.fund_wallet(c, config, 20_000_000)

@@ -20,14 +20,14 @@ from ..conftest import free_udp_port
 from .conftest import FixedClock, make_node
 
 
-def seller_config(tmp_path: Path, port: int) -> Config:
+def seller_config(tmp_path: Path, port: int, buyer: bytes) -> Config:
     (tmp_path / "pw").write_text("seller-pw\n")
     return from_dict({
         "coap": {"port": port},
         "store": {"path": str(tmp_path / "seller.db")},
         "channels": {"enabled": True, "wallet_password_file": str(tmp_path / "pw"), "close_margin_s": 1_800,
                      "lifecycle_every_s": 1, "lock_s": 7_200,
-                     "renew_before_s": 1_800},
+                     "renew_before_s": 1_800, "allowed_peers": [buyer.hex()]},
     })
 
 
@@ -35,8 +35,8 @@ def test_the_appliance_closes_incoming_channels_before_the_lock_time(tmp_path: P
     clock = FixedClock()
     ledger.clock = clock
     ps, pb = free_udp_port(), free_udp_port()
-    config = seller_config(tmp_path, ps)
     buyer = make_node(tmp_path, "buyer", ledger, clock, funds=500_000, uri=channel_uri("127.0.0.1", pb))
+    config = seller_config(tmp_path, ps, buyer.public_key)
 
     async def go() -> None:
         seller = Coordinator(config, clock=clock, chain=ledger)
