@@ -176,7 +176,8 @@ class Coordinator:
         c = self.config.channels
         self.channel_lifecycle = ChannelLifecycle(
             node, ChannelClient(node, self.context).exchange,
-            LifecycleSettings(every_s=c.lifecycle_every_s, full_below_sat=c.full_below_sat))
+            LifecycleSettings(every_s=c.lifecycle_every_s, full_below_sat=c.full_below_sat,
+                              confirmations=c.funding_confirmations))
         self._lifecycle_task = asyncio.ensure_future(self.channel_lifecycle.run(self._stop_lifecycle))
 
     def coap_uri(self, path: str) -> str:

@@ -151,6 +151,9 @@ class ChannelsSettings:
     # How often (clock seconds) every channel is looked at: close when
     # due, refund abandoned ones, retry what the chain does not show yet.
     lifecycle_every_s: int = 300
+    # As a seller: watch each incoming channel's funding until it has this
+    # many confirmations; updates are refused while the chain does not show it.
+    funding_confirmations: int = 1
     # As a buyer: open the next channel to a seller this long before the
     # current one's close margin begins (or once less than full_below_sat
     # would be left on it), so payments never wait for an open.
@@ -203,6 +206,7 @@ class ChannelsSettings:
         # Several looks inside the margin, so a failed close is retried in time.
         _int_range(f"{section}.lifecycle_every_s", self.lifecycle_every_s, 1, max(1, self.close_margin_s // 3))
         _int_range(f"{section}.renew_before_s", self.renew_before_s, 0, 30 * 86400)
+        _int_range(f"{section}.funding_confirmations", self.funding_confirmations, 1, 100)
         if not isinstance(self.allowed_peers, list):
             raise ConfigError(f"{section}.allowed_peers: expected a list of coordinator public keys (66 hex digits)")
         for n, key in enumerate(self.allowed_peers):

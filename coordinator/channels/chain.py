@@ -208,6 +208,22 @@ class LocalLedger:
                 self.db.execute("COMMIT")
         return self.tip()
 
+    def evict(self, txid: str) -> None:
+        """Drop an unconfirmed transaction, as a node's mempool may (too low
+        a fee, a restart, a double spend mined elsewhere): its inputs are
+        unspent again. For demos and tests of a broadcast the chain lost."""
+        with self._lock:
+            row = self.db.execute("SELECT height FROM txs WHERE txid=?", (txid,)).fetchone()
+            if row is None or row[0] is not None:
+                raise ChainError(f"{txid}: not in the mempool")
+            if self.db.execute("SELECT 1 FROM outputs WHERE txid=? AND spent_by IS NOT NULL", (txid,)).fetchone():
+                raise ChainError(f"{txid}: a transaction in the mempool spends it; evict that first")
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM outputs WHERE txid=?", (txid,))
+            self.db.execute("UPDATE outputs SET spent_by=NULL WHERE spent_by=?", (txid,))
+            self.db.execute("DELETE FROM txs WHERE txid=?", (txid,))
+            self.db.execute("COMMIT")
+
     def faucet(self, script: Script | bytes, value: int) -> Outpoint:
         """Create a new mined output of `value` sat paying `script`."""
         with self._lock:

@@ -380,6 +380,11 @@ class PayeeChannel:
     # keeps telling it (a notice lost in a crash or a network cut would
     # otherwise leave the payer believing the channel open).
     payer_notified: bool = False
+    # The funding tx as the chain shows it, watched by the lifecycle: enough
+    # confirmations (no more watching), or gone from the chain (dropped or
+    # double-spent: updates on it would be worthless, so none are taken).
+    funding_confirmed: bool = False
+    funding_lost: bool = False
 
     @classmethod
     def accept(cls, channel_id: bytes, capacity: int, fee: int, refund_locktime: int, payer_key: bytes,
@@ -467,6 +472,9 @@ class PayeeChannel:
         if now >= self.terms.refund_locktime - self.policy.close_margin:
             raise LockTimeError(f"time {now} is within the close margin {self.policy.close_margin} s of the refund "
                                 f"lock time {self.terms.refund_locktime}: no more updates, the channel closes")
+        if self.funding_lost:
+            raise FundingError(f"the funding of channel {self.terms.channel_id.hex()} is not on the chain: "
+                               "no updates until it is back")
         assert self.funding is not None
         tx = update_tx(self.terms, self.funding, update.amount, self.policy.dust_limit)
         if not signature_valid(tx, 0, PublicKey.from_bytes(self.terms.payer_key), self.prevout, update.payer_sig):

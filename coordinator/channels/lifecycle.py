@@ -19,8 +19,16 @@ As payee (seller), for each incoming channel:
 - CLOSED and the payer has not acknowledged the `closed` notice: tell it
   again (the payer believes it only once the chain shows the close).
 
+As payee, too: an incoming channel's funding is watched until it has
+`confirmations`; while the chain does not show it (dropped, double-spent)
+the channel takes no updates, and takes them again once it is back.
+
 As payer (buyer), for each outgoing channel that is OPEN (or funded with
 the refund signed):
+- the open stopped after the refund was signed (the funding broadcast
+  failed, the `funded` message was lost): broadcast the funding unless the
+  chain has it and tell the payee again;
+- the funding tx is not on the chain: broadcast it again;
 - the funding output is spent though we have not seen a close: ask the
   payee for the closing tx (`close`: it answers with the one it
   broadcast), which the node takes once the chain shows it;
@@ -62,6 +70,9 @@ class LifecycleSettings:
     # As payee: close a channel with less than this left to receive (the
     # payer is about to move to a new one; closing frees the funds now).
     full_below_sat: int = 1_000
+    # As payee: watch each incoming channel's funding until it has this many
+    # confirmations; while the chain does not show it at all, refuse updates.
+    confirmations: int = 1
 
 
 @dataclass
@@ -72,6 +83,8 @@ class TickReport:
     notified: list[bytes] = field(default_factory=list)  # as payee: payer acknowledged the close
     refunded: list[bytes] = field(default_factory=list)  # as payer: refund broadcast
     close_seen: list[bytes] = field(default_factory=list)  # as payer: the chain's close taken
+    funded: list[bytes] = field(default_factory=list)  # as payer: funding (re)broadcast or open finished
+    funding_lost: list[bytes] = field(default_factory=list)  # as payee: funding not on the chain
     failed: list[bytes] = field(default_factory=list)  # a step failed; retried next tick
 
 
@@ -115,6 +128,11 @@ class ChannelLifecycle:
                 log.error("channel %s: the refund lock time passed before it was closed; %d sat received on it "
                           "are at the payer's mercy", cid.hex()[:16], ch.received)
             return
+        if ch.state == State.OPEN and not ch.funding_confirmed:
+            if self.node.watch_funding(cid, self.settings.confirmations) < 0:
+                report.funding_lost.append(cid)
+                log.error("channel %s: its funding tx is not on the chain; updates refused until it is",
+                          cid.hex()[:16])
         due = ch.latest is not None and (ch.must_close(now) or ch.is_full(self.settings.full_below_sat))
         if (ch.state == State.OPEN and due) or ch.state == State.CLOSING:
             self.node.close(cid)
@@ -141,11 +159,23 @@ class ChannelLifecycle:
             return
         if ch.state not in (State.OPEN, State.REFUND_SIGNED) or ch.funding is None:
             return
+        past_lock = self.node.now() > ch.terms.refund_locktime
+        if ch.state == State.REFUND_SIGNED and not past_lock:
+            # The open stopped after the refund was signed (the funding
+            # broadcast failed, `funded` or its answer was lost): finish it.
+            msg = self.node.funded_request(cid)
+            if msg is not None and e.peer_uri:
+                await self.exchange(e.peer_uri, msg)
+            report.funded.append(cid)
+            return
         if chain.get_output(ch.funding) is None:
             if chain.confirmations(txid_hex_of(ch.funding)) < 0:
-                # Funding never reached the chain (a crash between signing
-                # the refund and broadcasting): nothing is locked; our
-                # coins are still ours.
+                # The funding is not on the chain (dropped from mempools, or
+                # never sent before a crash): put it back, or the payee
+                # refuses our updates. Our refund stays valid for it.
+                if ch.funding_tx is not None and not past_lock:
+                    chain.broadcast(ch.funding_tx)
+                    report.funded.append(cid)
                 return
             # Spent, and not by anything we know: the payee closed. Its
             # answer to `close` carries the closing tx, taken once the
@@ -155,7 +185,7 @@ class ChannelLifecycle:
             if ch.state == State.CLOSED:
                 report.close_seen.append(cid)
             return
-        if self.node.now() > ch.terms.refund_locktime:
+        if past_lock:
             self.node.refund(cid)
             report.refunded.append(cid)
 

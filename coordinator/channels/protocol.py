@@ -388,6 +388,37 @@ class ChannelNode:
     def _pay_message(self, channel_id: bytes, u: Update) -> Message:
         return encode(self.identity, "pay", channel_id, {"seq": u.seq, "amount": u.amount, "sig": u.payer_sig})
 
+    def funded_request(self, channel_id: bytes) -> Message | None:
+        """As payer, finish an open the payee has not acknowledged as funded
+        (the broadcast failed, or the `funded` message or its answer was
+        lost): broadcast the funding tx unless the chain has it, and return
+        the `funded` message to send again. None if there is nothing to
+        finish."""
+        e = self._get(channel_id, "payer")
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        if ch.state != State.REFUND_SIGNED or ch.funding_tx is None:
+            return None
+        if self.chain.confirmations(txid_hex(ch.funding_tx)) < 0:
+            self.chain.broadcast(ch.funding_tx)
+            self.wallet.scan(ch.funding_tx)
+            self._save_wallet()
+        return encode(self.identity, "funded", channel_id, {"funding_tx": ch.funding_tx.to_bytes()})
+
+    def watch_funding(self, channel_id: bytes, confirmations: int) -> int:
+        """As payee, look at the funding tx on the chain: mark it confirmed
+        at `confirmations`, lost while the chain does not show it (updates
+        are refused then), found again if it comes back. Returns what the
+        chain shows (-1 unknown, else confirmations)."""
+        e = self._get(channel_id, "payee")
+        ch: PayeeChannel = e.channel  # type: ignore[assignment]
+        assert ch.funding is not None
+        n = self.chain.confirmations(txid_hex_of(ch.funding))
+        confirmed, lost = n >= confirmations, n < 0
+        if (confirmed, lost) != (ch.funding_confirmed, ch.funding_lost):
+            ch.funding_confirmed, ch.funding_lost = confirmed, lost
+            self._save(e)
+        return n
+
     def close_request(self, channel_id: bytes) -> Message:
         self._get(channel_id, "payer")
         return encode(self.identity, "close", channel_id, {})

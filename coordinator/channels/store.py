@@ -71,13 +71,15 @@ def payee_record(ch: PayeeChannel) -> dict[str, Any]:
     return {"terms": _terms_rec(ch.terms), "policy": asdict(ch.policy), "state": ch.state.value,
             "funding": _outpoint_rec(ch.funding), "latest": _update_rec(ch.latest),
             "closing_tx": ch.closing_tx.to_bytes() if ch.closing_tx else None,
-            "payer_notified": ch.payer_notified}
+            "payer_notified": ch.payer_notified, "funding_confirmed": ch.funding_confirmed,
+            "funding_lost": ch.funding_lost}
 
 
 def payee_from_record(r: dict[str, Any], key: PrivateKey) -> PayeeChannel:
     return PayeeChannel(Terms(**r["terms"]), key, ChannelPolicy(**r["policy"]), State(r["state"]),
                         _outpoint(r["funding"]), _update(r["latest"]), _tx(r["closing_tx"]),
-                        bool(r.get("payer_notified", False)))
+                        bool(r.get("payer_notified", False)), bool(r.get("funding_confirmed", False)),
+                        bool(r.get("funding_lost", False)))
 
 
 class ChannelStore:

@@ -201,3 +201,64 @@ def test_run_ticks_until_stopped(world) -> None:
 
     asyncio.run(go())
     assert lc.ticks >= 3
+
+
+def test_funding_is_watched_and_a_vanished_funding_stops_updates_until_it_is_back(world, ledger: LocalLedger) -> None:
+    a, b, clock, net, settings = world
+    cid = open_and_pay(a, b, net, [500])
+    seller = ChannelLifecycle(b, net.exchange_for(b), settings)
+    buyer = ChannelLifecycle(a, net.exchange_for(a), settings)
+    funding_txid = txid_hex_of(b.payee(cid).funding)
+    assert ledger.confirmations(funding_txid) == 0
+    r = tick(seller)[0]
+    assert not r.funding_lost and not b.payee(cid).funding_confirmed  # 0 of 1 confirmation: still watched
+    ledger.evict(funding_txid)  # the mempool lost it
+    assert tick(seller)[0].funding_lost == [cid] and b.payee(cid).funding_lost
+    ex = net.exchange_for(a)
+    with pytest.raises(Exception, match="funding"):
+        asyncio.run(ex("coap://b", a.pay_request(cid, 500)))
+    assert b.payee(cid).received == 500
+    # The buyer puts its funding back; the seller takes updates again.
+    assert tick(buyer)[0].funded == [cid] and ledger.confirmations(funding_txid) == 0
+    assert tick(seller)[0].funding_lost == [] and not b.payee(cid).funding_lost
+    asyncio.run(ex("coap://b", a.pending_request(cid)))
+    assert b.payee(cid).received == 1_000
+    ledger.mine()
+    tick(seller)
+    assert b.payee(cid).funding_confirmed  # watched no more
+    ledger_calls = []
+    b.chain = type("Counting", (), {"__getattr__": lambda self, n: (ledger_calls.append(n), getattr(ledger, n))[1]})()
+    tick(seller)
+    assert "confirmations" not in ledger_calls
+
+
+class FlakyBroadcast(LocalLedger):
+    """Refuses the next `fail` broadcasts, as an unreachable node would."""
+
+    fail = 0
+
+    def broadcast(self, tx):  # type: ignore[no-untyped-def]
+        if self.fail:
+            self.fail -= 1
+            raise ChainError("the node is unreachable")
+        return super().broadcast(tx)
+
+
+def test_an_open_whose_funding_broadcast_failed_is_finished_by_the_lifecycle(tmp_path) -> None:
+    clock = FixedClock()
+    ledger = FlakyBroadcast(clock=clock)
+    net = Net()
+    a = make_node(tmp_path, "a", ledger, clock, funds=500_000, uri="coap://a")
+    b = make_node(tmp_path, "b", ledger, clock, uri="coap://b")
+    net.nodes.update({"coap://a": a, "coap://b": b})
+    msg = a.open_request("coap://b", 100_000, LOCK_S, b.public_key)
+    ledger.fail = 1
+    with pytest.raises(ChainError):
+        asyncio.run(net.exchange_for(a)("coap://b", msg))
+    cid = msg.channel_id
+    assert a.payer(cid).state == State.REFUND_SIGNED and b.payee(cid).state == State.REFUND_SIGNED
+    r = tick(ChannelLifecycle(a, net.exchange_for(a), LifecycleSettings()))[0]
+    assert r.funded == [cid] and not r.failed
+    assert a.payer(cid).state == b.payee(cid).state == State.OPEN
+    asyncio.run(net.exchange_for(a)("coap://b", a.pay_request(cid, 700)))
+    assert b.payee(cid).received == 700
