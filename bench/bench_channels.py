@@ -13,6 +13,9 @@ Figures (each bounded by --seconds, at most --updates updates):
 - round trip: two channel nodes in one process over CoAP on 127.0.0.1:
   build, sign, send, verify, persist, ack, with per-update latency
   p50 / p99.
+- rollover: what moving a stream to a new channel costs, over the same
+  CoAP loopback: open (terms, refund signature, funding broadcast to the
+  local ledger, funded) and the first update on it, p50 / max of a few.
 Each rate is printed with its ratio to the baseline.
 """
 
@@ -112,13 +115,13 @@ def core(n: int, seconds: float, tmp: Path, persist: bool) -> float:
     return count / elapsed
 
 
-def round_trip(n: int, seconds: float, tmp: Path) -> tuple[float, float, float]:
+def round_trip(n: int, seconds: float, tmp: Path, rollovers: int = 5) -> tuple[float, float, float, list[float]]:
     ledger = LocalLedger()
     pa, pb = free_udp_port(), free_udp_port()
     a = make_node(tmp, "rt-a", ledger, funds=10_000_000, uri=channel_uri("127.0.0.1", pa))
     b = make_node(tmp, "rt-b", ledger, uri=channel_uri("127.0.0.1", pb))
 
-    async def go() -> tuple[float, float, float]:
+    async def go() -> tuple[float, float, float, list[float]]:
         sa = await serve(a, "127.0.0.1", pa)
         sb = await serve(b, "127.0.0.1", pb)
         client = ChannelClient(a, await aiocoap.Context.create_client_context())
@@ -135,7 +138,13 @@ def round_trip(n: int, seconds: float, tmp: Path) -> tuple[float, float, float]:
             elapsed = time.perf_counter() - start
             lat.sort()
             p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-            return len(lat) / elapsed, statistics.median(lat), p99
+            roll = []
+            for _ in range(rollovers):
+                t = time.perf_counter()
+                nxt = await client.open_channel(b.uri, 500_000, 7_200, b.public_key)
+                await client.pay(nxt, 1)
+                roll.append(time.perf_counter() - t)
+            return len(lat) / elapsed, statistics.median(lat), p99, sorted(roll)
         finally:
             for ctx in (client.context, sa, sb):
                 await ctx.shutdown()
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         base = baseline(args.updates, args.seconds)
         c = core(args.updates, args.seconds, tmp, persist=False)
         cs = core(args.updates, args.seconds, tmp, persist=True)
-        rt, p50, p99 = round_trip(args.updates, args.seconds, tmp)
+        rt, p50, p99, roll = round_trip(args.updates, args.seconds, tmp)
     print(f"channel benchmark: up to {args.updates} updates, {args.seconds:.0f} s bound per figure, "
           f"{os.cpu_count()} cores")
     print(f"  bitcoinx sign+verify (baseline)        {base:8.0f} /s")
@@ -161,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  update: ... + SQLite FULL commit       {cs:8.0f} /s   ratio {cs / base:5.3f}")
     print(f"  update: round trip over CoAP loopback  {rt:8.0f} /s   ratio {rt / base:5.3f}   "
           f"latency p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms")
+    print(f"  rollover: open next channel + 1st update over CoAP loopback   "
+          f"p50 {statistics.median(roll) * 1e3:.1f} ms, max {roll[-1] * 1e3:.1f} ms ({len(roll)} opens)")
     return 0
 
 
