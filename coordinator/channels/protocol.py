@@ -210,6 +210,7 @@ class ChannelNode:
         if self.admission is not None:
             # Before anything is stored or a wallet key derived: a refused
             # open costs a pass over the channels in memory and a signature.
+            self._forget_stalled_opens(msg.sender, self.admission.max_pending_per_peer - 1)
             incoming = [(e.peer, e.channel) for e in self.channels.values()
                         if e.role == "payee" and isinstance(e.channel, PayeeChannel)]
             refusal = self.admission.check(msg.sender, msg.body["capacity"], incoming)
@@ -229,6 +230,19 @@ class ChannelNode:
         self._save_wallet()
         self.channels[msg.channel_id] = e
         return {"payee_key": ch.terms.payee_key, "payee_script": ch.terms.payee_script}
+
+    def _forget_stalled_opens(self, peer: bytes, keep: int) -> None:
+        """An allowed peer opening again while its earlier opens never got
+        funded (it crashed, a message was lost) replaces them: keep its
+        `keep` newest unfunded channels, forget the rest. Safe for us: no
+        funds of ours are in them, and a funding the payer still sends for
+        one is answered `unknown-channel` (its refund returns the coins)."""
+        stalled = [cid for cid, e in self.channels.items()
+                   if e.role == "payee" and e.peer == peer and e.channel.state in (State.ACCEPTED,
+                                                                                    State.REFUND_SIGNED)]
+        for cid in stalled[:max(0, len(stalled) - keep)]:
+            self.store.delete_channel(cid)
+            del self.channels[cid]
 
     def rpc_refund_request(self, msg: Message) -> dict:
         e = self._from_peer(msg, "payee")
@@ -387,6 +401,22 @@ class ChannelNode:
 
     def _pay_message(self, channel_id: bytes, u: Update) -> Message:
         return encode(self.identity, "pay", channel_id, {"seq": u.seq, "amount": u.amount, "sig": u.payer_sig})
+
+    def abandon(self, channel_id: bytes) -> bool:
+        """As payer, forget an open that stopped before the funding tx
+        existed outside this wallet (proposed, accepted, refund asked):
+        its coins are unreserved and its row deleted. Returns whether it
+        was abandoned; a channel further on is left to the lifecycle."""
+        e = self._get(channel_id, "payer")
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        if ch.state not in (State.PROPOSED, State.ACCEPTED, State.FUNDING):
+            return False
+        if ch.funding_tx is not None:
+            self.wallet.release(ch.funding_tx)
+            self._save_wallet()
+        self.store.delete_channel(channel_id)
+        del self.channels[channel_id]
+        return True
 
     def funded_request(self, channel_id: bytes) -> Message | None:
         """As payer, finish an open the payee has not acknowledged as funded

@@ -141,6 +141,14 @@ class ChannelStore:
             self.conn.execute("UPDATE updates SET acked=1 WHERE channel_id=? AND seq=?",
                               (ch.terms.channel_id, ch.acked_seq))
 
+    def delete_channel(self, channel_id: bytes) -> None:
+        """Forget a channel that never held funds (an open that stopped
+        before the funding was broadcast), so failed opens do not pile up."""
+        with self._tx():
+            self.conn.execute("DELETE FROM updates WHERE channel_id=?", (channel_id,))
+            self.conn.execute("DELETE FROM events WHERE channel_id=?", (channel_id,))
+            self.conn.execute("DELETE FROM channels WHERE id=?", (channel_id,))
+
     # -- reads ----------------------------------------------------------------
     def rows(self, role: str | None = None) -> Iterator[dict[str, Any]]:
         q = "SELECT id, role, peer, peer_uri, key_index, state, record FROM channels"

@@ -76,7 +76,14 @@ class ChannelClient:
     async def open_channel(self, uri: str, capacity: int, lock_seconds: int, peer: bytes = b"") -> bytes:
         """Open and fund a channel paying the coordinator at `uri`; returns its id."""
         msg = self.node.open_request(uri, capacity, lock_seconds, peer)
-        await self.exchange(uri, msg)
+        try:
+            await self.exchange(uri, msg)
+        except BaseException:
+            # Stopped before the funding left this wallet: forget it (its
+            # coins back, no row left behind). An open stopped later (the
+            # refund signed) is finished by the lifecycle.
+            self.node.abandon(msg.channel_id)
+            raise
         return msg.channel_id
 
     async def pay(self, channel_id: bytes, amount: int) -> int:

@@ -73,10 +73,14 @@ def test_caps_per_peer_pending_and_capacity(tmp_path: Path, ledger: LocalLedger)
         frozenset({a.public_key, c.public_key}), max_open_per_peer=2, max_pending_per_peer=1, max_pending_total=2,
         max_capacity_sat=350_000))
 
-    # Pending: a's first open is accepted and left unfunded; its second is refused.
+    # Pending: a's first open is accepted and left unfunded (a crashed); its
+    # next open replaces it, so stalled opens never pile up.
     stalled = a.open_request("coap://s", 100_000, 7_200, s.public_key)
     assert answer_code(s, stalled) is None
-    assert answer_code(s, a.open_request("coap://s", 100_000, 7_200, s.public_key)) == "limit"
+    again = a.open_request("coap://s", 100_000, 7_200, s.public_key)
+    assert answer_code(s, again) is None
+    assert stalled.channel_id not in s.channels and again.channel_id in s.channels
+    assert [r["id"] for r in s.store.rows()] == [again.channel_id]
     # c's stalled open reaches the total of unfunded channels.
     c_stalled = c.open_request("coap://s", 50_000, 7_200, s.public_key)
     assert answer_code(s, c_stalled) is None

@@ -262,3 +262,27 @@ def test_an_open_whose_funding_broadcast_failed_is_finished_by_the_lifecycle(tmp
     assert a.payer(cid).state == b.payee(cid).state == State.OPEN
     asyncio.run(net.exchange_for(a)("coap://b", a.pay_request(cid, 700)))
     assert b.payee(cid).received == 700
+
+
+@pytest.mark.parametrize("answered", [0, 1])
+def test_an_open_that_stops_before_funding_leaves_nothing_behind(world, answered: int) -> None:
+    """A seller that does not answer (or stops answering after accepting)
+    leaves no proposal row and no reserved coins on the buyer."""
+    from microgrid.coordinator.channels.transport import ChannelClient
+
+    a, b, clock, net, settings = world
+    before = a.wallet.balance()
+
+    class Cut(ChannelClient):
+        calls = 0
+
+        async def send(self, uri: str, msg: Message) -> bytes:
+            Cut.calls += 1
+            if Cut.calls > answered:
+                raise ConnectionError("no answer")
+            return b.handle(msg.wire)
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(Cut(a, None).open_channel("coap://b", 100_000, LOCK_S, b.public_key))  # type: ignore[arg-type]
+    assert a.channels == {} and list(a.store.rows()) == []
+    assert a.wallet.balance() == before and not a.wallet.reserved
