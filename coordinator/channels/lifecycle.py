@@ -93,7 +93,8 @@ class ChannelLifecycle:
         self.node = node
         self.exchange = exchange
         self.settings = settings or LifecycleSettings()
-        # Refunds seen with confirmations, not checked again this run.
+        # Closes and refunds seen with enough confirmations: not checked
+        # again this run (a restart checks each once more).
         self._confirmed: set[bytes] = set()
         self._missed: set[bytes] = set()  # as payee: lock time passed while open (logged once)
         self.ticks = 0
@@ -137,8 +138,14 @@ class ChannelLifecycle:
         if (ch.state == State.OPEN and due) or ch.state == State.CLOSING:
             self.node.close(cid)
             report.closed.append(cid)
-        elif ch.state == State.CLOSED:
-            self.node.close(cid)  # re-broadcasts only if the chain lost it
+        elif ch.state == State.CLOSED and cid not in self._confirmed and ch.closing_tx is not None:
+            # Watched until mined deep enough; put back if the chain lost it.
+            n = self.node.chain.confirmations(txid_hex(ch.closing_tx))
+            if n < 0:
+                self.node.close(cid)
+                report.closed.append(cid)
+            elif n >= self.settings.confirmations:
+                self._confirmed.add(cid)
         if ch.state == State.CLOSED and not ch.payer_notified and e.peer_uri:
             await self.exchange(e.peer_uri, self.node.close(cid))
             if ch.payer_notified:
@@ -154,7 +161,7 @@ class ChannelLifecycle:
                 if n < 0:
                     chain.broadcast(ch.refund)
                     report.refunded.append(cid)
-                elif n > 0:
+                elif n >= self.settings.confirmations:
                     self._confirmed.add(cid)
             return
         if ch.state not in (State.OPEN, State.REFUND_SIGNED) or ch.funding is None:

@@ -286,3 +286,17 @@ def test_an_open_that_stops_before_funding_leaves_nothing_behind(world, answered
         asyncio.run(Cut(a, None).open_channel("coap://b", 100_000, LOCK_S, b.public_key))  # type: ignore[arg-type]
     assert a.channels == {} and list(a.store.rows()) == []
     assert a.wallet.balance() == before and not a.wallet.reserved
+
+
+def test_a_close_the_chain_lost_is_broadcast_again_until_mined(world, ledger: LocalLedger) -> None:
+    a, b, clock, net, settings = world
+    cid = open_and_pay(a, b, net, [1_200])
+    seller = ChannelLifecycle(b, net.exchange_for(b), settings)
+    clock.t = a.payer(cid).terms.refund_locktime - 600
+    assert tick(seller)[0].closed == [cid]
+    closing = b.payee(cid).closing_tx.hex_hash()
+    ledger.evict(closing)  # dropped from the mempool
+    assert tick(seller)[0].closed == [cid] and ledger.confirmations(closing) == 0
+    ledger.mine()
+    assert tick(seller)[0].closed == [] and cid in seller._confirmed
+    assert ledger.confirmations(closing) == 1 and b.wallet.balance() == 1_200
