@@ -37,8 +37,7 @@ from typing import Any, Callable
 import aiocoap
 from bitcoinx import PrivateKey
 
-from ..channels.channel import AmountError, DustError, LockTimeError, PayerChannel, State, StateError
-from ..channels.protocol import ChannelNode, ProtocolError
+from ..channels.protocol import ChannelNode
 from ..channels.transport import ChannelClient
 from ..clock import Clock, sleep_until
 from ..market.clearing import ClearedInterval, ClearingError, clear_interval
@@ -55,7 +54,8 @@ from ..store.readings import ReadingStore
 from .credit import SellerCredit
 from .delivery import SellerAccounts, expected_streams, streamed_due
 from .metering import interval_energy
-from .rollover import ROLL_OVER_CODES, RolloverPolicy
+from .payer import ChannelPayer
+from .rollover import RolloverPolicy
 
 log = logging.getLogger("microgrid.trading")
 
@@ -125,7 +125,6 @@ class TradingService:
         self.store = store
         self.device_ids = device_ids
         self.node = node
-        self.client = ChannelClient(node, context)
         self.own_uri = own_uri
         self.settings = settings or TradingSettings()
         self._sleep = sleep
@@ -137,17 +136,18 @@ class TradingService:
         self.stats = TradingStats()
         # Called with each interval's settlement (MQTT, reports).
         self.on_settled: Callable[[IntervalSettlement], None] | None = None
-        self.channel_to: dict[str, bytes] = {}  # payee public key hex -> the channel paid last
-        self.rollover = RolloverPolicy(self.settings.renew_before_s, self.settings.reserve_sat)
-        self._refused: set[bytes] = set()  # channels a payee refused further payments on (this run)
-        self._close_asked: set[bytes] = set()  # old channels we asked the payee to close (this run)
+        self._resumed: set[asyncio.Task[None]] = set()
+        # As a buyer: which channel pays each seller, rolling over to the next.
+        self.payer = ChannelPayer(node, ChannelClient(node, context), clock,
+                                  RolloverPolicy(self.settings.renew_before_s, self.settings.reserve_sat),
+                                  self.settings.channel_capacity_sat, self.settings.channel_lock_s,
+                                  self.lookup_uri, self.stats, self._spawn)
         self._pay_lock = asyncio.Lock()
         # The books, rebuilt from what is durable: the settled dues (our
         # database) and every signed update (the channel store), so a
         # restart neither pays a seller twice nor forgets who is behind.
         self.dues = DuesStore(store.db)
         self.books = BookStore(store.db)  # cleared books, to settle them after a restart
-        self._resumed: set[asyncio.Task[None]] = set()
         # As a seller: what each buyer owes by the settlements, and has paid.
         self.credit = SellerCredit(self.settings.credit_sat, export_relay)
         self.credit.owed = self.dues.owed_to(self.public_hex)
@@ -232,71 +232,21 @@ class TradingService:
 
     # -- payments ----------------------------------------------------------------
 
-    def _payer_channels(self, payee_hex: str) -> list[tuple[bytes, PayerChannel]]:
-        peer = bytes.fromhex(payee_hex)
-        return [(cid, e.channel) for cid, e in self.node.channels.items()
-                if e.role == "payer" and e.peer == peer and isinstance(e.channel, PayerChannel)]
+    @property
+    def client(self) -> ChannelClient:
+        return self.payer.client
+
+    @client.setter
+    def client(self, client: ChannelClient) -> None:
+        """Tests and tools may carry the channel messages another way."""
+        self.payer.client = client
+
+    @property
+    def channel_to(self) -> dict[str, bytes]:
+        return self.payer.channel_to
 
     async def _channel(self, payee_hex: str, amount: int = 0) -> bytes:
-        """The channel to pay `amount` through: a usable one (see
-        trading/rollover.py), or a new one opened now, before the old one
-        stops taking payments; the old ones are then asked to close."""
-        now = self.clock.now()
-        cid = self.rollover.pick(self._payer_channels(payee_hex), now, amount, self._refused)
-        if cid is None:
-            uri = await self.lookup_uri(payee_hex)
-            if uri is None:
-                raise LookupError(f"no directory entry for {payee_hex[:16]}")
-            started = self.clock.now()
-            cid = await self.client.open_channel(uri, self.settings.channel_capacity_sat,
-                                                 self.settings.channel_lock_s, bytes.fromhex(payee_hex))
-            self.stats.channels_opened += 1
-            self.stats.rollover_s.append(self.clock.now() - started)
-            log.info("opened channel %s to %s", cid.hex()[:16], payee_hex[:16])
-        self.channel_to[payee_hex] = cid
-        self._retire(payee_hex, cid, amount)
-        return cid
-
-    def _retire(self, payee_hex: str, keep: bytes, amount: int) -> None:
-        """Ask the payee to close each of our other open channels to it
-        that cannot take a payment like this one. Once per channel and run;
-        the seller's own lifecycle closes it at its margin if the request
-        is lost."""
-        channels = self._payer_channels(payee_hex)
-        old = set(self.rollover.to_retire(channels, self.clock.now(), amount, {keep}))
-        old |= {cid for cid, ch in channels if cid in self._refused and ch.state == State.OPEN}
-        for cid in sorted(old - self._close_asked - {keep}):
-            self._close_asked.add(cid)
-            self._spawn(self._ask_close(cid))
-
-    async def _ask_close(self, cid: bytes) -> None:
-        try:
-            await self.client.close(cid)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.warning("asking the payee to close channel %s failed (it closes it by itself before the lock "
-                        "time): %s", cid.hex()[:16], e)
-
-    async def _pay_one(self, payee_hex: str, amount: int) -> int:
-        """One update of `amount` to `payee_hex`, on the next channel if the
-        current one refuses it (locally or at the payee: closed, near its
-        lock time, full). Returns the amount acknowledged on the channel."""
-        cid = await self._channel(payee_hex, amount)
-        try:
-            return await self.client.pay(cid, amount)
-        except (LockTimeError, AmountError, DustError, StateError) as e:
-            why = str(e)
-        except ProtocolError as e:
-            if e.code not in ROLL_OVER_CODES:
-                raise
-            why = f"{e.code}: {e.detail}"
-        log.info("channel %s to %s takes no more payments (%s): moving to the next", cid.hex()[:16],
-                 payee_hex[:16], why)
-        self._refused.add(cid)
-        self.stats.refused_rollovers += 1
-        cid = await self._channel(payee_hex, amount)
-        return await self.client.pay(cid, amount)
+        return await self.payer.channel(payee_hex, amount)
 
     # -- as a seller: is every buyer paying? ------------------------------------
 
@@ -327,11 +277,11 @@ class TradingService:
         channel resends a pending update before the next. The channel's
         journal keeps why (`stream` or `settle`), for how many Wh, and the
         figures it was worked out from, so a dispute can be replayed."""
-        before = {cid: ch.paid for cid, ch in self._payer_channels(payee_hex)}
+        before = {cid: ch.paid for cid, ch in self.payer.channels(payee_hex)}
         acked = None
         try:
             for amount in amounts:
-                acked = await self._pay_one(payee_hex, amount)
+                acked = await self.payer.pay_one(payee_hex, amount)
                 self.stats.payment_updates += 1
         finally:
             # Paid is what is signed (the payee can claim it), acknowledged
@@ -339,7 +289,7 @@ class TradingService:
             # in the accounts. A rollover spreads one call over two
             # channels; each journal gets its part (the Wh go with the first).
             wh_left = wh
-            for cid, ch in self._payer_channels(payee_hex):
+            for cid, ch in self.payer.channels(payee_hex):
                 signed = ch.paid - before.get(cid, 0)
                 if not signed:
                     continue
