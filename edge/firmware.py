@@ -258,8 +258,12 @@ class Firmware:
     def _batch_reading(self, seq, t, m):
         """Batching: readings wait in RAM until `batch_size` of them (or a
         reset, or the last one) go out in one message with one signature.
-        A power cut loses only readings never sent; their numbers are
-        reused and the counters are cumulative."""
+        A power cut loses the waiting readings as points in time, never
+        their energy: a driver that counts in the host (S0, CT, simulated)
+        has the sequence and counters journaled with every reading, so the
+        next boot continues the counters from the last reading made (its
+        waiting numbers are skipped, never reused); a meter that keeps its
+        own counters still has them after the cut."""
         self.batch.append((seq, int(t), m.import_wh, m.export_wh, m.power_w, m.voltage_v, m.extra_records()))
         self.seq = seq
         self.last_import = m.import_wh
@@ -267,8 +271,15 @@ class Firmware:
         self.produced += 1
         limit = self.cfg["max_readings"]
         if len(self.batch) >= self.cfg["batch_size"] or m.reset is not None or (limit and self.produced >= limit):
-            return self.flush_batch()
-        return True
+            ok = self.flush_batch()
+        else:
+            ok = True
+            if self.meter.counts_in_host:
+                # One journal slot write per reading instead of per batch.
+                self.persist()
+        if ok:
+            log.debug(TAG, "reading seq %d import %d Wh export %d Wh (batched)" % (seq, m.import_wh, m.export_wh))
+        return ok
 
     def flush_batch(self):
         """Sign and buffer the waiting readings: as many per message as fit
