@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from microgrid.flash.unix_port import boot
 
@@ -128,3 +132,61 @@ def test_lost_state_while_the_coordinator_is_away_and_a_power_cut_mid_renumberin
     times = [r["time"] for r in rows[10:]]
     assert times == sorted(times)
     assert_all_verify(rows, pub)
+
+
+class FakeCoordinator:
+    """Answers every POST on 127.0.0.1:port with one fixed 4.09 (piggybacked
+    on the ACK), as a coordinator gone wrong, or a forger who got the
+    exchange right, would."""
+
+    def __init__(self, port: int, answer: bytes) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.settimeout(0.2)
+        self.answer = answer
+        self.requests = 0
+        self.running = True
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while self.running:
+            try:
+                data, addr = self.sock.recvfrom(2048)
+            except OSError:
+                continue
+            self.requests += 1
+            tkl = data[0] & 15
+            self.sock.sendto(bytes([0x60 | tkl, 0x89]) + data[2:4] + data[4:4 + tkl] + b"\xff" + self.answer, addr)
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("answer", [
+    pytest.param(b"stale: seq 1 is not above last stored 536870912; last=536870912 import=0 export=0", id="beyond-bound"),
+    pytest.param(b"stale: seq 1 is not above last stored 0; last=0 import=0 export=0", id="not-stale"),
+])
+def test_an_answer_out_of_bounds_moves_nothing_and_drops_nothing(tmp_path: Path, answer: bytes) -> None:
+    port = free_udp_port()
+    image, _ = provision(tmp_path, tmp_path / "unused.db", port, max_readings=3, interval_s=0.01, ack_timeout_s=0.1,
+                         retry_after_s=0.02, drain_timeout_s=1.5)
+    fake = FakeCoordinator(port, answer)
+    try:
+        summary, out = run_to_end(image)
+    finally:
+        fake.close()
+    # Kept, retried, never renumbered: the sequence is where it was.
+    assert fake.requests >= 3
+    assert summary["pending"] == 3 and summary["rejected"] == 0 and summary["last_seq"] == 3, summary
+    assert summary["errors"]["rejected"] >= 2 and "kept, will retry" in out
+    assert "sequence behind" not in out
+    # The journal holds no jump either: the next boot numbers on from 3.
+    again = boot(image)
+    assert again.stdout is not None
+    first_line = again.stdout.readline()
+    again.kill()
+    again.communicate(timeout=10)
+    assert "next seq 4, 3 buffered" in first_line, first_line
