@@ -102,6 +102,9 @@ class Renumber:
         self.upto = 0
         self.shift = 0
         self.reset = None
+        # The last message renumbered: a retry sends it without signing
+        # again (a signature takes seconds on a board).
+        self._last = None
         if saved:
             try:
                 self.upto, self.shift = int(saved[0]), int(saved[1])
@@ -135,6 +138,7 @@ class Renumber:
             return False
         self.upto = self.shift = 0
         self.reset = None
+        self._last = None
         return True
 
     def outgoing(self, secret, public_key, seq, message):
@@ -142,6 +146,9 @@ class Renumber:
         numbers at or below `upto`, else unchanged (the same bytes)."""
         if not self.shift:
             return message
+        key = (seq, self.upto, self.shift, message)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         pack = cbor.loads(cose.parse(message).payload)
         changed = False
         for rec in pack:
@@ -160,9 +167,9 @@ class Renumber:
                     {senml.N: "reset_export_wh", senml.U: "Wh", senml.V: r[2]},
                 ]
                 changed = True
-        if not changed:
-            return message
-        return reading.sign_payload(secret, public_key, cbor.dumps(pack))
+        out = reading.sign_payload(secret, public_key, cbor.dumps(pack)) if changed else message
+        self._last = (key, out)
+        return out
 
     def jump(self, head_seq, message, numbered, answer):
         """The coordinator refused the outbox's oldest reading (`head_seq`,
