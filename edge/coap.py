@@ -145,6 +145,11 @@ class Client:
             # socket.timeout (an OSError) on CPython; a refused port (ICMP)
             # can also surface here. Either way: nothing received.
             return None
+        if addr != self.addr:
+            # Only the coordinator answers our exchanges: a datagram from
+            # any other address (a spoofed 4.09 telling the meter to jump
+            # its sequence, say) is ignored as if never received.
+            return None
         return decode(data)
 
     def post(self, path, payload, content_format=None):

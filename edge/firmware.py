@@ -24,6 +24,7 @@ from edge.journal import Journal
 from edge.meters import open_meter
 from edge.meters.base import FLAG_TIME_UNSET, RESET_ENERGY, RESET_FACTORY
 from edge.outbox import Outbox
+from edge.resync import Renumber, parse_stale
 
 TAG = "fw"
 VERSION = "0.2.0"
@@ -186,6 +187,10 @@ class Firmware:
             self.seq, self.last_import, self.last_export = 0, 0, 0
         if jseq is not None or newest is not None:
             self.meter.restore(self.last_import, self.last_export)
+        # Readings renumbered above the coordinator after a lost state
+        # (edge/resync.py), until the last of them is delivered.
+        self.renumber = Renumber(state.get("renumber"))
+        self.renumber.release(self.outbox.peek())
 
     def _sync_time(self):
         # SNTP where the network has it; tried again every 10 minutes.
@@ -201,6 +206,7 @@ class Firmware:
     def state(self):
         s = {"seq": self.seq, "import_wh": self.last_import, "export_wh": self.last_export}
         s.update(self.outbox.state())
+        s.update(self.renumber.state())
         return s
 
     def persist(self):
@@ -252,8 +258,12 @@ class Firmware:
     def _batch_reading(self, seq, t, m):
         """Batching: readings wait in RAM until `batch_size` of them (or a
         reset, or the last one) go out in one message with one signature.
-        A power cut loses only readings never sent; their numbers are
-        reused and the counters are cumulative."""
+        A power cut loses the waiting readings as points in time, never
+        their energy: a driver that counts in the host (S0, CT, simulated)
+        has the sequence and counters journaled with every reading, so the
+        next boot continues the counters from the last reading made (its
+        waiting numbers are skipped, never reused); a meter that keeps its
+        own counters still has them after the cut."""
         self.batch.append((seq, int(t), m.import_wh, m.export_wh, m.power_w, m.voltage_v, m.extra_records()))
         self.seq = seq
         self.last_import = m.import_wh
@@ -261,8 +271,15 @@ class Firmware:
         self.produced += 1
         limit = self.cfg["max_readings"]
         if len(self.batch) >= self.cfg["batch_size"] or m.reset is not None or (limit and self.produced >= limit):
-            return self.flush_batch()
-        return True
+            ok = self.flush_batch()
+        else:
+            ok = True
+            if self.meter.counts_in_host:
+                # One journal slot write per reading instead of per batch.
+                self.persist()
+        if ok:
+            log.debug(TAG, "reading seq %d import %d Wh export %d Wh (batched)" % (seq, m.import_wh, m.export_wh))
+        return ok
 
     def flush_batch(self):
         """Sign and buffer the waiting readings: as many per message as fit
@@ -313,6 +330,8 @@ class Firmware:
             return False
         if first < seq:
             msg = merged_message(self.secret, self.public_key, msg, first)
+        stored = msg
+        msg = self.renumber.outgoing(self.secret, self.public_key, seq, msg)
         try:
             code, payload = self.client.post("readings", msg, cose.CONTENT_FORMAT_SIGN1)
         except OSError as e:
@@ -324,17 +343,19 @@ class Firmware:
         self.link = "up"
         self.errors.ok("network")
         if code in (CREATED, CHANGED):
-            self.outbox.pop(seq)
-            self.delivered += 1
+            self._delivered(seq)
             if not self.clock.synced and payload:
                 self.take_time(payload)
             return True
         text = payload.decode() if payload else ""
         if code == CONFLICT and text.startswith("duplicate"):
             # Stored on an earlier attempt whose response we missed.
-            self.outbox.pop(seq)
-            self.delivered += 1
+            self._delivered(seq)
             return True
+        if code == CONFLICT and text.startswith("stale"):
+            answer = parse_stale(text)
+            if answer is not None:
+                return self._jump(seq, stored, answer)
         if code >> 5 == 4:
             # Refused for good: keeping it would block every later reading.
             self.outbox.pop(seq)
@@ -345,6 +366,44 @@ class Firmware:
         log.warning(TAG, "seq %d: coordinator answered %s: %s; will retry" % (seq, coap.code_str(code), text))
         self.errors.add("network", "coordinator answered %s" % coap.code_str(code))
         self._retry_later()
+        return False
+
+    def _delivered(self, seq):
+        self.outbox.pop(seq)
+        self.delivered += 1
+        if self.renumber.release(self.outbox.peek()):
+            self.persist()
+
+    def _jump(self, seq, stored, answer):
+        """The coordinator holds numbers up to answer[0]: our sequence went
+        backwards (lost state). Continue above it (edge/resync.py); the
+        refused reading stays and goes out again at once, renumbered. An
+        answer out of bounds changes nothing: retried with backoff."""
+        self.flush_batch()  # every number handed out is on flash first
+        old = self.seq
+        r = self.renumber
+        before = (r.upto, r.shift, r.reset)
+        try:
+            new = self.renumber.jump(seq, stored, self.seq, answer)
+        except ValueError as e:
+            self.errors.add("rejected", "seq %d stale: %s" % (seq, e))
+            log.error(TAG, "seq %d stale: %s; kept, will retry" % (seq, e))
+            self._retry_later()
+            return False
+        # On flash before anything goes out under the new numbers; if the
+        # journal cannot be written, do not jump (retried with backoff).
+        self.seq = new
+        try:
+            self.journal.save(self.state())
+        except OSError as e:
+            self.seq = old
+            r.upto, r.shift, r.reset = before
+            self.errors.add("flash", "journal: %s" % e)
+            log.error(TAG, "sequence jump not saved: %s; will retry" % e)
+            self._retry_later()
+            return False
+        log.warning(TAG, "sequence behind the coordinator (last stored %d): readings up to %d renumbered +%d, next seq %d%s" % (
+            answer[0], old, self.renumber.shift, new + 1, ", counter_dropped" if self.renumber.reset else ""))
         return False
 
     def energy_reset(self):

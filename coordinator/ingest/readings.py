@@ -76,6 +76,19 @@ class ReadingIngest:
         log.warning("reading rejected %s: %s", code, why)
         return Outcome(code, why, False, device_id, seq)
 
+    def _stale(self, why: str, device_id: str, seq: int) -> Outcome:
+        """4.09 for a validly signed reading numbered at or below what is
+        stored. The diagnostic ends with where the coordinator stands, as
+        `last=SEQ import=WH export=WH`, so a meter that lost its state
+        (sequence back at 1) renumbers its readings above `last` and marks a
+        counter drop (edge/resync.py). Only a reading signed by the device's
+        key gets this far, and the same figures are public anyway
+        (GET /api/meters/latest): nothing secret is told."""
+        row = self.store.last_reading(device_id)
+        if row is not None:
+            why += f"; last={row['seq']} import={row['import_wh']} export={row['export_wh']}"
+        return self._reject("4.09", why, device_id, seq)
+
     def accept(self, message: bytes) -> Outcome:
         try:
             batch = reading_format.parse_all(message)
@@ -106,14 +119,14 @@ class ReadingIngest:
                 self.counts["duplicate"] += 1
                 log.info("duplicate of stored reading %s/%d", r.device, r.seq)
                 return Outcome("4.09", f"duplicate: seq {r.seq} already stored", False, r.device, r.seq)
-            return self._reject("4.09", f"stale: seq {r.seq} is not above last stored {last}", r.device, r.seq)
+            return self._stale(f"stale: seq {r.seq} is not above last stored {last}", r.device, r.seq)
         try:
             self.store.insert_batch(batch, message)
         except DuplicateReading as e:
             self.counts["duplicate"] += 1
             if e.identical:
                 return Outcome("4.09", f"duplicate: seq {r.seq} already stored", False, r.device, r.seq)
-            return self._reject("4.09", f"stale: seq {r.seq} already stored with other content", r.device, r.seq)
+            return self._stale(f"stale: seq {r.seq} already stored with other content", r.device, r.seq)
         except StoreError as e:
             # Not the meter's fault: it keeps the reading and retries.
             log.error("%s", e)

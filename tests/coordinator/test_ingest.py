@@ -144,6 +144,32 @@ def test_replayed_and_stale_sequence_numbers_are_refused(tmp_path: Path) -> None
     asyncio.run(go())
 
 
+def test_a_stale_answer_says_where_the_coordinator_stands_only_to_the_key_holder(tmp_path: Path) -> None:
+    """A meter that lost its state learns the last stored seq and counters
+    from the 4.09 (edge/resync.py); a message that does not verify learns
+    nothing, and the stale reading is still not stored."""
+    other = bytes(range(2, 34))
+
+    async def go() -> None:
+        async with served(tmp_path) as (coord, client, uri):
+            for seq in (5, 6, 9):
+                assert (await post(client, uri, make(seq, export_wh=seq * 2))).code == Code.CREATED
+            resp = await post(client, uri, make(1, import_wh=3))
+            assert resp.code == Code.CONFLICT
+            text = resp.payload.decode()
+            assert text.startswith("stale: seq 1 ") and text.endswith("; last=9 import=109 export=18"), text
+            # Signed by another key under this meter's kid: 4.03, no figures.
+            forged = reading.sign_payload(other, PUB, reading.encode_payload(reading.device_id(PUB), 1, T0, 3, 0, 1, 230))
+            resp = await post(client, uri, forged)
+            assert resp.code == Code.FORBIDDEN and b"last=" not in resp.payload
+            # The exact earlier message is still a duplicate, with no figures.
+            resp = await post(client, uri, make(6, export_wh=12))
+            assert resp.code == Code.CONFLICT and resp.payload == b"duplicate: seq 6 already stored"
+            assert [r["seq"] for r in coord.store.readings()] == [5, 6, 9]
+
+    asyncio.run(go())
+
+
 def test_last_sequence_survives_a_restart(tmp_path: Path) -> None:
     async def go() -> None:
         async with served(tmp_path) as (coord, client, uri):
