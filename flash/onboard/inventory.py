@@ -6,6 +6,10 @@
 #                              shared/, lib/
 #   others                     path -> size of the board's own files
 #   manifest, config           their text (null when absent)
+#   dirs                       the folders under edge/, shared/, lib/
+#   firmware                   where main.py's `import edge` (and shared)
+#                              resolve with the boot's sys.path, and the
+#                              version frozen in the MicroPython binary
 #   key                        public key hex of the device key, "present"
 #                              when shared/ cannot derive it, null when none
 # The secret itself is never printed.
@@ -40,6 +44,8 @@ def _walk(prefix, hashed):
         path = prefix + "/" + name if prefix else name
         if kind == 0x4000:
             if prefix or name in HASHED_DIRS:
+                # Even an empty edge/ shadows the frozen package: listed.
+                print("D " + path)
                 _walk(path, True)
         elif hashed or path in HASHED_FILES:
             print("F %s %s" % (_sha256(path), path))
@@ -74,6 +80,47 @@ def _key(config_text):
         return "invalid: %s" % e
 
 
+def _forget(packages):
+    for name in list(sys.modules):
+        if name.split(".")[0] in packages:
+            del sys.modules[name]
+
+
+def _firmware():
+    # Which copy of the firmware main.py would run. At boot sys.path is
+    # ['', '.frozen', ...]: a package on the filesystem shadows the frozen
+    # one, and its __path__ says where it came from (".frozen/edge" when
+    # frozen). Under the unix port this script's own folder comes first
+    # in sys.path, not the image folder: put the boot's order back.
+    saved = sys.path[:]
+    here = globals().get("__file__", "")
+    here = here[:here.rfind("/")] if "/" in here else None
+    found = {}
+    try:
+        sys.path[:] = [""] + [p for p in saved if p and p != here]
+        for name in ("edge", "shared"):
+            try:
+                mod = __import__(name)
+                found[name] = getattr(mod, "__path__", None) or getattr(mod, "__file__", "?")
+            except ImportError:
+                found[name] = None
+        _forget(("edge", "shared"))
+        gc.collect()
+        # The version frozen in the binary, whatever the filesystem holds.
+        sys.path[:] = [".frozen"]
+        try:
+            from edge import firmware
+
+            found["frozen"] = firmware.VERSION
+        except ImportError:
+            found["frozen"] = None
+    finally:
+        sys.path[:] = saved
+        _forget(("edge", "shared"))
+        gc.collect()
+    return found
+
+
 def main():
     print("INVENTORY begin")
     print("M " + json.dumps({
@@ -82,6 +129,7 @@ def main():
         "mpy": getattr(sys.implementation, "_mpy", 0),
     }))
     _walk("", False)
+    print("R " + json.dumps(_firmware()))
     print("T manifest " + json.dumps(_text("manifest.json")))
     config = _text("config.json")
     print("T config " + json.dumps(config))
