@@ -79,8 +79,11 @@ class Manifest:
 
 def is_firmware_path(path: str) -> bool:
     """A path the image owns: main.py and anything under the firmware
-    folders. Stray files there are the image's to remove."""
-    return path == "main.py" or path.split("/", 1)[0] in FIRMWARE_DIRS
+    folders, and a top-level module of a firmware package's name (it would
+    hide the package). Stray files there are the image's to remove."""
+    if "/" not in path:
+        return path == "main.py" or path.rsplit(".", 1)[0] in FIRMWARE_DIRS and path.endswith((".py", ".mpy"))
+    return path.split("/", 1)[0] in FIRMWARE_DIRS
 
 
 @dataclass

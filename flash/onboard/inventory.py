@@ -22,7 +22,9 @@ import os
 import sys
 
 HASHED_DIRS = ("edge", "shared", "lib")
-HASHED_FILES = ("main.py", "manifest.json", "config.json")
+# A module edge.py / shared.py at the top would hide the package: listed
+# as the image's, so a flash removes it.
+HASHED_FILES = ("main.py", "manifest.json", "config.json", "edge.py", "edge.mpy", "shared.py", "shared.mpy")
 
 
 def _sha256(path):
@@ -86,38 +88,51 @@ def _forget(packages):
             del sys.modules[name]
 
 
+def _where(name, path, frozen):
+    # Where `import name` finds it along `path`, as MicroPython looks (a
+    # folder is a package, then name.py / name.mpy), without running
+    # anything found on the filesystem.
+    for entry in path:
+        if entry == ".frozen":
+            if frozen:
+                return ".frozen/" + name
+            continue
+        base = entry + "/" + name if entry else name
+        for candidate in (base, base + ".py", base + ".mpy"):
+            try:
+                os.stat(candidate)
+                return candidate
+            except OSError:
+                pass
+    return None
+
+
 def _firmware():
     # Which copy of the firmware main.py would run. At boot sys.path is
-    # ['', '.frozen', ...]: a package on the filesystem shadows the frozen
-    # one, and its __path__ says where it came from (".frozen/edge" when
-    # frozen). Under the unix port this script's own folder comes first
-    # in sys.path, not the image folder: put the boot's order back.
+    # ['', '.frozen', ...]: a package or module on the filesystem shadows
+    # the frozen one (even an empty edge/ folder). Under the unix port this
+    # script's own folder comes first in sys.path, not the image folder:
+    # the boot's order is put back.
     saved = sys.path[:]
     here = globals().get("__file__", "")
     here = here[:here.rfind("/")] if "/" in here else None
-    found = {}
+    boot_path = [""] + [p for p in saved if p and p != here]
+    found = {"frozen": None}
     try:
-        sys.path[:] = [""] + [p for p in saved if p and p != here]
-        for name in ("edge", "shared"):
-            try:
-                mod = __import__(name)
-                found[name] = getattr(mod, "__path__", None) or getattr(mod, "__file__", "?")
-            except ImportError:
-                found[name] = None
-        _forget(("edge", "shared"))
-        gc.collect()
-        # The version frozen in the binary, whatever the filesystem holds.
+        # What the binary has frozen, whatever the filesystem holds.
         sys.path[:] = [".frozen"]
         try:
             from edge import firmware
 
             found["frozen"] = firmware.VERSION
         except ImportError:
-            found["frozen"] = None
+            pass
     finally:
         sys.path[:] = saved
         _forget(("edge", "shared"))
         gc.collect()
+    for name in ("edge", "shared"):
+        found[name] = _where(name, boot_path, found["frozen"] is not None)
     return found
 
 
