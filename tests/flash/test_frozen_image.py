@@ -173,3 +173,30 @@ def test_a_board_frozen_with_another_firmware_version_is_refused(tmp_path: Path)
     assert "version 0.0.1" in e.value.cause and build.firmware_version() in e.value.cause and "--firmware" in e.value.fix
     inv.firmware["frozen"] = build.firmware_version()
     assert flasher._frozen_binary("build image", inv) is None
+
+
+def test_frozen_build_runs_once_per_source_and_a_failed_build_names_the_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from microgrid.flash import frozen
+
+    script = tmp_path / "micropython-esp32like" / "build.sh"
+    script.parent.mkdir()
+    count = tmp_path / "builds"
+    # A stand-in for build.sh: OUT/micropython from the manifest given.
+    script.write_text(f'#!/bin/sh\necho x >> {count}\n[ -f "$2" ] || exit 2\n'
+                      'mkdir -p "$1" && printf "#!/bin/sh\\n" > "$1/micropython" && chmod +x "$1/micropython"\n')
+    monkeypatch.setenv(frozen.BUILD_ENV, str(script))
+    monkeypatch.setenv(frozen.CACHE_ENV, str(tmp_path / "cache"))
+    first = frozen.esp32like_binary(log=False)
+    assert first.is_file() and first.parent.parent == tmp_path / "cache"
+    assert frozen.esp32like_binary(log=False) == first and count.read_text().count("x") == 1
+    # Another build script (or firmware source) is another binary.
+    script.write_text(script.read_text().replace("exit 2", "exit 3") + "echo broken >&2\nexit 1\n")
+    with pytest.raises(FlashError) as e:
+        frozen.esp32like_binary(log=False)
+    assert "broken" in e.value.cause and str(frozen.MANIFEST) in e.value.fix
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == [first.parent.name]
+    monkeypatch.setenv(frozen.BUILD_ENV, str(tmp_path / "nowhere" / "build.sh"))
+    with pytest.raises(FlashError) as e:
+        frozen.esp32like_binary(log=False)
+    assert "not found" in e.value.cause and frozen.BUILD_ENV in e.value.fix
