@@ -21,7 +21,14 @@ real coordinator on 127.0.0.1), and must exit 0 with a SUMMARY showing every
 reading delivered and none pending, the coordinator holding them all. Each
 trial is a freshly flashed meter (a copy of the same image and a new key
 registered with the coordinator), so every trial starts from the same
-persisted state (no journal, no outbox) whatever ran before it. Near the
+persisted state (no journal, no outbox) whatever ran before it. The same
+whole-loop peak is measured as an ESP32 runs it: in the esp32-like build
+(32-bit; ../shared/micropython-esp32like), with the PZEM driver (its UART
+scripted) and the console loaded and answering `status` and `selftest`,
+the firmware frozen into the binary (flash/frozen.py builds it with
+edge/manifest.py; only main.py, config and key are files), against the
+baseline of the same firmware as .mpy files on the filesystem of the stock
+esp32-like build. Target: frozen <= 48 KB. Near the
 limit a run succeeds or not with the heap's fragmentation, which follows
 the timing: the figure is the heap where the loop ran every time (three
 runs at each bisection step, ten more at the end), and the few KB below it
@@ -43,7 +50,8 @@ from typing import Callable
 
 from bitcoinx import PrivateKey
 
-from microgrid.flash.unix_port import find_micropython
+from microgrid.flash import frozen
+from microgrid.flash.unix_port import find_esp32like, find_micropython
 from microgrid.processes import CoordinatorProcess, free_udp_port
 from microgrid.shared import cose, reading, secp256k1
 
@@ -134,15 +142,30 @@ LOOP_BAND_TRIALS = 5  # runs at each heap below it
 LOOP_MAX_STEPS = 16  # 1 KB steps, up to confirm or down through the band
 
 
-def flashed_image(staging: Path, port: int, readings: int) -> Path:
-    """The image `microgrid flash --target dir:` builds for the unix port:
-    config checked as the installer checks it, modules compiled with
-    mpy-cross for the .mpy version and arch this micropython reads. The
-    device key is added per trial (see loop_trial)."""
+# The esp32-like runs: the firmware with the PZEM driver (its UART scripted
+# with a recorded frame) and the console, which answers two commands.
+PZEM = {"type": "pzem004t", "uart": {"id": 2}}
+CONSOLE_INPUT = "status\nselftest\n"
+ESP32LIKE_TOP = 512 * 1024  # no signer table (it needs > 1 MB free): a bare ESP32
+
+
+def pzem_script() -> str:
+    fixture = json.loads((REPO / "tests" / "edge" / "fixtures" / "pzem004t.json").read_text())
+    return json.dumps({"uart": {"2": {"replies": [fixture["cases"][0]["replies"][0]], "repeat": True}}})
+
+
+def flashed_image(staging: Path, port: int, readings: int, micropython: str | None = None, frozen: bool = False,
+                  pzem_console: bool = False) -> Path:
+    """The image `microgrid flash --target dir:` builds: config checked as
+    the installer checks it, modules compiled with mpy-cross for the .mpy
+    version and arch `micropython` reads, or with `frozen` only main.py and
+    config (the modules are in the binary). The device key is added per
+    trial (see loop_trial)."""
     from microgrid.flash import build, settings
     from microgrid.flash.targets import board, decode_mpy
 
-    raw = {
+    micropython = micropython or find_micropython()
+    raw: dict = {
         "device_name": "bench-meter",
         "coordinator_port": port,
         "interval_s": 0.005,
@@ -154,8 +177,16 @@ def flashed_image(staging: Path, port: int, readings: int) -> Path:
         "max_readings": readings,
         "meter": {"type": "simulated", "profile": "prosumer", "seed": 3},
     }
+    if pzem_console:
+        raw.update(meter=PZEM, console=True)
     settings.validate(raw, "unix")
-    out = subprocess.run([find_micropython(), "-c", "import sys; print(sys.implementation._mpy)"],
+    if frozen:
+        staging.mkdir(parents=True)
+        manifest = build.build(staging, settings.to_json(raw), board("unix"), None, False, frozen=True)
+        assert list(manifest.files) == ["main.py"]
+        (staging / "hal_script.json").write_text(pzem_script())
+        return staging
+    out = subprocess.run([micropython, "-c", "import sys; print(sys.implementation._mpy)"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     version, sub, arch = decode_mpy(int(out.strip()))
     mpy_cross = build.find_mpy_cross()
@@ -166,10 +197,13 @@ def flashed_image(staging: Path, port: int, readings: int) -> Path:
     staging.mkdir(parents=True)
     manifest = build.build(staging, settings.to_json(raw), board("unix"), arch, True, mpy_cross)
     assert manifest.mpy and all(rel == "main.py" or rel.endswith(".mpy") for rel in manifest.files)
+    if pzem_console:
+        (staging / "hal_script.json").write_text(pzem_script())
     return staging
 
 
-def loop_trial(image: Path, work: Path, db: Path, heap: int, readings: int) -> tuple[bool, str]:
+def loop_trial(image: Path, work: Path, db: Path, heap: int, readings: int, micropython: str | None = None,
+               stdin: str = "") -> tuple[bool, str]:
     """Flash a fresh meter (a copy of `image` and a new registered key),
     boot it with a heap of `heap` bytes and let its main loop run to the
     end. (True, summary) if every reading was delivered and stored."""
@@ -191,8 +225,8 @@ def loop_trial(image: Path, work: Path, db: Path, heap: int, readings: int) -> t
     # As flash/unix_port.boot runs it: the image folder is the board's filesystem.
     env = dict(os.environ, MICROPYPATH=".frozen:" + str(folder.resolve()))
     try:
-        proc = subprocess.run([find_micropython(), "-X", f"heapsize={heap}", "main.py"], cwd=str(folder), env=env,
-                              capture_output=True, text=True, timeout=LOOP_TRIAL_TIMEOUT_S)
+        proc = subprocess.run([micropython or find_micropython(), "-X", f"heapsize={heap}", "main.py"], cwd=str(folder),
+                              env=env, input=stdin, capture_output=True, text=True, timeout=LOOP_TRIAL_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return False, f"timed out after {LOOP_TRIAL_TIMEOUT_S:g} s"
     finally:
@@ -210,7 +244,8 @@ def loop_trial(image: Path, work: Path, db: Path, heap: int, readings: int) -> t
     return ok, lines[-1]
 
 
-def whole_loop_peak(readings: int) -> tuple[int, int, list[tuple[int, int]]]:
+def whole_loop_peak(readings: int, micropython: str | None = None, frozen: bool = False, pzem_console: bool = False,
+                    top: int = 8 * 1024 * 1024) -> tuple[int, int, list[tuple[int, int]]]:
     """Smallest heap (to 1 KB) in which the flashed firmware runs its whole
     main loop against a real coordinator every time: (that heap, the number
     of trials run there, [(heap, successes out of LOOP_BAND_TRIALS)] for the
@@ -225,7 +260,8 @@ def whole_loop_peak(readings: int) -> tuple[int, int, list[tuple[int, int]]]:
         root = Path(tmp)
         db = root / "coordinator.db"
         port = free_udp_port()
-        image = flashed_image(root / "image", port, readings)
+        image = flashed_image(root / "image", port, readings, micropython, frozen, pzem_console)
+        stdin = CONSOLE_INPUT if pzem_console else ""
         coordinator = CoordinatorProcess(db, port, log=root / "coordinator.log").start(COORDINATOR_START_S)
         try:
             def successes(heap: int, trials: int, stop_at_failure: bool) -> int:
@@ -233,14 +269,13 @@ def whole_loop_peak(readings: int) -> tuple[int, int, list[tuple[int, int]]]:
                 for _ in range(trials):
                     if coordinator.proc is None or coordinator.proc.poll() is not None:
                         raise RuntimeError(f"the coordinator stopped during the bench; see {coordinator.log}")
-                    if loop_trial(image, root, db, heap, readings)[0]:
+                    if loop_trial(image, root, db, heap, readings, micropython, stdin)[0]:
                         ran += 1
                     elif stop_at_failure:
                         break
                 return ran
 
-            top = 8 * 1024 * 1024
-            ok, detail = loop_trial(image, root, db, top, readings)
+            ok, detail = loop_trial(image, root, db, top, readings, micropython, stdin)
             if not ok:
                 raise RuntimeError(f"the flashed firmware did not complete its loop with an {top // 1024} KB heap: {detail}")
             peak = bisect_heap(lambda heap: successes(heap, LOOP_REPEATS, True) == LOOP_REPEATS, hi=top)
@@ -263,6 +298,28 @@ def whole_loop_peak(readings: int) -> tuple[int, int, list[tuple[int, int]]]:
     return peak, LOOP_REPEATS + LOOP_CONFIRM, band
 
 
+def esp32like_lines(readings: int) -> list[str]:
+    """Peak heap as an ESP32 runs the firmware: the esp32-like build
+    (32-bit), the firmware frozen into the binary, against the baseline of
+    the same firmware as .mpy files on the filesystem of the stock
+    esp32-like build, both measured here."""
+    frozen_binary = str(frozen.esp32like_binary())
+    frozen_peak, frozen_runs, frozen_band = whole_loop_peak(readings, frozen_binary, True, True, ESP32LIKE_TOP)
+    mpy_peak, _, mpy_band = whole_loop_peak(readings, find_esp32like(), False, True, ESP32LIKE_TOP)
+    met = "met" if frozen_peak <= 48 * 1024 else "NOT met"
+    return [
+        "  esp32-like build (32-bit, as an ESP32), whole firmware with the PZEM driver and the console (answering "
+        f"status and selftest), {readings} readings to a coordinator on 127.0.0.1, in each of {frozen_runs} runs:",
+        f"    frozen into the binary (filesystem: main.py, config, key): peak heap {frozen_peak / 1024:.0f} KB "
+        f"(target <= 48 KB: {met})",
+        f"    baseline, the same firmware as .mpy files on the filesystem: {mpy_peak / 1024:.0f} KB; "
+        f"ratio frozen/baseline {frozen_peak / mpy_peak:.2f}",
+        "    below them the loop runs only sometimes: frozen "
+        + ", ".join(f"{heap / 1024:.0f} KB {ran}/{LOOP_BAND_TRIALS}" for heap, ran in frozen_band)
+        + "; .mpy " + ", ".join(f"{heap / 1024:.0f} KB {ran}/{LOOP_BAND_TRIALS}" for heap, ran in mpy_band),
+    ]
+
+
 def run_mp(table: bool, count: int) -> dict:
     env = dict(os.environ, MICROPYPATH=f".frozen:{REPO}")
     out = subprocess.run(
@@ -277,8 +334,14 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--loop-readings", type=int, default=30,
                     help="readings the flashed firmware sends per trial for the whole-loop peak heap (default 30)")
+    ap.add_argument("--esp32like-only", action="store_true",
+                    help="measure only the peak heap in the esp32-like build (frozen against .mpy files)")
     args = ap.parse_args()
     n = args.count
+    if args.esp32like_only:
+        print("firmware benchmark: peak heap as an ESP32 runs it")
+        print("\n".join(esp32like_lines(args.loop_readings)))
+        return 0
 
     sk = bytes(range(1, 33))
     pub = secp256k1.public_key(sk)
@@ -303,6 +366,7 @@ def main() -> int:
     without["peak_bytes"] = min_heap_bytes(False)
     flashed_peak = min_heap_bytes(False, compiled_shared())
     loop_peak, loop_runs, loop_band = whole_loop_peak(args.loop_readings)
+    esp32like = esp32like_lines(args.loop_readings)
 
     print(f"firmware benchmark: {n} readings built and signed")
     print(f"  baseline: bitcoinx (libsecp256k1, C) in CPython   {baseline_us:9.1f} us/reading")
@@ -311,13 +375,14 @@ def main() -> int:
           f"   table resident {with_table['resident_bytes'] / 1024:.0f} KB, peak heap {with_table['peak_bytes'] / 1024:.0f} KB")
     print(f"  MicroPython unix port, no table (bare ESP32 mode) {without['us_per_reading']:9.1f} us/reading   ratio {without['us_per_reading'] / baseline_us:7.1f}x"
           f"   resident {without['resident_bytes'] / 1024:.0f} KB, peak heap {without['peak_bytes'] / 1024:.0f} KB")
-    print(f"  peak heap as flashed (.mpy modules, no table): {flashed_peak / 1024:.0f} KB (target < 48 KB; from .py sources "
+    print(f"  peak heap as flashed (.mpy modules, no table): {flashed_peak / 1024:.0f} KB (from .py sources "
           f"{without['peak_bytes'] / 1024:.0f} KB, ratio {without['peak_bytes'] / flashed_peak:.2f})")
     print(f"  peak heap of the whole firmware as flashed: {loop_peak / 1024:.0f} KB (main loop: {args.loop_readings} readings read, "
           f"signed, sent over CoAP and acknowledged by a coordinator on 127.0.0.1, in each of {loop_runs} runs; "
           f"read-sign path as flashed {flashed_peak / 1024:.0f} KB, ratio {loop_peak / flashed_peak:.2f})")
     print("    below it the loop runs only sometimes (fragmentation follows the timing): "
           + ", ".join(f"{heap / 1024:.0f} KB {ran}/{LOOP_BAND_TRIALS}" for heap, ran in loop_band))
+    print("\n".join(esp32like))
     print(f"  ... batches of 3 (batch_size = 3), no table      {without['us_per_reading_batched']:9.1f} us/reading   ratio {without['us_per_reading_batched'] / baseline_us:7.1f}x"
           f"   ({without['us_per_reading'] / without['us_per_reading_batched']:.1f}x faster than one signature per reading)")
     return 0

@@ -12,14 +12,17 @@ _NAMES = {DEBUG: "DEBUG", INFO: "INFO", WARNING: "WARN", ERROR: "ERROR"}
 
 level = INFO
 _recent = []
-RECENT_MAX = 32
+# The console's `log` shows 10 by default. Bounded in count and length, the
+# ring holds at most ~1.6 KB of a board's heap however long it runs.
+RECENT_MAX = 10
+LINE_MAX = 120
 
 
 def log(lvl, tag, msg):
     if lvl < level:
         return
     line = "%s %s: %s" % (_NAMES.get(lvl, str(lvl)), tag, msg)
-    _recent.append(line)
+    _recent.append(line[:LINE_MAX])
     if len(_recent) > RECENT_MAX:
         _recent.pop(0)
     print(line)

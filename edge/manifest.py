@@ -1,14 +1,38 @@
 # Freeze the firmware into a MicroPython build, so its bytecode runs from
-# flash instead of taking heap (measured under the unix port, 64-bit, as
-# .mpy loaded into RAM: shared/ 24 KB, the edge core 50 KB, the console
-# and all drivers 34 KB; a 32-bit ESP32 needs roughly half). Frozen, the
-# heap holds only the firmware's state and one reading's working memory.
+# flash instead of taking heap. Measured in the esp32-like build (32-bit,
+# as an ESP32; bench/bench_firmware.py): the whole firmware with the PZEM
+# driver and the console, sending readings to a coordinator, peaks at
+# 46 KB of heap frozen and 86 KB as .mpy files on the filesystem. Frozen,
+# the heap still holds the modules' objects (functions, classes, globals:
+# ~30 KB), the firmware's state and one reading's working memory (the
+# signature's big integers, CoAP buffers); see edge/README.md, Memory.
 #
 #   make -C ports/esp32 BOARD=ESP32_GENERIC FROZEN_MANIFEST=/path/to/repo/edge/manifest.py
+#   ../shared/micropython-esp32like/build.sh OUT edge/manifest.py   (esp32-like unix build)
 #
-# The image then needs only main.py, config.json and device.key. This file
-# is build input, never imported by the firmware.
+# The board's filesystem then holds only main.py (which imports the frozen
+# edge.firmware: MicroPython runs a frozen main.py before /main.py, so the
+# entry point stays on the filesystem where it can be replaced), config.json,
+# device.key and the data files. Any edge/ or shared/ folder there would
+# shadow the frozen packages ('' comes before .frozen in sys.path):
+# `microgrid flash` removes them and checks. This file is build input,
+# never imported by the firmware, and not itself frozen.
+
+import os
 
 include("$(PORT_DIR)/boards/manifest.py")
-package("edge", base_path="..")
-package("shared", base_path="..")
+
+
+def _sources(package):
+    # Every .py under ../PACKAGE, as paths inside it, without this file.
+    found = []
+    top = os.path.join("..", package)
+    for folder, _, names in os.walk(top):
+        for name in names:
+            if name.endswith(".py") and not (package == "edge" and folder == top and name == "manifest.py"):
+                found.append(os.path.relpath(os.path.join(folder, name), top).replace(os.sep, "/"))
+    return sorted(found)
+
+
+package("edge", files=_sources("edge"), base_path="..")
+package("shared", files=_sources("shared"), base_path="..")

@@ -9,6 +9,11 @@ config file and the manifest.
       config.json             the meter's settings (edge/config.py)
       manifest.json           sha256 of every file above (manifest.py)
 
+With the firmware frozen into the MicroPython binary (flash/frozen.py),
+edge/ and shared/ are left out: main.py imports the frozen modules, and a
+copy on the filesystem would shadow them ('' comes before .frozen in
+sys.path), so the install removes any.
+
 mpy-cross output is bytecode, which any port of the same .mpy version
 runs; `-march` matters only for native code, and is set for the board all
 the same so that a later @micropython.native function compiles right.
@@ -128,19 +133,24 @@ def compile_file(mpy_cross: str, src: Path, dest: Path, rel: str, arch: str | No
 
 
 def build(staging: Path, config_json: str, profile: BoardProfile, compile_arch: str | None, compile: bool,
-          mpy_cross: str | None = None) -> Manifest:
+          mpy_cross: str | None = None, frozen: bool = False, interpreter: str | None = None) -> Manifest:
     """Write the image into the empty folder `staging`; return its manifest
-    (also written there as manifest.json)."""
+    (also written there as manifest.json). `frozen`: the firmware is frozen
+    into the MicroPython binary, the image is main.py and config.json;
+    `interpreter`: that binary, recorded for a dir: target."""
     check_imports()
     mpy = None
-    if compile:
+    if compile and not frozen:
         mpy_cross = mpy_cross or find_mpy_cross()
         mpy = mpy_cross_version(mpy_cross)
     manifest = Manifest(board=profile.name, firmware_version=firmware_version(), mpy=mpy,
-                        packages=sorted(MIP_PACKAGES))
+                        packages=sorted(MIP_PACKAGES), frozen=firmware_version() if frozen else None,
+                        interpreter=interpreter)
     jobs: list[tuple[Path, Path, str]] = []
     for rel, src in firmware_files().items():
-        if compile and rel != "main.py":
+        if frozen and rel != "main.py":
+            continue
+        if compile and not frozen and rel != "main.py":
             jobs.append((src, staging / (rel[:-3] + ".mpy"), rel))
             rel = rel[:-3] + ".mpy"
         else:

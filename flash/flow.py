@@ -3,7 +3,9 @@
 flash:  [verify firmware, check config, write firmware]   only with --firmware
         connect          what is on the target now (inventory)
         check config     edge/config.py rules + the board's pin map
-        build image      mpy-cross for the board, config, manifest
+        build image      main.py + config when the firmware is frozen into the
+                         MicroPython binary (boards; dir: with --frozen),
+                         else edge/ and shared/ compiled with mpy-cross
         write files      only what differs; key, state, outbox untouched
         device key       made on the board (kept if present), or --host-key
         register         POST /devices with the installer token
@@ -25,7 +27,7 @@ from typing import Any, TextIO
 
 from microgrid.shared import reading, secp256k1
 
-from . import build, registration, settings, tools
+from . import build, frozen, registration, settings, tools
 from .errors import FlashError, Progress
 from .manifest import Manifest, compare
 from .targets import BOARDS, BoardProfile, decode_mpy, identify, matches
@@ -55,6 +57,9 @@ class FlashRequest:
     compile: bool = True
     esptool: str | None = None
     coap_timeout: float = registration.DEFAULT_TIMEOUT_S
+    # The firmware frozen into the MicroPython binary, only main.py and
+    # config as files. None: yes for a board, no for a dir: target.
+    frozen: bool | None = None
 
 
 @dataclass
@@ -228,8 +233,45 @@ class Flasher:
                              "board's version, or pass --no-compile")
         return True, profile.mpy_arch
 
+    @property
+    def frozen(self) -> bool:
+        return self.req.frozen if self.req.frozen is not None else isinstance(self.target, SerialTarget)
+
+    def _frozen_binary(self, step: str, inventory: Inventory) -> str | None:
+        """Where the frozen firmware comes from: for a folder, the esp32-like
+        build with it frozen in (built once, cached), returned to be
+        recorded in the manifest; for a board, the firmware image already
+        on it, which must carry this installer's firmware version."""
+        current = build.firmware_version()
+        if isinstance(self.target, FolderTarget):
+            if self.target._micropython:
+                raise FlashError(step, "--micropython with --frozen: a frozen folder boots the esp32-like build "
+                                 "with the firmware frozen in", "leave --micropython out")
+            binary = str(frozen.esp32like_binary())
+            self.target.use(binary)
+            return binary
+        have = inventory.firmware.get("frozen")
+        make = frozen.ESP32_BUILD.format(manifest=frozen.MANIFEST)
+        if have is None:
+            raise FlashError(step, f"the MicroPython on the {self.target.label} has no microgrid firmware frozen in it",
+                             f"write the microgrid firmware image with --firmware FILE (built with `{make}`, see "
+                             "flash/README.md), or pass --no-frozen to copy edge/ and shared/ as .mpy files "
+                             "(the board then needs about twice the heap)")
+        if have != current:
+            raise FlashError(step, f"the firmware frozen on the {self.target.label} is version {have}; "
+                             f"this installer has {current}",
+                             f"write the current image with --firmware FILE (built with `{make}`), or use the "
+                             f"installer of version {have}")
+        return None
+
     def build_image(self, staging: Path, profile: BoardProfile, inventory: Inventory, config_json: str) -> Manifest:
-        self.progress.step("build image")
+        step = self.progress.step("build image")
+        if self.frozen:
+            binary = self._frozen_binary(step, inventory)
+            manifest = build.build(staging, config_json, profile, None, False, frozen=True, interpreter=binary)
+            where = f"frozen into {binary}" if binary else "frozen in the board's MicroPython image"
+            self.progress.done(f"firmware {manifest.firmware_version} {where}; files: main.py, config.json")
+            return manifest
         compile, arch = self._compile_arch(profile, inventory)
         manifest = build.build(staging, config_json, profile, arch, compile)
         kind = f".mpy v{manifest.mpy} for {arch or 'any arch'}" if manifest.mpy else ".py sources"
@@ -306,7 +348,9 @@ class Flasher:
         failures = [e for e in verify_inventory(after, manifest, public_key, profile.name)]
         if failures:
             raise failures[0]
-        self.progress.done(f"{len(manifest.files)} files match the manifest; config valid; key present")
+        where = ("edge and shared run frozen from the MicroPython binary, nothing shadows them" if manifest.frozen
+                 else "edge and shared are files")
+        self.progress.done(f"{len(manifest.files)} files match the manifest; {where}; config valid; key present")
         device = reading.device_id(public_key)
         print(f"done: {cfg['device_name']} ({device}) is ready on {self.target.label}", file=self.progress.out, flush=True)
         return FlashResult(device, public_key.hex(), made, written, registered)
@@ -323,6 +367,20 @@ def verify_inventory(inv: Inventory, manifest: Manifest | None, public_key: byte
         comparison = compare(manifest or found, inv.files)
         if not comparison.ok:
             errors.append(FlashError("files", comparison.describe(), "flash it again: only the differing files are written"))
+    expected = manifest or found
+    if expected is not None and expected.frozen:
+        have = inv.firmware.get("frozen")
+        if have is None:
+            errors.append(FlashError("firmware", "the image expects the firmware frozen in MicroPython, and the "
+                                     "MicroPython there has none", "write the microgrid firmware image "
+                                     "(microgrid flash --firmware FILE), or flash again with --no-frozen"))
+        elif have != expected.frozen:
+            errors.append(FlashError("firmware", f"the firmware frozen in MicroPython is {have}, the image was "
+                                     f"flashed for {expected.frozen}", "flash it again"))
+        elif inv.shadowed():
+            errors.append(FlashError("firmware", f"{', '.join(inv.shadowed())} on the filesystem shadows the frozen "
+                                     "firmware ('' comes before .frozen in sys.path)",
+                                     "flash it again: the files and folders are removed"))
     if inv.config_text is None:
         errors.append(FlashError("config", "no config.json", "flash it again with the meter's settings"))
     else:
@@ -356,7 +414,7 @@ class CheckRequest:
 def check(req: CheckRequest, out: TextIO | None = None) -> list[FlashError]:
     """`microgrid flash --check`: every check runs and prints ok or FAIL
     with the cause and the fix; returns the failures."""
-    names = ["connect", "files", "config", "key"] + (["registered"] if req.registered else [])
+    names = ["connect", "files", "firmware", "config", "key"] + (["registered"] if req.registered else [])
     progress = Progress(len(names), out)
     failures: list[FlashError] = []
 
@@ -384,6 +442,14 @@ def check(req: CheckRequest, out: TextIO | None = None) -> list[FlashError]:
         if manifest.firmware_version != current:
             note = f" (firmware {manifest.firmware_version}; this installer has {current}: flash again to update)"
         progress.done(f"{len(manifest.files)} files match manifest.json (board {manifest.board}){note}")
+    progress.step("firmware")
+    if "firmware" in problems:
+        fail(problems["firmware"])
+    elif manifest is not None and manifest.frozen:
+        progress.done(f"edge and shared run frozen from MicroPython (firmware {manifest.frozen}); "
+                      "nothing on the filesystem shadows them")
+    else:
+        progress.done("edge and shared are files on the filesystem (not frozen)")
     progress.step("config")
     cfg: dict[str, Any] | None = None
     if "config" in problems:

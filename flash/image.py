@@ -9,6 +9,8 @@ expects them on a board's filesystem.
 
 The same layout goes to a board (mpremote) or into a folder that the
 `micropython` unix port boots (`micropython main.py` in that folder).
+With the firmware frozen into the MicroPython binary (flash/frozen.py,
+edge/manifest.py) only main.py, config.json and device.key are files.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import microgrid.edge
 import microgrid.shared
 
 PACKAGES = {"edge": Path(microgrid.edge.__file__).parent, "shared": Path(microgrid.shared.__file__).parent}
+# edge/manifest.py is build input for a frozen firmware image, not firmware.
+MANIFEST_SOURCE = PACKAGES["edge"] / "manifest.py"
 CONFIG_FILE = "config.json"
 KEY_FILE = "device.key"
 
@@ -31,7 +35,7 @@ def firmware_files() -> dict[str, Path]:
     files: dict[str, Path] = {}
     for package, root in PACKAGES.items():
         for src in sorted(root.rglob("*.py")):
-            if "__pycache__" in src.parts:
+            if "__pycache__" in src.parts or src == MANIFEST_SOURCE:
                 continue
             files[f"{package}/{src.relative_to(root).as_posix()}"] = src
     files["main.py"] = PACKAGES["edge"] / "main.py"

@@ -5,7 +5,8 @@ the files on the board (or in the folder) and compares; a missing file, a
 changed one, or a stray firmware file (an old `.py` would shadow the new
 `.mpy` of the same module) is reported by path.
 
-The manifest lists the firmware and main.py; config.json is hashed as
+The manifest lists the firmware and main.py (main.py alone when the
+firmware is frozen into the MicroPython binary: `frozen` names its version); config.json is hashed as
 `config_sha256` (the console may change it on purpose), and the board's
 own files (device.key, state, outbox) are not listed: they are the
 board's, never overwritten by a flash.
@@ -36,6 +37,12 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # image path -> sha256
     config_sha256: str = ""
     packages: list[str] = field(default_factory=list)  # micropython-lib packages
+    # The firmware version frozen into the MicroPython binary the image
+    # runs on (then `files` is main.py alone); None: edge/ and shared/ are files.
+    frozen: str | None = None
+    # dir: targets only: the MicroPython binary that boots the folder (the
+    # esp32-like build with the firmware frozen in), None: the unix port.
+    interpreter: str | None = None
 
     def to_json(self) -> str:
         doc = {
@@ -47,6 +54,10 @@ class Manifest:
             "config_sha256": self.config_sha256,
             "files": dict(sorted(self.files.items())),
         }
+        if self.frozen is not None:
+            doc["frozen"] = self.frozen
+        if self.interpreter is not None:
+            doc["interpreter"] = self.interpreter
         return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
     @classmethod
@@ -61,13 +72,18 @@ class Manifest:
             files={str(k): str(v) for k, v in doc["files"].items()},
             config_sha256=str(doc.get("config_sha256", "")),
             packages=list(doc.get("packages", [])),
+            frozen=doc.get("frozen"),
+            interpreter=doc.get("interpreter"),
         )
 
 
 def is_firmware_path(path: str) -> bool:
     """A path the image owns: main.py and anything under the firmware
-    folders. Stray files there are the image's to remove."""
-    return path == "main.py" or path.split("/", 1)[0] in FIRMWARE_DIRS
+    folders, and a top-level module of a firmware package's name (it would
+    hide the package). Stray files there are the image's to remove."""
+    if "/" not in path:
+        return path == "main.py" or path.rsplit(".", 1)[0] in FIRMWARE_DIRS and path.endswith((".py", ".mpy"))
+    return path.split("/", 1)[0] in FIRMWARE_DIRS
 
 
 @dataclass

@@ -28,7 +28,7 @@ from . import tools
 from .errors import FlashError
 from .manifest import MANIFEST_FILE, Manifest, is_firmware_path
 from .onboard import script
-from .unix_port import MicroPythonNotFound, find_micropython
+from .unix_port import MicroPythonNotFound, find_micropython, recorded_interpreter
 
 SCRIPT_TIMEOUT_S = 120.0
 
@@ -43,6 +43,11 @@ class Inventory:
     manifest_text: str | None = None
     config_text: str | None = None
     key: str | None = None  # public key hex, "present", "invalid: ..." or None
+    dirs: list[str] = field(default_factory=list)  # folders under edge/, shared/, lib/
+    # Where `import edge` / `import shared` resolve at boot (".frozen/edge"
+    # when frozen, "edge" from the filesystem, None: absent) and "frozen":
+    # the firmware version frozen in the MicroPython binary (None: none).
+    firmware: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, output: str, step: str, where: str) -> "Inventory":
@@ -60,6 +65,10 @@ class Inventory:
             elif tag == "F":
                 digest, _, path = rest.partition(" ")
                 inv.files[path] = digest
+            elif tag == "D":
+                inv.dirs.append(rest)
+            elif tag == "R":
+                inv.firmware = {str(k): (None if v is None else str(v)) for k, v in json.loads(rest).items()}
             elif tag == "O":
                 size, _, path = rest.partition(" ")
                 inv.others[path] = int(size)
@@ -81,9 +90,22 @@ class Inventory:
             return None
 
 
+    def shadowed(self) -> list[str]:
+        """The firmware packages main.py would import from the filesystem
+        although the binary has them frozen (empty: none)."""
+        if not self.firmware.get("frozen"):
+            return []
+        return [f"{name} (from {where})" for name in ("edge", "shared")
+                if (where := self.firmware.get(name)) is not None and not where.startswith(".frozen")]
+
+
 def plan_install(manifest: Manifest, staging: Path, before: Inventory) -> tuple[list[str], list[str]]:
-    """(paths to remove, paths to copy) to turn `before` into the image."""
+    """(paths to remove, paths to copy) to turn `before` into the image.
+    Folders left without image files are removed too (deepest first): with
+    a frozen firmware even an empty edge/ would shadow the frozen package."""
     remove = [p for p in sorted(before.files) if is_firmware_path(p) and p not in manifest.files]
+    keep = set(_dirs_for(list(manifest.files)))
+    remove += sorted((d for d in before.dirs if d not in keep), key=lambda d: (-d.count("/"), d))
     copy = [p for p, digest in sorted(manifest.files.items()) if before.files.get(p) != digest]
     if before.config_text != (staging / "config.json").read_text():
         copy.append("config.json")
@@ -112,9 +134,18 @@ class FolderTarget:
     def label(self) -> str:
         return f"folder {self.path}"
 
+    def use(self, micropython: str) -> None:
+        """Boot the folder with `micropython` from now on (a frozen image)."""
+        self._micropython = micropython
+
     def micropython(self, step: str) -> str:
+        """--micropython, else the binary the folder's manifest.json names
+        (a frozen image runs only on it), else the unix port."""
         if self._micropython:
             return tools.find_tool("micropython", step, self._micropython)
+        recorded = recorded_interpreter(self.path)
+        if recorded:
+            return recorded
         try:
             return find_micropython()
         except MicroPythonNotFound as e:
@@ -150,7 +181,11 @@ class FolderTarget:
         try:
             (self.path / MANIFEST_FILE).unlink(missing_ok=True)
             for rel in remove:
-                (self.path / rel).unlink(missing_ok=True)
+                path = self.path / rel
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()
+                else:
+                    path.unlink(missing_ok=True)
             for rel in copy:
                 dest = self.path / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +247,8 @@ class SerialTarget:
         prep = (
             "import os\n"
             f"for p in {[MANIFEST_FILE] + remove!r}:\n"
-            "    try:\n        os.remove(p)\n    except OSError:\n        pass\n"
+            "    try:\n        os.remove(p)\n    except OSError:\n"
+            "        try:\n            os.rmdir(p)\n        except OSError:\n            pass\n"
             f"for d in {dirs!r}:\n"
             "    try:\n        os.mkdir(d)\n    except OSError:\n        pass\n"
         )

@@ -4,6 +4,7 @@ as it would on a board."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -63,13 +64,31 @@ def find_micropython(runtime: str | None = None) -> str:
     )
 
 
-def boot(image_dir: str | Path, **popen_kwargs: object) -> subprocess.Popen:
-    """Start the firmware in `image_dir`; the caller owns the process."""
+def recorded_interpreter(image_dir: str | Path) -> str | None:
+    """The MicroPython binary a frozen image folder was flashed for (its
+    manifest.json's "interpreter": the esp32-like build with the firmware
+    frozen in, see flash/frozen.py), if it still exists."""
+    try:
+        with open(Path(image_dir) / "manifest.json") as f:
+            found = json.load(f).get("interpreter")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) and Path(found).is_file() else None
+
+
+def boot(image_dir: str | Path, micropython: str | None = None, heapsize: int | None = None,
+         **popen_kwargs: object) -> subprocess.Popen:
+    """Start the firmware in `image_dir`; the caller owns the process.
+    `micropython`: the binary, else the one a frozen image was flashed for,
+    else the test's runtime (find_micropython). `heapsize`: bytes of heap
+    (`-X heapsize`), as small as a board's."""
     env = dict(os.environ)
     # The image folder is the board's filesystem: nothing else on the path.
     env["MICROPYPATH"] = ".frozen:" + str(Path(image_dir).resolve())
+    binary = micropython or recorded_interpreter(image_dir) or find_micropython()
+    heap = ["-X", f"heapsize={heapsize}"] if heapsize else []
     return subprocess.Popen(  # type: ignore[call-overload]
-        [find_micropython(), "main.py"],
+        [binary, *heap, "main.py"],
         cwd=str(image_dir),
         env=env,
         stdout=popen_kwargs.pop("stdout", subprocess.PIPE),

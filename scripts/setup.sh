@@ -15,6 +15,10 @@ if [ "${MICROGRID_SETUP_TESTS:-0}" = "1" ]; then
     # The firmware tests also run in ../shared's esp32-like MicroPython, a
     # 32-bit program.
     if [ "$(uname -m)" = "x86_64" ] && [ ! -e /lib/ld-linux.so.2 ]; then need+=(libc6-i386); fi
+    # One test session builds it with the firmware frozen in (its build.sh, gcc -m32).
+    if [ "$(uname -m)" = "x86_64" ] && ! echo 'int main(void){return 0;}' | gcc -m32 -x c - -o /dev/null 2>/dev/null; then
+        need+=(gcc-multilib make xz-utils)
+    fi
 fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}"

@@ -11,7 +11,10 @@ FAKE_BOARD_MACHINE says. FAKE_BOARD_MODE makes it misbehave as boards do:
 
 `fake_esptool` records its argv and answers as esptool does for a
 working board (`ok`), the wrong chip (`wrong-chip`) or a board not in its
-bootloader (`silent`), per FAKE_ESPTOOL_MODE.
+bootloader (`silent`), per FAKE_ESPTOOL_MODE. With FAKE_BOARD_FIRMWARE set,
+`write-flash FILE` copies FILE there and the fake mpremote runs the board
+with it from then on: a MicroPython binary given as the firmware image
+(the esp32-like build with the firmware frozen in) is what the board runs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ with open(os.environ["FAKE_TOOL_LOG"], "a") as log:
 mode = os.environ.get("FAKE_BOARD_MODE", "ok")
 root = os.environ["FAKE_BOARD_ROOT"]
 mp = os.environ["FAKE_MICROPYTHON"]
+if os.path.isfile(os.environ.get("FAKE_BOARD_FIRMWARE", "")):
+    mp = os.environ["FAKE_BOARD_FIRMWARE"]  # what the fake esptool wrote
 if argv[:1] != ["connect"] or len(argv) < 3:
     print("mpremote: bad command line", argv); sys.exit(2)
 port = argv[1]
@@ -83,6 +88,10 @@ if mode == "wrong-chip":
     print("\nA fatal error occurred: This chip is ESP32-C3, not %s. Wrong chip argument?" % chip.upper()); sys.exit(2)
 if mode == "silent":
     print("\nA fatal error occurred: Failed to connect to ESP32: No serial data received."); sys.exit(2)
+if os.environ.get("FAKE_BOARD_FIRMWARE") and "write-flash" in argv:
+    import shutil
+    shutil.copyfile(argv[-1], os.environ["FAKE_BOARD_FIRMWARE"])
+    os.chmod(os.environ["FAKE_BOARD_FIRMWARE"], 0o755)
 print("Connected to %s.\nWrote 1622016 bytes (1067035 compressed) at 0x00001000.\nHash of data verified." % chip.upper())
 '''
 

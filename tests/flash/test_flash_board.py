@@ -44,7 +44,7 @@ def test_board_gets_compiled_image_and_its_own_key_then_boots_and_delivers(tmp_p
     root = tmp_path / "board"
     env = board_env(tmp_path, root)
     mpremote = fake_mpremote(tmp_path)
-    run = flash("--target", f"serial:{port}", "--mpremote", str(mpremote), "--config", str(meter_config(tmp_path, max_readings=10)),
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--mpremote", str(mpremote), "--config", str(meter_config(tmp_path, max_readings=10)),
                 "--coordinator", f"127.0.0.1:{coord.port}", "--token-file", str(token_file(tmp_path)), "--json", env=env)
     assert run.code == 0, run.out + run.err
     assert "esp32-devkitc" in (root / "manifest.json").read_text()  # identified from os.uname().machine
@@ -64,7 +64,7 @@ def test_board_gets_compiled_image_and_its_own_key_then_boots_and_delivers(tmp_p
     out, _ = boot(root).communicate(timeout=120)
     assert meter_summary(out)["delivered"] == 10
     # A second flash writes nothing.
-    again = flash("--target", f"serial:{port}", "--mpremote", str(mpremote), "--coordinator", f"127.0.0.1:{coord.port}",
+    again = flash("--target", f"serial:{port}", "--no-frozen", "--mpremote", str(mpremote), "--coordinator", f"127.0.0.1:{coord.port}",
                   "--token-file", str(token_file(tmp_path)), "--json", env=env)
     assert again.code == 0 and again.result["files_written"] == 0 and again.result["key_made"] == "kept"
     check = flash("--check", "--target", f"serial:{port}", "--mpremote", str(mpremote), env=env)
@@ -74,7 +74,7 @@ def test_board_gets_compiled_image_and_its_own_key_then_boots_and_delivers(tmp_p
 def test_host_key_is_copied_to_the_board_only_when_asked(tmp_path: Path, port: str) -> None:
     root = tmp_path / "board"
     env = board_env(tmp_path, root)
-    run = flash("--target", f"serial:{port}", "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", "--host-key", "--json", env=env)
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", "--host-key", "--json", env=env)
     assert run.code == 0, run.err
     assert run.result["key_made"] == "host" and "made on this machine" in run.out and "warning" in run.out
     copies = [c for c in tool_calls(tmp_path / "tools.log") if c[3:5] == ["fs", "cp"] and c[-1] == ":device.key"]
@@ -87,7 +87,7 @@ def test_host_key_is_copied_to_the_board_only_when_asked(tmp_path: Path, port: s
 def test_firmware_is_checksummed_then_written_with_esptool_without_erasing(tmp_path: Path, port: str) -> None:
     env = board_env(tmp_path, tmp_path / "board")
     fw, digest = firmware(tmp_path)
-    run = flash("--target", f"serial:{port}", "--board", "esp32-devkitc", "--firmware", str(fw), "--firmware-sha256", digest.upper(),
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--board", "esp32-devkitc", "--firmware", str(fw), "--firmware-sha256", digest.upper(),
                 "--esptool", str(fake_esptool(tmp_path)), "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", env=env)
     assert run.code == 0, run.out + run.err
     assert "[1/8] verify firmware" in run.out and "[2/8] write firmware" in run.out
@@ -108,7 +108,7 @@ def test_esptool_command_lines_per_board(tmp_path: Path) -> None:
 def test_erase_is_explicit_and_warns_that_the_key_goes(tmp_path: Path, port: str) -> None:
     env = board_env(tmp_path, tmp_path / "board")
     fw, digest = firmware(tmp_path)
-    run = flash("--target", f"serial:{port}", "--board", "esp32-devkitc", "--firmware", str(fw), "--firmware-sha256", digest, "--erase",
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--board", "esp32-devkitc", "--firmware", str(fw), "--firmware-sha256", digest, "--erase",
                 "--esptool", str(fake_esptool(tmp_path)), "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", env=env)
     assert run.code == 0, run.err
     assert "loses" in run.out or "wiped" in run.out
@@ -130,7 +130,7 @@ def assert_error(run, step: str, *words: str) -> None:
 def test_wrong_chip_reported_by_esptool_stops_before_any_file_is_written(tmp_path: Path, port: str) -> None:
     env = board_env(tmp_path, tmp_path / "board", FAKE_ESPTOOL_MODE="wrong-chip")
     fw, digest = firmware(tmp_path)
-    run = flash("--target", f"serial:{port}", "--board", "esp32-devkitc", "--firmware", str(fw), "--firmware-sha256", digest,
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--board", "esp32-devkitc", "--firmware", str(fw), "--firmware-sha256", digest,
                 "--esptool", str(fake_esptool(tmp_path)), "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", env=env)
     assert_error(run, "write firmware", "not an ESP32", "ESP32-C3", "--board")
     assert not [c for c in tool_calls(tmp_path / "tools.log") if c[0] == "mpremote"]
@@ -138,21 +138,21 @@ def test_wrong_chip_reported_by_esptool_stops_before_any_file_is_written(tmp_pat
 
 def test_wrong_board_seen_by_micropython_is_refused(tmp_path: Path, port: str) -> None:
     env = board_env(tmp_path, tmp_path / "board", machine="Raspberry Pi Pico W with RP2040")
-    run = flash("--target", f"serial:{port}", "--board", "esp32-c3", "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", env=env)
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--board", "esp32-c3", "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", env=env)
     assert_error(run, "connect", "Pico W", "not a esp32-c3", "--board")
     assert len(tool_calls(tmp_path / "tools.log")) == 1  # only the inventory ran
 
 
 def test_board_with_other_mpy_version_is_refused_before_writing(tmp_path: Path, port: str) -> None:
     env = board_env(tmp_path, tmp_path / "board", FAKE_BOARD_MPY=str(6 | (1 << 8) | (10 << 10)))
-    run = flash("--target", f"serial:{port}", "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", env=env)
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", env=env)
     assert_error(run, "build image", ".mpy v6.1", "--no-compile")
 
 
 def test_firmware_checksum_mismatch_or_missing_stops_before_esptool(tmp_path: Path, port: str) -> None:
     env = board_env(tmp_path, tmp_path / "board")
     fw, digest = firmware(tmp_path)
-    common = ["--target", f"serial:{port}", "--board", "esp32-devkitc", "--firmware", str(fw), "--esptool", str(fake_esptool(tmp_path)),
+    common = ["--target", f"serial:{port}", "--no-frozen", "--board", "esp32-devkitc", "--firmware", str(fw), "--esptool", str(fake_esptool(tmp_path)),
               "--no-register"]
     bad = flash(*common, "--firmware-sha256", "0" * 64, env=env)
     assert_error(bad, "verify firmware", digest, "download the firmware again")
@@ -161,14 +161,14 @@ def test_firmware_checksum_mismatch_or_missing_stops_before_esptool(tmp_path: Pa
     (fw.parent / (fw.name + ".sha256")).write_text(f"{digest}  {fw.name}\n")  # sha256sum's output beside it
     assert flash(*common, "--mpremote", str(fake_mpremote(tmp_path)), env=env).code == 0
     assert not [c for c in tool_calls(tmp_path / "tools.log")[:0]]
-    uf2 = flash("--target", f"serial:{port}", "--board", "pico-w", "--firmware", str(fw), "--firmware-sha256", digest,
+    uf2 = flash("--target", f"serial:{port}", "--no-frozen", "--board", "pico-w", "--firmware", str(fw), "--firmware-sha256", digest,
                 "--no-register", env=env)
     assert_error(uf2, "verify firmware", ".uf2")
 
 
 def test_pico_w_firmware_is_not_for_esptool(tmp_path: Path, port: str) -> None:
     fw, digest = firmware(tmp_path, "RPI_PICO_W-v1.29.0.uf2")
-    run = flash("--target", f"serial:{port}", "--board", "pico-w", "--firmware", str(fw), "--firmware-sha256", digest, "--no-register",
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--board", "pico-w", "--firmware", str(fw), "--firmware-sha256", digest, "--no-register",
                 env=board_env(tmp_path, tmp_path / "board"))
     assert_error(run, "write firmware", "not written with esptool", "BOOTSEL")
 
@@ -184,7 +184,7 @@ def test_port_not_found_lists_the_ports_and_says_which_cable(tmp_path: Path) -> 
 
 def test_board_not_answering_mpremote_times_out_with_a_fix(tmp_path: Path, port: str) -> None:
     env = board_env(tmp_path, tmp_path / "board", FAKE_BOARD_MODE="silent")
-    run = flash("--target", f"serial:{port}", "--mpremote", str(fake_mpremote(tmp_path)), "--board-timeout", "1", "--no-register", env=env)
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--mpremote", str(fake_mpremote(tmp_path)), "--board-timeout", "1", "--no-register", env=env)
     assert_error(run, "connect", "did not answer within 1 s", "RESET")
 
 
@@ -192,7 +192,7 @@ def test_board_not_answering_mpremote_times_out_with_a_fix(tmp_path: Path, port:
                                          ("no-repl", ("raw REPL", "--firmware"))])
 def test_board_busy_or_without_micropython(tmp_path: Path, port: str, mode: str, words: tuple[str, str]) -> None:
     env = board_env(tmp_path, tmp_path / "board", FAKE_BOARD_MODE=mode)
-    run = flash("--target", f"serial:{port}", "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", env=env)
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--mpremote", str(fake_mpremote(tmp_path)), "--no-register", env=env)
     assert_error(run, "connect", *words)
 
 

@@ -107,7 +107,7 @@ def test_pin_the_board_lacks_or_used_twice_is_an_error_at_flash_time(tmp_path: P
     port = tmp_path / "ttyUSB0"
     port.touch()
     env = board_env(tmp_path, tmp_path / "board")
-    run = flash("--target", f"serial:{port}", "--board", "esp32-devkitc", "--mpremote", str(fake_mpremote(tmp_path)),
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--board", "esp32-devkitc", "--mpremote", str(fake_mpremote(tmp_path)),
                 "--config", str(meter_config(tmp_path, meter=meter)), "--no-register", env=env)
     assert_error(run, "check config", "pins do not fit esp32-devkitc", *words)
     assert [c[3] for c in tool_calls(tmp_path / "tools.log")] == ["run"]  # looked, wrote nothing
@@ -122,7 +122,7 @@ def test_bad_pins_stop_a_firmware_flash_before_esptool_runs(tmp_path: Path) -> N
     port.touch()
     fw = tmp_path / "ESP32_GENERIC.bin"
     fw.write_bytes(b"\xe9firmware")
-    run = flash("--target", f"serial:{port}", "--board", "esp32-devkitc", "--firmware", str(fw),
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--board", "esp32-devkitc", "--firmware", str(fw),
                 "--firmware-sha256", hashlib.sha256(fw.read_bytes()).hexdigest(), "--esptool", str(fake_esptool(tmp_path)),
                 "--set", 'meter={"type": "ct", "v_pin": 6}', "--no-register", env=board_env(tmp_path, tmp_path / "board"))
     assert_error(run, "check config", "GPIO6")
@@ -133,7 +133,7 @@ def test_meter_type_flag_takes_the_documented_wiring_of_the_board(tmp_path: Path
     port = tmp_path / "ttyUSB0"
     port.touch()
     root = tmp_path / "board"
-    run = flash("--target", f"serial:{port}", "--board", "esp32-c3", "--mpremote", str(fake_mpremote(tmp_path)),
+    run = flash("--target", f"serial:{port}", "--no-frozen", "--board", "esp32-c3", "--mpremote", str(fake_mpremote(tmp_path)),
                 "--meter", "sdm120", "--no-register", env=board_env(tmp_path, root, machine="ESP32C3 module with ESP32C3"))
     assert run.code == 0, run.err
     assert json.loads((root / "config.json").read_text())["meter"] == {"type": "sdm120", "uart": {"id": 1, "tx": 7, "rx": 6}, "de_pin": 10}
