@@ -234,10 +234,12 @@ class CTMeter(Meter):
         half_ms = self.window_us // 2000 + 1
         start = hal.ticks_ms()
         spent = 0
-        while spent + half_ms <= budget_ms:
+        most = budget_ms // half_ms  # a bound even if the clock misbehaved
+        while spent + half_ms <= budget_ms and most > 0:
             self.window()
+            most -= 1
             spent = hal.ticks_diff(hal.ticks_ms(), start)
-        return spent
+        return spent if spent > 0 else 0
 
     # -- energy -----------------------------------------------------------
 

@@ -478,6 +478,41 @@ def test_ct_windows_span_whole_mains_cycles_at_50_and_60_hz() -> None:
         assert got["pairs"] == math.ceil(10 / hz / 194e-6), (hz, got["pairs"])
 
 
+def test_ct_windows_and_energy_stay_right_across_the_ticks_us_wrap_and_long_gaps() -> None:
+    # In the esp32-like runtime (as on an ESP32) ticks_us wraps every 2^30
+    # us (17.9 min). A steady 2 kW load: one window a day for 5 days (the
+    # firmware never idle: gaps booked by the trapezoid), then windows back
+    # to back across the microsecond wrap.
+    script = signals(50, 97, [[0, 9.0, 1.0]])
+    got = mp_json(MEASUREMENT_TO_DICT + """
+import json
+from edge import hal
+from edge.meters import open_meter
+hal.load(json.loads(%r))
+m = open_meter({"type": "ct"})
+t0 = hal.now_us()
+m.read(0)
+day = 86400000
+for k in range(5):
+    hal.sleep_ms(day)
+    m.read(0)
+wrap_us = 5 * day * 1000 + (1 << 30) - 5 * day * 1000 %% (1 << 30)
+hal.sleep_ms((wrap_us - 10000000 - hal.now_us()) // 1000)
+pairs = []
+while hal.now_us() < wrap_us + 10000000:
+    m.poll(1000)
+    pairs.append(m.pairs)
+r = as_dict(m.read(0))
+imp, exp = m.energy_mj()
+print(json.dumps({"t0": t0, "t1": hal.now_us(), "imp_mj": imp, "exp_mj": exp, "pairs": [min(pairs), max(pairs)], "r": r}))
+""" % json.dumps(script))
+    true_j = 2070.0 * (got["t1"] - got["t0"]) / 1e6
+    assert got["imp_mj"] / 1000 == pytest.approx(true_j, rel=0.005) and got["exp_mj"] == 0
+    # Every window spanned its 5 cycles: 100 ms at 194 us a pair.
+    assert got["pairs"] == [516, 516]
+    assert got["r"]["power_w"] == pytest.approx(2070, rel=0.01)
+
+
 @pytest.mark.parametrize("bad,key", [
     ('"i_gain": 0.00094', "meter.i_gain=0.00094"),  # an old per-count gain
     ('"v_pin": 36, "i_pin": 36', "meter.i_pin=36"),
