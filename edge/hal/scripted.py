@@ -234,7 +234,10 @@ class ADC:
         return v
 
     def read_uv(self):
-        return self.read_u16() * FULL_SCALE_UV // 65535
+        # u16 * 3300000 // 65535 exactly, without a long int on 32 bits
+        # (3300000 / 65535 = 50 + 1550 / 4369).
+        v = self.read_u16()
+        return v * 50 + v * 1550 // 4369
 
 
 def adc(pin_id, atten=None):
@@ -347,12 +350,19 @@ class _MicroClock:
 
     def __init__(self):
         self.script = _script
+        self.virtual = bool(_script.get("virtual_time"))
         self.last_ms = ticks_ms()
+        self.last_us = time.ticks_us()
         self.ticks = 0
         self.abs_us = 0
         self.frac = 0
 
     def sync(self):
+        if not self.virtual:
+            now = time.ticks_us()
+            self.abs_us += time.ticks_diff(now, self.last_us)
+            self.last_us = now
+            return
         ms = ticks_ms()
         d = time.ticks_diff(ms, self.last_ms)
         self.last_ms = ms
@@ -364,6 +374,8 @@ class _MicroClock:
                 d -= step
 
     def spend(self, us):
+        if not self.virtual:
+            return  # real time passes by itself
         self.frac += us
         if self.frac >= 1000:
             whole = self.frac // 1000

@@ -20,9 +20,8 @@
 # a pair period later with equal conversion times, hence the default
 # phase_cal 1.5 (1.0: no shift); a CT/VT's own phase shift adds to it
 # (calibrate it with a motor or other lagging load if it matters). The
-# sums are integers of 128 uV units folded into floats every 4 pairs: the
-# loop allocates almost nothing, so the garbage collector does not pause
-# it mid-window.
+# sums are small integers of 128 uV units (see _sample): the loop
+# allocates nothing, so the garbage collector never pauses it mid-window.
 #
 # Gains (config, or derived from the documented front end):
 #   i_gain = ct_ratio / burden_ohm         A per volt at the ADC pin
@@ -74,7 +73,7 @@ from edge.meters import checks
 from edge.meters.base import Measurement, Meter, RESET_ENERGY, below_floor, round_to
 
 MIN_CALIBRATION_W = 60
-SHIFT = 7  # sums in units of 2^7 uV: +-1.65 V fits, squares of 4 fit 2^30
+SHIFT = 7  # samples in units of 2^7 uV: +-1.65 V is +-12900, a square 1.7e8
 UNIT_V = (1 << SHIFT) / 1000000
 MJ_PER_WH = 3600000
 MAX_PAIRS = 50000  # a window ends here even if the clock seems stuck
@@ -123,6 +122,9 @@ class CTMeter(Meter):
         self.accuracy_floor_w = cfg.get("accuracy_floor_w", 20)
         self.adc_v = hal.adc(cfg.get("v_pin", 36), hal.ATTEN_11DB)
         self.adc_i = hal.adc(cfg.get("i_pin", 39), hal.ATTEN_11DB)
+        self.read_v = self.adc_v.read_uv  # bound once: the loop allocates nothing
+        self.read_i = self.adc_i.read_uv
+        self.acc = [0] * 16  # the window's sums: (2^28s, rest) per sum
         self.ov = None  # bias midpoints in uV: the last window's means
         self.oi = None
         self.last_end = None  # ticks_ms at the end of the last window
@@ -138,11 +140,13 @@ class CTMeter(Meter):
     # -- sampling ---------------------------------------------------------
 
     def _sample(self):
-        """One window of whole mains cycles: (n, float sums) of the pairs."""
-        rv, ri = self.adc_v.read_uv, self.adc_i.read_uv
-        if self.ov is None:
-            self.ov = rv()
-            self.oi = ri()
+        """One window of whole mains cycles into self.acc; returns the
+        number of pairs. Allocates nothing (a test runs it with the heap
+        locked): every sum is a small int, split into a high part counting
+        2^28 and a low part below 2^28 every 4 pairs, so no float is boxed
+        and no long int is made, and the garbage collector never pauses a
+        window part-way through a cycle."""
+        rv, ri = self.read_v, self.read_i
         ov, oi = self.ov, self.oi
         tick_us, diff = hal.ticks_us, hal.ticks_diff
         win = self.window_us
@@ -151,43 +155,72 @@ class CTMeter(Meter):
         # runs one pair behind: the pair before the window starts it.
         vp = (rv() - ov) >> SHIFT
         ip = (ri() - oi) >> SHIFT
-        sv = si = svv = sii = spp = snp = svp = sip = 0
-        fv = fi = fvv = fii = fpp = fnp = fvp = fip = 0.0
+        lv = li = lvv = lii = lpp = lnp = lvp = lip = 0
+        hv = hi = hvv = hii = hpp = hnp = hvp = hip = 0
         n = 0
         t0 = tick_us()
         while True:
             v = (rv() - ov) >> SHIFT
             i = (ri() - oi) >> SHIFT
-            sv += v
-            si += i
-            svv += v * v
-            sii += i * i
-            spp += vp * ip
-            snp += v * ip
-            svp += vp
-            sip += ip
+            lv += v
+            li += i
+            lvv += v * v
+            lii += i * i
+            lpp += vp * ip
+            lnp += v * ip
+            lvp += vp
+            lip += ip
             vp = v
             ip = i
             n += 1
             if not n & 3:
-                fv += sv
-                fi += si
-                fvv += svv
-                fii += sii
-                fpp += spp
-                fnp += snp
-                fvp += svp
-                fip += sip
-                sv = si = svv = sii = spp = snp = svp = sip = 0
+                hv += lv >> 28
+                lv &= 0xFFFFFFF
+                hi += li >> 28
+                li &= 0xFFFFFFF
+                hvv += lvv >> 28
+                lvv &= 0xFFFFFFF
+                hii += lii >> 28
+                lii &= 0xFFFFFFF
+                hpp += lpp >> 28
+                lpp &= 0xFFFFFFF
+                hnp += lnp >> 28
+                lnp &= 0xFFFFFFF
+                hvp += lvp >> 28
+                lvp &= 0xFFFFFFF
+                hip += lip >> 28
+                lip &= 0xFFFFFFF
             if diff(tick_us(), t0) >= win or n >= MAX_PAIRS:
                 break
-        return (n, fv + sv, fi + si, fvv + svv, fii + sii, fpp + spp, fnp + snp, fvp + svp, fip + sip)
+        acc = self.acc
+        acc[0] = hv
+        acc[1] = lv
+        acc[2] = hi
+        acc[3] = li
+        acc[4] = hvv
+        acc[5] = lvv
+        acc[6] = hii
+        acc[7] = lii
+        acc[8] = hpp
+        acc[9] = lpp
+        acc[10] = hnp
+        acc[11] = lnp
+        acc[12] = hvp
+        acc[13] = lvp
+        acc[14] = hip
+        acc[15] = lip
+        return n
 
     def window(self):
         """Sample one window, book its energy, return (Vrms, Irms, P, PF)."""
+        if self.ov is None:
+            self.ov = self.read_v()
+            self.oi = self.read_i()
         start = hal.ticks_ms()
-        n, fv, fi, fvv, fii, fpp, fnp, fvp, fip = self._sample()
+        n = self._sample()
         end = hal.ticks_ms()
+        acc = self.acc
+        fv, fi, fvv, fii, fpp, fnp, fvp, fip = [acc[k] * 268435456.0 + acc[k + 1] for k in range(0, 16, 2)]
         mv, mi, mvp, mip = fv / n, fi / n, fvp / n, fip / n
         var_v = fvv / n - mv * mv
         var_i = fii / n - mi * mi

@@ -247,6 +247,34 @@ def test_ct_waveforms_give_known_rms_power_and_power_factor() -> None:
     assert got["exporting"]["export_wh"] == pytest.approx(3396, rel=0.01) and got["exporting"]["import_wh"] == 0
 
 
+def test_ct_sampling_loop_allocates_nothing_so_no_gc_pause_splits_a_window() -> None:
+    # Bytes allocated over a whole window of 400 pairs, the collector off:
+    # only the call's own frame (a function with this many locals gets its
+    # frame from the heap, once per window, freed on return). A boxed float
+    # or a long int per pair would be kilobytes (the esp32-like runtime
+    # has the ESP32's 31-bit small ints).
+    w = fixture("ct_waveforms.json")["cases"]["kettle"]
+    got = mp_json("""
+import gc, json
+from edge import hal
+from edge.meters import open_meter
+w = json.loads(%r)
+hal.load({"virtual_time": True, "adc": {"36": {"samples": w["v"]}, "39": {"samples": w["i"]}}})
+m = open_meter({"type": "ct", "v_gain": w["v_gain"], "i_gain": w["i_gain"], "phase_cal": w["phase_cal"]})
+m.window()
+gc.collect()
+gc.disable()
+before = gc.mem_alloc()
+n = m._sample()
+used = gc.mem_alloc() - before
+gc.enable()
+print(json.dumps([n, used, m.window()[2]]))
+""" % json.dumps(w))
+    n, used, power = got
+    assert n == 400 and used < 1024, (n, used)
+    assert power == pytest.approx(w["power_w"], rel=0.01)
+
+
 def test_ct_without_phase_correction_misreads_a_lagging_load() -> None:
     fx = fixture("ct_waveforms.json")["cases"]
     got = run_ct(phase=1.0)
