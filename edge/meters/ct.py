@@ -44,9 +44,10 @@
 # restore() continues from there.
 #
 # Accuracy (stated; tests/edge/test_pulse_and_ct_drivers.py holds it):
-# with calibrated gains, for sinusoidal loads from 1 A to the CT's 63 A
-# design peak, at 50 or 60 Hz and any sampling rate over ~20 pairs per
-# cycle: net energy (import - export) within +-1 % of the energy that
+# with calibrated gains, for sinusoidal loads of 1 A and more (tested to
+# 15 A; the documented front end is linear to 63 A RMS), power factors
+# down to 0.7 either way, at 50 or 60 Hz and any sampling rate over ~20
+# pairs per cycle (tested at 66 to 103, never a whole number): net energy (import - export) within +-1 % of the energy that
 # flowed during the windows, which run back to back while the firmware
 # idles (nearly all the time). A load step inside a gap between windows
 # adds at most |step| x gap / 2 (gaps: the firmware's own work, about
