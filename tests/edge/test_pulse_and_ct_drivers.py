@@ -458,7 +458,7 @@ def test_ct_energy_within_1_percent_for_steady_sine_loads_at_any_sampling_rate(h
     # would end part-way through a cycle.
     for i_rms, pf in ((9.0, 1.0), (12.0, 0.8), (15.0, -0.98), (1.0, 1.0)):
         loads = [[0, i_rms, pf]]
-        got = run_day(signals(hz, read_us, loads), {"type": "ct", "mains_hz": hz}, 1, interval_ms=12000)
+        got = run_day(signals(hz, read_us, loads), {"type": "ct", "mains_hz": hz}, 1, interval_ms=6000)
         err, err_j, flow_j = energy_error(got, loads)
         assert err <= 1.0, (i_rms, pf, err, err_j, flow_j)
         r = got["readings"][0]
@@ -479,7 +479,7 @@ def test_ct_energy_follows_a_load_varying_across_the_interval(hz: int) -> None:
     window_s = 5 / hz
     # The firmware idle between readings: windows back to back take in
     # every step, wherever it falls.
-    idle = run_day(signals(hz, 97, VARYING), {"type": "ct", "mains_hz": hz}, 3, busy_ms=0)
+    idle = run_day(signals(hz, 97, VARYING), {"type": "ct", "mains_hz": hz}, 2, busy_ms=0)
     err, err_j, flow_j = energy_error(idle, VARYING)
     assert err <= 1.0, (err, err_j, flow_j)
     # Import and export are booked apart, each within its allowance for the
@@ -488,12 +488,12 @@ def test_ct_energy_follows_a_load_varying_across_the_interval(hz: int) -> None:
         assert e <= 0.01 * flow_j + reversal_bound_j(VARYING, window_s), (e, direction_errors(idle, VARYING))
     # With 300 ms of signing and sending after each reading: steps inside
     # those gaps cost what the driver states, no more.
-    busy = run_day(signals(hz, 97, VARYING), {"type": "ct", "mains_hz": hz}, 3)
+    busy = run_day(signals(hz, 97, VARYING), {"type": "ct", "mains_hz": hz}, 2)
     err_busy, err_busy_j, flow_busy_j = energy_error(busy, VARYING)
     assert abs(err_busy_j) <= 0.01 * flow_busy_j + gap_bound_j(busy, VARYING), (err_busy, err_busy_j)
     # One window per 10 s reading (no idle sampling) stands for the whole
     # interval: the error that this driver's idle sampling removes.
-    sparse = run_day(signals(hz, 97, VARYING), {"type": "ct", "mains_hz": hz}, 3, idle=False)
+    sparse = run_day(signals(hz, 97, VARYING), {"type": "ct", "mains_hz": hz}, 2, idle=False)
     err_sparse = energy_error(sparse, VARYING)[0]
     assert err_sparse > 10 * max(err, 0.5), (err_sparse, err)
 
