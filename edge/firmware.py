@@ -466,6 +466,13 @@ class Firmware:
         }
 
     def wait(self, ms):
+        # Idle time is the meter's first (CT windows, the pulse counter).
+        try:
+            ms -= self.meter.poll(ms)
+        except Exception as e:  # as in measure(): a driver fault must not stop the loop
+            self.errors.add("meter", str(e) or repr(e))
+        if ms <= 0:
+            return
         if self.console is not None:
             self.console.poll(ms)
         else:

@@ -85,6 +85,36 @@ def float32(regs, i):
     return struct.unpack(">f", bytes([regs[i] >> 8, regs[i] & 255, regs[i + 1] >> 8, regs[i + 1] & 255]))[0]
 
 
+def u32_hi_lo(regs, i):
+    """32-bit value stored high word first (Eastron floats' raw bits)."""
+    return (regs[i] << 16) | regs[i + 1]
+
+
+def float32_scaled(regs, i, scale):
+    """The float32 in two registers (high word first) times the integer
+    `scale`, rounded half up to an integer, computed exactly from the
+    bits: value = mantissa * 2^(exponent - 150). A float32 multiplication
+    (an ESP32 has no doubles) would round again: 98765.3984375 kWh * 1000
+    gives 98765400 Wh instead of 98765398. Raises ValueError for NaN or
+    infinity and for negative values (the caller's counters are >= 0)."""
+    bits = u32_hi_lo(regs, i)
+    exp = (bits >> 23) & 0xFF
+    mant = bits & 0x7FFFFF
+    if exp == 0xFF:
+        raise ValueError("register holds %s, expected a non-negative number" % ("NaN" if mant else "infinity"))
+    if bits >> 31 and (exp or mant):
+        raise ValueError("register holds a negative number, expected a non-negative number")
+    if exp == 0:
+        exp = 1  # subnormal: no implicit leading 1
+    else:
+        mant |= 0x800000
+    num = mant * scale
+    shift = 150 - exp
+    if shift <= 0:
+        return num << -shift
+    return (num + (1 << (shift - 1))) >> shift
+
+
 class Master:
     def __init__(self, uart, baud=9600, de_pin=None, timeout_ms=200, retries=1):
         self.uart = uart

@@ -9,8 +9,11 @@
 # Interface (both backends):
 #   uart(cfg) -> object with write(bytes), read(n) -> bytes or None, any()
 #   pin(id, mode, pull=None) -> object with value([v]), irq(handler, trigger)
-#   adc(id, atten=None) -> object with read_u16()
-#   ticks_ms(), ticks_diff(a, b), sleep_ms(ms)
+#   pin_irq(pin, handler, trigger) -> True if attached as a hard IRQ
+#   pcnt(pin_id, unit, rising, glitch_ns, limit) -> object with value(), or
+#       None without a hardware pulse counter (esp32.PCNT)
+#   adc(id, atten=None) -> object with read_uv() (calibrated) and read_u16()
+#   ticks_ms(), ticks_us(), ticks_diff(a, b), sleep_ms(ms)
 #   irq_off() -> state, irq_on(state): guard counters shared with an IRQ
 #   watchdog(timeout_ms) -> object with feed()
 #   reboot(), free_memory(), IS_BOARD, BACKEND

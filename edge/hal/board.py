@@ -43,7 +43,68 @@ def adc(pin_id, atten=None):
     if atten is not None and hasattr(a, "atten"):
         # ESP32: 11 dB attenuation gives the full 0..3.3 V range.
         a.atten(atten)
+    if not hasattr(a, "read_uv"):
+        return U16Microvolts(a)
     return a
+
+
+class U16Microvolts:
+    """read_uv() for ports whose ADC has only read_u16 (RP2040: 0..3.3 V
+    reference). The ESP32's own read_uv applies the chip's eFuse
+    calibration, which read_u16 does not (its raw counts are off by up to
+    ~6 % between chips)."""
+
+    FULL_SCALE_UV = 3300000
+
+    def __init__(self, a):
+        self.a = a
+        self.read_u16 = a.read_u16
+
+    def read_uv(self):
+        return self.a.read_u16() * 3300000 // 65535
+
+
+def pin_irq(p, handler, trigger):
+    """Attach `handler` as a hard IRQ (runs at the edge, even while Python
+    is busy; must not allocate) where the port has them: True. Else soft
+    (run by the scheduler later): False."""
+    try:
+        p.irq(handler=handler, trigger=trigger, hard=True)
+        return True
+    except (TypeError, ValueError):
+        p.irq(handler=handler, trigger=trigger)
+        return False
+
+
+def pcnt(pin_id, unit=0, rising=True, glitch_ns=12700, limit=32767):
+    """The ESP32's hardware pulse counter on `pin_id` (MicroPython >= 1.23
+    esp32.PCNT), counting rising (or falling) edges whatever Python is
+    doing, or None where the board has none. The classic ESP32's counter
+    is 16-bit signed: it returns to 0 at `limit` (<= 32767), so the caller
+    must read it before `limit` more edges arrive. The glitch filter
+    ignores pulses shorter than `glitch_ns` (at most 1023 ticks of the
+    80 MHz APB clock, 12.8 us)."""
+    try:
+        import esp32
+
+        P = esp32.PCNT
+    except (ImportError, AttributeError):
+        return None
+    ticks = glitch_ns * 80 // 1000
+    if ticks > 1023:
+        ticks = 1023
+    # Pin(id) alone leaves the mode and pull-up the driver set untouched.
+    kw = {"pin": machine.Pin(pin_id), "max": limit, "filter": ticks}
+    if rising:
+        kw["rising"] = P.INCREMENT
+        kw["falling"] = P.IGNORE
+    else:
+        kw["rising"] = P.IGNORE
+        kw["falling"] = P.INCREMENT
+    c = P(unit, **kw)
+    if hasattr(c, "start"):
+        c.start()
+    return c
 
 
 ATTEN_11DB = getattr(machine.ADC, "ATTN_11DB", None)
@@ -55,6 +116,10 @@ def ticks_ms():
 
 def ticks_diff(a, b):
     return time.ticks_diff(a, b)
+
+
+def ticks_us():
+    return time.ticks_us()
 
 
 def sleep_ms(ms):

@@ -11,6 +11,11 @@
 # Energy reset: the custom function 0x42 (address, 0x42, CRC); the meter
 # echoes it, or answers 0xC2 with an exception code.
 #
+# Energy is a 32-bit integer of Wh (two registers, low word first), kept
+# an integer throughout (above 2^30 it is a long int on an ESP32, exact):
+# no float ever touches it. Voltage, current and power are display values
+# (float32 holds their 0.1 V / 1 mA / 0.1 W steps exactly enough).
+#
 # The PZEM measures magnitude only: all its energy is import and its power
 # is never negative. Its power reading is unreliable under a few watts
 # (the datasheet's starting power is 0.4 W; below ~5 W the error is tens of
@@ -20,6 +25,7 @@
 #          "address": 1, "accuracy_floor_w": 5, "timeout_ms": 200}
 
 from edge import hal, modbus
+from edge.meters import checks
 from edge.meters.base import FLAG_METER_ALARM, Measurement, Meter, MeterError, RESET_ENERGY, below_floor
 
 RESET_FUNCTION = 0x42
@@ -39,13 +45,27 @@ def decode(regs):
     )
 
 
+KEYS = ("uart", "address", "accuracy_floor_w", "timeout_ms", "retries")
+
+
+def validate(cfg):
+    """ValueError naming the key, value and allowed range, or None."""
+    checks.known_keys(cfg, KEYS, "pzem004t")
+    # The PZEM-004T v3.0 talks 9600 8N1 only.
+    checks.uart(cfg, 9600, (9600,))
+    # 248 (0xF8) is the general address every PZEM answers (one per bus).
+    checks.integer(cfg, "address", 1, 0xF8, 1)
+    checks.number(cfg, "accuracy_floor_w", 0, 100000, 5)
+    checks.integer(cfg, "timeout_ms", 10, 10000, 200)
+    checks.integer(cfg, "retries", 0, 10, 1)
+
+
 class PZEM004T(Meter):
     def __init__(self, cfg):
+        validate(cfg)
         ucfg = dict(cfg.get("uart", {}))
         ucfg.setdefault("baud", 9600)
-        self.address = int(cfg.get("address", 1))
-        if not 1 <= self.address <= 0xF8:
-            raise ValueError("pzem004t address %r: expected 1..247 or 248 (0xF8, the general address)" % (self.address,))
+        self.address = cfg.get("address", 1)
         self.accuracy_floor_w = cfg.get("accuracy_floor_w", 5)
         self.bus = modbus.Master(hal.uart(ucfg), ucfg["baud"], None, cfg.get("timeout_ms", 200), cfg.get("retries", 1))
         self.last_import = None

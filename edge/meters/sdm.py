@@ -22,6 +22,7 @@
 #          "rx": 16}, "address": 1, "de_pin": 4, "accuracy_floor_w": 5}
 
 from edge import hal, modbus
+from edge.meters import checks
 from edge.meters.base import Measurement, Meter, MeterError, below_floor, round_to
 
 # model -> list of (start, count) blocks and value -> (block, register offset)
@@ -33,26 +34,42 @@ MODELS = {
 }
 
 
-def kwh_to_wh(kwh):
+KEYS = ("uart", "address", "de_pin", "accuracy_floor_w", "timeout_ms", "retries")
+
+
+def validate(cfg):
+    """ValueError naming the key, value and allowed range, or None."""
+    model = cfg.get("type")
+    if model not in MODELS:
+        raise ValueError("eastron model %r: expected one of %s" % (model, ", ".join(sorted(MODELS))))
+    checks.known_keys(cfg, KEYS, model)
+    # Eastron meters offer 1200..38400 baud (SDM120: up to 9600).
+    checks.uart(cfg, 2400 if model == "sdm120" else 9600, (1200, 2400, 4800, 9600, 19200, 38400))
+    checks.integer(cfg, "address", 1, 247, 1)
+    checks.pin(cfg, "de_pin", None, True)
+    checks.number(cfg, "accuracy_floor_w", 0, 100000, 5)
+    checks.integer(cfg, "timeout_ms", 10, 10000, 300)
+    checks.integer(cfg, "retries", 0, 10, 1)
+
+
+def energy_wh(regs, i, what):
     # The meter counts whole Wh (or 10 Wh); the float carries them rounded,
-    # so round to the nearest Wh instead of truncating 12.345999 kWh.
-    if kwh != kwh or kwh < 0:
-        raise MeterError("energy register holds %r kWh, expected a non-negative number" % (kwh,))
-    return int(kwh * 1000 + 0.5)
+    # so round to the nearest Wh (exactly, from the float's bits).
+    try:
+        return modbus.float32_scaled(regs, i, 1000)
+    except ValueError as e:
+        raise MeterError("%s energy %s" % (what, e))
 
 
 class SDM(Meter):
     def __init__(self, cfg):
-        model = cfg.get("type")
-        if model not in MODELS:
-            raise ValueError("eastron model %r: expected one of %s" % (model, ", ".join(sorted(MODELS))))
+        validate(cfg)
+        model = cfg["type"]
         self.model = model
         self.blocks, self.where = MODELS[model]
         ucfg = dict(cfg.get("uart", {}))
         ucfg.setdefault("baud", 2400 if model == "sdm120" else 9600)
-        self.address = int(cfg.get("address", 1))
-        if not 1 <= self.address <= 247:
-            raise ValueError("%s address %r: expected 1..247" % (model, self.address))
+        self.address = cfg.get("address", 1)
         de = cfg.get("de_pin")
         de_pin = hal.pin(de, hal.PIN_OUT) if de is not None else None
         self.accuracy_floor_w = cfg.get("accuracy_floor_w", 5)
@@ -73,11 +90,15 @@ class SDM(Meter):
             block, off = self.where[name]
             return modbus.float32(regs[block], off)
 
+        def wh(name, what):
+            block, off = self.where[name]
+            return energy_wh(regs[block], off, "%s at %d: %s" % (self.model, self.address, what))
+
         watts = value("p")
         if watts != watts:
             raise MeterError("%s at %d: power register is NaN" % (self.model, self.address))
-        imp = kwh_to_wh(value("imp"))
-        exp = kwh_to_wh(value("exp"))
+        imp = wh("imp", "import")
+        exp = wh("exp", "export")
         reset = self.check_counters(imp, exp)
         return Measurement(imp, exp, round_to(watts, 1), round_to(value("v"), 1), round_to(value("i"), 3),
                            round_to(value("f"), 2), below_floor(watts, self.accuracy_floor_w),

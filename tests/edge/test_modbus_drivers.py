@@ -146,3 +146,56 @@ def test_crc16_frames_match_pymodbus_on_the_wire(data: bytes) -> None:
 def test_random_garbage_replies_raise_meter_error_never_crash(replies: list[bytes]) -> None:
     results = run_cases({"type": "pzem004t", "uart": {"id": 2}}, [{"name": "garbage", "replies": [r.hex() or None for r in replies]}])
     assert "error" in results[0]
+
+
+def _exact_scaled(bits: int, scale: int) -> int:
+    """The float32 with these bits times `scale`, rounded half up, from
+    CPython's exact arithmetic (an independent reference)."""
+    from fractions import Fraction
+
+    value = Fraction(struct.unpack(">f", struct.pack(">I", bits))[0]) * scale
+    return int(value + Fraction(1, 2)) if value >= 0 else -int(-value + Fraction(1, 2))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=0x7F7FFFFF), min_size=20, max_size=20))
+def test_float32_energy_registers_convert_to_wh_exactly_in_integers(bits: list[int]) -> None:
+    # Every finite non-negative float32 (0x7F7FFFFF is the largest), times
+    # 1000 (kWh -> Wh), to the nearest Wh: no float multiplication, so the
+    # 32-bit runtime gets the same figure as exact arithmetic.
+    bits = bits + [0x47C0E6B3, 0x4640E6B6, 0x00000001, 0x3F000000, 0x3A83126F]  # 98765.4, 12345.678, tiny, 0.5, 0.001
+    got = mp_json("""
+import json
+from edge.modbus import float32_scaled
+out = []
+for b in json.loads(%r):
+    out.append(float32_scaled([b >> 16, b & 0xFFFF], 0, 1000))
+print(json.dumps(out))
+""" % json.dumps(bits))
+    assert got == [_exact_scaled(b, 1000) for b in bits]
+
+
+def test_float32_registers_that_are_not_energy_are_refused() -> None:
+    got = mp_json("""
+import json
+from edge.modbus import float32_scaled
+out = []
+for b in (0x7FC00000, 0x7F800000, 0xBF800000, 0x80000000):
+    try:
+        out.append(float32_scaled([b >> 16, b & 0xFFFF], 0, 1000))
+    except ValueError as e:
+        out.append(str(e))
+print(json.dumps(out))
+""")
+    assert "NaN" in got[0] and "infinity" in got[1] and "negative" in got[2]
+    assert got[3] == 0  # -0.0 is zero
+
+
+def test_pzem004t_energy_stays_exact_beyond_the_32_bit_small_int_range() -> None:
+    # 2^30 Wh and more are long ints on an ESP32; the driver never lets a
+    # float touch the energy, up to the register's 2^32 - 1 Wh.
+    from .fixtures.make_fixtures import pzem_regs, reply
+
+    cases = [{"name": str(wh), "replies": [reply(1, pzem_regs(230.0, 1.0, 230.0, wh, 50.0, 1.0, False))],
+              "expect": {"import_wh": wh}} for wh in (0x3FFFFFFF, 0x40000000, 0x9876ABCD, 0xFFFFFFFF)]
+    check(cases, run_cases({"type": "pzem004t", "uart": {"id": 2}}, cases))
