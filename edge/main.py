@@ -4,6 +4,12 @@
 
 import sys
 
+from edge import hal
 from edge.firmware import main
+from edge.safemode import EXIT_INTERRUPTED
 
-sys.exit(main())
+status = main()
+# After Ctrl-C a board stays at the REPL (sys.exit from main.py would
+# soft-reset it into the firmware again); see edge/safemode.py.
+if status != EXIT_INTERRUPTED or not hal.IS_BOARD:
+    sys.exit(status)
