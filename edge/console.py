@@ -189,6 +189,9 @@ class Console:
                 self._echo("\n")
                 if line.strip():
                     self.handle(line)
+                    # One command per call: the caller acts on it (safe
+                    # mode retries after a config set) before the next.
+                    return
             elif c in "\x08\x7f":
                 if self.buf:
                     self.buf = self.buf[:-1]
@@ -255,7 +258,7 @@ class Console:
 
         if self._safe_reason() is not None:
             _out("safe mode: %s" % fw.safe_reason)
-            _out("firmware %s, uptime %d s, start-up tried %d times, next in %d s" % (
+            _out("firmware %s, uptime %d s, start-up attempts %d, next in %d s" % (
                 firmware.VERSION, fw.uptime_s(), fw.attempts, fw.retry_in_s()))
             _out("config %s; free memory %d bytes" % (fw.config_path, hal.free_memory()))
             return
