@@ -13,7 +13,8 @@
 # feeds the watchdog, and tries the start-up again after 1 s, then 2, 4 ...
 # at most every 30 s, and at once after each successful `config set`. A
 # cause that goes away by itself (flash or a peripheral that was not
-# ready) heals without anyone at the console. The coordinator's name is
+# ready) heals without anyone at the console. A MemoryError reboots after
+# the first wait instead: a fresh heap is its cure. The coordinator's name is
 # not resolved at start-up at all (edge/coap.py resolves it when sending):
 # a name that does not resolve yet (Wi-Fi comes up later) is a network
 # error that the running meter retries while it keeps metering and
@@ -195,7 +196,10 @@ def main(config_path, firmware_class):
                     console = _open_console(safe)
                 console.attach(safe)
                 gc.collect()
-                if not safe.wait(console):
+                if not safe.wait(console) or isinstance(e, MemoryError):
+                    # Asked for; or the heap is too small or fragmented, which
+                    # only a fresh one cures (and the heap benchmark sees a
+                    # failed trial at once, not a meter waiting for ever).
                     console.close()
                     return _reboot()
         if safe is not None:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from microgrid.flash.image import write_image
+from microgrid.flash.unix_port import boot
+
 from ..conftest import free_udp_port, meter_summary
 from ..e2e.test_meter_to_coordinator import assert_all_verify, provision, stored_rows
 from .live import Live
@@ -101,4 +104,36 @@ def test_a_console_read_does_not_swallow_a_counter_drop(tmp_path: Path, coordina
     extra = json.loads(rows[1]["extra"])
     assert (extra["reset"], extra["reset_import_wh"], extra["reset_export_wh"]) == ("counter_dropped", 123456, 0), rows
     assert "reset" not in json.loads(rows[2]["extra"])
+    assert_all_verify(rows, pub)
+
+
+def test_a_reset_confirmed_during_an_exchange_runs_at_once_and_its_record_is_delivered_later(
+        tmp_path: Path, coordinator_factory) -> None:
+    db = tmp_path / "c.db"
+    port = free_udp_port()
+    # The coordinator is down at first: every exchange retries for a minute.
+    image, pub = provision(tmp_path, db, port, console=True, interval_s=0.05, ack_timeout_s=2.0, max_retransmit=4)
+    live = Live(image)
+    try:
+        live.expect("next seq 1")
+        live.command("reset energy", "type YES to confirm")
+        # Not after the exchange's minute: the exchange stops for it.
+        took = live.command("YES", "energy reset done", timeout=20)
+        assert took < 5, live.text
+        live.command("reboot", "SUMMARY", timeout=10)
+        assert live.finish() == 3
+    finally:
+        live.kill()
+    assert meter_summary(live.text)["delivered"] == 0
+    # The coordinator comes up: everything buffered goes out, the reset too.
+    coordinator_factory(db=db, port=port)
+    cfg = json.loads((image / "config.json").read_text())
+    write_image(image, dict(cfg, console=False, max_readings=2, ack_timeout_s=0.2))
+    out, _ = boot(image).communicate(timeout=60)
+    summary = meter_summary(out)
+    assert summary["pending"] == 0 and summary["rejected"] == 0, out
+    rows = stored_rows(db, pub)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    resets = [r for r in rows if r["extra"] and json.loads(r["extra"]).get("reset") == "energy_reset"]
+    assert len(resets) == 1 and resets[0]["import_wh"] == 0, [r["extra"] for r in rows]
     assert_all_verify(rows, pub)

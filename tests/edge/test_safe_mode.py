@@ -212,3 +212,31 @@ def test_ctrl_c_saves_the_state_and_the_restarted_meter_reuses_no_sequence_numbe
     imports = [r["import_wh"] for r in rows]
     assert imports == sorted(imports)
     assert_all_verify(rows, pub)
+
+
+def test_ctrl_c_leaves_the_watchdog_fed_from_a_timer_and_the_journal_saved(tmp_path: Path) -> None:
+    # In one process: Ctrl-C lands in the loop after two readings.
+    (tmp_path / "config.json").write_text(json.dumps({"watchdog_s": 60, "coordinator_port": 9, "max_readings": 0}))
+    (tmp_path / "device.key").write_text("11" * 32)
+    got = mp_json(f"""
+import json, os
+os.chdir({str(tmp_path)!r})
+from edge import hal, safemode
+from edge.firmware import Firmware
+from edge.journal import Journal
+
+class CtrlC(Firmware):
+    def run(self):
+        self.measure()
+        self.measure()
+        raise KeyboardInterrupt
+
+code = safemode.main("config.json", CtrlC)
+ka = [(k[0] is hal.watchdogs[0], k[1], k[2]) for k in hal.keepalives]
+print(json.dumps({{"code": code, "keepalives": ka, "watchdog": hal.watchdogs[0].timeout_ms,
+                  "journal": Journal("state").load()}}))
+""")
+    assert got["code"] == 130
+    # A quarter of the 60 s timeout, for 30 minutes; then the watchdog restarts the board.
+    assert got["keepalives"] == [[True, 15000, 1800000]] and got["watchdog"] == 60000
+    assert got["journal"]["seq"] == 2
