@@ -240,3 +240,31 @@ print(json.dumps({{"code": code, "keepalives": ka, "watchdog": hal.watchdogs[0].
     # A quarter of the 60 s timeout, for 30 minutes; then the watchdog restarts the board.
     assert got["keepalives"] == [[True, 15000, 1800000]] and got["watchdog"] == 60000
     assert got["journal"]["seq"] == 2
+
+
+def test_the_watchdog_is_fed_while_an_exchange_waits_for_a_coordinator_that_never_answers(tmp_path: Path) -> None:
+    # Nothing listens on the port: one reading, retransmitted for 0.3+0.6+1.2 s
+    # (up to 1.5 times that), then the drain gives up.
+    port = free_udp_port()
+    (tmp_path / "config.json").write_text(json.dumps({
+        "coordinator_port": port, "max_readings": 1, "ack_timeout_s": 0.3, "max_retransmit": 2,
+        "drain_timeout_s": 1.0, "retry_after_s": 5.0}))
+    (tmp_path / "device.key").write_text("22" * 32)
+    got = mp_json(f"""
+import json, os, time
+os.chdir({str(tmp_path)!r})
+from edge import hal, safemode
+from edge.firmware import Firmware
+
+fed = []
+class Fed(hal.Watchdog):
+    def feed(self):
+        fed.append(time.ticks_ms())
+hal.watchdog = lambda ms: Fed(ms)
+code = safemode.main("config.json", Firmware)
+gaps = [time.ticks_diff(b, a) for a, b in zip(fed, fed[1:])]
+print(json.dumps({{"code": code, "span": time.ticks_diff(fed[-1], fed[0]), "max_gap": max(gaps)}}))
+""")
+    assert got["code"] == 0
+    # Blocking in recv, the loop would not feed it for the whole exchange.
+    assert got["span"] >= 2000 and got["max_gap"] < 1000, got
