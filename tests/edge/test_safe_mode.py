@@ -58,6 +58,7 @@ print(json.dumps({{"code": code, "watchdogs": [x.timeout_ms for x in w], "feeds"
                   "config": open("config.json").read(), "bad": open("config.json.bad").read(),
                   "errors": [l for l in log.recent() if l.startswith("ERROR")]}}))
 """, stdin=commands)
+    assert isinstance(got, dict)
     out = got
     assert out["code"] == 3
     # Armed once, with the default when the config could not be read, and fed.
@@ -236,6 +237,7 @@ ka = [(k[0] is hal.watchdogs[0], k[1], k[2]) for k in hal.keepalives]
 print(json.dumps({{"code": code, "keepalives": ka, "watchdog": hal.watchdogs[0].timeout_ms,
                   "journal": Journal("state").load()}}))
 """)
+    assert isinstance(got, dict)
     assert got["code"] == 130
     # A quarter of the 60 s timeout, for 30 minutes; then the watchdog restarts the board.
     assert got["keepalives"] == [[True, 15000, 1800000]] and got["watchdog"] == 60000
@@ -265,6 +267,7 @@ code = safemode.main("config.json", Firmware)
 gaps = [time.ticks_diff(b, a) for a, b in zip(fed, fed[1:])]
 print(json.dumps({{"code": code, "span": time.ticks_diff(fed[-1], fed[0]), "max_gap": max(gaps)}}))
 """)
+    assert isinstance(got, dict)
     assert got["code"] == 0
     # Blocking in recv, the loop would not feed it for the whole exchange.
     assert got["span"] >= 2000 and got["max_gap"] < 1000, got
