@@ -271,3 +271,43 @@ print(json.dumps({{"code": code, "span": time.ticks_diff(fed[-1], fed[0]), "max_
     assert got["code"] == 0
     # Blocking in recv, the loop would not feed it for the whole exchange.
     assert got["span"] >= 2000 and got["max_gap"] < 1000, got
+
+
+def test_a_name_that_starts_resolving_later_heals_by_itself(tmp_path: Path, coordinator_factory) -> None:
+    # Wi-Fi comes up after the boot: the first lookups fail, then the name
+    # resolves; nobody touches the meter.
+    db = tmp_path / "c.db"
+    port = free_udp_port()
+    image, pub = provision(tmp_path, db, port, coordinator_host="coordinator.lan", max_readings=5, interval_s=0.05,
+                           retry_after_s=0.05)
+    coordinator_factory(db=db, port=port)
+    got = mp_json(f"""
+import json, os, socket
+os.chdir({str(image)!r})
+from edge import coap, log, safemode
+from edge.firmware import Firmware
+
+class NotYet:
+    # The socket module as coap.py sees it, with a resolver that is not up yet.
+    AF_INET = socket.AF_INET
+    SOCK_DGRAM = socket.SOCK_DGRAM
+    socket = socket.socket
+    calls = 0
+
+    def getaddrinfo(self, host, port):
+        NotYet.calls += 1
+        if host == "coordinator.lan" and NotYet.calls <= 3:
+            raise OSError("[addrinfo error -3]")
+        return socket.getaddrinfo("127.0.0.1" if host == "coordinator.lan" else host, port)
+
+coap.socket = NotYet()
+code = safemode.main("config.json", Firmware)
+print(json.dumps({{"code": code, "lookups": NotYet.calls,
+                  "warned": [l for l in log.recent() if "cannot resolve" in l]}}))
+""")
+    assert isinstance(got, dict)
+    assert got["code"] == 0 and got["lookups"] == 4, got
+    assert len(got["warned"]) == 3 and "cannot resolve coordinator host 'coordinator.lan'" in got["warned"][0], got
+    rows = stored_rows(db, pub)
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5]
+    assert_all_verify(rows, pub)
