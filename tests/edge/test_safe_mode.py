@@ -180,7 +180,10 @@ def test_a_coordinator_name_that_does_not_resolve_is_retried_while_the_meter_kee
     rows = stored_rows(db, pub)
     # Every reading made while the name did not resolve was delivered.
     assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
-    assert summary["delivered"] == len(rows) and summary["rejected"] == 0 and summary["pending"] <= 2, summary
+    # (The reboot may cut the last exchange after the coordinator stored it:
+    # that reading is still pending and goes out again as a duplicate.)
+    assert summary["delivered"] <= len(rows) <= summary["delivered"] + summary["pending"], summary
+    assert summary["rejected"] == 0 and summary["pending"] <= 3, summary
     assert "Traceback" not in live.text
     assert json.loads((image / "config.json").read_text())["coordinator_host"] == "127.0.0.1"
 
