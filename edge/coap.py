@@ -7,8 +7,20 @@
 # tokens start from random values at boot, because aiocoap treats a reused
 # message id from the same address within its exchange lifetime as a
 # duplicate and would answer with a cached ACK for some earlier reading.
+#
+# The client never stops the board for the network. The coordinator's name
+# is resolved when a message is first sent, not when the client is made
+# (at boot Wi-Fi may not be up yet): a failure is a CoAPError like any
+# other, retried by the caller, and the address is looked up again after
+# an exchange that got no answer (the name may point elsewhere now). While
+# it waits for an answer the client calls `idle(ms, sock)` instead of
+# blocking: the firmware runs its console and feeds the watchdog there, and
+# returns as soon as the socket is readable. `idle` returning True stops
+# the exchange with Interrupted (the console needs the loop: reboot, reset);
+# the message stays queued and is sent again, byte for byte, later.
 
 import os
+import select
 import socket
 import struct
 
@@ -28,6 +40,11 @@ RANDOM_FACTOR = 1.5
 
 class CoAPError(OSError):
     pass
+
+
+class Interrupted(Exception):
+    """The idle callback asked to stop waiting (not a network failure: the
+    message was not refused and goes out again later)."""
 
 
 def code_str(code):
@@ -108,9 +125,14 @@ def decode(data):
 
 
 class Client:
-    def __init__(self, host, port, ack_timeout_s=2.0, max_retransmit=4, local_port=0):
-        self.addr = socket.getaddrinfo(host, port)[0][-1]
+    def __init__(self, host, port, ack_timeout_s=2.0, max_retransmit=4, local_port=0, idle=None):
+        self.host = host
+        self.port = port
+        self.addr = None  # resolved on first use (see the module comment)
+        self.idle = idle
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.poller = select.poll()
+        self.poller.register(self.sock, select.POLLIN)
         if local_port:
             self.sock.bind(socket.getaddrinfo("0.0.0.0", local_port)[0][-1])
         self.ack_timeout_ms = int(ack_timeout_s * 1000)
@@ -123,6 +145,20 @@ class Client:
 
     def close(self):
         self.sock.close()
+
+    def retarget(self, host, port):
+        """Send to another coordinator from the next message on."""
+        self.host = host
+        self.port = port
+        self.addr = None
+
+    def _address(self):
+        if self.addr is None:
+            try:
+                self.addr = socket.getaddrinfo(self.host, self.port)[0][-1]
+            except (OSError, IndexError) as e:
+                raise CoAPError("cannot resolve coordinator host %r: %s" % (self.host, e))
+        return self.addr
 
     def _next_mid(self):
         self.mid = (self.mid + 1) & 0xFFFF
@@ -137,6 +173,17 @@ class Client:
     def _recv(self, timeout_ms):
         if timeout_ms <= 0:
             return None
+        if self.idle is not None:
+            # Wait in the idle callback (console, watchdog), at most a
+            # quarter of a second at a time, until the socket is readable.
+            start = ticks.ticks_ms()
+            while not self._readable():
+                left = timeout_ms - ticks.since(start)
+                if left <= 0:
+                    return None
+                if self.idle(int(min(left, 250)), self.sock):
+                    raise Interrupted("exchange stopped for the console")
+            timeout_ms = 1
         self.sock.settimeout(timeout_ms / 1000)
         try:
             data, addr = self.sock.recvfrom(1152)
@@ -152,10 +199,15 @@ class Client:
             return None
         return decode(data)
 
+    def _readable(self):
+        return bool(self.poller.poll(0))
+
     def post(self, path, payload, content_format=None):
         """Send a confirmable POST; return (code, payload) of the response.
-        Raises CoAPError when no acknowledgement arrives after the last
-        retransmission, or when the server resets the exchange."""
+        Raises CoAPError when the host does not resolve, when no
+        acknowledgement arrives after the last retransmission, or when the
+        server resets the exchange; Interrupted when `idle` asked to stop."""
+        addr = self._address()
         mid = self._next_mid()
         token = self._next_token()
         options = []
@@ -167,13 +219,13 @@ class Client:
         msg = encode(CON, POST, mid, token, options, payload)
         # Initial timeout between ACK_TIMEOUT and ACK_TIMEOUT * RANDOM_FACTOR.
         r = os.urandom(1)[0]
-        timeout = self.ack_timeout_ms + (self.ack_timeout_ms * (RANDOM_FACTOR - 1) * r) // 255
+        timeout = self.ack_timeout_ms + int(self.ack_timeout_ms * (RANDOM_FACTOR - 1) * r) // 255
         acked = False
         for attempt in range(self.max_retransmit + 1):
             if attempt:
                 self.retransmissions += 1
             try:
-                self.sock.sendto(msg, self.addr)
+                self.sock.sendto(msg, addr)
             except OSError:
                 pass
             start = ticks.ticks_ms()
@@ -197,15 +249,16 @@ class Client:
                     continue
                 if rtoken == token and mtype in (CON, NON) and code >= 64:
                     if mtype == CON:
-                        self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), self.addr)
+                        self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), addr)
                     return code, rpayload
                 if mtype == CON:
                     # Unknown confirmable message: reject it.
-                    self.sock.sendto(encode(RST, 0, rmid, b"", [], b""), self.addr)
+                    self.sock.sendto(encode(RST, 0, rmid, b"", [], b""), addr)
             if acked:
                 break
             timeout *= 2
         if not acked:
+            self.addr = None  # look the name up again next time
             raise CoAPError("no acknowledgement after %d transmissions" % (self.max_retransmit + 1))
         # Empty ACK received: the response follows separately.
         wait = self.ack_timeout_ms * 16
@@ -217,6 +270,6 @@ class Client:
             mtype, code, rmid, rtoken, rpayload = got
             if rtoken == token and mtype in (CON, NON) and code >= 64:
                 if mtype == CON:
-                    self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), self.addr)
+                    self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), addr)
                 return code, rpayload
         raise CoAPError("acknowledged but no response within %d ms" % wait)

@@ -1,8 +1,11 @@
 # The meter's configuration: one JSON file with validated defaults.
 #
-# Every key has a default here and a check; a bad value stops the boot with
-# a message naming the key, the value and what is allowed, because a meter
-# that runs on a wrong config produces wrong evidence for years.
+# Every key has a default here and a check (the meter's own keys through
+# edge.meters.validate); a bad value is refused by `config set` before it
+# is saved, and a bad file at boot puts the board in safe mode (see
+# edge/safemode.py) with a message naming the key, the value and what is
+# allowed, because a meter that runs on a wrong config produces wrong
+# evidence for years.
 
 import json
 
@@ -37,7 +40,8 @@ DEFAULTS = {
 
 # Keys the running firmware picks up at once when set from the console;
 # the others take effect after a reboot.
-LIVE_KEYS = ("interval_s", "persist_every", "retry_after_s", "log_level", "max_readings", "drain_timeout_s")
+LIVE_KEYS = ("interval_s", "persist_every", "retry_after_s", "log_level", "max_readings", "drain_timeout_s",
+             "coordinator_host", "coordinator_port")
 
 
 class ConfigError(ValueError):
@@ -62,48 +66,117 @@ def _str(cfg, key):
         raise ConfigError("config %s=%r: expected a non-empty string" % (key, v))
 
 
-def validate(cfg):
-    for key in cfg:
-        if key not in DEFAULTS:
-            raise ConfigError("config key %r is unknown; allowed: %s" % (key, ", ".join(sorted(DEFAULTS))))
-    _str(cfg, "device_name")
-    _str(cfg, "coordinator_host")
-    _int(cfg, "coordinator_port", 1, 65535)
-    _int(cfg, "local_port", 0, 65535)
-    _num(cfg, "interval_s", 0.001, 86400)
-    _int(cfg, "persist_every", 1, 100000)
-    _str(cfg, "key_file")
-    _str(cfg, "state_file")
-    _str(cfg, "outbox_file")
-    _int(cfg, "outbox_size", 2, 100000)
-    _int(cfg, "batch_size", 1, 8)
-    _num(cfg, "ack_timeout_s", 0.01, 60)
-    _int(cfg, "max_retransmit", 0, 20)
-    _num(cfg, "retry_after_s", 0, 3600)
-    _num(cfg, "clock_start", 0, 1 << 40)
-    _num(cfg, "clock_speed", 0.001, 1000000)
-    _num(cfg, "clock_origin", 0, 1 << 40)
-    _int(cfg, "max_readings", 0, 1 << 40)
-    _num(cfg, "drain_timeout_s", 0, 1 << 30)
+def _meter(cfg):
     meter = cfg["meter"]
     if not isinstance(meter, dict) or not isinstance(meter.get("type"), str):
         raise ConfigError("config meter=%r: expected an object with a \"type\"" % (meter,))
-    from edge.meters import TYPES
+    from edge import meters
 
-    if meter["type"] not in TYPES:
-        raise ConfigError("config meter.type=%r: expected one of %s" % (meter["type"], ", ".join(TYPES)))
+    if meter["type"] not in meters.TYPES:
+        raise ConfigError("config meter.type=%r: expected one of %s" % (meter["type"], ", ".join(meters.TYPES)))
+    try:
+        meters.validate(meter)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        # The driver's own keys: a value the driver would refuse at boot
+        # (an address no Modbus device can have, a pin that is no number)
+        # is refused here, before it is saved.
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith("config ") else "config " + msg)
+
+
+def check_watchdog(cfg):
+    # Shorter than the longest step that cannot feed it (a DNS lookup, an
+    # SNTP exchange, a signature on a slow board) would reset the board in
+    # a loop.
+    v = cfg["watchdog_s"]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v == 0 or 30 <= v <= 3600):
+        raise ConfigError("config watchdog_s=%r: expected 0 (off) or a number of seconds in 30..3600" % (v,))
+
+
+def _console(cfg):
     if not isinstance(cfg["console"], bool):
         raise ConfigError("config console=%r: expected true or false" % (cfg["console"],))
-    _num(cfg, "watchdog_s", 0, 3600)
+
+
+def _log_level(cfg):
     if cfg["log_level"] not in ("debug", "info", "warning", "error"):
         raise ConfigError("config log_level=%r: expected debug, info, warning or error" % (cfg["log_level"],))
+
+
+def _wifi(cfg):
     wifi = cfg["wifi"]
-    if wifi is not None and (not isinstance(wifi, dict) or not isinstance(wifi.get("ssid"), str)):
-        raise ConfigError("config wifi=%r: expected null or an object with \"ssid\" and \"password\"" % (wifi,))
+    if wifi is None:
+        return
+    if (not isinstance(wifi, dict) or not isinstance(wifi.get("ssid"), str) or not wifi["ssid"]
+            or not isinstance(wifi.get("password", ""), str)):
+        # Never echo the object: it holds the password.
+        raise ConfigError("config wifi: expected null or an object with a non-empty \"ssid\" and a \"password\" string")
+
+
+# One check per key, in the order errors are reported.
+CHECKS = (
+    ("device_name", lambda c: _str(c, "device_name")),
+    ("coordinator_host", lambda c: _str(c, "coordinator_host")),
+    ("coordinator_port", lambda c: _int(c, "coordinator_port", 1, 65535)),
+    ("local_port", lambda c: _int(c, "local_port", 0, 65535)),
+    ("interval_s", lambda c: _num(c, "interval_s", 0.001, 86400)),
+    ("persist_every", lambda c: _int(c, "persist_every", 1, 100000)),
+    ("key_file", lambda c: _str(c, "key_file")),
+    ("state_file", lambda c: _str(c, "state_file")),
+    ("outbox_file", lambda c: _str(c, "outbox_file")),
+    ("outbox_size", lambda c: _int(c, "outbox_size", 2, 100000)),
+    ("batch_size", lambda c: _int(c, "batch_size", 1, 8)),
+    ("ack_timeout_s", lambda c: _num(c, "ack_timeout_s", 0.01, 60)),
+    ("max_retransmit", lambda c: _int(c, "max_retransmit", 0, 20)),
+    ("retry_after_s", lambda c: _num(c, "retry_after_s", 0, 3600)),
+    ("clock_start", lambda c: _num(c, "clock_start", 0, 1 << 40)),
+    ("clock_speed", lambda c: _num(c, "clock_speed", 0.001, 1000000)),
+    ("clock_origin", lambda c: _num(c, "clock_origin", 0, 1 << 40)),
+    ("max_readings", lambda c: _int(c, "max_readings", 0, 1 << 40)),
+    ("drain_timeout_s", lambda c: _num(c, "drain_timeout_s", 0, 1 << 30)),
+    ("meter", _meter),
+    ("console", _console),
+    ("watchdog_s", check_watchdog),
+    ("log_level", _log_level),
+    ("wifi", _wifi),
+)
+
+
+def problems(cfg):
+    """{key: ConfigError} for every key whose value is wrong (unknown keys
+    under their own name). Empty when the config is valid."""
+    out = {}
+    for key in cfg:
+        if key not in DEFAULTS:
+            out[key] = ConfigError("config key %r is unknown; allowed: %s" % (key, ", ".join(sorted(DEFAULTS))))
+    for key, check in CHECKS:
+        if key in out:
+            continue
+        try:
+            check(cfg)
+        except ConfigError as e:
+            out[key] = e
+    return out
+
+
+def validate(cfg):
+    """The config, or ConfigError naming the first wrong key, its value and
+    what is allowed."""
+    found = problems(cfg)
+    if found:
+        for key in cfg:
+            if key in found and key not in DEFAULTS:
+                raise found[key]
+        for key, _ in CHECKS:
+            if key in found:
+                raise found[key]
     return cfg
 
 
-def with_defaults(raw):
+def merged(raw):
+    """The defaults overlaid with the file's own keys, not validated."""
     if not isinstance(raw, dict):
         raise ConfigError("config must be a JSON object")
     cfg = {}
@@ -111,7 +184,11 @@ def with_defaults(raw):
         cfg[key] = DEFAULTS[key]
     for key in raw:
         cfg[key] = raw[key]
-    return validate(cfg)
+    return cfg
+
+
+def with_defaults(raw):
+    return validate(merged(raw))
 
 
 def load_raw(path=CONFIG_FILE):
@@ -134,10 +211,13 @@ def load(path=CONFIG_FILE):
     return with_defaults(load_raw(path))
 
 
-def save_raw(path, raw):
+def save_raw(path, raw, checked=False):
     """Validate, then replace the config file (write a copy, rename it
-    over: a power cut leaves the old or the new file, never half of one)."""
-    cfg = with_defaults(raw)
+    over: a power cut leaves the old or the new file, never half of one).
+    checked=True: the caller validated the change with set_key, which lets
+    a config that was already wrong be repaired one key at a time; the
+    merged config is returned unvalidated."""
+    cfg = merged(raw) if checked else with_defaults(raw)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(json.dumps(raw))
@@ -157,8 +237,11 @@ def parse_value(text):
 
 
 def set_key(raw, key, value):
-    """A copy of `raw` with KEY (or meter.KEY, one level deep) set,
-    validated; raises ConfigError naming the key, value and what is allowed."""
+    """A copy of `raw` with KEY (or meter.KEY, one level deep) set. Raises
+    ConfigError naming the key, value and what is allowed when the new
+    value is wrong or makes another key wrong. Keys that were wrong before
+    do not block the change: a technician in safe mode repairs a broken
+    config one key at a time (problems(merged(...)) lists what is left)."""
     out = {}
     for k in raw:
         out[k] = raw[k]
@@ -167,13 +250,22 @@ def set_key(raw, key, value):
         if top != "meter" or not sub or "." in sub:
             raise ConfigError("config key %r: only meter.KEY is nested" % key)
         meter = {}
-        for k, v in (raw.get("meter") or DEFAULTS["meter"]).items():
+        old = raw.get("meter")
+        for k, v in (old if isinstance(old, dict) else DEFAULTS["meter"]).items():
             meter[k] = v
         meter[sub] = value
         out["meter"] = meter
     else:
         if key not in DEFAULTS:
             raise ConfigError("config key %r is unknown; allowed: %s" % (key, ", ".join(sorted(DEFAULTS))))
+        top = key
         out[key] = value
-    with_defaults(out)
+    after = problems(merged(out))
+    if top in after:
+        raise after[top]
+    if after:
+        before = problems(merged(raw))
+        for k, _ in CHECKS:
+            if k in after and k not in before:
+                raise after[k]
     return out

@@ -11,8 +11,11 @@
 # `persist_every` readings.
 #
 # No meter, flash or network error ends the loop: each is counted, shown
-# by the console's `status`, logged, and retried with backoff. On a board
-# a hardware watchdog is fed every pass.
+# by the console's `status`, logged, and retried with backoff. The
+# hardware watchdog (armed by edge/safemode.py before the firmware starts)
+# is fed every pass and while a CoAP exchange waits, which also runs the
+# console: it never waits on the network. A start-up failure puts the board
+# in safe mode (edge/safemode.py), never out of the program.
 
 import binascii
 import time
@@ -67,7 +70,9 @@ class Clock:
 
     def __init__(self, start, speed, origin=0, synced=True):
         self.boot_ms = ticks.ticks_ms()
-        self.start = start if start else time.time() + _EPOCH_OFFSET
+        # Integer seconds: in a board's float32, today's Unix time moves in
+        # 128 s steps (a simulated meter then books no energy for minutes).
+        self.start = int(start) if start else int(time.time()) + _EPOCH_OFFSET
         self.speed = speed
         self.origin = origin
         # False on a board until SNTP or the coordinator gave the time:
@@ -77,20 +82,20 @@ class Clock:
     def set(self, unix_s):
         """Take the time from outside (the coordinator's response)."""
         self.boot_ms = ticks.ticks_ms()
-        self.start = unix_s
+        self.start = int(unix_s)
         self.origin = 0
         self.speed = 1.0
         self.synced = True
 
     def resync(self):
         """The RTC was just set (SNTP): follow it."""
-        self.set(time.time() + _EPOCH_OFFSET)
+        self.set(int(time.time()) + _EPOCH_OFFSET)
 
     def now(self):
         if self.origin:
             # Shared simulated clock: `start` at real Unix time `origin`.
-            return self.start + (time.time() + _EPOCH_OFFSET - self.origin) * self.speed
-        return self.start + ticks.since(self.boot_ms) * self.speed / 1000.0
+            return self.start + int((int(time.time()) + _EPOCH_OFFSET - int(self.origin)) * self.speed)
+        return self.start + int(ticks.since(self.boot_ms) * self.speed) // 1000
 
 
 class Errors:
@@ -127,11 +132,14 @@ def merged_message(secret, public_key, message, first_seq):
 
 
 class Firmware:
-    def __init__(self, cfg, config_path=config_mod.CONFIG_FILE):
+    def __init__(self, cfg, config_path=config_mod.CONFIG_FILE, watchdog=None, console=None):
         self.cfg = cfg
         self.config_path = config_path
         self.boot_ms = ticks.ticks_ms()
-        if cfg["console"]:
+        # Armed by the caller before anything can block (edge/safemode.py).
+        self.watchdog = watchdog
+        self.held_reset = None  # a reset a console read saw first (read_meter)
+        if cfg["console"] and console is None:
             # Import (compile, under the unix port) before the signer's
             # tables fragment the heap.
             from edge.console import Console
@@ -150,8 +158,10 @@ class Firmware:
         self.clock = Clock(cfg["clock_start"], cfg["clock_speed"], cfg["clock_origin"], not hal.IS_BOARD)
         self.sntp_at_ms = None
         self._sync_time()
+        # The coordinator's name is resolved when sending, never here.
         self.client = coap.Client(
-            cfg["coordinator_host"], cfg["coordinator_port"], cfg["ack_timeout_s"], cfg["max_retransmit"], cfg["local_port"]
+            cfg["coordinator_host"], cfg["coordinator_port"], cfg["ack_timeout_s"], cfg["max_retransmit"], cfg["local_port"],
+            self.idle
         )
         self._recover(state)
         self.produced = 0
@@ -163,9 +173,10 @@ class Firmware:
         self.last_measurement = None
         self.running = True
         self.reboot_requested = False
-        self.watchdog = hal.watchdog(int(cfg["watchdog_s"] * 1000)) if cfg["watchdog_s"] and hal.IS_BOARD else None
-        self.console = None
-        if cfg["console"]:
+        self.console = console
+        if console is not None:
+            console.attach(self)
+        elif cfg["console"]:
             self.console = Console(self)
         log.info(TAG, "device %s (%s) -> coap://%s:%d/readings, next seq %d, %d buffered" % (
             self.device, cfg["device_name"], cfg["coordinator_host"], cfg["coordinator_port"], self.seq + 1,
@@ -221,7 +232,7 @@ class Firmware:
         or the flash failed (counted; the caller backs off)."""
         t = self.clock.now()
         try:
-            m = self.meter.read(t)
+            m = self.read_meter(t)
         except Exception as e:  # a driver bug must not stop the meter either
             self.errors.add("meter", str(e) or repr(e))
             log.warning(TAG, "meter read failed: %s" % e)
@@ -254,6 +265,20 @@ class Firmware:
             self.persist()
         log.debug(TAG, "reading seq %d import %d Wh export %d Wh power %s W" % (seq, m.import_wh, m.export_wh, m.power_w))
         return True
+
+    def read_meter(self, t=None, console=False):
+        """The driver's read. A reset that a console read (`reading`,
+        `selftest`) is the first to see is held and goes out with the next
+        signed reading: the console never consumes reset evidence."""
+        m = self.meter.read(self.clock.now() if t is None else t)
+        if console:
+            if m.reset is not None and self.held_reset is None:
+                self.held_reset = m.reset
+        elif self.held_reset is not None:
+            if m.reset is not None:
+                log.warning(TAG, "two resets since the last reading: the first (%s) is reported" % self.held_reset[0])
+            m.reset, self.held_reset = self.held_reset, None
+        return m
 
     def _batch_reading(self, seq, t, m):
         """Batching: readings wait in RAM until `batch_size` of them (or a
@@ -465,18 +490,45 @@ class Firmware:
             "errors": self.errors.counts,
         }
 
-    def wait(self, ms):
-        # Idle time is the meter's first (CT windows, the pulse counter).
+    def idle(self, ms, sock=None):
+        """Wait up to `ms` (less once `sock` is readable) feeding the
+        watchdog, giving the meter its idle time (CT windows, the pulse
+        counter) and running the console. True when the loop must take
+        over (a reboot or a confirmed reset): the CoAP client then stops
+        waiting (coap.Interrupted)."""
+        if self.watchdog is not None:
+            self.watchdog.feed()
         try:
             ms -= self.meter.poll(ms)
         except Exception as e:  # as in measure(): a driver fault must not stop the loop
             self.errors.add("meter", str(e) or repr(e))
-        if ms <= 0:
-            return
+        if ms < 0:
+            ms = 0
         if self.console is not None:
-            self.console.poll(ms)
-        else:
+            return self.console.poll(ms, sock) or not self.running
+        if sock is not None:
+            import select
+
+            p = select.poll()
+            p.register(sock, select.POLLIN)
+            p.poll(ms)
+        elif ms > 0:
             ticks.sleep_ms(ms)
+        return not self.running
+
+    def wait(self, ms):
+        self.idle(ms)
+
+    def stop(self):
+        """Leave nothing only in RAM: the waiting batch signed into the
+        outbox, the journal saved, the socket closed. The end of every run,
+        and what Ctrl-C does (edge/safemode.py)."""
+        try:
+            self.flush_batch()
+        except Exception as e:  # still save the journal
+            log.error(TAG, "batch not saved: %s" % e)
+        self.persist()
+        self.client.close()
 
     def run(self):
         cfg = self.cfg
@@ -512,6 +564,10 @@ class Firmware:
                 self.retry_at_ms = None
                 try:
                     self.send_one()
+                except coap.Interrupted:
+                    # The console needs the loop (reboot, reset): the reading
+                    # stays queued and goes out again, byte for byte.
+                    pass
                 except OSError as e:
                     # Flash read or re-sign trouble: count, back off, go on.
                     self.errors.add("flash", str(e))
@@ -524,27 +580,13 @@ class Firmware:
                 wait = 0
             if wait > 0:
                 self.wait(min(wait, 1000))
-        self.flush_batch()
-        self.persist()
-        self.client.close()
+        self.stop()
         return self.summary()
 
 
 def main(config_path="config.json"):
-    import json
+    """Watchdog, safe mode, run: see edge/safemode.py. The exit status:
+    0 done, 3 reboot asked, 130 interrupted (Ctrl-C)."""
+    from edge import safemode
 
-    try:
-        cfg = config_mod.load(config_path)
-        fw = Firmware(cfg, config_path)
-    except ValueError as e:
-        log.error(TAG, "cannot start: %s" % e)
-        return 1
-    summary = fw.run()
-    print("SUMMARY " + json.dumps(summary))
-    if fw.reboot_requested:
-        try:
-            hal.reboot()
-        except Exception:
-            # Unix port: exit status 3 asks the supervisor to start again.
-            return 3
-    return 0
+    return safemode.main(config_path, Firmware)

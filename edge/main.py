@@ -17,6 +17,12 @@ gc.collect()
 if hasattr(gc, "threshold"):
     gc.threshold(gc.mem_free() // 16)
 
+from edge import hal  # noqa: E402
 from edge.firmware import main  # noqa: E402
+from edge.safemode import EXIT_INTERRUPTED  # noqa: E402
 
-sys.exit(main())
+status = main()
+# After Ctrl-C a board stays at the REPL (sys.exit from main.py would
+# soft-reset it into the firmware again); see edge/safemode.py.
+if status != EXIT_INTERRUPTED or not hal.IS_BOARD:
+    sys.exit(status)

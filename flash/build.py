@@ -48,12 +48,13 @@ STEP = "build image"
 MIP_PACKAGES: dict[str, str] = {}
 
 # Modules every supported port has built in (ESP32, RP2, unix), plus the
-# board-only ones the firmware imports behind a check.
+# board-only ones the firmware imports behind a check, and the unix port's
+# termios (the console's terminal mode, imported only off a board).
 BUILTIN_MODULES = frozenset({
     "array", "binascii", "gc", "hashlib", "json", "machine", "math", "micropython", "network", "os",
     "random", "select", "socket", "struct", "sys", "time", "errno", "io", "collections", "uasyncio",
     "asyncio", "esp32", "rp2", "ubinascii", "uhashlib", "ujson", "uos", "usocket", "ustruct", "utime",
-    "uselect", "urandom", "framebuf", "neopixel", "bluetooth", "cryptolib", "deflate", "heapq", "re",
+    "uselect", "urandom", "framebuf", "neopixel", "bluetooth", "cryptolib", "deflate", "heapq", "re", "termios",
 })
 FIRMWARE_PACKAGES = ("edge", "shared")
 

@@ -16,6 +16,7 @@
 #   ticks_ms(), ticks_us(), ticks_diff(a, b), sleep_ms(ms)
 #   irq_off() -> state, irq_on(state): guard counters shared with an IRQ
 #   watchdog(timeout_ms) -> object with feed()
+#   keep_fed(wdt, period_ms, for_ms): feed from a timer (the REPL after Ctrl-C)
 #   reboot(), free_memory(), IS_BOARD, BACKEND
 
 try:

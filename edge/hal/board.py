@@ -138,6 +138,26 @@ def watchdog(timeout_ms):
     return machine.WDT(timeout=timeout_ms)
 
 
+def keep_fed(wdt, period_ms, for_ms):
+    """Feed `wdt` from a timer every period_ms for for_ms, then stop. Once
+    armed an ESP32's watchdog cannot be disabled: after Ctrl-C this keeps
+    the REPL (and mpremote) alive for a while; when it stops, the watchdog
+    restarts the board into the firmware, so a forgotten REPL session does
+    not end metering for good. The callback runs as a scheduled (soft)
+    callback, which the REPL runs while it waits for input."""
+    start = time.ticks_ms()
+    timer = machine.Timer(0)
+
+    def tick(t):
+        if time.ticks_diff(time.ticks_ms(), start) >= for_ms:
+            timer.deinit()
+            return
+        wdt.feed()
+
+    timer.init(period=period_ms, mode=machine.Timer.PERIODIC, callback=tick)
+    return timer
+
+
 def reboot():
     machine.reset()
 

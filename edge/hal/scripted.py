@@ -261,6 +261,16 @@ def watchdog(timeout_ms):
     return w
 
 
+keepalives = []
+
+
+def keep_fed(wdt, period_ms, for_ms):
+    """Recorded only: the unix port has no timer interrupts and no REPL to
+    keep alive after the firmware ends."""
+    keepalives.append((wdt, period_ms, for_ms))
+    return None
+
+
 class Reboot(Exception):
     """Raised by reboot() under the unix port; main.py exits with status 3
     so a supervisor (or a test) can start the image again."""

@@ -6,7 +6,6 @@
 
 TYPES = ("simulated", "pzem004t", "sdm120", "sdm630", "s0", "ct")
 
-
 def _driver(kind):
     if kind == "simulated":
         from edge.meters import simulated

@@ -1,0 +1,215 @@
+# Boot that cannot brick the board.
+#
+# main() arms the hardware watchdog before anything else can block: with
+# the config's watchdog_s when the file can be read and the value is
+# valid, else the default (300 s). Then it starts the firmware. Whatever
+# stops the start-up (a bad or unreadable config.json, a missing or wrong
+# key file, a driver that refuses its settings, an exception anywhere in
+# Firmware.__init__) does not end the program: the board enters safe mode.
+#
+# Safe mode logs the reason once (again only when it changes), keeps the
+# console open whatever the config says (status shows "safe mode:
+# <reason>"; config show/get/set and config clear, log and reboot work),
+# feeds the watchdog, and tries the start-up again after 1 s, then 2, 4 ...
+# at most every 30 s, and at once after each successful `config set`. A
+# cause that goes away by itself (flash or a peripheral that was not
+# ready) heals without anyone at the console. A MemoryError reboots after
+# the first wait instead: a fresh heap is its cure. The coordinator's name is
+# not resolved at start-up at all (edge/coap.py resolves it when sending):
+# a name that does not resolve yet (Wi-Fi comes up later) is a network
+# error that the running meter retries while it keeps metering and
+# buffering, not a reason to stop.
+#
+# Ctrl-C (KeyboardInterrupt), wherever it lands: the firmware stops as at
+# the end of a run (the batch is signed into the outbox, the journal is
+# saved; a flash write it tore is rejected by its CRC at the next boot, as
+# after a power cut), and main returns EXIT_INTERRUPTED. On a board main.py
+# then leaves the program to the REPL. An ESP32's watchdog cannot be
+# disabled once armed, so a timer feeds it for REPL_FEED_MS (30 minutes:
+# time for mpremote or a look at the REPL); after that the watchdog restarts
+# the board into the firmware, so a forgotten REPL session does not end
+# metering for good. Under the unix port the process exits with status 130.
+
+import gc
+import json
+import sys
+
+from edge import config as config_mod
+from edge import hal, log, ticks
+
+TAG = "boot"
+RETRY_FIRST_MS = 1000
+RETRY_MAX_MS = 30000
+REPL_FEED_MS = 30 * 60 * 1000
+EXIT_REBOOT = 3  # unix port: a supervisor (or a test) starts the image again
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+LEVELS = {"debug": log.DEBUG, "info": log.INFO, "warning": log.WARNING, "error": log.ERROR}
+
+
+def watchdog_ms(config_path):
+    """The watchdog timeout: watchdog_s from the config when it can be
+    read and is valid, else the default (0 = off)."""
+    default = int(config_mod.DEFAULTS["watchdog_s"] * 1000)
+    try:
+        raw = config_mod.load_raw(config_path)
+        cfg = {"watchdog_s": raw.get("watchdog_s", config_mod.DEFAULTS["watchdog_s"])}
+        config_mod.check_watchdog(cfg)
+    except Exception:
+        return default
+    return int(cfg["watchdog_s"] * 1000)
+
+
+def arm_watchdog(config_path):
+    """(watchdog or None, timeout in ms). Armed under the unix port too (a
+    scripted one that counts feeds) so tests see it fed."""
+    ms = watchdog_ms(config_path)
+    return (hal.watchdog(ms) if ms else None), ms
+
+
+def _reason(e):
+    if isinstance(e, ValueError) and str(e):
+        return str(e)  # config and key errors say what is wrong and what to do
+    return "%s: %s" % (type(e).__name__, e)
+
+
+class SafeMode:
+    """Stands in for the firmware while start-up fails: what the console
+    shows and changes, and when to try again."""
+
+    def __init__(self, config_path, watchdog):
+        self.config_path = config_path
+        self.watchdog = watchdog
+        self.boot_ms = ticks.ticks_ms()
+        self.safe_reason = None
+        self.cfg = None  # the config as far as it can be read (None: not at all)
+        self.attempts = 0
+        self.delay_ms = RETRY_FIRST_MS
+        self.wait_start = ticks.ticks_ms()
+        self.retry_now = False
+        self.running = True
+        self.reboot_requested = False
+
+    def failed(self, e):
+        """A start-up attempt failed with exception e."""
+        self.attempts += 1
+        reason = _reason(e)
+        if reason != self.safe_reason:
+            log.error(TAG, "safe mode: %s (console open; start-up is tried again)" % reason)
+            if not isinstance(e, ValueError):
+                sys.print_exception(e)
+        self.safe_reason = reason
+        try:
+            self.cfg = config_mod.merged(config_mod.load_raw(self.config_path))
+        except ValueError:
+            self.cfg = None
+
+    def config_changed(self, cfg):
+        """The console saved the config: try the start-up at once."""
+        self.cfg = cfg
+        self.retry_now = True
+        self.delay_ms = RETRY_FIRST_MS
+
+    def uptime_s(self):
+        return ticks.since(self.boot_ms) // 1000
+
+    def retry_in_s(self):
+        return max(0, self.delay_ms - ticks.since(self.wait_start)) // 1000
+
+    def wait(self, console):
+        """Run the console and feed the watchdog until the next start-up
+        attempt is due. False when the console asked for a reboot."""
+        self.retry_now = False
+        self.wait_start = ticks.ticks_ms()
+        while self.running:
+            if self.watchdog is not None:
+                self.watchdog.feed()
+            left = self.delay_ms - ticks.since(self.wait_start)
+            if self.retry_now or left <= 0:
+                break
+            console.poll(min(left, 1000))
+        self.delay_ms = min(self.delay_ms * 2, RETRY_MAX_MS)
+        return self.running
+
+
+def _open_console(fw):
+    from edge.console import Console
+
+    return Console(fw)
+
+
+def _reboot():
+    try:
+        hal.reboot()
+    except Exception:
+        # Unix port: the scripted reboot raises; the exit status asks the
+        # supervisor to start the image again.
+        pass
+    return EXIT_REBOOT
+
+
+def _interrupted(wdt, wdt_ms, fw, console):
+    # The watchdog first: whatever happens next (a second Ctrl-C), the
+    # REPL stays alive for REPL_FEED_MS and the board then restarts.
+    if wdt is not None:
+        hal.keep_fed(wdt, max(wdt_ms // 4, 50), REPL_FEED_MS)
+    summary = None
+    if fw is not None:
+        fw.stop()
+        summary = fw.summary()
+    if console is not None:
+        console.close()
+    after = ""
+    if wdt is not None and hal.IS_BOARD:
+        after = "; the watchdog is fed for %d min at the REPL, then restarts the meter" % (REPL_FEED_MS // 60000)
+    log.warning(TAG, "interrupted (Ctrl-C): outbox and journal saved%s" % after)
+    if summary is not None:
+        print("SUMMARY " + json.dumps(summary))
+    return EXIT_INTERRUPTED
+
+
+def main(config_path, firmware_class):
+    """Arm the watchdog, start the firmware (safe mode until it starts),
+    run it. The exit status: 0 done, 3 reboot asked, 130 Ctrl-C."""
+    wdt, wdt_ms = arm_watchdog(config_path)
+    fw = None
+    console = None
+    safe = None
+    try:
+        while True:
+            try:
+                cfg = config_mod.load(config_path)
+                log.level = LEVELS[cfg["log_level"]]
+                if console is not None and not cfg["console"]:
+                    console.close()
+                    console = None
+                elif console is None and cfg["console"]:
+                    # Imported before the signer's tables fragment the heap.
+                    console = _open_console(None)
+                fw = firmware_class(cfg, config_path, wdt, console)
+                break
+            except Exception as e:  # whatever stops the start-up: never the end of the board
+                fw = None
+                if safe is None:
+                    safe = SafeMode(config_path, wdt)
+                safe.failed(e)
+                if console is None:
+                    console = _open_console(safe)
+                console.attach(safe)
+                gc.collect()
+                if not safe.wait(console) or isinstance(e, MemoryError):
+                    # Asked for; or the heap is too small or fragmented, which
+                    # only a fresh one cures (and the heap benchmark sees a
+                    # failed trial at once, not a meter waiting for ever).
+                    console.close()
+                    return _reboot()
+        if safe is not None:
+            log.info(TAG, "started after %d attempt%s in safe mode" % (safe.attempts, "" if safe.attempts == 1 else "s"))
+        summary = fw.run()
+    except KeyboardInterrupt:
+        return _interrupted(wdt, wdt_ms, fw, console)
+    if console is not None:
+        console.close()
+    print("SUMMARY " + json.dumps(summary))
+    if fw.reboot_requested:
+        return _reboot()
+    return 0
