@@ -251,8 +251,17 @@ def set_key(raw, key, value):
             raise ConfigError("config key %r: only meter.KEY is nested" % key)
         meter = {}
         old = raw.get("meter")
-        for k, v in (old if isinstance(old, dict) else DEFAULTS["meter"]).items():
-            meter[k] = v
+        old = old if isinstance(old, dict) else DEFAULTS["meter"]
+        keep = None
+        if sub == "type" and old.get("type") != value:
+            # A new driver keeps the settings it also takes (the UART, the
+            # address) and drops the others, which it would refuse.
+            from edge import meters
+
+            keep = meters.keys(value)
+        for k, v in old.items():
+            if keep is None or k in keep:
+                meter[k] = v
         meter[sub] = value
         out["meter"] = meter
     else:

@@ -147,7 +147,26 @@ def _reboot():
     return EXIT_REBOOT
 
 
+def _heap_unlocked():
+    # The unix port delivers Ctrl-C at once (an asynchronous jump out of
+    # whatever C code runs): landing inside a garbage collection, it leaves
+    # the heap locked and every allocation after it fails. A board raises
+    # KeyboardInterrupt between bytecodes only, where this finds depth 0.
+    # A collection run to its end clears the flag an interrupted one left.
+    try:
+        import micropython
+
+        micropython.heap_lock()
+        depth = micropython.heap_unlock()
+        for _ in range(depth or 0):
+            micropython.heap_unlock()
+    except (ImportError, AttributeError):
+        pass
+    gc.collect()
+
+
 def _interrupted(wdt, wdt_ms, fw, console):
+    _heap_unlocked()
     # The watchdog first: whatever happens next (a second Ctrl-C), the
     # REPL stays alive for REPL_FEED_MS and the board then restarts.
     if wdt is not None:

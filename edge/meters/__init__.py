@@ -30,10 +30,23 @@ def _driver(kind):
     raise ValueError("config meter.type=%r: expected one of %s" % (kind, ", ".join(TYPES)))
 
 
+SIMULATED_KEYS = ("profile", "seed", "solar_peak_w", "base_load_w", "voltage_v")
+
+
+def keys(kind):
+    """The settings a driver takes (besides "type"), e.g. to keep the
+    wiring when a technician changes meter.type; () for an unknown type."""
+    if kind == "simulated":
+        return SIMULATED_KEYS
+    if kind not in TYPES:
+        return ()
+    return _driver(kind).KEYS
+
+
 def _validate_simulated(cfg):
     from edge.meters import checks
 
-    checks.known_keys(cfg, ("profile", "seed", "solar_peak_w", "base_load_w", "voltage_v"), "simulated")
+    checks.known_keys(cfg, SIMULATED_KEYS, "simulated")
     checks.one_of(cfg, "profile", ("household", "solar", "load", "prosumer"), "household")
     checks.integer(cfg, "seed", 0, 1 << 30, 1)
     checks.number(cfg, "solar_peak_w", 0, 1000000, 0)
