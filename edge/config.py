@@ -25,6 +25,7 @@ DEFAULTS = {
     "clock_start": 0,
     "clock_speed": 1.0,
     "clock_origin": 0,
+    "time_resync_s": 21600,
     "max_readings": 0,
     "drain_timeout_s": 30.0,
     "local_port": 0,
@@ -83,6 +84,7 @@ def validate(cfg):
     _num(cfg, "clock_start", 0, 1 << 40)
     _num(cfg, "clock_speed", 0.001, 1000000)
     _num(cfg, "clock_origin", 0, 1 << 40)
+    _num(cfg, "time_resync_s", 60, 7 * 86400)
     _int(cfg, "max_readings", 0, 1 << 40)
     _num(cfg, "drain_timeout_s", 0, 1 << 30)
     meter = cfg["meter"]

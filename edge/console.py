@@ -141,7 +141,7 @@ class Console:
 
     def cmd_reading(self, args):
         self._no_args("reading", args)
-        m = self.fw.meter.read(self.fw.clock.now())
+        m = self.fw.meter.read(self.fw.clock.now_ms())
         parts = ["import %d Wh" % m.import_wh, "export %d Wh" % m.export_wh, "power %s W" % m.power_w,
                  "voltage %s V" % m.voltage_v]
         for name, unit, value in m.extra_records():
@@ -232,7 +232,7 @@ class Console:
                 raise ValueError("a fresh signature does not verify")
 
         def meter():
-            m = fw.meter.read(fw.clock.now())
+            m = fw.meter.read(fw.clock.now_ms())
             return "%d Wh, %s W" % (m.import_wh, m.power_w)
 
         def flash():

@@ -14,6 +14,8 @@
 #   irq_off() -> state, irq_on(state): guard counters shared with an IRQ
 #   watchdog(timeout_ms) -> object with feed()
 #   reboot(), free_memory(), IS_BOARD, BACKEND
+#   rtc_ms(), set_rtc_ms(ms): the RTC as integer Unix ms
+#   sntp() -> Unix ms from one SNTP exchange (RTC set), or None
 
 try:
     import machine

@@ -91,9 +91,9 @@ class CTMeter(Meter):
             pf = -1.0
         return vrms, irms, p, pf
 
-    def read(self, t):
+    def read(self, t_ms):
         vrms, irms, p, pf = self.measure()
-        self.energy.add(p, t)
+        self.energy.add(p, t_ms)
         imp, exp = self.energy.wh()
         return Measurement(imp, exp, round_to(p, 1), round_to(vrms, 1), round_to(irms, 3), None,
                            below_floor(p, self.accuracy_floor_w), round_to(pf, 3), self.energy.take_reset())

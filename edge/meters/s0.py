@@ -85,7 +85,7 @@ class S0Meter(Meter):
     def counted_wh(self, pulses):
         return self.base_wh + pulses * 1000 // self.imp_per_kwh
 
-    def read(self, t):
+    def read(self, t_ms):
         pulses, last_ms, interval_ms, seen = self._snapshot()
         wh = self.counted_wh(pulses)
         watts = 0.0

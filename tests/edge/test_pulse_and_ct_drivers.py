@@ -101,8 +101,8 @@ for name, w in fx["cases"].items():
     cfg = {"type": "ct", "v_pin": 36, "i_pin": 39, "samples": fx["samples"], "v_gain": w["v_gain"], "i_gain": w["i_gain"],
            "phase_cal": %(phase)s if %(phase)s is not None else w["phase_cal"]}
     m = open_meter(cfg)
-    m.read(1000.0)
-    out[name] = as_dict(m.read(1000.0 + 3600))
+    m.read(1000000)
+    out[name] = as_dict(m.read(1000000 + 3600000))
 print(json.dumps(out))
 """
 
