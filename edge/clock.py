@@ -27,7 +27,9 @@
 # reading (it stepped back), the reading is held at previous + 1 s and
 # flagged FLAG_TIME_STEPPED, so an auditor sees both that the order of
 # timestamps is the order of readings and which timestamps are not the
-# clock's own.
+# clock's own. The firmware keeps the last timestamp in its journal, so
+# this holds across a reboot that lost the time too (readings then carry
+# FLAG_TIME_UNSET | FLAG_TIME_STEPPED until a source sets the clock).
 #
 # Accelerated clocks (demos, tests): clock_start (Unix s, 0 = now) advanced
 # clock_speed times faster than real time; with clock_origin (the real

@@ -145,6 +145,10 @@ class Firmware:
             self.seq, self.last_import, self.last_export = 0, 0, 0
         if jseq is not None or newest is not None:
             self.meter.restore(self.last_import, self.last_export)
+        # Timestamps keep increasing across a reboot too, even when the RTC
+        # lost the time (edge/clock.py): the journal's is a floor.
+        if state.get("t"):
+            self.clock.last_t = state["t"]
 
     def keep_time(self):
         """Every pass of the loop (at least once a second): the clock adds
@@ -167,6 +171,8 @@ class Firmware:
 
     def state(self):
         s = {"seq": self.seq, "import_wh": self.last_import, "export_wh": self.last_export}
+        if self.clock.last_t is not None:
+            s["t"] = self.clock.last_t
         s.update(self.outbox.state())
         return s
 

@@ -150,14 +150,14 @@ def set_rtc_ms(ms):
     machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], ms % 1000 * 1000))
 
 
-def sntp(host=NTP_HOST, timeout_s=2):
+def sntp(host=NTP_HOST, timeout_s=2, port=123):
     """One SNTP exchange (RFC 4330): sets the RTC and returns Unix ms, or
     None if no valid answer came."""
     import socket
     import struct
 
     try:
-        addr = socket.getaddrinfo(host, 123)[0][-1]
+        addr = socket.getaddrinfo(host, port)[0][-1]
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.settimeout(timeout_s)
