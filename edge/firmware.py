@@ -18,14 +18,14 @@
 # in safe mode (edge/safemode.py), never out of the program.
 
 import binascii
-import time
 
 from shared import cbor, cose, reading, secp256k1, senml
 from edge import coap, hal, log, ticks
 from edge import config as config_mod
+from edge.clock import Clock
 from edge.journal import Journal
 from edge.meters import open_meter
-from edge.meters.base import FLAG_TIME_UNSET, RESET_ENERGY, RESET_FACTORY
+from edge.meters.base import RESET_ENERGY, RESET_FACTORY
 from edge.outbox import Outbox
 from edge.resync import Renumber, parse_stale
 
@@ -54,48 +54,6 @@ def load_key(path):
     if len(secret) != 32:
         raise ValueError("key file %s must hold 32 bytes, has %d" % (path, len(secret)))
     return secret
-
-
-# Seconds between the MicroPython epoch and the Unix epoch: boards count
-# from 2000-01-01, the unix port from 1970-01-01.
-_EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
-
-
-class Clock:
-    """Unix time, optionally accelerated: clock_start (0 = now) advanced
-    clock_speed times faster than real time. Demos use it to run a day in
-    minutes; every reading's time and the simulated profile follow it.
-    With `origin` (the real Unix time at which simulated time was `start`)
-    several meters and coordinators share one simulated clock exactly."""
-
-    def __init__(self, start, speed, origin=0, synced=True):
-        self.boot_ms = ticks.ticks_ms()
-        # Integer seconds: in a board's float32, today's Unix time moves in
-        # 128 s steps (a simulated meter then books no energy for minutes).
-        self.start = int(start) if start else int(time.time()) + _EPOCH_OFFSET
-        self.speed = speed
-        self.origin = origin
-        # False on a board until SNTP or the coordinator gave the time:
-        # readings made meanwhile carry FLAG_TIME_UNSET.
-        self.synced = synced or bool(start)
-
-    def set(self, unix_s):
-        """Take the time from outside (the coordinator's response)."""
-        self.boot_ms = ticks.ticks_ms()
-        self.start = int(unix_s)
-        self.origin = 0
-        self.speed = 1.0
-        self.synced = True
-
-    def resync(self):
-        """The RTC was just set (SNTP): follow it."""
-        self.set(int(time.time()) + _EPOCH_OFFSET)
-
-    def now(self):
-        if self.origin:
-            # Shared simulated clock: `start` at real Unix time `origin`.
-            return self.start + int((int(time.time()) + _EPOCH_OFFSET - int(self.origin)) * self.speed)
-        return self.start + int(ticks.since(self.boot_ms) * self.speed) // 1000
 
 
 class Errors:
@@ -155,9 +113,8 @@ class Firmware:
         state = self.journal.load() or {}
         self.outbox = Outbox(cfg["outbox_file"], cfg["outbox_size"], state.get("acked", 0), state.get("covered_from"))
         self.net = hal.network(cfg["wifi"])
-        self.clock = Clock(cfg["clock_start"], cfg["clock_speed"], cfg["clock_origin"], not hal.IS_BOARD)
-        self.sntp_at_ms = None
-        self._sync_time()
+        self.clock = Clock(cfg["clock_start"], cfg["clock_speed"], cfg["clock_origin"], cfg["time_resync_s"])
+        self.keep_time()
         # The coordinator's name is resolved when sending, never here.
         self.client = coap.Client(
             cfg["coordinator_host"], cfg["coordinator_port"], cfg["ack_timeout_s"], cfg["max_retransmit"], cfg["local_port"],
@@ -202,20 +159,34 @@ class Firmware:
         # (edge/resync.py), until the last of them is delivered.
         self.renumber = Renumber(state.get("renumber"))
         self.renumber.release(self.outbox.peek())
+        # Timestamps keep increasing across a reboot too, even when the RTC
+        # lost the time (edge/clock.py): the journal's is a floor.
+        if state.get("t"):
+            self.clock.last_t = state["t"]
 
-    def _sync_time(self):
-        # SNTP where the network has it; tried again every 10 minutes.
-        if self.clock.synced:
+    def keep_time(self):
+        """Every pass of the loop (at least once a second): the clock adds
+        up the ticks (wrap-safe, see edge/clock.py) and, at boot once the
+        network is up and every time_resync_s after, takes the time from
+        SNTP (tried once a minute while due)."""
+        clock = self.clock
+        clock.tick()
+        if not clock.sntp_due() or not self.net.up():
             return
-        if self.sntp_at_ms is not None and ticks.since(self.sntp_at_ms) < 600000:
-            return
-        self.sntp_at_ms = ticks.ticks_ms()
-        if self.net.up() and hal.sntp():
-            self.clock.resync()
-            log.info(TAG, "time set by SNTP")
+        ms = hal.sntp()
+        if ms:
+            self._set_time(ms, "sntp")
+
+    def _set_time(self, unix_ms, source):
+        offset = self.clock.sync(unix_ms, source)
+        if offset:
+            # Integrating drivers book the time that passed, not the step.
+            self.meter.clock_moved(offset)
 
     def state(self):
         s = {"seq": self.seq, "import_wh": self.last_import, "export_wh": self.last_export}
+        if self.clock.last_t is not None:
+            s["t"] = self.clock.last_t
         s.update(self.outbox.state())
         s.update(self.renumber.state())
         return s
@@ -230,22 +201,15 @@ class Firmware:
     def measure(self):
         """Read the meter and queue a signed reading. False if the meter
         or the flash failed (counted; the caller backs off)."""
-        t = self.clock.now()
-        try:
-            m = self.read_meter(t)
-        except Exception as e:  # a driver bug must not stop the meter either
-            self.errors.add("meter", str(e) or repr(e))
-            log.warning(TAG, "meter read failed: %s" % e)
+        taken = self.take_measurement()
+        if taken is None:
             return False
-        self.errors.ok("meter")
-        if not self.clock.synced:
-            m.flags |= FLAG_TIME_UNSET
-        self.last_measurement = (t, m)
+        t, m = taken
         seq = self.seq + 1
         if self.cfg["batch_size"] > 1:
             return self._batch_reading(seq, t, m)
         msg = reading.build(
-            self.secret, self.public_key, seq, int(t), m.import_wh, m.export_wh, m.power_w, m.voltage_v, m.extra_records()
+            self.secret, self.public_key, seq, t, m.import_wh, m.export_wh, m.power_w, m.voltage_v, m.extra_records()
         )
         try:
             merged = self.outbox.push(seq, msg, m.import_wh, m.export_wh)
@@ -254,6 +218,7 @@ class Firmware:
             self.errors.add("flash", "outbox: %s" % e)
             log.error(TAG, "reading seq %d not buffered: %s" % (seq, e))
             return False
+        self.clock.commit(t)
         self.seq = seq
         self.last_import = m.import_wh
         self.last_export = m.export_wh
@@ -270,7 +235,7 @@ class Firmware:
         """The driver's read. A reset that a console read (`reading`,
         `selftest`) is the first to see is held and goes out with the next
         signed reading: the console never consumes reset evidence."""
-        m = self.meter.read(self.clock.now() if t is None else t)
+        m = self.meter.read(self.clock.now_ms() if t is None else t)
         if console:
             if m.reset is not None and self.held_reset is None:
                 self.held_reset = m.reset
@@ -279,6 +244,26 @@ class Firmware:
                 log.warning(TAG, "two resets since the last reading: the first (%s) is reported" % self.held_reset[0])
             m.reset, self.held_reset = self.held_reset, None
         return m
+
+    def take_measurement(self):
+        """(timestamp s, Measurement) read now, or None if the meter failed
+        (counted). The timestamp is the clock's integer ms in whole seconds,
+        strictly after the last kept reading's; its flags say when the
+        time was unknown, stepped or held (edge/clock.py)."""
+        t_ms = self.clock.now_ms()
+        try:
+            m = self.read_meter(t_ms)
+        except Exception as e:  # a driver bug must not stop the meter either
+            self.errors.add("meter", str(e) or repr(e))
+            log.warning(TAG, "meter read failed: %s" % e)
+            return None
+        if self.errors.streak["meter"]:
+            self.errors.ok("meter")
+        t, flags = self.clock.stamp(t_ms)
+        if flags:
+            m.flags |= flags
+        taken = self.last_measurement = (t, m)
+        return taken
 
     def _batch_reading(self, seq, t, m):
         """Batching: readings wait in RAM until `batch_size` of them (or a
@@ -289,7 +274,8 @@ class Firmware:
         next boot continues the counters from the last reading made (its
         waiting numbers are skipped, never reused); a meter that keeps its
         own counters still has them after the cut."""
-        self.batch.append((seq, int(t), m.import_wh, m.export_wh, m.power_w, m.voltage_v, m.extra_records()))
+        self.batch.append((seq, t, m.import_wh, m.export_wh, m.power_w, m.voltage_v, m.extra_records()))
+        self.clock.commit(t)
         self.seq = seq
         self.last_import = m.import_wh
         self.last_export = m.export_wh
@@ -369,7 +355,7 @@ class Firmware:
         self.errors.ok("network")
         if code in (CREATED, CHANGED):
             self._delivered(seq)
-            if not self.clock.synced and payload:
+            if payload and self.clock.wants_time():
                 self.take_time(payload)
             return True
         text = payload.decode() if payload else ""
@@ -458,11 +444,16 @@ class Firmware:
         return evidence
 
     def uptime_s(self):
-        return ticks.since(self.boot_ms) // 1000
+        # The clock's accumulated ms: ticks alone wrap after 6.2 days.
+        return self.clock.uptime_ms() // 1000
 
     def take_time(self, payload):
         """The coordinator's 2.01 says "stored DEVICE/SEQ t=UNIX": a board
-        without SNTP takes its time from there."""
+        whose clock wants a sync that SNTP has not given takes it from
+        there. t is truncated to the second: the middle of that second is
+        the best estimate."""
+        if not self.clock.wants_time():
+            return
         try:
             text = payload.decode()
             i = text.find(" t=")
@@ -472,8 +463,7 @@ class Firmware:
         except (ValueError, UnicodeError, IndexError):
             return
         if t > 1600000000:
-            self.clock.set(t)
-            log.info(TAG, "time taken from the coordinator: %d" % t)
+            self._set_time(t * 1000 + 500, "coordinator")
 
     def summary(self):
         return {
@@ -538,8 +528,7 @@ class Firmware:
         while self.running:
             if self.watchdog is not None:
                 self.watchdog.feed()
-            if not self.clock.synced:
-                self._sync_time()
+            self.keep_time()
             interval_ms = int(cfg["interval_s"] * 1000)
             if (not limit or self.produced < limit) and ticks.since(next_ms) >= 0:
                 ok = self.measure()

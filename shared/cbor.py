@@ -132,10 +132,35 @@ def _half_to_float(h):
     return -val if h & 0x8000 else val
 
 
+# True where floats are single precision (an ESP32, the esp32-like build):
+# a float32 from the wire is then already the value its sender held.
+_FLOATS_ARE_32 = struct.unpack(">f", struct.pack(">f", 0.1))[0] == 0.1
+
+
+def float32_as_decimal(raw):
+    """The shortest decimal that is the same float32 as the 4 bytes `raw`
+    (big-endian): the number a single-precision sender measured and would
+    print. 994.3 on a float32 board is the float32 994.29998779296875;
+    taken exactly into a double it reads 994.2999877929688, here 994.3.
+    At most 9 significant digits always suffice (IEEE 754)."""
+    x = struct.unpack(">f", raw)[0]
+    if _FLOATS_ARE_32 or x != x or x in (float("inf"), float("-inf")):
+        return x
+    for digits in range(1, 10):
+        d = float(("%." + str(digits) + "g") % x)
+        try:
+            if struct.pack(">f", d) == raw:
+                return d
+        except OverflowError:  # rounded up past the largest float32
+            pass
+    return x
+
+
 class _Reader:
-    def __init__(self, data):
+    def __init__(self, data, f32_decimal=False):
         self.data = data
         self.pos = 0
+        self.f32_decimal = f32_decimal
 
     def take(self, n):
         end = self.pos + n
@@ -177,7 +202,10 @@ class _Reader:
             if info == 25:
                 return _half_to_float(struct.unpack(">H", self.take(2))[0])
             if info == 26:
-                return struct.unpack(">f", self.take(4))[0]
+                raw = self.take(4)
+                if self.f32_decimal:
+                    return float32_as_decimal(raw)
+                return struct.unpack(">f", raw)[0]
             if info == 27:
                 return struct.unpack(">d", self.take(8))[0]
             raise CBORError("unsupported simple value %d at offset %d" % (info, self.pos - 1))
@@ -216,11 +244,16 @@ class _Reader:
         return Tag(n, self.item(depth + 1))
 
 
-def loads(data):
-    """Decode exactly one CBOR item; anything left over is an error."""
+def loads(data, f32_decimal=False):
+    """Decode exactly one CBOR item; anything left over is an error.
+
+    Floats decode exactly by default, so decoding and encoding again gives
+    the same bytes. With f32_decimal, a single-precision float on the wire
+    decodes to the shortest decimal that is the same float32 (see
+    float32_as_decimal): how readings are interpreted (READING_FORMAT.md)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CBORError("expected bytes, got %s" % type(data))
-    r = _Reader(bytes(data))
+    r = _Reader(bytes(data), f32_decimal)
     obj = r.item(0)
     if r.pos != len(r.data):
         raise CBORError("%d trailing bytes after CBOR item" % (len(r.data) - r.pos))

@@ -131,7 +131,8 @@ def _open(data):
     if len(msg.signature) != 64:
         raise ReadingError("ES256K signature must be 64 bytes, got %d" % len(msg.signature))
     try:
-        records = senml.resolve(cbor.loads(msg.payload))
+        # A float32 is the decimal its single-precision meter measured.
+        records = senml.resolve(cbor.loads(msg.payload, f32_decimal=True))
     except (cbor.CBORError, senml.SenMLError) as e:
         raise ReadingError("payload: %s" % e)
     return msg, kid, records

@@ -41,13 +41,16 @@ def micropython(mp_runtime: str) -> str:
     return find_micropython()
 
 
-def run_micropython(script: str, stdin: str = "", timeout: float = 120, cwd: Path | None = None) -> str:
+def run_micropython(script: str, stdin: str = "", timeout: float = 120, cwd: Path | None = None,
+                    heap: str | None = None) -> str:
     """Run `script` under the MicroPython unix port with the repository's
     edge/ and shared/ importable; return stdout, failing on a non-zero exit.
-    The runtime is the test's `mp_runtime` (the unix port without one)."""
+    The runtime is the test's `mp_runtime` (the unix port without one).
+    `heap` ("512K") sets the heap size, as a board's RAM would."""
     env = dict(os.environ, MICROPYPATH=f".frozen:{REPO}")
+    heap_args = ["-X", f"heapsize={heap}"] if heap else []
     proc = subprocess.run(
-        [find_micropython(), "-c", script],
+        [find_micropython(), *heap_args, "-c", script],
         input=stdin,
         capture_output=True,
         text=True,

@@ -18,6 +18,8 @@
 #   watchdog(timeout_ms) -> object with feed()
 #   keep_fed(wdt, period_ms, for_ms): feed from a timer (the REPL after Ctrl-C)
 #   reboot(), free_memory(), IS_BOARD, BACKEND
+#   rtc_ms(), set_rtc_ms(ms): the RTC as integer Unix ms
+#   sntp() -> Unix ms from one SNTP exchange (RTC set), or None
 
 try:
     import machine

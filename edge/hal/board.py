@@ -217,15 +217,32 @@ def network(wifi_cfg):
 NTP_HOST = "pool.ntp.org"
 NTP_TO_UNIX = 2208988800
 UNIX_TO_2000 = 946684800
+# Seconds from the Unix epoch to the port's epoch (ESP32: 2000-01-01).
+_EPOCH_S = UNIX_TO_2000 if time.gmtime(0)[0] == 2000 else 0
 
 
-def sntp(host=NTP_HOST, timeout_s=2):
-    """Set the RTC from one SNTP exchange (RFC 4330); True if it worked."""
+def rtc_ms():
+    """The RTC as Unix ms (an int; float seconds would be 128 s steps)."""
+    if hasattr(time, "time_ns"):
+        return time.time_ns() // 1000000 + _EPOCH_S * 1000
+    return (time.time() + _EPOCH_S) * 1000
+
+
+def set_rtc_ms(ms):
+    """Set the RTC (kept across resets, not power cuts) to Unix ms."""
+    tm = time.gmtime(ms // 1000 - _EPOCH_S)
+    # ESP32: the eighth field is microseconds.
+    machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], ms % 1000 * 1000))
+
+
+def sntp(host=NTP_HOST, timeout_s=2, port=123):
+    """One SNTP exchange (RFC 4330): sets the RTC and returns Unix ms, or
+    None if no valid answer came."""
     import socket
     import struct
 
     try:
-        addr = socket.getaddrinfo(host, 123)[0][-1]
+        addr = socket.getaddrinfo(host, port)[0][-1]
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.settimeout(timeout_s)
@@ -236,11 +253,10 @@ def sntp(host=NTP_HOST, timeout_s=2):
         finally:
             s.close()
     except OSError:
-        return False
+        return None
     if len(reply) < 48 or reply[1] == 0:  # stratum 0: kiss-o'-death
-        return False
-    unix = struct.unpack("!I", reply[40:44])[0] - NTP_TO_UNIX
-    epoch = UNIX_TO_2000 if time.gmtime(0)[0] == 2000 else 0
-    tm = time.gmtime(unix - epoch)
-    machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], 0))
-    return True
+        return None
+    secs, frac = struct.unpack("!II", reply[40:48])  # transmit timestamp
+    ms = (secs - NTP_TO_UNIX) * 1000 + (frac * 1000 >> 32)
+    set_rtc_ms(ms)
+    return ms

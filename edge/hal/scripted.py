@@ -11,7 +11,9 @@
 # clock passes the edge's time (ms from load()), with ticks_ms() inside the
 # handler returning the edge's time, as a real IRQ would see it. An ADC
 # returns its samples in order, cycling. With virtual_time the clock moves
-# only by sleep_ms() and advance(), so tests are exact and instant.
+# only by sleep_ms() and advance(), so tests are exact and instant, and
+# ticks_ms() wraps with the runtime's period as the board's does (2^30 ms
+# in the esp32-like build), so wrap bugs show.
 
 import binascii
 import gc
@@ -55,6 +57,7 @@ def load(script):
     _irq_time = None
     _virtual = 0 if script.get("virtual_time") else None
     _t0 = time.ticks_ms() if _virtual is None else 0
+    _reset_wall()
 
 
 def _try_default_script():
@@ -76,15 +79,34 @@ def _now():
     return time.ticks_ms()
 
 
+# The largest ticks value: the period less one (2^30 - 1 on a 32-bit port).
+_TICKS_MAX = time.ticks_add(0, -1)
+
+
+def _ticks_at(ms):
+    # ticks_ms() at `ms` after load(): virtual time wraps as a board's does.
+    if _virtual is not None:
+        return ms & _TICKS_MAX
+    return time.ticks_add(_t0, ms)
+
+
+def _elapsed():
+    # ms since load(), unbounded under virtual time.
+    if _virtual is not None:
+        return _virtual
+    return time.ticks_diff(time.ticks_ms(), _t0)
+
+
 def ticks_ms():
     if _irq_time is not None:
         return _irq_time
     _pump()
-    return _now()
+    if _virtual is not None:
+        return _virtual & _TICKS_MAX
+    return time.ticks_ms()
 
 
-def ticks_diff(a, b):
-    return time.ticks_diff(a, b)
+ticks_diff = time.ticks_diff
 
 
 def sleep_ms(ms):
@@ -119,7 +141,7 @@ def _pump():
         return
     _pumping = True
     try:
-        elapsed = time.ticks_diff(_now(), _t0)
+        elapsed = _elapsed()
         while True:
             best = None
             for p in _pins.values():
@@ -135,7 +157,7 @@ def _pump():
             if best.handler is not None and level != prev:
                 falling = prev == 1 and level == 0
                 if (falling and best.trigger & IRQ_FALLING) or (not falling and best.trigger & IRQ_RISING):
-                    _irq_time = time.ticks_add(_t0, t)
+                    _irq_time = _ticks_at(t)
                     try:
                         best.handler(best)
                     finally:
@@ -323,9 +345,72 @@ def network(wifi_cfg):
     return Network(wifi_cfg)
 
 
+# Wall time. Under real time the host's clock is both the RTC and what SNTP
+# answers. Under virtual time both follow virtual ms from what a test set:
+# the RTC starts as a fresh board's (2000-01-01 at load(), so never set)
+# and SNTP has no answer until set_true_time().
+_EPOCH_2000_MS = 946684800000
+_rtc_at0 = None  # Unix ms the RTC read at virtual 0
+_true_at0 = None  # Unix ms SNTP answers at virtual 0
+_sntp_ok = True
+counts = {"rtc_set": 0, "sntp": 0}  # RTC writes, SNTP answers given
+
+
+def _reset_wall():
+    global _rtc_at0, _true_at0, _sntp_ok
+    _rtc_at0 = _EPOCH_2000_MS
+    _true_at0 = None
+    _sntp_ok = True
+    counts["rtc_set"] = 0
+    counts["sntp"] = 0
+
+
+def _host_ms():
+    return time.time_ns() // 1000000
+
+
+def rtc_ms():
+    """The RTC as Unix ms (an int)."""
+    if _virtual is None:
+        return _host_ms()
+    return _rtc_at0 + _virtual
+
+
+def set_rtc_ms(ms):
+    global _rtc_at0
+    counts["rtc_set"] += 1
+    if _virtual is not None:
+        _rtc_at0 = ms - _virtual
+
+
+def set_true_time(ms):
+    """Virtual time: SNTP answers `ms` now, and on from there. Setting it
+    again moves the world's time against the board's ticks (a step)."""
+    global _true_at0
+    if _virtual is None:
+        raise ValueError("set_true_time needs virtual_time in the script")
+    _true_at0 = None if ms is None else ms - _virtual
+
+
+def set_sntp(ok):
+    """False: SNTP gets no answer (no network time server reachable)."""
+    global _sntp_ok
+    _sntp_ok = bool(ok)
+
+
 def sntp():
-    # The host keeps the time.
-    return True
+    """Unix ms from one SNTP exchange, the RTC set to it; None if none."""
+    if not _sntp_ok:
+        return None
+    if _virtual is None:
+        ms = _host_ms()
+    elif _true_at0 is None:
+        return None
+    else:
+        ms = _true_at0 + _virtual
+        set_rtc_ms(ms)
+    counts["sntp"] += 1
+    return ms
 
 
 # --- Meters: sub-millisecond time, pulse counters, busy Python, signals ---

@@ -1,6 +1,6 @@
 # The one interface every meter driver implements.
 #
-# A driver's read(t) returns a Measurement: cumulative energy as integer Wh
+# A driver's read(t_ms) returns a Measurement: cumulative energy as integer Wh
 # (import = drawn from the grid, export = fed into it), signed power in W
 # (positive import, negative export) and voltage in V. Optional values are
 # None when the hardware does not give them. `flags` carries conditions a
@@ -15,10 +15,16 @@
 #   reset_export_wh  Wh  the export total just before the reset
 # Energy across the reset is (reset_import_wh - previous reading's import)
 # + this reading's import, and the same for export.
+#
+# t_ms is Unix time in integer milliseconds (edge/clock.py), never a float:
+# on a board's single-precision floats Unix seconds move in 128 s steps.
+# When the clock is set or stepped, clock_moved(offset_ms) tells the driver
+# so that time it integrates over stays the time that really passed.
 
 FLAG_BELOW_ACCURACY = 1  # |power| under the driver's accuracy floor
 FLAG_METER_ALARM = 2  # the meter raised its own alarm (PZEM power alarm)
 FLAG_TIME_UNSET = 4  # taken before the board knew the time (no SNTP or coordinator time yet)
+FLAG_TIME_STEPPED = 8  # the clock stepped since the last reading, or this timestamp is held at the last + 1 s
 
 RESET_FACTORY = "factory_reset"
 RESET_ENERGY = "energy_reset"
@@ -81,40 +87,51 @@ def round_to(x, digits):
 
 class EnergyIntegrator:
     """Power held over time, summed exactly into cumulative Wh (in integer
-    millijoules, so counters never drift or go backwards). For drivers that
-    measure power themselves (CT clamp, simulated) rather than read energy
-    registers from the meter chip."""
+    microjoules: milliwatts times milliseconds, so counters never drift or
+    go backwards). For drivers that measure power themselves (CT clamp,
+    simulated) rather than read energy registers from the meter chip."""
+
+    UJ_PER_WH = 3600000000
 
     def __init__(self):
-        self.import_mj = 0
-        self.export_mj = 0
-        self.last_t = None
+        self.import_uj = 0
+        self.export_uj = 0
+        self.last_t = None  # Unix ms of the last call
         self.pending_reset = None
 
     def restore(self, import_wh, export_wh):
-        self.import_mj = import_wh * 3600000
-        self.export_mj = export_wh * 3600000
+        self.import_uj = import_wh * self.UJ_PER_WH
+        self.export_uj = export_wh * self.UJ_PER_WH
 
-    def add(self, power_w, t):
-        """Book `power_w` (+ import, - export) from the last call up to t."""
-        if self.last_t is not None and t > self.last_t:
-            ms = int((t - self.last_t) * 1000)
+    def add(self, power_w, t_ms):
+        """Book `power_w` (+ import, - export) from the last call up to
+        t_ms (integer Unix ms). Power is taken to the milliwatt; the product
+        with integer ms is exact."""
+        last = self.last_t
+        if last is not None and t_ms > last:
+            ms = t_ms - last
             if power_w >= 0:
-                self.import_mj += int(power_w * ms)
+                self.import_uj += int(power_w * 1000 + 0.5) * ms
             else:
-                self.export_mj += int(-power_w * ms)
-        self.last_t = t
+                self.export_uj += int(-power_w * 1000 + 0.5) * ms
+        self.last_t = t_ms
+
+    def shift(self, offset_ms):
+        """The clock moved by offset_ms: the next add() books only the time
+        that really passed since the last one."""
+        if self.last_t is not None:
+            self.last_t += offset_ms
 
     def wh(self):
-        return self.import_mj // 3600000, self.export_mj // 3600000
+        return self.import_uj // self.UJ_PER_WH, self.export_uj // self.UJ_PER_WH
 
     def reset(self, reason):
         """Zero the counters, keeping the old totals for the next reading's
         reset record."""
         imp, exp = self.wh()
         self.pending_reset = (reason, imp, exp)
-        self.import_mj = 0
-        self.export_mj = 0
+        self.import_uj = 0
+        self.export_uj = 0
 
     def take_reset(self):
         reset, self.pending_reset = self.pending_reset, None
@@ -129,8 +146,17 @@ class Meter:
     counts_in_host = False
     accuracy_floor_w = 0
 
-    def read(self, t):
+    def read(self, t_ms):
+        """A Measurement taken now; t_ms is Unix time in integer ms."""
         raise NotImplementedError
+
+    def clock_moved(self, offset_ms):
+        """The firmware's clock was set or stepped by offset_ms. A driver
+        integrating power over t_ms (an `energy` EnergyIntegrator) shifts
+        its last time so a clock step books no energy."""
+        energy = getattr(self, "energy", None)
+        if energy is not None:
+            energy.shift(offset_ms)
 
     def restore(self, import_wh, export_wh):
         """The last totals the firmware reported before this boot: host

@@ -312,7 +312,7 @@ class CTMeter(Meter):
         self.imp_wh, self.exp_wh = import_wh, export_wh
         self.imp_mj = self.exp_mj = 0
 
-    def read(self, t):
+    def read(self, t_ms):
         vrms, irms, p, pf = self.window()
         reset, self.pending_reset = self.pending_reset, None
         return Measurement(self.imp_wh, self.exp_wh, round_to(p, 1), round_to(vrms, 1), round_to(irms, 3), None,

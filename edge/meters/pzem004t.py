@@ -72,7 +72,7 @@ class PZEM004T(Meter):
         self.last_export = None
         self.pending_reason = None
 
-    def read(self, t):
+    def read(self, t_ms):
         try:
             regs = self.bus.read_registers(self.address, modbus.READ_INPUT, 0, REGISTERS)
         except modbus.ModbusError as e:

@@ -175,7 +175,7 @@ class S0Meter(Meter):
     def counted_wh(self, pulses):
         return self.base_wh + pulses * 1000 // self.imp_per_kwh
 
-    def read(self, t):
+    def read(self, t_ms):
         self._fold()
         wh = self.counted_wh(self.total)
         _, last_ms, span_ms, seen = self._snapshot()

@@ -78,7 +78,7 @@ class SDM(Meter):
         self.last_export = None
         self.pending_reason = None
 
-    def read(self, t):
+    def read(self, t_ms):
         regs = []
         try:
             for start, count in self.blocks:

@@ -4,12 +4,14 @@
 # solar is a half-sine between sunrise and sunset with seeded cloud dips, a
 # household load has a base plus morning and evening peaks with seeded
 # noise. The same seed and times give the same readings on every run.
-# Energy integrates power exactly in integer millijoules, so counters never
-# drift or go backwards.
+# Energy integrates power exactly in integer microjoules, so counters never
+# drift or go backwards. The "constant" profile draws `power_w` (negative:
+# exports) at every instant: a scripted load whose energy is known exactly.
+# Times are integer Unix ms (read) and whole seconds (profiles).
 
 from edge.meters.base import EnergyIntegrator, Measurement, Meter, RESET_ENERGY
 
-PROFILES = ("household", "solar", "load", "prosumer")
+PROFILES = ("household", "solar", "load", "prosumer", "constant")
 
 
 def _noise(seed, slot):
@@ -32,7 +34,7 @@ def _solar_w(peak_w, seed, t):
     shape = 1.0 - x * x
     if shape <= 0:
         return 0
-    cloud = _noise(seed, int(t // 600))
+    cloud = _noise(seed, t // 600)
     dip = 1.0 if cloud > 300 else 0.4 + cloud / 500.0
     return int(peak_w * shape * dip)
 
@@ -44,7 +46,7 @@ def _load_w(base_w, seed, t):
         w += base_w * 3
     elif 17 <= hour < 22:
         w += base_w * 5
-    w += base_w * _noise(seed + 7, int(t // 300)) // 1000
+    w += base_w * _noise(seed + 7, t // 300) // 1000
     return int(w)
 
 
@@ -60,23 +62,31 @@ class SimulatedMeter(Meter):
         self.peak_w = int(cfg.get("solar_peak_w", 4000 if profile in ("solar", "prosumer") else 0))
         self.base_w = int(cfg.get("base_load_w", 0 if profile == "solar" else 300))
         self.voltage_v = float(cfg.get("voltage_v", 230.0))
+        self.constant_w = cfg.get("power_w", 1000)
+        if isinstance(self.constant_w, bool) or not isinstance(self.constant_w, (int, float)):
+            raise ValueError("simulated meter power_w %r: expected a number of W" % (self.constant_w,))
         self.energy = EnergyIntegrator()
 
     def restore(self, import_wh, export_wh):
         self.energy.restore(import_wh, export_wh)
 
     def power_at(self, t):
-        """Net power in W at time t: positive import, negative export."""
+        """Net power in W at Unix second t: positive import, negative export."""
+        if self.profile == "constant":
+            return self.constant_w
         load = _load_w(self.base_w, self.seed, t) if self.base_w else 0
         solar = _solar_w(self.peak_w, self.seed, t) if self.peak_w else 0
         return load - solar
 
-    def read(self, t):
+    def read(self, t_ms):
+        t = t_ms // 1000
         power = self.power_at(t)
-        self.energy.add(power, t)  # power held over the interval since the last reading
-        volt = self.voltage_v + (_noise(self.seed + 3, int(t // 60)) - 500) / 250.0
+        self.energy.add(power, t_ms)  # power held over the interval since the last reading
+        volt = self.voltage_v
+        if self.profile != "constant":
+            volt = int((volt + (_noise(self.seed + 3, t // 60) - 500) / 250.0) * 10 + 0.5) / 10
         imp, exp = self.energy.wh()
-        return Measurement(imp, exp, power, int(volt * 10 + 0.5) / 10, reset=self.energy.take_reset())
+        return Measurement(imp, exp, power, volt, None, None, 0, None, self.energy.take_reset())
 
     def reset_energy(self, reason=RESET_ENERGY):
         self.energy.reset(reason)

@@ -9,14 +9,16 @@ from .mp import mp_json
 def test_clock_is_unsynced_on_a_board_until_set_and_then_follows_the_given_time() -> None:
     got = mp_json("""
 import json
-from edge.firmware import Clock
-c = Clock(0, 1.0, 0, False)
+from edge import hal
+from edge.clock import Clock
+hal.load({"virtual_time": True})
+c = Clock()
 before = c.synced
-c.set(1700000000)
-print(json.dumps([before, c.synced, int(c.now()), Clock(1700000000, 60, 0, False).synced]))
+c.sync(1700000000000, "coordinator")
+print(json.dumps([before, c.synced, c.now_ms(), Clock(1700000000, 60).synced]))
 """)
     # A demo's fixed clock_start counts as known time.
-    assert got == [False, True, 1700000000, True]
+    assert got == [False, True, 1700000000000, True]
 
 
 def test_errors_back_off_exponentially_up_to_16_times_and_reset_on_success() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import cbor2
 import pytest
 from hypothesis import given, settings
@@ -88,3 +90,30 @@ def test_half_floats_from_other_encoders_decode() -> None:
 def test_integers_beyond_64_bits_are_refused() -> None:
     with pytest.raises(cbor.CBORError, match="out of CBOR range"):
         cbor.dumps(2**64)
+
+
+def test_a_float32_decodes_exactly_by_default_and_as_its_decimal_when_asked() -> None:
+    # 994.3 as a single-precision meter holds it: 994.29998779296875.
+    raw = b"\xfa" + struct.pack(">f", 994.3)
+    assert cbor.loads(raw) == 994.2999877929688
+    assert cbor.loads(raw, f32_decimal=True) == 994.3
+    # Doubles on the wire are what the sender had, asked or not.
+    assert cbor.loads(cbor.dumps(994.3), f32_decimal=True) == 994.3
+    assert cbor.loads(cbor.dumps([230.1, {1: 4.321}]), f32_decimal=True) == [230.1, {1: 4.321}]
+    for special in (float("inf"), float("-inf")):
+        assert cbor.loads(b"\xfa" + struct.pack(">f", special), f32_decimal=True) == special
+    nan = cbor.loads(b"\xfa" + struct.pack(">f", float("nan")), f32_decimal=True)
+    assert nan != nan
+
+
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+@settings(max_examples=2000)
+def test_the_decimal_of_a_float32_is_the_same_float32_in_at_most_9_digits(x: float) -> None:
+    raw = struct.pack(">f", x)
+    d = cbor.float32_as_decimal(raw)
+    assert struct.pack(">f", d) == raw
+    # Shortest: one significant digit fewer would not be the same float32.
+    digits = len(repr(d).split("e")[0].replace("-", "").replace(".", "").strip("0")) or 1
+    if digits > 1:
+        shorter = float("%.*g" % (digits - 1, d))
+        assert struct.pack(">f", shorter) != raw

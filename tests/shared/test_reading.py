@@ -4,6 +4,7 @@ nothing but the public key, and the parser refuses anything malformed."""
 from __future__ import annotations
 
 import json
+import struct
 
 import cbor2
 import pytest
@@ -233,3 +234,17 @@ def test_batches_out_of_order_or_too_long_are_refused() -> None:
     many = [(i, 1_700_000_000 + i, i, 0, 0, 230.0, None) for i in range(1, 10)]
     with pytest.raises(reading.ReadingError, match="exceeds"):
         reading.parse_all(reading.sign_payload(SECRET, PUB, reading.encode_batch(reading.device_id(PUB), many)))
+
+
+def test_a_float32_power_reads_as_the_decimal_the_meter_measured_and_still_verifies() -> None:
+    """A single-precision meter (an ESP32) holds 994.3 W as the float32
+    994.29998779296875 and sends it as a CBOR float32. The reading is parsed
+    as 994.3, the shortest decimal that is that float32, while the
+    signature is checked over the bytes as sent."""
+    f32 = struct.unpack(">f", struct.pack(">f", 994.3))[0]
+    volt = struct.unpack(">f", struct.pack(">f", 230.1))[0]
+    msg = sample(power_w=f32, voltage_v=volt, extra=[("current", "A", struct.unpack(">f", struct.pack(">f", 4.321))[0])])
+    assert struct.pack(">f", 994.3) in msg  # a float32 on the wire, as the board sent it
+    r = reading.parse(msg)
+    assert (r.power_w, r.voltage_v, r.extra["current"]) == (994.3, 230.1, 4.321)
+    assert reading.verify(r, PUB)
