@@ -169,6 +169,10 @@ class Console:
         value = config_mod.parse_value(" ".join(args[2:]))
         raw = config_mod.load_raw(self.fw.config_path)
         new_raw = config_mod.set_key(raw, key, value)
+        if key == "outbox_size":
+            from edge.outbox import check_fits
+
+            check_fits(self.fw.cfg["outbox_file"], value)  # the flash must hold it
         cfg = config_mod.save_raw(self.fw.config_path, new_raw)
         if key in config_mod.LIVE_KEYS:
             self.fw.cfg[key] = cfg[key]

@@ -200,6 +200,22 @@ def fits(path, capacity):
                   % (capacity, need * bs // 1024, max(usable, 0) * bs // 1024, best))
 
 
+def check_fits(path, capacity):
+    """Raise ValueError naming the largest size that fits (config set)."""
+    got = fits(path, capacity)
+    if got is not None:
+        raise ValueError(got[1])
+
+
+def capacity_for(path, wanted):
+    """(capacity to run with, None), or (the largest that fits, the error
+    to report) when `wanted` does not fit: the meter runs on at boot."""
+    got = fits(path, wanted)
+    if got is None:
+        return wanted, None
+    return max(2, got[0]), got[1]
+
+
 class Outbox:
     def __init__(self, path, capacity, acked=0, covered_from=None):
         if capacity < 2:

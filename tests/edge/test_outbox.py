@@ -156,3 +156,195 @@ except ValueError as e:
     print(json.dumps(str(e)))
 """)
     assert "600 bytes" in got and "480" in got
+
+
+def test_a_push_torn_at_every_byte_is_skipped_and_nothing_else_is_lost(tmp_path: Path) -> None:
+    # Tear the write of reading 4 at every byte (with and without a
+    # half-programmed byte at the cut), in the middle of a segment and as
+    # the first record of a new one: at the restart readings 1..3 are
+    # pending, the newest is 3, and reading 4 (never sent) goes in after it.
+    got = run(tmp_path, """
+import os
+from edge import outbox as ob
+def wipe(p):
+    try:
+        for e in os.listdir(p + ".d"):
+            os.remove(p + ".d/" + e)
+    except OSError:
+        pass
+from edge.hal import region
+lengths = []
+bad = []
+for skip in (0, ob.SEGMENT_SLOTS - 3):
+    # The write's length (a record, after padding to its slot) by a spy.
+    wipe(path)
+    o = Outbox(path, 64)
+    for s in range(1, skip + 4):
+        o.push(s, msg(s), s, 0)
+    region.fault = lambda owner, offset, data: lengths.append(len(data))
+    o.push(skip + 4, msg(skip + 4), skip + 4, 0)
+    region.fault = None
+    o.close()
+    n = lengths[-1]
+    for garbage in (None, 0xA7):
+        for cut in range(n + 1):
+            wipe(path)
+            o = Outbox(path, 64)
+            for s in range(1, skip + 1):  # acknowledged before: a later segment
+                o.push(s, msg(s), s, 0)
+                o.pop(s)
+            for s in range(skip + 1, skip + 4):
+                o.push(s, msg(s), s, 0)
+            hal.tear_next_write(cut, garbage)
+            try:
+                o.push(skip + 4, msg(skip + 4), skip + 4, 0)
+            except PowerCut:
+                pass
+            o.close()
+            o = Outbox(path, 64, acked=skip)
+            newest = o.newest[0]
+            if newest == skip + 3:
+                o.push(skip + 4, msg(skip + 4), skip + 4, 0)
+            seqs = []
+            while o.peek():
+                seqs.append(o.peek()[0] - skip)
+                o.pop(o.peek()[0])
+            o.close()
+            # Torn anywhere short of its end, the record is invalid.
+            if seqs != [1, 2, 3, 4] or newest != skip + (4 if cut == n else 3):
+                bad.append([skip, garbage, cut, seqs, newest])
+print(json.dumps([lengths, bad]))
+""")
+    lengths, bad = got
+    # In the middle of a segment the write pads the slot before it.
+    assert lengths[0] > lengths[1] > 28
+    assert bad == [], bad[:5]
+
+
+def test_files_are_only_appended_and_acknowledged_segments_deleted(tmp_path: Path) -> None:
+    # LittleFS rewrites everything after a write in the middle of a file:
+    # the outbox only ever writes at a file's end, and deletes a segment
+    # whole once every reading in it is acknowledged.
+    got = run(tmp_path, """
+import os
+from edge import outbox as ob
+from edge.hal import region
+K = ob.SEGMENT_SLOTS
+writes = []
+def spy(owner, offset, data):
+    name = owner._seg(owner.head // K)
+    try:
+        size = os.stat(name)[6]
+    except OSError:
+        size = 0
+    writes.append(offset == size)
+    return None
+region.fault = spy
+o = Outbox(path, 3 * K)
+most = 0
+for s in range(1, 10 * K):
+    o.push(s, msg(s), s, 0)
+    if s % 5 == 0:  # the coordinator answers every fifth interval
+        while o.peek():
+            o.pop(o.peek()[0])
+    most = max(most, len(os.listdir(path + ".d")))
+while o.peek():
+    o.pop(o.peek()[0])
+left = sorted(os.listdir(path + ".d"))
+o.close()
+region.fault = None
+o = Outbox(path, 3 * K, acked=10 * K - 1)
+print(json.dumps([all(writes), len(writes), most, left, o.newest[0], len(o)]))
+""")
+    appended, n, most, left, newest, pending = got
+    assert appended and n == 10 * 32 - 1
+    assert most <= 2 and len(left) == 1  # only the newest reading's segment stays
+    assert newest == 10 * 32 - 1 and pending == 0
+
+
+def test_a_full_outbox_on_flash_holds_at_most_its_segment_budget(tmp_path: Path) -> None:
+    got = run(tmp_path, """
+import os
+from edge import outbox as ob
+o = Outbox(path, 100)
+most = 0
+for s in range(1, 1001):  # coordinator away: merging from 101 on
+    o.push(s, msg(s), s, 0)
+    most = max(most, len(os.listdir(path + ".d")))
+o.close()
+o = Outbox(path, 100, acked=0, covered_from=1)
+print(json.dumps([most, ob.segments_for(100), len(o), o.peek()[0], o.peek()[2]]))
+""")
+    most, budget, pending, first_seq, covered_from = got
+    assert most <= budget == 5
+    # After a restart the oldest reading still on flash goes first, standing
+    # for every reading merged away before it.
+    assert pending <= 132 and first_seq <= 901 and covered_from == 1
+
+
+RING_0_2 = """
+from edge.outbox import encode_record, SLOT_SIZE
+def write_ring(path, capacity, seqs):
+    # Firmware 0.2: slot head*512 of one ring file, written in place.
+    raw = bytearray(b"\\xff" * (capacity * SLOT_SIZE))
+    for k, s in enumerate(seqs):
+        r = encode_record(s, 10 * s, s, msg(s))
+        i = (k % capacity) * SLOT_SIZE
+        raw[i:i + len(r)] = r
+    with open(path, "wb") as f:
+        f.write(raw)
+"""
+
+
+def test_a_0_2_ring_file_is_carried_over_once_oldest_first(tmp_path: Path) -> None:
+    got = run(tmp_path, RING_0_2 + """
+import os
+write_ring(path, 8, range(1, 21))  # wrapped: slots hold 17..20, 13..16
+o = Outbox(path, 1536, acked=10, covered_from=11)
+first = [o.newest[0], o.peek()[0], o.peek()[2], len(o)]
+o.close()
+gone = "outbox" not in os.listdir(path[:-7])
+o = Outbox(path, 1536, acked=10, covered_from=11)
+seqs = []
+while o.peek():
+    seqs.append(o.peek()[0])
+    o.pop(o.peek()[0])
+o.push(21, msg(21), 210, 21)
+print(json.dumps([first, gone, seqs, o.newest[0]]))
+""")
+    first, gone, seqs, newest = got
+    # 13..20 are on flash, unacknowledged: the same readings, the same
+    # order, and the journal's merge mark (the oldest stands for 11..13).
+    assert first == [20, 13, 11, 8] and gone
+    assert seqs == list(range(13, 21)) and newest == 21
+
+
+def test_a_fully_acknowledged_0_2_ring_keeps_its_newest_reading(tmp_path: Path) -> None:
+    # Nothing to send, but the sequence must continue from the ring's
+    # newest reading: neither reused nor skipped.
+    got = run(tmp_path, RING_0_2 + """
+write_ring(path, 8, range(1, 12))
+o = Outbox(path, 64, acked=11)
+print(json.dumps([list(o.newest), len(o), o.peek()]))
+""")
+    assert got == [[11, 110, 11], 0, None]
+
+
+def test_a_migration_cut_by_power_loss_starts_again_from_the_ring(tmp_path: Path) -> None:
+    got = run(tmp_path, RING_0_2 + """
+import os
+write_ring(path, 8, range(1, 7))
+hal.tear_next_write(40)
+try:
+    Outbox(path, 64, acked=2)
+    cut = False
+except PowerCut:
+    cut = True
+o = Outbox(path, 64, acked=2)
+seqs = []
+while o.peek():
+    seqs.append(o.peek()[0])
+    o.pop(o.peek()[0])
+print(json.dumps([cut, seqs, o.newest[0]]))
+""")
+    assert got == [True, [3, 4, 5, 6], 6]
