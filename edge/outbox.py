@@ -23,10 +23,17 @@
 # its segment. Records are only ever appended: a file is never written in
 # the middle, because LittleFS is copy-on-write and a write in the middle
 # of a file rewrites everything after it (firmware 0.2's ring file cost 97
-# erases per reading once it had wrapped). A segment whose records have
-# all been acknowledged (or merged away) is deleted whole, which costs a
-# metadata commit and no erase. The bytes between a record's end and the
-# next slot are written as zeros with the next record (in the same write).
+# erases per reading once it had wrapped). As 0.2's ring kept its last
+# `capacity` slots, the segments keep the last `capacity` readings or a
+# few more, acknowledged or not: when the newest segment is begun and
+# there are more than segments_for(capacity), the oldest is deleted whole
+# (a metadata commit, no erase). Its readings are all behind the tail by
+# then, since a full outbox merges (below). Keeping acknowledged readings
+# matters after a restart: the journal's `acked` mark may be older than
+# the last acknowledgement, and the readings since must be found on flash
+# (and sent again, "duplicate"), not taken for merged ones. The bytes
+# between a record's end and the next slot are written as zeros with the
+# next record (in the same write).
 #
 # A write torn at any byte leaves an invalid slot at the end of its file;
 # it is skipped (the reading in it was never sent: sending happens only
@@ -326,9 +333,18 @@ class Outbox:
         return o
 
     def _gc(self):
-        """Delete whole segments before the tail, but never the newest
-        record's (the sequence continues from it after a restart)."""
-        limit = self.tail // SEGMENT_SLOTS
+        """Delete the oldest segment once the newest would exceed the budget
+        of segments_for(capacity): like the 0.2 ring, the flash keeps the
+        last `capacity` readings, acknowledged or not, so a restart whose
+        journal holds an older `acked` mark finds the readings delivered
+        since on flash and sends them again (answered "duplicate"), rather
+        than taking their absence for a merge. A segment holding an
+        unacknowledged reading is never deleted: the merge when full keeps
+        the tail ahead of the budget's oldest segment."""
+        if self.head == 0:
+            return
+        limit = (self.head - 1) // SEGMENT_SLOTS - segments_for(self.capacity) + 1
+        limit = min(limit, self.tail // SEGMENT_SLOTS)
         if self.newest_at >= 0:
             limit = min(limit, self.newest_at // SEGMENT_SLOTS)
         while self.first < limit:
@@ -464,13 +480,17 @@ class Outbox:
         """Write a reading; returns the seq merged away to make room, or None."""
         record = encode_record(seq, import_wh, export_wh, message)
         merged = None
-        if self.head - self.tail >= self.capacity:
-            merged = self._merge_oldest()
+        # Once at a time, but more after a restart found merged readings
+        # still on flash, or with a smaller capacity than before.
+        while self.head - self.tail >= self.capacity:
+            got = self._merge_oldest()
+            merged = got if got is not None else merged
         self.newest_at = self._append(record)
         self.newest = (seq, import_wh, export_wh)
         if self.covered_from is None:
             self.covered_from = seq
-        self._gc()
+        if self.newest_at % SEGMENT_SLOTS == 0:
+            self._gc()  # a segment was begun: the oldest may go
         return merged
 
     def _merge_oldest(self):
@@ -508,7 +528,6 @@ class Outbox:
         self._cached = None
         nxt = self._tail_record()
         self.covered_from = nxt[0] if nxt else None
-        self._gc()
         return True
 
     def state(self):

@@ -221,10 +221,11 @@ print(json.dumps([lengths, bad]))
     assert bad == [], bad[:5]
 
 
-def test_files_are_only_appended_and_acknowledged_segments_deleted(tmp_path: Path) -> None:
+def test_files_are_only_appended_and_the_oldest_segment_deleted_past_the_budget(tmp_path: Path) -> None:
     # LittleFS rewrites everything after a write in the middle of a file:
-    # the outbox only ever writes at a file's end, and deletes a segment
-    # whole once every reading in it is acknowledged.
+    # the outbox only ever writes at a file's end, keeps the last
+    # `capacity` readings like 0.2's ring, and deletes the oldest segment
+    # whole when a new one would exceed its budget.
     got = run(tmp_path, """
 import os
 from edge import outbox as ob
@@ -250,16 +251,37 @@ for s in range(1, 10 * K):
     most = max(most, len(os.listdir(path + ".d")))
 while o.peek():
     o.pop(o.peek()[0])
-left = sorted(os.listdir(path + ".d"))
+left = sorted(int(n) for n in os.listdir(path + ".d"))
 o.close()
 region.fault = None
-o = Outbox(path, 3 * K, acked=10 * K - 1)
-print(json.dumps([all(writes), len(writes), most, left, o.newest[0], len(o)]))
+print(json.dumps([all(writes), len(writes), most, ob.segments_for(3 * K), left]))
 """)
-    appended, n, most, left, newest, pending = got
+    appended, n, most, budget, left = got
     assert appended and n == 10 * 32 - 1
-    assert most <= 2 and len(left) == 1  # only the newest reading's segment stays
-    assert newest == 10 * 32 - 1 and pending == 0
+    assert most == budget == 4 and left == [6, 7, 8, 9]
+
+
+def test_a_restart_with_an_old_acked_mark_resends_rather_than_merging(tmp_path: Path) -> None:
+    # The journal is saved every few readings: its `acked` mark may be
+    # behind. The readings acknowledged since are still on flash, go out
+    # again as they were (the coordinator answers "duplicate"), and none is
+    # re-signed as a merge of readings that were in fact delivered.
+    got = run(tmp_path, """
+from edge import outbox as ob
+K = ob.SEGMENT_SLOTS
+o = Outbox(path, 2 * K)
+for s in range(1, 3 * K + 5):
+    o.push(s, msg(s), s, 0)
+    o.pop(s)
+    if s == 2 * K:
+        saved = o.state()  # the journal's last save
+o.close()
+o = Outbox(path, 2 * K, saved["acked"], saved["covered_from"])
+print(json.dumps([saved, o.peek()[0], o.peek()[2], len(o)]))
+""")
+    saved, first, covered_from, pending = got
+    assert saved == {"acked": 64, "covered_from": None}
+    assert first == covered_from == 65 and pending == 3 * 32 + 4 - 64
 
 
 def test_a_full_outbox_on_flash_holds_at_most_its_segment_budget(tmp_path: Path) -> None:
@@ -273,13 +295,18 @@ for s in range(1, 1001):  # coordinator away: merging from 101 on
     most = max(most, len(os.listdir(path + ".d")))
 o.close()
 o = Outbox(path, 100, acked=0, covered_from=1)
-print(json.dumps([most, ob.segments_for(100), len(o), o.peek()[0], o.peek()[2]]))
+after = [len(o), o.peek()[0], o.peek()[2]]
+o.push(1001, msg(1001), 1001, 0)
+print(json.dumps([most, ob.segments_for(100), after, [len(o), o.peek()[0], o.peek()[2]]]))
 """)
-    most, budget, pending, first_seq, covered_from = got
+    most, budget, after, pushed = got
     assert most <= budget == 5
     # After a restart the oldest reading still on flash goes first, standing
-    # for every reading merged away before it.
-    assert pending <= 132 and first_seq <= 901 and covered_from == 1
+    # for every reading merged away before it; the next push merges down to
+    # the capacity again.
+    pending, first_seq, covered_from = after
+    assert 100 < pending <= 5 * 32 and first_seq == 1001 - pending and covered_from == 1
+    assert pushed == [100, 902, 1]
 
 
 RING_0_2 = """
