@@ -8,14 +8,17 @@
 # coordinator already stored is answered "duplicate" and counts as
 # delivered, because it is byte for byte the same message).
 #
-# Record (one slot of SLOT_SIZE bytes; the layout of firmware 0.2's ring):
+# Record (one slot of SLOT_SIZE bytes):
 #   0  1  magic 0xA7
-#   1  1  layout version (1)
+#   1  1  layout version (2; firmware 0.2's ring held version 1, without
+#         the floor field, which is read only to carry a ring over)
 #   2  8  seq, big-endian
 #   10 8  import Wh      18 8  export Wh
-#   26 2  message length L
-#   28 L  the signed reading (COSE_Sign1), exactly as sent
-#   28+L 4 CRC-32 over bytes 0 .. 28+L
+#   26 4  seq - floor: every reading below `floor` had been acknowledged
+#         or merged away when this record was written
+#   30 2  message length L
+#   32 L  the signed reading (COSE_Sign1), exactly as sent
+#   32+L 4 CRC-32 over bytes 0 .. 32+L
 #
 # Layout: the directory `<path>.d` holds segment files named 0, 1, 2, ...;
 # segment n holds the records of ordinals n*K .. n*K+K-1 (K =
@@ -85,8 +88,9 @@ import os
 from edge.hal import region as _region
 
 MAGIC = 0xA7
-VERSION = 1
-HEADER = 28
+VERSION = 2
+HEADER = 32
+HEADER_V1 = 28
 SLOT_SIZE = 512
 MAX_MESSAGE = SLOT_SIZE - HEADER - 4
 SEGMENT_SLOTS = 32  # K: 16 KB segments; 49 files for the default 1536
@@ -108,13 +112,14 @@ def _int(b, i, width):
     return n
 
 
-def encode_record(seq, import_wh, export_wh, message):
+def encode_record(seq, import_wh, export_wh, message, floor=None):
     if len(message) > MAX_MESSAGE:
         raise ValueError("reading of %d bytes does not fit an outbox slot (%d)" % (len(message), MAX_MESSAGE))
     out = bytearray([MAGIC, VERSION])
     out.extend(_be(seq, 8))
     out.extend(_be(import_wh, 8))
     out.extend(_be(export_wh, 8))
+    out.extend(_be(0 if floor is None else seq - floor, 4))
     out.extend(_be(len(message), 2))
     out.extend(message)
     out.extend(_be(binascii.crc32(out) & 0xFFFFFFFF, 4))
@@ -122,16 +127,20 @@ def encode_record(seq, import_wh, export_wh, message):
 
 
 def decode_header(raw):
-    """(seq, import_wh, export_wh, message) of a valid slot, else None."""
-    if len(raw) < HEADER + 4 or raw[0] != MAGIC or raw[1] != VERSION:
+    """(seq, import_wh, export_wh, message, floor) of a valid slot, else
+    None; a version 1 slot (0.2's ring) has floor 0."""
+    if len(raw) < HEADER_V1 + 4 or raw[0] != MAGIC or raw[1] not in (1, VERSION):
         return None
-    n = _int(raw, 26, 2)
-    end = HEADER + n
+    head = HEADER if raw[1] == VERSION else HEADER_V1
+    n = _int(raw, head - 2, 2)
+    end = head + n
     if end + 4 > len(raw):
         return None
     if binascii.crc32(raw[0:end]) & 0xFFFFFFFF != _int(raw, end, 4):
         return None
-    return _int(raw, 2, 8), _int(raw, 10, 8), _int(raw, 18, 8), bytes(raw[HEADER:end])
+    seq = _int(raw, 2, 8)
+    floor = seq - _int(raw, 26, 4) if head == HEADER else 0
+    return seq, _int(raw, 10, 8), _int(raw, 18, 8), bytes(raw[head:end]), floor
 
 
 def _exists(path):
@@ -238,6 +247,7 @@ class Outbox:
         self.head = 0  # ordinal of the next record to write
         self.newest = None  # (seq, import_wh, export_wh) of the newest record
         self.newest_at = -1  # its ordinal: its segment is never deleted
+        self.floor = 0  # below it every reading was delivered or merged (from the newest record)
         self.covered_from = covered_from
         self._cached = None
         self._wf = None  # the segment file being appended to
@@ -374,6 +384,7 @@ class Outbox:
             if rec is not None:
                 self.newest = (rec[0], rec[1], rec[2])
                 self.newest_at = o
+                self.floor = rec[4]
                 break
             o -= 1
         # Tail: the first valid record above the acknowledged mark.
@@ -394,7 +405,7 @@ class Outbox:
                 h = f.read(10)
                 if len(h) < 10:
                     return False
-                if h[0] != MAGIC or _int(h, 2, 8) <= self.acked:
+                if h[0] != MAGIC or _int(h, 2, 8) <= self.acked or _int(h, 2, 8) < self.floor:
                     continue
                 f.seek(i * SLOT_SIZE)
                 if decode_header(f.read(SLOT_SIZE)) is not None:
@@ -460,7 +471,7 @@ class Outbox:
         self._close_writer()
         for entry in list(os.ilistdir(self.dir)):
             os.remove(self.dir + "/" + entry[0])
-        self.first = self.tail = self.head = 0
+        self.first = self.tail = self.head = self.floor = 0
         self.newest = None
         self.newest_at = -1
         self._cached = None
@@ -471,20 +482,25 @@ class Outbox:
         # Skip torn and acknowledged slots at the tail.
         while self.tail < self.head:
             rec = self._record(self.tail)
-            if rec is not None and rec[0] > self.acked:
+            if rec is not None and rec[0] > self.acked and rec[0] >= self.floor:
                 return rec
             self.tail += 1
         return None
 
     def push(self, seq, message, import_wh, export_wh):
         """Write a reading; returns the seq merged away to make room, or None."""
-        record = encode_record(seq, import_wh, export_wh, message)
+        encode_record(seq, import_wh, export_wh, message)  # too big: refused before any merge
         merged = None
         # Once at a time, but more after a restart found merged readings
         # still on flash, or with a smaller capacity than before.
         while self.head - self.tail >= self.capacity:
             got = self._merge_oldest()
             merged = got if got is not None else merged
+        # The floor goes to flash with the record: readings merged away stay
+        # on flash until their segment goes, and must not come back after a
+        # restart (their merge may have been delivered already).
+        oldest = self.peek()
+        record = encode_record(seq, import_wh, export_wh, message, oldest[0] if oldest else seq)
         self.newest_at = self._append(record)
         self.newest = (seq, import_wh, export_wh)
         if self.covered_from is None:
