@@ -27,11 +27,14 @@
 # 4096-byte blocks): a file of at most 128 bytes (MicroPython's LittleFS
 # cache size) is stored inline in its directory's metadata, so replacing
 # it is one metadata commit, about 0.04 erases; the firmware's state
-# (seq, two counters, acked, covered_from) is about 110 bytes. A bigger
-# state costs one erase per save (a fresh data block). With the defaults
-# (interval_s 10, persist_every 10) that is at most 0.1 erase per reading
-# next to the outbox's ~1.1; firmware 0.2's journal, two 512-byte slots in
-# one file, cost a whole block copy (one erase) per save.
+# (seq, two counters, acked, covered_from, compact JSON) is about 110
+# bytes with 7-digit numbers. A bigger state costs one erase per save (a
+# fresh data block). With the defaults (interval_s 10, persist_every 10)
+# the journal adds under 0.01 erase per reading to the outbox's ~1.1, and
+# about 0.04 per reading while the outbox merges (a save after each
+# merge); 3,153,600 readings a year spread by LittleFS over ~510 blocks
+# (see edge/outbox.py). Firmware 0.2's journal, two 512-byte slots in one
+# file written in place, cost a whole block copy (one erase) per save.
 #
 # Firmware 0.2 kept both slots in one file at `path` (and 0.1 a plain JSON
 # file there): when neither new file holds a valid record, that file is

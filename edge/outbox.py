@@ -56,20 +56,24 @@
 # so re-signing the same merge gives the same bytes on every retry.
 #
 # Flash wear, measured (bench/bench_flash.py: LittleFS2 on a counting block
-# device with an ESP32 vfs partition's geometry, 4096-byte blocks, 2 MB):
-# LittleFS cannot program a block it has already programmed and synced,
-# so every synced append copies the file's last, partly filled block into
-# a freshly erased one: one erase per reading, plus the directory's
-# metadata commits (a compaction every few dozen commits). Measured with
-# ~300-byte signed readings and the journal as the firmware saves it: 1.1
-# erases per reading before and after the outbox first recycles its space,
-# also with the coordinator away and merging; the old ring: ~97 after it
-# wrapped. LittleFS allocates blocks by walking round the whole
-# partition, so those erases spread over every block that is not pinned
-# by a file that never changes (config, key: about 500 of the 512): at one
-# reading per 10 s, 3,153,600 readings x 1.1 erases / 500 blocks = ~7,000
-# erases per block per year, so 100,000-cycle flash lasts ~14 years (the
-# bench prints the figure it measures; see edge/README.md).
+# device with an ESP32 vfs partition's geometry, 512 blocks of 4096 bytes,
+# 256-byte signed readings, the journal saved as the firmware saves it).
+# LittleFS cannot program a block it has already programmed and synced, so
+# every synced append copies the file's last, partly filled block into a
+# freshly erased one: one erase per reading, whatever K, plus a share of
+# the directory's metadata compactions. Measured: 1.14 erases per reading
+# before the wrap, 1.15 after it with the coordinator up, 1.23 with the
+# coordinator away and the outbox merging (a journal save per merge), 2.6
+# to 2.8 KB programmed per reading; firmware 0.2's ring: 98 erases and
+# 389 KB per reading once wrapped. LittleFS allocates blocks by walking
+# round the whole partition and moves a metadata pair after 100 erases
+# (block_cycles), so those erases spread over every block not held by a
+# file that never changes (510 of 512; measured over 126,000 readings the
+# most-erased block stayed within 90 erases of the mean). Arithmetic at
+# one reading per 10 s: 3,153,600 readings a year x 1.15 erases / 510
+# blocks = 7,100 erases per block per year, so 100,000-cycle flash lasts
+# 14 years (13 while merging for ever; six times that at one a minute).
+# Firmware 0.2's ring: 3,153,600 x 98 / 510 = 606,000 a year: 60 days.
 #
 # Space: at most ceil(capacity / K) + 1 segments exist (the tail segment
 # may still hold acknowledged records), each K * SLOT_SIZE bytes at most.
