@@ -14,11 +14,14 @@
 #         the floor field, which is read only to carry a ring over)
 #   2  8  seq, big-endian
 #   10 8  import Wh      18 8  export Wh
-#   26 4  seq - floor: every reading below `floor` had been acknowledged
-#         or merged away when this record was written
-#   30 2  message length L
-#   32 L  the signed reading (COSE_Sign1), exactly as sent
-#   32+L 4 CRC-32 over bytes 0 .. 32+L
+#   26 4  seq - floor: when this record was written, `floor` was the
+#         oldest unacknowledged reading (this one if none): every reading
+#         below it had been acknowledged or merged away
+#   30 4  floor - cover: the first seq the floor reading stood for (< floor
+#         when readings were merged into it)
+#   34 2  message length L
+#   36 L  the signed reading (COSE_Sign1), exactly as sent
+#   36+L 4 CRC-32 over bytes 0 .. 36+L
 #
 # Layout: the directory `<path>.d` holds segment files named 0, 1, 2, ...;
 # segment n holds the records of ordinals n*K .. n*K+K-1 (K =
@@ -93,7 +96,7 @@ from edge.hal import region as _region
 
 MAGIC = 0xA7
 VERSION = 2
-HEADER = 32
+HEADER = 36
 HEADER_V1 = 28
 SLOT_SIZE = 512
 MAX_MESSAGE = SLOT_SIZE - HEADER - 4
@@ -116,14 +119,17 @@ def _int(b, i, width):
     return n
 
 
-def encode_record(seq, import_wh, export_wh, message, floor=None):
+def encode_record(seq, import_wh, export_wh, message, floor=None, cover=None):
     if len(message) > MAX_MESSAGE:
         raise ValueError("reading of %d bytes does not fit an outbox slot (%d)" % (len(message), MAX_MESSAGE))
+    floor = seq if floor is None else floor
+    cover = floor if cover is None else cover
     out = bytearray([MAGIC, VERSION])
     out.extend(_be(seq, 8))
     out.extend(_be(import_wh, 8))
     out.extend(_be(export_wh, 8))
-    out.extend(_be(0 if floor is None else seq - floor, 4))
+    out.extend(_be(seq - floor, 4))
+    out.extend(_be(floor - cover, 4))
     out.extend(_be(len(message), 2))
     out.extend(message)
     out.extend(_be(binascii.crc32(out) & 0xFFFFFFFF, 4))
@@ -131,11 +137,13 @@ def encode_record(seq, import_wh, export_wh, message, floor=None):
 
 
 def decode_header(raw):
-    """(seq, import_wh, export_wh, message, floor) of a valid slot, else
-    None; a version 1 slot (0.2's ring) has floor 0."""
+    """(seq, import_wh, export_wh, message, floor, cover) of a valid slot,
+    else None; a version 1 slot (0.2's ring) has floor and cover 0."""
     if len(raw) < HEADER_V1 + 4 or raw[0] != MAGIC or raw[1] not in (1, VERSION):
         return None
     head = HEADER if raw[1] == VERSION else HEADER_V1
+    if len(raw) < head + 4:
+        return None
     n = _int(raw, head - 2, 2)
     end = head + n
     if end + 4 > len(raw):
@@ -143,8 +151,11 @@ def decode_header(raw):
     if binascii.crc32(raw[0:end]) & 0xFFFFFFFF != _int(raw, end, 4):
         return None
     seq = _int(raw, 2, 8)
-    floor = seq - _int(raw, 26, 4) if head == HEADER else 0
-    return seq, _int(raw, 10, 8), _int(raw, 18, 8), bytes(raw[head:end]), floor
+    floor = cover = 0
+    if head == HEADER:
+        floor = seq - _int(raw, 26, 4)
+        cover = floor - _int(raw, 30, 4)
+    return seq, _int(raw, 10, 8), _int(raw, 18, 8), bytes(raw[head:end]), floor, cover
 
 
 def _exists(path):
@@ -252,6 +263,7 @@ class Outbox:
         self.newest = None  # (seq, import_wh, export_wh) of the newest record
         self.newest_at = -1  # its ordinal: its segment is never deleted
         self.floor = 0  # below it every reading was delivered or merged (from the newest record)
+        self.cover = 0  # the first seq the floor reading stands for (from the newest record)
         self.covered_from = covered_from
         self._cached = None
         self._wf = None  # the segment file being appended to
@@ -262,7 +274,11 @@ class Outbox:
             self._migrate_ring()
         self._scan()
         tail = self._tail_record()
-        # The first seq the tail reading stands for (< its seq once merged).
+        # The first seq the tail reading stands for (< its seq once merged):
+        # the newest record knows it for its floor reading (the journal may
+        # be older), the journal for a tail beyond that floor.
+        if tail is not None and tail[0] == self.floor:
+            self.covered_from = self.cover
         if tail is None or self.covered_from is None or self.covered_from > tail[0] or self.covered_from <= acked:
             self.covered_from = tail[0] if tail else None
 
@@ -388,7 +404,7 @@ class Outbox:
             if rec is not None:
                 self.newest = (rec[0], rec[1], rec[2])
                 self.newest_at = o
-                self.floor = rec[4]
+                self.floor, self.cover = rec[4], rec[5]
                 break
             o -= 1
         # Tail: the first valid record above the acknowledged mark.
@@ -475,7 +491,7 @@ class Outbox:
         self._close_writer()
         for entry in list(os.ilistdir(self.dir)):
             os.remove(self.dir + "/" + entry[0])
-        self.first = self.tail = self.head = self.floor = 0
+        self.first = self.tail = self.head = self.floor = self.cover = 0
         self.newest = None
         self.newest_at = -1
         self._cached = None
@@ -504,7 +520,10 @@ class Outbox:
         # on flash until their segment goes, and must not come back after a
         # restart (their merge may have been delivered already).
         oldest = self.peek()
-        record = encode_record(seq, import_wh, export_wh, message, oldest[0] if oldest else seq)
+        if oldest:
+            record = encode_record(seq, import_wh, export_wh, message, oldest[0], oldest[2])
+        else:
+            record = encode_record(seq, import_wh, export_wh, message)
         self.newest_at = self._append(record)
         self.newest = (seq, import_wh, export_wh)
         if self.covered_from is None:
