@@ -11,7 +11,7 @@
 # Record (one slot of SLOT_SIZE bytes):
 #   0  1  magic 0xA7
 #   1  1  layout version (2; firmware 0.2's ring held version 1, without
-#         the floor field, which is read only to carry a ring over)
+#         the floor and cover fields, read only to carry a ring over)
 #   2  8  seq, big-endian
 #   10 8  import Wh      18 8  export Wh
 #   26 4  seq - floor: when this record was written, `floor` was the
@@ -35,9 +35,10 @@
 # there are more than segments_for(capacity), the oldest is deleted whole
 # (a metadata commit, no erase). Its readings are all behind the tail by
 # then, since a full outbox merges (below). Keeping acknowledged readings
-# matters after a restart: the journal's `acked` mark may be older than
-# the last acknowledgement, and the readings since must be found on flash
-# (and sent again, "duplicate"), not taken for merged ones. The bytes
+# matters after a restart: the journal's `acked` mark and the newest
+# record's floor may be older than the last acknowledgement, and the
+# readings since must be found on flash (and sent again, byte for byte:
+# "duplicate"), not taken for merged ones. The bytes
 # between a record's end and the next slot are written as zeros with the
 # next record (in the same write).
 #
@@ -45,9 +46,13 @@
 # it is skipped (the reading in it was never sent: sending happens only
 # after the write), and the next record goes into the next slot, still at
 # the end of the file. There are no pointers on flash: at boot a scan of
-# the segments finds the newest valid record, and the journal's `acked`
-# mark (the last acknowledged sequence number, persisted with the
-# counters) says where the unacknowledged run starts. RAM use is constant:
+# the segments finds the newest valid record; the run to send starts at
+# the first record above both its floor and the journal's `acked` mark
+# (the last acknowledged sequence number, persisted with the counters).
+# Readings merged away stay on flash until their segment goes, and the
+# floor keeps them merged: their merge may have been delivered already,
+# and the merged reading goes out again with the same `merged_from` (its
+# cover), so the coordinator sees the same bytes. RAM use is constant:
 # a few integers (first segment, tail and head ordinals) and one cached
 # record, whatever the capacity.
 #
@@ -78,8 +83,9 @@
 # 14 years (13 while merging for ever; six times that at one a minute).
 # Firmware 0.2's ring: 3,153,600 x 98 / 510 = 606,000 a year: 60 days.
 #
-# Space: at most ceil(capacity / K) + 1 segments exist (the tail segment
-# may still hold acknowledged records), each K * SLOT_SIZE bytes at most.
+# Space: at most segments_for(capacity) = ceil(capacity / K) + 1 segments
+# exist, each at most K * SLOT_SIZE bytes (5 blocks for K = 32; 4 unless
+# the last record is over 496 bytes).
 # `fits(path, capacity)` checks that against the filesystem's free space
 # (os.statvfs); the firmware runs with the largest capacity that fits if
 # the configured one does not, and the console refuses a size that cannot
