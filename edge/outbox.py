@@ -29,18 +29,12 @@
 # its segment. Records are only ever appended: a file is never written in
 # the middle, because LittleFS is copy-on-write and a write in the middle
 # of a file rewrites everything after it (firmware 0.2's ring file cost 97
-# erases per reading once it had wrapped). As 0.2's ring kept its last
-# `capacity` slots, the segments keep the last `capacity` readings or a
-# few more, acknowledged or not: when the newest segment is begun and
-# there are more than segments_for(capacity), the oldest is deleted whole
-# (a metadata commit, no erase). Its readings are all behind the tail by
-# then, since a full outbox merges (below). Keeping acknowledged readings
-# matters after a restart: the journal's `acked` mark and the newest
-# record's floor may be older than the last acknowledgement, and the
-# readings since must be found on flash (and sent again, byte for byte:
-# "duplicate"), not taken for merged ones. The bytes
-# between a record's end and the next slot are written as zeros with the
-# next record (in the same write).
+# erases per reading once it had wrapped). A segment whose readings are
+# all acknowledged or merged away is deleted whole (a metadata commit, no
+# erase), except the newest record's. Few files, so a small directory:
+# its metadata commits and compactions are part of every append. The
+# bytes between a record's end and the next slot are written as zeros
+# with the next record (in the same write).
 #
 # A write torn at any byte leaves an invalid slot at the end of its file;
 # it is skipped (the reading in it was never sent: sending happens only
@@ -52,7 +46,8 @@
 # Readings merged away stay on flash until their segment goes, and the
 # floor keeps them merged: their merge may have been delivered already,
 # and the merged reading goes out again with the same `merged_from` (its
-# cover), so the coordinator sees the same bytes. RAM use is constant:
+# cover), so the coordinator sees the same bytes ("duplicate"); a reading
+# after the floor was never merged and goes out as it was. RAM use is constant:
 # a few integers (first segment, tail and head ordinals) and one cached
 # record, whatever the capacity.
 #
@@ -280,13 +275,17 @@ class Outbox:
             self._migrate_ring()
         self._scan()
         tail = self._tail_record()
-        # The first seq the tail reading stands for (< its seq once merged):
-        # the newest record knows it for its floor reading (the journal may
-        # be older), the journal for a tail beyond that floor.
-        if tail is not None and tail[0] == self.floor:
+        # The first seq the tail reading stands for (< its seq once merged).
+        # Merges happen only in push, before the record is written: the
+        # newest record knows what its floor reading stood for, and every
+        # reading after the floor stands for itself. (The journal's mark,
+        # possibly older, serves only to carry a 0.2 ring over.)
+        if tail is None:
+            self.covered_from = None
+        elif tail[0] == self.floor and acked < self.cover <= tail[0]:
             self.covered_from = self.cover
-        if tail is None or self.covered_from is None or self.covered_from > tail[0] or self.covered_from <= acked:
-            self.covered_from = tail[0] if tail else None
+        elif self.floor or self.covered_from is None or self.covered_from > tail[0] or self.covered_from <= acked:
+            self.covered_from = tail[0]
 
     # -- files -----------------------------------------------------------
 
@@ -369,18 +368,10 @@ class Outbox:
         return o
 
     def _gc(self):
-        """Delete the oldest segment once the newest would exceed the budget
-        of segments_for(capacity): like the 0.2 ring, the flash keeps the
-        last `capacity` readings, acknowledged or not, so a restart whose
-        journal holds an older `acked` mark finds the readings delivered
-        since on flash and sends them again (answered "duplicate"), rather
-        than taking their absence for a merge. A segment holding an
-        unacknowledged reading is never deleted: the merge when full keeps
-        the tail ahead of the budget's oldest segment."""
-        if self.head == 0:
-            return
-        limit = (self.head - 1) // SEGMENT_SLOTS - segments_for(self.capacity) + 1
-        limit = min(limit, self.tail // SEGMENT_SLOTS)
+        """Delete whole segments behind the tail (every reading in them
+        acknowledged or merged away), but never the newest record's: the
+        sequence continues from it after a restart."""
+        limit = self.tail // SEGMENT_SLOTS
         if self.newest_at >= 0:
             limit = min(limit, self.newest_at // SEGMENT_SLOTS)
         while self.first < limit:
@@ -534,8 +525,7 @@ class Outbox:
         self.newest = (seq, import_wh, export_wh)
         if self.covered_from is None:
             self.covered_from = seq
-        if self.newest_at % SEGMENT_SLOTS == 0:
-            self._gc()  # a segment was begun: the oldest may go
+        self._gc()
         return merged
 
     def _merge_oldest(self):
@@ -573,6 +563,8 @@ class Outbox:
         self._cached = None
         nxt = self._tail_record()
         self.covered_from = nxt[0] if nxt else None
+        if self.tail % SEGMENT_SLOTS == 0:
+            self._gc()  # the tail left a segment
         return True
 
     def state(self):
