@@ -64,18 +64,18 @@
 # LittleFS cannot program a block it has already programmed and synced, so
 # every synced append copies the file's last, partly filled block into a
 # freshly erased one: one erase per reading, whatever K, plus a share of
-# the directory's metadata compactions. Measured: 1.14 erases per reading
-# before the wrap, 1.15 after it with the coordinator up, 1.23 with the
-# coordinator away and the outbox merging (a journal save per merge), 2.6
-# to 2.8 KB programmed per reading; firmware 0.2's ring: 98 erases and
+# the directory's metadata compactions. Measured: 1.13 erases per reading
+# before the wrap and after it with the coordinator up, 1.16 with the
+# coordinator away and the outbox merging (a journal save per merge), 2.5
+# to 2.7 KB programmed per reading; firmware 0.2's ring: 98 erases and
 # 389 KB per reading once wrapped. LittleFS allocates blocks by walking
 # round the whole partition and moves a metadata pair after 100 erases
 # (block_cycles), so those erases spread over every block not held by a
 # file that never changes (510 of 512; measured over 126,000 readings the
 # most-erased block stayed within 90 erases of the mean). Arithmetic at
-# one reading per 10 s: 3,153,600 readings a year x 1.15 erases / 510
-# blocks = 7,100 erases per block per year, so 100,000-cycle flash lasts
-# 14 years (13 while merging for ever; six times that at one a minute).
+# one reading per 10 s: 3,153,600 readings a year x 1.13 erases / 510
+# blocks = 7,000 erases per block per year, so 100,000-cycle flash lasts
+# 14 years (13.9 while merging for ever; six times that at one a minute).
 # Firmware 0.2's ring: 3,153,600 x 98 / 510 = 606,000 a year: 60 days.
 #
 # Space: at most segments_for(capacity) = ceil(capacity / K) + 1 segments
