@@ -1,7 +1,9 @@
 """The flash outbox under MicroPython: readings survive a restart in order,
-a torn slot write is skipped, a full ring merges the oldest readings (the
-merged reading is re-signed, deterministic, and names the first reading it
-stands for) instead of dropping them."""
+a write torn at any byte is skipped, files are only appended to and
+deleted whole, a full outbox merges the oldest readings (the merged reading
+is re-signed, deterministic, and names the first reading it stands for)
+instead of dropping them, and after a power cut a reading already delivered
+goes out again byte for byte; firmware 0.2's ring file is carried over."""
 
 from __future__ import annotations
 
