@@ -309,6 +309,11 @@ class Console:
         path = self.fw.config_path
         # set_key refuses a wrong value before anything is written.
         new_raw = config_mod.set_key(config_mod.load_raw(path), key, value)
+        if key == "outbox_size":
+            from edge.outbox import check_fits
+
+            # The flash must hold it (the meter would run with less).
+            check_fits(config_mod.with_defaults(new_raw)["outbox_file"], value)
         cfg = config_mod.save_raw(path, new_raw, checked=True)
         left = config_mod.problems(cfg)
         shown = json.dumps(_shown(key, value))

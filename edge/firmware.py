@@ -26,7 +26,7 @@ from edge.clock import Clock
 from edge.journal import Journal
 from edge.meters import open_meter
 from edge.meters.base import RESET_ENERGY, RESET_FACTORY
-from edge.outbox import Outbox
+from edge.outbox import Outbox, capacity_for
 from edge.resync import Renumber, parse_stale
 
 TAG = "fw"
@@ -111,7 +111,11 @@ class Firmware:
         self.device = reading.device_id(self.public_key)
         self.journal = Journal(cfg["state_file"])
         state = self.journal.load() or {}
-        self.outbox = Outbox(cfg["outbox_file"], cfg["outbox_size"], state.get("acked", 0), state.get("covered_from"))
+        size, too_big = capacity_for(cfg["outbox_file"], cfg["outbox_size"])
+        if too_big:
+            self.errors.add("flash", too_big)
+            log.error(TAG, "%s; running with outbox_size %d" % (too_big, size))
+        self.outbox = Outbox(cfg["outbox_file"], size, state.get("acked", 0), state.get("covered_from"))
         self.net = hal.network(cfg["wifi"])
         self.clock = Clock(cfg["clock_start"], cfg["clock_speed"], cfg["clock_origin"], cfg["time_resync_s"])
         self.keep_time()

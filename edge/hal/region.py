@@ -1,11 +1,16 @@
-# A fixed-size byte region in flash, backed by a file on the board's
-# filesystem (LittleFS on an ESP32, the host filesystem under the unix
-# port). The journal and the outbox lay their slots out inside a region.
+# Flash writes that tests can tear, and a fixed-size byte region in a file
+# on the board's filesystem (LittleFS on an ESP32, the host filesystem
+# under the unix port).
 #
 # `fault` is a test hook (set by the scripted backend): when set, it is
-# called as fault(region, offset, data) before each write and may return
-# a shorter (or altered) prefix to write followed by a PowerCut, which is
-# how tests tear a write at any byte.
+# called as fault(owner, offset, data) before each write (a Region's, or
+# one through `write_through`, as the outbox and the journal do) and may
+# return a shorter (or altered) prefix to write followed by a PowerCut,
+# which is how tests tear a write at any byte.
+#
+# The outbox and the journal no longer keep their records in a Region:
+# writing in the middle of a LittleFS file rewrites the rest of it (see
+# edge/outbox.py); they append to files and replace small files whole.
 
 import os
 
@@ -14,6 +19,18 @@ fault = None
 
 class PowerCut(Exception):
     """Raised by the scripted backend when a write is torn on purpose."""
+
+
+def write_through(f, data, owner, offset):
+    """Write `data` to the open file `f` at its position and flush it to
+    flash (a LittleFS sync: the write is committed when this returns)."""
+    cut = None
+    if fault is not None:
+        cut = fault(owner, offset, data)
+    f.write(data if cut is None else cut)
+    f.flush()
+    if cut is not None:
+        raise PowerCut("write of %d bytes at %d torn after %d" % (len(data), offset, len(cut)))
 
 
 def _exists(path):

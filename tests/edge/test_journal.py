@@ -1,4 +1,4 @@
-"""The two-slot journal under MicroPython: a save torn at any byte keeps
+"""The two-file journal under MicroPython: a save torn at any byte keeps
 the previous state (at most one persistence interval lost), never a
 counter that moved backwards, and never a corrupt state."""
 
@@ -107,12 +107,59 @@ j.save({{"seq": 1}})
 j.save({{"seq": 2}})
 """
     )
-    raw = bytearray(path.read_bytes())
-    raw[12] ^= 0x01
-    raw[512 + 12] ^= 0x80
-    path.write_bytes(bytes(raw))
+    for i, bit in ((0, 0x01), (1, 0x80)):
+        slot = tmp_path / f"j.{i}"
+        raw = bytearray(slot.read_bytes())
+        raw[12] ^= bit
+        slot.write_bytes(bytes(raw))
     out = run_micropython(f"from edge.journal import Journal\nprint(Journal({str(path)!r}).load())")
     assert out.strip() == "None"
+
+
+def test_a_save_replaces_one_small_file_whole_never_writing_in_the_middle(tmp_path: Path) -> None:
+    # LittleFS stores a file of at most 128 bytes inline in its directory:
+    # replacing it whole costs a metadata commit, not a block erase.
+    path = str(tmp_path / "j")
+    out = run_micropython(
+        f"""
+import json, os
+from edge.journal import Journal
+j = Journal({path!r})
+j.load()
+state = {{"seq": 3153600, "import_wh": 123456789, "export_wh": 12345678, "acked": 3153590, "covered_from": 3153591}}
+j.save(state)
+j.save(state)
+print(json.dumps([os.stat({path!r} + ".0")[6], os.stat({path!r} + ".1")[6], sorted(os.listdir({str(tmp_path)!r}))]))
+"""
+    )
+    a, b, names = json.loads(out.strip().splitlines()[-1])
+    assert a == b <= 128 and names == ["j.0", "j.1"]
+
+
+def test_a_0_2_two_slot_journal_is_carried_over_once_and_removed(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    out = run_micropython(
+        f"""
+import json, os
+from edge.journal import encode_slot, Journal
+# Firmware 0.2: two 512-byte slots in one file, the newer in slot 1.
+raw = bytearray(b"\\xff" * 1024)
+old = encode_slot(6, {{"seq": 60, "import_wh": 900}})
+new = encode_slot(7, {{"seq": 70, "import_wh": 950, "acked": 65}})
+raw[0:len(old)] = old
+raw[512:512 + len(new)] = new
+with open({str(path)!r}, "wb") as f:
+    f.write(raw)
+j = Journal({str(path)!r})
+first = j.load()
+j.save({{"seq": 71, "import_wh": 951, "acked": 66}})
+gone = not ("state" in os.listdir({str(tmp_path)!r}))
+print(json.dumps([first, Journal({str(path)!r}).load(), j.gen, gone]))
+"""
+    )
+    first, after, gen, gone = json.loads(out.strip().splitlines()[-1])
+    assert first == {"seq": 70, "import_wh": 950, "acked": 65}
+    assert after == {"seq": 71, "import_wh": 951, "acked": 66} and gen == 8 and gone
 
 
 def test_generation_wrap_still_picks_the_newer_slot(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_flashing_twice_is_idempotent_and_a_changed_config_keeps_key_and_counter
     assert first.code == 0, first.err
     run_meter(image, 12)
     snapshot = {p.relative_to(image).as_posix(): p.read_bytes() for p in image.rglob("*") if p.is_file()}
-    assert "state" in snapshot or "outbox" in snapshot
+    assert "state.0" in snapshot and "outbox.d/0" in snapshot
 
     again = flash(*common)  # no config given: the folder's is kept
     assert again.code == 0, again.err
@@ -99,7 +99,7 @@ def test_flashing_twice_is_idempotent_and_a_changed_config_keeps_key_and_counter
     assert changed.result["files_written"] == 1 and changed.result["public_key"] == first.result["public_key"]
     cfg = json.loads((image / "config.json").read_text())
     assert cfg["interval_s"] == 0.02 and cfg["device_name"] == "flat-3b" and cfg["meter"]["seed"] == 5
-    for own in ("device.key", "state", "outbox"):
+    for own in ("device.key", "state.0", "state.1", "outbox.d/0"):
         if own in snapshot:
             assert (image / own).read_bytes() == snapshot[own], own
     run_meter(image, 8)
