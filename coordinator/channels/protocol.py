@@ -434,15 +434,16 @@ class ChannelNode:
             self._save_wallet()
         return encode(self.identity, "funded", channel_id, {"funding_tx": ch.funding_tx.to_bytes()})
 
-    def watch_funding(self, channel_id: bytes, confirmations: int) -> int:
+    def watch_funding(self, channel_id: bytes, confirmations: int, shown: int | None = None) -> int:
         """As payee, look at the funding tx on the chain: mark it confirmed
         at `confirmations`, lost while the chain does not show it (updates
         are refused then), found again if it comes back. Returns what the
-        chain shows (-1 unknown, else confirmations)."""
+        chain shows (-1 unknown, else confirmations); `shown` is that
+        figure when the caller asked the chain already (off the loop)."""
         e = self._get(channel_id, "payee")
         ch: PayeeChannel = e.channel  # type: ignore[assignment]
         assert ch.funding is not None
-        n = self.chain.confirmations(txid_hex_of(ch.funding))
+        n = self.chain.confirmations(txid_hex_of(ch.funding)) if shown is None else shown
         confirmed, lost = n >= confirmations, n < 0
         if (confirmed, lost) != (ch.funding_confirmed, ch.funding_lost):
             ch.funding_confirmed, ch.funding_lost = confirmed, lost
