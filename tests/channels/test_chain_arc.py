@@ -4,6 +4,7 @@ and what it makes of every kind of answer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Iterator
@@ -18,6 +19,7 @@ from microgrid.coordinator.channels.wallet import Wallet
 from .arc_server import FakeArc, LedgerLookup
 from .conftest import fund
 from .test_chain_rpc import node  # noqa: F401 - the fake node fixture
+from .test_lifecycle import world  # noqa: F401 - two nodes and a clock
 
 TOKEN = "mainnet_5ecret7oken"
 
@@ -228,3 +230,48 @@ def test_the_node_gives_a_block_merkle_root(node) -> None:  # noqa: F811
     fake.answers["getblockheader"] = (200, {"result": {"height": 7}, "error": None, "id": 2})
     with pytest.raises(ChainError, match="unexpected answer"):
         NodeRpcBackend(url).merkle_root(7)
+
+
+# -- channels on ARC: funding watched, lost, back; close broadcast and confirmed ------------------------------
+
+def test_channels_run_their_lifecycle_on_arc(world, arc: FakeArc, ledger: LocalLedger) -> None:
+    from dataclasses import replace
+
+    from microgrid.coordinator.channels.lifecycle import ChannelLifecycle
+    from microgrid.coordinator.channels.protocol import txid_hex_of
+
+    from .test_lifecycle import open_and_pay, tick
+
+    a, b, clock, net, settings = world
+    a.chain = b.chain = backend(arc)
+    settings = replace(settings, confirmations=2)
+    cid = open_and_pay(a, b, net, [500])  # funding broadcast through ARC, checked through the lookup
+    funding = txid_hex_of(b.payee(cid).funding)
+    assert ("POST", "/v1/tx") in [(m, p) for m, p, _, _ in arc.requests]
+    seller = ChannelLifecycle(b, net.exchange_for(b), settings)
+    buyer = ChannelLifecycle(a, net.exchange_for(a), settings)
+    assert tick(seller)[0].funding_lost == [] and not b.payee(cid).funding_confirmed  # SEEN_ON_NETWORK
+    ledger.evict(funding)  # the network lost it: ARC answers 404
+    assert tick(seller)[0].funding_lost == [cid]
+    with pytest.raises(Exception, match="funding"):
+        asyncio.run(net.exchange_for(a)("coap://b", a.pay_request(cid, 500)))
+    assert tick(buyer)[0].funded == [cid]  # the buyer puts it back through ARC
+    assert tick(seller)[0].funding_lost == [] and ledger.confirmations(funding) == 0
+    asyncio.run(net.exchange_for(a)("coap://b", a.pending_request(cid)))
+    assert b.payee(cid).received == 1_000
+    ledger.mine()
+    tick(seller)
+    assert not b.payee(cid).funding_confirmed  # 1 of 2
+    ledger.mine()
+    tick(seller)
+    assert b.payee(cid).funding_confirmed  # MINED, 2 deep, proof checked
+    # Due: the seller closes through ARC; a tick while it waits in the mempool does not resend it.
+    clock.t = a.payer(cid).terms.refund_locktime - 600
+    assert tick(seller)[0].closed == [cid]
+    closing = b.payee(cid).closing_tx.hex_hash()
+    posts = sum(1 for m, _, _, _ in arc.requests if m == "POST")
+    assert tick(seller)[0].closed == [] and sum(1 for m, _, _, _ in arc.requests if m == "POST") == posts
+    ledger.mine(2)
+    tick(seller)
+    assert cid in seller._confirmed and ledger.confirmations(closing) == 2
+    assert b.wallet.balance() == 1_000

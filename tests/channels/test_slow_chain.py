@@ -1,0 +1,87 @@
+"""A slow chain backend does not stall CoAP: the lifecycle's chain calls to
+a network backend (one that `blocking` says waits on the network) run in
+the chain thread while the event loop keeps answering channel updates."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import aiocoap
+
+from microgrid.coordinator.channels.chain import LocalLedger
+from microgrid.coordinator.channels.lifecycle import ChannelLifecycle, LifecycleSettings
+from microgrid.coordinator.channels.transport import ChannelClient, channel_uri, serve
+
+from ..conftest import free_udp_port
+from .conftest import FixedClock, make_node
+
+DELAY_S = 2.0
+
+
+class SlowNode:
+    """A remote node answering each look-up after DELAY_S (as a loaded
+    node or ARC far away would); the ledger behind it is the truth."""
+
+    blocking = True
+
+    def __init__(self, ledger: LocalLedger) -> None:
+        self.ledger = ledger
+        self.delay = 0.0
+        self.threads: set[str] = set()
+
+    def _wait(self) -> None:
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+
+    def confirmations(self, txid: str) -> int:
+        self._wait()
+        return self.ledger.confirmations(txid)
+
+    def get_output(self, outpoint: Any) -> Any:
+        self._wait()
+        return self.ledger.get_output(outpoint)
+
+    def __getattr__(self, name: str) -> Any:  # broadcast, tip: at once
+        return getattr(self.ledger, name)
+
+
+def test_coap_keeps_answering_while_the_lifecycle_waits_on_a_slow_chain(tmp_path, ledger: LocalLedger) -> None:
+    clock = FixedClock()
+    ledger.clock = clock
+    slow = SlowNode(ledger)
+    pa, pb = free_udp_port(), free_udp_port()
+    a = make_node(tmp_path, "a", ledger, clock, funds=1_000_000, uri=channel_uri("127.0.0.1", pa))
+    b = make_node(tmp_path, "b", ledger, clock, uri=channel_uri("127.0.0.1", pb))
+    b.chain = slow
+
+    async def go() -> None:
+        sa, sb = await serve(a, "127.0.0.1", pa), await serve(b, "127.0.0.1", pb)
+        client_a = ChannelClient(a, await aiocoap.Context.create_client_context())
+        client_b = ChannelClient(b, await aiocoap.Context.create_client_context())
+        try:
+            cid = await client_a.open_channel(b.uri, 200_000, 7_200, b.public_key)
+            await client_a.pay(cid, 50)
+            slow.delay, slow.threads = DELAY_S, set()
+            seller = ChannelLifecycle(b, client_b.exchange, LifecycleSettings(every_s=300, confirmations=1))
+            started = time.monotonic()
+            tick = asyncio.ensure_future(seller.tick())  # watches the unconfirmed funding: one slow look-up
+            await asyncio.sleep(0.2)
+            assert not tick.done()
+            paid_in = []
+            for _ in range(3):  # updates over CoAP, answered while the tick waits on the chain
+                t0 = time.monotonic()
+                await client_a.pay(cid, 50)
+                paid_in.append(time.monotonic() - t0)
+            assert not tick.done(), f"the tick finished before the updates: {paid_in}"
+            report = await tick
+            assert time.monotonic() - started >= DELAY_S and not report.failed and not report.funding_lost
+            assert b.payee(cid).received == 200 and max(paid_in) < DELAY_S / 2
+            assert slow.threads and all(n.startswith("chain") for n in slow.threads)
+        finally:
+            for ctx in (client_a.context, client_b.context, sa, sb):
+                await ctx.shutdown()
+
+    asyncio.run(go())
