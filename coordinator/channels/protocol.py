@@ -25,13 +25,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from bitcoinx import PrivateKey, Tx
 
 from ..clock import Clock
 from .admission import Admission
-from .chain import ChainBackend, ChainError
+from .chain import ChainBackend, ChainError, call
 from .channel import ChannelError, ChannelPolicy, FundingError, PayeeChannel, PayerChannel, State, Update
 from .messages import REPLIES, Message, MessageError, decode, digest, encode
 from .store import ChannelStore, payee_from_record, payer_from_record
@@ -89,6 +89,9 @@ class ChannelNode:
         self.full_check = full_check
         self.channels: dict[bytes, Entry] = {}
         self.payment_listeners: list[PaymentListener] = []
+        # Chain answers `handle_async` fetched off the loop for the request
+        # being handled: (what, key) -> the answer or the ChainError.
+        self._facts: dict[tuple[str, Any], Any] = {}
         self.resume()
 
     # -- lifecycle ------------------------------------------------------------
@@ -194,6 +197,47 @@ class ChannelNode:
             return self._error(msg.channel_id, wire, "internal", PRIVATE_DETAIL["internal"])
         return encode(self.identity, REPLIES[msg.type], msg.channel_id, body, digest(wire)).wire
 
+    async def handle_async(self, wire: bytes) -> bytes:
+        """`handle` for the CoAP server. The chain look-ups a request needs
+        (a `funded` funding output, a `closed` closing tx) are made first in
+        the chain thread (`chain.call`): a slow node or ARC holds up that
+        request, not the loop and every other peer's updates. The rest runs
+        on the loop's thread as `handle` does (channel state and its store
+        stay on one thread). Only for a signed request from the channel's
+        own peer: a stranger cannot make us query the chain."""
+        facts: dict[tuple[str, Any], Any] = {}
+        try:
+            msg = decode(wire)
+            e = self.channels.get(msg.channel_id)
+            if e is not None and msg.sender == e.peer:
+                if msg.type == "funded" and e.role == "payee" and e.channel.funding is not None:
+                    facts[("output", e.channel.funding)] = await self._ask(self.chain.get_output, e.channel.funding)
+                elif msg.type == "closed" and e.role == "payer":
+                    txid = txid_hex(tx_from_bytes(msg.body["closing_tx"]))
+                    facts[("confirmations", txid)] = await self._ask(self.chain.confirmations, txid)
+        except (MessageError, TransactionError, KeyError, TypeError, ValueError):
+            pass  # `handle` meets the same fault and answers it
+        self._facts = facts
+        try:
+            return self.handle(wire)
+        finally:
+            self._facts = {}
+
+    async def _ask(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await call(self.chain, fn, *args)
+        except ChainError as err:
+            return err
+
+    def _fact(self, what: str, key: Any, fn: Callable[..., Any]) -> Any:
+        """The chain's answer fetched by `handle_async`, else asked now."""
+        if (what, key) not in self._facts:
+            return fn(key)
+        answer = self._facts[(what, key)]
+        if isinstance(answer, ChainError):
+            raise answer
+        return answer
+
     def _error(self, channel_id: bytes, wire: bytes, code: str, detail: str) -> bytes:
         return encode(self.identity, "error", channel_id, {"code": code, "detail": detail[:400]}, digest(wire)).wire
 
@@ -266,7 +310,7 @@ class ChannelNode:
         assert ch.funding is not None
         if txid_hex(tx) != txid_hex_of(ch.funding):
             raise FundingError(f"funding tx {txid_hex(tx)}: expected {txid_hex_of(ch.funding)} (the refund's input)")
-        if self.chain.get_output(ch.funding) is None:
+        if self._fact("output", ch.funding, self.chain.get_output) is None:
             raise FundingError(f"funding output {ch.funding} is not unspent on the chain")
         ch.on_funded(tx)
         try:
@@ -313,7 +357,7 @@ class ChannelNode:
         if ch.state == State.CLOSED and ch.closing_txid == txid:
             return {}  # the payee repeats a notice we already took
         ch.require_state(State.OPEN)
-        if self.chain.confirmations(txid) < 0:
+        if self._fact("confirmations", txid, self.chain.confirmations) < 0:
             raise ProtocolError("not-on-chain", f"closing tx {txid} is not on the chain")
         ch.on_close(tx)
         self._save(e)

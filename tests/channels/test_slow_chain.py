@@ -85,3 +85,38 @@ def test_coap_keeps_answering_while_the_lifecycle_waits_on_a_slow_chain(tmp_path
                 await ctx.shutdown()
 
     asyncio.run(go())
+
+
+def test_a_request_waiting_on_a_slow_chain_holds_up_only_itself(tmp_path, ledger: LocalLedger) -> None:
+    """A second channel's `funded` makes the payee look the funding output
+    up (2 s); updates on the first channel are answered meanwhile."""
+    clock = FixedClock()
+    ledger.clock = clock
+    slow = SlowNode(ledger)
+    pa, pb = free_udp_port(), free_udp_port()
+    a = make_node(tmp_path, "a", ledger, clock, funds=1_000_000, uri=channel_uri("127.0.0.1", pa))
+    b = make_node(tmp_path, "b", ledger, clock, uri=channel_uri("127.0.0.1", pb))
+    b.chain = slow
+
+    async def go() -> None:
+        sa, sb = await serve(a, "127.0.0.1", pa), await serve(b, "127.0.0.1", pb)
+        client_a = ChannelClient(a, await aiocoap.Context.create_client_context())
+        try:
+            first = await client_a.open_channel(b.uri, 200_000, 7_200, b.public_key)
+            slow.delay, slow.threads = DELAY_S, set()
+            second = asyncio.ensure_future(client_a.open_channel(b.uri, 100_000, 7_200, b.public_key))
+            while not slow.threads:  # the payee is looking the second funding up
+                await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            for _ in range(3):
+                await client_a.pay(first, 50)
+            paid_in = time.monotonic() - t0
+            assert not second.done() and paid_in < DELAY_S / 2
+            cid = await second
+            assert b.payee(cid).state.value == "open" and b.payee(first).received == 150
+            assert all(n.startswith("chain") for n in slow.threads)
+        finally:
+            for ctx in (client_a.context, sa, sb):
+                await ctx.shutdown()
+
+    asyncio.run(go())
