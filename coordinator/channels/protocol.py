@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -215,6 +216,15 @@ class ChannelNode:
                 elif msg.type == "closed" and e.role == "payer":
                     txid = txid_hex(tx_from_bytes(msg.body["closing_tx"]))
                     facts[("confirmations", txid)] = await self._ask(self.chain.confirmations, txid)
+                elif msg.type == "pay" and isinstance(e.channel, PayeeChannel) and e.channel.funding_lost:
+                    # Updates are refused while the funding is not on the chain;
+                    # the payer puts it back when refused, so look again now
+                    # rather than at the lifecycle's next tick.
+                    assert e.channel.funding is not None
+                    shown = await self._ask(self.chain.confirmations, txid_hex_of(e.channel.funding))
+                    if not isinstance(shown, ChainError):
+                        # Confirmed or not is the lifecycle's to judge (its setting).
+                        self.watch_funding(msg.channel_id, sys.maxsize, shown)
         except (MessageError, TransactionError, KeyError, TypeError, ValueError):
             pass  # `handle` meets the same fault and answers it
         self._facts = facts
