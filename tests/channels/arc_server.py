@@ -16,7 +16,8 @@ codes (https://bitcoin-sv.github.io/arc/) in front of a `LocalLedger`.
 
 `mode` makes it misbehave: "malformed" (200 with a non-JSON body),
 "no-status" (200 JSON without txStatus), "slow" (answers after
-`delay_s`), "bad-proof" (a merkle path to another tree). The server runs
+`delay_s`), "bad-proof" (a merkle path to another tree), "status:X" (every tx has
+txStatus X, with a competing tx). The server runs
 in a daemon thread and shuts itself down after `lifetime_s` if the test
 did not.
 """
@@ -144,6 +145,10 @@ class FakeArc:
             return self._send(h, 200, b"<html>gateway says hi</html>", "text/html")
         if self.mode == "no-status":
             return self._send_json(h, 200, {"txid": "00" * 32, "title": "OK"})
+        if self.mode.startswith("status:"):  # every tx answered with this txStatus (POST and GET)
+            txid = h.path[len("/v1/tx/"):] if method == "GET" else str(Tx.from_hex(json.loads(body)["rawTx"]).hex_hash())
+            return self._send_json(h, 200, {"txid": txid, "txStatus": self.mode[len("status:"):], "blockHeight": 0,
+                                            "extraInfo": "", "competingTxs": ["ab" * 32], "merklePath": ""})
         if method == "GET" and h.path.startswith("/v1/tx/"):
             doc = self.status_doc(h.path[len("/v1/tx/"):])
             if doc is None:

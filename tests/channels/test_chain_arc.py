@@ -275,3 +275,28 @@ def test_channels_run_their_lifecycle_on_arc(world, arc: FakeArc, ledger: LocalL
     tick(seller)
     assert cid in seller._confirmed and ledger.confirmations(closing) == 2
     assert b.wallet.balance() == 1_000
+
+
+@pytest.mark.parametrize("status,shown,refused", [
+    ("DOUBLE_SPEND_ATTEMPTED", -1, True),  # contested: not counted on, as a vanished funding
+    ("REJECTED", -1, True),
+    ("SEEN_IN_ORPHAN_MEMPOOL", 0, False),
+    ("MINED_IN_STALE_BLOCK", 0, False),  # back to the mempool, mined again later
+    ("STORED", 0, False),  # ARC holds it and relays it itself
+    ("SOMETHING_NEW", None, False),
+])
+def test_each_arc_status_means_what_the_channels_need(arc: FakeArc, ledger: LocalLedger, status: str, shown,
+                                                     refused: bool) -> None:
+    b = backend(arc)
+    tx = payment(ledger)
+    arc.mode = f"status:{status}"
+    if shown is None:
+        with pytest.raises(ChainError, match="unknown txStatus"):
+            b.confirmations(tx.hex_hash())
+    else:
+        assert b.confirmations(tx.hex_hash()) == shown
+    if refused:
+        with pytest.raises(ChainError, match=status):
+            b.broadcast(tx)
+    else:
+        assert b.broadcast(tx) == tx.hex_hash()
