@@ -39,10 +39,10 @@ the refund signed):
 A payer asking to close (`close` request) is answered by the node at once
 (`ChannelNode.rpc_close`). One channel's failure (peer away, chain
 unreachable) is logged and retried at the next tick; it never holds up the
-others. The periodic look at the chain (confirmations, outputs, re-broadcasts)
-runs in the chain thread for network backends (`chain.call`), so a slow node
-or ARC does not stall CoAP; the steps that change a channel (close, refund,
-finishing an open) call the chain on the loop's thread, once per channel.
+others. Every chain call here (confirmations, outputs, closes, refunds,
+re-broadcasts) runs in the chain thread for network backends (`chain.call`),
+so a slow node or ARC does not stall CoAP; only finishing an open
+(`funded_request`, rare) still calls the chain on the loop's thread.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class ChannelLifecycle:
                           cid.hex()[:16])
         due = ch.latest is not None and (ch.must_close(now) or ch.is_full(self.settings.full_below_sat))
         if (ch.state == State.OPEN and due) or ch.state == State.CLOSING:
-            self.node.close(cid)
+            await self.node.close_async(cid)
             report.closed.append(cid)
         elif ch.state == State.CLOSED and cid not in self._confirmed and ch.closing_tx is not None:
             # Watched until mined deep enough; put back if the chain lost it.
@@ -153,7 +153,7 @@ class ChannelLifecycle:
             elif n >= self.settings.confirmations:
                 self._confirmed.add(cid)
         if ch.state == State.CLOSED and not ch.payer_notified and e.peer_uri:
-            await self.exchange(e.peer_uri, self.node.close(cid))
+            await self.exchange(e.peer_uri, await self.node.close_async(cid))
             if ch.payer_notified:
                 report.notified.append(cid)
 
@@ -199,7 +199,7 @@ class ChannelLifecycle:
                 report.close_seen.append(cid)
             return
         if past_lock:
-            self.node.refund(cid)
+            await self.node.refund_async(cid)
             report.refunded.append(cid)
 
     async def run(self, stop: asyncio.Event) -> None:

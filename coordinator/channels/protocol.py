@@ -392,11 +392,15 @@ class ChannelNode:
             tx = ch.close(self.now())
             self._save(e)  # CLOSING with the closing tx, before it is broadcast
         self.chain.broadcast(tx)
-        ch.on_closed()
+        self._closed(e, tx)
+        return tx
+
+    def _closed(self, e: Entry, tx: Tx) -> None:
+        """The closing tx `tx` of a CLOSING channel is on the chain."""
+        e.channel.on_closed()  # type: ignore[union-attr]
         self._save(e)
         self.wallet.scan(tx)
         self._save_wallet()
-        return tx
 
     # -- payee actions -------------------------------------------------------------
     def close(self, channel_id: bytes) -> Message:
@@ -405,6 +409,26 @@ class ChannelNode:
         e = self._get(channel_id, "payee")
         tx = self._close(e)
         return encode(self.identity, "closed", channel_id, {"closing_tx": tx.to_bytes()})
+
+    async def close_async(self, channel_id: bytes) -> Message:
+        """`close`, its broadcast in the chain thread (the lifecycle's way;
+        see `chain.call`). As in `close`, the closing tx is stored (CLOSING)
+        before it is broadcast; a close a peer's request finished meanwhile
+        is not finished twice. A CLOSED channel only gets its notice again:
+        whether the chain still has the close is the lifecycle's to check."""
+        e = self._get(channel_id, "payee")
+        ch: PayeeChannel = e.channel  # type: ignore[assignment]
+        if ch.state != State.CLOSED:
+            if ch.state == State.CLOSING and ch.closing_tx is not None:
+                tx = ch.closing_tx
+            else:
+                tx = ch.close(self.now())
+                self._save(e)  # CLOSING with the closing tx, before it is broadcast
+            await call(self.chain, self.chain.broadcast, tx)
+            if ch.state == State.CLOSING:
+                self._closed(e, tx)
+        assert ch.closing_tx is not None
+        return encode(self.identity, "closed", channel_id, {"closing_tx": ch.closing_tx.to_bytes()})
 
     def channels_to_close(self) -> list[bytes]:
         now = self.now()
@@ -518,6 +542,19 @@ class ChannelNode:
         self._save(e)
         self.wallet.scan(tx)
         self._save_wallet()
+        return txid
+
+    async def refund_async(self, channel_id: bytes) -> str:
+        """`refund`, its broadcast in the chain thread (the lifecycle's way)."""
+        e = self._get(channel_id, "payer")
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        tx = ch.refund_for_broadcast(self.now())
+        txid = await call(self.chain, self.chain.broadcast, tx)
+        if ch.state in (State.REFUND_SIGNED, State.OPEN):  # unless a close was taken meanwhile
+            ch.on_refunded()
+            self._save(e)
+            self.wallet.scan(tx)
+            self._save_wallet()
         return txid
 
     def on_reply(self, request: Message, wire: bytes) -> Message | None:

@@ -44,7 +44,11 @@ class SlowNode:
         self._wait()
         return self.ledger.get_output(outpoint)
 
-    def __getattr__(self, name: str) -> Any:  # broadcast, tip: at once
+    def broadcast(self, tx: Any) -> str:
+        self._wait()
+        return self.ledger.broadcast(tx)
+
+    def __getattr__(self, name: str) -> Any:  # tip, ..: at once
         return getattr(self.ledger, name)
 
 
@@ -117,6 +121,50 @@ def test_a_request_waiting_on_a_slow_chain_holds_up_only_itself(tmp_path, ledger
             assert all(n.startswith("chain") for n in slow.threads)
         finally:
             for ctx in (client_a.context, sa, sb):
+                await ctx.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_close_waiting_on_a_slow_broadcast_does_not_stall_other_channels(tmp_path, ledger: LocalLedger) -> None:
+    """The seller's lifecycle closes one channel (a 2 s broadcast, after
+    2 s look-ups) while the buyer keeps paying on another."""
+    clock = FixedClock()
+    ledger.clock = clock
+    slow = SlowNode(ledger)
+    pa, pb = free_udp_port(), free_udp_port()
+    a = make_node(tmp_path, "a", ledger, clock, funds=1_000_000, uri=channel_uri("127.0.0.1", pa))
+    b = make_node(tmp_path, "b", ledger, clock, uri=channel_uri("127.0.0.1", pb))
+    b.chain = slow
+
+    async def go() -> None:
+        sa, sb = await serve(a, "127.0.0.1", pa), await serve(b, "127.0.0.1", pb)
+        client_a = ChannelClient(a, await aiocoap.Context.create_client_context())
+        client_b = ChannelClient(b, await aiocoap.Context.create_client_context())
+        try:
+            full = await client_a.open_channel(b.uri, 20_000, 7_200, b.public_key)
+            other = await client_a.open_channel(b.uri, 200_000, 7_200, b.public_key)
+            await client_a.pay(full, 19_500)  # less than full_below_sat left: due to close
+            await client_a.pay(other, 50)
+            ledger.mine()
+            watch = ChannelLifecycle(b, client_b.exchange, LifecycleSettings(every_s=300, full_below_sat=0))
+            await watch.tick()  # both fundings confirmed (no more look-ups for them), nothing due yet
+            seller = ChannelLifecycle(b, client_b.exchange, LifecycleSettings(every_s=300, full_below_sat=1_000))
+            slow.delay, slow.threads = DELAY_S, set()
+            tick = asyncio.ensure_future(seller.tick())
+            while not slow.threads:  # the close is being broadcast
+                await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            for _ in range(3):
+                await client_a.pay(other, 50)
+            paid_in = time.monotonic() - t0
+            assert not tick.done() and paid_in < DELAY_S / 2
+            report = await tick
+            assert report.closed == [full] and b.payee(other).received == 200
+            assert ledger.confirmations(b.payee(full).closing_tx.hex_hash()) == 0
+            assert all(n.startswith("chain") for n in slow.threads)
+        finally:
+            for ctx in (client_a.context, client_b.context, sa, sb):
                 await ctx.shutdown()
 
     asyncio.run(go())
