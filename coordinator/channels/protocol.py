@@ -199,13 +199,14 @@ class ChannelNode:
         return encode(self.identity, REPLIES[msg.type], msg.channel_id, body, digest(wire)).wire
 
     async def handle_async(self, wire: bytes) -> bytes:
-        """`handle` for the CoAP server. The chain look-ups a request needs
-        (a `funded` funding output, a `closed` closing tx) are made first in
-        the chain thread (`chain.call`): a slow node or ARC holds up that
-        request, not the loop and every other peer's updates. The rest runs
-        on the loop's thread as `handle` does (channel state and its store
-        stay on one thread). Only for a signed request from the channel's
-        own peer: a stranger cannot make us query the chain."""
+        """`handle` for the CoAP server. The chain calls a request needs (a
+        `funded` funding output, a `closed` closing tx, a `close` and its
+        broadcast, a refused channel's funding) are made first in the chain
+        thread (`chain.call`): a slow node or ARC holds up that request, not
+        the loop and every other peer's updates. The rest runs on the loop's
+        thread as `handle` does (channel state and its store stay on one
+        thread). Only for a signed request from the channel's own peer: a
+        stranger cannot make us query the chain."""
         facts: dict[tuple[str, Any], Any] = {}
         try:
             msg = decode(wire)
@@ -216,6 +217,8 @@ class ChannelNode:
                 elif msg.type == "closed" and e.role == "payer":
                     txid = txid_hex(tx_from_bytes(msg.body["closing_tx"]))
                     facts[("confirmations", txid)] = await self._ask(self.chain.confirmations, txid)
+                elif msg.type == "close" and isinstance(e.channel, PayeeChannel):
+                    await self._close_ahead(msg.channel_id, e.channel, facts)
                 elif msg.type == "pay" and isinstance(e.channel, PayeeChannel) and e.channel.funding_lost:
                     # Updates are refused while the funding is not on the chain;
                     # the payer puts it back when refused, so look again now
@@ -232,6 +235,24 @@ class ChannelNode:
             return self.handle(wire)
         finally:
             self._facts = {}
+
+    async def _close_ahead(self, channel_id: bytes, ch: PayeeChannel, facts: dict[tuple[str, Any], Any]) -> None:
+        """The payer asks us to close: close (its broadcast in the chain
+        thread) before `rpc_close` answers with the closing tx, or look
+        whether the chain still has a close made before."""
+        if ch.state == State.CLOSING or (ch.state == State.OPEN and ch.latest is not None):
+            try:
+                await self.close_async(channel_id)
+            except ChainError as err:
+                facts[("close", channel_id)] = err
+                return
+            except ChannelError:
+                return  # `handle` meets it again and answers it
+            assert ch.closing_tx is not None
+            facts[("confirmations", txid_hex(ch.closing_tx))] = 0  # just broadcast
+        elif ch.state == State.CLOSED and ch.closing_tx is not None:
+            txid = txid_hex(ch.closing_tx)
+            facts[("confirmations", txid)] = await self._ask(self.chain.confirmations, txid)
 
     async def _ask(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -352,6 +373,9 @@ class ChannelNode:
 
     def rpc_close(self, msg: Message) -> dict:
         e = self._from_peer(msg, "payee")
+        failed = self._facts.get(("close", msg.channel_id))
+        if failed is not None:
+            raise failed  # handle_async's broadcast failed: not again on the loop
         return {"closing_tx": self._close(e).to_bytes()}
 
     def rpc_closed(self, msg: Message) -> dict:
@@ -383,7 +407,7 @@ class ChannelNode:
         already has succeeds (see the backends)."""
         ch: PayeeChannel = e.channel  # type: ignore[assignment]
         if ch.state == State.CLOSED and ch.closing_tx is not None:
-            if self.chain.confirmations(txid_hex(ch.closing_tx)) < 0:
+            if self._fact("confirmations", txid_hex(ch.closing_tx), self.chain.confirmations) < 0:
                 self.chain.broadcast(ch.closing_tx)
             return ch.closing_tx
         if ch.state == State.CLOSING and ch.closing_tx is not None:

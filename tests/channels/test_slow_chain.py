@@ -168,3 +168,44 @@ def test_a_close_waiting_on_a_slow_broadcast_does_not_stall_other_channels(tmp_p
                 await ctx.shutdown()
 
     asyncio.run(go())
+
+
+def test_a_close_the_buyer_asks_for_does_not_stall_other_channels(tmp_path, ledger: LocalLedger) -> None:
+    """The buyer asks the seller to close one channel (the seller's
+    broadcast takes 2 s) and keeps paying on another meanwhile."""
+    clock = FixedClock()
+    ledger.clock = clock
+    slow = SlowNode(ledger)
+    pa, pb = free_udp_port(), free_udp_port()
+    a = make_node(tmp_path, "a", ledger, clock, funds=1_000_000, uri=channel_uri("127.0.0.1", pa))
+    b = make_node(tmp_path, "b", ledger, clock, uri=channel_uri("127.0.0.1", pb))
+    b.chain = slow
+
+    async def go() -> None:
+        sa, sb = await serve(a, "127.0.0.1", pa), await serve(b, "127.0.0.1", pb)
+        client_a = ChannelClient(a, await aiocoap.Context.create_client_context(), timeout=30)
+        try:
+            old = await client_a.open_channel(b.uri, 20_000, 7_200, b.public_key)
+            new = await client_a.open_channel(b.uri, 200_000, 7_200, b.public_key)
+            await client_a.pay(old, 5_000)
+            slow.delay, slow.threads = DELAY_S, set()
+            closing = asyncio.ensure_future(client_a.close(old))
+            while not slow.threads:
+                await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            for _ in range(3):
+                await client_a.pay(new, 50)
+            paid_in = time.monotonic() - t0
+            assert not closing.done() and paid_in < DELAY_S / 2
+            await closing
+            assert a.payer(old).state.value == "closed" and a.payer(old).closed_amount == 5_000
+            assert b.payee(new).received == 150 and all(n.startswith("chain") for n in slow.threads)
+            # Asked again: answered from the close made, the chain looked at off the loop.
+            slow.threads = set()
+            await client_a.exchange(b.uri, a.close_request(old))
+            assert slow.threads and all(n.startswith("chain") for n in slow.threads)
+        finally:
+            for ctx in (client_a.context, sa, sb):
+                await ctx.shutdown()
+
+    asyncio.run(go())
