@@ -39,10 +39,9 @@ the refund signed):
 A payer asking to close (`close` request) is answered by the node at once
 (`ChannelNode.rpc_close`). One channel's failure (peer away, chain
 unreachable) is logged and retried at the next tick; it never holds up the
-others. Every chain call here (confirmations, outputs, closes, refunds,
-re-broadcasts) runs in the chain thread for network backends (`chain.call`),
-so a slow node or ARC does not stall CoAP; only finishing an open
-(`funded_request`, rare) still calls the chain on the loop's thread.
+others. Every chain call here (confirmations, outputs, closes, refunds, finishing
+an open, re-broadcasts) runs in the chain thread for network backends
+(`chain.call`), so a slow node or ARC does not stall CoAP.
 """
 
 from __future__ import annotations
@@ -176,7 +175,7 @@ class ChannelLifecycle:
         if ch.state == State.REFUND_SIGNED and not past_lock:
             # The open stopped after the refund was signed (the funding
             # broadcast failed, `funded` or its answer was lost): finish it.
-            msg = self.node.funded_request(cid)
+            msg = await self.node.funded_request_async(cid)
             if msg is not None and e.peer_uri:
                 await self.exchange(e.peer_uri, msg)
             report.funded.append(cid)

@@ -93,6 +93,9 @@ class ChannelNode:
         # Chain answers `handle_async` fetched off the loop for the request
         # being handled: (what, key) -> the answer or the ChainError.
         self._facts: dict[tuple[str, Any], Any] = {}
+        # Funding txs `on_reply_async` broadcasts off the loop once the reply
+        # is taken (None: `on_reply` broadcasts them itself).
+        self._deferred: list[Tx] | None = None
         self.resume()
 
     # -- lifecycle ------------------------------------------------------------
@@ -520,6 +523,20 @@ class ChannelNode:
         del self.channels[channel_id]
         return True
 
+    async def funded_request_async(self, channel_id: bytes) -> Message | None:
+        """`funded_request`, its chain calls in the chain thread (the
+        lifecycle's way)."""
+        e = self._get(channel_id, "payer")
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        if ch.state != State.REFUND_SIGNED or ch.funding_tx is None:
+            return None
+        tx = ch.funding_tx
+        if await call(self.chain, self.chain.confirmations, txid_hex(tx)) < 0:
+            await call(self.chain, self.chain.broadcast, tx)
+            self.wallet.scan(tx)
+            self._save_wallet()
+        return encode(self.identity, "funded", channel_id, {"funding_tx": tx.to_bytes()})
+
     def funded_request(self, channel_id: bytes) -> Message | None:
         """As payer, finish an open the payee has not acknowledged as funded
         (the broadcast failed, or the `funded` message or its answer was
@@ -581,6 +598,21 @@ class ChannelNode:
             self._save_wallet()
         return txid
 
+    async def on_reply_async(self, request: Message, wire: bytes) -> Message | None:
+        """`on_reply` for the CoAP client: the funding broadcast at an open
+        (after the signed refund is stored, as in `on_refund_signature`)
+        runs in the chain thread."""
+        self._deferred = []
+        try:
+            nxt = self.on_reply(request, wire)
+        finally:
+            deferred, self._deferred = self._deferred, None
+        for tx in deferred:
+            await call(self.chain, self.chain.broadcast, tx)
+            self.wallet.scan(tx)
+            self._save_wallet()
+        return nxt
+
     def on_reply(self, request: Message, wire: bytes) -> Message | None:
         """Take the answer to `request`; return the next request or None.
         Raises ProtocolError for an error answer or a reply that does not
@@ -639,9 +671,12 @@ class ChannelNode:
         ch.on_refund_signature(reply.body["sig"])
         self._save(e)  # the signed refund is durable before the funds are committed
         assert ch.funding_tx is not None
-        self.chain.broadcast(ch.funding_tx)
-        self.wallet.scan(ch.funding_tx)
-        self._save_wallet()
+        if self._deferred is not None:
+            self._deferred.append(ch.funding_tx)  # on_reply_async broadcasts it, off the loop
+        else:
+            self.chain.broadcast(ch.funding_tx)
+            self.wallet.scan(ch.funding_tx)
+            self._save_wallet()
         return encode(self.identity, "funded", ch.terms.channel_id, {"funding_tx": ch.funding_tx.to_bytes()})
 
     def on_funded_ack(self, e: Entry, reply: Message) -> None:

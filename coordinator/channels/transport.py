@@ -72,7 +72,7 @@ class ChannelClient:
     async def exchange(self, uri: str, msg: Message | None) -> None:
         """Send `msg` and follow the node's next requests until done."""
         while msg is not None:
-            msg = self.node.on_reply(msg, await self.send(uri, msg))
+            msg = await self.node.on_reply_async(msg, await self.send(uri, msg))
 
     async def open_channel(self, uri: str, capacity: int, lock_seconds: int, peer: bytes = b"") -> bytes:
         """Open and fund a channel paying the coordinator at `uri`; returns its id."""

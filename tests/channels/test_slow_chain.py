@@ -13,6 +13,7 @@ import aiocoap
 
 from microgrid.coordinator.channels.chain import LocalLedger
 from microgrid.coordinator.channels.lifecycle import ChannelLifecycle, LifecycleSettings
+from microgrid.coordinator.channels.protocol import txid_hex_of
 from microgrid.coordinator.channels.transport import ChannelClient, channel_uri, serve
 
 from ..conftest import free_udp_port
@@ -204,6 +205,41 @@ def test_a_close_the_buyer_asks_for_does_not_stall_other_channels(tmp_path, ledg
             slow.threads = set()
             await client_a.exchange(b.uri, a.close_request(old))
             assert slow.threads and all(n.startswith("chain") for n in slow.threads)
+        finally:
+            for ctx in (client_a.context, sa, sb):
+                await ctx.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_buyer_broadcasting_a_funding_on_a_slow_chain_keeps_paying(tmp_path, ledger: LocalLedger) -> None:
+    """The buyer's own chain is slow: opening its next channel (the funding
+    broadcast, 2 s) does not hold up its payments on the current one."""
+    clock = FixedClock()
+    ledger.clock = clock
+    slow = SlowNode(ledger)
+    pa, pb = free_udp_port(), free_udp_port()
+    a = make_node(tmp_path, "a", ledger, clock, funds=1_000_000, uri=channel_uri("127.0.0.1", pa))
+    b = make_node(tmp_path, "b", ledger, clock, uri=channel_uri("127.0.0.1", pb))
+    a.chain = slow
+
+    async def go() -> None:
+        sa, sb = await serve(a, "127.0.0.1", pa), await serve(b, "127.0.0.1", pb)
+        client_a = ChannelClient(a, await aiocoap.Context.create_client_context())
+        try:
+            current = await client_a.open_channel(b.uri, 200_000, 7_200, b.public_key)
+            slow.delay, slow.threads = DELAY_S, set()
+            opening = asyncio.ensure_future(client_a.open_channel(b.uri, 100_000, 7_200, b.public_key))
+            while not slow.threads:  # the buyer is broadcasting the new funding
+                await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            for _ in range(3):
+                await client_a.pay(current, 50)
+            paid_in = time.monotonic() - t0
+            assert not opening.done() and paid_in < DELAY_S / 2
+            nxt = await opening
+            assert b.payee(nxt).state.value == "open" and ledger.confirmations(txid_hex_of(b.payee(nxt).funding)) == 0
+            assert b.payee(current).received == 150 and all(n.startswith("chain") for n in slow.threads)
         finally:
             for ctx in (client_a.context, sa, sb):
                 await ctx.shutdown()
