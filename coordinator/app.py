@@ -67,8 +67,32 @@ def open_chain(config: Config, clock: Clock) -> Any:
         return LocalLedger(str(config.resolve(spec[len("local:"):])), clock=clock)
     from .channels.chain_rpc import NodeRpcBackend
 
+    c = config.channels
     user, password = rpc_credentials(config)
-    return NodeRpcBackend(spec[len("rpc:"):], user, password)
+    if spec.startswith("arc:"):
+        # ARC broadcasts and tells what became of a tx; the node is the
+        # lookup source for what ARC lacks (channels/chain_arc.py).
+        from .channels.chain_arc import ArcBackend
+
+        lookup = NodeRpcBackend(c.chain_lookup[len("rpc:"):], user, password, timeout=c.chain_timeout_s)
+        return ArcBackend(spec[len("arc:"):], lookup, arc_token(config), timeout=c.chain_timeout_s)
+    return NodeRpcBackend(spec[len("rpc:"):], user, password, timeout=c.chain_timeout_s)
+
+
+def arc_token(config: Config) -> str:
+    """ARC's API token from its file (never in the URL or the settings,
+    which are logged and shown); empty without one (a public ARC)."""
+    c = config.channels
+    if not c.arc_token_file:
+        return ""
+    path = config.resolve(c.arc_token_file)
+    try:
+        token = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read channels.arc_token_file: {e.strerror} ({e.filename})") from None
+    if not token or any(ch.isspace() for ch in token):
+        raise ConfigError(f"channels.arc_token_file {path}: expected one token on one line")
+    return token
 
 
 def rpc_credentials(config: Config) -> tuple[str, str]:

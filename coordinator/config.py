@@ -122,10 +122,19 @@ class ChannelsSettings:
     # rpc_user with the password in rpc_password_file (mode 0600), or with
     # the node's own cookie file (rpc_cookie_file, "user:password"). Never
     # credentials in the URL: URLs are logged and shown.
+    # "arc:https://arc.example.com" broadcasts through ARC (BSV's transaction
+    # processor; broadcast, status, merkle proofs) with the API token in
+    # arc_token_file (mode 0600; empty: no token), and reads the chain tip,
+    # unspent outputs and block merkle roots from chain_lookup
+    # ("rpc:http://127.0.0.1:8332", logging in as above): ARC has none.
     chain: str = "local:ledger.db"
     rpc_user: str = ""
     rpc_password_file: str = ""
     rpc_cookie_file: str = ""
+    arc_token_file: str = ""
+    chain_lookup: str = ""
+    # Seconds a network backend waits for one answer.
+    chain_timeout_s: int = 10
     store_path: str = "channels.db"
     fee_rate_sat_per_kb: int = 100
     capacity_sat: int = 2_000_000
@@ -169,20 +178,25 @@ class ChannelsSettings:
     max_pending_total: int = 16
     max_capacity_sat: int = 200_000_000
 
-    def _validate_rpc(self, section: str) -> None:
-        url = self.chain[len("rpc:"):]
+    def _validate_url(self, name: str, spec: str, prefix: str, where: str) -> None:
+        """`spec` is prefix + an http(s) URL without credentials; `where`
+        says where the credentials go instead."""
+        url = spec[len(prefix):]
         try:
             parts = urllib.parse.urlsplit(url)
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
-            raise ConfigError(f"{section}.chain: {redact_url(url)!r} is not a URL such as http://127.0.0.1:8332") \
+            raise ConfigError(f"{name}: {redact_url(url)!r} is not a URL such as http://127.0.0.1:8332") \
                 from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{section}.chain={'rpc:' + redact_url(url)!r}: expected rpc:http://HOST:PORT")
+            raise ConfigError(f"{name}={prefix + redact_url(url)!r}: expected {prefix}http(s)://HOST[:PORT][/PATH]")
         if parts.username is not None or parts.password is not None:
-            raise ConfigError(f"{section}.chain: credentials in the URL would be logged and shown; put the user in "
-                              f"{section}.rpc_user and the password in a file named by {section}.rpc_password_file "
-                              f"(or the node's cookie file in {section}.rpc_cookie_file)")
+            raise ConfigError(f"{name}: credentials in the URL would be logged and shown; {where}")
+
+    def _validate_rpc(self, section: str, name: str, spec: str) -> None:
+        self._validate_url(name, spec, "rpc:", f"put the user in {section}.rpc_user and the password in a file "
+                           f"named by {section}.rpc_password_file (or the node's cookie file in "
+                           f"{section}.rpc_cookie_file)")
         if self.rpc_cookie_file and (self.rpc_user or self.rpc_password_file):
             raise ConfigError(f"{section}.rpc_cookie_file holds the user and password: expected no "
                               f"{section}.rpc_user or {section}.rpc_password_file beside it")
@@ -190,10 +204,24 @@ class ChannelsSettings:
             raise ConfigError(f"{section}.rpc_user and {section}.rpc_password_file go together")
 
     def validate(self, section: str) -> None:
-        if not (self.chain.startswith("local:") or self.chain.startswith("rpc:")):
-            raise ConfigError(f"{section}.chain={redact_url(self.chain)!r}: expected \"local:PATH\" or \"rpc:URL\"")
+        if not self.chain.startswith(("local:", "rpc:", "arc:")):
+            raise ConfigError(f"{section}.chain={redact_url(self.chain)!r}: expected \"local:PATH\", \"rpc:URL\" "
+                              f"or \"arc:URL\"")
         if self.chain.startswith("rpc:"):
-            self._validate_rpc(section)
+            self._validate_rpc(section, f"{section}.chain", self.chain)
+            if self.chain_lookup:
+                raise ConfigError(f"{section}.chain_lookup is for chain = \"arc:URL\" only")
+        if self.chain.startswith("arc:"):
+            self._validate_url(f"{section}.chain", self.chain, "arc:",
+                               f"put the API token in a file named by {section}.arc_token_file")
+            if not self.chain_lookup.startswith("rpc:"):
+                raise ConfigError(f"{section}.chain = \"arc:URL\" needs {section}.chain_lookup = \"rpc:URL\" (an SV "
+                                  f"node for the chain tip, unspent outputs and block merkle roots, which ARC does "
+                                  f"not serve)")
+            self._validate_rpc(section, f"{section}.chain_lookup", self.chain_lookup)
+        elif self.arc_token_file:
+            raise ConfigError(f"{section}.arc_token_file is for chain = \"arc:URL\" only")
+        _int_range(f"{section}.chain_timeout_s", self.chain_timeout_s, 1, 300)
         _int_range(f"{section}.fee_rate_sat_per_kb", self.fee_rate_sat_per_kb, 1, 100_000)
         _int_range(f"{section}.capacity_sat", self.capacity_sat, 1_000, 100_000_000)
         _int_range(f"{section}.lock_s", self.lock_s, 3600, 30 * 86400)

@@ -20,10 +20,12 @@ transaction paying a script, as a regtest node's `generate` would.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 from bitcoinx import Script, Tx, TxInput, TxOutput, hex_str_to_hash, hash_to_hex_str
 
@@ -51,6 +53,8 @@ class ChainTip:
 
 
 class ChainBackend(Protocol):
+    # Network backends set `blocking = True` (see `call`); LocalLedger has none.
+
     def broadcast(self, tx: Tx) -> str:
         """Submit `tx`; return its txid (hex) or raise ChainError."""
         ...
@@ -67,6 +71,24 @@ class ChainBackend(Protocol):
         counts as done only when this is >= 0: a peer's word that it
         broadcast something is not evidence."""
         ...
+
+
+T = TypeVar("T")
+# Chain calls of network backends run here, one at a time, so a slow node or
+# ARC never stalls the event loop (CoAP keeps answering). One thread: the
+# backends keep no state that needs more, and calls keep their order.
+_CHAIN_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain")
+
+
+async def call(chain: Any, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`, a method of `chain`, from asyncio code: in the chain
+    thread when the backend's calls block on the network (`blocking`),
+    inline otherwise (the local ledger answers from its own SQLite file at
+    once, and tests drive it from the loop's thread). Only chain calls go
+    there: channel state and its SQLite store stay on the loop's thread."""
+    if not getattr(chain, "blocking", False):
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(_CHAIN_THREAD, lambda: fn(*args))
 
 
 _SCHEMA = """

@@ -7,7 +7,7 @@ with `server=1`, `rpcuser`/`rpcpassword` (or a cookie's user:password) and
 The user and password are passed separately (the coordinator reads them
 from files, see config.py); a user:password@ in `url` is taken out of it,
 so no error message or log line carries it.
-It uses three calls:
+It uses these calls:
 
 - `sendrawtransaction <hex>` -> txid (the node checks scripts, lock time,
   fees and double spends itself; its refusal becomes a ChainError with the
@@ -15,6 +15,8 @@ It uses three calls:
 - `gettxout <txid> <n> true` -> the unspent output (mempool included) or null;
 - `getblockchaininfo` -> `blocks` (height) and `mediantime` (the time
   nLockTime is judged against);
+- `getblockhash <height>` and `getblockheader <hash> true` -> `merkleroot`
+  (only as the lookup source beside ARC, to check ARC's merkle proofs);
 - `getrawtransaction <txid> 1` -> `confirmations` (absent in the mempool),
   or error -5 when the node does not know it (a confirmed transaction
   outside the node's wallet needs `txindex=1`).
@@ -26,8 +28,8 @@ not look like a refusal. Any other -26 (a script or fee failure, a
 conflicting spend) stays a ChainError.
 
 Every transaction still passes bitcoinx's interpreter before it gets here
-(the wallet and channels check what they build). Calls block; run them in
-a thread from asyncio code (`asyncio.to_thread`).
+(the wallet and channels check what they build). Calls block (`blocking`):
+asyncio code runs them in a thread (`chain.call`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def already_known(e: NodeRpcError) -> bool:
 
 
 class NodeRpcBackend:
+    blocking = True  # each call waits on the network: asyncio code runs it in a thread (chain.call)
+
     def __init__(self, url: str, user: str = "", password: str = "", timeout: float = 10.0) -> None:
         # Credentials written into the URL are taken out of it: self.url
         # goes into every error message and log line.
@@ -153,3 +157,13 @@ class NodeRpcBackend:
             return ChainTip(int(res["blocks"]), int(res["mediantime"]))
         except (KeyError, TypeError, ValueError) as e:
             raise ChainError(f"getblockchaininfo: unexpected answer {str(res)[:200]} ({e})") from None
+
+    def merkle_root(self, height: int) -> str:
+        """The merkle root of the block at `height` on the node's chain (to
+        check a merkle proof another source gives, see chain_arc.py)."""
+        block_hash = self.call("getblockhash", height)
+        res = self.call("getblockheader", block_hash, True)
+        try:
+            return str(res["merkleroot"])
+        except (KeyError, TypeError) as e:
+            raise ChainError(f"getblockheader {str(block_hash)[:80]}: unexpected answer {str(res)[:200]} ({e})") from None

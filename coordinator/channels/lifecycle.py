@@ -39,8 +39,9 @@ the refund signed):
 A payer asking to close (`close` request) is answered by the node at once
 (`ChannelNode.rpc_close`). One channel's failure (peer away, chain
 unreachable) is logged and retried at the next tick; it never holds up the
-others. Chain calls block (an RPC backend waits on the network); with a
-remote backend run `tick` where that is acceptable, as `run` does.
+others. Every chain call here (confirmations, outputs, closes, refunds, finishing
+an open, re-broadcasts) runs in the chain thread for network backends
+(`chain.call`), so a slow node or ARC does not stall CoAP.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from .chain import call
 from .channel import PayeeChannel, PayerChannel, State
 from .messages import Message
 from .protocol import ChannelNode, Entry, txid_hex_of
@@ -120,6 +122,7 @@ class ChannelLifecycle:
     async def _payee_step(self, cid: bytes, e: Entry, report: TickReport) -> None:
         ch = e.channel
         assert isinstance(ch, PayeeChannel)
+        chain = self.node.chain
         now = self.node.now()
         if ch.state == State.OPEN and now >= ch.terms.refund_locktime:
             # Too late: the payer's refund may be valid, and the channel
@@ -130,24 +133,26 @@ class ChannelLifecycle:
                           "are at the payer's mercy", cid.hex()[:16], ch.received)
             return
         if ch.state == State.OPEN and not ch.funding_confirmed:
-            if self.node.watch_funding(cid, self.settings.confirmations) < 0:
+            assert ch.funding is not None
+            shown = await call(chain, chain.confirmations, txid_hex_of(ch.funding))
+            if self.node.watch_funding(cid, self.settings.confirmations, shown) < 0:
                 report.funding_lost.append(cid)
                 log.error("channel %s: its funding tx is not on the chain; updates refused until it is",
                           cid.hex()[:16])
         due = ch.latest is not None and (ch.must_close(now) or ch.is_full(self.settings.full_below_sat))
         if (ch.state == State.OPEN and due) or ch.state == State.CLOSING:
-            self.node.close(cid)
+            await self.node.close_async(cid)
             report.closed.append(cid)
         elif ch.state == State.CLOSED and cid not in self._confirmed and ch.closing_tx is not None:
             # Watched until mined deep enough; put back if the chain lost it.
-            n = self.node.chain.confirmations(txid_hex(ch.closing_tx))
+            n = await call(chain, chain.confirmations, txid_hex(ch.closing_tx))
             if n < 0:
-                self.node.close(cid)
+                await call(chain, chain.broadcast, ch.closing_tx)
                 report.closed.append(cid)
             elif n >= self.settings.confirmations:
                 self._confirmed.add(cid)
         if ch.state == State.CLOSED and not ch.payer_notified and e.peer_uri:
-            await self.exchange(e.peer_uri, self.node.close(cid))
+            await self.exchange(e.peer_uri, await self.node.close_async(cid))
             if ch.payer_notified:
                 report.notified.append(cid)
 
@@ -157,9 +162,9 @@ class ChannelLifecycle:
         chain = self.node.chain
         if ch.state == State.REFUNDED:
             if cid not in self._confirmed and ch.refund is not None:
-                n = chain.confirmations(txid_hex(ch.refund))
+                n = await call(chain, chain.confirmations, txid_hex(ch.refund))
                 if n < 0:
-                    chain.broadcast(ch.refund)
+                    await call(chain, chain.broadcast, ch.refund)
                     report.refunded.append(cid)
                 elif n >= self.settings.confirmations:
                     self._confirmed.add(cid)
@@ -170,18 +175,18 @@ class ChannelLifecycle:
         if ch.state == State.REFUND_SIGNED and not past_lock:
             # The open stopped after the refund was signed (the funding
             # broadcast failed, `funded` or its answer was lost): finish it.
-            msg = self.node.funded_request(cid)
+            msg = await self.node.funded_request_async(cid)
             if msg is not None and e.peer_uri:
                 await self.exchange(e.peer_uri, msg)
             report.funded.append(cid)
             return
-        if chain.get_output(ch.funding) is None:
-            if chain.confirmations(txid_hex_of(ch.funding)) < 0:
+        if await call(chain, chain.get_output, ch.funding) is None:
+            if await call(chain, chain.confirmations, txid_hex_of(ch.funding)) < 0:
                 # The funding is not on the chain (dropped from mempools, or
                 # never sent before a crash): put it back, or the payee
                 # refuses our updates. Our refund stays valid for it.
                 if ch.funding_tx is not None and not past_lock:
-                    chain.broadcast(ch.funding_tx)
+                    await call(chain, chain.broadcast, ch.funding_tx)
                     report.funded.append(cid)
                 return
             # Spent, and not by anything we know: the payee closed. Its
@@ -193,7 +198,7 @@ class ChannelLifecycle:
                 report.close_seen.append(cid)
             return
         if past_lock:
-            self.node.refund(cid)
+            await self.node.refund_async(cid)
             report.refunded.append(cid)
 
     async def run(self, stop: asyncio.Event) -> None:

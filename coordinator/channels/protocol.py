@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from bitcoinx import PrivateKey, Tx
 
 from ..clock import Clock
 from .admission import Admission
-from .chain import ChainBackend, ChainError
+from .chain import ChainBackend, ChainError, call
 from .channel import ChannelError, ChannelPolicy, FundingError, PayeeChannel, PayerChannel, State, Update
 from .messages import REPLIES, Message, MessageError, decode, digest, encode
 from .store import ChannelStore, payee_from_record, payer_from_record
@@ -89,6 +90,12 @@ class ChannelNode:
         self.full_check = full_check
         self.channels: dict[bytes, Entry] = {}
         self.payment_listeners: list[PaymentListener] = []
+        # Chain answers `handle_async` fetched off the loop for the request
+        # being handled: (what, key) -> the answer or the ChainError.
+        self._facts: dict[tuple[str, Any], Any] = {}
+        # Funding txs `on_reply_async` broadcasts off the loop once the reply
+        # is taken (None: `on_reply` broadcasts them itself).
+        self._deferred: list[Tx] | None = None
         self.resume()
 
     # -- lifecycle ------------------------------------------------------------
@@ -194,6 +201,77 @@ class ChannelNode:
             return self._error(msg.channel_id, wire, "internal", PRIVATE_DETAIL["internal"])
         return encode(self.identity, REPLIES[msg.type], msg.channel_id, body, digest(wire)).wire
 
+    async def handle_async(self, wire: bytes) -> bytes:
+        """`handle` for the CoAP server. The chain calls a request needs (a
+        `funded` funding output, a `closed` closing tx, a `close` and its
+        broadcast, a refused channel's funding) are made first in the chain
+        thread (`chain.call`): a slow node or ARC holds up that request, not
+        the loop and every other peer's updates. The rest runs on the loop's
+        thread as `handle` does (channel state and its store stay on one
+        thread). Only for a signed request from the channel's own peer: a
+        stranger cannot make us query the chain."""
+        facts: dict[tuple[str, Any], Any] = {}
+        try:
+            msg = decode(wire)
+            e = self.channels.get(msg.channel_id)
+            if e is not None and msg.sender == e.peer:
+                if msg.type == "funded" and e.role == "payee" and e.channel.funding is not None:
+                    facts[("output", e.channel.funding)] = await self._ask(self.chain.get_output, e.channel.funding)
+                elif msg.type == "closed" and e.role == "payer":
+                    txid = txid_hex(tx_from_bytes(msg.body["closing_tx"]))
+                    facts[("confirmations", txid)] = await self._ask(self.chain.confirmations, txid)
+                elif msg.type == "close" and isinstance(e.channel, PayeeChannel):
+                    await self._close_ahead(msg.channel_id, e.channel, facts)
+                elif msg.type == "pay" and isinstance(e.channel, PayeeChannel) and e.channel.funding_lost:
+                    # Updates are refused while the funding is not on the chain;
+                    # the payer puts it back when refused, so look again now
+                    # rather than at the lifecycle's next tick.
+                    assert e.channel.funding is not None
+                    shown = await self._ask(self.chain.confirmations, txid_hex_of(e.channel.funding))
+                    if not isinstance(shown, ChainError):
+                        # Confirmed or not is the lifecycle's to judge (its setting).
+                        self.watch_funding(msg.channel_id, sys.maxsize, shown)
+        except (MessageError, TransactionError, KeyError, TypeError, ValueError):
+            pass  # `handle` meets the same fault and answers it
+        self._facts = facts
+        try:
+            return self.handle(wire)
+        finally:
+            self._facts = {}
+
+    async def _close_ahead(self, channel_id: bytes, ch: PayeeChannel, facts: dict[tuple[str, Any], Any]) -> None:
+        """The payer asks us to close: close (its broadcast in the chain
+        thread) before `rpc_close` answers with the closing tx, or look
+        whether the chain still has a close made before."""
+        if ch.state == State.CLOSING or (ch.state == State.OPEN and ch.latest is not None):
+            try:
+                await self.close_async(channel_id)
+            except ChainError as err:
+                facts[("close", channel_id)] = err
+                return
+            except ChannelError:
+                return  # `handle` meets it again and answers it
+            assert ch.closing_tx is not None
+            facts[("confirmations", txid_hex(ch.closing_tx))] = 0  # just broadcast
+        elif ch.state == State.CLOSED and ch.closing_tx is not None:
+            txid = txid_hex(ch.closing_tx)
+            facts[("confirmations", txid)] = await self._ask(self.chain.confirmations, txid)
+
+    async def _ask(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await call(self.chain, fn, *args)
+        except ChainError as err:
+            return err
+
+    def _fact(self, what: str, key: Any, fn: Callable[..., Any]) -> Any:
+        """The chain's answer fetched by `handle_async`, else asked now."""
+        if (what, key) not in self._facts:
+            return fn(key)
+        answer = self._facts[(what, key)]
+        if isinstance(answer, ChainError):
+            raise answer
+        return answer
+
     def _error(self, channel_id: bytes, wire: bytes, code: str, detail: str) -> bytes:
         return encode(self.identity, "error", channel_id, {"code": code, "detail": detail[:400]}, digest(wire)).wire
 
@@ -266,7 +344,7 @@ class ChannelNode:
         assert ch.funding is not None
         if txid_hex(tx) != txid_hex_of(ch.funding):
             raise FundingError(f"funding tx {txid_hex(tx)}: expected {txid_hex_of(ch.funding)} (the refund's input)")
-        if self.chain.get_output(ch.funding) is None:
+        if self._fact("output", ch.funding, self.chain.get_output) is None:
             raise FundingError(f"funding output {ch.funding} is not unspent on the chain")
         ch.on_funded(tx)
         try:
@@ -298,6 +376,9 @@ class ChannelNode:
 
     def rpc_close(self, msg: Message) -> dict:
         e = self._from_peer(msg, "payee")
+        failed = self._facts.get(("close", msg.channel_id))
+        if failed is not None:
+            raise failed  # handle_async's broadcast failed: not again on the loop
         return {"closing_tx": self._close(e).to_bytes()}
 
     def rpc_closed(self, msg: Message) -> dict:
@@ -313,7 +394,7 @@ class ChannelNode:
         if ch.state == State.CLOSED and ch.closing_txid == txid:
             return {}  # the payee repeats a notice we already took
         ch.require_state(State.OPEN)
-        if self.chain.confirmations(txid) < 0:
+        if self._fact("confirmations", txid, self.chain.confirmations) < 0:
             raise ProtocolError("not-on-chain", f"closing tx {txid} is not on the chain")
         ch.on_close(tx)
         self._save(e)
@@ -329,7 +410,7 @@ class ChannelNode:
         already has succeeds (see the backends)."""
         ch: PayeeChannel = e.channel  # type: ignore[assignment]
         if ch.state == State.CLOSED and ch.closing_tx is not None:
-            if self.chain.confirmations(txid_hex(ch.closing_tx)) < 0:
+            if self._fact("confirmations", txid_hex(ch.closing_tx), self.chain.confirmations) < 0:
                 self.chain.broadcast(ch.closing_tx)
             return ch.closing_tx
         if ch.state == State.CLOSING and ch.closing_tx is not None:
@@ -338,11 +419,15 @@ class ChannelNode:
             tx = ch.close(self.now())
             self._save(e)  # CLOSING with the closing tx, before it is broadcast
         self.chain.broadcast(tx)
-        ch.on_closed()
+        self._closed(e, tx)
+        return tx
+
+    def _closed(self, e: Entry, tx: Tx) -> None:
+        """The closing tx `tx` of a CLOSING channel is on the chain."""
+        e.channel.on_closed()  # type: ignore[union-attr]
         self._save(e)
         self.wallet.scan(tx)
         self._save_wallet()
-        return tx
 
     # -- payee actions -------------------------------------------------------------
     def close(self, channel_id: bytes) -> Message:
@@ -351,6 +436,26 @@ class ChannelNode:
         e = self._get(channel_id, "payee")
         tx = self._close(e)
         return encode(self.identity, "closed", channel_id, {"closing_tx": tx.to_bytes()})
+
+    async def close_async(self, channel_id: bytes) -> Message:
+        """`close`, its broadcast in the chain thread (the lifecycle's way;
+        see `chain.call`). As in `close`, the closing tx is stored (CLOSING)
+        before it is broadcast; a close a peer's request finished meanwhile
+        is not finished twice. A CLOSED channel only gets its notice again:
+        whether the chain still has the close is the lifecycle's to check."""
+        e = self._get(channel_id, "payee")
+        ch: PayeeChannel = e.channel  # type: ignore[assignment]
+        if ch.state != State.CLOSED:
+            if ch.state == State.CLOSING and ch.closing_tx is not None:
+                tx = ch.closing_tx
+            else:
+                tx = ch.close(self.now())
+                self._save(e)  # CLOSING with the closing tx, before it is broadcast
+            await call(self.chain, self.chain.broadcast, tx)
+            if ch.state == State.CLOSING:
+                self._closed(e, tx)
+        assert ch.closing_tx is not None
+        return encode(self.identity, "closed", channel_id, {"closing_tx": ch.closing_tx.to_bytes()})
 
     def channels_to_close(self) -> list[bytes]:
         now = self.now()
@@ -418,6 +523,20 @@ class ChannelNode:
         del self.channels[channel_id]
         return True
 
+    async def funded_request_async(self, channel_id: bytes) -> Message | None:
+        """`funded_request`, its chain calls in the chain thread (the
+        lifecycle's way)."""
+        e = self._get(channel_id, "payer")
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        if ch.state != State.REFUND_SIGNED or ch.funding_tx is None:
+            return None
+        tx = ch.funding_tx
+        if await call(self.chain, self.chain.confirmations, txid_hex(tx)) < 0:
+            await call(self.chain, self.chain.broadcast, tx)
+            self.wallet.scan(tx)
+            self._save_wallet()
+        return encode(self.identity, "funded", channel_id, {"funding_tx": tx.to_bytes()})
+
     def funded_request(self, channel_id: bytes) -> Message | None:
         """As payer, finish an open the payee has not acknowledged as funded
         (the broadcast failed, or the `funded` message or its answer was
@@ -434,15 +553,16 @@ class ChannelNode:
             self._save_wallet()
         return encode(self.identity, "funded", channel_id, {"funding_tx": ch.funding_tx.to_bytes()})
 
-    def watch_funding(self, channel_id: bytes, confirmations: int) -> int:
+    def watch_funding(self, channel_id: bytes, confirmations: int, shown: int | None = None) -> int:
         """As payee, look at the funding tx on the chain: mark it confirmed
         at `confirmations`, lost while the chain does not show it (updates
         are refused then), found again if it comes back. Returns what the
-        chain shows (-1 unknown, else confirmations)."""
+        chain shows (-1 unknown, else confirmations); `shown` is that
+        figure when the caller asked the chain already (off the loop)."""
         e = self._get(channel_id, "payee")
         ch: PayeeChannel = e.channel  # type: ignore[assignment]
         assert ch.funding is not None
-        n = self.chain.confirmations(txid_hex_of(ch.funding))
+        n = self.chain.confirmations(txid_hex_of(ch.funding)) if shown is None else shown
         confirmed, lost = n >= confirmations, n < 0
         if (confirmed, lost) != (ch.funding_confirmed, ch.funding_lost):
             ch.funding_confirmed, ch.funding_lost = confirmed, lost
@@ -464,6 +584,34 @@ class ChannelNode:
         self.wallet.scan(tx)
         self._save_wallet()
         return txid
+
+    async def refund_async(self, channel_id: bytes) -> str:
+        """`refund`, its broadcast in the chain thread (the lifecycle's way)."""
+        e = self._get(channel_id, "payer")
+        ch: PayerChannel = e.channel  # type: ignore[assignment]
+        tx = ch.refund_for_broadcast(self.now())
+        txid = await call(self.chain, self.chain.broadcast, tx)
+        if ch.state in (State.REFUND_SIGNED, State.OPEN):  # unless a close was taken meanwhile
+            ch.on_refunded()
+            self._save(e)
+            self.wallet.scan(tx)
+            self._save_wallet()
+        return txid
+
+    async def on_reply_async(self, request: Message, wire: bytes) -> Message | None:
+        """`on_reply` for the CoAP client: the funding broadcast at an open
+        (after the signed refund is stored, as in `on_refund_signature`)
+        runs in the chain thread."""
+        self._deferred = []
+        try:
+            nxt = self.on_reply(request, wire)
+        finally:
+            deferred, self._deferred = self._deferred, None
+        for tx in deferred:
+            await call(self.chain, self.chain.broadcast, tx)
+            self.wallet.scan(tx)
+            self._save_wallet()
+        return nxt
 
     def on_reply(self, request: Message, wire: bytes) -> Message | None:
         """Take the answer to `request`; return the next request or None.
@@ -523,9 +671,12 @@ class ChannelNode:
         ch.on_refund_signature(reply.body["sig"])
         self._save(e)  # the signed refund is durable before the funds are committed
         assert ch.funding_tx is not None
-        self.chain.broadcast(ch.funding_tx)
-        self.wallet.scan(ch.funding_tx)
-        self._save_wallet()
+        if self._deferred is not None:
+            self._deferred.append(ch.funding_tx)  # on_reply_async broadcasts it, off the loop
+        else:
+            self.chain.broadcast(ch.funding_tx)
+            self.wallet.scan(ch.funding_tx)
+            self._save_wallet()
         return encode(self.identity, "funded", ch.terms.channel_id, {"funding_tx": ch.funding_tx.to_bytes()})
 
     def on_funded_ack(self, e: Entry, reply: Message) -> None:

@@ -1,7 +1,8 @@
 """CoAP between coordinators' channel nodes (aiocoap).
 
 Server: `ChannelResource` answers POST /channel (Content-Format 60,
-application/cbor) with `ChannelNode.handle`. Client: `ChannelClient` runs
+application/cbor) with `ChannelNode.handle_async` (its chain look-ups off
+the loop). Client: `ChannelClient` runs
 the exchanges of a `ChannelNode` as payer (open, pay, close) and as payee
 (telling the payer it closed). CoAP's confirmable messages handle
 retransmission; a timed-out update is resent by `pay` before a new one is
@@ -32,7 +33,7 @@ class ChannelResource(resource.Resource):
         self.node = node
 
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-        reply = self.node.handle(request.payload)
+        reply = await self.node.handle_async(request.payload)
         return aiocoap.Message(code=Code.CHANGED, payload=reply, content_format=CBOR)
 
 
@@ -71,7 +72,7 @@ class ChannelClient:
     async def exchange(self, uri: str, msg: Message | None) -> None:
         """Send `msg` and follow the node's next requests until done."""
         while msg is not None:
-            msg = self.node.on_reply(msg, await self.send(uri, msg))
+            msg = await self.node.on_reply_async(msg, await self.send(uri, msg))
 
     async def open_channel(self, uri: str, capacity: int, lock_seconds: int, peer: bytes = b"") -> bytes:
         """Open and fund a channel paying the coordinator at `uri`; returns its id."""

@@ -19,9 +19,11 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
+from ..channels.chain import ChainError, call
 from ..channels.channel import AmountError, DustError, LockTimeError, PayerChannel, State, StateError
 from ..channels.protocol import ChannelNode, ProtocolError
 from ..channels.transport import ChannelClient
+from ..channels.txs import txid_hex
 from ..clock import Clock
 from .rollover import ROLL_OVER_CODES, RolloverPolicy
 
@@ -87,16 +89,46 @@ class ChannelPayer:
             log.warning("asking the payee to close channel %s failed (it closes it by itself before the lock "
                         "time): %s", cid.hex()[:16], e)
 
+    async def _put_back_funding(self, cid: bytes) -> bool:
+        """The payee refuses updates because the chain does not show our
+        funding (dropped from mempools): broadcast it again now rather
+        than at the lifecycle's next tick; the payee looks again at the next
+        update. True if it went back (then the update is worth resending).
+        Not a rollover: a new channel would lock more coins while this
+        one's funding is still ours to put back."""
+        ch = self.node.payer(cid)
+        if ch.funding_tx is None:
+            return False
+        chain = self.node.chain
+        try:
+            if await call(chain, chain.confirmations, txid_hex(ch.funding_tx)) >= 0:
+                return False  # on the chain already: the payee will see it at its next look
+            await call(chain, chain.broadcast, ch.funding_tx)
+        except ChainError as e:
+            log.warning("channel %s: its funding is not on the chain and broadcasting it again failed (the "
+                        "lifecycle retries): %s", cid.hex()[:16], e)
+            return False
+        log.info("channel %s: the payee did not see its funding on the chain; broadcast it again", cid.hex()[:16])
+        return True
+
     async def pay_one(self, payee_hex: str, amount: int) -> int:
         """One update of `amount` to `payee_hex`, on the next channel if the
         current one refuses it (locally or at the payee: closed, near its
         lock time, full). Returns the amount acknowledged on the channel."""
         cid = await self.channel(payee_hex, amount)
+        sent = self.node.payer(cid).sent
+        target = (sent.amount if sent is not None else 0) + amount  # signed in all once this one is paid
         try:
             return await self.client.pay(cid, amount)
         except (LockTimeError, AmountError, DustError, StateError) as e:
             why = str(e)
         except ProtocolError as e:
+            if e.code == "funding" and await self._put_back_funding(cid):
+                # The refused update is still pending: resend it, not a second one.
+                await self.client.resend_pending(cid)
+                if self.node.payer(cid).acked_amount < target:  # refused before ours was signed
+                    return await self.client.pay(cid, amount)
+                return self.node.payer(cid).acked_amount
             if e.code not in ROLL_OVER_CODES:
                 raise
             why = f"{e.code}: {e.detail}"

@@ -52,7 +52,8 @@ def test_the_appliance_closes_incoming_channels_before_the_lock_time(tmp_path: P
             assert node.payee(cid).state == State.OPEN and seller.channel_lifecycle.ticks >= 2
             clock.t += 7_200 - 1_800  # the configured margin before the lock time
             for _ in range(200):  # up to 20 s on a busy machine; a tick is every second
-                if buyer.payer(cid).state == State.CLOSED:
+                # the buyer takes the close before its answer reaches the seller
+                if buyer.payer(cid).state == State.CLOSED and node.payee(cid).payer_notified:
                     break
                 await asyncio.sleep(0.1)
             assert node.payee(cid).state == State.CLOSED and node.payee(cid).payer_notified
