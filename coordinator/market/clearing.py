@@ -40,9 +40,9 @@ FORMAT_VERSION):
    rejected bid is above it, no rejected ask below it, and no accepted
    order is on the wrong side of it. lo and hi are adjacent limit prices
    of the matched book (no limit lies strictly between them), so one
-   extra order, however small, can only move the interval to a
-   neighbouring gap: the price crosses at most one limit price of the
-   book (property-tested in tests/market/test_price_rule.py). The price
+   extra order of 1 Wh can only move the interval to a neighbouring gap:
+   the price crosses at most one limit price of the book (property-tested
+   in tests/market/test_price_rule.py, with and without a feeder limit). The price
    is floor((lo + hi) / 2).
    - Ties and the last partial order: an order whose limit equals the
      price is indifferent and may be left partly unfilled; among equal

@@ -235,11 +235,12 @@ books = st.lists(spec, min_size=1, max_size=20).map(
                    enumerate(specs)])
 
 
-@given(books, st.sampled_from([BUY, SELL]), st.integers(0, 62), st.sampled_from([0, 0, 7]))
-@settings(max_examples=400, deadline=None)
+@given(books, st.sampled_from([BUY, SELL]), st.integers(0, 62), st.sampled_from([0, 0, 7]),
+       st.one_of(st.none(), st.integers(1, 1500)))
+@settings(max_examples=500, deadline=None)
 def test_one_more_order_of_1_wh_moves_the_price_at_most_to_the_adjacent_limit_gap(
-        book: list[SignedOrder], side: str, price: int, fee: int) -> None:
-    rules = ZoneRules(grid_fee_sat_per_kwh=fee)
+        book: list[SignedOrder], side: str, price: int, fee: int, cap: int | None) -> None:
+    rules = ZoneRules(grid_fee_sat_per_kwh=fee, capacity_wh=cap)
     before = clear(book, rules).price_sat_per_kwh
     new = book + [quick(side, 1, price * 5, who=11, nonce=99)]
     after = clear(new, rules).price_sat_per_kwh
@@ -296,3 +297,32 @@ def test_the_price_is_individually_rational_for_every_filled_order(book: list[Si
     for t in c.trades:
         assert by_hash[t.sell].limit_sat_per_kwh <= t.price_sat_per_kwh
         assert t.price_sat_per_kwh + fee <= by_hash[t.buy].limit_sat_per_kwh
+
+
+# -- the packed priority and its fallbacks -----------------------------------------------
+
+
+def with_hash(side: str, wh: int, price: int, who: int, nonce: int, h: bytes) -> SignedOrder:
+    return SignedOrder(Order(side, "zone-a", START, wh, price, EXPIRES, PK[who], nonce, CREATED), b"", b"", h)
+
+
+def test_orders_equal_in_price_created_and_first_hash_bytes_are_ranked_by_the_full_hash() -> None:
+    # Same side, limit, created and first 4 hash bytes: the packed priority
+    # integer ties and the full hash must decide, whatever the arrival order.
+    low = with_hash(SELL, 100, 50, 1, 0, b"\x00" * 4 + b"\x01" * 28)
+    high = with_hash(SELL, 100, 50, 2, 0, b"\x00" * 4 + b"\x02" * 28)
+    buyer = quick(BUY, 100, 80, who=3)
+    for book in ([high, low, buyer], [buyer, low, high], [low, buyer, high]):
+        c = clear(book)
+        assert [t.sell for t in c.trades] == [low.hash]
+        assert c.hash == clear([low, high, buyer]).hash
+
+
+def test_a_repeated_order_and_a_reused_nonce_take_the_slow_path_to_the_same_book() -> None:
+    a = quick(SELL, 100, 50, who=1, nonce=7)
+    b = quick(SELL, 300, 40, who=1, nonce=7)  # the same owner and nonce: the lower hash is kept
+    buyer = quick(BUY, 1000, 80, who=3)
+    kept = min(a, b, key=lambda so: so.hash)
+    c = clear([a, buyer, b, buyer, a])
+    assert c.order_hashes == clear([kept, buyer]).order_hashes and c.hash == clear([kept, buyer]).hash
+    assert c.volume_wh == kept.order.quantity_wh
