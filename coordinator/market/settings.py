@@ -10,6 +10,7 @@ and `validate(section)`), so the config loader can adopt it as is:
     gate_lead_s = 300                  # the book closes this long before the interval
     order_lead_s = 3600                # orders are placed this long ahead
     feeder_capacity_w = 25000          # the zone's feeder limit; 0: no limit
+    min_order_wh = 1                   # smaller orders are listed, never matched
     grid_fee_sat_per_kwh = 5           # paid by buyers to the operator
     pricing = "pay-as-clear"           # or "pay-as-bid"
     operator = "elm-street-feeder"     # payee of grid fees
@@ -24,7 +25,12 @@ and `validate(section)`), so the config loader can adopt it as is:
     sell_floor_sat_per_kwh = 100
 
 Every coordinator of a zone must use the same interval_s, feeder capacity,
-grid fee and pricing, or their cleared books differ (and the hashes say so).
+grid fee, pricing and minimum order size, or their cleared books differ
+(and the hashes say so).
+
+The feeder limit in Wh per interval is feeder_capacity_w * interval_s /
+3600 rounded UP: a small but non-zero limit (1 W over 15 min is 0.25 Wh)
+becomes 1 Wh, never 0 Wh (which would stop all trading).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clearing import PRICING, ClearingError, ZoneRules
+from .clearing import DEFAULT_MIN_ORDER_WH, PRICING, ClearingError, ZoneRules
 from .orders import INTERVAL_LENGTHS_S, ZONE_RE
 from .pricing import PricingError, PricingPolicy, parse_policy
 from .settlement import SettlementError, Tariff
@@ -50,6 +56,7 @@ class MarketSettings:
     gate_lead_s: int = 300
     order_lead_s: int = 3600
     feeder_capacity_w: int = 0
+    min_order_wh: int = DEFAULT_MIN_ORDER_WH
     grid_fee_sat_per_kwh: int = 0
     pricing: str = "pay-as-clear"
     operator: str = "operator"
@@ -77,6 +84,7 @@ class MarketSettings:
             raise MarketSettingsError(f"{section}.order_lead_s={self.order_lead_s}: expected more than"
                                       f" gate_lead_s={self.gate_lead_s} (orders must be out before the gate closes)")
         need_int("feeder_capacity_w", 0, 10**9)
+        need_int("min_order_wh", 1, 10**6)
         need_int("utc_offset_s", -14 * 3600, 14 * 3600)
         if self.pricing not in PRICING:
             raise MarketSettingsError(f"{section}.pricing={self.pricing!r}: expected one of {PRICING}")
@@ -96,8 +104,9 @@ class MarketSettings:
         return self
 
     def rules(self) -> ZoneRules:
-        cap = None if self.feeder_capacity_w == 0 else self.feeder_capacity_w * self.interval_s // 3600
-        return ZoneRules(capacity_wh=cap, grid_fee_sat_per_kwh=self.grid_fee_sat_per_kwh, pricing=self.pricing)
+        cap = None if self.feeder_capacity_w == 0 else -(-self.feeder_capacity_w * self.interval_s // 3600)
+        return ZoneRules(capacity_wh=cap, grid_fee_sat_per_kwh=self.grid_fee_sat_per_kwh, pricing=self.pricing,
+                         min_order_wh=self.min_order_wh)
 
     def tariff(self) -> Tariff:
         return Tariff(self.import_tariff_sat_per_kwh, self.export_tariff_sat_per_kwh)

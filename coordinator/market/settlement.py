@@ -13,10 +13,15 @@ For one zone and interval:
                        buyer's import not yet used)
    so no trade is paid beyond its matched quantity, nor beyond what was
    really exported and imported.
-4. Payments, per trade, rounded down as in clearing.py:
-       buyer -> seller    floor(delivered * price / 1000) sats
-       buyer -> operator  floor(delivered * grid fee / 1000) sats
-5. The utility takes the rest: a participant's import beyond what it was
+4. Payments, as in clearing.py rule 6: exact millisatoshi summed per
+   buyer-seller pair (and per buyer for the grid fee) over the interval,
+   then rounded up once to whole satoshis:
+       buyer -> seller    ceil(sum(delivered * price) / 1000) sats
+       buyer -> operator  ceil(sum(delivered) * grid fee / 1000) sats
+   so splitting orders changes nothing, and no seller is paid below its
+   limit for what it delivered. One P2P instruction per pair.
+5. The utility takes the rest (one line per participant, rounded down
+   as before: the utility's bill is not a market amount): a participant's import beyond what it was
    delivered by peers is bought from the utility at the import tariff
    (a seller's shortfall thus lands on its buyer as ordinary utility
    import); export beyond what peers took is sold to the utility at the
@@ -39,7 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .clearing import ClearedInterval, trade_value
+from .clearing import ClearedInterval, sats_of, trade_msat, trade_value
 
 UTILITY = "utility"
 OPERATOR = "operator"
@@ -102,7 +107,8 @@ class PaymentInstruction:
     kind: str  # P2P, GRID_FEE, UTILITY_IMPORT, UTILITY_EXPORT
     zone: str
     interval_start: int
-    ref: str = ""  # "<buy hash>:<sell hash>" for a trade
+    ref: str = ""  # "<buyer key>:<seller key>" for a P2P payment
+    msat: int = 0  # the exact amount before rounding (P2P, grid fee); sats = ceil(msat / 1000)
 
 
 @dataclass
@@ -195,26 +201,43 @@ def settle_interval(cleared: ClearedInterval, metered: Iterable[Metered], tariff
     zone, start = cleared.zone, cleared.interval_start
     payments: list[PaymentInstruction] = []
     delivered_total = 0
+    pair_wh: dict[tuple[bytes, bytes], int] = {}
+    pair_msat: dict[tuple[bytes, bytes], int] = {}
+    fee_wh: dict[bytes, int] = {}
+    fee = cleared.rules.grid_fee_sat_per_kwh
     for t in cleared.trades:
         b, s = res[t.buyer], res[t.seller]
         b.matched_buy_wh += t.wh
         s.matched_sell_wh += t.wh
         d = min(t.wh, export_left[t.seller], import_left[t.buyer])
+        if not d:
+            continue
         export_left[t.seller] -= d
         import_left[t.buyer] -= d
         b.bought_wh += d
         s.sold_wh += d
         delivered_total += d
-        sats = trade_value(d, t.price_sat_per_kwh)
-        fee = trade_value(d, cleared.rules.grid_fee_sat_per_kwh)
-        ref = f"{t.buy.hex()}:{t.sell.hex()}"
-        if d:
-            payments.append(PaymentInstruction(b.participant, s.participant, sats, d, P2P, zone, start, ref))
+        pair = (t.buyer, t.seller)
+        pair_wh[pair] = pair_wh.get(pair, 0) + d
+        pair_msat[pair] = pair_msat.get(pair, 0) + trade_msat(d, t.price_sat_per_kwh)
+        fee_wh[t.buyer] = fee_wh.get(t.buyer, 0) + d
+    # Rule 6 of clearing.py: exact msat per pair, rounded up once.
+    for pair in sorted(pair_wh):
+        b, s = res[pair[0]], res[pair[1]]
+        msat = pair_msat[pair]
+        sats = sats_of(msat)
+        payments.append(PaymentInstruction(b.participant, s.participant, sats, pair_wh[pair], P2P, zone, start,
+                                           f"{b.participant}:{s.participant}", msat))
+        b.paid_sat += sats
+        s.earned_sat += sats
+    for buyer in sorted(fee_wh):
+        msat = trade_msat(fee_wh[buyer], fee)
+        if msat:
+            b = res[buyer]
+            sats = sats_of(msat)
+            payments.append(PaymentInstruction(b.participant, operator, sats, fee_wh[buyer], GRID_FEE, zone, start,
+                                               "", msat))
             b.paid_sat += sats
-            s.earned_sat += sats
-        if fee:
-            payments.append(PaymentInstruction(b.participant, operator, fee, d, GRID_FEE, zone, start, ref))
-            b.paid_sat += fee
     for p in sorted(res):
         r = res[p]
         r.utility_import_wh = import_left[p]

@@ -3,13 +3,15 @@ trades of the interval, becomes what it owes each seller so far. Pure.
 
 After the interval, settlement (market/settlement.py) decides what each
 trade delivered: min(trade Wh, seller's export left, buyer's import left),
-in trade order, paid floor(Wh * price / 1000). While the interval runs the
+in trade order, and each buyer-seller pair is paid its exact
+millisatoshi rounded up once. While the interval runs the
 buyer knows its own meters, and each seller's running export as the
 seller publishes it (signed, on the overlay): it streams payment for whole
 increments of what both show, handed to its trades in that same order,
 capped at each trade's Wh, and assuming every earlier trade takes all it
-can of the seller's export and of the buyer's import, with the same
-rounding. So the stream stays behind what settlement will say is owed
+can of the seller's export and of the buyer's import; per seller the
+exact millisatoshi are rounded down, never up as settlement does. So the
+stream stays behind what settlement will say is owed
 (tests/trading/test_delivery.py checks it on random books and meters),
 and settlement tops it up. Should it ever run ahead (a net import that
 export later in the interval offsets),
@@ -26,13 +28,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from ..market.clearing import Trade, trade_value
+from ..market.clearing import Trade, trade_msat
 
 
 @dataclass(frozen=True)
 class Due:
     wh: int  # whole increments received against this seller's trades
-    sats: int  # what they are worth, rounded per trade as settlement rounds
+    sats: int  # what they are worth: exact msat per seller, rounded down
 
 
 def streamed_due(trades: Iterable[Trade], buyer: bytes, import_wh: int, increment_wh: int,
@@ -46,7 +48,7 @@ def streamed_due(trades: Iterable[Trade], buyer: bytes, import_wh: int, incremen
     left = max(import_wh, 0)
     export_left = None if seller_export is None else {s: max(wh, 0) for s, wh in seller_export.items()}
     wh: dict[bytes, int] = {}
-    sats: dict[bytes, int] = {}
+    msat: dict[bytes, int] = {}
     for t in trades:
         # Every earlier trade is assumed to take all it can, of the seller's
         # export and of our import, before this one: what is left is no
@@ -62,8 +64,8 @@ def streamed_due(trades: Iterable[Trade], buyer: bytes, import_wh: int, incremen
         got = min(imported, exported)
         whole = got // increment_wh * increment_wh
         wh[t.seller] = wh.get(t.seller, 0) + whole
-        sats[t.seller] = sats.get(t.seller, 0) + trade_value(whole, t.price_sat_per_kwh)
-    return {s: Due(wh[s], sats[s]) for s in wh}
+        msat[t.seller] = msat.get(t.seller, 0) + trade_msat(whole, t.price_sat_per_kwh)
+    return {s: Due(wh[s], msat[s] // 1000) for s in wh}
 
 
 def expected_streams(trades: Iterable[Trade], seller: bytes, live: Mapping[bytes, tuple[int, int]],

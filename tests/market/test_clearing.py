@@ -30,7 +30,7 @@ books = st.lists(spec, max_size=24).map(
     lambda specs: [cached(s, wh, p * 5, w, i, CREATED + c) for i, (s, wh, p, w, c) in enumerate(specs)])
 rules_st = st.builds(ZoneRules, capacity_wh=st.one_of(st.none(), st.integers(0, 2000)),
                      grid_fee_sat_per_kwh=st.sampled_from([0, 0, 7, 40]),
-                     pricing=st.sampled_from([PAY_AS_CLEAR, PAY_AS_BID]))
+                     pricing=st.sampled_from([PAY_AS_CLEAR, PAY_AS_BID]), min_order_wh=st.sampled_from([1, 1, 1, 40]))
 
 
 def clear(orders: list[SignedOrder], rules: ZoneRules = ZoneRules()):  # type: ignore[no-untyped-def]
@@ -40,27 +40,44 @@ def clear(orders: list[SignedOrder], rules: ZoneRules = ZoneRules()):  # type: i
 def reference(orders: list[SignedOrder], rules: ZoneRules) -> tuple[list[tuple[bytes, bytes, int, int]], int | None]:
     """Expand every order into single Wh in priority order; the n-th
     bought Wh meets the n-th sold Wh while the buyer (net of the fee) bids
-    at least the seller's ask and the feeder has room."""
+    at least the seller's ask and the feeder has room. The uniform price is
+    found by trying every integer price against the definition of the
+    market-clearing interval: every matched Wh is content with it, no
+    unmatched bought Wh bids above it, and (unless the feeder limit is what
+    stopped trade) no unmatched sold Wh asks below it; the price is the
+    midpoint of the prices that pass, rounded down."""
     fee = rules.grid_fee_sat_per_kwh
-    uniq = {o.hash: o for o in orders}.values()
+    uniq = [o for o in {o.hash: o for o in orders}.values() if o.order.quantity_wh >= rules.min_order_wh]
     buys = sorted((o for o in uniq if o.side == BUY),
                   key=lambda o: (-(o.order.limit_sat_per_kwh - fee), o.order.created, o.hash))
     sells = sorted((o for o in uniq if o.side == SELL),
                    key=lambda o: (o.order.limit_sat_per_kwh, o.order.created, o.hash))
     bu = [b for b in buys for _ in range(b.order.quantity_wh)]
     su = [s for s in sells for _ in range(s.order.quantity_wh)]
-    n = 0
-    while (n < len(bu) and n < len(su) and (rules.capacity_wh is None or n < rules.capacity_wh)
-           and bu[n].order.limit_sat_per_kwh - fee >= su[n].order.limit_sat_per_kwh):
-        n += 1
+
+    def bid(k: int) -> int:
+        return bu[k].order.limit_sat_per_kwh - fee
+
+    def ask(k: int) -> int:
+        return su[k].order.limit_sat_per_kwh
+
+    free = 0
+    while free < len(bu) and free < len(su) and bid(free) >= ask(free):
+        free += 1
+    n = free if rules.capacity_wh is None else min(free, rules.capacity_wh)
     if n == 0:
         return [], None
-    clearing = (bu[n - 1].order.limit_sat_per_kwh - fee + su[n - 1].order.limit_sat_per_kwh) // 2
+    binding = n < free
+    ok = [p for p in range(0, 301)
+          if all(bid(k) >= p >= ask(k) for k in range(n))
+          and all(bid(k) <= p for k in range(n, len(bu)))
+          and (binding or all(ask(k) >= p for k in range(n, len(su))))]
+    assert ok and ok == list(range(ok[0], ok[-1] + 1)), "the clearing interval is one unbroken range"
+    clearing = (ok[0] + ok[-1]) // 2
     trades: list[tuple[bytes, bytes, int, int]] = []
     for k in range(n):
         b, s = bu[k], su[k]
-        price = clearing if rules.pricing == PAY_AS_CLEAR else \
-            (b.order.limit_sat_per_kwh - fee + s.order.limit_sat_per_kwh) // 2
+        price = clearing if rules.pricing == PAY_AS_CLEAR else (bid(k) + ask(k)) // 2
         if trades and trades[-1][:2] == (b.hash, s.hash):
             trades[-1] = (b.hash, s.hash, trades[-1][2] + 1, price)
         else:
@@ -92,8 +109,8 @@ def test_no_trade_breaks_a_limit_a_quantity_or_the_feeder_and_money_follows_the_
         assert t.wh > 0
         assert t.price_sat_per_kwh + fee <= b.limit_sat_per_kwh, "buyer paid above its limit"
         assert t.price_sat_per_kwh >= s.limit_sat_per_kwh, "seller sold below its limit"
-        assert t.sats == t.wh * t.price_sat_per_kwh // 1000
-        assert t.fee_sats == t.wh * fee // 1000
+        assert t.msat == t.wh * t.price_sat_per_kwh
+        assert t.fee_msat == t.wh * fee
         assert (t.buyer, t.seller) == (b.owner, s.owner)
         bought[t.buy] = bought.get(t.buy, 0) + t.wh
         sold[t.sell] = sold.get(t.sell, 0) + t.wh
@@ -105,6 +122,14 @@ def test_no_trade_breaks_a_limit_a_quantity_or_the_feeder_and_money_follows_the_
         assert got.volume_wh <= rules.capacity_wh
     if rules.pricing == PAY_AS_CLEAR:
         assert {t.price_sat_per_kwh for t in got.trades} <= {got.price_sat_per_kwh}
+    # Money per pair: the exact msat of its trades, rounded up once.
+    pairs: dict[tuple[bytes, bytes], list[int]] = {}
+    for t in got.trades:
+        acc = pairs.setdefault((t.buyer, t.seller), [0, 0])
+        acc[0] += t.wh
+        acc[1] += t.msat
+    assert [(p.buyer, p.seller, p.wh, p.msat, p.sats) for p in got.pairs] == \
+        [(b, s, w, m, -(-m // 1000)) for (b, s), (w, m) in sorted(pairs.items())]
 
 
 @given(books, rules_st, st.randoms(use_true_random=False))
@@ -125,6 +150,8 @@ def test_volume_is_the_most_any_single_price_could_trade_and_all_of_it_trades_at
     fee = rules.grid_fee_sat_per_kwh
     cap = rules.capacity_wh if rules.capacity_wh is not None else 10**12
 
+    book = [o for o in {o.hash: o for o in book}.values() if o.order.quantity_wh >= rules.min_order_wh]
+
     def volume_at(p: int) -> int:
         demand = sum(o.order.quantity_wh for o in book if o.side == BUY and o.order.limit_sat_per_kwh - fee >= p)
         supply = sum(o.order.quantity_wh for o in book if o.side == SELL and o.order.limit_sat_per_kwh <= p)
@@ -143,8 +170,11 @@ def test_worked_example_pay_as_clear() -> None:
     got = clear([b1, b2, s1, s2])
     # b1 meets s1 for 800 Wh, then s2 for 200 Wh; b2 (100) < s2 (120): stop.
     assert [(t.buy, t.sell, t.wh) for t in got.trades] == [(b1.hash, s1.hash, 800), (b1.hash, s2.hash, 200)]
-    assert got.price_sat_per_kwh == (150 + 120) // 2 == 135
-    assert [t.sats for t in got.trades] == [108, 27]
+    # s2 is partly filled: its 120 is both an accepted and a rejected ask,
+    # so the interval is [max(120, b2's 100), min(150, 120)] = [120, 120].
+    assert got.price_sat_per_kwh == 120
+    assert [t.msat for t in got.trades] == [96_000, 24_000]
+    assert {(p.seller, p.wh, p.sats) for p in got.pairs} == {(s1.owner, 800, 96), (s2.owner, 200, 24)}
     assert got.fills[b2.hash] == 0 and got.fills[s2.hash] == 200
 
 
@@ -152,8 +182,9 @@ def test_worked_example_pay_as_bid_with_fee_and_feeder_limit() -> None:
     b1 = order(BUY, 1000, 150, who=1)
     s1, s2 = order(SELL, 800, 60, who=3), order(SELL, 1000, 120, who=4)
     got = clear([b1, s1, s2], ZoneRules(capacity_wh=900, grid_fee_sat_per_kwh=10, pricing=PAY_AS_BID))
-    assert [(t.wh, t.price_sat_per_kwh, t.sats, t.fee_sats) for t in got.trades] == [
-        (800, (140 + 60) // 2, 80, 8), (100, (140 + 120) // 2, 13, 1)]
+    assert [(t.wh, t.price_sat_per_kwh, t.msat, t.fee_msat) for t in got.trades] == [
+        (800, (140 + 60) // 2, 80_000, 8_000), (100, (140 + 120) // 2, 13_000, 1_000)]
+    assert got.binding  # b1 wanted 100 Wh more from s2 (130 >= 120)
     assert got.volume_wh == 900
 
 

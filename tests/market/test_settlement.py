@@ -124,7 +124,7 @@ def test_every_wh_is_accounted_for_and_no_peer_pays_beyond_the_match(specs: list
     check_energy_balance(s)
     p2p = [p for p in s.payments if p.kind == P2P]
     assert sum(p.wh for p in p2p) == s.delivered_wh <= cleared.volume_wh
-    matched_value = sum(t.sats for t in cleared.trades)
+    matched_value = sum(p.sats for p in cleared.pairs)
     assert sum(p.sats for p in p2p) <= matched_value
     assert sum(r.paid_sat for r in s.participants) - sum(r.earned_sat for r in s.participants) == \
         sum(p.sats for p in s.payments if p.payer != UTILITY and p.payee == UTILITY or p.kind == GRID_FEE) - \
