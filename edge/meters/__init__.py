@@ -30,7 +30,7 @@ def _driver(kind):
     raise ValueError("config meter.type=%r: expected one of %s" % (kind, ", ".join(TYPES)))
 
 
-SIMULATED_KEYS = ("profile", "seed", "solar_peak_w", "base_load_w", "voltage_v")
+SIMULATED_KEYS = ("profile", "seed", "solar_peak_w", "base_load_w", "voltage_v", "power_w")
 
 
 def keys(kind):
@@ -47,11 +47,12 @@ def _validate_simulated(cfg):
     from edge.meters import checks
 
     checks.known_keys(cfg, SIMULATED_KEYS, "simulated")
-    checks.one_of(cfg, "profile", ("household", "solar", "load", "prosumer"), "household")
+    checks.one_of(cfg, "profile", ("household", "solar", "load", "prosumer", "constant"), "household")
     checks.integer(cfg, "seed", 0, 1 << 30, 1)
     checks.number(cfg, "solar_peak_w", 0, 1000000, 0)
     checks.number(cfg, "base_load_w", 0, 1000000, 0)
     checks.number(cfg, "voltage_v", 0, 1000, 230.0)
+    checks.number(cfg, "power_w", -1000000, 1000000, 1000)  # the "constant" profile's load (negative: export)
 
 
 def validate(meter_cfg):

@@ -7,6 +7,7 @@ Real firmware in both MicroPython runtimes, real coordinator over UDP."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,8 +31,13 @@ def set_config(image: Path, **changes: object) -> None:
 
 def wipe_state(image: Path) -> None:
     """What a wiped filesystem leaves: config and key, no journal, no outbox."""
-    for name in ("state", "outbox"):
-        (image / name).unlink()
+    gone = 0
+    for path in image.iterdir():
+        # The journal (state, state.0, state.1) and the outbox (outbox, outbox.d/).
+        if path.name.startswith(("state", "outbox")):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            gone += 1
+    assert gone, "nothing to wipe: the journal and outbox file names changed?"
 
 
 def run_to_end(image: Path) -> tuple[dict, str]:
