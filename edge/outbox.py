@@ -159,14 +159,6 @@ def decode_header(raw):
     return seq, _int(raw, 10, 8), _int(raw, 18, 8), bytes(raw[head:end]), floor, cover
 
 
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
 def _size(path):
     try:
         return os.stat(path)[6]
@@ -269,9 +261,9 @@ class Outbox:
         self._cached = None
         self._wf = None  # the segment file being appended to
         self._wseg = -1
-        if not _exists(self.dir):
+        if not _region.exists(self.dir):
             os.mkdir(self.dir)
-        if _exists(path):
+        if _region.exists(path):
             self._migrate_ring()
         self._scan()
         tail = self._tail_record()
@@ -380,7 +372,7 @@ class Outbox:
             try:
                 os.remove(self._seg(self.first))
             except OSError:
-                if _exists(self._seg(self.first)):
+                if _region.exists(self._seg(self.first)):
                     self.errors += 1
                     return
             self.first += 1

@@ -33,7 +33,7 @@ def write_through(f, data, owner, offset):
         raise PowerCut("write of %d bytes at %d torn after %d" % (len(data), offset, len(cut)))
 
 
-def _exists(path):
+def exists(path):
     try:
         os.stat(path)
         return True
@@ -45,7 +45,7 @@ class Region:
     def __init__(self, path, size):
         self.path = path
         self.size = size
-        if not _exists(path):
+        if not exists(path):
             # Created empty and grown by writes: bytes past the end read as
             # erased flash (0xFF), so a fresh region costs no flash writes.
             with open(path, "wb"):
