@@ -51,6 +51,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from bitcoinx import Tx
+
 from .chain import call
 from .channel import PayeeChannel, PayerChannel, State
 from .messages import Message
@@ -144,17 +146,22 @@ class ChannelLifecycle:
             await self.node.close_async(cid)
             report.closed.append(cid)
         elif ch.state == State.CLOSED and cid not in self._confirmed and ch.closing_tx is not None:
-            # Watched until mined deep enough; put back if the chain lost it.
-            n = await call(chain, chain.confirmations, txid_hex(ch.closing_tx))
-            if n < 0:
-                await call(chain, chain.broadcast, ch.closing_tx)
-                report.closed.append(cid)
-            elif n >= self.settings.confirmations:
-                self._confirmed.add(cid)
+            await self._watch(cid, ch.closing_tx, report.closed)
         if ch.state == State.CLOSED and not ch.payer_notified and e.peer_uri:
             await self.exchange(e.peer_uri, await self.node.close_async(cid))
             if ch.payer_notified:
                 report.notified.append(cid)
+
+    async def _watch(self, cid: bytes, tx: Tx, rebroadcast: list[bytes]) -> None:
+        """A final transaction (close, refund) is watched until mined deep
+        enough, and put back (noted in `rebroadcast`) if the chain lost it."""
+        chain = self.node.chain
+        n = await call(chain, chain.confirmations, txid_hex(tx))
+        if n < 0:
+            await call(chain, chain.broadcast, tx)
+            rebroadcast.append(cid)
+        elif n >= self.settings.confirmations:
+            self._confirmed.add(cid)
 
     async def _payer_step(self, cid: bytes, e: Entry, report: TickReport) -> None:
         ch = e.channel
@@ -162,12 +169,7 @@ class ChannelLifecycle:
         chain = self.node.chain
         if ch.state == State.REFUNDED:
             if cid not in self._confirmed and ch.refund is not None:
-                n = await call(chain, chain.confirmations, txid_hex(ch.refund))
-                if n < 0:
-                    await call(chain, chain.broadcast, ch.refund)
-                    report.refunded.append(cid)
-                elif n >= self.settings.confirmations:
-                    self._confirmed.add(cid)
+                await self._watch(cid, ch.refund, report.refunded)
             return
         if ch.state not in (State.OPEN, State.REFUND_SIGNED) or ch.funding is None:
             return
