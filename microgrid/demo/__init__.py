@@ -94,6 +94,9 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
         "settlement_txs_verified": market["settlement_txs_verified"],
         "energy_balance_error_wh": ledger.balance_error_wh() + market["balance_error_wh"],
         "book_disagreements": market["disagreements"],
+        # A hash of the economic results (trades, Wh, sat, book hashes):
+        # two runs with the same seed must show the same one.
+        "result_digest": market["result_digest"],
         "trading_errors": market["errors"],
         "coordinators": len(hood.plans),
         "meters": len(hood.all_meters()),
@@ -104,7 +107,8 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
     channels = [{"name": f"{names.get(payer, payer[:8])} -> {names.get(payee, payee[:8])}",
                  "capacity_sat": hood.plans[0].coordinator.config.channels.capacity_sat if hood.plans[0].coordinator else 0,
                  "series": series} for (payer, payee), series in sorted(market["channel_series"].items())]
-    return {"summary": summary, "intervals": intervals, "participants": participants, "channels": channels}
+    return {"summary": summary, "intervals": intervals, "participants": participants, "channels": channels,
+            "economics": market["economics"]}
 
 
 def collect_market(hood: Neighbourhood) -> dict[str, Any]:
@@ -122,7 +126,7 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
                            "export_relay_cuts": 0,
                            "settlement_txs": 0, "settlement_txs_verified": 0, "balance_error_wh": 0,
                            "disagreements": 0, "errors": 0, "settled": {}, "cleared": {}, "by_participant": {},
-                           "channel_series": {}}
+                           "channel_series": {}, "result_digest": None, "economics": {}}
     if not traders:
         return out
     for t in traders:
@@ -160,6 +164,10 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
             row["paid_sat"] += r.paid_sat
             row["earned_sat"] += r.earned_sat
         out["balance_error_wh"] += err
+    from .digest import economic_results, result_digest
+
+    out["economics"] = economic_results(out["cleared"], out["settled"], traders)
+    out["result_digest"] = result_digest(out["economics"])
     ledger = hood.ledger
     for c in hood.plans:
         trading = c.coordinator.trading if c.coordinator else None
@@ -186,7 +194,7 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
 async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     from .progress import Progress
 
-    speed = args.speed or DAY / 90.0
+    speed = args.speed  # a ceiling: None runs as fast as the slowest participant allows
     sim_start = DEFAULT_START + int(args.start_hour * 3600)
     hood = Neighbourhood(out_dir, args.coordinators, args.meters, args.days, args.seed, speed, sim_start,
                          increment_wh=args.increment_wh)
@@ -212,7 +220,7 @@ async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         loop.remove_signal_handler(signal.SIGTERM)
     data = collect(hood, time.time() - started)
     data["params"] = {"coordinators": args.coordinators, "meters": args.meters, "days": args.days,
-                      "seed": args.seed, "speed": round(speed, 1),
+                      "seed": args.seed, "speed": round(speed, 1) if speed else None,
                       "start": datetime.fromtimestamp(sim_start, timezone.utc).isoformat(),
                       "increment_wh": args.increment_wh}
     data["title"] = (f"{args.coordinators} coordinators, {args.meters} meters, {args.days} simulated day(s), "
@@ -248,6 +256,8 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("microgrid.demo").exception("demo failed")
         print(f"error: demo failed: {e} (details in {out_dir / 'demo.log'})", file=sys.stderr)
         return 1
+    # What result_digest hashes, to find where two runs part.
+    (out_dir / "economics.json").write_text(json.dumps(data.pop("economics"), indent=1, sort_keys=True))
     page = write_report(out_dir, data)
     summary = data["summary"]
     summary["report"] = str(page)
@@ -267,6 +277,7 @@ def _run(args: argparse.Namespace) -> int:
               f"transactions ({summary['settlement_txs_verified']} verified by the script interpreter), "
               f"{summary['p2p_unpaid_sat']} sat unpaid, export relay cut {summary['export_relay_cuts']} time(s)")
         print(f"energy balance error: {summary['energy_balance_error_wh']} Wh")
+        print(f"result digest: {summary['result_digest']}")
         print(f"report: {page}")
     ok = summary["readings_stored"] > 0 and summary["readings_rejected"] == 0 and summary["energy_balance_error_wh"] == 0
     return 0 if ok or summary["stopped_early"] else 1
@@ -287,7 +298,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"simulated days, 0.01..{MAX_DAYS} (default 1)")
     p.add_argument("--seed", type=int, default=1, help="seed for profiles and keys (default 1)")
     p.add_argument("--speed", type=_positive_limited("--speed", 1, 5000, float), default=None,
-                   help="simulated seconds per real second (default: a day in 90 s, 960)")
+                   help="at most this many simulated seconds per real second (default: no ceiling; "
+                        "simulated time waits for the slowest meter or coordinator either way)")
     p.add_argument("--start-hour", type=_positive_limited("--start-hour", 0, 23.99, float), default=0.0,
                    help="simulated time of day to start at, in hours (default 0: midnight)")
     p.add_argument("--increment-wh", type=_positive_limited("--increment-wh", 1, 10000), default=10,

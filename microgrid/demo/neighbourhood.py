@@ -5,29 +5,32 @@ console, identity key, wallet, channel store and OpenDHT node) running in
 this process; each meter is provisioned with `microgrid flash` into a folder
 and booted in its own `micropython` process, sending signed readings over
 loopback CoAP to its coordinator. Channel transactions go to one local
-ledger, the zone's stand-in for the BSV network. Everything follows one `ScaledClock`: the
-meters get the same start, speed and real-time origin in their config.
+ledger, the zone's stand-in for the BSV network. Everything follows one
+simulated clock, the conductor's (microgrid/conductor.py): it moves on only
+when every coordinator and every meter has done what the instant asks, so
+the same seed gives the same trades however loaded the machine is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import logging
 import random
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from microgrid.coordinator.app import Coordinator
-from microgrid.coordinator.clock import ScaledClock
+from microgrid.conductor import METER_SHIM, Conductor
 from microgrid.coordinator.config import ChannelsSettings, Config
 from microgrid.coordinator.devices.gpio_settings import GpioSettings
 from microgrid.coordinator.market.settings import MarketSettings
 from microgrid.coordinator.overlay.settings import OverlaySettings
-from microgrid.flash.unix_port import boot
+from microgrid.flash.unix_port import find_micropython, recorded_interpreter
 from microgrid.processes import free_udp_port
 
 log = logging.getLogger("microgrid.demo")
@@ -90,8 +93,8 @@ def plan_neighbourhood(out_dir: Path, coordinators: int, meters: int, seed: int)
 
 
 class Neighbourhood:
-    def __init__(self, out_dir: Path, coordinators: int, meters: int, days: float, seed: int, speed: float,
-                 start: float, increment_wh: int = 10) -> None:
+    def __init__(self, out_dir: Path, coordinators: int, meters: int, days: float, seed: int,
+                 speed: float | None, start: float, increment_wh: int = 10) -> None:
         self.increment_wh = increment_wh
         self.ledger: Any = None
         self.out_dir = out_dir
@@ -100,12 +103,20 @@ class Neighbourhood:
         self.speed = speed
         self.sim_start = start
         self.plans = plan_neighbourhood(out_dir, coordinators, meters, seed)
-        self.clock: ScaledClock | None = None
+        # Simulated time; `speed` (simulated s per real s) is only a ceiling.
+        self.conductor = Conductor(start, ceiling_speed=speed)
+        self.clock = self.conductor.clock()
         self.stopped_early = False
+        self._housekeeping: list[asyncio.Task[None]] = []
 
     @property
     def sim_end(self) -> float:
         return self.sim_start + self.days * DAY
+
+    @property
+    def run_until(self) -> float:
+        """The last interval settled: its end, plus the two settle delays."""
+        return self.sim_end + 2 * 120 + 60
 
     def all_meters(self) -> list[MeterPlan]:
         return [m for c in self.plans for m in c.meters]
@@ -126,7 +137,9 @@ class Neighbourhood:
         config.overlay = OverlaySettings(
             enabled=True, network_id=DEMO_NETWORK_ID, port=c.overlay_port, bind4="127.0.0.1", bind6="::1",
             bootstrap=[] if c.index == 0 else [f"127.0.0.1:{self.plans[0].overlay_port}"],
-            peer_rate_limit=-1, rate_limit=-1, maintain_storage=False, get_timeout_s=0.5, put_timeout_s=1.0,
+            # Generous: a get cut short would change the book; the conductor
+            # waits for it instead (only a lost node makes these count).
+            peer_rate_limit=-1, rate_limit=-1, maintain_storage=False, get_timeout_s=10.0, put_timeout_s=10.0,
             stop_timeout_s=1.0,
         )
         sunny = any(m.solar_peak_w for m in c.meters)
@@ -157,7 +170,9 @@ class Neighbourhood:
         pw_file = config.resolve(config.channels.wallet_password_file)
         pw_file.write_text(password + "\n")
         pw_file.chmod(0o600)
-        wallet = Wallet.create(config.resolve(config.channels.wallet_path), password,
+        # From the seed, so two runs fund the same outputs.
+        wallet = seeded_wallet(config.resolve(config.channels.wallet_path), password,
+                               f"microgrid-demo/{self.seed}/{c.name}/wallet",
                                fee_rate=config.channels.fee_rate_sat_per_kb)
         index, script = wallet.receive_script()
         assert self.ledger is not None
@@ -169,8 +184,7 @@ class Neighbourhood:
         from microgrid.coordinator.channels.chain import LocalLedger
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        # Provisional: the clock's origin is set when the meters boot.
-        self.clock = ScaledClock(self.sim_start, self.speed, time.time() + 3600)
+        await self.conductor.open_gate()
         # The zone's local ledger: every channel transaction goes through it
         # and its script interpreter.
         self.ledger = LocalLedger(str(self.out_dir / "ledger.db"), clock=self.clock)
@@ -180,8 +194,16 @@ class Neighbourhood:
         for c in self.plans:
             c.directory.mkdir(parents=True, exist_ok=True)
             c.overlay_port = free_udp_port()
-            # Keys first: each coordinator admits channels from the others only.
-            key = load_or_create_key(c.directory / "coordinator.key")
+            # Keys first: each coordinator admits channels from the others
+            # only. From the seed: orders' hashes (and so the clearing's
+            # ties) depend on who signs them.
+            key_file = c.directory / "coordinator.key"
+            if not key_file.exists():
+                secret = hashlib.sha256(f"microgrid-demo/{self.seed}/{c.name}/identity".encode()).hexdigest()
+                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secret + "\n")
+            key = load_or_create_key(key_file)
             self.peer_keys.append(key.public_key.to_hex(compressed=True))
         for c in self.plans:
             config = self.coordinator_config(c)
@@ -189,6 +211,7 @@ class Neighbourhood:
             coordinator = Coordinator(config, clock=self.clock, chain=self.ledger, wallet=wallet)
             await coordinator.start(defer_trading=True)
             c.coordinator = coordinator
+            self._conduct(c)
         readings_per_meter = int(self.days * DAY / READING_INTERVAL_S)
         # Each meter is provisioned as an installer would: `microgrid flash`
         # into a folder (compiled image, key made on the "board" by the unix
@@ -196,14 +219,17 @@ class Neighbourhood:
         jobs = []
         for c in self.plans:
             for m in c.meters:
+                # The meter's time is the scripted HAL's virtual time, which
+                # moves only as the conductor grants: seconds here are
+                # simulated seconds.
                 meter_cfg = {
-                    "interval_s": READING_INTERVAL_S / self.speed,
+                    "interval_s": READING_INTERVAL_S,
                     "clock_start": self.sim_start,
-                    "clock_speed": self.speed,
+                    "clock_speed": 1,
                     "max_readings": readings_per_meter,
-                    "ack_timeout_s": 0.5,
-                    "retry_after_s": 0.5,
-                    "drain_timeout_s": 30,
+                    "ack_timeout_s": 2,
+                    "retry_after_s": 2,
+                    "drain_timeout_s": 600,
                     "outbox_size": 4096,
                     "persist_every": 60,
                     "meter": {"type": "simulated", "profile": m.profile, "seed": m.seed,
@@ -212,16 +238,76 @@ class Neighbourhood:
                 jobs.append(asyncio.to_thread(self._flash, c, m, meter_cfg))
         for i in range(0, len(jobs), 4):
             await asyncio.gather(*jobs[i:i + 4])
-        # Simulated time starts now, for the coordinators and (each from its
-        # own boot, a few milliseconds apart) for the meters.
-        self.clock.origin = time.time()
+        # Simulated time starts with the meters' boot (virtual 0 is
+        # sim_start for each) and the coordinators' trading.
         for c in self.plans:
             for m in c.meters:
                 assert m.image is not None
-                m.process = boot(m.image, stdout=open(c.directory / f"{m.name}.log", "w"))
+                m.process = self._boot(m, c.directory / f"{m.name}.log")
+                self.conductor.add_meter(m.name, _alive(m.process))
         for c in self.plans:
             assert c.coordinator is not None
             c.coordinator.start_trading()
+
+    def _conduct(self, c: CoordinatorPlan) -> None:
+        """Put a started coordinator's timed work on the conductor: the
+        market's and trading's sleeps, its network requests counted as
+        busy, and its periodic housekeeping (channel lifecycle, retention)
+        in simulated time instead of the wall clock's."""
+        co = c.coordinator
+        assert co is not None
+        cond = self.conductor
+        sleep = cond.sleeper(c.index)
+        if co.overlay is not None:
+            cond.wrap(co.overlay, "put", "get")
+        if co.trading is not None:
+            co.trading._sleep = sleep
+            co.trading.market._sleep = sleep
+            # The collector's fetches while the gate is open, in clock
+            # seconds (0.05 s suits a wall clock, not a stepped one).
+            co.trading.market.poll_s = 60.0
+            client = co.trading.payer.client
+            client.timeout = 120.0
+            cond.wrap(client, "send")
+        for attr in ("_lifecycle_task", "_retention_task"):
+            task = getattr(co, attr, None)
+            if task is not None:
+                task.cancel()
+        co._lifecycle_task = None
+        self._housekeeping.append(asyncio.ensure_future(self._housekeep(c, sleep)))
+
+    async def _housekeep(self, c: CoordinatorPlan, sleep: Any) -> None:
+        from microgrid.coordinator.store.retention import RetentionPolicy, apply_retention
+
+        co = c.coordinator
+        assert co is not None
+        every = co.channel_lifecycle.settings.every_s if co.channel_lifecycle is not None else 300.0
+        st = co.config.store
+        policy = RetentionPolicy(st.retention_raw_days, st.retention_hourly_days)
+        next_retention = self.sim_start + DAY
+        while True:
+            await sleep(every)
+            async with self.conductor.busy():
+                if co.channel_lifecycle is not None:
+                    try:
+                        await co.channel_lifecycle.tick()
+                    except Exception:  # noqa: BLE001 - as the coordinator's own loop: log, go on
+                        log.exception("channel lifecycle tick of %s failed", c.name)
+                if self.clock.now() >= next_retention:
+                    next_retention += DAY
+                    apply_retention(co.db, self.clock.now(), policy)
+
+    def _boot(self, m: MeterPlan, log_file: Path) -> subprocess.Popen:
+        """Boot the image through the conductor's shim (virtual time, steps
+        asked for over UDP); otherwise as `flash.unix_port.boot`."""
+        assert m.image is not None
+        (m.image / "hal_script.json").write_text(json.dumps({"virtual_time": True}))
+        (m.image / "demo_main.py").write_text(METER_SHIM % {"name": m.name, "port": self.conductor.port})
+        env = dict(os.environ)
+        env["MICROPYPATH"] = ".frozen:" + str(m.image.resolve())
+        binary = recorded_interpreter(m.image) or find_micropython()
+        return subprocess.Popen([binary, "demo_main.py"], cwd=str(m.image), env=env,
+                                stdout=open(log_file, "w"), stderr=subprocess.STDOUT, text=True)
 
     def _flash(self, c: CoordinatorPlan, m: MeterPlan, meter_cfg: dict[str, Any]) -> None:
         import io
@@ -249,21 +335,26 @@ class Neighbourhood:
         updates = sum(t.stats.payment_updates for t in traders)
         return {"meters": running, "readings": stored, "rejected": rejected, "trades": trades, "payments": updates}
 
-    async def run(self, progress: Any = None, tick_s: float = 0.25) -> None:
-        """Until every meter has finished (or the run is cancelled)."""
-        assert self.clock is not None
-        hard_deadline = time.time() + (self.days * DAY / self.speed) * 1.5 + 60
-        while True:
+    async def run(self, progress: Any = None) -> None:
+        """Until the last interval is settled (or the run is cancelled)."""
+        def step(now: float) -> None:
             if progress is not None:
-                progress.update(min(self.clock.now(), self.sim_end), self.counts())
-            if all(m.process is None or m.process.poll() is not None for m in self.all_meters()):
-                break
-            if time.time() > hard_deadline:
-                log.warning("meters still running past the deadline; stopping them")
-                break
-            await asyncio.sleep(tick_s)
+                progress.update(min(now, self.sim_end), self.counts())
+
+        await self.conductor.run(self.run_until, step)
+        # Every meter has made its readings by now; let them drain and end.
+        for m in self.all_meters():
+            p = m.process
+            if p is not None:
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(p.wait), 60)
+                except asyncio.TimeoutError:
+                    log.warning("meter %s still running after its last reading", m.name)
 
     async def stop(self) -> None:
+        for task in self._housekeeping:
+            task.cancel()
+        await asyncio.gather(*self._housekeeping, return_exceptions=True)
         for m in self.all_meters():
             p = m.process
             if p is not None and p.poll() is None:
@@ -294,6 +385,11 @@ class Neighbourhood:
         for c in self.plans:
             if c.coordinator is not None:
                 await c.coordinator.stop()
+        self.conductor.close_gate()
+
+
+def _alive(proc: subprocess.Popen) -> Callable[[], bool]:
+    return lambda: proc.poll() is None
 
 
 def _meter_summary(out_dir: Path, m: MeterPlan) -> dict[str, Any]:
@@ -307,3 +403,19 @@ def _meter_summary(out_dir: Path, m: MeterPlan) -> dict[str, Any]:
         if line.startswith("SUMMARY "):
             return dict(json.loads(line[len("SUMMARY "):]))
     return {}
+
+
+def seeded_wallet(path: Path, password: str, seed: str, **kw: int) -> Any:
+    """`Wallet.create`, from a seed instead of randomness (demo only: the
+    same seed funds the same outputs, so two runs can be compared)."""
+    from bitcoinx import BIP32PrivateKey, Bitcoin
+
+    from microgrid.coordinator.channels.wallet import Wallet, encrypt_secret
+
+    if path.exists():
+        raise FileExistsError(f"{path}: exists; refusing to overwrite a wallet")
+    w = Wallet(BIP32PrivateKey.from_seed(hashlib.sha256(seed.encode()).digest(), Bitcoin), **kw)
+    w.path = path
+    w._box = encrypt_secret(w.root.to_extended_key_string().encode(), password)
+    w.save()
+    return w
