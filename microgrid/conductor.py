@@ -18,11 +18,14 @@ finished what the current instant asks of it:
   virtual ms since boot it wants to sleep until), answered "G ms" (it may
   run up to there).
 
-Each step: the horizon H is the next coordinator wake-up (at most
-`max_step_s` ahead); the clock is set to H; the meters run up to H (every
+Each step: the meters run up to the horizon H = now + `lookahead_s` (every
 reading stamped at or before H is then stored: it is acknowledged only
-after its row is committed); then the coordinator tasks due at H run, one
-at a time. Nothing waits on the wall clock, so the same seed gives the
+after its row is committed); then the coordinator tasks due up to H run,
+in order, one at a time, the clock set to each one's wake-up. A reading
+stamped after a coordinator's instant is already stored when it looks, but
+what it reads is bounded by time (trading/metering.py), and the ingest
+takes readings up to `max_future_s` ahead, which must exceed `lookahead_s`.
+Meters thus work in parallel for a whole step, coordinators in turn. Nothing waits on the wall clock, so the same seed gives the
 same trades on any machine; a slow machine takes longer instead.
 `ceiling_speed` keeps simulated time from running ahead of that many
 simulated seconds per real second (a demo to watch).
@@ -83,12 +86,13 @@ class _MeterGate(asyncio.DatagramProtocol):
 
 
 class Conductor:
-    def __init__(self, start: float, ceiling_speed: float | None = None, max_step_s: float = 300.0,
+    def __init__(self, start: float, ceiling_speed: float | None = None, lookahead_s: float = 300.0,
                  stall_s: float = 300.0) -> None:
         self.start = float(start)
         self.now = float(start)
         self.ceiling_speed = ceiling_speed
-        self.max_step_s = max_step_s
+        self.lookahead_s = lookahead_s
+        self.granted_ms = 0  # meters may run to this (virtual ms since start)
         self.stall_s = stall_s
         self.inflight = 0
         self.steps = 0
@@ -164,10 +168,6 @@ class Conductor:
 
     def add_meter(self, name: str, alive: Callable[[], bool]) -> None:
         self._meters[name] = _Meter(name, alive)
-
-    @property
-    def granted_ms(self) -> int:
-        return int(round((self.now - self.start) * 1000))
 
     def meter_waits(self, name: str, target_ms: int, addr: Any) -> None:
         m = self._meters.get(name)
@@ -245,20 +245,18 @@ class Conductor:
         self._real_start = time.monotonic()
         await self.quiet()
         while True:
-            wake = self.next_wake()
-            horizon = min(self.now + self.max_step_s, end)
-            if wake is not None:
-                horizon = min(horizon, wake)
-            if horizon > self.now:
-                await self._pace(horizon)
-                self.now = horizon
-                self.steps += 1
-                self._release_meters()
-                await self.quiet()
-            while (wake := self.next_wake()) is not None and wake <= self.now:
+            horizon = min(self.now + self.lookahead_s, end)
+            await self._pace(horizon)
+            self.granted_ms = int(round((horizon - self.start) * 1000))
+            self._release_meters()
+            await self.quiet()
+            while (wake := self.next_wake()) is not None and wake <= horizon:
                 _, _, _, fut = heapq.heappop(self._sleepers)
+                self.now = max(self.now, wake)
                 fut.set_result(None)
                 await self.quiet()
+            self.now = horizon
+            self.steps += 1
             if on_step is not None:
                 on_step(self.now)
             if self.now >= end:

@@ -104,7 +104,8 @@ class Neighbourhood:
         self.sim_start = start
         self.plans = plan_neighbourhood(out_dir, coordinators, meters, seed)
         # Simulated time; `speed` (simulated s per real s) is only a ceiling.
-        self.conductor = Conductor(start, ceiling_speed=speed)
+        # Meters run up to 10 min ahead of the coordinators (ingest.max_future_s is 15).
+        self.conductor = Conductor(start, ceiling_speed=speed, lookahead_s=600)
         self.clock = self.conductor.clock()
         self.stopped_early = False
         self._housekeeping: list[asyncio.Task[None]] = []
