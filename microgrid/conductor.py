@@ -95,6 +95,8 @@ class Conductor:
         self.granted_ms = 0  # meters may run to this (virtual ms since start)
         self.stall_s = stall_s
         self.inflight = 0
+        self.phase_s = {"meters": 0.0, "coordinators": 0.0}  # real seconds waited for each side
+        self.waits: dict[str, tuple[int, float]] = {}  # wrapped call -> (calls, real seconds)
         self.steps = 0
         self.stalls = 0
         self._sleepers: list[tuple[float, int, int, asyncio.Future[None]]] = []
@@ -146,9 +148,14 @@ class Conductor:
         for name in names:
             fn = getattr(obj, name)
 
-            async def wrapped(*a: Any, _fn: Any = fn, **kw: Any) -> Any:
+            async def wrapped(*a: Any, _fn: Any = fn, _name: str = name, **kw: Any) -> Any:
+                t0 = time.monotonic()
                 async with self.busy():
-                    return await _fn(*a, **kw)
+                    try:
+                        return await _fn(*a, **kw)
+                    finally:
+                        n, total = self.waits.get(_name, (0, 0.0))
+                        self.waits[_name] = (n + 1, total + time.monotonic() - t0)
             setattr(obj, name, wrapped)
 
     # -- meters ----------------------------------------------------------------
@@ -248,13 +255,17 @@ class Conductor:
             horizon = min(self.now + self.lookahead_s, end)
             await self._pace(horizon)
             self.granted_ms = int(round((horizon - self.start) * 1000))
+            t0 = time.monotonic()
             self._release_meters()
             await self.quiet()
+            t1 = time.monotonic()
             while (wake := self.next_wake()) is not None and wake <= horizon:
                 _, _, _, fut = heapq.heappop(self._sleepers)
                 self.now = max(self.now, wake)
                 fut.set_result(None)
                 await self.quiet()
+            self.phase_s["meters"] += t1 - t0
+            self.phase_s["coordinators"] += time.monotonic() - t1
             self.now = horizon
             self.steps += 1
             if on_step is not None:

@@ -103,6 +103,11 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
         "simulated_days": hood.days,
         "elapsed_s": round(elapsed, 1),
         "stopped_early": hood.stopped_early,
+        # Real seconds: provisioning and start-up, the simulated days, closing.
+        "timings_s": {k: round(v, 1) for k, v in hood.timings.items()},
+        "conductor_steps": hood.conductor.steps,
+        "conductor_phase_s": {k: round(v, 1) for k, v in hood.conductor.phase_s.items()},
+        "conductor_waits_s": {k: [n, round(t, 1)] for k, (n, t) in sorted(hood.conductor.waits.items())},
     }
     channels = [{"name": f"{names.get(payer, payer[:8])} -> {names.get(payee, payee[:8])}",
                  "capacity_sat": hood.plans[0].coordinator.config.channels.capacity_sat if hood.plans[0].coordinator else 0,
@@ -206,6 +211,7 @@ async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     started = time.time()
     try:
         await hood.start()
+        hood.timings["setup_s"] = time.time() - started
         runner = asyncio.ensure_future(hood.run(progress))
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -214,7 +220,10 @@ async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         if stop.is_set():
             print("\ninterrupted: stopping every process and writing the report for what ran", file=sys.stderr)
     finally:
+        t_stop = time.time()
+        hood.timings["simulation_s"] = t_stop - started - hood.timings.get("setup_s", 0.0)
         await hood.stop()
+        hood.timings["closing_s"] = time.time() - t_stop
         progress.finish()
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)

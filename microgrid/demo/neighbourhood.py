@@ -20,6 +20,7 @@ import os
 import logging
 import random
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -109,6 +110,7 @@ class Neighbourhood:
         self.clock = self.conductor.clock()
         self.stopped_early = False
         self._housekeeping: list[asyncio.Task[None]] = []
+        self.timings: dict[str, float] = {}
 
     @property
     def sim_end(self) -> float:
@@ -237,8 +239,13 @@ class Neighbourhood:
                               "solar_peak_w": m.solar_peak_w, "base_load_w": m.base_load_w},
                 }
                 jobs.append(asyncio.to_thread(self._flash, c, m, meter_cfg))
+        t0 = time.monotonic()
         for i in range(0, len(jobs), 4):
             await asyncio.gather(*jobs[i:i + 4])
+        t1 = time.monotonic()
+        await self._overlay_joined()
+        self.timings["flash_s"] = t1 - t0
+        self.timings["overlay_join_s"] = time.monotonic() - t1
         # Simulated time starts with the meters' boot (virtual 0 is
         # sim_start for each) and the coordinators' trading.
         for c in self.plans:
@@ -249,6 +256,34 @@ class Neighbourhood:
         for c in self.plans:
             assert c.coordinator is not None
             c.coordinator.start_trading()
+
+    async def _overlay_joined(self, timeout_s: float = 60.0) -> None:
+        """Until every coordinator's overlay node has a put confirmed by
+        the others: one made before the nodes found each other waits out
+        its timeout (the conductor waits with it; the result is the same,
+        only later). Probed with a short timeout, then the usual one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        pending = [c for c in self.plans if c.coordinator is not None and c.coordinator.overlay is not None]
+        if len(pending) < 2:
+            return
+        while pending and loop.time() < deadline:
+            still = []
+            for c in pending:
+                overlay = c.coordinator.overlay  # type: ignore[union-attr]
+                usual = overlay.settings.put_timeout_s
+                overlay.settings.put_timeout_s = 0.5
+                try:
+                    if not await overlay.put_raw(f"mg/demo/joined/{c.name}", b"1", 600):
+                        still.append(c)
+                finally:
+                    overlay.settings.put_timeout_s = usual
+            pending = still
+            if pending:
+                await asyncio.sleep(0.2)
+        if pending:
+            log.warning("overlay nodes of %s not confirmed by the others within %.0f s; going on",
+                        [c.name for c in pending], timeout_s)
 
     def _conduct(self, c: CoordinatorPlan) -> None:
         """Put a started coordinator's timed work on the conductor: the
