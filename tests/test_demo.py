@@ -111,6 +111,13 @@ def test_a_run_trades_settles_and_reports_its_result_digest(reference: dict) -> 
     assert s["book_disagreements"] == 0 and s["trading_errors"] == 0
     assert s["readings_produced"] == s["readings_stored"] and s["energy_balance_error_wh"] == 0
     assert len(s["result_digest"]) == 64
+    # Money to the satoshi: each seller's ledger receipts are what its
+    # buyers signed, which is the settlements' dues (delivered Wh x
+    # clearing price, rounded up once per buyer and interval) plus what
+    # was paid ahead; one definition of paid everywhere.
+    assert s["money_reconciles"] is True and s["money_within_1_sat_per_interval"] is True
+    assert s["on_ledger_sat"] == s["paid_sat"] == s["p2p_owed_sat"] + s["p2p_prepaid_sat"] - s["p2p_unpaid_sat"]
+    assert 0 <= s["p2p_owed_sat"] - s["p2p_value_sat"] < s["trades"]
 
 
 def test_the_same_seed_twice_gives_the_same_result_digest(reference: dict, tmp_path: Path) -> None:

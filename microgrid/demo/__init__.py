@@ -27,6 +27,14 @@ INTERVAL_S = 900  # market interval, simulated seconds
 DEFAULT_START = calendar.timegm((2026, 6, 21, 0, 0, 0))  # midsummer: plenty of sun
 
 
+# Per participant, from the settlements and the channels (microgrid/demo/money.py
+# defines paid and received): energy, then money.
+PARTICIPANT_MONEY = ("bought_wh", "sold_wh", "utility_import_wh", "utility_export_wh", "p2p_paid_sat",
+                     "p2p_received_sat", "grid_fee_sat", "utility_bill_sat", "utility_credit_sat")
+_PAYER_KEYS = {"grid fee": "grid_fee_sat", "utility import": "utility_bill_sat"}
+_PAYEE_KEYS = {"utility export": "utility_credit_sat"}
+
+
 def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
     from microgrid.coordinator.store.database import open_database
     from microgrid.coordinator.store.readings import ReadingStore
@@ -79,7 +87,16 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
         "energy_matched_wh": market["matched_wh"],
         "trades": market["trades"],
         "payment_updates": market["payment_updates"],
+        # One definition (microgrid/demo/money.py): paid is what buyers
+        # signed to sellers on their channels; value is delivered Wh times
+        # the clearing price, exact; owed is what the settlements said.
         "paid_sat": market["paid_sat"],
+        "p2p_value_sat": round(sum(m.value_msat for m in market["money"]) / 1000, 3),
+        "on_ledger_sat": sum(m.on_ledger_sat for m in market["money"]),
+        "money_reconciles": all(m.reconciles for m in market["money"])
+                            and market["paid_sat"] == market.get("paid_sat_counted", market["paid_sat"])
+                            and market["p2p_owed_sat"] == sum(m.owed_sat for m in market["money"]),
+        "money_within_1_sat_per_interval": all(m.within_1_sat_per_interval for m in market["money"]),
         # Of paid_sat: streamed during intervals as energy arrived. Then what
         # the settlements said buyers owed sellers; paid ahead of them (for
         # intervals not yet settled when the demo stopped, or a net import
@@ -113,6 +130,7 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
                  "capacity_sat": hood.plans[0].coordinator.config.channels.capacity_sat if hood.plans[0].coordinator else 0,
                  "series": series} for (payer, payee), series in sorted(market["channel_series"].items())]
     return {"summary": summary, "intervals": intervals, "participants": participants, "channels": channels,
+            "money": [m.as_dict() for m in market["money"]],
             "economics": market["economics"]}
 
 
@@ -131,7 +149,7 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
                            "export_relay_cuts": 0,
                            "settlement_txs": 0, "settlement_txs_verified": 0, "balance_error_wh": 0,
                            "disagreements": 0, "errors": 0, "settled": {}, "cleared": {}, "by_participant": {},
-                           "channel_series": {}, "result_digest": None, "economics": {}}
+                           "channel_series": {}, "result_digest": None, "economics": {}, "money": []}
     if not traders:
         return out
     for t in traders:
@@ -162,17 +180,31 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
         err = abs(s.export_wh + s.utility_import_wh - s.import_wh - s.utility_export_wh)
         for r in s.participants:
             err += abs(r.export_wh - r.sold_wh - r.utility_export_wh) + abs(r.import_wh - r.bought_wh - r.utility_import_wh)
-            row = out["by_participant"].setdefault(r.participant, {"bought_wh": 0, "sold_wh": 0, "paid_sat": 0,
-                                                                   "earned_sat": 0})
+            row = out["by_participant"].setdefault(r.participant, dict.fromkeys(PARTICIPANT_MONEY, 0))
             row["bought_wh"] += r.bought_wh
             row["sold_wh"] += r.sold_wh
-            row["paid_sat"] += r.paid_sat
-            row["earned_sat"] += r.earned_sat
+            row["utility_import_wh"] += r.utility_import_wh
+            row["utility_export_wh"] += r.utility_export_wh
+        for p in s.payments:
+            for who, key in ((p.payer, _PAYER_KEYS.get(p.kind)), (p.payee, _PAYEE_KEYS.get(p.kind))):
+                if key and who in out["by_participant"]:
+                    out["by_participant"][who][key] += p.sats
         out["balance_error_wh"] += err
     from .digest import economic_results, result_digest
 
     out["economics"] = economic_results(out["cleared"], out["settled"], traders)
     out["result_digest"] = result_digest(out["economics"])
+    from .money import paid_by_buyer, reconcile
+
+    names = {c.coordinator.key.public_key.to_hex(compressed=True): c.name for c in hood.plans if c.coordinator}
+    out["money"] = reconcile(out["settled"], traders, names, hood.ledger)
+    for pub, sats in paid_by_buyer(traders).items():
+        out["by_participant"].setdefault(pub, dict.fromkeys(PARTICIPANT_MONEY, 0))["p2p_paid_sat"] = sats
+    # The trading services' own count of what they signed must agree.
+    out["paid_sat_counted"], out["paid_sat"] = out["paid_sat"], sum(m.paid_sat for m in out["money"])
+    for m in out["money"]:
+        out["by_participant"].setdefault(m.seller, dict.fromkeys(PARTICIPANT_MONEY, 0))["p2p_received_sat"] = \
+            m.on_ledger_sat
     ledger = hood.ledger
     for c in hood.plans:
         trading = c.coordinator.trading if c.coordinator else None
@@ -286,9 +318,12 @@ def _run(args: argparse.Namespace) -> int:
               f"transactions ({summary['settlement_txs_verified']} verified by the script interpreter), "
               f"{summary['p2p_unpaid_sat']} sat unpaid, export relay cut {summary['export_relay_cuts']} time(s)")
         print(f"energy balance error: {summary['energy_balance_error_wh']} Wh")
+        print("money per seller (paid = signed by buyers on channels; value = delivered Wh x clearing price):")
+        for m in data["money"]:
+            print(f"  {m['line']}")
         print(f"result digest: {summary['result_digest']}")
         print(f"report: {page}")
-    ok = summary["readings_stored"] > 0 and summary["readings_rejected"] == 0 and summary["energy_balance_error_wh"] == 0
+    ok = summary["money_reconciles"] and summary["readings_stored"] > 0 and summary["readings_rejected"] == 0 and summary["energy_balance_error_wh"] == 0
     return 0 if ok or summary["stopped_early"] else 1
 
 

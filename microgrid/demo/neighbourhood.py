@@ -42,6 +42,7 @@ INSTALLER_TOKEN = "demo-installer-token"
 DEMO_NETWORK_ID = 0x4D47444D  # "MGDM": a private overlay network for demos
 READING_INTERVAL_S = 60.0  # simulated seconds between readings
 DAY = 86400
+SETTLE_DELAY_S = 120
 
 # Limits that keep a run inside a 2-core machine (stated in --help).
 MAX_COORDINATORS = 8
@@ -118,8 +119,12 @@ class Neighbourhood:
 
     @property
     def run_until(self) -> float:
-        """The last interval settled: its end, plus the two settle delays."""
-        return self.sim_end + 2 * 120 + 60
+        """Until the interval the meters stop in is settled and paid: its
+        end, plus the two settle delays and a minute. (Intervals cleared
+        after that carry no energy: nothing is owed for them.)"""
+        step = 900
+        last_end = -(-int(self.sim_end) // step) * step
+        return last_end + 2 * SETTLE_DELAY_S + 60
 
     def all_meters(self) -> list[MeterPlan]:
         return [m for c in self.plans for m in c.meters]
@@ -155,7 +160,7 @@ class Neighbourhood:
         config.channels = ChannelsSettings(
             enabled=True, wallet_path="wallet.json", wallet_password_file="wallet.password",
             chain="local:ledger.db", capacity_sat=5_000_000, lock_s=3 * 86400 + int(self.days * DAY),
-            increment_wh=self.increment_wh, settle_delay_s=120, export_relay="relay_1",
+            increment_wh=self.increment_wh, settle_delay_s=SETTLE_DELAY_S, export_relay="relay_1",
             # The street's coordinators are each other's neighbours.
             allowed_peers=[k for k in self.peer_keys if k != self.peer_keys[c.index]],
         )
