@@ -61,6 +61,7 @@ class _Meter:
     alive: Callable[[], bool]
     target_ms: int | None = None  # waiting to sleep until this; None: running
     addr: Any = None
+    offset_ms: int = 0  # its virtual 0 (boot) in ms after the conductor's start
 
 
 class _MeterGate(asyncio.DatagramProtocol):
@@ -100,6 +101,9 @@ class Conductor:
         self.steps = 0
         self.stalls = 0
         self._sleepers: list[tuple[float, int, int, asyncio.Future[None]]] = []
+        # Times a step must end at: the meters stop there before the
+        # coordinators' instant (a scripted power cut happens at a reading).
+        self.barriers: list[float] = []
         self._seq = itertools.count()
         self._meters: dict[str, _Meter] = {}
         self._changed: asyncio.Event | None = None
@@ -173,8 +177,11 @@ class Conductor:
         if self._gate is not None and self._gate.transport is not None:
             self._gate.transport.close()
 
-    def add_meter(self, name: str, alive: Callable[[], bool]) -> None:
-        self._meters[name] = _Meter(name, alive)
+    def add_meter(self, name: str, alive: Callable[[], bool], boot_at: float | None = None) -> None:
+        """A meter process (again, after a reboot) that booted at simulated
+        time `boot_at` (default: the start): its virtual ms count from there."""
+        offset = 0 if boot_at is None else int(round((boot_at - self.start) * 1000))
+        self._meters[name] = _Meter(name, alive, offset_ms=offset)
 
     def meter_waits(self, name: str, target_ms: int, addr: Any) -> None:
         m = self._meters.get(name)
@@ -182,11 +189,12 @@ class Conductor:
             log.warning("conductor: unknown meter %r", name)
             return
         m.addr = addr
+        target_ms += m.offset_ms
         if target_ms <= self.granted_ms:
             # Already granted (a resend after a lost answer): answer again.
             m.target_ms = None
             assert self._gate is not None
-            self._gate.grant(addr, self.granted_ms)
+            self._gate.grant(addr, self.granted_ms - m.offset_ms)
         else:
             m.target_ms = target_ms
             self._notify()
@@ -197,7 +205,7 @@ class Conductor:
         for m in self._meters.values():
             if m.target_ms is not None and m.target_ms <= g:
                 m.target_ms = None
-                self._gate.grant(m.addr, g)
+                self._gate.grant(m.addr, g - m.offset_ms)
 
     def _meters_idle(self) -> bool:
         return all(m.target_ms is not None or not m.alive() for m in self._meters.values())
@@ -252,7 +260,7 @@ class Conductor:
         self._real_start = time.monotonic()
         await self.quiet()
         while True:
-            horizon = min(self.now + self.lookahead_s, end)
+            horizon = min([self.now + self.lookahead_s, end] + [b for b in self.barriers if b > self.now])
             await self._pace(horizon)
             self.granted_ms = int(round((horizon - self.start) * 1000))
             t0 = time.monotonic()

@@ -51,7 +51,9 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
             rows = list(store.readings(m.device_id))
             c_stored += len(rows)
             ledger.add_meter(c.name, rows)
-            produced += int(m.summary.get("produced", len(rows)))
+            # After a power cut the sequence goes on from flash: the last
+            # sequence number counts every reading made since the first boot.
+            produced += int(m.summary.get("last_seq" if m.power_cuts else "produced", len(rows)))
             rejected += int(m.summary.get("rejected", 0))
         store.db.close()
         stored += c_stored
@@ -82,6 +84,11 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
     summary = {
         "readings_produced": produced,
         "readings_stored": stored,
+        # Accepted by the coordinators as they came; the ones no longer
+        # stored were thinned by retention (store/retention.py), their
+        # energy kept by the next reading's cumulative counters.
+        "readings_accepted": hood.counts()["readings"],
+        "readings_thinned": hood.counts()["readings"] - stored,
         "readings_rejected": rejected,
         "energy_traded_wh": market["delivered_wh"],
         "energy_matched_wh": market["matched_wh"],
@@ -108,6 +115,9 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
         # Times a seller opened its export relay on a buyer too far behind.
         "export_relay_cuts": market["export_relay_cuts"],
         "settlement_txs": market["settlement_txs"],
+        "channels_opened": market["channels_opened"],
+        "channel_rollovers": market["channel_rollovers"],
+        "incidents": hood.incident_log,
         "settlement_txs_verified": market["settlement_txs_verified"],
         "energy_balance_error_wh": ledger.balance_error_wh() + market["balance_error_wh"],
         "book_disagreements": market["disagreements"],
@@ -149,7 +159,8 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
                            "export_relay_cuts": 0,
                            "settlement_txs": 0, "settlement_txs_verified": 0, "balance_error_wh": 0,
                            "disagreements": 0, "errors": 0, "settled": {}, "cleared": {}, "by_participant": {},
-                           "channel_series": {}, "result_digest": None, "economics": {}, "money": []}
+                           "channel_series": {}, "result_digest": None, "economics": {}, "money": [],
+                           "channels_opened": 0, "channel_rollovers": 0}
     if not traders:
         return out
     for t in traders:
@@ -192,6 +203,9 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
         out["balance_error_wh"] += err
     from .digest import economic_results, result_digest
 
+    pairs = {(t.public_hex, e.peer.hex()) for t in traders for e in t.node.channels.values() if e.role == "payer"}
+    out["channels_opened"] = sum(1 for t in traders for e in t.node.channels.values() if e.role == "payer")
+    out["channel_rollovers"] = out["channels_opened"] - len(pairs)
     out["economics"] = economic_results(out["cleared"], out["settled"], traders)
     out["result_digest"] = result_digest(out["economics"])
     from .money import paid_by_buyer, reconcile
@@ -233,8 +247,9 @@ async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
 
     speed = args.speed  # a ceiling: None runs as fast as the slowest participant allows
     sim_start = DEFAULT_START + int(args.start_hour * 3600)
+    incidents = args.incidents == "on" or (args.incidents == "auto" and args.days >= 2)
     hood = Neighbourhood(out_dir, args.coordinators, args.meters, args.days, args.seed, speed, sim_start,
-                         increment_wh=args.increment_wh)
+                         increment_wh=args.increment_wh, incidents=incidents)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -308,7 +323,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(f"neighbourhood: {summary['coordinators']} coordinators, {summary['meters']} meters, "
               f"{summary['simulated_days']} simulated day(s) in {summary['elapsed_s']} s")
-        print(f"readings: produced {summary['readings_produced']}, stored {summary['readings_stored']}, "
+        print(f"readings: produced {summary['readings_produced']}, accepted {summary['readings_accepted']}, "
+              f"still stored {summary['readings_stored']} ({summary['readings_thinned']} thinned by retention), "
               f"rejected {summary['readings_rejected']}")
         print(f"market: {summary['trades']} trades, {summary['energy_matched_wh']} Wh matched, "
               f"{summary['energy_traded_wh']} Wh delivered and paid peer to peer "
@@ -317,13 +333,18 @@ def _run(args: argparse.Namespace) -> int:
               f"({summary['streamed_sat']} streamed as energy arrived), {summary['settlement_txs']} settlement "
               f"transactions ({summary['settlement_txs_verified']} verified by the script interpreter), "
               f"{summary['p2p_unpaid_sat']} sat unpaid, export relay cut {summary['export_relay_cuts']} time(s)")
+        print(f"channels: {summary['channels_opened']} opened, {summary['channel_rollovers']} of them rollovers")
+        for inc in summary["incidents"]:
+            when = datetime.fromtimestamp(inc["at"], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            print(f"incident: {when} {inc['what']}")
         print(f"energy balance error: {summary['energy_balance_error_wh']} Wh")
         print("money per seller (paid = signed by buyers on channels; value = delivered Wh x clearing price):")
         for m in data["money"]:
             print(f"  {m['line']}")
         print(f"result digest: {summary['result_digest']}")
         print(f"report: {page}")
-    ok = summary["money_reconciles"] and summary["readings_stored"] > 0 and summary["readings_rejected"] == 0 and summary["energy_balance_error_wh"] == 0
+    ok = summary["money_reconciles"] and summary["readings_stored"] > 0 and \
+        summary["readings_produced"] == summary["readings_accepted"] and summary["readings_rejected"] == 0 and summary["energy_balance_error_wh"] == 0
     return 0 if ok or summary["stopped_early"] else 1
 
 
@@ -348,6 +369,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="simulated time of day to start at, in hours (default 0: midnight)")
     p.add_argument("--increment-wh", type=_positive_limited("--increment-wh", 1, 10000), default=10,
                    help="energy paid for by each channel update, Wh (default 10)")
+    p.add_argument("--incidents", choices=("auto", "on", "off"), default="auto",
+                   help="a coordinator restart and a meter power cut at times the seed picks "
+                        "(auto: on for runs of 2 days or more)")
     p.add_argument("--out", help="folder for databases, images, logs and the report (default demo-out/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

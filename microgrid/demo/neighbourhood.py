@@ -47,7 +47,11 @@ SETTLE_DELAY_S = 120
 # Limits that keep a run inside a 2-core machine (stated in --help).
 MAX_COORDINATORS = 8
 MAX_METERS = 40
-MAX_DAYS = 7
+MAX_DAYS = 365
+# Past a week, a reading (and a stream payment) every 5 minutes instead of
+# every minute: a month then takes CPU time a 2-core machine can give.
+LONG_RUN_DAYS = 7
+LONG_RUN_READING_S = 300
 
 
 @dataclass
@@ -61,6 +65,7 @@ class MeterPlan:
     image: Path | None = None
     process: subprocess.Popen | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    power_cuts: int = 0
 
 
 @dataclass
@@ -72,6 +77,9 @@ class CoordinatorPlan:
     meters: list[MeterPlan] = field(default_factory=list)
     coordinator: Coordinator | None = None
     overlay_port: int = 0
+    config: Config | None = None
+    stored_before: int = 0  # readings stored by instances before a restart
+    rejected_before: int = 0
 
 
 def plan_neighbourhood(out_dir: Path, coordinators: int, meters: int, seed: int) -> list[CoordinatorPlan]:
@@ -96,7 +104,7 @@ def plan_neighbourhood(out_dir: Path, coordinators: int, meters: int, seed: int)
 
 class Neighbourhood:
     def __init__(self, out_dir: Path, coordinators: int, meters: int, days: float, seed: int,
-                 speed: float | None, start: float, increment_wh: int = 10) -> None:
+                 speed: float | None, start: float, increment_wh: int = 10, incidents: bool = False) -> None:
         self.increment_wh = increment_wh
         self.ledger: Any = None
         self.out_dir = out_dir
@@ -112,6 +120,13 @@ class Neighbourhood:
         self.stopped_early = False
         self._housekeeping: list[asyncio.Task[None]] = []
         self.timings: dict[str, float] = {}
+        self.reading_s = READING_INTERVAL_S if days <= LONG_RUN_DAYS else float(LONG_RUN_READING_S)
+        from .incidents import plan_incidents
+
+        self.incidents = plan_incidents(seed, start, days, [c.name for c in self.plans],
+                                        [m.name for m in self.all_meters()], int(self.reading_s)) if incidents else []
+        self.incident_log: list[dict[str, Any]] = []
+        self._housekeeping_by: dict[str, asyncio.Task[None]] = {}
 
     @property
     def sim_end(self) -> float:
@@ -159,7 +174,10 @@ class Neighbourhood:
         )
         config.channels = ChannelsSettings(
             enabled=True, wallet_path="wallet.json", wallet_password_file="wallet.password",
-            chain="local:ledger.db", capacity_sat=5_000_000, lock_s=3 * 86400 + int(self.days * DAY),
+            # Channels live a week, as on a real street: a longer run rolls
+            # over to new ones (trading/rollover.py) and closes the old.
+            chain="local:ledger.db", capacity_sat=5_000_000, lock_s=7 * 86400,
+            stream_poll_s=int(self.reading_s),
             increment_wh=self.increment_wh, settle_delay_s=SETTLE_DELAY_S, export_relay="relay_1",
             # The street's coordinators are each other's neighbours.
             allowed_peers=[k for k in self.peer_keys if k != self.peer_keys[c.index]],
@@ -219,8 +237,9 @@ class Neighbourhood:
             coordinator = Coordinator(config, clock=self.clock, chain=self.ledger, wallet=wallet)
             await coordinator.start(defer_trading=True)
             c.coordinator = coordinator
+            c.config = config
             self._conduct(c)
-        readings_per_meter = int(self.days * DAY / READING_INTERVAL_S)
+        readings_per_meter = int(self.days * DAY / self.reading_s)
         # Each meter is provisioned as an installer would: `microgrid flash`
         # into a folder (compiled image, key made on the "board" by the unix
         # port, registration with the coordinator's installer token).
@@ -231,7 +250,7 @@ class Neighbourhood:
                 # moves only as the conductor grants: seconds here are
                 # simulated seconds.
                 meter_cfg = {
-                    "interval_s": READING_INTERVAL_S,
+                    "interval_s": self.reading_s,
                     "clock_start": self.sim_start,
                     "clock_speed": 1,
                     "max_readings": readings_per_meter,
@@ -261,6 +280,64 @@ class Neighbourhood:
         for c in self.plans:
             assert c.coordinator is not None
             c.coordinator.start_trading()
+        for inc in self.incidents:
+            self.conductor.barriers += [inc.at, inc.at + inc.outage_s]
+            self._housekeeping.append(asyncio.ensure_future(self._incident(inc)))
+
+    async def _incident(self, inc: Any) -> None:
+        """Carry out one scripted incident at its simulated time."""
+        sleep = self.conductor.sleeper(len(self.plans))  # after the coordinators' own work of that instant
+        await sleep(inc.at - self.clock.now())
+        async with self.conductor.busy():
+            if inc.kind == "restart":
+                await self._restart([c for c in self.plans if c.name == inc.target][0])
+            else:
+                m = [m for m in self.all_meters() if m.name == inc.target][0]
+                if m.process is None or m.process.poll() is not None:
+                    return
+                m.process.kill()
+                m.process.wait()
+                m.power_cuts += 1
+        self.incident_log.append({"at": inc.at, "what": inc.describe(), "kind": inc.kind, "target": inc.target})
+        if inc.kind == "power cut":
+            await sleep(inc.outage_s)
+            async with self.conductor.busy():
+                self._power_on(m, self.clock.now())
+            self.incident_log.append({"at": int(self.clock.now()), "what": f"meter {m.name} power back",
+                                      "kind": "power back", "target": m.name})
+
+    async def _restart(self, c: CoordinatorPlan) -> None:
+        """Stop and start again from the files, as `systemctl restart`."""
+        from microgrid.coordinator.channels.wallet import Wallet
+
+        old = c.coordinator
+        assert old is not None and c.config is not None
+        c.stored_before += old.ingest.counts["stored"]
+        c.rejected_before += old.ingest.counts["rejected"]
+        task = self._housekeeping_by.pop(c.name, None)
+        if task is not None:
+            task.cancel()
+        await old.stop()
+        config = c.config
+        wallet = Wallet.open(config.resolve(config.channels.wallet_path), "demo-" + c.name)
+        new = Coordinator(config, clock=self.clock, chain=self.ledger, wallet=wallet)
+        await new.start(defer_trading=True)
+        c.coordinator = new
+        self._conduct(c)
+        new.start_trading()
+
+    def _power_on(self, m: MeterPlan, now: float) -> None:
+        """Boot a meter again after a power cut: its clock set to now (the
+        demo's stand-in for the RTC, SNTP or the coordinator's time) and
+        the readings left in the run."""
+        assert m.image is not None
+        cfg_file = m.image / "config.json"
+        cfg = json.loads(cfg_file.read_text())
+        cfg["clock_start"] = int(now)
+        cfg["max_readings"] = max(int((self.sim_end - now) // self.reading_s), 1)
+        cfg_file.write_text(json.dumps(cfg))
+        m.process = self._boot(m, m.image.parent / f"{m.name}.log", append=True)
+        self.conductor.add_meter(m.name, _alive(m.process), boot_at=now)
 
     async def _overlay_joined(self, timeout_s: float = 60.0) -> None:
         """Until every coordinator's overlay node has a put confirmed by
@@ -315,7 +392,9 @@ class Neighbourhood:
             if task is not None:
                 task.cancel()
         co._lifecycle_task = None
-        self._housekeeping.append(asyncio.ensure_future(self._housekeep(c, sleep)))
+        task = asyncio.ensure_future(self._housekeep(c, sleep))
+        self._housekeeping.append(task)
+        self._housekeeping_by[c.name] = task
 
     async def _housekeep(self, c: CoordinatorPlan, sleep: Any) -> None:
         from microgrid.coordinator.store.retention import RetentionPolicy, apply_retention
@@ -338,7 +417,7 @@ class Neighbourhood:
                     next_retention += DAY
                     apply_retention(co.db, self.clock.now(), policy)
 
-    def _boot(self, m: MeterPlan, log_file: Path) -> subprocess.Popen:
+    def _boot(self, m: MeterPlan, log_file: Path, append: bool = False) -> subprocess.Popen:
         """Boot the image through the conductor's shim (virtual time, steps
         asked for over UDP); otherwise as `flash.unix_port.boot`."""
         assert m.image is not None
@@ -348,7 +427,7 @@ class Neighbourhood:
         env["MICROPYPATH"] = ".frozen:" + str(m.image.resolve())
         binary = recorded_interpreter(m.image) or find_micropython()
         return subprocess.Popen([binary, "demo_main.py"], cwd=str(m.image), env=env,
-                                stdout=open(log_file, "w"), stderr=subprocess.STDOUT, text=True)
+                                stdout=open(log_file, "a" if append else "w"), stderr=subprocess.STDOUT, text=True)
 
     def _flash(self, c: CoordinatorPlan, m: MeterPlan, meter_cfg: dict[str, Any]) -> None:
         import io
@@ -367,8 +446,8 @@ class Neighbourhood:
         m.image = image
 
     def counts(self) -> dict[str, int]:
-        stored = sum(c.coordinator.ingest.counts["stored"] for c in self.plans if c.coordinator)
-        rejected = sum(c.coordinator.ingest.counts["rejected"] for c in self.plans if c.coordinator)
+        stored = sum(c.stored_before + c.coordinator.ingest.counts["stored"] for c in self.plans if c.coordinator)
+        rejected = sum(c.rejected_before + c.coordinator.ingest.counts["rejected"] for c in self.plans if c.coordinator)
         running = sum(1 for m in self.all_meters() if m.process and m.process.poll() is None)
         traders = [c.coordinator.trading for c in self.plans if c.coordinator and c.coordinator.trading]
         trades = max((len(t.stats.cleared) and sum(len(x.trades) for x in t.stats.cleared.values())
