@@ -278,9 +278,18 @@ async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     data["params"] = {"coordinators": args.coordinators, "meters": args.meters, "days": args.days,
                       "seed": args.seed, "speed": round(speed, 1) if speed else None,
                       "start": datetime.fromtimestamp(sim_start, timezone.utc).isoformat(),
-                      "increment_wh": args.increment_wh}
-    data["title"] = (f"{args.coordinators} coordinators, {args.meters} meters, {args.days} simulated day(s), "
-                     f"seed {args.seed}")
+                      "increment_wh": args.increment_wh, "reading_s": int(hood.reading_s)}
+    market = hood.plans[0].coordinator.config.market if hood.plans and hood.plans[0].coordinator else None
+    if market is not None:
+        offset = int(market.utc_offset_s)
+        sign, mins = ("+" if offset >= 0 else "-"), abs(offset) // 60
+        data["timezone"] = {"name": "UTC" if offset == 0 else f"UTC{sign}{mins // 60:02d}:{mins % 60:02d}",
+                            "offset_s": offset}
+        data["tariff"] = {"import_sat_per_kwh": market.import_tariff_sat_per_kwh,
+                          "export_sat_per_kwh": market.export_tariff_sat_per_kwh}
+    start_day = datetime.fromtimestamp(sim_start, timezone.utc).strftime("%d %B %Y").lstrip("0")
+    data["title"] = (f"A simulated street of {args.coordinators} households with {args.meters} meters, "
+                     f"{args.days:g} day(s) from {start_day}, seed {args.seed}")
     return data
 
 
