@@ -203,8 +203,11 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
         out["balance_error_wh"] += err
     from .digest import economic_results, result_digest
 
-    pairs = {(t.public_hex, e.peer.hex()) for t in traders for e in t.node.channels.values() if e.role == "payer"}
-    out["channels_opened"] = sum(1 for t in traders for e in t.node.channels.values() if e.role == "payer")
+    # Funded channels only: an open a stop cut short never carried money.
+    funded = [(t.public_hex, e.peer.hex()) for t in traders for e in t.node.channels.values()
+              if e.role == "payer" and e.channel.state.value in ("open", "closing", "closed", "refunded")]
+    pairs = set(funded)
+    out["channels_opened"] = len(funded)
     out["channel_rollovers"] = out["channels_opened"] - len(pairs)
     out["economics"] = economic_results(out["cleared"], out["settled"], traders)
     out["result_digest"] = result_digest(out["economics"])

@@ -178,6 +178,9 @@ class Neighbourhood:
             # over to new ones (trading/rollover.py) and closes the old.
             chain="local:ledger.db", capacity_sat=5_000_000, lock_s=7 * 86400,
             stream_poll_s=int(self.reading_s),
+            # Channel lifecycle checks: every 5 min, or 15 past a week (the
+            # close margin is 3 h: still tried several times).
+            lifecycle_every_s=300 if self.days <= LONG_RUN_DAYS else 900,
             increment_wh=self.increment_wh, settle_delay_s=SETTLE_DELAY_S, export_relay="relay_1",
             # The street's coordinators are each other's neighbours.
             allowed_peers=[k for k in self.peer_keys if k != self.peer_keys[c.index]],
@@ -383,7 +386,7 @@ class Neighbourhood:
             co.trading.market._sleep = sleep
             # The collector's fetches while the gate is open, in clock
             # seconds (0.05 s suits a wall clock, not a stepped one).
-            co.trading.market.poll_s = 60.0
+            co.trading.market.poll_s = 300.0
             client = co.trading.payer.client
             client.timeout = 120.0
             cond.wrap(client, "send")
