@@ -22,7 +22,7 @@ for pkg in ("microgrid.coordinator", "microgrid.shared", "microgrid.flash", "mic
     mod = importlib.import_module(pkg)
     names.append(pkg)
     names += [m.name for m in pkgutil.walk_packages(mod.__path__, pkg + ".")]
-names += ["microgrid.cli", "microgrid.loadgen", "microgrid.report",
+names += ["microgrid.cli", "microgrid.loadgen", "microgrid.report", "microgrid.conductor",
           # the firmware's modules the coordinator's side uses from CPython
           "microgrid.edge.coap", "microgrid.edge.ticks"]
 failed = []
