@@ -305,12 +305,18 @@ def _virtual_ms():
 
 def _sleep_ms(ms):
     target = _virtual_ms() + int(ms)
+    silent = 0
     while target > _granted[0]:
         _sock.sendto(b"W %%s %%d" %% (NAME, target), ADDR)
         try:
             data = _sock.recv(64)
         except OSError:
-            continue  # lost either way: ask again
+            # Lost either way: ask again. Ten minutes without an answer:
+            # the demo is gone (killed, crashed); do not outlive it.
+            silent += 1
+            if silent > 300:
+                raise SystemExit(4)
+            continue
         if data.startswith(b"G "):
             _granted[0] = int(data[2:])
     hal.advance(int(ms))
