@@ -19,7 +19,7 @@ from microgrid.shared import reading as reading_format
 from microgrid.shared import secp256k1
 
 from ..store.database import StoreError
-from ..store.readings import DuplicateReading, ReadingStore
+from ..store.readings import FLAG_TIME_STEPPED, DuplicateReading, ReadingStore
 
 log = logging.getLogger("microgrid.ingest")
 
@@ -43,6 +43,12 @@ def created(device_id: str, first: int, last: int, now: float) -> Outcome:
     return Outcome("2.01", f"stored {device_id}/{seqs} t={int(now)}", True, device_id, last)
 
 
+def _flags(r: reading_format.Reading) -> int:
+    """The reading's `flags` record, 0 when absent or not an integer."""
+    v = (r.extra or {}).get("flags", 0)
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
 class ReadingIngest:
     def __init__(
         self,
@@ -56,7 +62,10 @@ class ReadingIngest:
         self.clock = clock
         self.on_stored = on_stored
         self._keys: dict[str, PublicKey] = {}
-        self.counts = {"stored": 0, "duplicate": 0, "rejected": 0}
+        self.counts = {"stored": 0, "duplicate": 0, "rejected": 0, "held": 0}
+        # Devices whose clock was seen stepping: logged once each (the
+        # store keeps every case: ReadingStore.time_anomalies).
+        self.clock_flagged: set[str] = set()
 
     def _key(self, device_id: str) -> PublicKey | None:
         key = self._keys.get(device_id)
@@ -88,6 +97,20 @@ class ReadingIngest:
         if row is not None:
             why += f"; last={row['seq']} import={row['import_wh']} export={row['export_wh']}"
         return self._reject("4.09", why, device_id, seq)
+
+    def _watch_clock(self, batch: list[reading_format.Reading], held: int) -> None:
+        """Flag a device whose clock steps: the meter says so (flags bit
+        3), or its reading is dated at or before one stored before (held:
+        it counts later, never in a settled interval). Stored and
+        acknowledged all the same: the signed reading is evidence, and a
+        meter refused would retry it forever."""
+        device = batch[0].device
+        stepped = any(_flags(x) & FLAG_TIME_STEPPED for x in batch)
+        if (held or stepped) and device not in self.clock_flagged:
+            self.clock_flagged.add(device)
+            log.warning("meter %s: clock stepped (%s); readings dated back count from the last one on, settled "
+                        "intervals stay as settled", device, "held %d of %d" % (held, len(batch)) if held
+                        else "flagged by the meter")
 
     def accept(self, message: bytes) -> Outcome:
         try:
@@ -121,7 +144,7 @@ class ReadingIngest:
                 return Outcome("4.09", f"duplicate: seq {r.seq} already stored", False, r.device, r.seq)
             return self._stale(f"stale: seq {r.seq} is not above last stored {last}", r.device, r.seq)
         try:
-            self.store.insert_batch(batch, message)
+            held = self.store.insert_batch(batch, message)
         except DuplicateReading as e:
             self.counts["duplicate"] += 1
             if e.identical:
@@ -132,6 +155,8 @@ class ReadingIngest:
             log.error("%s", e)
             return Outcome("5.03", "storage unavailable, retry later", False, r.device, r.seq)
         self.counts["stored"] += len(batch)
+        self.counts["held"] += held
+        self._watch_clock(batch, held)
         if self.on_stored is not None:
             for x in batch:
                 self.on_stored(x)

@@ -217,6 +217,9 @@ class TradingService:
 
     async def publish_metering(self, start: int) -> Metered:
         m = self.metered(start)
+        # What we publish is what the interval is settled on: a reading
+        # arriving from now on dated into it counts in a later interval.
+        self.store.close_metering(start + self.market_settings.interval_s)
         await self._publish_wh(self._metering_key(start), export_wh=m.export_wh, import_wh=m.import_wh)
         return m
 
