@@ -89,9 +89,13 @@ def mount(site: resource.Site, coordinator: Any) -> None:
         trading = getattr(coordinator, "trading", None)
         if trading is None:
             return []
-        from ..market.settlement import report
+        from ..market.settlement import report, unsettled_report
 
-        return [report(trading.stats.settled[s]) for s in sorted(trading.stats.settled)[-8:]]
+        settings = trading.market_settings
+        out = {s: report(v) for s, v in trading.stats.settled.items()}
+        out.update({s: unsettled_report(settings.zone, s, settings.interval_s, why)
+                    for s, why in trading.stats.unsettled.items()})
+        return [out[s] for s in sorted(out)[-8:]]
 
     def channels(query: dict[str, str]) -> Any:
         view = getattr(coordinator, "console_channels", None)

@@ -91,6 +91,9 @@ class TradingStats:
     paid_sat: int = 0  # signed to sellers (what they can claim), acknowledged or not
     streamed_sat: int = 0  # of paid_sat, paid during intervals as energy arrived
     settled: dict[int, IntervalSettlement] = field(default_factory=dict)
+    # Intervals cleared here but not settled, and why: no quorum of the
+    # zone's coordinators agreed on our book (market/repair.py).
+    unsettled: dict[int, str] = field(default_factory=dict)
     cleared: dict[int, ClearedInterval] = field(default_factory=dict)
     channels_opened: int = 0
     rollover_s: list[float] = field(default_factory=list)  # clock seconds each open took
@@ -436,6 +439,12 @@ class TradingService:
         rnd = self.market.rounds.get(start)
         if rnd is None or rnd.cleared is None:
             return None
+        if not rnd.agreed:
+            # Our metering is published all the same: the coordinators that
+            # agree settle with it.
+            self.stats.unsettled[start] = rnd.unsettled_reason
+            log.warning("interval %d not settled here: %s", start, rnd.unsettled_reason)
+            return None
         stream = self._streams.pop(start, None)
         if stream is not None:
             # It ends with the interval's last poll (polls never queue up
@@ -468,7 +477,10 @@ class TradingService:
             # us, or lost the record with a node, find it again.
             await self.publish_directory()
             rnd = await self.market.run_interval(start, place=place)
-            if rnd.cleared is not None:
+            if rnd.cleared is not None and not rnd.agreed:
+                self.stats.cleared[start] = rnd.cleared  # shown as a disagreement; neither streamed nor settled
+                self.stats.unsettled[start] = rnd.unsettled_reason
+            elif rnd.cleared is not None:
                 self.stats.cleared[start] = rnd.cleared
                 mine = [t for t in rnd.cleared.trades if self.public_hex in (t.buyer.hex(), t.seller.hex())]
                 if mine:
