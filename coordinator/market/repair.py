@@ -33,8 +33,8 @@ book (clearing is deterministic: the same book gives the same result).
 A unanimous comparison with at least one peer ends the repair at once:
 adding a later peer's list cannot change a book that a quorum of two or
 more already holds. Limits: results of books above book.MAX_LISTED_ORDERS
-orders carry no list; then only the verdict applies (no repair). The
-quorum counts signing keys: the zone's membership decides whose results
+orders carry no list and do not vote on orders (when ours is one, only
+the verdict applies: no repair). The quorum counts signing keys: the zone's membership decides whose results
 count (the overlay's accept filter).
 """
 
@@ -154,11 +154,18 @@ class BookRepair:
             except Exception as e:  # a failed read: the next round reads again
                 log.warning("reading results for %s/%d failed: %s", s.zone, start, e)
             others = {p: r for p, r in view.items() if p != self.me}
+            # Peers whose results carry no list (a big book, or a peer that
+            # will not say) do not vote on orders, so they cannot stop a repair.
             lists = {p: r.prefixes for p, r in others.items() if r.prefixes is not None}
-            out.listed = len(lists) == len(others)
-            if others and out.listed:
+            out.listed = len(lists) == len(others) and len(held) <= bk.MAX_LISTED_ORDERS
+            if lists and len(held) <= bk.MAX_LISTED_ORDERS:
                 target = agreed_prefixes({**lists, self.me: held})
-                await self._move_to(target, known, out, held)
+                await self._move_to(target, known, out)
+            mine = view.get(self.me)
+            if mine is None or mine.hash != out.cleared.hash:
+                # Peers must see our list and hash: publish again what a
+                # lost put (or a read that missed it) may have kept from them.
+                await bk.publish_result(self.overlay, self.peer_id, out.cleared, held)
             out.peers = len(others) + 1
             out.agreeing = 1 + sum(r.hash == out.cleared.hash for r in others.values())
             if (others and out.agreeing == out.peers) or self.clock.now() >= until:
@@ -173,11 +180,9 @@ class BookRepair:
                      "agreed" if out.agreed else out.reason)
         return out
 
-    async def _move_to(self, target: frozenset[bytes], known: dict[bytes, SignedOrder], out: Repair,
-                       held: tuple[bytes, ...]) -> None:
+    async def _move_to(self, target: frozenset[bytes], known: dict[bytes, SignedOrder], out: Repair) -> None:
         """Make our book the agreed one: fetch the agreed orders we lack,
-        drop the ones no quorum held, clear again and republish (with the
-        list we held at the gate, which never changes)."""
+        drop the ones no quorum held, and clear again."""
         s = self.settings
         start = out.cleared.interval_start
         lacking = target - {h[:bk.PREFIX_BYTES] for h in known}
@@ -192,8 +197,7 @@ class BookRepair:
         out.dropped += len(before - after)
         out.book = book
         out.cleared = clear_interval(book, s.zone, start, s.interval_s, s.rules())
-        out.history.append(out.cleared.hash)
-        await bk.publish_result(self.overlay, self.peer_id, out.cleared, held)
+        out.history.append(out.cleared.hash)  # published by the caller's loop
 
     async def _fetch(self, lacking: frozenset[bytes], known: dict[bytes, SignedOrder], start: int) -> None:
         """The orders with these prefixes, from the overlay, judged as if

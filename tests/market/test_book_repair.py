@@ -143,6 +143,33 @@ def test_an_order_no_quorum_held_at_the_gate_is_dropped_and_one_vouched_late_is_
     asyncio.run(go())
 
 
+def test_a_peer_publishing_no_order_list_neither_votes_nor_stops_the_repair() -> None:
+    async def go() -> None:
+        vt = VirtualTime(START - 2000)
+        net = LossyNetwork(vt, 9, delay_s=0.01, jitter_s=0.0, loss=0.0)
+        svcs = await zone(vt, net, n=3)
+        last = svcs[2].overlay.publisher_id  # type: ignore[attr-defined]
+        so = make_order(KEYS[12], "buy", ZONE, START, 300, 250, START + 900, 1, GATE - 60)
+
+        async def publish() -> None:
+            await vt.sleep(GATE - 1 - vt.now())
+            ov = LossyOverlay(KEYS[12], net)
+            await ov.start()
+            net.hide = lambda reader, raw: reader == last and so.encoded in raw and vt.now() < GATE + 1
+            await bk.publish_order(ov, so, vt.now())
+            await vt.sleep(GATE + 2 - vt.now())
+            silent = LossyOverlay(KEYS[13], net)
+            await silent.start()
+            c = clear_interval([], ZONE, START, 900)
+            await bk.publish_result(silent, "silent", c, [bytes([k % 256]) * 8 for k in range(bk.MAX_LISTED_ORDERS + 1)])
+        *rounds, _ = await vt.drive(*(s.run_interval(START) for s in svcs), publish())
+        assert rounds[2].repair is not None and rounds[2].repair.fetched == 1 and not rounds[2].repair.listed
+        assert all(so.hash in {o.hash for o in r.book} for r in rounds)
+        assert len({r.cleared.hash for r in rounds if r.cleared}) == 1
+        assert all(r.agreed for r in rounds)  # 3 of 4 hold the book
+    asyncio.run(go())
+
+
 def test_an_interval_no_quorum_agrees_on_is_not_settled_and_says_why() -> None:
     async def go() -> None:
         vt = VirtualTime(START - 2000)
