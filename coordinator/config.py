@@ -19,6 +19,7 @@ from typing import Any
 from .devices.gpio_settings import GpioSettings
 from .devices.modbus_settings import ModbusSettings
 from .market.settings import MarketSettings
+from .membership.settings import ZoneSettings
 from .secrets import redact_url
 from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
@@ -267,6 +268,7 @@ class Config:
     gpio: GpioSettings = field(default_factory=GpioSettings)
     modbus: ModbusSettings = field(default_factory=ModbusSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    zone: ZoneSettings = field(default_factory=ZoneSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:
@@ -287,6 +289,9 @@ class Config:
         if self.market.enabled and not (self.overlay.enabled and self.channels.enabled):
             raise ConfigError("market.enabled = true needs overlay.enabled and channels.enabled: orders travel "
                               "through the overlay and payments through channels")
+        if self.zone.enabled and self.market.enabled and self.market.zone != self.zone.name:
+            raise ConfigError(f"market.zone={self.market.zone!r}: expected the zone's name, zone.name="
+                              f"{self.zone.name!r} (orders of one zone carry its name)")
         return self
 
     def resolve(self, path: str) -> Path:

@@ -51,8 +51,10 @@ class MarketRound:
 class MarketService:
     def __init__(self, overlay: bk.Overlay, key: PrivateKey, settings: MarketSettings, clock: Clock,
                  forecaster: Forecaster, sleep: Sleep = asyncio.sleep, poll_s: float = 5.0,
-                 result_wait_s: float = 10.0, peer_id: str | None = None) -> None:
+                 result_wait_s: float = 10.0, peer_id: str | None = None,
+                 is_member: Callable[[bytes], bool] | None = None) -> None:
         self.overlay = overlay
+        self.is_member = is_member  # zone membership: only members' orders enter the book
         self.key = key
         self.settings = settings
         self.clock = clock
@@ -102,7 +104,8 @@ class MarketService:
         s = self.settings
         rnd = self.rounds.setdefault(interval_start, MarketRound(interval_start))
         await self._sleep_until(interval_start - s.order_lead_s)
-        collector = bk.BookCollector(self.overlay, s.zone, interval_start, self.clock, s.interval_s, s.gate_lead_s)
+        collector = bk.BookCollector(self.overlay, s.zone, interval_start, self.clock, s.interval_s, s.gate_lead_s,
+                                     is_member=self.is_member)
         collector.start()
         if place:
             rnd.own_orders = await self.place_orders(interval_start)

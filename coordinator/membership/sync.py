@@ -172,7 +172,11 @@ class MembershipSync:
             self._saved = raws
 
     async def refresh(self) -> dict[str, int]:
+        """The records folder (files an installer added while we ran, or
+        records refused earlier as not yet valid) and the overlay's board."""
         now = self.clock.now()
+        if self.records_dir is not None:
+            offer_all(self.roster, read_folder(self.records_dir), now, "the records folder")
         counts = await fetch(self.overlay, self.roster, now)
         self.roster.prune(now)
         self.save()
@@ -196,22 +200,24 @@ class MembershipSync:
         return ok
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Refresh every `refresh_s`, republish every `republish_s` (clock
+        """After a first `republish` and `refresh` (the caller's, at start):
+        refresh every `refresh_s`, republish every `republish_s` (clock
         seconds), until `stop`."""
-        next_republish = 0.0
+        next_republish = self.clock.now() + self.republish_s
         while not stop.is_set():
-            now = self.clock.now()
-            try:
-                if now >= next_republish:
-                    await self.republish()
-                    next_republish = now + self.republish_s
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - a failed overlay call is retried next round
-                log.exception("membership refresh failed")
             waiter = asyncio.ensure_future(sleep_until(self.clock, self.clock.now() + self.refresh_s, self._sleep))
             stopper = asyncio.ensure_future(stop.wait())
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             stopper.cancel()
+            if stop.is_set():
+                break
+            try:
+                if self.clock.now() >= next_republish:
+                    await self.republish()
+                    next_republish = self.clock.now() + self.republish_s
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a failed overlay call is retried next round
+                log.exception("membership refresh failed")
