@@ -145,7 +145,7 @@ class MembershipSync:
                 counts[k] += v
         self._saved = self.roster.raws()
         status = self.roster.status(self.own_key, now)
-        if status != "member":
+        if self.own_key and status != "member":
             log.warning("this coordinator is not a current member of zone %s (%s): the others will ignore its "
                         "orders, records and channels until admins admit it (microgrid zone admit)",
                         self.roster.zone.name, status)
