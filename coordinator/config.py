@@ -169,8 +169,9 @@ class ChannelsSettings:
     # would be left on it), so payments never wait for an open.
     renew_before_s: int = 86_400
     # As a seller: who may open channels to us (channels/admission.py):
-    # the coordinator keys (66 hex digits) of our neighbours, until zone
-    # membership decides it. Empty: nobody (we may still buy). And how
+    # with a [zone], its current members, further restricted to these
+    # coordinator keys (66 hex digits) when the list is not empty; without
+    # a zone, these keys only, and empty: nobody (we may still buy). And how
     # many: channels open per peer, unfunded per peer and in all, and the
     # total capacity of our incoming channels still to close.
     allowed_peers: list[str] = field(default_factory=list)

@@ -119,6 +119,20 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _member_key(args: argparse.Namespace) -> int:
+    """This coordinator's public key, to be admitted (its private key is
+    read, not shown)."""
+    from ..app import load_or_create_key
+    from ..config import load
+
+    config = load(args.config)
+    path = config.resolve(config.identity.key_file)
+    if not path.exists():
+        raise CliError(f"no identity key at {path} yet: start the coordinator once, or check [identity] key_file")
+    print(load_or_create_key(path).public_key.to_hex(compressed=True))
+    return 0
+
+
 def _found(args: argparse.Namespace) -> int:
     admins = [_pubkey(a, "--admin") for a in args.admin or []]
     admins += [keys.public(keys.load(Path(p))) for p in args.admin_key or []]
@@ -338,6 +352,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = zsub.add_parser("keygen", help="a new admin key (file mode 600); prints the public key only")
     q.add_argument("--out", required=True)
     q.set_defaults(func=_run(_keygen))
+
+    q = zsub.add_parser("member-key", help="this coordinator's public key (what admins admit)")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=_run(_member_key))
 
     q = zsub.add_parser("found", help="found a zone: admin keys and threshold k; prints the zone id and [zone]")
     q.add_argument("--name", required=True, help="the zone's name, as [market] zone (a-z0-9._-)")

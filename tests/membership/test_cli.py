@@ -47,6 +47,8 @@ def test_found_admit_cosign_publish_list_revoke(tmp_path: Path, capsys: pytest.C
     config.write_text(section + f'records_dir = "{tmp_path / "records"}"\ncache_path = "{tmp_path / "c.cbor"}"\n')
 
     member = keys.public(keys.create(tmp_path / "coordinator.key")).hex()
+    config.write_text(config.read_text() + f'[store]\npath = "{tmp_path / "c.db"}"\n')
+    assert ok("zone", "member-key", "--config", str(config)).strip() == member
     rec = tmp_path / "admit.cose"
     ok("zone", "admit", "--config", str(config), "--member", member, "--connection", "EAN-8716", "--feeder", "F1",
        "--key", str(admin[0]), "--out", str(rec))
