@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import keys, records
-from .records import MembershipError, Zone
+from .records import MembershipError
 from .roster import Roster
 
 DAY = 86400
@@ -52,16 +52,42 @@ def _pubkey(text: str, what: str) -> bytes:
     return b
 
 
-def _zone(args: argparse.Namespace) -> Zone:
-    """The zone from --zone FILE (founding record) or --config (its [zone])."""
+def _roster(args: argparse.Namespace) -> Roster:
+    """The zone and what is known of it: with --config, the coordinator's
+    records folder and cache (admin rotations included); with --zone, the
+    founding record and any --rotation files."""
     if getattr(args, "zone", None):
         try:
-            return records.parse_zone(Path(args.zone).read_bytes())
+            roster = Roster(records.parse_zone(Path(args.zone).read_bytes()))
         except OSError as e:
             raise CliError(f"cannot read the founding record {args.zone}: {e.strerror}") from None
+        for p in getattr(args, "rotation", None) or []:
+            try:
+                roster.offer(Path(p).read_bytes(), time.time())
+            except OSError as e:
+                raise CliError(f"cannot read the rotation record {p}: {e.strerror}") from None
+        return roster
     if getattr(args, "config", None):
-        return _config(args).zone.zone()
+        from ..clock import SystemClock
+        from .sync import MembershipSync
+
+        config = _config(args)
+        roster = Roster(config.zone.zone())
+        # No overlay and no own key: only the records folder and the cache are read.
+        MembershipSync(None, roster, SystemClock(), b"", records_dir=config.resolve(config.zone.records_dir),
+                       cache_path=config.resolve(config.zone.cache_path)).load_local()
+        return roster
     raise CliError("name the zone: --zone zone.cbor (from `microgrid zone found`) or --config coordinator.toml")
+
+
+def _signers_of(roster: Roster, rec: records.Record) -> records.AdminSet:
+    """The admin set whose k signatures `rec` needs."""
+    if rec.type == records.ROTATE:
+        if rec.epoch > len(roster.chain):
+            raise CliError(f"rotation to admin set {rec.epoch}: set {rec.epoch - 1} is not known here "
+                           f"(pass its rotation record with --rotation, or use --config)")
+        return roster.chain[rec.epoch - 1]
+    return roster.admins_at(rec.issued)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -77,15 +103,21 @@ def _now(args: argparse.Namespace) -> int:
     return int(args.issued) if getattr(args, "issued", None) is not None else int(time.time())
 
 
-def _describe(raw: bytes, zone: Zone, now: float) -> dict[str, Any]:
+def _describe(raw: bytes, roster: Roster, now: float) -> dict[str, Any]:
     r = records.parse(raw)
     try:
-        records.verify(raw, zone)
+        roster.check(raw)
         valid = "valid"
     except MembershipError as e:
         valid = f"not valid yet: {e}"
-    admins = zone.admin_by_kid()
-    out: dict[str, Any] = {"type": r.type, "member": r.member.hex(), "issued": r.issued}
+    aset = _signers_of(roster, r)
+    admins = aset.admin_by_kid()
+    out: dict[str, Any] = {"type": r.type}
+    if r.type == records.ROTATE:
+        out.update(epoch=r.epoch, admins=[a.hex() for a in r.admins], k=r.k)
+    else:
+        out["member"] = r.member.hex()
+    out["issued"] = r.issued
     if r.type == records.ADMIT:
         out.update(expires=r.expires, connection=r.connection, feeder=r.feeder,
                    expired=now >= r.expires)
@@ -94,7 +126,7 @@ def _describe(raw: bytes, zone: Zone, now: float) -> dict[str, Any]:
     out["zone"] = r.zone.hex()
     out["signed_by"] = [admins[k].hex() if k in admins else f"unknown key id {k.hex()}"
                         for k in records.signer_kids(raw)]
-    out["needs"] = f"{zone.k} of {len(zone.admins)}"
+    out["needs"] = f"{aset.k} of {len(aset.admins)}" + (f" (admin set {aset.epoch})" if aset.epoch else "")
     out["status"] = valid
     return out
 
@@ -153,7 +185,7 @@ def _found(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finish(args: argparse.Namespace, zone: Zone, rec: records.Record) -> int:
+def _finish(args: argparse.Namespace, roster: Roster, rec: records.Record) -> int:
     raw = records.unsigned(rec)
     for p in args.key or []:
         raw = records.add_signature(raw, keys.load(Path(p)))
@@ -162,22 +194,24 @@ def _finish(args: argparse.Namespace, zone: Zone, rec: records.Record) -> int:
         raise CliError(f"{out} exists: pick another file name")
     _write(out, raw)
     n = len(records.signer_kids(raw))
-    print(f"{rec.type} record for {rec.member.hex()} written to {out}: {n} of the {zone.k} signatures needed")
-    if n < zone.k:
+    k = _signers_of(roster, rec).k
+    what = f"admin set {rec.epoch}" if rec.type == records.ROTATE else rec.member.hex()
+    print(f"{rec.type} record for {what} written to {out}: {n} of the {k} signatures needed")
+    if n < k:
         print(f"next: each other admin runs `microgrid zone sign {out} --key THEIR.key`")
     return 0
 
 
 def _admit(args: argparse.Namespace) -> int:
-    zone = _zone(args)
+    roster = _roster(args)
     issued = _now(args)
-    rec = records.admission(zone, _pubkey(args.member, "--member"), args.connection, args.feeder, issued,
+    rec = records.admission(roster.zone, _pubkey(args.member, "--member"), args.connection, args.feeder, issued,
                             issued + args.days * DAY)
-    return _finish(args, zone, rec)
+    return _finish(args, roster, rec)
 
 
 def _renew(args: argparse.Namespace) -> int:
-    zone = _zone(args)
+    roster = _roster(args)
     try:
         old = records.parse(Path(args.record).read_bytes())
     except OSError as e:
@@ -187,14 +221,23 @@ def _renew(args: argparse.Namespace) -> int:
     issued = _now(args)
     if issued <= old.issued:
         raise CliError(f"a renewal must be issued after the record it renews ({old.issued})")
-    rec = records.admission(zone, old.member, args.connection or old.connection, args.feeder or old.feeder,
+    rec = records.admission(roster.zone, old.member, args.connection or old.connection, args.feeder or old.feeder,
                             issued, issued + args.days * DAY)
-    return _finish(args, zone, rec)
+    return _finish(args, roster, rec)
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    zone = _zone(args)
-    return _finish(args, zone, records.revocation(zone, _pubkey(args.member, "--member"), _now(args), args.reason))
+    roster = _roster(args)
+    return _finish(args, roster, records.revocation(roster.zone, _pubkey(args.member, "--member"), _now(args),
+                                                    args.reason))
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    roster = _roster(args)
+    admins = [_pubkey(a, "--admin") for a in args.admin or []]
+    admins += [keys.public(keys.load(Path(p))) for p in args.admin_key or []]
+    epoch = args.epoch if args.epoch is not None else len(roster.chain)
+    return _finish(args, roster, records.rotation(roster.zone, epoch, admins, args.threshold, _now(args)))
 
 
 def _sign(args: argparse.Namespace) -> int:
@@ -204,43 +247,31 @@ def _sign(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
     key = keys.load(Path(args.key))
-    zone = _zone(args) if (args.zone or args.config) else None
-    if zone is not None and keys.public(key) not in zone.admins:
-        raise CliError(f"key {keys.public(key).hex()} is not an admin of zone {zone.name}: not signed")
+    aset = None
+    if args.zone or args.config:
+        aset = _signers_of(_roster(args), records.parse(raw))
+        if keys.public(key) not in aset.admins:
+            raise CliError(f"key {keys.public(key).hex()} is not an admin of this zone for this record: not signed")
     raw = records.add_signature(raw, key)
     _write(path, raw)
     n = len(records.signer_kids(raw))
-    need = f" of the {zone.k} needed" if zone is not None else ""
+    need = f" of the {aset.k} needed" if aset is not None else ""
     print(f"signed {path} as {keys.public(key).hex()}: {n} signature(s){need}")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    zone = _zone(args)
+    roster = _roster(args)
     try:
         raw = Path(args.record).read_bytes()
     except OSError as e:
         raise CliError(f"cannot read {args.record}: {e.strerror}") from None
-    _print(_describe(raw, zone, time.time()), args.json)
+    _print(_describe(raw, roster, time.time()), args.json)
     return 0
 
 
-def _roster(args: argparse.Namespace) -> tuple[Any, Roster]:
-    from .sync import MembershipSync
-
-    config = _config(args)
-    roster = Roster(config.zone.zone())
-    from ..clock import SystemClock
-
-    # No overlay and no own key: only the records folder and the cache are read.
-    sync = MembershipSync(None, roster, SystemClock(), b"", records_dir=config.resolve(config.zone.records_dir),
-                          cache_path=config.resolve(config.zone.cache_path))
-    sync.load_local()
-    return config, roster
-
-
 def _list(args: argparse.Namespace) -> int:
-    config, roster = _roster(args)
+    config, roster = _config(args), _roster(args)
     now = time.time()
     if args.fetch:
         asyncio.run(_fetch(config, roster))
@@ -290,13 +321,14 @@ async def _fetch(config: Any, roster: Roster) -> None:
 
 def _publish(args: argparse.Namespace) -> int:
     config = _config(args)
-    zone = config.zone.zone()
+    roster = _roster(args)
+    zone = roster.zone
     path = Path(args.record)
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
-    r = records.verify(raw, zone)  # nothing that readers would refuse goes out
+    r = roster.check(raw)  # nothing that readers would refuse goes out
     folder = config.resolve(config.zone.records_dir)
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"{r.type}-{r.member_id}-{r.issued}.cose"
@@ -312,7 +344,7 @@ def _publish(args: argparse.Namespace) -> int:
 
         overlay = await _overlay(config)
         try:
-            return await publish(overlay, zone, raw)
+            return await publish(overlay, zone, raw, roster=roster)
         finally:
             await overlay.stop()
 
@@ -341,7 +373,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     def which_zone(q: argparse.ArgumentParser) -> None:
         q.add_argument("--zone", help="the zone's founding record (zone.cbor)")
-        q.add_argument("--config", help="a coordinator.toml with the [zone] section")
+        q.add_argument("--rotation", action="append", help="with --zone: an admin rotation record, in order")
+        q.add_argument("--config", help="a coordinator.toml with the [zone] section (knows the rotations)")
 
     def signing(q: argparse.ArgumentParser) -> None:
         which_zone(q)
@@ -387,6 +420,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--member", required=True)
     q.add_argument("--reason", default="")
     q.set_defaults(func=_run(_revoke))
+
+    q = zsub.add_parser("rotate", help="a new admin set (signed by k admins of the current one)")
+    signing(q)
+    q.add_argument("--admin", action="append", help="a new admin's public key, hex (repeatable)")
+    q.add_argument("--admin-key", action="append", help="a new admin's key file (its public key is used)")
+    q.add_argument("--threshold", "-k", type=int, required=True)
+    q.add_argument("--epoch", type=int, help="the new set's number (default: the next)")
+    q.set_defaults(func=_run(_rotate))
 
     q = zsub.add_parser("sign", help="add your signature to a record file, in place")
     q.add_argument("record")

@@ -29,6 +29,12 @@ Payload (canonical CBOR map, RFC 8949 4.2.1; anything else is refused):
     8 feeder      text   admit only: the feeder it hangs on (1..64 bytes)
     9 reason      text   revoke only, optional (0..64 bytes)
 
+Admin key rotation ("rotate", signed like the others by k admins of the
+set in force): 1 v, 2 type "rotate", 3 zone, 4 issued, 13 epoch (1, 2, ...:
+one more than the set it replaces), 11 admins, 12 k: the new set, which
+signs every record issued from then on. The zone id stays the founding
+hash; the chain of rotations is learnt from the records (roster.py).
+
 Founding record (canonical CBOR map, not signed: its hash is the id):
 
     1 v 1, 2 type "found", 10 name text (the market zone name),
@@ -38,6 +44,7 @@ Founding record (canonical CBOR map, not signed: its hash is the id):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +56,7 @@ from microgrid.shared.reading import ALG_ES256K, key_id
 
 VERSION = 1
 TAG_SIGN = 98  # COSE_Sign
-FOUND, ADMIT, REVOKE = "found", "admit", "revoke"
+FOUND, ADMIT, REVOKE, ROTATE = "found", "admit", "revoke", "rotate"
 MAX_ADMINS = 12
 MAX_TEXT_BYTES = 64
 # The longest an admission may run; a revocation is kept this long after
@@ -61,7 +68,8 @@ MAX_RECORD_BYTES = 1400
 ZONE_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789._-"
 
 L_V, L_TYPE, L_ZONE, L_ISSUED, L_EXPIRES, L_MEMBER, L_CONNECTION, L_FEEDER, L_REASON = 1, 2, 3, 4, 5, 6, 7, 8, 9
-L_NAME, L_ADMINS, L_K = 10, 11, 12
+L_NAME, L_ADMINS, L_K, L_EPOCH = 10, 11, 12, 13
+MAX_EPOCH = 1000
 
 
 class MembershipError(ValueError):
@@ -93,6 +101,24 @@ class Zone:
     def admin_by_kid(self) -> dict[bytes, bytes]:
         return {key_id(a): a for a in self.admins}
 
+    def admin_set(self) -> "AdminSet":
+        """The founding admins: epoch 0, in force from the founding."""
+        return AdminSet(0, self.admins, self.k, self.founded)
+
+
+@dataclass(frozen=True)
+class AdminSet:
+    """The admins who sign records issued from `since` (until the next
+    rotation's issue time)."""
+
+    epoch: int
+    admins: tuple[bytes, ...]
+    k: int
+    since: int
+
+    def admin_by_kid(self) -> dict[bytes, bytes]:
+        return {key_id(a): a for a in self.admins}
+
 
 def found(name: str, admins: list[bytes], k: int, founded: int) -> Zone:
     """A new zone, checked as every reader checks it."""
@@ -105,17 +131,22 @@ def check_zone(zone: Zone) -> None:
     if not isinstance(zone.name, str) or not 1 <= len(zone.name) <= 32 or \
             any(c not in ZONE_NAME_CHARS for c in zone.name):
         raise MembershipError(f"zone name {zone.name!r}: expected 1..32 characters of [a-z0-9._-]")
-    if not 1 <= len(zone.admins) <= MAX_ADMINS:
-        raise MembershipError(f"{len(zone.admins)} admin keys: expected 1..{MAX_ADMINS}")
-    for a in zone.admins:
-        _check_key(a, "admin key")
-    if list(zone.admins) != sorted(set(zone.admins)):
-        raise MembershipError("admin keys must be distinct (and are kept sorted)")
-    if len({key_id(a) for a in zone.admins}) != len(zone.admins):
-        raise MembershipError("two admin keys share a key id: pick another key")
-    if isinstance(zone.k, bool) or not isinstance(zone.k, int) or not 1 <= zone.k <= len(zone.admins):
-        raise MembershipError(f"threshold k={zone.k!r}: expected 1..{len(zone.admins)} (the number of admins)")
+    _check_admins(zone.admins, zone.k)
     _check_uint(zone.founded, "founded")
+
+
+def _check_admins(admins: Any, k: Any) -> None:
+    if not isinstance(admins, tuple) or not 1 <= len(admins) <= MAX_ADMINS:
+        raise MembershipError(f"{len(admins) if isinstance(admins, tuple) else admins!r} admin keys: "
+                              f"expected 1..{MAX_ADMINS}")
+    for a in admins:
+        _check_key(a, "admin key")
+    if list(admins) != sorted(set(admins)):
+        raise MembershipError("admin keys must be distinct (and are kept sorted)")
+    if len({key_id(a) for a in admins}) != len(admins):
+        raise MembershipError("two admin keys share a key id: pick another key")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(admins):
+        raise MembershipError(f"threshold k={k!r}: expected 1..{len(admins)} (the number of admins)")
 
 
 def parse_zone(data: bytes) -> Zone:
@@ -148,10 +179,14 @@ class Record:
     reason: str = ""  # revoke only
     signers: tuple[bytes, ...] = ()  # admin keys whose signatures verified
     raw: bytes = b""
+    epoch: int = 0  # rotate only: the new set's epoch, its admins and k
+    admins: tuple[bytes, ...] = ()
+    k: int = 0
 
     @property
     def member_id(self) -> str:
-        return key_id(self.member).hex()
+        """The member's key id (for a rotation: "epoch-N")."""
+        return f"epoch-{self.epoch}" if self.type == ROTATE else key_id(self.member).hex()
 
     @property
     def digest(self) -> bytes:
@@ -166,6 +201,9 @@ class Record:
 
 
 def encode_payload(r: Record) -> bytes:
+    if r.type == ROTATE:
+        return bytes(cbor.dumps({L_V: VERSION, L_TYPE: r.type, L_ZONE: r.zone, L_ISSUED: r.issued,
+                                 L_EPOCH: r.epoch, L_ADMINS: list(r.admins), L_K: r.k}))
     m: dict[int, Any] = {L_V: VERSION, L_TYPE: r.type, L_ZONE: r.zone, L_ISSUED: r.issued, L_MEMBER: r.member}
     if r.type == ADMIT:
         m.update({L_EXPIRES: r.expires, L_CONNECTION: r.connection, L_FEEDER: r.feeder})
@@ -182,6 +220,14 @@ def admission(zone: Zone, member: bytes, connection: str, feeder: str, issued: i
 
 def revocation(zone: Zone, member: bytes, issued: int, reason: str = "") -> Record:
     r = Record(REVOKE, zone.id, issued, bytes(member), reason=reason)
+    _check_record(r, zone)
+    return r
+
+
+def rotation(zone: Zone, epoch: int, admins: list[bytes], k: int, issued: int) -> Record:
+    """A new admin set for records issued from `issued` on; signed by k of
+    the set of epoch - 1."""
+    r = Record(ROTATE, zone.id, issued, b"", epoch=epoch, admins=tuple(sorted(bytes(a) for a in admins)), k=k)
     _check_record(r, zone)
     return r
 
@@ -279,12 +325,18 @@ def parse_payload(payload: bytes) -> Record:
         want = {L_V, L_TYPE, L_ZONE, L_ISSUED, L_EXPIRES, L_MEMBER, L_CONNECTION, L_FEEDER}
     elif kind == REVOKE:
         want = {L_V, L_TYPE, L_ZONE, L_ISSUED, L_MEMBER} | ({L_REASON} if L_REASON in p else set())
+    elif kind == ROTATE:
+        want = {L_V, L_TYPE, L_ZONE, L_ISSUED, L_EPOCH, L_ADMINS, L_K}
     else:
-        raise MembershipError(f"type {kind!r}: expected \"admit\" or \"revoke\"")
+        raise MembershipError(f"type {kind!r}: expected \"admit\", \"revoke\" or \"rotate\"")
     if set(p) != want:
-        raise MembershipError(f"{kind} record fields {sorted(p)}: expected {sorted(want)}")
-    r = Record(kind, p[L_ZONE], p[L_ISSUED], p[L_MEMBER], p.get(L_EXPIRES, 0), p.get(L_CONNECTION, ""),
-               p.get(L_FEEDER, ""), p.get(L_REASON, ""))
+        raise MembershipError(f"{kind} record fields {sorted(p, key=repr)}: expected {sorted(want)}")
+    admins = p.get(L_ADMINS, [])
+    if not isinstance(admins, list):
+        raise MembershipError("admins: expected a list of 33-byte keys")
+    r = Record(kind, p[L_ZONE], p[L_ISSUED], p.get(L_MEMBER, b""), p.get(L_EXPIRES, 0), p.get(L_CONNECTION, ""),
+               p.get(L_FEEDER, ""), p.get(L_REASON, ""), epoch=p.get(L_EPOCH, 0), admins=tuple(admins),
+               k=p.get(L_K, 0))
     _check_record(r, None)
     return r
 
@@ -300,15 +352,17 @@ def signer_kids(raw: bytes) -> list[bytes]:
     return [h[cose.HDR_KID] for _p, h, _s in _open(raw)[1]]
 
 
-def verify(raw: bytes, zone: Zone) -> Record:
+def verify(raw: bytes, zone: Zone, signers_set: AdminSet | None = None) -> Record:
     """The record in `raw` if it is for `zone` and carries valid signatures
-    of at least k of its admins and nothing else. Raises MembershipError
-    naming what is wrong. Time is not judged here (see roster.py)."""
+    of at least k admins of `signers_set` (default: the founding admins) and
+    nothing else. Raises MembershipError naming what is wrong. Time is not
+    judged here, nor which admin set was in force (see roster.py)."""
     payload, sigs = _open(raw)
     r = parse_payload(payload)
     if r.zone != zone.id:
         raise MembershipError(f"record for zone {r.zone.hex()[:16]}, not ours ({zone.id_hex[:16]})")
-    admins = zone.admin_by_kid()
+    aset = signers_set or zone.admin_set()
+    admins = aset.admin_by_kid()
     signers: list[bytes] = []
     for protected, headers, sig in sigs:
         kid = headers[cose.HDR_KID]
@@ -328,10 +382,10 @@ def verify(raw: bytes, zone: Zone) -> Record:
         if not good:
             raise MembershipError(f"signature of admin {kid.hex()} does not verify")
         signers.append(admin)
-    if len(signers) < zone.k:
-        raise MembershipError(f"signed by {len(signers)} admin(s): this zone needs {zone.k} of {len(zone.admins)}")
-    return Record(r.type, r.zone, r.issued, r.member, r.expires, r.connection, r.feeder, r.reason,
-                  tuple(signers), bytes(raw))
+    if len(signers) < aset.k:
+        raise MembershipError(f"signed by {len(signers)} admin(s): this zone needs {aset.k} of {len(aset.admins)}"
+                              + (f" (admin set {aset.epoch})" if aset.epoch else ""))
+    return dataclasses.replace(r, signers=tuple(signers), raw=bytes(raw))
 
 
 # -- checks ------------------------------------------------------------------------
@@ -379,6 +433,11 @@ def _check_record(r: Record, zone: Zone | None) -> None:
     if zone is not None and r.zone != zone.id:
         raise MembershipError("record for another zone")
     _check_uint(r.issued, "issued")
+    if r.type == ROTATE:
+        if isinstance(r.epoch, bool) or not isinstance(r.epoch, int) or not 1 <= r.epoch <= MAX_EPOCH:
+            raise MembershipError(f"epoch={r.epoch!r}: expected 1..{MAX_EPOCH}")
+        _check_admins(r.admins, r.k)
+        return
     _check_key(r.member, "member")
     if r.type == ADMIT:
         _check_uint(r.expires, "expires")

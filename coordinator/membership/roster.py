@@ -16,7 +16,11 @@ The rules, the same on every coordinator whatever order records arrive in:
   replaced its coordinator key needs no revocation for the old one);
 - a record issued more than MAX_CLOCK_SKEW_S in the future is refused (it
   is offered again at the next refresh), so admins cannot by mistake sign
-  a revocation that blocks every later admission.
+  a revocation that blocks every later admission;
+- admin keys rotate by a "rotate" record signed by k of the set in force:
+  a record counts if k admins of the set in force at its issue time signed
+  it (admissions signed before a rotation stay good; an old admin's
+  signature on a record issued after it does not count).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import hashlib
 from dataclasses import dataclass
 
 from . import records
-from .records import ADMIT, REVOKE, MembershipError, Record, Zone
+from .records import ADMIT, REVOKE, ROTATE, AdminSet, MembershipError, Record, Zone
 
 MAX_CLOCK_SKEW_S = 300
 # Verdicts on raw records kept to skip verifying the same bytes at every
@@ -58,6 +62,12 @@ class Roster:
     def __init__(self, zone: Zone) -> None:
         self.zone = zone
         self.latest: dict[bytes, Record] = {}  # member key -> deciding record
+        # Admin sets, epoch 0 (the founding) first; rotations that made them.
+        self.chain: list[AdminSet] = [zone.admin_set()]
+        self.rotations: list[Record] = []
+        # Admissions and revocations that verified, to judge again when the
+        # admin chain changes (digest -> raw).
+        self._pool: dict[bytes, bytes] = {}
         self._judged: dict[bytes, str] = {}
         self._cache: tuple[int, int, dict[bytes, Member]] | None = None
         self._version = 0
@@ -79,10 +89,15 @@ class Roster:
         if len(self._judged) >= MAX_JUDGED:
             self._judged.clear()
         try:
-            r = records.verify(raw, self.zone)
+            head = records.parse(raw)
+            if head.type == ROTATE:
+                return self._rotate(raw, head, digest, now)
+            r = records.verify(raw, self.zone, self.admins_at(head.issued))
         except MembershipError as e:
-            # Forged or malformed stays so: not verified again.
-            self._judged[digest] = f"refused: {e}"
+            # Forged or malformed stays so: not verified again (until the
+            # admin chain changes).
+            if "arrives before" not in str(e) and "after now" not in str(e):
+                self._judged[digest] = f"refused: {e}"
             self.counts["refused"] += 1
             raise
         try:
@@ -94,6 +109,8 @@ class Roster:
             self.counts["refused"] += 1
             raise
         self._judged[digest] = r.type
+        if len(self._pool) < 4 * MAX_MEMBERS:
+            self._pool[digest] = raw
         old = self.latest.get(r.member)
         if now >= r.issued + records.MAX_ADMISSION_S or (old is not None and _rank(r) <= _rank(old)):
             self.counts["stale"] += 1
@@ -102,6 +119,74 @@ class Roster:
         self._version += 1
         self.counts["new"] += 1
         return "new"
+
+    def admins_at(self, t: int) -> AdminSet:
+        """The admin set in force at time `t`: the last whose rotation was
+        issued at or before it."""
+        current = self.chain[0]
+        for s in self.chain[1:]:
+            if s.since <= t:
+                current = s
+        return current
+
+    def check(self, raw: bytes) -> Record:
+        """Verify a record as `offer` would, without taking it: signed by k
+        of the admin set in force at its issue time (a rotation: by the set
+        it replaces). Raises MembershipError."""
+        head = records.parse(raw)
+        if head.type == ROTATE:
+            if head.epoch > len(self.chain):
+                raise MembershipError(f"rotation to admin set {head.epoch} arrives before set {head.epoch - 1}")
+            return records.verify(raw, self.zone, self.chain[head.epoch - 1])
+        return records.verify(raw, self.zone, self.admins_at(head.issued))
+
+    @property
+    def admins(self) -> AdminSet:
+        """The admin set that signs new records."""
+        return self.chain[-1]
+
+    def _rotate(self, raw: bytes, head: Record, digest: bytes, now: float) -> str:
+        """A rotation extends the chain by one epoch, signed by k of the
+        set it replaces, issued after that set began and not in the future.
+        Two different rotations of one epoch (admins must never sign two):
+        the lower (issued, digest) stands on every coordinator, and records
+        are judged again under the chain that results."""
+        epoch = head.epoch
+        if epoch > len(self.chain):
+            raise MembershipError(f"rotation to admin set {epoch} arrives before set {epoch - 1}")
+        prev = self.chain[epoch - 1]
+        r = records.verify(raw, self.zone, prev)
+        if r.issued <= prev.since:
+            raise MembershipError(f"rotation to admin set {epoch} issued at {r.issued}, not after set {epoch - 1} "
+                                  f"began ({prev.since})")
+        if r.issued > now + MAX_CLOCK_SKEW_S:
+            raise MembershipError(f"issued at {r.issued}, more than {MAX_CLOCK_SKEW_S} s after now {now:.0f}")
+        self._judged[digest] = r.type
+        if epoch < len(self.chain):
+            held = self.rotations[epoch - 1]
+            if (held.issued, held.digest) <= (r.issued, r.digest):
+                self.counts["stale"] += 1
+                return "stale"
+            del self.chain[epoch:], self.rotations[epoch - 1:]
+        self.chain.append(AdminSet(epoch, r.admins, r.k, r.issued))
+        self.rotations.append(r)
+        self._rejudge(now)
+        self.counts["new"] += 1
+        return "new"
+
+    def _rejudge(self, now: float) -> None:
+        """After the admin chain changed: every held record judged again
+        (one signed by admins no longer in force for its issue time drops out)."""
+        pool = list(self._pool.values())
+        self._pool.clear()
+        self.latest.clear()
+        self._judged = {k: v for k, v in self._judged.items() if v == ROTATE}
+        self._version += 1
+        for raw in pool:
+            try:
+                self.offer(raw, now)
+            except MembershipError:
+                pass
 
     def members(self, now: float) -> dict[bytes, Member]:
         """Every current member at `now`, by key."""
@@ -156,5 +241,6 @@ class Roster:
         return len(old)
 
     def raws(self) -> list[bytes]:
-        """The deciding records, to keep across a restart."""
-        return [r.raw for _m, r in sorted(self.latest.items())]
+        """The rotations (in order) and the deciding records, to keep
+        across a restart."""
+        return [r.raw for r in self.rotations] + [r.raw for _m, r in sorted(self.latest.items())]

@@ -8,9 +8,10 @@ one for readers. Anyone may publish there; what counts is decided by the
 roster from the admins' signatures, never by the publisher.
 
 Who keeps records alive (an overlay record lives at most 24 h): each
-coordinator re-publishes its own current admission and the revocations it
-knows (at most MAX_REPUBLISHED_REVOCATIONS, newest first, so a publisher
-stays under the overlay's 64 slots per key), every `republish_s`. A revoked
+coordinator re-publishes the admin rotations (the newest
+MAX_REPUBLISHED_ROTATIONS), its own current admission and the revocations
+it knows (newest first; MAX_REPUBLISHED_REVOCATIONS records in all, so a
+publisher stays under the overlay's 64 slots per key), every `republish_s`. A revoked
 member cannot make its revocation lapse: every other member keeps it.
 
 Startup: the records folder (`[zone] records_dir`: files an installer
@@ -38,6 +39,10 @@ from .roster import Roster
 log = logging.getLogger("microgrid.membership")
 
 RECORD_TTL_S = 6 * 3600
+# Records one coordinator keeps on the board: admin rotations (newest),
+# its own admission, then revocations (newest first), within the overlay's
+# 64 slots per publisher and key.
+MAX_REPUBLISHED_ROTATIONS = 16
 MAX_REPUBLISHED_REVOCATIONS = 60
 MAX_FOLDER_FILES = 1024
 
@@ -46,10 +51,12 @@ def slot_for(r: records.Record) -> str:
     return f"{r.type}:{r.member_id}"
 
 
-async def publish(overlay: Any, zone: records.Zone, raw: bytes, ttl_s: int = RECORD_TTL_S) -> bool:
+async def publish(overlay: Any, zone: records.Zone, raw: bytes, ttl_s: int = RECORD_TTL_S,
+                  roster: Roster | None = None) -> bool:
     """Publish one record on the zone's board. Refuses (MembershipError)
-    a record the readers would refuse. True when the overlay confirmed it."""
-    r = records.verify(raw, zone)
+    a record the readers would refuse (judged by `roster`'s admin chain when
+    given, else by the founding admins). True when the overlay confirmed it."""
+    r = roster.check(raw) if roster is not None else records.verify(raw, zone)
     return bool(await overlay.put(board_key(zone.id_hex), bytes(raw), ttl_s, slot=slot_for(r)))
 
 
@@ -57,12 +64,21 @@ def offer_all(roster: Roster, raws: list[bytes], now: float, where: str) -> dict
     """Offer records to the roster; refusals are counted and logged (without
     the bytes: a record is not a secret, but a flood is not worth a log)."""
     counts = {"new": 0, "stale": 0, "refused": 0}
-    for raw in raws:
-        try:
-            counts[roster.offer(raw, now)] += 1
-        except MembershipError as e:
-            counts["refused"] += 1
-            log.debug("membership record from %s refused: %s", where, e)
+    todo = list(raws)
+    while todo:
+        epochs = len(roster.chain)
+        refused = []
+        for raw in todo:
+            try:
+                counts[roster.offer(raw, now)] += 1
+            except MembershipError as e:
+                refused.append(raw)
+                log.debug("membership record from %s refused: %s", where, e)
+        # An admin rotation taken in this pass may make records refused
+        # before it (signed by the new admins, or the next rotation) good.
+        todo = refused if len(roster.chain) != epochs else []
+        if not todo:
+            counts["refused"] += len(refused)
     if counts["refused"]:
         log.info("%d membership record(s) from %s refused", counts["refused"], where)
     return counts
@@ -188,12 +204,13 @@ class MembershipSync:
         now = self.clock.now()
         zone = self.roster.zone
         mine = self.roster.latest.get(self.own_key)
-        out = [mine] if mine is not None and mine.type == records.ADMIT and now < mine.expires else []
-        out += self.roster.revocations(now)[:MAX_REPUBLISHED_REVOCATIONS]
+        out = self.roster.rotations[-MAX_REPUBLISHED_ROTATIONS:]
+        out += [mine] if mine is not None and mine.type == records.ADMIT and now < mine.expires else []
+        out += self.roster.revocations(now)[:MAX_REPUBLISHED_REVOCATIONS - len(out)]
         ok = 0
         for r in out:
             try:
-                ok += await publish(self.overlay, zone, r.raw)
+                ok += await publish(self.overlay, zone, r.raw, roster=self.roster)
             except Exception as e:  # noqa: BLE001 - retried at the next round
                 log.warning("republishing the %s record of %s failed: %s", r.type, r.member_id, e)
         self.published += ok

@@ -5,6 +5,7 @@ records folder, listing, revoking. No private key is ever printed."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,9 @@ def test_found_admit_cosign_publish_list_revoke(tmp_path: Path, capsys: pytest.C
     config.write_text(config.read_text() + f'[store]\npath = "{tmp_path / "c.db"}"\n')
     assert ok("zone", "member-key", "--config", str(config)).strip() == member
     rec = tmp_path / "admit.cose"
+    t = int(time.time()) - 1000  # issue times a few seconds apart, as admins' steps are
     ok("zone", "admit", "--config", str(config), "--member", member, "--connection", "EAN-8716", "--feeder", "F1",
-       "--key", str(admin[0]), "--out", str(rec))
+       "--key", str(admin[0]), "--out", str(rec), "--issued", str(t))
     # One signature of two: show says so, publish refuses it.
     shown = json.loads(ok("zone", "show", str(rec), "--zone", str(tmp_path / "zone.cbor"), "--json"))
     assert shown["connection"] == "EAN-8716" and shown["signed_by"] == [pubs[0]]
@@ -70,7 +72,7 @@ def test_found_admit_cosign_publish_list_revoke(tmp_path: Path, capsys: pytest.C
 
     rev = tmp_path / "revoke.cose"
     ok("zone", "revoke", "--config", str(config), "--member", member, "--reason", "moved", "--key", str(admin[1]),
-       "--key", str(admin[2]), "--out", str(rev))
+       "--key", str(admin[2]), "--out", str(rev), "--issued", str(t + 10))
     ok("zone", "publish", str(rev), "--config", str(config), "--no-overlay")
     rows = json.loads(ok("zone", "list", "--config", str(config), "--json"))
     assert [(r["member"], r["status"]) for r in rows] == [(member, "revoked")]
@@ -79,7 +81,24 @@ def test_found_admit_cosign_publish_list_revoke(tmp_path: Path, capsys: pytest.C
     assert "after the record it renews" in refused(
         "zone", "renew", str(rec), "--config", str(config), "--issued", "1", "--out", str(tmp_path / "r.cose"))
 
-    secrets = [p.read_text().strip() for p in admin + [stranger, tmp_path / "coordinator.key"]]
+    # Rotation: two new admins, one signature needed from now on; signed by two of the old three.
+    fresh = [tmp_path / f"new{i}.key" for i in range(2)]
+    for p in fresh:
+        ok("zone", "keygen", "--out", str(p))
+    rot = tmp_path / "rotate.cose"
+    ok("zone", "rotate", "--config", str(config), "--admin-key", str(fresh[0]), "--admin-key", str(fresh[1]),
+       "-k", "1", "--key", str(admin[0]), "--key", str(admin[1]), "--out", str(rot), "--issued", str(t + 20))
+    ok("zone", "publish", str(rot), "--config", str(config), "--no-overlay")
+    readmit = tmp_path / "readmit.cose"
+    ok("zone", "admit", "--config", str(config), "--member", member, "--connection", "EAN-8716", "--feeder", "F1",
+       "--out", str(readmit), "--issued", str(t + 30))
+    assert "not an admin" in refused("zone", "sign", str(readmit), "--key", str(admin[2]), "--config", str(config))
+    ok("zone", "sign", str(readmit), "--key", str(fresh[1]), "--config", str(config))
+    ok("zone", "publish", str(readmit), "--config", str(config), "--no-overlay")
+    rows = json.loads(ok("zone", "list", "--config", str(config), "--json"))
+    assert [(r["member"], r["status"]) for r in rows] == [(member, "member")]
+
+    secrets = [p.read_text().strip() for p in admin + fresh + [stranger, tmp_path / "coordinator.key"]]
     assert not any(s in out for s in secrets for out in outputs)
 
 
