@@ -303,9 +303,18 @@ async def _overlay(config: Any) -> Any:
     if s.port:
         host = "127.0.0.1" if s.bind4 in ("0.0.0.0", "") else s.bind4
         boot.append(f"{host}:{s.port}")
-    settings = dataclasses.replace(s, port=0, bootstrap=boot, state_path="", lan_discovery=False)
+    # It stores nothing others need (its puts are stored on their nodes):
+    # no hand-over on stop, so the command ends at once.
+    settings = dataclasses.replace(s, port=0, bootstrap=boot, state_path="", lan_discovery=False,
+                                   maintain_storage=False)
     overlay = Overlay(PrivateKey.from_random(), settings)
     await overlay.start()
+    # A put before the node knows a peer is stored nowhere else: wait
+    # (bounded) until the bootstrap has answered.
+    for _ in range(100):
+        if not boot or any(p.status == "good" for p in overlay.peers()):
+            break
+        await asyncio.sleep(0.1)
     return overlay
 
 
