@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from bitcoinx import PrivateKey, PublicKey, der_signature_to_compact
 
@@ -352,16 +352,17 @@ def signer_kids(raw: bytes) -> list[bytes]:
     return [h[cose.HDR_KID] for _p, h, _s in _open(raw)[1]]
 
 
-def verify(raw: bytes, zone: Zone, signers_set: AdminSet | None = None) -> Record:
+def verify(raw: bytes, zone: Zone, signers_set: AdminSet | Callable[[Record], AdminSet] | None = None) -> Record:
     """The record in `raw` if it is for `zone` and carries valid signatures
-    of at least k admins of `signers_set` (default: the founding admins) and
-    nothing else. Raises MembershipError naming what is wrong. Time is not
-    judged here, nor which admin set was in force (see roster.py)."""
+    of at least k admins of `signers_set` (default: the founding admins; a
+    callable picks the set from the parsed record) and nothing else. Raises
+    MembershipError naming what is wrong. Time is not judged here, nor
+    which admin set was in force (see roster.py)."""
     payload, sigs = _open(raw)
     r = parse_payload(payload)
     if r.zone != zone.id:
         raise MembershipError(f"record for zone {r.zone.hex()[:16]}, not ours ({zone.id_hex[:16]})")
-    aset = signers_set or zone.admin_set()
+    aset = signers_set(r) if callable(signers_set) else (signers_set or zone.admin_set())
     admins = aset.admin_by_kid()
     signers: list[bytes] = []
     for protected, headers, sig in sigs:
@@ -416,9 +417,9 @@ def _check_key(k: Any, name: str) -> None:
     if not isinstance(k, bytes) or len(k) != 33 or k[0] not in (2, 3):
         raise MembershipError(f"{name}: expected a 33-byte compressed public key")
     try:
-        secp256k1.decode_public_key(k)
+        PublicKey.from_bytes(k)  # libsecp256k1: on the curve
     except ValueError as e:
-        raise MembershipError(f"{name}: {e}") from None
+        raise MembershipError(f"{name}: not a point on secp256k1 ({e})") from None
 
 
 def _check_text(v: Any, name: str, least: int) -> None:

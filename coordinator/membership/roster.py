@@ -89,10 +89,9 @@ class Roster:
         if len(self._judged) >= MAX_JUDGED:
             self._judged.clear()
         try:
-            head = records.parse(raw)
-            if head.type == ROTATE:
-                return self._rotate(raw, head, digest, now)
-            r = records.verify(raw, self.zone, self.admins_at(head.issued))
+            r = records.verify(raw, self.zone, self._signers_for)
+            if r.type == ROTATE:
+                return self._rotate(r, digest, now)
         except MembershipError as e:
             # Forged or malformed stays so: not verified again (until the
             # admin chain changes).
@@ -133,29 +132,30 @@ class Roster:
         """Verify a record as `offer` would, without taking it: signed by k
         of the admin set in force at its issue time (a rotation: by the set
         it replaces). Raises MembershipError."""
-        head = records.parse(raw)
-        if head.type == ROTATE:
-            if head.epoch > len(self.chain):
-                raise MembershipError(f"rotation to admin set {head.epoch} arrives before set {head.epoch - 1}")
-            return records.verify(raw, self.zone, self.chain[head.epoch - 1])
-        return records.verify(raw, self.zone, self.admins_at(head.issued))
+        return records.verify(raw, self.zone, self._signers_for)
 
     @property
     def admins(self) -> AdminSet:
         """The admin set that signs new records."""
         return self.chain[-1]
 
-    def _rotate(self, raw: bytes, head: Record, digest: bytes, now: float) -> str:
+    def _signers_for(self, r: Record) -> AdminSet:
+        """The admin set whose signatures `r` needs: for a rotation the set
+        it replaces, otherwise the set in force at its issue time."""
+        if r.type == ROTATE:
+            if r.epoch > len(self.chain):
+                raise MembershipError(f"rotation to admin set {r.epoch} arrives before set {r.epoch - 1}")
+            return self.chain[r.epoch - 1]
+        return self.admins_at(r.issued)
+
+    def _rotate(self, r: Record, digest: bytes, now: float) -> str:
         """A rotation extends the chain by one epoch, signed by k of the
         set it replaces, issued after that set began and not in the future.
         Two different rotations of one epoch (admins must never sign two):
         the lower (issued, digest) stands on every coordinator, and records
         are judged again under the chain that results."""
-        epoch = head.epoch
-        if epoch > len(self.chain):
-            raise MembershipError(f"rotation to admin set {epoch} arrives before set {epoch - 1}")
+        epoch = r.epoch
         prev = self.chain[epoch - 1]
-        r = records.verify(raw, self.zone, prev)
         if r.issued <= prev.since:
             raise MembershipError(f"rotation to admin set {epoch} issued at {r.issued}, not after set {epoch - 1} "
                                   f"began ({prev.since})")
