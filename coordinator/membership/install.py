@@ -12,12 +12,13 @@ from .settings import ZoneSettings
 
 def found_and_admit(folder: Path, name: str, members: list[tuple[bytes, str, str]], issued: int, expires: int,
                     admins: int = 3, k: int = 2) -> ZoneSettings:
-    """Admin keys in `folder` (0600), the founding record, and one
-    admission per (member key, connection point, feeder) signed by k admins
-    in `folder`/records. Returns the [zone] settings naming the zone and
-    that records folder."""
+    """Admin keys in `folder` (0600; the ones already there are used
+    again), the founding record, and one admission per (member key,
+    connection point, feeder) signed by k admins in `folder`/records.
+    Returns the [zone] settings naming the zone and that records folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    secrets = [keys.create(folder / f"admin-{i + 1}.key") for i in range(admins)]
+    paths = [folder / f"admin-{i + 1}.key" for i in range(admins)]
+    secrets = [keys.load(p) if p.exists() else keys.create(p) for p in paths]
     zone = records.found(name, [keys.public(s) for s in secrets], k, issued)
     (folder / "zone.cbor").write_bytes(zone.encode())
     out = folder / "records"

@@ -104,3 +104,14 @@ def test_admin_keys_are_written_private(tmp_path: Path) -> None:
     found_and_admit(tmp_path / "z", "elm-street", [], T0, T0 + DAY)
     for p in (tmp_path / "z").glob("admin-*.key"):
         assert p.stat().st_mode & 0o077 == 0
+
+
+def test_found_and_admit_again_in_the_same_folder_reuses_the_admin_keys(tmp_path: Path) -> None:
+    m = pub(PrivateKey.from_random())
+    first = found_and_admit(tmp_path / "z", "elm-street", [(m, "EAN-1", "F")], T0, T0 + DAY)
+    again = found_and_admit(tmp_path / "z", "elm-street", [(m, "EAN-1", "F")], T0 + 5, T0 + DAY)
+    assert again.admins == first.admins and again.id != first.id  # another founding time, another zone
+    roster = Roster(again.zone())
+    for raw in sorted((tmp_path / "z" / "records").iterdir()):
+        roster.offer(raw.read_bytes(), T0 + 10)
+    assert roster.is_member(m, T0 + 10)
