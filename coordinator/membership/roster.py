@@ -180,7 +180,10 @@ class Roster:
         pool = list(self._pool.values())
         self._pool.clear()
         self.latest.clear()
-        self._judged = {k: v for k, v in self._judged.items() if v == ROTATE}
+        # Verdicts hold for the chain they were made under: keep only the
+        # chain's own rotations (a rotation dropped by a conflict may count
+        # again under the new chain, and so may a refused record).
+        self._judged = {r.digest: ROTATE for r in self.rotations}
         self._version += 1
         for raw in pool:
             try:
