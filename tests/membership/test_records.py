@@ -268,3 +268,33 @@ def test_any_cbor_payload_is_parsed_or_refused_cleanly(obj: object) -> None:
             pass
         else:
             raise AssertionError("an unsigned record verified")
+
+
+# -- hypothesis: the roster's answer does not depend on arrival order ---------------
+
+_MEMBERS = [pub(PrivateKey.from_random()) for _ in range(3)]
+_POOL = ([_Z.admit(m, issued=T0 + t * 3600, days=d) for m in _MEMBERS for t in (0, 1, 2) for d in (1, 30)]
+         + [_Z.revoke(m, issued=T0 + t * 3600) for m in _MEMBERS for t in (1, 2)]
+         + [_Z.admit(_MEMBERS[0], issued=T0 + 5, point=f"EAN-{_MEMBERS[1].hex()[2:14]}")])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(_POOL), max_size=25), st.randoms(use_true_random=False),
+       st.integers(0, 40 * 24))
+def test_roster_is_the_same_whatever_the_arrival_order(picked: list[bytes], rnd: object, hours: int) -> None:
+    now = T0 + hours * 3600
+    shuffled = list(picked)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    answers = []
+    for order in (picked, shuffled, picked[::-1]):
+        roster = Roster(_Z.zone)
+        for raw in order:
+            roster.offer(raw, T0 + 3 * 3600)
+        answers.append((roster.members(now), {m: roster.status(m, now) for m in _MEMBERS}))
+    assert answers[0] == answers[1] == answers[2]
+    # And a revocation newer than every admission of its member always wins.
+    for m in _MEMBERS:
+        revs = [R.parse(r).issued for r in picked if R.parse(r).type == "revoke" and R.parse(r).member == m]
+        adms = [R.parse(r).issued for r in picked if R.parse(r).type == "admit" and R.parse(r).member == m]
+        if revs and (not adms or max(revs) >= max(adms)):
+            assert m not in answers[0][0]
