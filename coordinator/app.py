@@ -146,6 +146,20 @@ class Coordinator:
         self.console_channels: Callable[[], list[dict[str, Any]]] | None = None
         self.console_market: Callable[[int], list[str]] | None = None
         self.console_server = ConsoleServer(Console(self), config.console_socket())
+        # Zone membership (coordinator/membership): who counts in every layer.
+        self.membership: Any = None
+        self.membership_sync: Any = None
+        self._membership_task: asyncio.Task[None] | None = None
+        self._stop_membership = asyncio.Event()
+        if config.zone.enabled:
+            from .membership.gate import MembershipGate
+            from .membership.roster import Roster
+
+            self.membership = MembershipGate(Roster(config.zone.zone()), self.clock.now)
+
+    def is_member(self) -> Callable[[bytes], bool] | None:
+        """The membership predicate the layers take; None without a zone."""
+        return None if self.membership is None else self.membership.is_member
 
     def status(self) -> dict[str, Any]:
         return {
@@ -186,7 +200,8 @@ class Coordinator:
         policy = ChannelPolicy(fee_rate=self.wallet.fee_rate, dust_limit=self.wallet.dust_limit,
                                close_margin=c.close_margin_s)
         admission = Admission(frozenset(bytes.fromhex(k) for k in c.allowed_peers), c.max_open_per_peer,
-                              c.max_pending_per_peer, c.max_pending_total, c.max_capacity_sat)
+                              c.max_pending_per_peer, c.max_pending_total, c.max_capacity_sat,
+                              is_member=self.is_member())
         return ChannelNode(self.key, self.wallet, store, self.chain, self.clock, policy=policy,
                            uri=self.coap_uri("channel"), admission=admission)
 
@@ -229,9 +244,14 @@ class Coordinator:
         if self.config.overlay.enabled and self.overlay is None:
             from .overlay import Overlay
 
-            self.overlay = Overlay(self.key, self.config.overlay, clock=self.clock.now)
+            self.overlay = Overlay(self.key, self.config.overlay, clock=self.clock.now,
+                                   accept=None if self.membership is None else self.membership.accept_record)
+        if self.overlay is not None and self.membership is not None and self.overlay.accept is None:
+            self.overlay.accept = self.membership.accept_record
         if self.overlay is not None and not self.overlay.running:
             await self.overlay.start()
+        if self.overlay is not None:
+            await self._start_membership()
         if self.overlay is not None:
             overlay = self.overlay
             self.console_peers = lambda: [{"node": p.node_id[:16], "address": p.address, "status": p.status}
@@ -249,7 +269,11 @@ class Coordinator:
                                          credit_sat=ch.credit_sat, stream_poll_s=ch.stream_poll_s,
                                          renew_before_s=ch.renew_before_s, reserve_sat=ch.full_below_sat),
                 export_relay=(self.relays or {}).get(ch.export_relay) if ch.export_relay else None,
+                is_member=self.is_member(),
             )
+            if self.membership is None:
+                log.warning("no [zone] configured: orders, metering and channels of any key are taken "
+                            "(docs/MEMBERSHIP.md)")
             if self.mqtt is not None:
                 from .market.settlement import report
 
@@ -281,6 +305,28 @@ class Coordinator:
         self._retention_task = asyncio.ensure_future(self._retention_loop())
         await self.console_server.start()
         log.info("coordinator listening on coap://%s:%d (database %s)", c.host, c.port, self.config.store.path)
+
+    async def _start_membership(self) -> None:
+        """The roster from the records folder and cache, then the overlay's
+        board (once now, so trading starts knowing the members), then kept
+        current in the background."""
+        if self.membership is None:
+            return
+        from .membership.sync import MembershipSync
+
+        z = self.config.zone
+        self.membership_sync = MembershipSync(
+            self.overlay, self.membership.roster, self.clock, self.key.public_key.to_bytes(compressed=True),
+            records_dir=self.config.resolve(z.records_dir), cache_path=self.config.resolve(z.cache_path),
+            refresh_s=z.refresh_s, republish_s=z.republish_s)
+        self.membership_sync.load_local()
+        self.membership_sync.start()
+        try:
+            await self.membership_sync.republish()
+            await self.membership_sync.refresh()
+        except Exception:  # noqa: BLE001 - the background loop retries
+            log.exception("first read of the zone's membership board failed")
+        self._membership_task = asyncio.ensure_future(self.membership_sync.run(self._stop_membership))
 
     def _start_devices(self) -> None:
         """Relays and LEDs, wired meters and MQTT, as the config asks."""
@@ -356,6 +402,13 @@ class Coordinator:
             self._lifecycle_task.cancel()
             await asyncio.gather(self._lifecycle_task, return_exceptions=True)
             self._lifecycle_task = None
+        if self._membership_task is not None:
+            self._stop_membership.set()
+            self._membership_task.cancel()
+            await asyncio.gather(self._membership_task, return_exceptions=True)
+            self._membership_task = None
+        if self.membership_sync is not None:
+            self.membership_sync.stop()
         if self._retention_task is not None:
             self._retention_task.cancel()
             await asyncio.gather(self._retention_task, return_exceptions=True)

@@ -19,6 +19,7 @@ from typing import Any
 from .devices.gpio_settings import GpioSettings
 from .devices.modbus_settings import ModbusSettings
 from .market.settings import MarketSettings
+from .membership.settings import ZoneSettings
 from .secrets import redact_url
 from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
@@ -168,8 +169,9 @@ class ChannelsSettings:
     # would be left on it), so payments never wait for an open.
     renew_before_s: int = 86_400
     # As a seller: who may open channels to us (channels/admission.py):
-    # the coordinator keys (66 hex digits) of our neighbours, until zone
-    # membership decides it. Empty: nobody (we may still buy). And how
+    # with a [zone], its current members, further restricted to these
+    # coordinator keys (66 hex digits) when the list is not empty; without
+    # a zone, these keys only, and empty: nobody (we may still buy). And how
     # many: channels open per peer, unfunded per peer and in all, and the
     # total capacity of our incoming channels still to close.
     allowed_peers: list[str] = field(default_factory=list)
@@ -267,6 +269,7 @@ class Config:
     gpio: GpioSettings = field(default_factory=GpioSettings)
     modbus: ModbusSettings = field(default_factory=ModbusSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    zone: ZoneSettings = field(default_factory=ZoneSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:
@@ -287,6 +290,9 @@ class Config:
         if self.market.enabled and not (self.overlay.enabled and self.channels.enabled):
             raise ConfigError("market.enabled = true needs overlay.enabled and channels.enabled: orders travel "
                               "through the overlay and payments through channels")
+        if self.zone.enabled and self.market.enabled and self.market.zone != self.zone.name:
+            raise ConfigError(f"market.zone={self.market.zone!r}: expected the zone's name, zone.name="
+                              f"{self.zone.name!r} (orders of one zone carry its name)")
         return self
 
     def resolve(self, path: str) -> Path:

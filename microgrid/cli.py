@@ -11,6 +11,7 @@ from typing import Callable
 _SUBCOMMANDS = [
     "microgrid.coordinator.cli",
     "microgrid.coordinator.console_client",
+    "microgrid.coordinator.membership.cli",
     "microgrid.flash.cli",
     "microgrid.demo",
 ]

@@ -40,7 +40,7 @@ from microgrid.shared.reading import key_id
 
 from ..clock import Clock
 from .clearing import ClearedInterval, Comparison, compare_books
-from .orders import DEFAULT_INTERVAL_S, ZONE_RE, OrderFilter, SignedOrder
+from .orders import DEFAULT_INTERVAL_S, ZONE_RE, OrderError, OrderFilter, SignedOrder, decode_order
 
 log = logging.getLogger("microgrid.market.book")
 
@@ -119,8 +119,12 @@ class BookCollector:
     gate closure: every value under the key, as listened and as fetched."""
 
     def __init__(self, overlay: Overlay, zone: str, interval_start: int, clock: Clock,
-                 interval_s: int = DEFAULT_INTERVAL_S, gate_lead_s: int = 300) -> None:
+                 interval_s: int = DEFAULT_INTERVAL_S, gate_lead_s: int = 300,
+                 is_member: Callable[[bytes], bool] | None = None) -> None:
         self.overlay = overlay
+        # Zone membership (coordinator/membership): an order whose owner is
+        # not a current member is refused, whoever published it.
+        self.is_member = is_member
         self.clock = clock
         self.key = order_key(zone, interval_start)
         self.filter = OrderFilter(zone, interval_start, interval_s, gate_lead_s)
@@ -146,7 +150,19 @@ class BookCollector:
         if digest in self._seen:
             return None
         self._seen.add(digest)
-        return self.filter.offer(data, self.clock.now())
+        if self.is_member is None:
+            return self.filter.offer(data, self.clock.now())
+        try:
+            so = decode_order(data)
+        except OrderError as e:
+            self.filter._reject(e)
+            return None
+        if not self.is_member(so.order.owner):
+            self.filter.rejected["not-member"] = self.filter.rejected.get("not-member", 0) + 1
+            log.info("order ignored (not-member): order %s from %s, not a member of the zone", so.hash_hex[:16],
+                     so.order.owner.hex()[:16])
+            return None
+        return self.filter.offer(so, self.clock.now())
 
     def _on_value(self, value: Any) -> None:
         self.offer(value)

@@ -124,8 +124,10 @@ class BookRepair:
     docstring). The clock and sleep are passed in, as everywhere."""
 
     def __init__(self, overlay: bk.Overlay, peer_id: str, settings: MarketSettings, clock: Clock,
-                 sleep: Sleep = asyncio.sleep, poll_s: float = 5.0) -> None:
+                 sleep: Sleep = asyncio.sleep, poll_s: float = 5.0,
+                 is_member: Callable[[bytes], bool] | None = None) -> None:
         self.overlay = overlay
+        self.is_member = is_member  # a quorum's list does not make a stranger's order count
         self.me = bk.our_peer_id(overlay, peer_id)
         self.peer_id = peer_id
         self.settings = settings
@@ -219,5 +221,5 @@ class BookRepair:
             if order_hash(data)[:bk.PREFIX_BYTES] not in lacking:
                 continue
             so = flt.offer(data, flt.gate_closes_at - 1)
-            if so is not None:
+            if so is not None and (self.is_member is None or self.is_member(so.owner)):
                 known.setdefault(so.hash, so)

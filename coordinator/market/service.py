@@ -65,8 +65,10 @@ class MarketRound:
 class MarketService:
     def __init__(self, overlay: bk.Overlay, key: PrivateKey, settings: MarketSettings, clock: Clock,
                  forecaster: Forecaster, sleep: Sleep = asyncio.sleep, poll_s: float = 5.0,
-                 result_wait_s: float = 10.0, peer_id: str | None = None, repair: bool = True) -> None:
+                 result_wait_s: float = 10.0, peer_id: str | None = None, repair: bool = True,
+                 is_member: Callable[[bytes], bool] | None = None) -> None:
         self.overlay = overlay
+        self.is_member = is_member  # zone membership: only members' orders enter the book
         self.key = key
         self.settings = settings
         self.clock = clock
@@ -77,7 +79,8 @@ class MarketService:
         self.peer_id = peer_id or getattr(overlay, "publisher_id", None) or key.public_key.to_hex()
         self.rounds: dict[int, MarketRound] = {}
         # Repair reads the results again this often until its grace period ends.
-        self.repair = BookRepair(overlay, self.peer_id, settings, clock, sleep, max(poll_s, result_wait_s / 4)) \
+        self.repair = BookRepair(overlay, self.peer_id, settings, clock, sleep, max(poll_s, result_wait_s / 4),
+                                 is_member) \
             if repair else None
 
     def next_interval(self, now: float | None = None) -> int:
@@ -119,7 +122,8 @@ class MarketService:
         s = self.settings
         rnd = self.rounds.setdefault(interval_start, MarketRound(interval_start))
         await self._sleep_until(interval_start - s.order_lead_s)
-        collector = bk.BookCollector(self.overlay, s.zone, interval_start, self.clock, s.interval_s, s.gate_lead_s)
+        collector = bk.BookCollector(self.overlay, s.zone, interval_start, self.clock, s.interval_s, s.gate_lead_s,
+                                     is_member=self.is_member)
         collector.start()
         if place:
             rnd.own_orders = await self.place_orders(interval_start)

@@ -119,7 +119,7 @@ class TradingService:
                  store: ReadingStore, device_ids: Callable[[], list[str]], node: ChannelNode,
                  context: aiocoap.Context, own_uri: str, settings: TradingSettings | None = None,
                  sleep: Callable[[float], Any] = asyncio.sleep, poll_s: float = 0.05,
-                 export_relay: Any = None) -> None:
+                 export_relay: Any = None, is_member: Callable[[bytes], bool] | None = None) -> None:
         self.key = key
         self.public_hex = key.public_key.to_hex(compressed=True)
         self.overlay = overlay
@@ -131,8 +131,10 @@ class TradingService:
         self.own_uri = own_uri
         self.settings = settings or TradingSettings()
         self._sleep = sleep
+        # Zone membership: orders, metering and live totals of members only.
+        self.is_member = is_member
         self.market = MarketService(overlay, key, market, clock, self.forecast, sleep=sleep, poll_s=poll_s,
-                                    result_wait_s=market.gate_lead_s / 4)
+                                    result_wait_s=market.gate_lead_s / 4, is_member=is_member)
         self.directory = Directory(overlay, {"coap": own_uri, "zone": market.zone, "capabilities": "market,channels"},
                                    ttl_s=self.settings.record_ttl_s,
                                    republish_s=self.settings.record_ttl_s / 4)
@@ -195,6 +197,8 @@ class TradingService:
         skipped."""
         out: dict[bytes, tuple[int, ...]] = {}
         for rec in await self.overlay.get(key):
+            if self.is_member is not None and not self.is_member(rec.publisher):
+                continue  # not a member of the zone: its figures count for nothing
             try:
                 d = json.loads(rec.body)
                 out[rec.publisher] = tuple(int(d[f]) for f in fields)
