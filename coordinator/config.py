@@ -18,6 +18,7 @@ from typing import Any
 
 from .devices.gpio_settings import GpioSettings
 from .devices.modbus_settings import ModbusSettings
+from .link.settings import LinkSettings
 from .market.settings import MarketSettings
 from .secrets import redact_url
 from .telemetry.settings import MqttSettings
@@ -267,6 +268,7 @@ class Config:
     gpio: GpioSettings = field(default_factory=GpioSettings)
     modbus: ModbusSettings = field(default_factory=ModbusSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    link: LinkSettings = field(default_factory=LinkSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:
