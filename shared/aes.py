@@ -32,7 +32,7 @@ class Block:
             return
         except ImportError:
             pass
-        from shared.aes_soft import SoftAES
+        from .aes_soft import SoftAES
 
         self._soft = SoftAES(key)
         self.backend = "python"

@@ -8,7 +8,7 @@
 # block, one for the key stream, reused for every block; the output is the
 # only allocation that grows with the message.
 
-from shared.aes import Block
+from .aes import Block
 
 
 class CCMError(ValueError):

@@ -17,9 +17,9 @@
 # replay window for responses: one request, at most one answer accepted.
 
 
-from shared import cbor, ccm
-from shared.aes import Block
-from shared.secp256k1 import hmac_sha256
+from . import cbor, ccm
+from .aes import Block
+from .secp256k1 import hmac_sha256
 
 ALG_AES_CCM_16_64_128 = 10
 KEY_LEN = 16
