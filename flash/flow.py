@@ -329,6 +329,8 @@ class Flasher:
                                   token, timeout=self.req.coap_timeout, step=step)
         where = registration.coap_uri(cfg["coordinator_host"], cfg["coordinator_port"], "devices")
         self.progress.done(f"{'registered' if r.created else 'already registered'} {r.device_id} as {r.name!r} at {where}")
+        self.progress.warn("registered with the installer token in clear; the meter gets no OSCORE context from it "
+                           "(its readings go unprotected unless it has one): flash with --installer-context DIR")
         return "new" if r.created else "known"
 
     def _register_protected(self, step: str, cfg: dict[str, Any], public_key: bytes) -> str:
