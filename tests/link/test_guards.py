@@ -119,3 +119,25 @@ def test_the_limiter_forgets_after_its_window_and_stays_bounded() -> None:
 def test_bad_link_settings_stop_the_start(raw: dict, why: str) -> None:
     with pytest.raises(ConfigError, match=why):
         from_dict({"link": raw})
+
+
+def test_installer_context_command_writes_both_sides_and_prints_no_secret(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def make(name: str, out: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "microgrid.cli", "coordinator", "installer-context", name,
+                               "--out", str(out), "--db", str(tmp_path / "c.db")], capture_output=True, text=True,
+                              timeout=60)
+
+    done = make("erin", tmp_path / "erin")
+    assert done.returncode == 0, done.stderr
+    client = json.loads((tmp_path / "erin" / "settings.json").read_text())
+    server = json.loads((tmp_path / "oscore" / "installers" / "erin" / "settings.json").read_text())
+    assert client["sender-id_hex"] == server["recipient-id_hex"] and len(bytes.fromhex(client["sender-id_hex"])) == 3
+    secret = json.loads((tmp_path / "erin" / "secret.json").read_text())["secret_hex"]
+    assert secret not in done.stdout + done.stderr and client["sender-id_hex"] in done.stdout
+    assert (tmp_path / "erin" / "secret.json").stat().st_mode & 0o077 == 0
+    again = make("erin", tmp_path / "erin2")  # the same name: refused, nothing overwritten
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert make("../evil", tmp_path / "evil").returncode == 2

@@ -161,3 +161,27 @@ def test_a_coordinator_that_lost_its_replay_window_is_recovered_by_echo(tmp_path
     assert stored_seqs(db) == list(range(1, 9))
     seq_files = sorted(p.name for p in image.iterdir() if p.name.startswith("oscore.json.seq"))
     assert seq_files  # sequence reservations on the meter's flash
+
+
+def test_a_meter_the_coordinator_has_no_context_for_keeps_every_reading(tmp_path: Path, coordinator_factory,
+                                                                          mp_runtime: str) -> None:
+    db = tmp_path / "c.db"
+    coord = coordinator_factory(db=db)
+    installer = tmp_path / "installer-ctx"
+    new_installer_context(tmp_path / "oscore", "dave", installer)
+    image = tmp_path / "meter"
+    run = flash("--target", f"dir:{image}", "--config",
+                str(meter_config(tmp_path, max_readings=3, max_retransmit=1, drain_timeout_s=1.5)),
+                "--coordinator", f"127.0.0.1:{coord.port}", "--installer-context", str(installer), "--json")
+    assert run.code == 0, run.out + run.err
+    # The board's context is unknown at the coordinator (another secret
+    # under the same kid: as after a coordinator restored without its
+    # contexts): its unprotected 4.01s are ignored, nothing is dropped.
+    context = json.loads((image / "oscore.json").read_text())
+    (image / "oscore.json").write_text(json.dumps(dict(context, secret="00" * 16)))
+    out: list[str] = []
+    summary = run_meter(image, out)
+    assert summary["delivered"] == 0 and summary["rejected"] == 0 and summary["pending"] == 3
+    assert "ignored, not protected for this request" in out[0]
+    assert stored_seqs(db) == []
+    assert "00" * 16 not in out[0]
