@@ -13,6 +13,12 @@ same reading (shared/reading.py, ES256K), what the meter already does per
 reading. Also printed: the same OSCORE work in the esp32-like build, which
 has no cryptolib and runs shared/aes_soft.py (a fallback for tests, not
 what a board runs).
+
+Peak heap: the smallest heap (-X heapsize, bisected to 1 KB, shared/
+compiled to .mpy as a flashed image carries it) in which signing three
+readings succeeds, with and without protecting each for OSCORE and
+verifying its answer (shared/oscore.py imported too): the extra peak heap
+the link costs a meter, against the signing path's own.
 """
 
 from __future__ import annotations
@@ -90,6 +96,40 @@ print(json.dumps({"backend": Block(secret).backend, "message_bytes": len(msg), "
 """
 
 
+HEAP_PROBE = """
+from shared import secp256k1, reading
+sk = bytes(range(1, 33))
+pub = secp256k1.public_key(sk)
+if %(oscore)s:
+    from shared import oscore, ccm
+    ctx = oscore.Context(bytes(16), b"salt", b"\\xa1\\xb2\\xc3\\xd4\\xe5\\xf6", b"")
+    key = oscore.Context(bytes(16), b"salt", b"", b"\\xa1\\xb2\\xc3\\xd4\\xe5\\xf6").sender_key
+for i in range(3):
+    msg = reading.build(sk, pub, i + 1, 1700000000 + i, 1000 + i, i // 2, 500, 230.5, [("current", "A", 2.5)])
+    if %(oscore)s:
+        value, ct, rid = ctx.protect_request(i, 2, [(11, b"readings"), (12, b"\\x12")], msg)
+        nonce = ctx.nonce(rid[0], rid[1])
+        answer = ccm.encrypt(key, nonce, b"\\x41\\xffstored", oscore.Context.aad(rid[0], rid[1]))
+        assert ctx.unprotect_response(b"", answer, rid)[0] == 65
+print("ok")
+"""
+
+
+def peak_heap(oscore: bool, path: str, micropython: str | None = None) -> int:
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_firmware import bisect_heap
+
+    env = dict(os.environ, MICROPYPATH=f".frozen:{path}" if path else ".frozen")
+
+    def runs(heap: int) -> bool:
+        r = subprocess.run([micropython or find_micropython("unix"), "-X", f"heapsize={heap}", "-c",
+                            HEAP_PROBE % {"oscore": oscore}],
+                           capture_output=True, text=True, env=env, timeout=600, cwd=path or "/")
+        return r.returncode == 0 and r.stdout.strip().endswith("ok")
+
+    return bisect_heap(runs)
+
+
 def run(micropython: str, count: int) -> dict:
     env = dict(os.environ, MICROPYPATH=str(REPO))
     proc = subprocess.run([micropython, "-c", MP_SCRIPT % {"count": count}], capture_output=True, text=True,
@@ -112,11 +152,26 @@ def main() -> int:
           f"baseline build+sign: {r['sign_bytes']:9d} B    ratio {r['oscore_bytes'] / r['sign_bytes']:.3f}"
           f"   (protect alone {r['protect_bytes']} B)")
     print(f"  resident per security context:  {r['resident_bytes']:8d} B")
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_firmware import compiled_shared
+
+    shared_mpy = compiled_shared()
+    with_link, without = peak_heap(True, shared_mpy), peak_heap(False, shared_mpy)
+    print(f"  peak heap, sign 3 readings + OSCORE: {with_link // 1024:5d} KB   baseline sign only: "
+          f"{without // 1024:5d} KB   ratio {with_link / without:.3f} (+{(with_link - without) // 1024} KB)")
     try:
         s = run(find_esp32like(), max(args.count // 10, 10))
     except MicroPythonNotFound as e:
         print(f"esp32-like build: skipped ({e})")
         return 0
+    from microgrid.flash import frozen
+
+    binary = str(frozen.esp32like_binary())
+    with_link, without = peak_heap(True, "", binary), peak_heap(False, "", binary)
+    print("esp32-like build, 32-bit as an ESP32, the firmware frozen in (flash/frozen.py; its AES is the plain-Python "
+          "fallback, whose S-box and round keys a board with cryptolib does not need):")
+    print(f"  peak heap, sign 3 readings + OSCORE: {with_link // 1024:5d} KB   baseline sign only: "
+          f"{without // 1024:5d} KB   ratio {with_link / without:.3f} (+{(with_link - without) // 1024} KB)")
     print(f"esp32-like build (no cryptolib: AES from {s['backend']}, the tests' fallback):")
     print(f"  AES-CCM protect + verify per reading: {s['us_oscore']:8.1f} us   "
           f"baseline build+sign: {s['us_sign']:9.1f} us   ratio {s['us_oscore'] / s['us_sign']:.4f}")
