@@ -340,7 +340,12 @@ class Flasher:
             self.req.installer_context, timeout=self.req.coap_timeout, step=step)
         # The meter's side of its context: a secret file like the key,
         # written to the board only (never printed, never in the config).
-        self.target.put_secret(cfg["oscore_file"], json.dumps(context) + "\n", step)
+        try:
+            self.target.put_secret(cfg["oscore_file"], json.dumps(context) + "\n", step)
+        except OSError as e:
+            raise FlashError(step, f"the meter's OSCORE context could not be written to {cfg['oscore_file']} on "
+                             f"{self.target.label}: {e.strerror or e}; the coordinator already holds the new one",
+                             "flash again (the meter cannot deliver readings until it has the same context)") from None
         where = registration.coap_uri(cfg["coordinator_host"], cfg["coordinator_port"], "devices")
         self.progress.done(f"{'registered' if r.created else 'already registered'} {r.device_id} as {r.name!r} at "
                            f"{where} over OSCORE; the meter's OSCORE context (kid {context['sender_id']}) is in "
@@ -494,7 +499,10 @@ def check(req: CheckRequest, out: TextIO | None = None) -> list[FlashError]:
     else:
         assert inv.key is not None
         public_key = bytes.fromhex(inv.key)
-        progress.done(f"public key {inv.key}, key id {reading.device_id(public_key)}")
+        oscore_file = (cfg or {}).get("oscore_file", "oscore.json")
+        link = (f"OSCORE context in {oscore_file}" if oscore_file in inv.others
+                else "no OSCORE context: readings go unprotected (flash with --installer-context DIR)")
+        progress.done(f"public key {inv.key}, key id {reading.device_id(public_key)}; link: {link}")
     if req.registered:
         step = progress.step("registered")
         if public_key is None or (cfg is None and req.coordinator is None):
