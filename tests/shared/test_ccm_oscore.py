@@ -145,3 +145,45 @@ def test_option_codec_round_trips_long_numbers_and_values() -> None:
     for bad in (encoded[:-1], b"\xd1", b"\xf0", b"\xff"):  # cut short, nibble 15, marker without payload
         with pytest.raises(oscore.OSCOREError):
             oscore.decode_options(bad)
+
+
+def test_requests_and_responses_interoperate_with_aiocoap_both_ways(tmp_path) -> None:
+    """shared.oscore's requests unprotect in aiocoap's server context, and
+    aiocoap's responses (with and without a Partial IV) verify here."""
+    import aiocoap
+    from aiocoap.message import Direction
+    from aiocoap.oscore import FilesystemSecurityContext
+
+    from microgrid.coordinator.link.contexts import write_context_dir
+
+    secret, salt, kid = bytes(range(16)), b"\x01\x02\x03\x04", b"\xa1\xb2\xc3\xd4\xe5\xf6"
+    write_context_dir(tmp_path / "server", secret, salt, b"", kid)
+    server = FilesystemSecurityContext(str(tmp_path / "server"))
+    client = oscore.Context(secret, salt, kid, b"")
+    try:
+        for seq, payload in ((0, b""), (1, b"x"), (300, bytes(range(256)) * 2)):
+            value, ct, rid = client.protect_request(seq, 2, [(11, b"readings"), (12, b"\x12")], payload)
+            outer = aiocoap.Message(code=aiocoap.POST, payload=ct)
+            outer.opt.oscore = value
+            outer.direction = Direction.INCOMING
+            inner, request_id = server.unprotect(outer)
+            assert inner.code == aiocoap.POST and inner.opt.uri_path == ("readings",) and inner.payload == payload
+            assert inner.opt.content_format == 18
+            answer = aiocoap.Message(code=aiocoap.CREATED, payload=b"stored", echo=b"e" * 8 if seq == 300 else None)
+            protected, _ = server.protect(answer, request_id)
+            code, opts, body = client.unprotect_response(protected.opt.oscore or b"", protected.payload, rid)
+            assert (code, body) == (65, b"stored")
+            assert opts == ([(oscore.OPT_ECHO, b"e" * 8)] if seq == 300 else [])
+            # The same answer is worthless for the next request.
+            with pytest.raises(oscore.OSCOREError):
+                client.unprotect_response(protected.opt.oscore or b"", protected.payload,
+                                          (kid, oscore.piv_bytes(seq + 1)))
+        # A replayed request is refused by aiocoap.
+        value, ct, rid = client.protect_request(1, 2, [(11, b"readings")], b"x")
+        outer = aiocoap.Message(code=aiocoap.POST, payload=ct)
+        outer.opt.oscore = value
+        outer.direction = Direction.INCOMING
+        with pytest.raises(Exception, match="(?i)replay|reused"):
+            server.unprotect(outer)
+    finally:
+        server._destroy()
