@@ -283,7 +283,10 @@ class Client:
             if got is None:
                 continue
             mtype, code, rmid, rtoken, rpayload = got
-            if rtoken == token and mtype in (CON, NON) and code >= 64:
+            # Protected, the real piggybacked answer still counts after an
+            # empty ACK (a forged one must not make us miss it).
+            late = protect is not None and mtype == ACK and rmid == mid
+            if rtoken == token and (mtype in (CON, NON) or late) and code >= 64:
                 if mtype == CON:
                     self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), addr)
                 got = (code, rpayload) if protect is None else protect.response(self.datagram)
