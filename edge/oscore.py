@@ -187,6 +187,9 @@ class Link:
                     code, body = client.post(path, payload, content_format, protect=self)
                 finally:
                     self.echo = None
+                if code == UNAUTHORIZED and self.echo_asked is not None:
+                    # Not a refusal of the reading: never let it drop one.
+                    raise coap.CoAPError("coordinator asked for Echo twice; will retry")
         except coap.CoAPError as e:
             if self.ignored > before:
                 raise coap.CoAPError("%s; %d answer(s) ignored, not protected for this request (last: %s)" % (
