@@ -87,7 +87,24 @@ def test_each_context_may_do_only_its_own_job_and_guessing_is_locked_out(tmp_pat
     body = cbor.dumps({"public_key": meter(4)[1], "token": TOKEN})
     got = asyncio.run(post(f"{base}/devices", body, None, 60))
     assert got.code == Code.TOO_MANY_REQUESTS and b"try again in" in got.payload
+    # Malformed OSCORE options (Partial IV announced but missing, reserved
+    # flags) get 4.02, an unknown kid 4.01: no 5.00, no traceback logged.
+    import socket
+
+    junk = [bytes([0x40, 2, 0, 1, 0x91, 0x09, 0xFF]) + bytes(20), bytes([0x40, 2, 0, 2, 0x91, 0xFF, 0xFF]) + bytes(20),
+            bytes([0x40, 2, 0, 3, 0x93, 0x09, 0x01, 0x77, 0xFF]) + bytes(20)]
+    codes = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        for datagram in junk:
+            s.sendto(datagram, ("127.0.0.1", coord.port))
+            codes.append(s.recv(2048)[1])
+    assert codes == [130, 130, 129]  # 4.02, 4.02, 4.01
+    # EDHOC is not offered: 4.04, and no log line per attempt.
+    got = asyncio.run(post(f"{base}/.well-known/edhoc", b"\xf5garbage", None, 60))
+    assert got.code == Code.NOT_FOUND
     log = coord.log_path.read_text()
+    assert "EDHOC" not in log and "Traceback" not in log
     for n in (1, 2):
         secret = json.loads((dirs[n] / "secret.json").read_text())["secret_hex"]
         assert secret not in log  # no master secret logged
