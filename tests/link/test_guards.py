@@ -93,13 +93,16 @@ def test_each_context_may_do_only_its_own_job_and_guessing_is_locked_out(tmp_pat
 
     junk = [bytes([0x40, 2, 0, 1, 0x91, 0x09, 0xFF]) + bytes(20), bytes([0x40, 2, 0, 2, 0x91, 0xFF, 0xFF]) + bytes(20),
             bytes([0x40, 2, 0, 3, 0x93, 0x09, 0x01, 0x77, 0xFF]) + bytes(20)]
+    # meter 1's kid with a made-up ciphertext: fails decryption, 4.00.
+    kid1 = json.loads((dirs[1] / "settings.json").read_text())["sender-id_hex"]
+    junk.append(bytes([0x40, 2, 0, 4, 0x98, 0x09, 0x05]) + bytes.fromhex(kid1) + b"\xff" + bytes(30))
     codes = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(5)
         for datagram in junk:
             s.sendto(datagram, ("127.0.0.1", coord.port))
             codes.append(s.recv(2048)[1])
-    assert codes == [130, 130, 129]  # 4.02, 4.02, 4.01
+    assert codes == [130, 130, 129, 128]  # 4.02, 4.02, 4.01, 4.00
     # EDHOC is not offered: 4.04, and no log line per attempt.
     got = asyncio.run(post(f"{base}/.well-known/edhoc", b"\xf5garbage", None, 60))
     assert got.code == Code.NOT_FOUND
