@@ -25,6 +25,7 @@ from .ingest.dedup import bound_duplicate_cache
 from .ingest.devices import devices_resource
 from .ingest.readings import ReadingIngest
 from .ingest.resources import HealthResource, ReadingsResource
+from .link import SecureLink
 from .store.database import open_database
 from .store.readings import ReadingStore
 
@@ -136,6 +137,8 @@ class Coordinator:
         self.db = open_database(config.store.path)
         self.store = ReadingStore(self.db)
         self.ingest = ReadingIngest(self.store, max_future_s=config.ingest.max_future_s, clock=self.clock.now)
+        # OSCORE with the meters and installers (coordinator/link/).
+        self.link = SecureLink(config.link, config.resolve(config.link.contexts_dir))
         self.started = time.time()
         self.context: aiocoap.Context | None = None
         self.log_buffer = LOG_BUFFER
@@ -168,14 +171,18 @@ class Coordinator:
             "devices": len(self.store.devices()),
             "readings": self.store.count(),
             "ingest": dict(self.ingest.counts),
+            "link": self.link.status(),
         }
 
     def site(self) -> resource.Site:
         site = resource.Site()
         site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader))
-        site.add_resource(["readings"], ReadingsResource(self.ingest))
+        readings = ReadingsResource(self.ingest)
+        devices = devices_resource(self.store, self.config.ingest.installer_token)
+        self.link.guard(readings, devices)
+        site.add_resource(["readings"], readings)
         site.add_resource(["health"], HealthResource(self.status))
-        site.add_resource(["devices"], devices_resource(self.store, self.config.ingest.installer_token))
+        site.add_resource(["devices"], devices)
         mount_api(site, self)
         return site
 
@@ -237,7 +244,7 @@ class Coordinator:
             node = self._channel_node()
             channel_site(node, site)
             self.console_channels = node.rows
-        self.context = await aiocoap.Context.create_server_context(site, bind=(c.host, c.port))
+        self.context = await aiocoap.Context.create_server_context(self.link.wrap(site), bind=(c.host, c.port))
         self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)
         if node is not None:
             self._start_channel_lifecycle(node)
@@ -427,6 +434,7 @@ class Coordinator:
         if self.context is not None:
             await self.context.shutdown()
             self.context = None
+        self.link.close()
         self.db.close()
         log.info("coordinator stopped; %d readings stored", self.ingest.counts["stored"])
 

@@ -135,6 +135,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bak.add_argument("--to", required=True, help="folder for the copies")
     bak.set_defaults(func=_backup)
 
+    from .link.cli import add_parser as add_link_parser
+
+    add_link_parser(csub, common, _load)
+
     chk = csub.add_parser("check-config", help="validate a config file without starting")
     chk.add_argument("--config", required=True)
     chk.set_defaults(func=_check_config)

@@ -18,6 +18,7 @@ from typing import Any
 
 from .devices.gpio_settings import GpioSettings
 from .devices.modbus_settings import ModbusSettings
+from .link.settings import LinkSettings
 from .market.settings import MarketSettings
 from .membership.settings import ZoneSettings
 from .secrets import redact_url
@@ -270,6 +271,7 @@ class Config:
     modbus: ModbusSettings = field(default_factory=ModbusSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     zone: ZoneSettings = field(default_factory=ZoneSettings)
+    link: LinkSettings = field(default_factory=LinkSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:

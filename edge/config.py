@@ -18,6 +18,9 @@ DEFAULTS = {
     "interval_s": 10.0,
     "persist_every": 10,
     "key_file": "device.key",
+    # OSCORE security context written by `microgrid flash` (edge/oscore.py);
+    # without the file the link is unprotected.
+    "oscore_file": "oscore.json",
     "state_file": "state",
     "outbox_file": "outbox",
     "outbox_size": 1536,
@@ -125,6 +128,7 @@ CHECKS = (
     ("interval_s", lambda c: _num(c, "interval_s", 0.001, 86400)),
     ("persist_every", lambda c: _int(c, "persist_every", 1, 100000)),
     ("key_file", lambda c: _str(c, "key_file")),
+    ("oscore_file", lambda c: _str(c, "oscore_file")),
     ("state_file", lambda c: _str(c, "state_file")),
     ("outbox_file", lambda c: _str(c, "outbox_file")),
     ("outbox_size", lambda c: _int(c, "outbox_size", 2, 100000)),

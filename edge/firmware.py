@@ -23,6 +23,7 @@ from shared import cbor, cose, reading, secp256k1, senml
 from edge import coap, hal, log, ticks
 from edge import config as config_mod
 from edge.clock import Clock
+from edge.hal.region import exists as _exists
 from edge.journal import Journal
 from edge.meters import open_meter
 from edge.meters.base import RESET_ENERGY, RESET_FACTORY
@@ -124,6 +125,14 @@ class Firmware:
             cfg["coordinator_host"], cfg["coordinator_port"], cfg["ack_timeout_s"], cfg["max_retransmit"], cfg["local_port"],
             self.idle
         )
+        # OSCORE around every exchange when the board has a context
+        # (edge/oscore.py, imported only then); never a fallback to clear.
+        self.secure = None
+        if _exists(cfg["oscore_file"]):
+            from edge import oscore
+
+            self.secure = oscore.open_link(cfg["oscore_file"])
+            log.info(TAG, "link protected by OSCORE (sender id %s)" % binascii.hexlify(self.secure.ctx.sender_id).decode())
         self._recover(state)
         self.produced = 0
         self.batch = []  # readings waiting to be signed together (batch_size > 1)
@@ -348,7 +357,10 @@ class Firmware:
         stored = msg
         msg = self.renumber.outgoing(self.secret, self.public_key, seq, msg)
         try:
-            code, payload = self.client.post("readings", msg, cose.CONTENT_FORMAT_SIGN1)
+            if self.secure is not None:
+                code, payload = self.secure.post(self.client, "readings", msg, cose.CONTENT_FORMAT_SIGN1)
+            else:
+                code, payload = self.client.post("readings", msg, cose.CONTENT_FORMAT_SIGN1)
         except OSError as e:
             self.link = "down"
             self.errors.add("network", str(e))

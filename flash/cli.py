@@ -49,6 +49,7 @@ def _run(args: argparse.Namespace) -> int:
             coordinator=args.coordinator, wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password,
             meter=args.meter, persist_every=args.persist_every, token=None if args.no_register else _token(args),
             register=not args.no_register, host_key=args.host_key,
+            installer_context=Path(args.installer_context) if args.installer_context else None,
             firmware=Path(args.firmware) if args.firmware else None, firmware_sha256=args.firmware_sha256,
             erase=args.erase, compile=not args.no_compile, esptool=args.esptool, coap_timeout=args.timeout,
             frozen=args.frozen,
@@ -83,6 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     k = p.add_argument_group("key and registration")
     k.add_argument("--host-key", action="store_true",
                    help="make the key on this machine instead of on the board (only when the board cannot)")
+    k.add_argument("--installer-context", metavar="DIR",
+                   help="the installer's OSCORE context (microgrid coordinator installer-context): register over "
+                        "OSCORE, no token, and give the meter its own OSCORE context")
     k.add_argument("--token-file", help="file with the coordinator's installer token")
     k.add_argument("--token", help=f"the installer token (visible to other users in `ps`: prefer --token-file or {TOKEN_ENV})")
     k.add_argument("--no-register", action="store_true", help="do not register (or, with --check, do not ask) the coordinator")
