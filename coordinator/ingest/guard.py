@@ -1,0 +1,57 @@
+"""The coordinator's CoAP site with its doors: deny by default.
+
+Every request passes here before any resource sees it:
+
+1. a block-wise upload past the resource's message limit gets 4.13 before
+   it is reassembled (limits.block1_refusal);
+2. unless its (path, method) is in OPEN, it needs credentials
+   (access.Access): 4.01 with the reason otherwise. A resource added later
+   is closed until it is listed here.
+
+OPEN holds what must work without an application's credentials: meters
+post signed readings, installers register keys (installer token inside),
+peer coordinators exchange signed channel messages, anyone may ask
+`/.well-known/core` what is served and `/health` whether the coordinator
+is alive (without credentials it answers only {"status": "ok"}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiocoap
+import aiocoap.resource as resource
+from aiocoap.numbers.codes import Code
+
+from .access import Access
+from .limits import block1_refusal
+
+OPEN: dict[tuple[str, ...], frozenset[str]] = {
+    (".well-known", "core"): frozenset({"GET"}),
+    ("readings",): frozenset({"POST"}),
+    ("health",): frozenset({"GET"}),
+    ("devices",): frozenset({"POST"}),
+    ("channel",): frozenset({"POST"}),
+}
+
+
+class GuardedSite(resource.Site):
+    def __init__(self, access: Access, max_request_bytes: int, limits: dict[tuple[str, ...], int] | None = None) -> None:
+        super().__init__()
+        self.access = access
+        self.max_request_bytes = max_request_bytes
+        self.limits = dict(limits or {})
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        request = pipe.request
+        path = tuple(request.opt.uri_path)
+        limit = self.limits.get(path, self.max_request_bytes)
+        refusal = block1_refusal(request, limit)
+        if refusal is None and str(request.code) not in OPEN.get(path, ()):
+            decision = self.access.decide(request)
+            if not decision.allowed:
+                refusal = aiocoap.Message(code=Code.UNAUTHORIZED, payload=decision.why.encode()[:200])
+        if refusal is not None:
+            pipe.add_response(refusal, is_last=True)
+            return
+        await super().render_to_pipe(pipe)
