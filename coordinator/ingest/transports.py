@@ -89,7 +89,7 @@ def _origin_checking_pool(origins: frozenset[str]) -> Any:
             origin = request.headers.get("Origin")
             if origin is not None and origin not in origins:
                 log.warning("WebSocket handshake from Origin %.80s refused (not in [coap] ws_origins)", origin)
-                return (http.HTTPStatus.FORBIDDEN, [], b"origin not allowed\n")
+                return connection.respond(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
             return await WSPool._process_request(connection, request)
 
     return OriginCheckingWSPool
