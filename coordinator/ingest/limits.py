@@ -34,6 +34,9 @@ from aiocoap.numbers.codes import Code
 
 log = logging.getLogger("microgrid.ingest.limits")
 
+# Bytes of kernel buffer asked for the UDP socket (SO_RCVBUF).
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
 
 def address_forms(addresses: Iterable[str]) -> frozenset[str]:
     """Each address as aiocoap's dual-stack UDP socket reports it: IPv4 also
@@ -121,10 +124,32 @@ def guard_udp(context: aiocoap.Context, limiter: SourceLimiter) -> UdpGuard:
         udp = getattr(manager, "message_interface", None)
         if isinstance(udp, MessageInterfaceUDP6):
             udp.datagram_msg_received = guard.wrap(udp.datagram_msg_received)  # type: ignore[method-assign]
+            _enlarge_receive_buffer(udp.transport.get_extra_info("socket"))
             found += 1
     if not found:
         raise RuntimeError("aiocoap internals changed: no UDP message interface found to guard")
     return guard
+
+
+def _enlarge_receive_buffer(sock: Any) -> None:
+    """A burst of datagrams (a flood, or the coordinator descheduled for a
+    moment on a busy 2-core board) must not overflow the kernel's buffer
+    and drop honest readings with it: ask for RECEIVE_BUFFER bytes. The
+    kernel caps it at net.core.rmem_max (212992 on Raspberry Pi OS: the
+    README's sysctl raises it)."""
+    if sock is None:
+        return
+    import socket
+
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports double
+    except OSError as e:
+        log.warning("cannot enlarge the UDP receive buffer: %s", e.strerror)
+        return
+    if got < RECEIVE_BUFFER:
+        log.info("UDP receive buffer %d bytes (asked %d): raise net.core.rmem_max to absorb floods", got,
+                 RECEIVE_BUFFER)
 
 
 def block1_refusal(request: aiocoap.Message, limit: int) -> aiocoap.Message | None:
