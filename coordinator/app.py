@@ -178,7 +178,7 @@ class Coordinator:
         # Deny by default: only ingest/guard.py's OPEN list goes without
         # credentials; block-wise uploads are bounded per resource.
         site = GuardedSite(self.access, self.config.ingest.max_request_bytes,
-                           {("readings",): MAX_MESSAGE_BYTES, ("devices",): DEVICES_MAX_BODY})
+                           {("readings",): MAX_MESSAGE_BYTES, ("devices",): DEVICES_MAX_BODY}, self.limiter)
         site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader))
         site.add_resource(["readings"], ReadingsResource(self.ingest))
         site.add_resource(["health"], HealthResource(self.status, self.access))

@@ -2,6 +2,7 @@
 
 Every request passes here before any resource sees it:
 
+0. its answer is watched: bad input slows its source (limits.watch_answers);
 1. a block-wise upload past the resource's message limit gets 4.13 before
    it is reassembled (limits.block1_refusal);
 2. unless its (path, method) is in OPEN, it needs credentials
@@ -24,7 +25,7 @@ import aiocoap.resource as resource
 from aiocoap.numbers.codes import Code
 
 from .access import Access
-from .limits import block1_refusal
+from .limits import SourceLimiter, block1_refusal, watch_answers
 
 OPEN: dict[tuple[str, ...], frozenset[str]] = {
     (".well-known", "core"): frozenset({"GET"}),
@@ -36,14 +37,18 @@ OPEN: dict[tuple[str, ...], frozenset[str]] = {
 
 
 class GuardedSite(resource.Site):
-    def __init__(self, access: Access, max_request_bytes: int, limits: dict[tuple[str, ...], int] | None = None) -> None:
+    def __init__(self, access: Access, max_request_bytes: int, limits: dict[tuple[str, ...], int] | None = None,
+                 limiter: SourceLimiter | None = None) -> None:
         super().__init__()
         self.access = access
+        self.limiter = limiter
         self.max_request_bytes = max_request_bytes
         self.limits = dict(limits or {})
 
     async def render_to_pipe(self, pipe: Any) -> None:
         request = pipe.request
+        if self.limiter is not None:
+            watch_answers(pipe, self.limiter)
         path = tuple(request.opt.uri_path)
         limit = self.limits.get(path, self.max_request_bytes)
         refusal = block1_refusal(request, limit)

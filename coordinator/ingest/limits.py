@@ -5,7 +5,10 @@
   `max_sources` entries (least recently seen forgotten first), so a flood
   from many spoofed addresses costs bounded memory. Addresses in
   `[ingest] rate_exempt` (loopback by default: local processes) are not
-  counted.
+  counted. Bad input (a datagram that is not CoAP, a request answered
+  4.00-4.05, 4.13 or 4.15: `watch_answers`) costs its source PENALTY
+  requests more, so a fuzzer is slowed to a few datagrams a second while
+  an honest meter, whose requests succeed, keeps the whole rate.
 - `guard_udp`: in front of aiocoap's UDP receive path. A datagram over its
   source's rate is dropped before it is decoded (no answer: an answer to a
   spoofed address would be a reflection); a datagram aiocoap cannot decode
@@ -34,6 +37,12 @@ from aiocoap.numbers.codes import Code
 
 log = logging.getLogger("microgrid.ingest.limits")
 
+# Requests a bad one costs its source beyond itself: a datagram that is not
+# CoAP, or a request answered 4.00-4.05, 4.13 or 4.15 (not 4.09: duplicates
+# and stale readings come from honest meters too).
+PENALTY = 10.0
+PENALISED_CODES = frozenset({128, 129, 130, 131, 132, 133, 141, 143})
+
 # Bytes of kernel buffer asked for the UDP socket (SO_RCVBUF).
 RECEIVE_BUFFER = 4 * 1024 * 1024
 
@@ -54,8 +63,9 @@ class SourceLimiter:
     """Token buckets per source address, bounded in number."""
 
     def __init__(self, rate: float, burst: float, max_sources: int = 4096, exempt: Iterable[str] = (),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, penalty: float = PENALTY) -> None:
         self.rate = rate
+        self.penalty = penalty
         self.burst = burst
         self.max_sources = max_sources
         self.exempt = address_forms(exempt)
@@ -83,6 +93,13 @@ class SourceLimiter:
         self.dropped += 1
         return False
 
+    def penalise(self, host: str) -> None:
+        """`host` sent bad input: it costs `penalty` requests more, so a
+        source that sends nothing else gets rate / (1 + penalty) through."""
+        bucket = self._buckets.get(host)
+        if bucket is not None and host not in self.exempt:
+            bucket[0] = max(-self.burst, bucket[0] - self.penalty)
+
     def __len__(self) -> int:
         return len(self._buckets)
 
@@ -101,10 +118,18 @@ class UdpGuard:
                 self.counts["rate_limited"] += 1
                 log.warning("datagrams from %s over [ingest] rate_per_source: dropped", host)
                 return
+            # Not CoAP at all (RFC 7252 3: version 1, token length <= 8,
+            # code class 0 or 2-5): dropped before aiocoap decodes it.
+            if len(data) < 4 or data[0] >> 6 != 1 or data[0] & 0x0F > 8 or data[1] >> 5 in (1, 6, 7):
+                self.counts["undecodable"] += 1
+                self.limiter.penalise(host)
+                log.warning("datagram from %s that is not CoAP dropped", host)
+                return
             try:
                 received(data, ancdata, flags, address)
             except Exception as e:  # noqa: BLE001 - bad input must not write tracebacks
                 self.counts["undecodable"] += 1
+                self.limiter.penalise(host)
                 log.warning("undecodable datagram from %s dropped (%s)", host, type(e).__name__)
 
         return guarded
@@ -150,6 +175,28 @@ def _enlarge_receive_buffer(sock: Any) -> None:
     if got < RECEIVE_BUFFER:
         log.info("UDP receive buffer %d bytes (asked %d): raise net.core.rmem_max to absorb floods", got,
                  RECEIVE_BUFFER)
+
+
+def source_host(remote: Any) -> str | None:
+    """The address a UDP request came from, as the limiter keys it."""
+    sockaddr = getattr(remote, "sockaddr", None)
+    return str(sockaddr[0]) if sockaddr else None
+
+
+def watch_answers(pipe: Any, limiter: SourceLimiter) -> None:
+    """Penalise the source of `pipe`'s request if it is answered with a
+    code of PENALISED_CODES (whichever resource, or aiocoap, answers)."""
+    host = source_host(pipe.request.remote)
+    if host is None or host in limiter.exempt:
+        return
+    add_response = pipe.add_response
+
+    def watched(response: Any, is_last: bool = False) -> None:
+        if response.code is not None and int(response.code) in PENALISED_CODES:
+            limiter.penalise(host)
+        add_response(response, is_last=is_last)
+
+    pipe.add_response = watched
 
 
 def block1_refusal(request: aiocoap.Message, limit: int) -> aiocoap.Message | None:
