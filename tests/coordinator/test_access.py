@@ -106,3 +106,26 @@ def test_an_authenticated_claim_is_enough_once_its_check_is_registered() -> None
 def test_new_tokens_are_random_and_only_their_hash_is_configured() -> None:
     (a, ha), (b, hb) = new_token(), new_token()
     assert a != b and len(a) >= 43 and ha == token_hash(a) and len(ha) == 64 and a not in ha
+
+
+def test_api_token_command_prints_a_token_and_the_hash_to_configure(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from microgrid.coordinator.config import ConfigError, from_dict
+
+    out = subprocess.run([sys.executable, "-m", "microgrid.cli", "coordinator", "api-token"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    token = re.search(r"shown once\): (\S+)", out).group(1)  # type: ignore[union-attr]
+    digest = re.search(r'token_sha256 .*"([0-9a-f]{64})"', out).group(1)  # type: ignore[union-attr]
+    assert digest == token_hash(token)
+    config = from_dict({"api": {"token_sha256": [digest]}})
+    assert Access(config.api.token_sha256).decide(
+        _Request(UDP6EndpointAddress(("::1", 1, 0, 0), _Interface()), token)).allowed
+    try:
+        from_dict({"api": {"token_sha256": [token]}})  # the token itself, by mistake
+    except ConfigError as e:
+        assert token not in str(e) and "never the token" in str(e)
+    else:
+        raise AssertionError("a token in place of its hash must be refused")

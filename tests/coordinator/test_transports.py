@@ -125,3 +125,18 @@ def test_tcp_connections_are_capped_and_udp_readings_still_go_in(tmp_path: Path)
                 await client.shutdown()
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("coap,message", [
+    ({"transports": ["tcp"]}, "with \"udp\""),
+    ({"transports": ["udp", "dtls"]}, "distinct names from udp, tcp, ws"),
+    ({"transports": ["udp", "udp"]}, "distinct"),
+    ({"transports": "udp"}, "expected a list"),
+    ({"ws_origins": ["*"]}, "web origins"),
+    ({"max_tcp_connections": 0}, "max_tcp_connections=0"),
+])
+def test_transport_settings_are_validated(coap: dict[str, object], message: str) -> None:
+    from microgrid.coordinator.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        from_dict({"coap": coap})
