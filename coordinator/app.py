@@ -22,7 +22,7 @@ from .console_server import ConsoleServer
 from .logs import LOG_BUFFER, report_suppressed_every
 from .ingest.api import mount as mount_api
 from .ingest.dedup import bound_duplicate_cache
-from .ingest.access import Access
+from .ingest.access import Access, installer_grant
 from .ingest.devices import MAX_BODY_BYTES as DEVICES_MAX_BODY
 from .ingest.devices import devices_resource
 from .ingest.guard import GuardedSite
@@ -183,6 +183,7 @@ class Coordinator:
         site.add_resource(["readings"], ReadingsResource(self.ingest))
         site.add_resource(["health"], HealthResource(self.status, self.access))
         site.add_resource(["devices"], devices_resource(self.store, self.config.ingest.installer_token))
+        site.grant(("devices",), "GET", installer_grant(self.config.ingest.installer_token))
         mount_api(site, self)
         return site
 

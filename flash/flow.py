@@ -409,6 +409,7 @@ class CheckRequest:
     coordinator: str | None = None  # where to ask, if not the config's address
     registered: bool = True  # ask the coordinator
     coap_timeout: float = registration.DEFAULT_TIMEOUT_S
+    token: str | None = None  # the installer token: the coordinator shows registrations only with it
 
 
 def check(req: CheckRequest, out: TextIO | None = None) -> list[FlashError]:
@@ -486,7 +487,8 @@ def check(req: CheckRequest, out: TextIO | None = None) -> list[FlashError]:
             port = port or (cfg or {}).get("coordinator_port", 5683)
             device = reading.device_id(public_key)
             try:
-                found = registration.lookup(str(host), int(port), device, timeout=req.coap_timeout, step=step)
+                found = registration.lookup(str(host), int(port), device, timeout=req.coap_timeout, step=step,
+                                            token=req.token)
             except FlashError as e:
                 fail(e)
             else:

@@ -22,6 +22,8 @@ from .errors import FlashError
 
 CBOR_FORMAT = 60
 DEFAULT_TIMEOUT_S = 10.0
+# The Microgrid-Token option (coordinator/ingest/access.py TOKEN_OPTION).
+TOKEN_OPTION = 65002
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,22 @@ def register(host: str, port: int, public_key: bytes, name: str, token: str,
 
 
 def lookup(host: str, port: int, device_id: str, timeout: float = DEFAULT_TIMEOUT_S,
-           step: str = "check registration") -> Registration | None:
-    """The coordinator's record of `device_id`, or None if it has none."""
+           step: str = "check registration", token: str | None = None) -> Registration | None:
+    """The coordinator's record of `device_id`, or None if it has none.
+    The coordinator shows registrations only to those with credentials: the
+    installer token goes in the Microgrid-Token option
+    (coordinator/ingest/access.py)."""
     uri = coap_uri(host, port, "devices")
     message = aiocoap.Message(code=Code.GET, uri=uri + f"?id={device_id}")
+    if token:
+        from aiocoap.optiontypes import OpaqueOption
+
+        message.opt.add_option(OpaqueOption(TOKEN_OPTION, token.encode()))
     response = asyncio.run(_request(step, message, uri, timeout))
+    if response.code == Code.UNAUTHORIZED:
+        raise FlashError(step, f"the coordinator shows registrations only with credentials (4.01 "
+                               f"{response.payload.decode(errors='replace')})",
+                         "give the installer token: --token-file FILE or MICROGRID_INSTALLER_TOKEN")
     if response.code == Code.CONTENT:
         return _decode(step, response, uri)
     if response.code == Code.NOT_FOUND and response.opt.content_format is None and b"not registered" in response.payload:

@@ -109,3 +109,20 @@ class Access:
             return Decision(False, "token not accepted")
         self.counts["allowed"] += 1
         return Decision(True, "application token")
+
+
+def installer_grant(installer_token: str) -> Callable[[Any], bool]:
+    """True for a request whose Microgrid-Token option is the installer
+    token (`[ingest] installer_token`; never when none is configured): lets
+    `microgrid flash --check` read back a registration (GET /devices?id=)
+    with the credential it registered with. It is protected as POST
+    /devices is: the installer's own flow decides the transport."""
+    expected = installer_token.encode()
+
+    def check(request: Any) -> bool:
+        if not expected:
+            return False
+        offered = [bytes(o.value) for o in request.opt.get_option(TOKEN_OPTION)]
+        return len(offered) == 1 and hmac.compare_digest(offered[0], expected)
+
+    return check

@@ -7,7 +7,8 @@ Every request passes here before any resource sees it:
    it is reassembled (limits.block1_refusal);
 2. unless its (path, method) is in OPEN, it needs credentials
    (access.Access): 4.01 with the reason otherwise. A resource added later
-   is closed until it is listed here.
+   is closed until it is listed here (or granted: `grant` lets the installer
+token read a registration, GET /devices?id=).
 
 OPEN holds what must work without an application's credentials: meters
 post signed readings, installers register keys (installer token inside),
@@ -18,7 +19,7 @@ is alive (without credentials it answers only {"status": "ok"}).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import aiocoap
 import aiocoap.resource as resource
@@ -44,6 +45,12 @@ class GuardedSite(resource.Site):
         self.limiter = limiter
         self.max_request_bytes = max_request_bytes
         self.limits = dict(limits or {})
+        self._grants: dict[tuple[tuple[str, ...], str], Callable[[Any], bool]] = {}
+
+    def grant(self, path: tuple[str, ...], method: str, check: Callable[[Any], bool]) -> None:
+        """Besides an application's credentials, `check(request)` true lets
+        `method` on `path` through (e.g. the installer token on GET /devices)."""
+        self._grants[(tuple(path), method)] = check
 
     async def render_to_pipe(self, pipe: Any) -> None:
         request = pipe.request
@@ -52,7 +59,12 @@ class GuardedSite(resource.Site):
         path = tuple(request.opt.uri_path)
         limit = self.limits.get(path, self.max_request_bytes)
         refusal = block1_refusal(request, limit)
-        if refusal is None and str(request.code) not in OPEN.get(path, ()):
+        method = str(request.code)
+        if refusal is None and method not in OPEN.get(path, ()):
+            grant = self._grants.get((path, method))
+            if grant is not None and grant(request):
+                await super().render_to_pipe(pipe)
+                return
             decision = self.access.decide(request)
             if not decision.allowed:
                 refusal = aiocoap.Message(code=Code.UNAUTHORIZED, payload=decision.why.encode()[:200])

@@ -129,3 +129,42 @@ def test_api_token_command_prints_a_token_and_the_hash_to_configure(tmp_path: Pa
         assert token not in str(e) and "never the token" in str(e)
     else:
         raise AssertionError("a token in place of its hash must be refused")
+
+
+def test_the_installer_token_reads_a_registration_and_nothing_else(tmp_path: Path) -> None:
+    import contextlib
+
+    from microgrid.coordinator.app import Coordinator
+    from microgrid.coordinator.config import Config
+
+    from ..conftest import free_udp_port
+
+    config = Config()
+    config.coap.port = free_udp_port()
+    config.store.path = str(tmp_path / "c.db")
+    config.ingest.installer_token = "install-day"
+
+    async def go() -> None:
+        c = Coordinator(config)
+        c.store.register_device(PUB, "m1")
+        await c.start()
+        client = await aiocoap.Context.create_client_context()
+        uri = f"coap://127.0.0.1:{config.coap.port}"
+        try:
+            async def get(path: str, token: str | None) -> aiocoap.Message:
+                req = aiocoap.Message(code=Code.GET, uri=uri + path)
+                if token is not None:
+                    with_token(req, token)
+                return await asyncio.wait_for(client.request(req).response, 10)
+
+            device = "/devices?id=" + c.store.devices()[0].device_id
+            assert (await get(device, "install-day")).code == Code.CONTENT
+            assert (await get(device, "install-dax")).code == Code.UNAUTHORIZED
+            assert (await get(device, None)).code == Code.UNAUTHORIZED
+            assert (await get("/api/meters", "install-day")).code == Code.UNAUTHORIZED
+        finally:
+            with contextlib.suppress(Exception):
+                await client.shutdown()
+            await c.stop()
+
+    asyncio.run(go())
