@@ -31,7 +31,7 @@ import socket
 import struct
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from microgrid.edge import coap
 from microgrid.shared import cose, reading
@@ -238,15 +238,17 @@ async def attack(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-async def honest_meter(port: int, sender: Any, count: int, interval_s: float, client: Any) -> list[tuple[float, int]]:
+async def honest_meter(port: int, sender: Any, count: int, interval_s: float, client: Any,
+                       until: Callable[[], bool] | None = None, most: int = 1000) -> list[tuple[float, int]]:
     """Post `count` readings of `sender` (loadgen.SimulatedSender) through
-    aiocoap, one at a time: (seconds to the answer, response code) each;
-    code 0 for no answer within 30 s."""
+    aiocoap, one at a time, and then more until `until()` (at most `most`):
+    (seconds to the answer, response code) each; code 0 for no answer
+    within 30 s."""
     import aiocoap
     from aiocoap.numbers.codes import Code
 
-    out = []
-    for _ in range(count):
+    out: list[tuple[float, int]] = []
+    while len(out) < most and (len(out) < count or (until is not None and not until())):
         req = aiocoap.Message(code=Code.POST, uri=f"coap://127.0.0.1:{port}/readings", payload=sender.next_message())
         req.opt.content_format = 18
         t0 = time.monotonic()
@@ -328,10 +330,10 @@ def measure(workdir: Any, datagrams: int, uploads: int, idle: int, meters: int =
     pid = proc.proc.pid
     out: dict[str, Any] = {}
 
-    async def honest(count: int) -> list[tuple[float, int]]:
+    async def honest(count: int, until: Callable[[], bool] | None = None) -> list[tuple[float, int]]:
         client = await aiocoap.Context.create_client_context()
         try:
-            runs = await asyncio.gather(*(honest_meter(port, s, count, interval_s, client) for s in senders))
+            runs = await asyncio.gather(*(honest_meter(port, s, count, interval_s, client, until) for s in senders))
         finally:
             await client.shutdown()
         return [x for run in runs for x in run]
@@ -355,14 +357,23 @@ def measure(workdir: Any, datagrams: int, uploads: int, idle: int, meters: int =
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         t0 = time.monotonic()
-        # Honest meters all through the attack: at least as long as the
-        # fuzzing takes at its pace.
-        each = max(readings_each, int((datagrams / rate) / max(interval_s, 0.01)) + 5)
-        out["attacked"] = asyncio.run(honest(each))
         assert attacker.stdout is not None and attacker.stdin is not None
-        line = attacker.stdout.readline()
-        out["attack"] = json.loads(line) if line.strip() else {"error": attacker.stderr.read() if attacker.stderr else ""}
+        report: list[str] = []
+        done = threading.Event()
+
+        def read_report() -> None:
+            assert attacker.stdout is not None
+            report.append(attacker.stdout.readline())
+            done.set()
+
+        threading.Thread(target=read_report, daemon=True).start()
+        # Honest meters all through the attack: until the attacker reports
+        # it has sent everything (and at least readings_each each).
+        out["attacked"] = asyncio.run(honest(readings_each, done.is_set))
+        done.wait(120)
         out["attack_s"] = time.monotonic() - t0
+        line = report[0] if report else ""
+        out["attack"] = json.loads(line) if line.strip() else {"error": attacker.stderr.read() if attacker.stderr else ""}
         # One more round while the idle connections and stalled uploads are held.
         out["held"] = asyncio.run(honest(3))
         attacker.stdin.close()
