@@ -10,7 +10,9 @@ rate-limited. Four honest meters post signed readings through aiocoap, one
 at a time every 0.2 s: first alone (the baseline), then while another
 process (microgrid/hostile.py) sends the fuzzed datagrams from 64 loopback
 addresses (127.0.0.2 upwards) at --rate a second, opens and holds the idle
-TCP connections, and starts 400 KiB block-wise uploads that stall.
+TCP connections, and starts 400 KiB block-wise uploads that stall. The
+attacker runs at nice 10: on a LAN it would have its own CPU, here it
+shares the coordinator's (the coordinator's own CPU share is printed).
 
 Bar: every honest reading 2.01 within 1 s, RSS under 100 MB, log growth
 under 1 MB.
@@ -19,6 +21,7 @@ under 1 MB.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 
@@ -57,6 +60,9 @@ def main() -> int:
     print(f"honest latency p50: {b50:.1f} ms alone, {a50:.1f} ms attacked (x{a50 / b50:.2f}); "
           f"p99: {b99:.1f} ms alone, {a99:.1f} ms attacked (x{a99 / b99:.2f}); "
           f"max {max(hit):.0f} ms; while connections and uploads are held p50 {percentile(held, 0.5):.1f} ms")
+    print(f"coordinator CPU: {r['baseline_cpu_share'] * 100:.0f}% of a core alone, "
+          f"{r['attack_cpu_share'] * 100:.0f}% attacked (x{r['attack_cpu_share'] / max(r['baseline_cpu_share'], 1e-3):.1f}); "
+          f"machine load average {r['load_average']} on {os.cpu_count()} cores")
     print(f"RSS: {r['rss_before_kb'] / 1024:.1f} MB before, {r['rss_max_kb'] / 1024:.1f} MB at most "
           f"(x{r['rss_max_kb'] / r['rss_before_kb']:.2f}), {r['rss_after_kb'] / 1024:.1f} MB after (bar 100 MB)")
     print(f"log: grew {r['log_growth_bytes']:,} bytes (bar 1 MB), {r['tracebacks']} tracebacks")

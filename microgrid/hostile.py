@@ -16,7 +16,8 @@ honest meters' latencies are measured in another):
   second, then stalls with a fresh first block held;
 
 then prints one JSON line of what it saw, and holds its connections and
-uploads until its stdin closes. `honest_meter` is the other side: a meter
+uploads until its stdin closes. It runs at nice 10 (`--nice`): on a LAN an
+attacker has its own CPU, here it shares the coordinator's. `honest_meter` is the other side: a meter
 posting signed readings one at a time through aiocoap, timing each answer.
 """
 
@@ -261,6 +262,15 @@ async def honest_meter(port: int, sender: Any, count: int, interval_s: float, cl
     return out
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds used by process `pid` so far."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -279,8 +289,14 @@ def main() -> None:
     p.add_argument("--idle", type=int, default=0, help="idle TCP connections to hold")
     p.add_argument("--uploads", type=int, default=128)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--nice", type=int, default=10, help="niceness of the attacking process (0: as the others)")
     args = p.parse_args()
     args.tcp_port = args.tcp_port or args.port
+    # On a LAN the attacker has its own CPU; on this one machine it must not
+    # take the coordinator's (measured against) away: it runs niced.
+    import os
+
+    os.nice(args.nice)
     asyncio.run(attack(args))
 
 
@@ -339,7 +355,9 @@ def measure(workdir: Any, datagrams: int, uploads: int, idle: int, meters: int =
         return [x for run in runs for x in run]
 
     try:
+        c0, t0 = cpu_s(pid), time.monotonic()
         out["baseline"] = asyncio.run(honest(readings_each))
+        out["baseline_cpu_share"] = (cpu_s(pid) - c0) / (time.monotonic() - t0)
         out["rss_before_kb"] = rss_kb(pid)
         log_before = proc.log_path.stat().st_size
         attacker = subprocess.Popen(
@@ -356,7 +374,7 @@ def measure(workdir: Any, datagrams: int, uploads: int, idle: int, meters: int =
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        t0 = time.monotonic()
+        c0, t0 = cpu_s(pid), time.monotonic()
         assert attacker.stdout is not None and attacker.stdin is not None
         report: list[str] = []
         done = threading.Event()
@@ -372,6 +390,8 @@ def measure(workdir: Any, datagrams: int, uploads: int, idle: int, meters: int =
         out["attacked"] = asyncio.run(honest(readings_each, done.is_set))
         done.wait(120)
         out["attack_s"] = time.monotonic() - t0
+        out["attack_cpu_share"] = (cpu_s(pid) - c0) / out["attack_s"]
+        out["load_average"] = open("/proc/loadavg").read().split()[0]
         line = report[0] if report else ""
         out["attack"] = json.loads(line) if line.strip() else {"error": attacker.stderr.read() if attacker.stderr else ""}
         # One more round while the idle connections and stalled uploads are held.
