@@ -83,8 +83,8 @@ class ReadingIngest:
         `last=SEQ import=WH export=WH`, so a meter that lost its state
         (sequence back at 1) renumbers its readings above `last` and marks a
         counter drop (edge/resync.py). Only a reading signed by the device's
-        key gets this far, and the same figures are public anyway
-        (GET /api/meters/latest): nothing secret is told."""
+        key gets this far (applications with credentials read the same
+        figures at GET /api/meters/latest): nothing secret is told."""
         row = self.store.last_reading(device_id)
         if row is not None:
             why += f"; last={row['seq']} import={row['import_wh']} export={row['export_wh']}"
