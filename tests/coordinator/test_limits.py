@@ -126,3 +126,42 @@ def test_a_non_utf8_uri_path_writes_one_line_and_no_traceback(tmp_path: Path) ->
         root.setLevel(level)
     text = stream.getvalue()
     assert "Traceback" not in text and "UnicodeDecodeError" in text, text
+
+
+def test_guessing_the_api_token_from_one_address_is_slowed_to_a_few_tries_a_second(tmp_path: Path) -> None:
+    """Wrong tokens are answered 4.01, and each costs its source ten more
+    requests: of 300 guesses sent at once from 127.0.0.2 only a few are
+    answered; honest readings from 127.0.0.1 go on."""
+    from microgrid.edge import coap as edge_coap
+
+    async def go() -> None:
+        async with served(tmp_path) as (coord, client, uri):
+            port = coord.config.coap.port
+            loop = asyncio.get_running_loop()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.2", 0))
+            sock.setblocking(False)
+            sock.connect(("127.0.0.1", port))
+            answers = 0
+            try:
+                for mid in range(300):
+                    guess = f"guess-{mid}".encode()
+                    datagram = edge_coap.encode(edge_coap.CON, 1, mid, b"",
+                                                [(edge_coap.OPT_URI_PATH, b"api"), (edge_coap.OPT_URI_PATH, b"meters"),
+                                                 (65002, guess)], b"")
+                    await loop.sock_sendall(sock, datagram)
+                while True:
+                    try:
+                        data = await asyncio.wait_for(loop.sock_recv(sock, 2048), 1.0)
+                    except asyncio.TimeoutError:
+                        break
+                    got = edge_coap.decode(data)
+                    assert got is not None and got[1] == 129  # 4.01, never the meters
+                    answers += 1
+            finally:
+                sock.close()
+            assert 1 <= answers < 100, answers
+            assert coord.udp_guard.counts["rate_limited"] >= 200
+            assert (await post(client, uri, make(1))).code == Code.CREATED
+
+    asyncio.run(go())
