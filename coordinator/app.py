@@ -19,15 +19,22 @@ from .clock import Clock, SystemClock
 from .config import Config, ConfigError
 from .console import Console
 from .console_server import ConsoleServer
-from .logs import LOG_BUFFER
+from .logs import LOG_BUFFER, report_suppressed_every
 from .ingest.api import mount as mount_api
 from .ingest.dedup import bound_duplicate_cache
+from .ingest.access import Access, installer_grant
+from .ingest.devices import MAX_BODY_BYTES as DEVICES_MAX_BODY
 from .ingest.devices import devices_resource
+from .ingest.guard import GuardedSite
+from .ingest.limits import SourceLimiter, guard_udp
+from .ingest import transports
 from .ingest.readings import ReadingIngest
 from .ingest.resources import HealthResource, ReadingsResource
 from .link import SecureLink
 from .store.database import open_database
 from .store.readings import ReadingStore
+from .service.notify import Notifier
+from microgrid.shared.reading import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("microgrid.coordinator")
 
@@ -129,6 +136,7 @@ class Coordinator:
         self.modbus: Any = None
         self._modbus_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
+        self._log_report_task: asyncio.Task[None] | None = None
         self._trading_task: asyncio.Task[None] | None = None
         self._stop_trading = asyncio.Event()
         self.channel_lifecycle: Any = None
@@ -139,6 +147,17 @@ class Coordinator:
         self.ingest = ReadingIngest(self.store, max_future_s=config.ingest.max_future_s, clock=self.clock.now)
         # OSCORE with the meters and installers (coordinator/link/).
         self.link = SecureLink(config.link, config.resolve(config.link.contexts_dir))
+        # Who may read the API (ingest/access.py); the OSCORE set-up adds
+        # its claim check with self.access.add_claim_check.
+        self.access = Access(config.api.token_sha256)
+        i = config.ingest
+        self.limiter = SourceLimiter(i.rate_per_source, i.burst_per_source, i.max_sources, i.rate_exempt)
+        self.udp_guard: Any = None
+        self.tcp_counts: dict[str, int] = {}
+        self.notifier = Notifier.from_environment()
+        # An installer's OSCORE context may read the API too.
+        self.access.add_claim_check(
+            lambda claim: (self.link.contexts.owner(claim) or ("", ""))[0] == "installer")
         self.started = time.time()
         self.context: aiocoap.Context | None = None
         self.log_buffer = LOG_BUFFER
@@ -172,17 +191,23 @@ class Coordinator:
             "readings": self.store.count(),
             "ingest": dict(self.ingest.counts),
             "link": self.link.status(),
+            "guard": {**(self.udp_guard.counts if self.udp_guard else {}), **self.tcp_counts},
+            "access": dict(self.access.counts),
         }
 
     def site(self) -> resource.Site:
-        site = resource.Site()
+        # Deny by default: only ingest/guard.py's OPEN list goes without
+        # credentials; block-wise uploads are bounded per resource.
+        site = GuardedSite(self.access, self.config.ingest.max_request_bytes,
+                           {("readings",): MAX_MESSAGE_BYTES, ("devices",): DEVICES_MAX_BODY}, self.limiter)
         site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader))
         readings = ReadingsResource(self.ingest)
         devices = devices_resource(self.store, self.config.ingest.installer_token)
         self.link.guard(readings, devices)
         site.add_resource(["readings"], readings)
-        site.add_resource(["health"], HealthResource(self.status))
+        site.add_resource(["health"], HealthResource(self.status, self.access))
         site.add_resource(["devices"], devices)
+        site.grant(("devices",), "GET", installer_grant(self.config.ingest.installer_token))
         mount_api(site, self)
         return site
 
@@ -244,8 +269,14 @@ class Coordinator:
             node = self._channel_node()
             channel_site(node, site)
             self.console_channels = node.rows
-        self.context = await aiocoap.Context.create_server_context(self.link.wrap(site), bind=(c.host, c.port))
+        self.context = await aiocoap.Context.create_server_context(self.link.wrap(site), bind=(c.host, c.port),
+                                                                   transports=transports.aiocoap_names(c.transports))
         self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)
+        self.udp_guard = guard_udp(self.context, self.limiter)
+        if "tcp" in c.transports:
+            self.tcp_counts = transports.cap_tcp(self.context, c.max_tcp_connections)
+        if "ws" in c.transports:
+            await transports.open_websocket(self.context, c.host, c.port, c.ws_origins)
         if node is not None:
             self._start_channel_lifecycle(node)
         if self.config.overlay.enabled and self.overlay is None:
@@ -310,8 +341,11 @@ class Coordinator:
                 for start, rnd in sorted(trading.market.rounds.items())[-8:] for so in rnd.own_orders
             ]
         self._retention_task = asyncio.ensure_future(self._retention_loop())
+        self._log_report_task = asyncio.ensure_future(report_suppressed_every())
         await self.console_server.start()
-        log.info("coordinator listening on coap://%s:%d (database %s)", c.host, c.port, self.config.store.path)
+        self.notifier.start()  # READY=1, then WATCHDOG=1 from the event loop (service/notify.py)
+        log.info("coordinator listening on coap://%s:%d (%s; database %s)", c.host, c.port,
+                 ", ".join(c.transports), self.config.store.path)
 
     async def _start_membership(self) -> None:
         """The roster from the records folder and cache, then the overlay's
@@ -403,6 +437,7 @@ class Coordinator:
             self._trading_task = None
 
     async def stop(self) -> None:
+        await self.notifier.stop()
         await self.stop_trading()
         if self._lifecycle_task is not None:
             self._stop_lifecycle.set()
@@ -416,9 +451,10 @@ class Coordinator:
             self._membership_task = None
         if self.membership_sync is not None:
             self.membership_sync.stop()
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            await asyncio.gather(self._retention_task, return_exceptions=True)
+        for task in (self._retention_task, self._log_report_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._modbus_task is not None:
             self.modbus.stop()
             self._modbus_task.cancel()

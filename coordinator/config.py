@@ -39,6 +39,14 @@ class ConfigError(ValueError):
 class CoapSettings:
     host: str = "127.0.0.1"
     port: int = 5683
+    # Transports opened (ingest/transports.py): "udp" (the default, alone),
+    # "tcp" (CoAP over TCP on the same port), "ws" (CoAP over WebSocket on
+    # port + 3000). A WebSocket handshake from a browser must come from one
+    # of ws_origins (e.g. "https://ha.example.lan"); at most
+    # max_tcp_connections TCP connections are kept at a time.
+    transports: list[str] = field(default_factory=lambda: ["udp"])
+    ws_origins: list[str] = field(default_factory=list)
+    max_tcp_connections: int = 256
 
     def validate(self, section: str) -> None:
         try:
@@ -46,6 +54,16 @@ class CoapSettings:
         except ValueError:
             raise ConfigError(f"{section}.host={self.host!r}: expected an IP address such as 127.0.0.1 or ::") from None
         _int_range(f"{section}.port", self.port, 0, 65535)
+        known = ("udp", "tcp", "ws")
+        if (not isinstance(self.transports, list) or "udp" not in self.transports
+                or any(t not in known for t in self.transports) or len(set(self.transports)) != len(self.transports)):
+            raise ConfigError(f"{section}.transports={self.transports!r}: expected a list of distinct names from "
+                              f"{', '.join(known)}, with \"udp\" (meters and peer coordinators use it)")
+        if not isinstance(self.ws_origins, list) or not all(
+                isinstance(o, str) and o.startswith(("http://", "https://")) and " " not in o for o in self.ws_origins):
+            raise ConfigError(f"{section}.ws_origins={self.ws_origins!r}: expected a list of web origins such as "
+                              "\"https://ha.example.lan\"")
+        _int_range(f"{section}.max_tcp_connections", self.max_tcp_connections, 1, 10_000)
 
 
 @dataclass
@@ -74,10 +92,48 @@ class IngestSettings:
     # Entries in the CoAP duplicate-message cache (about 2.7 KB each); the
     # bound on the server's memory at any request rate. See ingest/dedup.py.
     dedup_entries: int = 8192
+    # Datagrams per second (and burst) one source address may send; over
+    # that they are dropped unanswered (0: no limit). At most max_sources
+    # addresses are tracked; rate_exempt are not limited (loopback: local
+    # processes). A block-wise request may total at most max_request_bytes
+    # (less for /readings and /devices). See ingest/limits.py.
+    rate_per_source: int = 50
+    burst_per_source: int = 100
+    max_sources: int = 4096
+    rate_exempt: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    max_request_bytes: int = 16384
 
     def validate(self, section: str) -> None:
         _int_range(f"{section}.max_future_s", self.max_future_s, 0, 10**9)
         _int_range(f"{section}.dedup_entries", self.dedup_entries, 16, 10**7)
+        _int_range(f"{section}.rate_per_source", self.rate_per_source, 0, 10**6)
+        _int_range(f"{section}.burst_per_source", self.burst_per_source, 1, 10**6)
+        _int_range(f"{section}.max_sources", self.max_sources, 16, 10**6)
+        _int_range(f"{section}.max_request_bytes", self.max_request_bytes, 1024, 1 << 20)
+        if not isinstance(self.rate_exempt, list):
+            raise ConfigError(f"{section}.rate_exempt: expected a list of IP addresses")
+        for n, a in enumerate(self.rate_exempt):
+            try:
+                ipaddress.ip_address(a)
+            except (ValueError, TypeError):
+                raise ConfigError(f"{section}.rate_exempt[{n}]={a!r}: expected an IP address such as 127.0.0.1") \
+                    from None
+
+
+@dataclass
+class ApiSettings:
+    # SHA-256 (hex) of each application token allowed to read the API
+    # (ingest/access.py); make one with `microgrid coordinator api-token`.
+    # Empty: only applications with an OSCORE context may.
+    token_sha256: list[str] = field(default_factory=list)
+
+    def validate(self, section: str) -> None:
+        if not isinstance(self.token_sha256, list):
+            raise ConfigError(f"{section}.token_sha256: expected a list of SHA-256 hashes (64 hex digits)")
+        for n, h in enumerate(self.token_sha256):
+            if not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
+                raise ConfigError(f"{section}.token_sha256[{n}]: expected 64 lower-case hex digits (the SHA-256 "
+                                  "of a token, as `microgrid coordinator api-token` prints it; never the token)")
 
 
 @dataclass
@@ -261,6 +317,7 @@ class Config:
     coap: CoapSettings = field(default_factory=CoapSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
     log: LogSettings = field(default_factory=LogSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)

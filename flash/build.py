@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,10 +106,19 @@ def firmware_version() -> str:
     return m.group(1) if m else "unknown"
 
 
+# CPython 3.11 before 3.11.8 (gh-106905) keeps one AST recursion counter
+# per interpreter: ast.parse in several threads at once (the demo flashes
+# four meters in parallel) can fail with "SystemError: AST constructor
+# recursion depth mismatch". One parse at a time.
+_PARSE_LOCK = threading.Lock()
+
+
 def imported_modules(source: str) -> set[str]:
     """Top-level names of every absolute import in `source`."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    with _PARSE_LOCK:
+        tree = ast.parse(source)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

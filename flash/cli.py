@@ -41,7 +41,10 @@ def _run(args: argparse.Namespace) -> int:
         target = parse_target(args.target, mpremote=args.mpremote, micropython=args.micropython,
                               timeout=args.board_timeout)
         if args.check:
-            failures = check(CheckRequest(target, args.coordinator, not args.no_register, args.timeout))
+            failures = check(CheckRequest(target, args.coordinator, not args.no_register, args.timeout,
+                                          token=None if args.no_register else _token(args),
+                                          installer_context=Path(args.installer_context)
+                                          if args.installer_context and not args.no_register else None))
             print("check passed" if not failures else f"check failed: {len(failures)} problem(s)", flush=True)
             return 1 if failures else 0
         req = FlashRequest(

@@ -437,6 +437,8 @@ class CheckRequest:
     coordinator: str | None = None  # where to ask, if not the config's address
     registered: bool = True  # ask the coordinator
     coap_timeout: float = registration.DEFAULT_TIMEOUT_S
+    token: str | None = None  # the installer token: the coordinator shows registrations only with it
+    installer_context: Path | None = None  # or the installer's OSCORE context (asked over OSCORE)
 
 
 def check(req: CheckRequest, out: TextIO | None = None) -> list[FlashError]:
@@ -517,7 +519,8 @@ def check(req: CheckRequest, out: TextIO | None = None) -> list[FlashError]:
             port = port or (cfg or {}).get("coordinator_port", 5683)
             device = reading.device_id(public_key)
             try:
-                found = registration.lookup(str(host), int(port), device, timeout=req.coap_timeout, step=step)
+                found = registration.lookup(str(host), int(port), device, timeout=req.coap_timeout, step=step,
+                                            token=req.token, installer_context=req.installer_context)
             except FlashError as e:
                 fail(e)
             else:

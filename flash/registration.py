@@ -25,6 +25,8 @@ from .errors import FlashError
 
 CBOR_FORMAT = 60
 DEFAULT_TIMEOUT_S = 10.0
+# The Microgrid-Token option (coordinator/ingest/access.py TOKEN_OPTION).
+TOKEN_OPTION = 65002
 
 
 @dataclass(frozen=True)
@@ -106,11 +108,28 @@ def register(host: str, port: int, public_key: bytes, name: str, token: str,
 
 
 def lookup(host: str, port: int, device_id: str, timeout: float = DEFAULT_TIMEOUT_S,
-           step: str = "check registration") -> Registration | None:
-    """The coordinator's record of `device_id`, or None if it has none."""
+           step: str = "check registration", token: str | None = None,
+           installer_context: Path | None = None) -> Registration | None:
+    """The coordinator's record of `device_id`, or None if it has none.
+    The coordinator shows registrations only to those with credentials:
+    the installer's OSCORE context, or the installer token in the
+    Microgrid-Token option (coordinator/ingest/access.py)."""
     uri = coap_uri(host, port, "devices")
-    message = aiocoap.Message(code=Code.GET, uri=uri + f"?id={device_id}")
-    response = asyncio.run(_request(step, message, uri, timeout))
+    if installer_context is not None:
+        response = asyncio.run(_protected_request(step, uri, b"", installer_context, timeout,
+                                                  code=Code.GET, query=f"?id={device_id}"))
+    else:
+        message = aiocoap.Message(code=Code.GET, uri=uri + f"?id={device_id}")
+        if token:
+            from aiocoap.optiontypes import OpaqueOption
+
+            message.opt.add_option(OpaqueOption(TOKEN_OPTION, token.encode()))
+        response = asyncio.run(_request(step, message, uri, timeout))
+    if response.code == Code.UNAUTHORIZED:
+        raise FlashError(step, f"the coordinator shows registrations only with credentials (4.01 "
+                               f"{response.payload.decode(errors='replace')})",
+                         "give the installer's context (--installer-context DIR) or token "
+                         "(--token-file FILE or MICROGRID_INSTALLER_TOKEN)")
     if response.code == Code.CONTENT:
         return _decode(step, response, uri)
     if response.code == Code.NOT_FOUND and response.opt.content_format is None and b"not registered" in response.payload:
@@ -147,7 +166,8 @@ def register_protected(host: str, port: int, public_key: bytes, name: str, insta
                      "see the coordinator's log (journalctl -u microgrid-coordinator) for the reason")
 
 
-async def _protected_request(step: str, uri: str, body: bytes, installer_context: Path, timeout: float) -> aiocoap.Message:
+async def _protected_request(step: str, uri: str, body: bytes, installer_context: Path, timeout: float,
+                             code: Code = Code.POST, query: str = "") -> aiocoap.Message:
     from aiocoap.oscore import FilesystemSecurityContext
 
     try:
@@ -159,7 +179,10 @@ async def _protected_request(step: str, uri: str, body: bytes, installer_context
     context.client_credentials[":installer"] = security
     context.client_credentials[uri.rsplit("/", 1)[0] + "/*"] = ":installer"
     try:
-        message = aiocoap.Message(code=Code.POST, uri=uri, payload=body, content_format=CBOR_FORMAT)
+        if code == Code.POST:
+            message = aiocoap.Message(code=code, uri=uri, payload=body, content_format=CBOR_FORMAT)
+        else:
+            message = aiocoap.Message(code=code, uri=uri + query)
         return await asyncio.wait_for(context.request(message).response, timeout)
     except asyncio.TimeoutError:
         raise _unreachable(step, uri, f"no answer within {timeout:g} s") from None

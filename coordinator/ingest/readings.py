@@ -20,6 +20,7 @@ from microgrid.shared import secp256k1
 
 from ..store.database import StoreError
 from ..store.readings import FLAG_TIME_STEPPED, DuplicateReading, ReadingStore
+from . import ranges
 
 log = logging.getLogger("microgrid.ingest")
 
@@ -91,8 +92,8 @@ class ReadingIngest:
         `last=SEQ import=WH export=WH`, so a meter that lost its state
         (sequence back at 1) renumbers its readings above `last` and marks a
         counter drop (edge/resync.py). Only a reading signed by the device's
-        key gets this far, and the same figures are public anyway
-        (GET /api/meters/latest): nothing secret is told."""
+        key gets this far (applications with credentials read the same
+        figures at GET /api/meters/latest): nothing secret is told."""
         row = self.store.last_reading(device_id)
         if row is not None:
             why += f"; last={row['seq']} import={row['import_wh']} export={row['export_wh']}"
@@ -119,6 +120,12 @@ class ReadingIngest:
             code = "4.13" if len(message) > reading_format.MAX_MESSAGE_BYTES else "4.00"
             return self._reject(code, f"malformed reading: {e}")
         r = batch[0]  # one signature covers the batch; its first reading decides duplicates
+        for x in batch:
+            # Before anything else: a value the store or a JSON reader cannot
+            # hold is the sender's error (4.00), never ours (5.00).
+            why = ranges.problem(x)
+            if why is not None:
+                return self._reject("4.00", f"out of range: {why} (shared/READING_FORMAT.md, Ranges)", x.device, x.seq)
         key = self._key(r.device)
         if key is None:
             return self._reject("4.01", f"unknown device {r.device}: register its public key first", r.device, r.seq)

@@ -11,11 +11,11 @@ import aiocoap
 import cbor2
 from aiocoap.numbers.codes import Code
 
-from .test_ingest import PUB, make, post, served
+from .test_ingest import PUB, make, post, served, with_token
 
 
 def get(client: aiocoap.Context, uri: str, accept: int | None = None) -> aiocoap.Message:
-    req = aiocoap.Message(code=Code.GET, uri=uri)
+    req = with_token(aiocoap.Message(code=Code.GET, uri=uri))
     if accept is not None:
         req.opt.accept = accept
     return client.request(req).response

@@ -151,7 +151,7 @@ def test_board_gets_the_frozen_firmware_image_then_only_main_and_config(
     assert calls[0][:2] == ["esptool", "--chip"] and calls[0][-1] == str(image)
     copied = [a for c in calls if c[0] == "mpremote" and "cp" in c for a in c if a.startswith(":")]
     assert copied == [":config.json", ":manifest.json"]  # main.py is the same as before
-    assert flash("--check", "--target", f"serial:{port}", *tools, env=env).code == 0
+    assert flash("--check", "--target", f"serial:{port}", *tools, "--token-file", str(token_file(tmp_path)), env=env).code == 0
     out, _ = boot(root, micropython=str(board_fw), heapsize=HEAP_BOUND).communicate(timeout=120)
     assert meter_summary(out)["delivered"] == 5, out[-3000:]
     assert len(stored_rows(db, bytes.fromhex(run.result["public_key"]))) == 5

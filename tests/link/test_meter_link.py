@@ -90,7 +90,8 @@ def test_forged_acks_never_drop_a_reading_and_nothing_travels_in_clear(tmp_path:
     context = json.loads((image / "oscore.json").read_text())
     assert context["secret"] not in run.out + run.err  # the master secret is never shown
     assert (image / "oscore.json").stat().st_mode & 0o077 == 0
-    check = flash("--check", "--target", f"dir:{image}", "--coordinator", f"127.0.0.1:{coord.port}")
+    check = flash("--check", "--target", f"dir:{image}", "--coordinator", f"127.0.0.1:{coord.port}",
+                  "--installer-context", str(installer))
     assert check.code == 0 and "link: OSCORE context in oscore.json" in check.out, check.out + check.err
 
     with Relay(coord.port) as relay:
