@@ -13,6 +13,7 @@ _SUBCOMMANDS = [
     "microgrid.coordinator.console_client",
     "microgrid.flash.cli",
     "microgrid.demo",
+    "microgrid.release",
 ]
 
 
