@@ -144,6 +144,8 @@ class Coordinator:
         self.console_peers: Callable[[], list[dict[str, Any]]] | None = None
         self.console_orders: Callable[[], list[dict[str, Any]]] | None = None
         self.console_channels: Callable[[], list[dict[str, Any]]] | None = None
+        self.updates: Any = None  # coordinator/updates/ when [updates] is enabled
+        self.console_updates: Callable[[], dict[str, Any]] | None = None
         self.console_market: Callable[[int], list[str]] | None = None
         self.console_server = ConsoleServer(Console(self), config.console_socket())
 
@@ -222,6 +224,11 @@ class Coordinator:
             node = self._channel_node()
             channel_site(node, site)
             self.console_channels = node.rows
+        if self.config.updates.enabled:
+            from .updates.service import mount
+
+            self.updates = mount(self.config, site, ReadingsResource(self.ingest), f"{c.host}:{c.port}")
+            self.console_updates = self.updates.status
         self.context = await aiocoap.Context.create_server_context(site, bind=(c.host, c.port))
         self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)
         if node is not None:
@@ -236,6 +243,8 @@ class Coordinator:
             overlay = self.overlay
             self.console_peers = lambda: [{"node": p.node_id[:16], "address": p.address, "status": p.status}
                                           for p in overlay.peers()]
+        if self.updates is not None:
+            await self.updates.start(self.context, self.overlay)
         if self.config.market.enabled and node is not None:
             from .trading.service import TradingService, TradingSettings
 
@@ -351,6 +360,8 @@ class Coordinator:
 
     async def stop(self) -> None:
         await self.stop_trading()
+        if self.updates is not None:
+            await self.updates.stop()
         if self._lifecycle_task is not None:
             self._stop_lifecycle.set()
             self._lifecycle_task.cancel()

@@ -22,6 +22,7 @@ from .market.settings import MarketSettings
 from .secrets import redact_url
 from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
+from .updates.settings import UpdatesSettings
 
 
 # A channel's shortest useful life before its close margin
@@ -267,6 +268,7 @@ class Config:
     gpio: GpioSettings = field(default_factory=GpioSettings)
     modbus: ModbusSettings = field(default_factory=ModbusSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    updates: UpdatesSettings = field(default_factory=UpdatesSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:

@@ -302,11 +302,8 @@ class Updater:
 def block2(num):
     """The Block2 option of a request for block `num` of 1024 bytes."""
     v = (num << 4) | SZX
-    out = bytearray()
-    while v:
-        out.insert(0, v & 0xFF)
-        v >>= 8
-    return (OPT_BLOCK2, bytes(out))
+    n = 1 if v < 0x100 else 2 if v < 0x10000 else 3
+    return (OPT_BLOCK2, bytes([(v >> (8 * k)) & 0xFF for k in range(n - 1, -1, -1)]))
 
 
 class CoapSource:
@@ -438,6 +435,10 @@ class Session:
             # Network or flash trouble: the state on flash resumes it.
             log.warning(TAG, "update step failed: %s" % e)
             self.retry_at = ticks.add(ticks.ticks_ms(), int(self.fw.cfg["retry_after_s"] * 1000) or 1000)
+            return False
+        except Exception as e:  # an updater fault must never stop metering
+            self.updater.abandon("updater fault: %r" % (e,))
+            self.mode = None
             return False
 
     def delivered(self):

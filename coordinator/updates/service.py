@@ -78,9 +78,11 @@ class UpdateService:
     def _served(self, n: int) -> None:
         self.counts["bytes_served"] += n
 
-    async def start(self, ctx: aiocoap.Context) -> None:
-        """`ctx`: a client context for fetching from peers."""
+    async def start(self, ctx: aiocoap.Context, overlay: BaseOverlay | None = None) -> None:
+        """`ctx`: a context for fetching from peers (the server's will do)."""
         self.ctx = ctx
+        if overlay is not None:
+            self.overlay = overlay
         for rel in self.store.releases.values():
             if not self.store.complete(rel):
                 self.plans.setdefault(rel.release_id(), FetchPlan(rel, self.store.missing(rel)))
@@ -239,3 +241,17 @@ class UpdateService:
         off = self.offered()
         return {"held": held, "fetching": fetching, "offered": off.version if off else None,
                 "window": self.settings.window or "any time", **self.counts}
+
+
+def mount(config: Any, site: resource.Site, readings: resource.Resource, endpoint: str) -> UpdateService:
+    """The service for a coordinator's config: fw/ resources on its site and
+    its readings' 2.01s carrying the offer (offer.py). Started later, with
+    the CoAP context and the overlay (UpdateService.start)."""
+    from .offer import OfferingReadings
+
+    s = config.updates
+    store = ReleaseStore(config.resolve(s.folder), s.keys())
+    service = UpdateService(s, store, None, endpoint)
+    service.attach(site)
+    site.add_resource(["readings"], OfferingReadings(readings, service.offer_suffix))
+    return service

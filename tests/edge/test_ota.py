@@ -52,7 +52,7 @@ def put_releases(d: Path) -> dict[str, str]:
 
 
 PRELUDE = """
-import os, json, hashlib, binascii
+import os, json, hashlib, binascii, gc
 from edge.hal import partition as P
 from edge.hal.partition import Partition, PowerCut
 from edge import ota
@@ -97,6 +97,7 @@ def running_hash():
 
 def download(u, tamper=None):
     while True:
+        gc.collect()  # the test's slices of whole images, not the updater's
         i = u.wanted()
         if i is None:
             return True
@@ -111,7 +112,8 @@ def download(u, tamper=None):
 def run(tmp_path: Path, body: str) -> dict:
     put_releases(tmp_path)
     script = f"import sys\nsys.path.insert(0, {str(REPO)!r})\n" + PRELUDE % {"pub": PUB.hex()} + body
-    out = run_micropython(script, cwd=tmp_path)
+    # The test holds whole images in RAM beside the updater: a larger heap than a board.
+    out = run_micropython(script, cwd=tmp_path, heap="4M")
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -197,3 +197,31 @@ def test_meters_are_offered_updates_only_inside_the_window(tmp_path: Path) -> No
             parse_window(bad)
     with pytest.raises(UpdatesSettingsError, match="release_keys"):
         UpdatesSettings(enabled=True).validate()
+
+
+def test_console_shows_releases_progress_and_the_offer(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from microgrid.coordinator.config import ConfigError, from_dict
+    from microgrid.coordinator.console import Console
+
+    async def main() -> str:
+        n = await Node(tmp_path, "console", MemoryNetwork()).start()
+        try:
+            await n.service.add_local(made(), IMAGE)
+            # A release sharing its first 4 chunks with 0.3.0 (content-addressed: held already).
+            rel = n.store.add_manifest(made(version="0.4.0", image=IMAGE[:16_384] + bytes(3_616)))
+            n.service.plans[rel.release_id()] = FetchPlan(rel, n.store.missing(rel))
+            n.service.plans[rel.release_id()].add_peer("10.0.0.9:5683")
+            n.service.plans[rel.release_id()].got(0, "10.0.0.9:5683", False)
+            return Console(SimpleNamespace(console_updates=n.service.status)).handle("updates")  # type: ignore[arg-type]
+        finally:
+            await n.stop()
+
+    text = asyncio.run(main())
+    assert "offered to meters: 0.3.0 (window any time)" in text
+    assert "13/13 chunks" in text and "4/5 chunks" in text
+    assert "fetching 0.4.0: 1 chunks missing from 1 peers avoiding 10.0.0.9:5683" in text
+    assert "not configured" in Console(SimpleNamespace()).handle("updates")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="release_keys"):
+        from_dict({"updates": {"enabled": True}})
