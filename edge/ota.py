@@ -470,3 +470,30 @@ class Session:
 
     def status(self):
         return self.updater.status()
+
+
+def console_lines(fw):
+    """The console's `update`: what runs, what is under way, what happened
+    last (read from the state files; loads nothing else)."""
+    from edge.firmware import VERSION
+
+    cfg = fw.cfg.get("updates")
+    if not cfg:
+        return ["updates off (config updates is null)"]
+    Partition = partition_class()
+    st = fw.ota.status() if fw.ota is not None else Updater(cfg, running_version(VERSION), Partition).status()
+    slot = Partition(Partition.RUNNING).info()[4]
+    out = ["firmware %s in %s, board %s, %d release key(s)" % (st["version"], slot, cfg["board"], len(cfg["keys"]))]
+    if st["phase"] == "download":
+        out.append("downloading %s: %s chunks" % (st.get("target"), st.get("progress", "?")))
+    elif st["phase"] == "trial":
+        out.append("on trial: confirmed once readings are acknowledged, else rolled back")
+    elif st["phase"] != "idle":
+        out.append("update %s" % st["phase"])
+    for key, label in (("installed", "last installed"), ("last_rollback", "last rollback"),
+                       ("last_failed", "last failed"), ("last_refused", "last refused")):
+        v = st.get(key)
+        if v:
+            out.append("%s: %s%s" % (label, v.get("version") or "", (" (%s)" % v["reason"]) if v.get("reason") else
+                                     (" from %s" % v["from"] if v.get("from") else "")))
+    return out

@@ -214,6 +214,7 @@ class Fw:
         self.running = True
         self.reboot_requested = False
         self.config_path = "config.json"
+        self.ota = None
 import edge.firmware
 clean()
 u, _ = boot()
@@ -256,6 +257,7 @@ u.finish()
 u, m = boot()
 u, out["crash"] = boot()
 out["crash_status"] = u.status()
+out["console"] = ota.console_lines(Fw())
 print(json.dumps(out))
 """)
     assert r["mode"] == "trial" and r["version"] == "0.3.0"
@@ -265,6 +267,8 @@ print(json.dumps(out))
     assert "no reading acknowledged" in r["status"]["last_rollback"]["reason"]
     assert r["reoffer"] == "0.3.0" and r["second"] == ["rolled_back", 2] and r["third"] is None
     assert r["crash"] == "rolled_back" and "restarted before it was confirmed" in r["crash_status"]["last_rollback"]["reason"]
+    assert r["console"] == ["firmware 0.2.0 in ota_0, board unix, 1 release key(s)",
+                            "last rollback: 0.3.0 (the new image restarted before it was confirmed)"]
 
 
 def test_a_confirmed_release_rotates_the_release_keys(tmp_path: Path) -> None:
