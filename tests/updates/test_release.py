@@ -107,3 +107,17 @@ def test_meter_config_takes_release_keys_and_refuses_bad_ones() -> None:
                 {"board": "x", "keys": [PUB.hex()[:-1] + "z"]}, "on"):
         with pytest.raises(edge_config.ConfigError, match="updates"):
             edge_config.with_defaults({"updates": bad})
+
+
+def test_flashing_puts_the_release_keys_and_board_in_the_meter_config(tmp_path: Path) -> None:
+    from microgrid.flash.flow import FlashRequest, base_config
+    from microgrid.flash.settings import validate
+    from microgrid.flash.transfer import parse_target
+
+    target = parse_target(f"dir:{tmp_path}")
+    raw = base_config(FlashRequest(target=target, release_keys=[PUB.hex()]), None, "esp32-devkitc")
+    assert raw["updates"] == {"board": "esp32-devkitc", "keys": [PUB.hex()]}
+    assert validate(raw, "esp32-devkitc")["updates"]["keys"] == [PUB.hex()]
+    bad = base_config(FlashRequest(target=target, release_keys=["nothex"]), None, "esp32-devkitc")
+    with pytest.raises(Exception, match="updates"):
+        validate(bad, "esp32-devkitc")
