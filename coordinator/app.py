@@ -227,7 +227,9 @@ class Coordinator:
         if self.config.updates.enabled:
             from .updates.service import mount
 
-            self.updates = mount(self.config, site, ReadingsResource(self.ingest), f"{c.host}:{c.port}")
+            store = self.store
+            self.updates = mount(self.config, site, ReadingsResource(self.ingest), f"{c.host}:{c.port}",
+                                 lambda d: (dev.public_key if (dev := store.device(d)) else None))
             self.console_updates = self.updates.status
         self.context = await aiocoap.Context.create_server_context(site, bind=(c.host, c.port))
         self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)

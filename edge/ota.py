@@ -120,7 +120,7 @@ class Updater:
     def _keep(self):
         # What outlives an update: the last outcomes, for `status`.
         out = {"phase": "idle"}
-        for k in ("last_rollback", "last_failed", "last_refused", "installed"):
+        for k in ("last_rollback", "last_failed", "last_refused", "installed", "report"):
             if k in self.state:
                 out[k] = self.state[k]
         return out
@@ -260,6 +260,7 @@ class Updater:
         before = out.get("last_rollback") or {}
         n = before.get("count", 0) + 1 if before.get("version") == s.get("version") else 1
         out["last_rollback"] = {"version": s.get("version"), "reason": reason, "count": n}
+        out["report"] = {"v": self.version, "to": s.get("version") or "", "ok": False, "why": reason}
         self.state = out
         self.save()
         log.error(TAG, "rolled back from %s to %s: %s" % (s.get("version"), self.version, reason))
@@ -272,6 +273,8 @@ class Updater:
         keys = self.state.get("keys")
         out = self._keep()
         out["installed"] = {"version": self.state.get("version"), "from": self.state.get("from")}
+        out["report"] = {"v": self.state.get("version") or "", "to": self.state.get("version") or "", "ok": True,
+                         "why": ""}
         self.state = out
         self.save()
         log.info(TAG, "running %s confirmed" % out["installed"]["version"])
@@ -336,6 +339,10 @@ class CoapSource:
             except ValueError:
                 num += 1
         raise coap.CoAPError("manifest larger than %d bytes" % MAX_MANIFEST)
+
+    def report(self, signed):
+        code, _ = self.client.post("fw/report", signed, 18)  # application/cose; cose-type="cose-sign1"
+        return code
 
     def chunk(self, sha, i, size, length):
         per = size // BLOCK_BYTES
@@ -402,6 +409,8 @@ class Session:
         if self.retry_at is not None and ticks.since(self.retry_at) < 0:
             return False
         self.retry_at = None
+        if self.updater.state.get("report") is not None:
+            return self._report()
         try:
             if self.offer is not None:
                 v, self.offer = self.offer, None
@@ -440,6 +449,29 @@ class Session:
             self.updater.abandon("updater fault: %r" % (e,))
             self.mode = None
             return False
+
+    def _report(self):
+        """Tell the coordinator how the update ended, signed with the device
+        key (coordinator/updates/rollout.py): its staged rollout goes on or
+        halts on it. Sent once; an answer of any kind ends it."""
+        from shared import cbor, reading
+
+        rep = self.updater.state["report"]
+        try:
+            msg = reading.sign_payload(self.fw.secret, self.fw.public_key, cbor.dumps(rep))
+            code = self.source.report(msg)
+        except OSError as e:
+            log.warning(TAG, "update report not sent: %s" % e)
+            self.retry_at = ticks.add(ticks.ticks_ms(), int(self.fw.cfg["retry_after_s"] * 1000) or 1000)
+            return False
+        except Exception as e:  # no reporting must stop metering
+            code = None
+            log.warning(TAG, "update report dropped: %r" % (e,))
+        if code is not None and code >> 5 != 2:
+            log.warning(TAG, "update report answered %s" % coap.code_str(code))
+        del self.updater.state["report"]
+        self.updater.save()
+        return True
 
     def delivered(self):
         """A reading was acknowledged: in a trial, the new image works once

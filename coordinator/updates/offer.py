@@ -18,7 +18,7 @@ MAX_PAYLOAD = 200
 class OfferingReadings(resource.Resource):
     """The readings resource, its 2.01s extended with the offer."""
 
-    def __init__(self, inner: resource.Resource, suffix: Callable[[], str]) -> None:
+    def __init__(self, inner: resource.Resource, suffix: Callable[[str | None], str]) -> None:
         super().__init__()
         self.inner = inner
         self.suffix = suffix
@@ -26,7 +26,15 @@ class OfferingReadings(resource.Resource):
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
         resp = await self.inner.render_post(request)  # type: ignore[attr-defined]
         if resp.code == Code.CREATED:
-            extra = self.suffix().encode()
+            extra = self.suffix(device_of(resp.payload)).encode()
             if extra and len(resp.payload) + len(extra) <= MAX_PAYLOAD:
                 resp.payload = resp.payload + extra
         return resp
+
+
+def device_of(payload: bytes) -> str | None:
+    """The device id in "stored DEVICE/SEQ t=..." (ingest/readings.py)."""
+    parts = payload.split(b" ")
+    if len(parts) < 2 or parts[0] != b"stored":
+        return None
+    return parts[1].split(b"/")[0].decode("ascii", "replace")

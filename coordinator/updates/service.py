@@ -26,6 +26,7 @@ from microgrid.shared.release import Release
 from ..overlay.interface import BaseOverlay, ListenHandle
 from ..overlay.records import SignedRecord
 from . import transport
+from .rollout import ReportError, Rollout, parse_report
 from .peers import ANNOUNCE_KEY, AnnouncementError, FetchPlan, RateLimit, announcement, parse_announcement
 from .settings import UpdatesSettings, in_window, parse_window
 from .store import ReleaseStore
@@ -44,7 +45,8 @@ def local_minute_of_day() -> int:
 class UpdateService:
     def __init__(self, settings: UpdatesSettings, store: ReleaseStore, overlay: BaseOverlay | None,
                  endpoint: str, clock: Callable[[], float] = time.monotonic,
-                 minute_of_day: Callable[[], int] = local_minute_of_day) -> None:
+                 minute_of_day: Callable[[], int] = local_minute_of_day,
+                 device_key: Callable[[str], bytes | None] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.overlay = overlay
@@ -53,6 +55,8 @@ class UpdateService:
         self.minute_of_day = minute_of_day
         self.window = parse_window(settings.window)
         self.rate = RateLimit(settings.rate_bytes_s)
+        self.device_key = device_key or (lambda _d: None)
+        self.rollout = Rollout(settings.canary)
         self.plans: dict[str, FetchPlan] = {}
         self.untrusted: set[str] = set()  # release ids whose manifest failed verification
         self.site: resource.Site | None = None
@@ -68,6 +72,7 @@ class UpdateService:
         """Add the fw/ resources to the coordinator's CoAP site."""
         self.site = site
         site.add_resource(["fw", "manifest"], transport.ManifestResource(self._offered_manifest))
+        site.add_resource(["fw", "report"], transport.ReportResource(self._report))
         for rel in self.store.releases.values():
             self._serve(rel)
 
@@ -222,13 +227,28 @@ class UpdateService:
         rel = self.store.newest(self.settings.board)
         return rel.signed if rel is not None else None
 
-    def offer_suffix(self) -> str:
-        """What a 2.01 to a reading carries: " fw=VERSION" or nothing."""
+    def offer_suffix(self, device: str | None = None) -> str:
+        """What a 2.01 to `device`'s reading carries: " fw=VERSION" or
+        nothing (outside the window, or not its turn in a staged rollout)."""
         rel = self.offered()
-        if rel is None:
+        if rel is None or not self.rollout.may_offer(device, rel.version):
             return ""
         self.counts["offers"] += 1
         return f" fw={rel.version}"
+
+    def _report(self, data: bytes) -> str | None:
+        """A meter's signed update outcome; None when recorded, else why not."""
+        try:
+            r = parse_report(data, self.device_key)
+        except ReportError as e:
+            log.warning("update report refused: %s", e)
+            return str(e)
+        self.rollout.record(r, time.time())
+        if r.ok:
+            log.info("meter %s runs %s", r.device, r.version)
+        else:
+            log.warning("meter %s rolled back from %s to %s: %s", r.device, r.tried, r.version, r.why)
+        return None
 
     def status(self) -> dict[str, Any]:
         held = []
@@ -240,10 +260,11 @@ class UpdateService:
                     for p in self.plans.values()}
         off = self.offered()
         return {"held": held, "fetching": fetching, "offered": off.version if off else None,
-                "window": self.settings.window or "any time", **self.counts}
+                "window": self.settings.window or "any time", "rollout": self.rollout.status(), **self.counts}
 
 
-def mount(config: Any, site: resource.Site, readings: resource.Resource, endpoint: str) -> UpdateService:
+def mount(config: Any, site: resource.Site, readings: resource.Resource, endpoint: str,
+          device_key: Callable[[str], bytes | None] | None = None) -> UpdateService:
     """The service for a coordinator's config: fw/ resources on its site and
     its readings' 2.01s carrying the offer (offer.py). Started later, with
     the CoAP context and the overlay (UpdateService.start)."""
@@ -251,7 +272,7 @@ def mount(config: Any, site: resource.Site, readings: resource.Resource, endpoin
 
     s = config.updates
     store = ReleaseStore(config.resolve(s.folder), s.keys())
-    service = UpdateService(s, store, None, endpoint)
+    service = UpdateService(s, store, None, endpoint, device_key=device_key)
     service.attach(site)
     site.add_resource(["readings"], OfferingReadings(readings, service.offer_suffix))
     return service

@@ -8,6 +8,7 @@
     window = "02:00-05:00"       # local time meters are offered updates; "" = any time
     rate_bytes_s = 16384         # peer fetches: bytes per second, so readings and trading keep the link
     announce_ttl_s = 3600
+    canary = 2                   # staged rollout: 2 meters first, the rest once both confirmed (0: all at once)
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class UpdatesSettings:
     window: str = ""
     rate_bytes_s: int = 16384
     announce_ttl_s: int = 3600
+    canary: int = 0  # staged rollout: meters offered a release first; the rest once they confirmed it (0: all)
 
     def keys(self) -> list[bytes]:
         return [bytes.fromhex(k) for k in self.release_keys]
@@ -85,6 +87,8 @@ class UpdatesSettings:
         if isinstance(self.rate_bytes_s, bool) or not isinstance(self.rate_bytes_s, int) or \
                 not 1024 <= self.rate_bytes_s <= 10_000_000:
             raise UpdatesSettingsError(f"{section}.rate_bytes_s={self.rate_bytes_s!r}: expected 1024..10000000")
+        if isinstance(self.canary, bool) or not isinstance(self.canary, int) or not 0 <= self.canary <= 10000:
+            raise UpdatesSettingsError(f"{section}.canary={self.canary!r}: expected 0..10000 meters")
         if isinstance(self.announce_ttl_s, bool) or not isinstance(self.announce_ttl_s, int) or \
                 not 60 <= self.announce_ttl_s <= 24 * 3600:
             raise UpdatesSettingsError(f"{section}.announce_ttl_s={self.announce_ttl_s!r}: expected 60..86400")

@@ -140,3 +140,17 @@ async def get_chunk(ctx: aiocoap.Context, endpoint: str, rel: Release, i: int) -
         if len(out) >= want or not more:
             break
     return out
+
+
+class ReportResource(resource.Resource):
+    """POST fw/report: a meter's signed update outcome (rollout.py)."""
+
+    def __init__(self, accept: Callable[[bytes], str | None]) -> None:
+        super().__init__()
+        self.accept = accept
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        why = self.accept(request.payload)
+        if why is not None:
+            return aiocoap.Message(code=Code.BAD_REQUEST, payload=why.encode()[:200])
+        return aiocoap.Message(code=Code.CHANGED, payload=b"recorded")

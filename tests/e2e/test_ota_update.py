@@ -13,7 +13,7 @@ from pathlib import Path
 
 from microgrid.cli import main as cli_main
 from microgrid.flash.unix_port import boot
-from microgrid.shared import secp256k1
+from microgrid.shared import reading, secp256k1
 
 from ..conftest import free_udp_port
 from .test_meter_to_coordinator import assert_all_verify, provision, stored_rows
@@ -41,7 +41,7 @@ def test_meter_updates_confirms_and_keeps_every_reading(tmp_path: Path, coordina
     image, meter_pub = provision(tmp_path, db, port, max_readings=25, interval_s=0.02,
                                  updates={"board": "unix", "keys": [pub.hex()]})
     (image / "ota_0.bin").write_bytes(stand_in_image("0.2.0", 9_000, 1))  # as flashed
-    coordinator_factory(db=db, port=port, config=config)
+    coordinator = coordinator_factory(db=db, port=port, config=config)
     outputs = []
     codes = []
     for _ in range(8):
@@ -67,3 +67,5 @@ def test_meter_updates_confirms_and_keeps_every_reading(tmp_path: Path, coordina
     seqs = [r["seq"] for r in rows]
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 25
     assert_all_verify(rows, meter_pub)
+    # The meter told the coordinator, signed with its device key.
+    assert f"meter {reading.device_id(meter_pub)} runs 0.3.0" in coordinator.log_path.read_text()

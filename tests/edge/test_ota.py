@@ -228,6 +228,26 @@ out["mode"] = s.mode
 out["version"] = s.updater.version
 s.poll()  # past the deadline with no reading acknowledged
 out["reboot"] = [fw.reboot_requested, fw.running]
+# The old image boots, records the rollback and tells the coordinator.
+class Source:
+    sent = []
+    def report(self, signed):
+        self.sent.append(signed)
+        return 68
+from shared import secp256k1, cose, cbor
+P.reboot()
+fw = Fw()
+fw.outbox = []
+fw.secret = bytes(range(7, 39))
+fw.public_key = secp256k1.public_key(fw.secret)
+s = ota.Session(fw, source=Source(), Partition=Partition)
+out["report_mode"] = s.mode
+s.poll()
+s.poll()
+msg = cose.parse(Source.sent[0])
+out["reports"] = len(Source.sent)
+out["report"] = cbor.loads(msg.payload)
+out["report_verifies"] = secp256k1.verify(fw.public_key, msg.to_be_signed(), msg.signature)
 u, out["after"] = boot()
 out["version_after"] = u.version
 out["status"] = u.status()
@@ -262,7 +282,10 @@ print(json.dumps(out))
 """)
     assert r["mode"] == "trial" and r["version"] == "0.3.0"
     assert r["reboot"] == [True, False]
-    assert r["after"] == "rolled_back" and r["version_after"] == "0.2.0" and r["slot"] == "aborted"
+    assert r["report_mode"] == "rolled_back" and r["reports"] == 1 and r["report_verifies"]
+    assert r["report"] == {"v": "0.2.0", "to": "0.3.0", "ok": False,
+                           "why": "no reading acknowledged within -1 s of booting it"}
+    assert r["after"] is None and r["version_after"] == "0.2.0" and r["slot"] == "aborted"
     assert r["status"]["last_rollback"]["version"] == "0.3.0"
     assert "no reading acknowledged" in r["status"]["last_rollback"]["reason"]
     assert r["reoffer"] == "0.3.0" and r["second"] == ["rolled_back", 2] and r["third"] is None

@@ -225,3 +225,60 @@ def test_console_shows_releases_progress_and_the_offer(tmp_path: Path) -> None:
     assert "not configured" in Console(SimpleNamespace()).handle("updates")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="release_keys"):
         from_dict({"updates": {"enabled": True}})
+
+
+def test_staged_rollout_offers_canaries_first_and_a_rollback_halts_it(tmp_path: Path) -> None:
+    from microgrid.coordinator.updates.offer import device_of
+    from microgrid.coordinator.updates.rollout import ReportError, parse_report
+    from microgrid.shared import cbor, reading
+
+    meters = {}
+    for n in range(4):
+        secret = bytes([n + 40]) * 32
+        pub = secp256k1.public_key(secret)
+        meters[reading.device_id(pub)] = (secret, pub)
+    ids = sorted(meters)
+
+    def report(device: str, body: dict) -> bytes:
+        secret, pub = meters[device]
+        return reading.sign_payload(secret, pub, cbor.dumps(body))
+
+    async def main() -> None:
+        n = Node(tmp_path, "staged", MemoryNetwork())
+        n.settings.canary = 2
+        await n.start()
+        n.service.device_key = lambda d: meters[d][1] if d in meters else None
+        try:
+            await n.service.add_local(made(), IMAGE)
+            sfx = n.service.offer_suffix
+            assert [sfx(d) for d in ids] == [" fw=0.3.0", " fw=0.3.0", "", ""]
+            assert sfx(ids[0]) == " fw=0.3.0"  # a canary keeps its offer
+            ok = {"v": "0.3.0", "to": "0.3.0", "ok": True, "why": ""}
+            assert n.service._report(report(ids[0], ok)) is None
+            assert sfx(ids[2]) == "" and sfx(ids[0]) == ""  # one confirmed; it runs it already
+            assert n.service._report(report(ids[1], ok)) is None
+            assert sfx(ids[2]) == " fw=0.3.0" and sfx(ids[3]) == " fw=0.3.0"
+            back = {"v": "0.2.0", "to": "0.3.0", "ok": False, "why": "no reading acknowledged within 900 s"}
+            assert n.service._report(report(ids[2], back)) is None
+            assert sfx(ids[3]) == ""
+            st = n.service.status()["rollout"]
+            assert st["halted"]["0.3.0"] == f"rolled back on {ids[2]}: no reading acknowledged within 900 s"
+            # Forged, unregistered and garbled reports are refused.
+            forged = reading.sign_payload(meters[ids[3]][0], meters[ids[0]][1], cbor.dumps(ok))
+            assert "bad signature" in str(n.service._report(forged))
+            stranger = bytes([99]) * 32
+            assert "unregistered" in str(n.service._report(
+                reading.sign_payload(stranger, secp256k1.public_key(stranger), cbor.dumps(ok))))
+            assert n.service._report(b"\x00garbage") is not None
+            with pytest.raises(ReportError, match="expected v"):
+                parse_report(report(ids[3], {"v": 1}), n.service.device_key)
+            from microgrid.coordinator.updates.status import console_text
+
+            text = console_text(n.service.status())
+            assert "rollout of 0.3.0 halted" in text and f"meter {ids[0]}: runs 0.3.0" in text
+        finally:
+            await n.stop()
+
+    asyncio.run(main())
+    assert device_of(b"stored 0123456789abcdef/7 t=1700000000") == "0123456789abcdef"
+    assert device_of(b"duplicate") is None
