@@ -242,8 +242,8 @@ class Updater:
         phase = s.get("phase")
         if phase in ("idle", None):
             return None
-        if phase == "download":
-            return "download"
+        if phase in ("download", "report"):
+            return phase
         here = self.running().info()[4]
         if here == s.get("slot"):
             if phase != "trial":
@@ -261,6 +261,7 @@ class Updater:
         n = before.get("count", 0) + 1 if before.get("version") == s.get("version") else 1
         out["last_rollback"] = {"version": s.get("version"), "reason": reason, "count": n}
         out["report"] = {"v": self.version, "to": s.get("version") or "", "ok": False, "why": reason}
+        out["phase"] = "report"  # kept in STATE_FILE until sent, so a reboot still sends it
         self.state = out
         self.save()
         log.error(TAG, "rolled back from %s to %s: %s" % (s.get("version"), self.version, reason))
@@ -275,10 +276,17 @@ class Updater:
         out["installed"] = {"version": self.state.get("version"), "from": self.state.get("from")}
         out["report"] = {"v": self.state.get("version") or "", "to": self.state.get("version") or "", "ok": True,
                          "why": ""}
+        out["phase"] = "report"
         self.state = out
         self.save()
         log.info(TAG, "running %s confirmed" % out["installed"]["version"])
         return keys
+
+    def reported(self):
+        """The outcome reached the coordinator (or was refused for good)."""
+        self.state.pop("report", None)
+        self.state["phase"] = "idle"
+        self.save()
 
     def give_up(self, reason):
         """Not confirmed: note why, for the old image to report after the
@@ -469,8 +477,7 @@ class Session:
             log.warning(TAG, "update report dropped: %r" % (e,))
         if code is not None and code >> 5 != 2:
             log.warning(TAG, "update report answered %s" % coap.code_str(code))
-        del self.updater.state["report"]
-        self.updater.save()
+        self.updater.reported()
         return True
 
     def delivered(self):
@@ -520,6 +527,8 @@ def console_lines(fw):
         out.append("downloading %s: %s chunks" % (st.get("target"), st.get("progress", "?")))
     elif st["phase"] == "trial":
         out.append("on trial: confirmed once readings are acknowledged, else rolled back")
+    elif st["phase"] == "report":
+        out.append("telling the coordinator how the update ended")
     elif st["phase"] != "idle":
         out.append("update %s" % st["phase"])
     for key, label in (("installed", "last installed"), ("last_rollback", "last rollback"),

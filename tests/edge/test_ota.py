@@ -130,7 +130,9 @@ u, out["m1"] = boot()
 out["v1"] = u.version
 out["state1"] = P.slot_state("ota_1")
 u.confirm()
-u, out["m2"] = boot()
+u, out["m2"] = boot()  # the outcome still to be reported survives a reboot
+u.reported()
+u, out["m3"] = boot()
 out["v2"] = u.version
 out["state2"] = P.slot_state("ota_1")
 out["hash"] = running_hash()
@@ -140,8 +142,8 @@ print(json.dumps(out))
 """)
     assert r["m0"] is None and r["v0"] == "0.2.0" and r["offer"] is None and r["progress"] == "0/4"
     assert r["finish"] is True and r["m1"] == "trial" and r["v1"] == "0.3.0" and r["state1"] == "pending_verify"
-    assert r["m2"] is None and r["v2"] == "0.3.0" and r["state2"] == "valid"
-    assert r["status"]["installed"] == {"version": "0.3.0", "from": "0.2.0"}
+    assert r["m2"] == "report" and r["v2"] == "0.3.0" and r["state2"] == "valid"
+    assert r["m3"] is None and r["status"]["installed"] == {"version": "0.3.0", "from": "0.2.0"}
     # Nothing under way: no ota.json, so the firmware never loads edge/ota.py at boot.
     assert "ota.json" not in r["files"] and "ota.last" in r["files"]
     assert r["hash"] == hashlib.sha256((tmp_path / "new.img").read_bytes()).hexdigest()
@@ -291,6 +293,7 @@ print(json.dumps(out))
     assert r["reoffer"] == "0.3.0" and r["second"] == ["rolled_back", 2] and r["third"] is None
     assert r["crash"] == "rolled_back" and "restarted before it was confirmed" in r["crash_status"]["last_rollback"]["reason"]
     assert r["console"] == ["firmware 0.2.0 in ota_0, board unix, 1 release key(s)",
+                            "telling the coordinator how the update ended",
                             "last rollback: 0.3.0 (the new image restarted before it was confirmed)"]
 
 
