@@ -276,7 +276,7 @@ class Console:
 
     def cmd_update(self, args):
         self._no_args("update", args)
-        from edge.ota import console_lines
+        from edge.ota_session import console_lines
 
         for line in console_lines(self.fw):
             _out(line)

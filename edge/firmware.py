@@ -398,7 +398,7 @@ class Firmware:
 
     def start_ota(self):
         if self.ota is None:
-            from edge.ota import Session
+            from edge.ota_session import Session
 
             self.ota = Session(self)
         return self.ota

@@ -55,7 +55,7 @@ PRELUDE = """
 import os, json, hashlib, binascii, gc
 from edge.hal import partition as P
 from edge.hal.partition import Partition, PowerCut
-from edge import ota
+from edge import ota, ota_session
 from edge.ota import Updater, running_version
 
 UPD = {"board": "unix", "keys": [%(pub)r]}
@@ -225,7 +225,7 @@ download(u)
 u.finish()
 P.reboot()
 fw = Fw()
-s = ota.Session(fw, source=object(), Partition=Partition, confirm_ms=-1)
+s = ota_session.Session(fw, source=object(), Partition=Partition, confirm_ms=-1)
 out["mode"] = s.mode
 out["version"] = s.updater.version
 s.poll()  # past the deadline with no reading acknowledged
@@ -242,7 +242,7 @@ fw = Fw()
 fw.outbox = []
 fw.secret = bytes(range(7, 39))
 fw.public_key = secp256k1.public_key(fw.secret)
-s = ota.Session(fw, source=Source(), Partition=Partition)
+s = ota_session.Session(fw, source=Source(), Partition=Partition)
 out["report_mode"] = s.mode
 s.poll()
 s.poll()
@@ -257,7 +257,7 @@ out["slot"] = P.slot_state("ota_1")
 # Offered again: taken once more (a power cut in the trial also rolls
 # back), then refused after its second rollback.
 fw2 = Fw()
-s2 = ota.Session(fw2, source=object(), Partition=Partition)
+s2 = ota_session.Session(fw2, source=object(), Partition=Partition)
 s2.offered(b"stored x/1 t=1 fw=0.3.0")
 out["reoffer"] = s2.offer
 u, _ = boot()
@@ -267,7 +267,7 @@ u.finish()
 boot()
 u, m = boot()
 out["second"] = [m, u.status()["last_rollback"]["count"]]
-s3 = ota.Session(Fw(), source=object(), Partition=Partition)
+s3 = ota_session.Session(Fw(), source=object(), Partition=Partition)
 s3.offered(b"stored x/1 t=1 fw=0.3.0")
 out["third"] = s3.offer
 # A crash of the new image (a reboot before any confirmation) rolls back too.
@@ -279,7 +279,7 @@ u.finish()
 u, m = boot()
 u, out["crash"] = boot()
 out["crash_status"] = u.status()
-out["console"] = ota.console_lines(Fw())
+out["console"] = ota_session.console_lines(Fw())
 print(json.dumps(out))
 """)
     assert r["mode"] == "trial" and r["version"] == "0.3.0"
@@ -315,7 +315,7 @@ out = {"offer": u.offer(rd("rotate.cose"))}
 download(u)
 u.finish()
 P.reboot()
-s = ota.Session(Fw(), source=object(), Partition=Partition)
+s = ota_session.Session(Fw(), source=object(), Partition=Partition)
 s.delivered()
 s.delivered()
 out["mode"] = s.mode
