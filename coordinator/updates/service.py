@@ -34,6 +34,8 @@ from .store import ReleaseStore
 log = logging.getLogger("microgrid.updates")
 
 CHUNK_TIMEOUT_S = 10.0
+MAX_LEARNING = 8  # manifests fetched at once from announcements
+MAX_UNTRUSTED = 1024
 IDLE_S = 0.05
 
 
@@ -59,6 +61,8 @@ class UpdateService:
         self.rollout = Rollout(settings.canary)
         self.plans: dict[str, FetchPlan] = {}
         self.untrusted: set[str] = set()  # release ids whose manifest failed verification
+        self._learning: set[str] = set()  # manifests being fetched (one fetch per release id)
+        self._learners: set[asyncio.Task[None]] = set()
         self.site: resource.Site | None = None
         self.ctx: aiocoap.Context | None = None
         self._listen: ListenHandle | None = None
@@ -98,9 +102,9 @@ class UpdateService:
     async def stop(self) -> None:
         if self._listen is not None:
             self._listen.cancel()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._learners]:
             t.cancel()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._learners]:
             try:
                 await t
             except (asyncio.CancelledError, Exception):
@@ -147,16 +151,29 @@ class UpdateService:
             plan.add_peer(a.endpoint)
             self._wake.set()
             return
-        asyncio.create_task(self._learn(a.release_id, a.endpoint))
+        if a.release_id in self._learning or len(self._learning) >= MAX_LEARNING:
+            return  # already asked (or a flood of announcements): the next announcement retries
+        self._learning.add(a.release_id)
+        task = asyncio.create_task(self._learn(a.release_id, a.endpoint))
+        self._learners.add(task)
+        task.add_done_callback(self._learners.discard)
 
     async def _learn(self, release_id: str, endpoint: str) -> None:
         """Fetch and verify an announced release's manifest, then plan."""
+        try:
+            await self._learn_one(release_id, endpoint)
+        finally:
+            self._learning.discard(release_id)
+
+    async def _learn_one(self, release_id: str, endpoint: str) -> None:
         if self.ctx is None or release_id in self.plans:
             return
         try:
             signed = await asyncio.wait_for(transport.get_manifest(self.ctx, endpoint, release_id), CHUNK_TIMEOUT_S)
             rel = self.store.add_manifest(signed)
         except release.ReleaseError as e:
+            if len(self.untrusted) >= MAX_UNTRUSTED:
+                self.untrusted.clear()  # forged ids cannot grow it without bound
             self.untrusted.add(release_id)
             log.warning("release %s announced by %s refused: %s", release_id[:16], endpoint, e)
             return

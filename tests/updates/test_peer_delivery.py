@@ -6,11 +6,13 @@ in their window."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from pathlib import Path
 
 import aiocoap
 import aiocoap.resource as resource
+import cbor2
 import pytest
 from bitcoinx import PrivateKey
 
@@ -282,3 +284,38 @@ def test_staged_rollout_offers_canaries_first_and_a_rollback_halts_it(tmp_path: 
     asyncio.run(main())
     assert device_of(b"stored 0123456789abcdef/7 t=1700000000") == "0123456789abcdef"
     assert device_of(b"duplicate") is None
+
+
+def test_a_flood_of_forged_announcements_is_bounded_and_fetches_nothing(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from microgrid.coordinator.updates.peers import ANNOUNCE_KEY
+    from microgrid.coordinator.updates.service import MAX_LEARNING
+
+    asked = []
+
+    async def never_answers(ctx: object, endpoint: str, release_id: str) -> bytes:
+        asked.append(release_id)
+        await asyncio.sleep(3600)
+        return b""
+
+    monkeypatch.setattr(transport, "get_manifest", never_answers)
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        b = await Node(tmp_path, "b", net).start()
+        rogue = MemoryOverlay(PrivateKey.from_random(), net)
+        await rogue.start()
+        silent = free_udp_port()  # nothing answers there
+        try:
+            for i in range(40):
+                rid = hashlib.sha256(bytes([i])).hexdigest()
+                body = cbor2.dumps({"id": rid, "version": "9.9.9", "board": "esp32-devkitc", "at": f"127.0.0.1:{silent}"})
+                await rogue.put(ANNOUNCE_KEY, body, 600, slot=rid[:16])
+            await rogue.put(ANNOUNCE_KEY, b"\xff\xfe", 600, slot="garbage")
+            await asyncio.sleep(0.2)
+            assert len(b.service._learning) == len(asked) == MAX_LEARNING
+            assert not b.service.plans and not b.store.releases
+        finally:
+            await b.stop()
+
+    asyncio.run(main())
