@@ -364,8 +364,8 @@ class Firmware:
             self._delivered(seq)
             if payload and self.clock.wants_time():
                 self.take_time(payload)
-            if payload and b" fw=" in payload and self.cfg["updates"]:
-                self.start_ota().offered(payload)
+            if payload and b" fw=" in payload and self.cfg["updates"] and self.start_ota():
+                self.ota.offered(payload)
             return True
         text = payload.decode() if payload else ""
         if code == CONFLICT and text.startswith("duplicate"):
@@ -398,9 +398,13 @@ class Firmware:
 
     def start_ota(self):
         if self.ota is None:
-            from edge.ota_session import Session
+            try:
+                from edge.ota_session import Session
 
-            self.ota = Session(self)
+                self.ota = Session(self)
+            except Exception as e:  # an updater fault must never stop metering
+                self.errors.add("flash", "updater: %r" % (e,))
+                log.error(TAG, "updater not started: %r" % (e,))
         return self.ota
 
     def _jump(self, seq, stored, answer):

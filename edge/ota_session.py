@@ -115,7 +115,16 @@ class Session:
         self.offer = v
 
     def poll(self):
-        """One step of work; True when it used the network."""
+        """One step of work; True when it used the network. Never raises:
+        an updater fault must not stop metering."""
+        try:
+            return self._poll()
+        except Exception as e:
+            log.error(TAG, "update step fault: %r" % (e,))
+            self.retry_at = ticks.add(ticks.ticks_ms(), 60000)
+            return False
+
+    def _poll(self):
         if self.mode == "trial":
             if ticks.since(self.since) > self.confirm_ms:
                 self.updater.give_up("no reading acknowledged within %d s of booting it" % (self.confirm_ms // 1000))
@@ -140,6 +149,11 @@ class Session:
                 return True
             if self.mode != "download":
                 return False
+            try:
+                self.updater.release()
+            except OSError as e:
+                # Lost from flash: start afresh (the abandon below), not stuck.
+                raise release.ReleaseError("unreadable: %s" % e)
             i = self.updater.wanted()
             if i is not None:
                 rel = self.updater.release()
@@ -196,7 +210,11 @@ class Session:
             return
         self.acked += 1
         if self.acked >= CONFIRM_READINGS:
-            keys = self.updater.confirm()
+            try:
+                keys = self.updater.confirm()
+            except Exception as e:  # not confirmed now: the next reading tries again
+                log.error(TAG, "confirmation failed: %r" % (e,))
+                return
             self.mode = None
             if keys:
                 self._adopt(keys)

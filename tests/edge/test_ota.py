@@ -270,6 +270,17 @@ out["second"] = [m, u.status()["last_rollback"]["count"]]
 s3 = ota_session.Session(Fw(), source=object(), Partition=Partition)
 s3.offered(b"stored x/1 t=1 fw=0.3.0")
 out["third"] = s3.offer
+# The kept manifest lost from flash mid-download: abandoned, not stuck.
+clean()
+u, _ = boot()
+u.offer(rd("ok.cose"))
+os.remove("ota.cose")
+P.reboot()
+fw3 = Fw()
+fw3.outbox = []
+s4 = ota_session.Session(fw3, source=object(), Partition=Partition)
+s4.poll()
+out["lost_manifest"] = [s4.mode, s4.status().get("last_failed", {}).get("reason", "")]
 # A crash of the new image (a reboot before any confirmation) rolls back too.
 clean()
 u, _ = boot()
@@ -292,6 +303,7 @@ print(json.dumps(out))
     assert "no reading acknowledged" in r["status"]["last_rollback"]["reason"]
     assert r["reoffer"] == "0.3.0" and r["second"] == ["rolled_back", 2] and r["third"] is None
     assert r["crash"] == "rolled_back" and "restarted before it was confirmed" in r["crash_status"]["last_rollback"]["reason"]
+    assert r["lost_manifest"][0] is None and "unreadable" in r["lost_manifest"][1]
     assert r["console"] == ["firmware 0.2.0 in ota_0, board unix, 1 release key(s)",
                             "telling the coordinator how the update ended",
                             "last rollback: 0.3.0 (the new image restarted before it was confirmed)"]
