@@ -166,6 +166,8 @@ class Coordinator:
         self.console_peers: Callable[[], list[dict[str, Any]]] | None = None
         self.console_orders: Callable[[], list[dict[str, Any]]] | None = None
         self.console_channels: Callable[[], list[dict[str, Any]]] | None = None
+        self.updates: Any = None  # coordinator/updates/ when [updates] is enabled
+        self.console_updates: Callable[[], dict[str, Any]] | None = None
         self.console_market: Callable[[int], list[str]] | None = None
         self.console_server = ConsoleServer(Console(self), config.console_socket())
         # Zone membership (coordinator/membership): who counts in every layer.
@@ -204,6 +206,7 @@ class Coordinator:
         readings = ReadingsResource(self.ingest)
         devices = devices_resource(self.store, self.config.ingest.installer_token)
         self.link.guard(readings, devices)
+        self.readings_resource = readings  # the updates service wraps it (2.01s carry its offers)
         site.add_resource(["readings"], readings)
         site.add_resource(["health"], HealthResource(self.status, self.access))
         site.add_resource(["devices"], devices)
@@ -269,6 +272,13 @@ class Coordinator:
             node = self._channel_node()
             channel_site(node, site)
             self.console_channels = node.rows
+        if self.config.updates.enabled:
+            from .updates.service import mount
+
+            store = self.store
+            self.updates = mount(self.config, site, self.readings_resource, f"{c.host}:{c.port}",
+                                 lambda d: (dev.public_key if (dev := store.device(d)) else None))
+            self.console_updates = self.updates.status
         self.context = await aiocoap.Context.create_server_context(self.link.wrap(site), bind=(c.host, c.port),
                                                                    transports=transports.aiocoap_names(c.transports))
         self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)
@@ -294,6 +304,8 @@ class Coordinator:
             overlay = self.overlay
             self.console_peers = lambda: [{"node": p.node_id[:16], "address": p.address, "status": p.status}
                                           for p in overlay.peers()]
+        if self.updates is not None:
+            await self.updates.start(self.context, self.overlay)
         if self.config.market.enabled and node is not None:
             from .trading.service import TradingService, TradingSettings
 
@@ -439,6 +451,8 @@ class Coordinator:
     async def stop(self) -> None:
         await self.notifier.stop()
         await self.stop_trading()
+        if self.updates is not None:
+            await self.updates.stop()
         if self._lifecycle_task is not None:
             self._stop_lifecycle.set()
             self._lifecycle_task.cancel()

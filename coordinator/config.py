@@ -24,6 +24,7 @@ from .membership.settings import ZoneSettings
 from .secrets import redact_url
 from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
+from .updates.settings import UpdatesSettings
 
 
 # A channel's shortest useful life before its close margin
@@ -329,6 +330,7 @@ class Config:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     zone: ZoneSettings = field(default_factory=ZoneSettings)
     link: LinkSettings = field(default_factory=LinkSettings)
+    updates: UpdatesSettings = field(default_factory=UpdatesSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:

@@ -203,7 +203,7 @@ class Client:
     def _readable(self):
         return bool(self.poller.poll(0))
 
-    def post(self, path, payload, content_format=None, protect=None):
+    def post(self, path, payload, content_format=None, method=POST, more=(), protect=None):
         """Send a confirmable POST; return (code, payload) of the response.
         Raises CoAPError when the host does not resolve, when no
         acknowledgement arrives after the last retransmission, or when the
@@ -223,7 +223,11 @@ class Client:
             if content_format is not None:
                 cf = bytes([content_format]) if content_format < 256 else struct.pack(">H", content_format)
                 options.append((OPT_CONTENT_FORMAT, cf))
-        msg = encode(CON, POST, mid, token, options, payload)
+            # `method`, `more` (options numbered above 12, e.g. Block2): the
+            # firmware updater's block-wise GET (edge/ota.py), unprotected:
+            # what it fetches is signed and hashed.
+            options.extend(more)
+        msg = encode(CON, method if protect is None else POST, mid, token, options, payload)
         # Initial timeout between ACK_TIMEOUT and ACK_TIMEOUT * RANDOM_FACTOR.
         r = os.urandom(1)[0]
         timeout = self.ack_timeout_ms + int(self.ack_timeout_ms * (RANDOM_FACTOR - 1) * r) // 255

@@ -40,6 +40,9 @@ DEFAULTS = {
     "log_level": "info",
     "console": False,
     "watchdog_s": 300.0,
+    # Over-the-air updates (docs/UPDATES.md): null (off) or {"board": NAME,
+    # "keys": [release public keys, hex]}, set at flashing.
+    "updates": None,
 }
 
 # Keys the running firmware picks up at once when set from the console;
@@ -119,6 +122,24 @@ def _wifi(cfg):
         raise ConfigError("config wifi: expected null or an object with a non-empty \"ssid\" and a \"password\" string")
 
 
+def _updates(cfg):
+    u = cfg["updates"]
+    if u is None:
+        return
+    ok = isinstance(u, dict) and isinstance(u.get("board"), str) and u["board"] and isinstance(u.get("keys"), list)
+    ok = ok and 1 <= len(u["keys"]) <= 4 and not [k for k in u if k not in ("board", "keys")]
+    for k in (u["keys"] if ok else ()):
+        # A compressed secp256k1 public key: 33 bytes in hex.
+        ok = ok and isinstance(k, str) and len(k) == 66 and k[:2] in ("02", "03")
+        try:
+            int(k, 16)
+        except (TypeError, ValueError):
+            ok = False
+    if not ok:
+        raise ConfigError("config updates=%r: expected null or {\"board\": NAME, \"keys\": [1..4 compressed "
+                          "public keys in hex (66 characters, 02.. or 03..)]}" % (u,))
+
+
 # One check per key, in the order errors are reported.
 CHECKS = (
     ("device_name", lambda c: _str(c, "device_name")),
@@ -147,6 +168,7 @@ CHECKS = (
     ("watchdog_s", check_watchdog),
     ("log_level", _log_level),
     ("wifi", _wifi),
+    ("updates", _updates),
 )
 
 

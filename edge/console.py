@@ -34,6 +34,7 @@
 #   reset                    factory reset, after typing YES
 #   reset energy             the meter's energy reset, after typing YES
 #   reboot                   persist and restart
+#   update                   firmware versions, update progress, last rollback and why (edge/ota.py)
 
 import json
 import select
@@ -47,7 +48,7 @@ TAG = "console"
 CONFIRM = "YES"
 
 HELP = """commands:
-  help | status | reading | pubkey | selftest | log [N] | reboot
+  help | status | reading | pubkey | selftest | log [N] | reboot | update
   config show | config get KEY | config set KEY VALUE   (KEY or meter.KEY)
   config clear              safe mode only: back to the defaults (old file kept as .bad)
   calibrate WATTS [VOLTS]   reference load >= 60 W (CT meter)
@@ -118,6 +119,7 @@ class Console:
             "help": self.cmd_help, "status": self.cmd_status, "reading": self.cmd_reading, "meter": self.cmd_reading,
             "config": self.cmd_config, "calibrate": self.cmd_calibrate, "pubkey": self.cmd_pubkey,
             "selftest": self.cmd_selftest, "log": self.cmd_log, "reset": self.cmd_reset, "reboot": self.cmd_reboot,
+            "update": self.cmd_update,
         }
         _out("console ready: type help")
 
@@ -271,6 +273,13 @@ class Console:
             len(fw.outbox), fw.produced, fw.delivered, fw.rejected, fw.outbox.dropped))
         _out("errors %s; last %s" % (errs, fw.errors.last or "none"))
         _out("meter %s, free memory %d bytes" % (cfg["meter"]["type"], hal.free_memory()))
+
+    def cmd_update(self, args):
+        self._no_args("update", args)
+        from edge.ota_session import console_lines
+
+        for line in console_lines(self.fw):
+            _out(line)
 
     def cmd_reading(self, args):
         self._no_args("reading", args)

@@ -148,6 +148,9 @@ class Firmware:
             console.attach(self)
         elif cfg["console"]:
             self.console = Console(self)
+        self.ota = None  # edge/ota.py: loaded only while an update is offered or under way
+        if self.cfg["updates"] and _exists("ota.json"):
+            self.start_ota()
         log.info(TAG, "device %s (%s) -> coap://%s:%d/readings, next seq %d, %d buffered" % (
             self.device, cfg["device_name"], cfg["coordinator_host"], cfg["coordinator_port"], self.seq + 1,
             len(self.outbox)))
@@ -373,6 +376,8 @@ class Firmware:
             self._delivered(seq)
             if payload and self.clock.wants_time():
                 self.take_time(payload)
+            if payload and b" fw=" in payload and self.cfg["updates"] and self.start_ota():
+                self.ota.offered(payload)
             return True
         text = payload.decode() if payload else ""
         if code == CONFLICT and text.startswith("duplicate"):
@@ -398,8 +403,21 @@ class Firmware:
     def _delivered(self, seq):
         self.outbox.pop(seq)
         self.delivered += 1
+        if self.ota is not None:
+            self.ota.delivered()
         if self.renumber.release(self.outbox.peek()):
             self.persist()
+
+    def start_ota(self):
+        if self.ota is None:
+            try:
+                from edge.ota_session import Session
+
+                self.ota = Session(self)
+            except Exception as e:  # an updater fault must never stop metering
+                self.errors.add("flash", "updater: %r" % (e,))
+                log.error(TAG, "updater not started: %r" % (e,))
+        return self.ota
 
     def _jump(self, seq, stored, answer):
         """The coordinator holds numbers up to answer[0]: our sequence went
@@ -578,6 +596,8 @@ class Firmware:
                     self.errors.add("flash", str(e))
                     self._retry_later()
                 continue
+            if self.ota is not None and self.ota.poll():
+                continue
             wait = -ticks.since(next_ms)
             if self.outbox and self.retry_at_ms is not None:
                 wait = min(wait, -ticks.since(self.retry_at_ms))
@@ -587,6 +607,16 @@ class Firmware:
                 self.wait(min(wait, 1000))
         self.stop()
         return self.summary()
+
+
+def _exists(path):
+    import os
+
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
 
 
 def main(config_path="config.json"):

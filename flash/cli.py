@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         req = FlashRequest(
             target=target, board=args.board, config_file=args.config, settings=args.set or [], name=args.name,
             coordinator=args.coordinator, wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password,
-            meter=args.meter, persist_every=args.persist_every, token=None if args.no_register else _token(args),
+            meter=args.meter, persist_every=args.persist_every, release_keys=args.release_key or [], token=None if args.no_register else _token(args),
             register=not args.no_register, host_key=args.host_key,
             installer_context=Path(args.installer_context) if args.installer_context else None,
             firmware=Path(args.firmware) if args.firmware else None, firmware_sha256=args.firmware_sha256,
@@ -84,6 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--wifi-password")
     g.add_argument("--meter", help="meter type (simulated, pzem004t, sdm120, sdm630, s0, ct)")
     g.add_argument("--persist-every", type=int, help="save the counters to flash every N readings")
+    g.add_argument("--release-key", action="append", metavar="HEX",
+                   help="a public release key the meter trusts for updates (repeatable; docs/UPDATES.md)")
     k = p.add_argument_group("key and registration")
     k.add_argument("--host-key", action="store_true",
                    help="make the key on this machine instead of on the board (only when the board cannot)")

@@ -50,6 +50,7 @@ class FlashRequest:
     wifi_password: str | None = None
     meter: str | None = None
     persist_every: int | None = None
+    release_keys: list[str] = field(default_factory=list)  # public keys whose releases the meter installs
     token: str | None = None
     # An installer's OSCORE context (microgrid coordinator installer-context):
     # registration over OSCORE, and the meter gets its own context.
@@ -124,6 +125,10 @@ def base_config(req: FlashRequest, existing: str | None, board: str = "unix") ->
             raw = dict(raw, meter=settings.suggested_meter(board, req.meter))
     if req.persist_every is not None:
         flags.append(f"persist_every={req.persist_every}")
+    if req.release_keys:
+        # Over-the-air updates (docs/UPDATES.md): the meter installs only
+        # releases for this board signed by one of these keys.
+        flags.append("updates=" + json.dumps({"board": board, "keys": list(req.release_keys)}))
     return settings.apply_settings(raw, flags + list(req.settings))
 
 

@@ -14,6 +14,7 @@ _SUBCOMMANDS = [
     "microgrid.coordinator.membership.cli",
     "microgrid.flash.cli",
     "microgrid.demo",
+    "microgrid.release",
 ]
 
 

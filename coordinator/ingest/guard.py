@@ -35,6 +35,16 @@ OPEN: dict[tuple[str, ...], frozenset[str]] = {
     ("devices",): frozenset({"POST"}),
     ("channel",): frozenset({"POST"}),
 }
+# Firmware releases (coordinator/updates/): images and manifests are signed
+# and hashed, reports are signed with the meter's key; meters and peer
+# coordinators fetch them without an application's credentials.
+OPEN_PREFIXES: dict[tuple[str, ...], frozenset[str]] = {
+    ("fw",): frozenset({"GET", "POST"}),
+}
+
+
+def is_open(path: tuple[str, ...], method: str) -> bool:
+    return method in OPEN.get(path, ()) or method in OPEN_PREFIXES.get(path[:1], ())
 
 
 class GuardedSite(resource.Site):
@@ -60,7 +70,7 @@ class GuardedSite(resource.Site):
         limit = self.limits.get(path, self.max_request_bytes)
         refusal = block1_refusal(request, limit)
         method = str(request.code)
-        if refusal is None and method not in OPEN.get(path, ()):
+        if refusal is None and not is_open(path, method):
             grant = self._grants.get((path, method))
             if grant is not None and grant(request):
                 await super().render_to_pipe(pipe)
