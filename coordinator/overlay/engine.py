@@ -103,8 +103,9 @@ class Overlay(BaseOverlay):
 
     def __init__(self, signing_key: PrivateKey, settings: OverlaySettings, *,
                  clock: Callable[[], float] = time.time, accept: Accept | None = None,
-                 accept_publisher: AcceptPublisher | None = None) -> None:
-        super().__init__(signing_key, clock, accept, accept_publisher)
+                 accept_publisher: AcceptPublisher | None = None, shards: int | None = None) -> None:
+        super().__init__(signing_key, clock, accept, accept_publisher,
+                         settings.shards if shards is None else shards)
         self.settings = settings.validate()
         self._runner: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None

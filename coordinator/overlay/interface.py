@@ -39,7 +39,7 @@ from typing import Callable, Iterable
 
 from bitcoinx import PrivateKey
 
-from . import records
+from . import keys as shard_keys, records
 from .records import SignedRecord
 
 log = logging.getLogger("microgrid.overlay")
@@ -87,9 +87,12 @@ class ListenHandle:
         self._last: dict[tuple[bytes, str], int] = {}
         self.cancelled = False
         self.delivered = 0
+        self.shards: list[ListenHandle] = []  # a sharded key: one listen per shard
 
     def cancel(self) -> None:
         self.cancelled = True
+        for sub in self.shards:
+            sub.cancel()
 
     def _deliver_raw(self, raw: bytes) -> None:
         """On the event loop: verify one value and call back if it is new."""
@@ -113,7 +116,12 @@ class BaseOverlay(ABC):
     put/get/listen of bytes and the peer list."""
 
     def __init__(self, signing_key: PrivateKey, clock: Callable[[], float] = time.time,
-                 accept: Accept | None = None, accept_publisher: AcceptPublisher | None = None) -> None:
+                 accept: Accept | None = None, accept_publisher: AcceptPublisher | None = None,
+                 shards: int = 1) -> None:
+        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= shard_keys.MAX_SHARDS:
+            raise ValueError(f"shards={shards!r}: expected an integer in 1..{shard_keys.MAX_SHARDS}")
+        # Keys per per-interval name (keys.py); the same for a whole zone.
+        self.shards = shards
         self.signing_key = signing_key
         self.public_key = signing_key.public_key.to_bytes(compressed=True)
         self.clock = clock
@@ -156,6 +164,7 @@ class BaseOverlay(ABC):
         Raises records.RecordError for a value readers would refuse."""
         self._require_running("put")
         now = self.clock()
+        key = shard_keys.key_for(key, self.public_key, self.shards)
         raw = records.sign(self.signing_key, key, bytes(value), self._next_seq(now), int(now), ttl_s, slot)
         ok = await self._put_raw(key, raw, ttl_s, records.publisher_tag(self.public_key))
         self.counts["put" if ok else "put_failed"] += 1
@@ -188,6 +197,12 @@ class BaseOverlay(ABC):
         to floods of other values); a single publisher's read returns as
         soon as its newest record arrived."""
         self._require_running("get")
+        if self.shards > 1 and shard_keys.is_sharded(key):
+            return await self._get_sharded(key, timeout_s, publishers)
+        return await self._get_key(key, timeout_s, publishers)
+
+    async def _get_key(self, key: str, timeout_s: float | None,
+                       publishers: Iterable[bytes] | None) -> list[SignedRecord]:
         self.counts["get"] += 1
         timeout = self._timeout(timeout_s)
         sel = records.Selector(key, self.clock(), self.accept, self._rejected, self.accept_publisher)
@@ -205,6 +220,21 @@ class BaseOverlay(ABC):
         for r in found:
             self._know(r.publisher)
         return out
+
+    async def _get_sharded(self, base: str, timeout_s: float | None,
+                           publishers: Iterable[bytes] | None) -> list[SignedRecord]:
+        """Every shard of `base` at once (for named publishers, theirs only)."""
+        if publishers is None:
+            reads = [self._get_key(k, timeout_s, None) for k in shard_keys.all_keys(base, self.shards)]
+        else:
+            by_key: dict[str, list[bytes]] = {}
+            for p in publishers:
+                by_key.setdefault(shard_keys.key_for(base, bytes(p), self.shards), []).append(bytes(p))
+            reads = [self._get_key(k, timeout_s, ps) for k, ps in by_key.items()]
+        out: list[SignedRecord] = []
+        for part in await asyncio.gather(*reads):
+            out.extend(part)
+        return sorted(out, key=lambda r: (r.publisher, r.slot))
 
     def _keeps(self, rec: SignedRecord) -> bool:
         if self.accept_publisher is not None and not self.accept_publisher(rec.publisher):
@@ -269,8 +299,16 @@ class BaseOverlay(ABC):
         a (publisher, slot) once. Returns a handle with `.cancel()`."""
         self._require_running("listen")
         handle = ListenHandle(self, key, callback)
-        self.counts["listen"] += 1
-        self._listen_raw(key, handle)
+        keys = shard_keys.all_keys(key, self.shards)
+        if len(keys) == 1:
+            self.counts["listen"] += 1
+            self._listen_raw(key, handle)
+            return handle
+        for k in keys:
+            sub = ListenHandle(self, k, callback)
+            self.counts["listen"] += 1
+            self._listen_raw(k, sub)
+            handle.shards.append(sub)
         return handle
 
     # -- for subclasses --------------------------------------------------

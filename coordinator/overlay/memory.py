@@ -53,8 +53,9 @@ class MemoryNetwork:
 class MemoryOverlay(BaseOverlay):
     def __init__(self, signing_key: PrivateKey, network: MemoryNetwork, *,
                  clock: Callable[[], float] | None = None, accept: Accept | None = None,
-                 accept_publisher: AcceptPublisher | None = None) -> None:
-        super().__init__(signing_key, clock or network.clock, accept, accept_publisher)
+                 accept_publisher: AcceptPublisher | None = None, shards: int | None = None) -> None:
+        super().__init__(signing_key, clock or network.clock, accept, accept_publisher,
+                         1 if shards is None else shards)
         self.network = network
         self._loop: asyncio.AbstractEventLoop | None = None
 

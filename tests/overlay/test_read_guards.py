@@ -116,3 +116,38 @@ def test_membership_hook_is_asked_with_the_publisher_key_before_any_signature_ch
         await asyncio.sleep(0.01)
         assert delivered == [b"m"]
     asyncio.run(go())
+
+
+def test_sharded_keys_hold_a_bounded_share_and_readers_see_every_publisher() -> None:
+    from microgrid.coordinator.overlay import keys
+
+    async def go() -> None:
+        clock = Clock()
+        net = MemoryNetwork(clock)
+        pubs = [MemoryOverlay(PrivateKey.from_random(), net, shards=16) for _ in range(400)]
+        reader = MemoryOverlay(PrivateKey.from_random(), net, shards=16)
+        for o in pubs + [reader]:
+            await o.start()
+        base = "mg/metering/z/1750000000"
+        for i, o in enumerate(pubs):
+            await o.put(base, b"%d" % i, 600)
+        await pubs[0].put("mg/dir/x", b"unsharded", 600)
+        assert base not in net.values and "mg/dir/x" in net.values
+        per_key = [len(net.load(k)) for k in keys.all_keys(base, 16)]
+        assert sum(per_key) == 400 and max(per_key) <= 45, per_key  # ~25 each
+        got = await reader.get(base)
+        assert {r.publisher: r.body for r in got} == {o.public_key: b"%d" % i for i, o in enumerate(pubs)}
+        # A named publisher is read from its shard only.
+        before = reader.counts["get"]
+        one = await reader.get(base, publishers=[pubs[7].public_key])
+        assert [r.body for r in one] == [b"7"] and reader.counts["get"] == before + 1
+        assert one[0].key == keys.key_for(base, pubs[7].public_key, 16)
+        seen: list[bytes] = []
+        handle = reader.listen(base, lambda r: seen.append(r.body))
+        await asyncio.sleep(0.01)
+        assert len(seen) == 400
+        handle.cancel()
+        await pubs[1].put(base, b"later", 600)
+        await asyncio.sleep(0.01)
+        assert len(seen) == 400
+    asyncio.run(go())
