@@ -138,6 +138,7 @@ class BaseOverlay(ABC):
         # for by name when an open read meets a flood. Insertion-ordered,
         # the oldest forgotten first.
         self.known: dict[bytes, None] = {}
+        self.expected: dict[bytes, None] = {}
         # publisher -> (tokens, at): what it may still have delivered to
         # listeners (records.LISTEN_BURST, LISTEN_RATE_PER_S).
         self._budgets: dict[bytes, tuple[float, float]] = {}
@@ -179,9 +180,25 @@ class BaseOverlay(ABC):
 
     def expect(self, publishers: Iterable[bytes]) -> None:
         """Publishers to ask for by name when an open read is flooded (a
-        zone's configured members, the traders of a cleared book)."""
+        zone's configured members, the traders of a cleared book); kept
+        until forgotten with `expect_only`, never crowded out."""
         for p in publishers:
-            self._know(bytes(p))
+            self.expected[bytes(p)] = None
+
+    def expect_only(self, publishers: Iterable[bytes]) -> None:
+        """Replace the expected publishers (membership changed)."""
+        self.expected = dict.fromkeys(bytes(p) for p in publishers)
+
+    def _candidates(self, key: str) -> list[bytes]:
+        """Who to ask for by name under `key` when an open read is flooded:
+        the expected publishers and those seen in calm reads, for a shard
+        key only those whose shard it is."""
+        pubs = list(dict.fromkeys(list(self.expected) + list(self.known)))
+        if self.shards > 1 and shard_keys.is_sharded(key):
+            base, _, shard = key.rpartition("/")
+            if shard.isdigit():
+                pubs = [p for p in pubs if shard_keys.key_for(base, p, self.shards) == key]
+        return pubs
 
     def _know(self, publisher: bytes) -> None:
         self.known.pop(publisher, None)
@@ -206,19 +223,23 @@ class BaseOverlay(ABC):
         self.counts["get"] += 1
         timeout = self._timeout(timeout_s)
         sel = records.Selector(key, self.clock(), self.accept, self._rejected, self.accept_publisher)
-        if publishers is not None:
-            await self._read_publishers(key, list(dict.fromkeys(bytes(p) for p in publishers)), sel, timeout)
+        named = None if publishers is None else list(dict.fromkeys(bytes(p) for p in publishers))
+        if named is not None:
+            await self._read_publishers(key, named, sel, timeout)
         else:
             await self._read_open(key, sel, timeout)
         found = sel.records()
         before = self.replay.replays
         out = self.replay.merge(key, found, self.clock(), self._keeps)
         self.counts["replays"] += self.replay.replays - before
-        if publishers is not None:
-            wanted = set(publishers)
+        if named is not None:
+            wanted = set(named)
             out = [r for r in out if r.publisher in wanted]
-        for r in found:
-            self._know(r.publisher)
+        if sel.invalid < FLOOD_INVALID:
+            # Only calm reads teach us publishers: in a flooded one an
+            # attacker's many keys could crowd the honest ones out.
+            for r in found:
+                self._know(r.publisher)
         return out
 
     async def _get_sharded(self, base: str, timeout_s: float | None,
@@ -228,7 +249,7 @@ class BaseOverlay(ABC):
             reads = [self._get_key(k, timeout_s, None) for k in shard_keys.all_keys(base, self.shards)]
         else:
             by_key: dict[str, list[bytes]] = {}
-            for p in publishers:
+            for p in list(publishers):
                 by_key.setdefault(shard_keys.key_for(base, bytes(p), self.shards), []).append(bytes(p))
             reads = [self._get_key(k, timeout_s, ps) for k, ps in by_key.items()]
         out: list[SignedRecord] = []
@@ -258,7 +279,7 @@ class BaseOverlay(ABC):
                 # publisher reads below from ending too.
                 done.set()
                 self.counts["flooded_reads"] += 1
-                missing = [p for p in self.known if not sel.has(p)]
+                missing = [p for p in self._candidates(key) if not sel.has(p)]
                 log.info("overlay read of %r flooded (%d values refused): asking %d known publishers by name",
                          key, sel.invalid, len(missing))
                 flooded.append(asyncio.create_task(self._read_publishers(key, missing, sel, timeout)))

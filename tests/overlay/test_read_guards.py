@@ -151,3 +151,36 @@ def test_sharded_keys_hold_a_bounded_share_and_readers_see_every_publisher() -> 
         await asyncio.sleep(0.01)
         assert len(seen) == 400
     asyncio.run(go())
+
+
+def test_a_flooded_shard_asks_only_its_own_publishers_and_floods_teach_no_publishers() -> None:
+    from microgrid.coordinator.overlay import keys
+
+    async def go() -> None:
+        clock = Clock()
+        net = MemoryNetwork(clock)
+        pubs = [MemoryOverlay(PrivateKey.from_random(), net, shards=4) for _ in range(40)]
+        reader = MemoryOverlay(PrivateKey.from_random(), net, shards=4)
+        for o in pubs + [reader]:
+            await o.start()
+        base = "mg/live/z/1750000000"
+        for o in pubs:
+            await o.put(base, b"1", 600)
+        reader.expect(o.public_key for o in pubs)  # a generator is fine
+        shard0 = keys.all_keys(base, 4)[0]
+        mine = [o for o in pubs if keys.key_for(base, o.public_key, 4) == shard0]
+        attackers = attackers_sorting_first(5)
+        for k in attackers:
+            await pubs[0].put_raw(shard0, records.sign(k, shard0, b"x", 1, int(clock()), 600), 600)
+        for _ in range(500):
+            await pubs[0].put_raw(shard0, os.urandom(100), 600)
+        before = reader.counts["publisher_reads"]
+        got = await reader.get(base)
+        assert {o.public_key for o in pubs} <= {r.publisher for r in got}
+        assert reader.counts["flooded_reads"] == 1
+        assert reader.counts["publisher_reads"] - before <= len(mine)
+        assert {k.public_key.to_bytes(compressed=True) for k in attackers} <= {r.publisher for r in got}
+        assert not {k.public_key.to_bytes(compressed=True) for k in attackers} & set(reader.known)
+        named = await reader.get(base, publishers=(o.public_key for o in pubs[:3]))
+        assert {r.publisher for r in named} == {o.public_key for o in pubs[:3]}
+    asyncio.run(go())
