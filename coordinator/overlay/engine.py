@@ -71,6 +71,7 @@ JOIN_GRACE_S = 0.05
 PEER_GOOD_S = 120.0  # answered within this: "good"
 PEER_FORGET_S = 1800.0  # not heard of for this long: forgotten
 PEER_REFRESH_S = 30.0
+PEER_SAMPLE_S = 1.0
 MAX_PEERS_KEPT = 256
 
 
@@ -114,6 +115,7 @@ class Overlay(BaseOverlay):
         self._bound: list[str] = []
         self._peers: dict[str, tuple[str, float]] = {}
         self._peers_lock = threading.Lock()
+        self._peers_sampled = 0.0
         self.port = 0
         self.node_id = ""
 
@@ -254,8 +256,13 @@ class Overlay(BaseOverlay):
                 for node_id, (addr, seen) in items if now - seen < PEER_FORGET_S]
 
     def _saw_nodes(self, nodes: Any) -> None:
-        """On the DHT thread: remember who answered."""
+        """On the DHT thread: remember who answered. At most every
+        PEER_SAMPLE_S: reading the node list holds the GIL on the engine's
+        thread, and a peer list seconds old is fresh enough."""
         now = time.monotonic()
+        if now - self._peers_sampled < PEER_SAMPLE_S and self._peers:
+            return
+        self._peers_sampled = now
         try:
             seen = [(str(n.getId()), n.getNode().getAddr()) for n in nodes]
         except Exception:  # never let an exception into the engine

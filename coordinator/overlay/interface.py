@@ -312,7 +312,10 @@ class BaseOverlay(ABC):
                     for t in timer:
                         t.cancel()
 
-        await asyncio.gather(*(one(p) for p in pubs))
+        if len(pubs) == 1:  # the common case (a directory lookup): no gather
+            await one(pubs[0])
+        else:
+            await asyncio.gather(*(one(p) for p in pubs))
 
     def listen(self, key: str, callback: RecordCallback) -> ListenHandle:
         """Call `callback(record)` on the event loop for each valid record
