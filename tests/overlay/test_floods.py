@@ -24,7 +24,7 @@ from microgrid.coordinator.trading.service import LIVE_PREFIX, METERING_PREFIX
 
 from .conftest import start_nodes, stop_all
 
-JUNK = int(os.environ.get("MG_FLOOD_JUNK", "700"))
+JUNK = int(os.environ.get("MG_FLOOD_JUNK", "400"))
 ATTACKERS, SIGNED_EACH = 10, 60
 ZONE = "flood"
 
