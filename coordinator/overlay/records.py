@@ -54,8 +54,9 @@ MAX_BODY_BYTES = 1536
 MAX_SLOTS_PER_PUBLISHER = 64
 MAX_PUBLISHERS_PER_KEY = 20000
 # Remembered newest versions (key, publisher, slot) per reader, for replay
-# protection (ReplayGuard).
-MAX_REMEMBERED = 200_000
+# protection (ReplayGuard): some 15 MB at most (records of ~700 bytes);
+# a zone of 1,000 households publishes about 3,000 per interval.
+MAX_REMEMBERED = 20_000
 TAG_PREFIX = "mg1:"
 MAX_TTL_S = 24 * 3600
 MAX_KEY_CHARS = 200
@@ -317,10 +318,21 @@ class ReplayGuard:
         if old is None:
             self._count += 1
         slots[k] = rec
+        if self._count > self.limit:
+            self._drop_expired(rec.issued)
         while self._count > self.limit and self._by_key:
             oldest = next(iter(self._by_key))
             self._count -= len(self._by_key.pop(oldest))
         return True
+
+    def _drop_expired(self, now: float) -> None:
+        for key in list(self._by_key):
+            slots = self._by_key[key]
+            for k in [k for k, r in slots.items() if r.expires <= now]:
+                del slots[k]
+                self._count -= 1
+            if not slots:
+                del self._by_key[key]
 
     def merge(self, key: str, found: list[SignedRecord], now: float,
               keep: Callable[[SignedRecord], bool] | None = None) -> list[SignedRecord]:

@@ -184,3 +184,22 @@ def test_a_flooded_shard_asks_only_its_own_publishers_and_floods_teach_no_publis
         named = await reader.get(base, publishers=(o.public_key for o in pubs[:3]))
         assert {r.publisher for r in named} == {o.public_key for o in pubs[:3]}
     asyncio.run(go())
+
+
+def test_the_replay_memory_is_bounded_and_drops_expired_records_first() -> None:
+    k = PrivateKey.from_random()
+    guard = records.ReplayGuard(limit=10)
+
+    def rec(key: str, issued: int, ttl: int) -> records.SignedRecord:
+        return records.verify(records.sign(k, key, b"", issued * 1000, issued, ttl), key, issued)
+
+    for i in range(8):
+        guard.remember(rec(f"short/{i}", 1000, 5))
+    for i in range(8):
+        guard.remember(rec(f"long/{i}", 1010, 600))  # the short ones have expired by now
+    assert all(guard.latest(f"long/{i}", k.public_key.to_bytes(compressed=True)) for i in range(8))
+    assert not any(guard.latest(f"short/{i}", k.public_key.to_bytes(compressed=True)) for i in range(8))
+    for i in range(8, 20):
+        guard.remember(rec(f"long/{i}", 1010, 600))
+    assert guard._count == 10  # the oldest keys forgotten
+    assert guard.latest("long/19", k.public_key.to_bytes(compressed=True)) is not None
