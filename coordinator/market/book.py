@@ -46,6 +46,8 @@ log = logging.getLogger("microgrid.market.book")
 
 MAX_TTL_S = 24 * 3600
 RESULT_TTL_S = 3600
+# Clock seconds between fetches of a book that is also listened to.
+REFETCH_S = 30.0
 
 
 class Overlay(Protocol):
@@ -186,7 +188,9 @@ class BookCollector:
                       sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> list[SignedOrder]:
         """Listen and fetch until gate closure; return the book (sorted by
         hash). `poll_s` is in clock seconds; with a scaled clock the real
-        wait is shortened accordingly."""
+        wait is shortened accordingly. The listen delivers orders as they
+        are stored, so fetches (what a listen may miss) come no more often
+        than every REFETCH_S, and once more at gate closure."""
         self.start()
         try:
             while True:
@@ -194,7 +198,7 @@ class BookCollector:
                 left = self.gate_closes_at - self.clock.now()
                 if left <= 0:
                     break
-                wait = min(left, poll_s)
+                wait = min(left, max(poll_s, REFETCH_S))
                 real = getattr(self.clock, "real_seconds", None)
                 await sleep(real(wait) if real else wait)
         finally:

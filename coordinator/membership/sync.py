@@ -160,6 +160,7 @@ class MembershipSync:
             for k, v in offer_all(self.roster, raws, now, where).items():
                 counts[k] += v
         self._saved = self.roster.raws()
+        self.expect_members()
         status = self.roster.status(self.own_key, now)
         if self.own_key and status != "member":
             log.warning("this coordinator is not a current member of zone %s (%s): the others will ignore its "
@@ -181,6 +182,13 @@ class MembershipSync:
             self._listen.cancel()
             self._listen = None
 
+    def expect_members(self) -> None:
+        """Tell the overlay whom to ask for by name when a read is flooded
+        (overlay/interface.py `expect_only`): the zone's current members."""
+        expect_only = getattr(self.overlay, "expect_only", None)
+        if expect_only is not None:
+            expect_only(self.roster.members(self.clock.now()))
+
     def save(self) -> None:
         raws = self.roster.raws()
         if self.cache_path is not None and raws != self._saved:
@@ -196,6 +204,7 @@ class MembershipSync:
         counts = await fetch(self.overlay, self.roster, now)
         self.roster.prune(now)
         self.save()
+        self.expect_members()
         return counts
 
     async def republish(self) -> int:

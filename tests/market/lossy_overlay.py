@@ -97,11 +97,11 @@ class LossyNetwork(MemoryNetwork):
         self.delivered += not lost
         return lost
 
-    def store(self, key: str, raw: bytes, ttl_s: int) -> None:
+    def store(self, key: str, raw: bytes, ttl_s: int, tag: str = "") -> None:
         now = self.clock()
-        live = [(r, t) for r, t in self.values.get(key, []) if t > now and r != raw]
-        live.append((raw, now + ttl_s))
-        self.values[key] = live
+        stored = self.values.setdefault(key, {})
+        stored.pop(raw, None)
+        stored[raw] = (now + ttl_s, tag)
         self.put_at[raw] = now
         for member, handle in list(self.listeners.get(key, [])):
             if handle.cancelled or not member.running:
@@ -116,11 +116,11 @@ class LossyNetwork(MemoryNetwork):
                     handle._deliver_raw(raw)
             self.vt.call_at(self.arrives_at(reader, raw), deliver)
 
-    def load_for(self, reader: "LossyOverlay", key: str) -> list[bytes]:
+    def load_for(self, reader: "LossyOverlay", key: str, tag: str | None = None) -> list[bytes]:
         reader.gets += 1
         now = self.clock()
         rid = reader.publisher_id
-        return [r for r in self.load(key)
+        return [r for r in self.load(key, tag)
                 if self.arrives_at(rid, r) <= now and not self.hide(rid, r)
                 and not self._lost("get", rid, r, reader.gets)]
 
@@ -132,9 +132,13 @@ class LossyOverlay(MemoryOverlay):
         super().__init__(signing_key, network)
         self.gets = 0
 
-    async def _get_raw(self, key: str, timeout_s: float | None) -> list[bytes]:
+    async def _stream(self, key: str, tag: str | None, sink: Callable[[bytes], None], stop: asyncio.Event,
+                      timeout_s: float) -> None:
         await asyncio.sleep(0)
-        return self.network.load_for(self, key)
+        for raw in self.network.load_for(self, key, tag):
+            if stop.is_set() or not self.running:
+                return
+            sink(raw)
 
     def _listen_raw(self, key: str, handle: ListenHandle) -> None:
         self.network.listeners.setdefault(key, []).append((self, handle))
