@@ -88,8 +88,11 @@ def build_batch(secret, public_key, readings):
 def sign_payload(secret, public_key, payload):
     """Wrap a payload in a COSE_Sign1 signed by `secret`."""
     protected = cose.encode_protected(ALG_ES256K, key_id(public_key))
-    signature = secp256k1.sign(secret, cose.sig_structure(protected, payload))
-    return cose.build(protected, payload, signature)
+    # secp256k1.sign() over the digest, the Sig_structure hashed first: it
+    # is not held in RAM while the big-integer arithmetic runs.
+    digest = hashlib.sha256(cose.sig_structure(protected, payload)).digest()
+    r, s = secp256k1.sign_digest(secret, digest)
+    return cose.build(protected, payload, secp256k1.int_to_32(r) + secp256k1.int_to_32(s))
 
 
 def build(secret, public_key, seq, t, import_wh, export_wh, power_w, voltage_v, extra=None):
