@@ -69,7 +69,7 @@ ATTEN_11DB = 3
 # last few, for tests to look at. Unbounded, the record would grow by a
 # request per reading and be charged to the firmware's heap (a board keeps
 # none of it).
-KEPT = 16
+KEPT = 8
 
 _script = {}
 _uarts = {}
@@ -77,8 +77,7 @@ _pins = {}
 _adcs = {}
 _virtual = None  # ms, when time is virtual
 _t0 = time.ticks_ms()
-_irq_time = None
-_pumping = False
+_irq_time = None  # ticks_ms() inside a pin's IRQ handler (edge/hal/signals.py)
 watchdogs = []
 reboots = []
 
@@ -174,35 +173,9 @@ def irq_on(state):
 
 
 def _pump():
-    # Deliver every recorded edge whose time has come, in time order.
-    global _irq_time, _pumping
-    if _pumping or not _pins:
-        return
-    _pumping = True
-    try:
-        elapsed = _elapsed()
-        while True:
-            best = None
-            for p in _pins.values():
-                if p.next < len(p.edges) and p.edges[p.next][0] <= elapsed:
-                    if best is None or p.edges[p.next][0] < best.edges[best.next][0]:
-                        best = p
-            if best is None:
-                break
-            t, level = best.edges[best.next]
-            best.next += 1
-            prev = best.level
-            best.level = level
-            if best.handler is not None and level != prev:
-                falling = prev == 1 and level == 0
-                if (falling and best.trigger & IRQ_FALLING) or (not falling and best.trigger & IRQ_RISING):
-                    _irq_time = _ticks_at(t)
-                    try:
-                        best.handler(best)
-                    finally:
-                        _irq_time = None
-    finally:
-        _pumping = False
+    # Deliver every recorded edge whose time has come (edge/hal/signals.py).
+    if _pins:
+        _signals().pump()
 
 
 class UART:
@@ -250,66 +223,15 @@ def uart(cfg):
     return _uarts[key]
 
 
-class Pin:
-    def __init__(self, key, mode):
-        sec = _section("pin", key)
-        self.key = key
-        self.mode = mode
-        self.edges = sec.get("edges", [])
-        self.level = sec.get("level", 1)
-        self.next = 0
-        self.handler = None
-        self.trigger = 0
-        self.history = []
-
-    def value(self, v=None):
-        if v is None:
-            _pump()
-            return self.level
-        self.level = 1 if v else 0
-        h = self.history
-        h.append((ticks_ms(), self.level))
-        if len(h) > KEPT:
-            h.pop(0)
-
-    def irq(self, handler=None, trigger=IRQ_FALLING, hard=False):
-        self.handler = _signals()._irq_entry(handler, hard) if handler is not None else None
-        self.trigger = trigger
-
-
 def pin(pin_id, mode, pull=None):
     if pin_id not in _pins:
-        _pins[pin_id] = Pin(pin_id, mode)
+        _pins[pin_id] = _signals().Pin(pin_id, mode)
     return _pins[pin_id]
-
-
-class ADC:
-    def __init__(self, key):
-        self.samples = _section("adc", key).get("samples", [32768])
-        self.next = 0
-        # Under virtual time a conversion takes time (default: two reads
-        # per 250 us pair, the recorded waveforms' 4 kHz pair rate).
-        self.read_us = _section("adc", key).get("read_us", 125)
-
-    def read_u16(self):
-        if _script.get("virtual_time"):
-            _signals()._clock().spend(self.read_us)
-        v = self.samples[self.next]
-        self.next += 1
-        if self.next >= len(self.samples):
-            self.next = 0
-        return v
-
-    def read_uv(self):
-        # u16 * 3300000 // 65535 exactly, without a long int on 32 bits
-        # (3300000 / 65535 = 50 + 1550 / 4369).
-        v = self.read_u16()
-        return v * 50 + v * 1550 // 4369
 
 
 def adc(pin_id, atten=None):
     if pin_id not in _adcs:
-        _adcs[pin_id] = _make_adc(pin_id)
+        _adcs[pin_id] = _signals().make_adc(pin_id)
     return _adcs[pin_id]
 
 
@@ -504,12 +426,6 @@ def pcnt(pin_id, unit=0, rising=True, glitch_ns=12700, limit=32767):
     (script "pcnt": false)."""
     return _signals().pcnt(pin_id, unit, rising, glitch_ns, limit)
 
-
-def _make_adc(key):
-    sec = _section("adc", key)
-    if "signal" in sec:
-        return _signals().SignalADC(sec)
-    return ADC(key)
 
 
 _try_default_script()

@@ -1,15 +1,15 @@
-# Scripted hardware for the unix port, the signal half: microsecond time,
-# pulse counters, pin IRQs (hard and soft) and synthesised ADC signals.
-# edge/hal/scripted.py loads this on first use (pcnt(), pin_irq(),
-# ticks_us() or now_us() under virtual time, stall(), an ADC with a
-# "signal"): the firmware with a Modbus meter never needs it, and its heap
-# benchmark should not charge a test stand-in's code to the firmware (a
+# Scripted hardware for the unix port, the signal half: pins and their
+# recorded edges, ADCs (recorded samples or synthesised signals),
+# microsecond time, pulse counters and pin IRQs (hard and soft).
+# edge/hal/scripted.py loads this on first use (pin(), adc(), pcnt(),
+# pin_irq(), ticks_us() or now_us() under virtual time, stall()): the
+# firmware with a PZEM meter never needs it, and its heap benchmark should not charge a test stand-in's code to the firmware (a
 # board runs edge/hal/board.py instead).
 
 import math
 
 from edge.hal import scripted as _s
-from edge.hal.scripted import PIN_IN, advance, pin, ticks_ms
+from edge.hal.scripted import IRQ_FALLING, IRQ_RISING, PIN_IN, advance, pin, ticks_ms
 
 time = _s.time  # MicroPython's, or the CPython stand-in there
 
@@ -30,8 +30,92 @@ time = _s.time  # MicroPython's, or the CPython stand-in there
 
 FULL_SCALE_UV = 3300000  # stand-in ADC: read_u16() 65535 is 3.3 V
 SCHED_DEPTH = 4  # MICROPY_SCHEDULER_DEPTH, MicroPython's default
+_pumping = False
 _stalled = None  # soft callbacks waiting while Python is busy (a list)
 _uc = None
+
+
+def pump():
+    # Deliver every recorded edge whose time has come, in time order.
+    global _pumping
+    if _pumping or not _s._pins:
+        return
+    _pumping = True
+    try:
+        elapsed = _s._elapsed()
+        while True:
+            best = None
+            for p in _s._pins.values():
+                if p.next < len(p.edges) and p.edges[p.next][0] <= elapsed:
+                    if best is None or p.edges[p.next][0] < best.edges[best.next][0]:
+                        best = p
+            if best is None:
+                break
+            t, level = best.edges[best.next]
+            best.next += 1
+            prev = best.level
+            best.level = level
+            if best.handler is not None and level != prev:
+                falling = prev == 1 and level == 0
+                if (falling and best.trigger & IRQ_FALLING) or (not falling and best.trigger & IRQ_RISING):
+                    _s._irq_time = _s._ticks_at(t)
+                    try:
+                        best.handler(best)
+                    finally:
+                        _s._irq_time = None
+    finally:
+        _pumping = False
+
+
+class Pin:
+    def __init__(self, key, mode):
+        sec = _s._section("pin", key)
+        self.key = key
+        self.mode = mode
+        self.edges = sec.get("edges", [])
+        self.level = sec.get("level", 1)
+        self.next = 0
+        self.handler = None
+        self.trigger = 0
+        self.history = []
+
+    def value(self, v=None):
+        if v is None:
+            pump()
+            return self.level
+        self.level = 1 if v else 0
+        h = self.history
+        h.append((ticks_ms(), self.level))
+        if len(h) > _s.KEPT:
+            h.pop(0)
+
+    def irq(self, handler=None, trigger=IRQ_FALLING, hard=False):
+        self.handler = _irq_entry(handler, hard) if handler is not None else None
+        self.trigger = trigger
+
+
+class ADC:
+    def __init__(self, key):
+        self.samples = _s._section("adc", key).get("samples", [32768])
+        self.next = 0
+        # Under virtual time a conversion takes time (default: two reads
+        # per 250 us pair, the recorded waveforms' 4 kHz pair rate).
+        self.read_us = _s._section("adc", key).get("read_us", 125)
+
+    def read_u16(self):
+        if _s._script.get("virtual_time"):
+            _clock().spend(self.read_us)
+        v = self.samples[self.next]
+        self.next += 1
+        if self.next >= len(self.samples):
+            self.next = 0
+        return v
+
+    def read_uv(self):
+        # u16 * 3300000 // 65535 exactly, without a long int on 32 bits
+        # (3300000 / 65535 = 50 + 1550 / 4369).
+        v = self.read_u16()
+        return v * 50 + v * 1550 // 4369
 
 
 class _MicroClock:
@@ -240,3 +324,8 @@ class SignalADC:
         return self.read_uv() * 65535 // FULL_SCALE_UV
 
 
+def make_adc(key):
+    sec = _s._section("adc", key)
+    if "signal" in sec:
+        return SignalADC(sec)
+    return ADC(key)
