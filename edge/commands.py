@@ -128,7 +128,7 @@ def cmd_config(con, args):
     elif key in config_mod.LIVE_KEYS:
         con.fw.cfg[key] = cfg[key]
         if key == "log_level":
-            log.level = {"debug": log.DEBUG, "info": log.INFO, "warning": log.WARNING, "error": log.ERROR}[cfg[key]]
+            log.set_level(cfg[key])
         if key in ("coordinator_host", "coordinator_port"):
             con.fw.client.retarget(cfg["coordinator_host"], cfg["coordinator_port"])
         _out("%s = %s (saved, applied)" % (key, json.dumps(cfg[key])))

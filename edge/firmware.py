@@ -101,7 +101,7 @@ class Firmware:
             # Import (compile, under the unix port) before the signer's
             # tables fragment the heap.
             from edge.console import Console
-        log.level = {"debug": log.DEBUG, "info": log.INFO, "warning": log.WARNING, "error": log.ERROR}[cfg["log_level"]]
+        log.set_level(cfg["log_level"])
         self.errors = Errors()
         # The driver's modules load (compile, under the unix port) before
         # the signer's tables fragment the heap.

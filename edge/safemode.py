@@ -32,10 +32,9 @@
 
 import gc
 import json
-import sys
 
 from edge import config as config_mod
-from edge import hal, log, ticks
+from edge import hal, log
 
 TAG = "boot"
 RETRY_FIRST_MS = 1000
@@ -43,7 +42,6 @@ RETRY_MAX_MS = 30000
 REPL_FEED_MS = 30 * 60 * 1000
 EXIT_REBOOT = 3  # unix port: a supervisor (or a test) starts the image again
 EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
-LEVELS = {"debug": log.DEBUG, "info": log.INFO, "warning": log.WARNING, "error": log.ERROR}
 
 
 def watchdog_ms(config_path):
@@ -70,65 +68,6 @@ def _reason(e):
     if isinstance(e, ValueError) and str(e):
         return str(e)  # config and key errors say what is wrong and what to do
     return "%s: %s" % (type(e).__name__, e)
-
-
-class SafeMode:
-    """Stands in for the firmware while start-up fails: what the console
-    shows and changes, and when to try again."""
-
-    def __init__(self, config_path, watchdog):
-        self.config_path = config_path
-        self.watchdog = watchdog
-        self.boot_ms = ticks.ticks_ms()
-        self.safe_reason = None
-        self.cfg = None  # the config as far as it can be read (None: not at all)
-        self.attempts = 0
-        self.delay_ms = RETRY_FIRST_MS
-        self.wait_start = ticks.ticks_ms()
-        self.retry_now = False
-        self.running = True
-        self.reboot_requested = False
-
-    def failed(self, e):
-        """A start-up attempt failed with exception e."""
-        self.attempts += 1
-        reason = _reason(e)
-        if reason != self.safe_reason:
-            log.error(TAG, "safe mode: %s (console open; start-up is tried again)" % reason)
-            if not isinstance(e, ValueError):
-                sys.print_exception(e)
-        self.safe_reason = reason
-        try:
-            self.cfg = config_mod.merged(config_mod.load_raw(self.config_path))
-        except ValueError:
-            self.cfg = None
-
-    def config_changed(self, cfg):
-        """The console saved the config: try the start-up at once."""
-        self.cfg = cfg
-        self.retry_now = True
-        self.delay_ms = RETRY_FIRST_MS
-
-    def uptime_s(self):
-        return ticks.since(self.boot_ms) // 1000
-
-    def retry_in_s(self):
-        return max(0, self.delay_ms - ticks.since(self.wait_start)) // 1000
-
-    def wait(self, console):
-        """Run the console and feed the watchdog until the next start-up
-        attempt is due. False when the console asked for a reboot."""
-        self.retry_now = False
-        self.wait_start = ticks.ticks_ms()
-        while self.running:
-            if self.watchdog is not None:
-                self.watchdog.feed()
-            left = self.delay_ms - ticks.since(self.wait_start)
-            if self.retry_now or left <= 0:
-                break
-            console.poll(min(left, 1000))
-        self.delay_ms = min(self.delay_ms * 2, RETRY_MAX_MS)
-        return self.running
 
 
 def _open_console(fw):
@@ -197,7 +136,7 @@ def main(config_path, firmware_class):
         while True:
             try:
                 cfg = config_mod.load(config_path)
-                log.level = LEVELS[cfg["log_level"]]
+                log.set_level(cfg["log_level"])
                 if console is not None and not cfg["console"]:
                     console.close()
                     console = None
@@ -209,6 +148,10 @@ def main(config_path, firmware_class):
             except Exception as e:  # whatever stops the start-up: never the end of the board
                 fw = None
                 if safe is None:
+                    # Loaded only when a start-up fails: a board that
+                    # starts does not hold it in its heap.
+                    from edge.safestate import SafeMode
+
                     safe = SafeMode(config_path, wdt)
                 safe.failed(e)
                 if console is None:

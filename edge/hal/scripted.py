@@ -390,11 +390,14 @@ _sig = None
 def _signals():
     # Kept once loaded: an import statement allocates, and the CT driver's
     # sampling loop reads the stand-in ADC without allocating.
+    # (`from edge.hal import signals` would ask the package's __getattr__.)
     global _sig
     if _sig is None:
-        from edge.hal import signals
+        import sys
 
-        _sig = signals
+        import edge.hal.signals  # noqa: F401
+
+        _sig = sys.modules["edge.hal.signals"]
     return _sig
 
 
