@@ -19,7 +19,10 @@
 
 import binascii
 
-from shared import cbor, cose, reading, secp256k1, senml
+from micropython import const
+
+from shared import cbor, cose, secp256k1
+from shared import reading_build as reading
 from edge import coap, hal, log, ticks
 from edge import config as config_mod
 from edge.clock import Clock
@@ -39,6 +42,9 @@ CHANGED = 68  # 2.04
 CONFLICT = 137  # 4.09: the coordinator already holds this sequence number
 
 MAX_BACKOFF = 16  # times the base delay
+# SenML labels (RFC 8428, as in shared/senml.py): folded into the bytecode.
+_N = const(0)
+_V = const(2)
 
 
 def load_key(path):
@@ -85,7 +91,7 @@ def merged_message(secret, public_key, message, first_seq):
     """The reading re-signed with a ("merged_from", first_seq) record: it
     stands for the readings first_seq .. its own seq merged in the outbox."""
     pack = cbor.loads(cose.parse(message).payload)
-    pack.append({senml.N: MERGED_FROM, senml.V: first_seq})
+    pack.append({_N: MERGED_FROM, _V: first_seq})
     return reading.sign_payload(secret, public_key, cbor.dumps(pack))
 
 
