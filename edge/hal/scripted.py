@@ -4,10 +4,10 @@
 #   {"uart": {"2": {"replies": ["01 04 14 ...", null, ...], "repeat": false}},
 #    "pin": {"4": {"edges": [[t_ms, level], ...], "level": 1}},
 #    "adc": {"34": {"samples": [u16, ...]}},
-#    "virtual_time": true}
+#    "virtual_time": true, "ctrl_c_at_feed": 40}
 # A UART answers each write with the next recorded reply (hex, spaces
-# allowed; null = the device stays silent) and keeps every write in
-# `writes`. A pin fires its IRQ handler for each recorded edge once the
+# allowed; null = the device stays silent) and keeps its last KEPT writes
+# in `writes`. A pin fires its IRQ handler for each recorded edge once the
 # clock passes the edge's time (ms from load()), with ticks_ms() inside the
 # handler returning the edge's time, as a real IRQ would see it. An ADC
 # returns its samples in order, cycling. With virtual_time the clock moves
@@ -242,6 +242,14 @@ class Watchdog:
 
     def feed(self):
         self.feeds += 1
+        if self.feeds == _script.get("ctrl_c_at_feed"):
+            # Ctrl-C typed on the REPL UART. A board raises KeyboardInterrupt
+            # between two bytecodes; the unix port's SIGINT instead jumps out
+            # of whatever C code runs (a garbage collection, say) and can
+            # crash the interpreter, so a test that must not flake types it
+            # here: at the Nth feed, at the top of the firmware's loop or in
+            # an idle slice (between readings, or while an exchange waits).
+            raise KeyboardInterrupt
 
 
 def watchdog(timeout_ms):
