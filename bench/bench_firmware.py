@@ -146,6 +146,7 @@ LOOP_MAX_STEPS = 16  # 1 KB steps, up to confirm or down through the band
 # with a recorded frame) and the console, which answers two commands.
 PZEM = {"type": "pzem004t", "uart": {"id": 2}}
 CONSOLE_INPUT = "status\nselftest\n"
+CONSOLE_ANSWERS = ("free memory", "PASS key", "PASS signature", "PASS meter")
 ESP32LIKE_TOP = 512 * 1024  # no signer table (it needs > 1 MB free): a bare ESP32
 
 
@@ -241,6 +242,13 @@ def loop_trial(image: Path, work: Path, db: Path, heap: int, readings: int, micr
     store.db.close()
     ok = (summary["produced"] == summary["delivered"] == stored == readings
           and summary["pending"] == 0 and summary["rejected"] == 0)
+    if ok and stdin:
+        # The console answered in that heap: `status`, and `selftest`'s
+        # key, signature (signed and verified) and meter checks (its memory
+        # check asks for 16 KB free, more than such a heap leaves).
+        missing = [want for want in CONSOLE_ANSWERS if want not in proc.stdout]
+        if missing:
+            return False, "console did not answer %s" % ", ".join(missing)
     return ok, lines[-1]
 
 

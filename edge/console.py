@@ -215,14 +215,7 @@ class Console:
         except Exception as e:  # a console must never take the meter down
             _out("error: %s failed: %r" % (words[0], e))
         finally:
-            _release("edge.commands")
+            import edge
 
-
-def _release(name):
-    """Forget an imported module (its parent package's attribute too), so
-    its function objects are freed once nothing else holds them."""
-    sys.modules.pop(name, None)
-    dot = name.rfind(".")
-    parent = sys.modules.get(name[:dot])
-    if parent is not None and name[dot + 1:] in parent.__dict__:
-        delattr(parent, name[dot + 1:])
+            for name in ("edge.commands", "edge.config", "edge.meters.checks"):
+                edge.release(name)

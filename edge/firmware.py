@@ -24,7 +24,6 @@ from micropython import const
 from shared import cbor, cose, secp256k1
 from shared import reading_build as reading
 from edge import coap, hal, log, ticks
-from edge import config as config_mod
 from edge.clock import Clock
 from edge.journal import Journal
 from edge.meters import open_meter
@@ -96,7 +95,7 @@ def merged_message(secret, public_key, message, first_seq):
 
 
 class Firmware:
-    def __init__(self, cfg, config_path=config_mod.CONFIG_FILE, watchdog=None, console=None):
+    def __init__(self, cfg, config_path="config.json", watchdog=None, console=None):
         self.cfg = cfg
         self.config_path = config_path
         self.boot_ms = ticks.ticks_ms()
@@ -448,6 +447,8 @@ class Firmware:
         if evidence:
             if not self.measure():
                 raise OSError("factory reset: the reset record could not be made: %s" % self.errors.last)
+        from edge import config as config_mod
+
         config_mod.save_raw(self.config_path, {})
         self.persist()
         log.warning(TAG, "factory reset: config cleared, stored energy %d/%d Wh cleared; reboot to apply" % old)

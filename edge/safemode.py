@@ -33,7 +33,7 @@
 import gc
 import json
 
-from edge import config as config_mod
+import edge
 from edge import hal, log
 
 TAG = "boot"
@@ -47,6 +47,8 @@ EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
 def watchdog_ms(config_path):
     """The watchdog timeout: watchdog_s from the config when it can be
     read and is valid, else the default (0 = off)."""
+    from edge import config as config_mod
+
     default = int(config_mod.DEFAULTS["watchdog_s"] * 1000)
     try:
         raw = config_mod.load_raw(config_path)
@@ -68,6 +70,14 @@ def _reason(e):
     if isinstance(e, ValueError) and str(e):
         return str(e)  # config and key errors say what is wrong and what to do
     return "%s: %s" % (type(e).__name__, e)
+
+
+def _load_config(config_path):
+    # Imported here, not by this module: main() runs for as long as the
+    # firmware does, and its module need not stay in the heap after boot.
+    from edge import config as config_mod
+
+    return config_mod.load(config_path)
 
 
 def _open_console(fw):
@@ -135,7 +145,7 @@ def main(config_path, firmware_class):
     try:
         while True:
             try:
-                cfg = config_mod.load(config_path)
+                cfg = _load_config(config_path)
                 log.set_level(cfg["log_level"])
                 if console is not None and not cfg["console"]:
                     console.close()
@@ -144,6 +154,10 @@ def main(config_path, firmware_class):
                     # Imported before the signer's tables fragment the heap.
                     console = _open_console(None)
                 fw = firmware_class(cfg, config_path, wdt, console)
+                # The config's checks (and the drivers') are done with until
+                # a console command needs them again.
+                edge.release("edge.config")
+                edge.release("edge.meters.checks")
                 break
             except Exception as e:  # whatever stops the start-up: never the end of the board
                 fw = None

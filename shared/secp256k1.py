@@ -287,10 +287,15 @@ def verify(pub, message, signature):
         x, y = decode_public_key(pub)
     except KeyError_:
         return False
-    z = int_from_bytes(hashlib.sha256(message).digest()) % N
     w = inverse(s, N)
-    pt = _add(_mul_g(z * w % N), _mul((x, y, 1), r * w % N))
-    aff = _to_affine(pt)
+    u2 = r * w % N
+    # u1 = z * w; fewer big integers held while the points are multiplied
+    # (see the note above _double).
+    w = int_from_bytes(hashlib.sha256(message).digest()) % N * w % N
+    del s
+    q = _mul((x, y, 1), u2)
+    del x, y, u2
+    aff = _to_affine(_add(_mul_g(w), q))
     return aff is not None and aff[0] % N == r
 
 
