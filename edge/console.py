@@ -35,10 +35,11 @@
 #   reset energy             the meter's energy reset, after typing YES
 #   reboot                   persist and restart
 #
-# The commands themselves are in edge/commands.py, imported when a line is
-# complete and released after it: frozen into the image their code takes no
-# heap, but each function object of an imported module does, and the meter
-# runs for months between two commands.
+# The commands themselves are in edge/commands.py (selftest in
+# edge/selftest.py), imported when a line is complete and released after
+# it: frozen into the image their code takes no heap, but each function
+# object of an imported module does, and the meter runs for months between
+# two commands.
 
 import select
 import sys
@@ -204,9 +205,11 @@ class Console:
                 words[0], reason))
             return
         try:
-            from edge import commands
-
-            getattr(commands, "cmd_" + ("reading" if name == "meter" else name))(self, words[1:])
+            if name == "selftest":
+                from edge import selftest as module
+            else:
+                from edge import commands as module
+            getattr(module, "cmd_" + ("reading" if name == "meter" else name))(self, words[1:])
         except (ValueError, OSError) as e:
             msg = str(e)
             if not msg.startswith(words[0]):
@@ -217,5 +220,5 @@ class Console:
         finally:
             import edge
 
-            for name in ("edge.commands", "edge.config", "edge.meters.checks"):
+            for name in ("edge.commands", "edge.selftest", "edge.config", "edge.meters.checks"):
                 edge.release(name)
