@@ -19,9 +19,11 @@
 
 import binascii
 
-from shared import cbor, cose, reading, secp256k1, senml
+from micropython import const
+
+from shared import cbor, cose, secp256k1
+from shared import reading_build as reading
 from edge import coap, hal, log, ticks
-from edge import config as config_mod
 from edge.clock import Clock
 from edge.hal.region import exists as _exists
 from edge.journal import Journal
@@ -40,6 +42,9 @@ CHANGED = 68  # 2.04
 CONFLICT = 137  # 4.09: the coordinator already holds this sequence number
 
 MAX_BACKOFF = 16  # times the base delay
+# SenML labels (RFC 8428, as in shared/senml.py): folded into the bytecode.
+_N = const(0)
+_V = const(2)
 
 
 def load_key(path):
@@ -86,12 +91,12 @@ def merged_message(secret, public_key, message, first_seq):
     """The reading re-signed with a ("merged_from", first_seq) record: it
     stands for the readings first_seq .. its own seq merged in the outbox."""
     pack = cbor.loads(cose.parse(message).payload)
-    pack.append({senml.N: MERGED_FROM, senml.V: first_seq})
+    pack.append({_N: MERGED_FROM, _V: first_seq})
     return reading.sign_payload(secret, public_key, cbor.dumps(pack))
 
 
 class Firmware:
-    def __init__(self, cfg, config_path=config_mod.CONFIG_FILE, watchdog=None, console=None):
+    def __init__(self, cfg, config_path="config.json", watchdog=None, console=None):
         self.cfg = cfg
         self.config_path = config_path
         self.boot_ms = ticks.ticks_ms()
@@ -102,7 +107,7 @@ class Firmware:
             # Import (compile, under the unix port) before the signer's
             # tables fragment the heap.
             from edge.console import Console
-        log.level = {"debug": log.DEBUG, "info": log.INFO, "warning": log.WARNING, "error": log.ERROR}[cfg["log_level"]]
+        log.set_level(cfg["log_level"])
         self.errors = Errors()
         # The driver's modules load (compile, under the unix port) before
         # the signer's tables fragment the heap.
@@ -472,6 +477,8 @@ class Firmware:
         if evidence:
             if not self.measure():
                 raise OSError("factory reset: the reset record could not be made: %s" % self.errors.last)
+        from edge import config as config_mod
+
         config_mod.save_raw(self.config_path, {})
         self.persist()
         log.warning(TAG, "factory reset: config cleared, stored energy %d/%d Wh cleared; reboot to apply" % old)
