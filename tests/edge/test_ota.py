@@ -53,7 +53,7 @@ def put_releases(d: Path) -> dict[str, str]:
 
 PRELUDE = """
 import os, json, hashlib, binascii, gc
-from edge.hal import partition as P
+import edge.hal.partition as P  # (`from edge.hal import` would ask the package's __getattr__)
 from edge.hal.partition import Partition, PowerCut
 from edge import ota, ota_session
 from edge.ota import Updater, running_version
