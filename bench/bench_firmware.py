@@ -28,7 +28,12 @@ scripted) and the console loaded and answering `status` and `selftest`,
 the firmware frozen into the binary (flash/frozen.py builds it with
 edge/manifest.py; only main.py, config and key are files), against the
 baseline of the same firmware as .mpy files on the filesystem of the stock
-esp32-like build. Target: frozen <= 48 KB. Near the
+esp32-like build. A run counts only if the console answered too: `status`,
+and `selftest` with its key, signature (a reading signed and verified: the
+peak) and meter checks. Target: frozen <= 48 KB. What is counted: the
+unix port's scripted hardware layer (a test stand-in) is in the heap as
+the firmware's tests have it; the bench prints its cost beside that of
+edge/hal/board.py, which a board imports instead. Near the
 limit a run succeeds or not with the heap's fragmentation, which follows
 the timing: the figure is the heap where the loop ran every time (three
 runs at each bisection step, ten more at the end), and the few KB below it
@@ -146,6 +151,7 @@ LOOP_MAX_STEPS = 16  # 1 KB steps, up to confirm or down through the band
 # with a recorded frame) and the console, which answers two commands.
 PZEM = {"type": "pzem004t", "uart": {"id": 2}}
 CONSOLE_INPUT = "status\nselftest\n"
+CONSOLE_ANSWERS = ("free memory", "PASS key", "PASS signature", "PASS meter")
 ESP32LIKE_TOP = 512 * 1024  # no signer table (it needs > 1 MB free): a bare ESP32
 
 
@@ -241,6 +247,13 @@ def loop_trial(image: Path, work: Path, db: Path, heap: int, readings: int, micr
     store.db.close()
     ok = (summary["produced"] == summary["delivered"] == stored == readings
           and summary["pending"] == 0 and summary["rejected"] == 0)
+    if ok and stdin:
+        # The console answered in that heap: `status`, and `selftest`'s
+        # key, signature (signed and verified) and meter checks (its memory
+        # check asks for 16 KB free, more than such a heap leaves).
+        missing = [want for want in CONSOLE_ANSWERS if want not in proc.stdout]
+        if missing:
+            return False, "console did not answer %s" % ", ".join(missing)
     return ok, lines[-1]
 
 
@@ -268,7 +281,7 @@ def whole_loop_peak(readings: int, micropython: str | None = None, frozen: bool 
                 ran = 0
                 for _ in range(trials):
                     if coordinator.proc is None or coordinator.proc.poll() is not None:
-                        raise RuntimeError(f"the coordinator stopped during the bench; see {coordinator.log}")
+                        raise RuntimeError(f"the coordinator stopped during the bench; see {coordinator.log_path}")
                     if loop_trial(image, root, db, heap, readings, micropython, stdin)[0]:
                         ran += 1
                     elif stop_at_failure:
@@ -298,6 +311,51 @@ def whole_loop_peak(readings: int, micropython: str | None = None, frozen: bool 
     return peak, LOOP_REPEATS + LOOP_CONFIRM, band
 
 
+# What the hardware layer costs: imported alone in the frozen binary, the
+# unix port's scripted stand-in (which the runs above carry, as the
+# firmware's tests do) against edge/hal/board.py, the layer a board runs,
+# imported over a stand-in `machine` module that has the classes it names.
+HAL_PROBE = """
+import gc
+import machine
+import edge, edge.ticks, edge.log
+gc.collect()
+a = gc.mem_alloc()
+import edge.hal, edge.hal.region
+gc.collect()
+print(edge.hal.BACKEND, gc.mem_alloc() - a)
+"""
+STUB_MACHINE = """
+class Pin:
+    IN = 1
+    OUT = 3
+    PULL_UP = 1
+    IRQ_FALLING = 1
+    IRQ_RISING = 2
+class UART: pass
+class ADC:
+    ATTN_11DB = 3
+class WDT: pass
+class Timer: pass
+class RTC: pass
+"""
+
+
+def hal_bytes(binary: str) -> dict[str, int]:
+    """Heap taken by importing the hardware layer, by backend."""
+    out: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-hal-") as tmp:
+        stub = Path(tmp) / "stub"
+        stub.mkdir()
+        (stub / "machine.py").write_text(STUB_MACHINE)
+        for path in (".frozen", f".frozen:{stub}"):
+            r = subprocess.run([binary, "-c", HAL_PROBE], capture_output=True, text=True, timeout=60, cwd=tmp,
+                               env=dict(os.environ, MICROPYPATH=path), check=True)
+            backend, n = r.stdout.split()
+            out[backend] = int(n)
+    return out
+
+
 def esp32like_lines(readings: int) -> list[str]:
     """Peak heap as an ESP32 runs the firmware: the esp32-like build
     (32-bit), the firmware frozen into the binary, against the baseline of
@@ -307,6 +365,7 @@ def esp32like_lines(readings: int) -> list[str]:
     frozen_peak, frozen_runs, frozen_band = whole_loop_peak(readings, frozen_binary, True, True, ESP32LIKE_TOP)
     mpy_peak, _, mpy_band = whole_loop_peak(readings, find_esp32like(), False, True, ESP32LIKE_TOP)
     met = "met" if frozen_peak <= 48 * 1024 else "NOT met"
+    hal = hal_bytes(frozen_binary)
     return [
         "  esp32-like build (32-bit, as an ESP32), whole firmware with the PZEM driver and the console (answering "
         f"status and selftest), {readings} readings to a coordinator on 127.0.0.1, in each of {frozen_runs} runs:",
@@ -317,6 +376,10 @@ def esp32like_lines(readings: int) -> list[str]:
         "    below them the loop runs only sometimes: frozen "
         + ", ".join(f"{heap / 1024:.0f} KB {ran}/{LOOP_BAND_TRIALS}" for heap, ran in frozen_band)
         + "; .mpy " + ", ".join(f"{heap / 1024:.0f} KB {ran}/{LOOP_BAND_TRIALS}" for heap, ran in mpy_band),
+        f"    counted in these runs: the unix port's scripted hardware layer, {hal['scripted'] / 1024:.1f} KB of heap "
+        f"imported; a board's (edge/hal/board.py) takes {hal['machine'] / 1024:.1f} KB "
+        f"(ratio {hal['scripted'] / hal['machine']:.2f}): on a board the firmware needs "
+        f"{(hal['scripted'] - hal['machine']) / 1024:.1f} KB less",
     ]
 
 

@@ -19,14 +19,22 @@ from .clock import Clock, SystemClock
 from .config import Config, ConfigError
 from .console import Console
 from .console_server import ConsoleServer
-from .logs import LOG_BUFFER
+from .logs import LOG_BUFFER, report_suppressed_every
 from .ingest.api import mount as mount_api
 from .ingest.dedup import bound_duplicate_cache
+from .ingest.access import Access, installer_grant
+from .ingest.devices import MAX_BODY_BYTES as DEVICES_MAX_BODY
 from .ingest.devices import devices_resource
+from .ingest.guard import GuardedSite
+from .ingest.limits import SourceLimiter, guard_udp
+from .ingest import transports
 from .ingest.readings import ReadingIngest
 from .ingest.resources import HealthResource, ReadingsResource
+from .link import SecureLink
 from .store.database import open_database
 from .store.readings import ReadingStore
+from .service.notify import Notifier
+from microgrid.shared.reading import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("microgrid.coordinator")
 
@@ -128,6 +136,7 @@ class Coordinator:
         self.modbus: Any = None
         self._modbus_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
+        self._log_report_task: asyncio.Task[None] | None = None
         self._trading_task: asyncio.Task[None] | None = None
         self._stop_trading = asyncio.Event()
         self.channel_lifecycle: Any = None
@@ -136,6 +145,19 @@ class Coordinator:
         self.db = open_database(config.store.path)
         self.store = ReadingStore(self.db)
         self.ingest = ReadingIngest(self.store, max_future_s=config.ingest.max_future_s, clock=self.clock.now)
+        # OSCORE with the meters and installers (coordinator/link/).
+        self.link = SecureLink(config.link, config.resolve(config.link.contexts_dir))
+        # Who may read the API (ingest/access.py); the OSCORE set-up adds
+        # its claim check with self.access.add_claim_check.
+        self.access = Access(config.api.token_sha256)
+        i = config.ingest
+        self.limiter = SourceLimiter(i.rate_per_source, i.burst_per_source, i.max_sources, i.rate_exempt)
+        self.udp_guard: Any = None
+        self.tcp_counts: dict[str, int] = {}
+        self.notifier = Notifier.from_environment()
+        # An installer's OSCORE context may read the API too.
+        self.access.add_claim_check(
+            lambda claim: (self.link.contexts.owner(claim) or ("", ""))[0] == "installer")
         self.started = time.time()
         self.context: aiocoap.Context | None = None
         self.log_buffer = LOG_BUFFER
@@ -144,8 +166,24 @@ class Coordinator:
         self.console_peers: Callable[[], list[dict[str, Any]]] | None = None
         self.console_orders: Callable[[], list[dict[str, Any]]] | None = None
         self.console_channels: Callable[[], list[dict[str, Any]]] | None = None
+        self.updates: Any = None  # coordinator/updates/ when [updates] is enabled
+        self.console_updates: Callable[[], dict[str, Any]] | None = None
         self.console_market: Callable[[int], list[str]] | None = None
         self.console_server = ConsoleServer(Console(self), config.console_socket())
+        # Zone membership (coordinator/membership): who counts in every layer.
+        self.membership: Any = None
+        self.membership_sync: Any = None
+        self._membership_task: asyncio.Task[None] | None = None
+        self._stop_membership = asyncio.Event()
+        if config.zone.enabled:
+            from .membership.gate import MembershipGate
+            from .membership.roster import Roster
+
+            self.membership = MembershipGate(Roster(config.zone.zone()), self.clock.now)
+
+    def is_member(self) -> Callable[[bytes], bool] | None:
+        """The membership predicate the layers take; None without a zone."""
+        return None if self.membership is None else self.membership.is_member
 
     def status(self) -> dict[str, Any]:
         return {
@@ -154,14 +192,25 @@ class Coordinator:
             "devices": len(self.store.devices()),
             "readings": self.store.count(),
             "ingest": dict(self.ingest.counts),
+            "link": self.link.status(),
+            "guard": {**(self.udp_guard.counts if self.udp_guard else {}), **self.tcp_counts},
+            "access": dict(self.access.counts),
         }
 
     def site(self) -> resource.Site:
-        site = resource.Site()
+        # Deny by default: only ingest/guard.py's OPEN list goes without
+        # credentials; block-wise uploads are bounded per resource.
+        site = GuardedSite(self.access, self.config.ingest.max_request_bytes,
+                           {("readings",): MAX_MESSAGE_BYTES, ("devices",): DEVICES_MAX_BODY}, self.limiter)
         site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader))
-        site.add_resource(["readings"], ReadingsResource(self.ingest))
-        site.add_resource(["health"], HealthResource(self.status))
-        site.add_resource(["devices"], devices_resource(self.store, self.config.ingest.installer_token))
+        readings = ReadingsResource(self.ingest)
+        devices = devices_resource(self.store, self.config.ingest.installer_token)
+        self.link.guard(readings, devices)
+        self.readings_resource = readings  # the updates service wraps it (2.01s carry its offers)
+        site.add_resource(["readings"], readings)
+        site.add_resource(["health"], HealthResource(self.status, self.access))
+        site.add_resource(["devices"], devices)
+        site.grant(("devices",), "GET", installer_grant(self.config.ingest.installer_token))
         mount_api(site, self)
         return site
 
@@ -186,7 +235,8 @@ class Coordinator:
         policy = ChannelPolicy(fee_rate=self.wallet.fee_rate, dust_limit=self.wallet.dust_limit,
                                close_margin=c.close_margin_s)
         admission = Admission(frozenset(bytes.fromhex(k) for k in c.allowed_peers), c.max_open_per_peer,
-                              c.max_pending_per_peer, c.max_pending_total, c.max_capacity_sat)
+                              c.max_pending_per_peer, c.max_pending_total, c.max_capacity_sat,
+                              is_member=self.is_member())
         return ChannelNode(self.key, self.wallet, store, self.chain, self.clock, policy=policy,
                            uri=self.coap_uri("channel"), admission=admission)
 
@@ -222,20 +272,40 @@ class Coordinator:
             node = self._channel_node()
             channel_site(node, site)
             self.console_channels = node.rows
-        self.context = await aiocoap.Context.create_server_context(site, bind=(c.host, c.port))
+        if self.config.updates.enabled:
+            from .updates.service import mount
+
+            store = self.store
+            self.updates = mount(self.config, site, self.readings_resource, f"{c.host}:{c.port}",
+                                 lambda d: (dev.public_key if (dev := store.device(d)) else None))
+            self.console_updates = self.updates.status
+        self.context = await aiocoap.Context.create_server_context(self.link.wrap(site), bind=(c.host, c.port),
+                                                                   transports=transports.aiocoap_names(c.transports))
         self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)
+        self.udp_guard = guard_udp(self.context, self.limiter)
+        if "tcp" in c.transports:
+            self.tcp_counts = transports.cap_tcp(self.context, c.max_tcp_connections)
+        if "ws" in c.transports:
+            await transports.open_websocket(self.context, c.host, c.port, c.ws_origins)
         if node is not None:
             self._start_channel_lifecycle(node)
         if self.config.overlay.enabled and self.overlay is None:
             from .overlay import Overlay
 
-            self.overlay = Overlay(self.key, self.config.overlay, clock=self.clock.now)
+            self.overlay = Overlay(self.key, self.config.overlay, clock=self.clock.now,
+                                   accept=None if self.membership is None else self.membership.accept_record)
+        if self.overlay is not None and self.membership is not None and self.overlay.accept is None:
+            self.overlay.accept = self.membership.accept_record
         if self.overlay is not None and not self.overlay.running:
             await self.overlay.start()
+        if self.overlay is not None:
+            await self._start_membership()
         if self.overlay is not None:
             overlay = self.overlay
             self.console_peers = lambda: [{"node": p.node_id[:16], "address": p.address, "status": p.status}
                                           for p in overlay.peers()]
+        if self.updates is not None:
+            await self.updates.start(self.context, self.overlay)
         if self.config.market.enabled and node is not None:
             from .trading.service import TradingService, TradingSettings
 
@@ -249,7 +319,11 @@ class Coordinator:
                                          credit_sat=ch.credit_sat, stream_poll_s=ch.stream_poll_s,
                                          renew_before_s=ch.renew_before_s, reserve_sat=ch.full_below_sat),
                 export_relay=(self.relays or {}).get(ch.export_relay) if ch.export_relay else None,
+                is_member=self.is_member(),
             )
+            if self.membership is None:
+                log.warning("no [zone] configured: orders, metering and channels of any key are taken "
+                            "(docs/MEMBERSHIP.md)")
             if self.mqtt is not None:
                 from .market.settlement import report
 
@@ -279,8 +353,33 @@ class Coordinator:
                 for start, rnd in sorted(trading.market.rounds.items())[-8:] for so in rnd.own_orders
             ]
         self._retention_task = asyncio.ensure_future(self._retention_loop())
+        self._log_report_task = asyncio.ensure_future(report_suppressed_every())
         await self.console_server.start()
-        log.info("coordinator listening on coap://%s:%d (database %s)", c.host, c.port, self.config.store.path)
+        self.notifier.start()  # READY=1, then WATCHDOG=1 from the event loop (service/notify.py)
+        log.info("coordinator listening on coap://%s:%d (%s; database %s)", c.host, c.port,
+                 ", ".join(c.transports), self.config.store.path)
+
+    async def _start_membership(self) -> None:
+        """The roster from the records folder and cache, then the overlay's
+        board (once now, so trading starts knowing the members), then kept
+        current in the background."""
+        if self.membership is None:
+            return
+        from .membership.sync import MembershipSync
+
+        z = self.config.zone
+        self.membership_sync = MembershipSync(
+            self.overlay, self.membership.roster, self.clock, self.key.public_key.to_bytes(compressed=True),
+            records_dir=self.config.resolve(z.records_dir), cache_path=self.config.resolve(z.cache_path),
+            refresh_s=z.refresh_s, republish_s=z.republish_s)
+        self.membership_sync.load_local()
+        self.membership_sync.start()
+        try:
+            await self.membership_sync.republish()
+            await self.membership_sync.refresh()
+        except Exception:  # noqa: BLE001 - the background loop retries
+            log.exception("first read of the zone's membership board failed")
+        self._membership_task = asyncio.ensure_future(self.membership_sync.run(self._stop_membership))
 
     def _start_devices(self) -> None:
         """Relays and LEDs, wired meters and MQTT, as the config asks."""
@@ -350,15 +449,26 @@ class Coordinator:
             self._trading_task = None
 
     async def stop(self) -> None:
+        await self.notifier.stop()
         await self.stop_trading()
+        if self.updates is not None:
+            await self.updates.stop()
         if self._lifecycle_task is not None:
             self._stop_lifecycle.set()
             self._lifecycle_task.cancel()
             await asyncio.gather(self._lifecycle_task, return_exceptions=True)
             self._lifecycle_task = None
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            await asyncio.gather(self._retention_task, return_exceptions=True)
+        if self._membership_task is not None:
+            self._stop_membership.set()
+            self._membership_task.cancel()
+            await asyncio.gather(self._membership_task, return_exceptions=True)
+            self._membership_task = None
+        if self.membership_sync is not None:
+            self.membership_sync.stop()
+        for task in (self._retention_task, self._log_report_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._modbus_task is not None:
             self.modbus.stop()
             self._modbus_task.cancel()
@@ -374,6 +484,7 @@ class Coordinator:
         if self.context is not None:
             await self.context.shutdown()
             self.context = None
+        self.link.close()
         self.db.close()
         log.info("coordinator stopped; %d readings stored", self.ingest.counts["stored"])
 

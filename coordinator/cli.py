@@ -109,6 +109,17 @@ def _backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_token(args: argparse.Namespace) -> int:
+    """A new application token: the token for the application, its SHA-256
+    for [api] token_sha256 (the coordinator keeps only the hash)."""
+    from .ingest.access import new_token
+
+    token, digest = new_token()
+    print(f"token (give it to the application; shown once): {token}")
+    print(f"add to [api] token_sha256 in the coordinator's config: \"{digest}\"")
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("coordinator", help="run and administer a coordinator")
     csub = p.add_subparsers(dest="coordinator_command", metavar="ACTION")
@@ -134,6 +145,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     common(bak)
     bak.add_argument("--to", required=True, help="folder for the copies")
     bak.set_defaults(func=_backup)
+
+    from .link.cli import add_parser as add_link_parser
+
+    add_link_parser(csub, common, _load)
+    tok = csub.add_parser("api-token", help="make an application token for the API (and the hash to configure)")
+    tok.set_defaults(func=_api_token)
 
     chk = csub.add_parser("check-config", help="validate a config file without starting")
     chk.add_argument("--config", required=True)

@@ -18,10 +18,13 @@ from typing import Any
 
 from .devices.gpio_settings import GpioSettings
 from .devices.modbus_settings import ModbusSettings
+from .link.settings import LinkSettings
 from .market.settings import MarketSettings
+from .membership.settings import ZoneSettings
 from .secrets import redact_url
 from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
+from .updates.settings import UpdatesSettings
 
 
 # A channel's shortest useful life before its close margin
@@ -37,6 +40,14 @@ class ConfigError(ValueError):
 class CoapSettings:
     host: str = "127.0.0.1"
     port: int = 5683
+    # Transports opened (ingest/transports.py): "udp" (the default, alone),
+    # "tcp" (CoAP over TCP on the same port), "ws" (CoAP over WebSocket on
+    # port + 3000). A WebSocket handshake from a browser must come from one
+    # of ws_origins (e.g. "https://ha.example.lan"); at most
+    # max_tcp_connections TCP connections are kept at a time.
+    transports: list[str] = field(default_factory=lambda: ["udp"])
+    ws_origins: list[str] = field(default_factory=list)
+    max_tcp_connections: int = 256
 
     def validate(self, section: str) -> None:
         try:
@@ -44,6 +55,16 @@ class CoapSettings:
         except ValueError:
             raise ConfigError(f"{section}.host={self.host!r}: expected an IP address such as 127.0.0.1 or ::") from None
         _int_range(f"{section}.port", self.port, 0, 65535)
+        known = ("udp", "tcp", "ws")
+        if (not isinstance(self.transports, list) or "udp" not in self.transports
+                or any(t not in known for t in self.transports) or len(set(self.transports)) != len(self.transports)):
+            raise ConfigError(f"{section}.transports={self.transports!r}: expected a list of distinct names from "
+                              f"{', '.join(known)}, with \"udp\" (meters and peer coordinators use it)")
+        if not isinstance(self.ws_origins, list) or not all(
+                isinstance(o, str) and o.startswith(("http://", "https://")) and " " not in o for o in self.ws_origins):
+            raise ConfigError(f"{section}.ws_origins={self.ws_origins!r}: expected a list of web origins such as "
+                              "\"https://ha.example.lan\"")
+        _int_range(f"{section}.max_tcp_connections", self.max_tcp_connections, 1, 10_000)
 
 
 @dataclass
@@ -72,10 +93,48 @@ class IngestSettings:
     # Entries in the CoAP duplicate-message cache (about 2.7 KB each); the
     # bound on the server's memory at any request rate. See ingest/dedup.py.
     dedup_entries: int = 8192
+    # Datagrams per second (and burst) one source address may send; over
+    # that they are dropped unanswered (0: no limit). At most max_sources
+    # addresses are tracked; rate_exempt are not limited (loopback: local
+    # processes). A block-wise request may total at most max_request_bytes
+    # (less for /readings and /devices). See ingest/limits.py.
+    rate_per_source: int = 50
+    burst_per_source: int = 100
+    max_sources: int = 4096
+    rate_exempt: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    max_request_bytes: int = 16384
 
     def validate(self, section: str) -> None:
         _int_range(f"{section}.max_future_s", self.max_future_s, 0, 10**9)
         _int_range(f"{section}.dedup_entries", self.dedup_entries, 16, 10**7)
+        _int_range(f"{section}.rate_per_source", self.rate_per_source, 0, 10**6)
+        _int_range(f"{section}.burst_per_source", self.burst_per_source, 1, 10**6)
+        _int_range(f"{section}.max_sources", self.max_sources, 16, 10**6)
+        _int_range(f"{section}.max_request_bytes", self.max_request_bytes, 1024, 1 << 20)
+        if not isinstance(self.rate_exempt, list):
+            raise ConfigError(f"{section}.rate_exempt: expected a list of IP addresses")
+        for n, a in enumerate(self.rate_exempt):
+            try:
+                ipaddress.ip_address(a)
+            except (ValueError, TypeError):
+                raise ConfigError(f"{section}.rate_exempt[{n}]={a!r}: expected an IP address such as 127.0.0.1") \
+                    from None
+
+
+@dataclass
+class ApiSettings:
+    # SHA-256 (hex) of each application token allowed to read the API
+    # (ingest/access.py); make one with `microgrid coordinator api-token`.
+    # Empty: only applications with an OSCORE context may.
+    token_sha256: list[str] = field(default_factory=list)
+
+    def validate(self, section: str) -> None:
+        if not isinstance(self.token_sha256, list):
+            raise ConfigError(f"{section}.token_sha256: expected a list of SHA-256 hashes (64 hex digits)")
+        for n, h in enumerate(self.token_sha256):
+            if not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
+                raise ConfigError(f"{section}.token_sha256[{n}]: expected 64 lower-case hex digits (the SHA-256 "
+                                  "of a token, as `microgrid coordinator api-token` prints it; never the token)")
 
 
 @dataclass
@@ -168,8 +227,9 @@ class ChannelsSettings:
     # would be left on it), so payments never wait for an open.
     renew_before_s: int = 86_400
     # As a seller: who may open channels to us (channels/admission.py):
-    # the coordinator keys (66 hex digits) of our neighbours, until zone
-    # membership decides it. Empty: nobody (we may still buy). And how
+    # with a [zone], its current members, further restricted to these
+    # coordinator keys (66 hex digits) when the list is not empty; without
+    # a zone, these keys only, and empty: nobody (we may still buy). And how
     # many: channels open per peer, unfunded per peer and in all, and the
     # total capacity of our incoming channels still to close.
     allowed_peers: list[str] = field(default_factory=list)
@@ -258,6 +318,7 @@ class Config:
     coap: CoapSettings = field(default_factory=CoapSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
     log: LogSettings = field(default_factory=LogSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
@@ -267,6 +328,9 @@ class Config:
     gpio: GpioSettings = field(default_factory=GpioSettings)
     modbus: ModbusSettings = field(default_factory=ModbusSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    zone: ZoneSettings = field(default_factory=ZoneSettings)
+    link: LinkSettings = field(default_factory=LinkSettings)
+    updates: UpdatesSettings = field(default_factory=UpdatesSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:
@@ -287,6 +351,9 @@ class Config:
         if self.market.enabled and not (self.overlay.enabled and self.channels.enabled):
             raise ConfigError("market.enabled = true needs overlay.enabled and channels.enabled: orders travel "
                               "through the overlay and payments through channels")
+        if self.zone.enabled and self.market.enabled and self.market.zone != self.zone.name:
+            raise ConfigError(f"market.zone={self.market.zone!r}: expected the zone's name, zone.name="
+                              f"{self.zone.name!r} (orders of one zone carry its name)")
         return self
 
     def resolve(self, path: str) -> Path:

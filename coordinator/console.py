@@ -68,6 +68,7 @@ class Console:
             "meters": (self.cmd_meters, "meters                  registered meters with their last reading"),
             "readings": (self.cmd_readings, "readings METER [N]      last N readings of a meter (id or name; default 10)"),
             "peers": (self.cmd_peers, "peers                   overlay peers"),
+            "updates": (self.cmd_updates, "updates                 firmware releases held, fetching and offered"),
             "orders": (self.cmd_orders, "orders                  open market orders"),
             "market": (self.cmd_market, "market [N]              the last N settled intervals (default 4)"),
             "prices": (self.cmd_prices, "prices [sell|buy SAT]   show this household's prices, or set a fixed one (sat/kWh)"),
@@ -171,6 +172,12 @@ class Console:
         self._no_args("peers", args)
         rows = self._subsystem("console_peers", "the overlay")()
         return _table([list(r.values()) for r in rows], list(rows[0].keys())) if rows else "no peers"
+
+    def cmd_updates(self, args: list[str]) -> str:
+        self._no_args("updates", args)
+        from .updates.status import console_text
+
+        return console_text(self._subsystem("console_updates", "firmware updates")())
 
     def cmd_orders(self, args: list[str]) -> str:
         self._no_args("orders", args)

@@ -9,6 +9,12 @@
 
 import json
 
+try:
+    from micropython import const
+except ImportError:  # CPython: the flash tool validates configs with this module
+    def const(x):
+        return x
+
 CONFIG_FILE = "config.json"
 
 DEFAULTS = {
@@ -18,6 +24,9 @@ DEFAULTS = {
     "interval_s": 10.0,
     "persist_every": 10,
     "key_file": "device.key",
+    # OSCORE security context written by `microgrid flash` (edge/oscore.py);
+    # without the file the link is unprotected.
+    "oscore_file": "oscore.json",
     "state_file": "state",
     "outbox_file": "outbox",
     "outbox_size": 1536,
@@ -37,6 +46,9 @@ DEFAULTS = {
     "log_level": "info",
     "console": False,
     "watchdog_s": 300.0,
+    # Over-the-air updates (docs/UPDATES.md): null (off) or {"board": NAME,
+    # "keys": [release public keys, hex]}, set at flashing.
+    "updates": None,
 }
 
 # Keys the running firmware picks up at once when set from the console;
@@ -116,34 +128,81 @@ def _wifi(cfg):
         raise ConfigError("config wifi: expected null or an object with a non-empty \"ssid\" and a \"password\" string")
 
 
-# One check per key, in the order errors are reported.
+def _updates(cfg):
+    u = cfg["updates"]
+    if u is None:
+        return
+    ok = isinstance(u, dict) and isinstance(u.get("board"), str) and u["board"] and isinstance(u.get("keys"), list)
+    ok = ok and 1 <= len(u["keys"]) <= 4 and not [k for k in u if k not in ("board", "keys")]
+    for k in (u["keys"] if ok else ()):
+        # A compressed secp256k1 public key: 33 bytes in hex.
+        ok = ok and isinstance(k, str) and len(k) == 66 and k[:2] in ("02", "03")
+        try:
+            int(k, 16)
+        except (TypeError, ValueError):
+            ok = False
+    if not ok:
+        raise ConfigError("config updates=%r: expected null or {\"board\": NAME, \"keys\": [1..4 compressed "
+                          "public keys in hex (66 characters, 02.. or 03..)]}" % (u,))
+
+
+# One check per key, in the order errors are reported: (key, kind, lo,
+# hi). Constant tuples, frozen into the firmware image with the bytecode,
+# so they take no heap on a board (a lambda per key took ~2 KB).
+_NUM = const(0)  # a number in lo..hi
+_INT = const(1)  # an integer in lo..hi
+_STR = const(2)  # a non-empty string
+_OTHER = const(3)  # the key's own check, in _check()
 CHECKS = (
-    ("device_name", lambda c: _str(c, "device_name")),
-    ("coordinator_host", lambda c: _str(c, "coordinator_host")),
-    ("coordinator_port", lambda c: _int(c, "coordinator_port", 1, 65535)),
-    ("local_port", lambda c: _int(c, "local_port", 0, 65535)),
-    ("interval_s", lambda c: _num(c, "interval_s", 0.001, 86400)),
-    ("persist_every", lambda c: _int(c, "persist_every", 1, 100000)),
-    ("key_file", lambda c: _str(c, "key_file")),
-    ("state_file", lambda c: _str(c, "state_file")),
-    ("outbox_file", lambda c: _str(c, "outbox_file")),
-    ("outbox_size", lambda c: _int(c, "outbox_size", 2, 100000)),
-    ("batch_size", lambda c: _int(c, "batch_size", 1, 8)),
-    ("ack_timeout_s", lambda c: _num(c, "ack_timeout_s", 0.01, 60)),
-    ("max_retransmit", lambda c: _int(c, "max_retransmit", 0, 20)),
-    ("retry_after_s", lambda c: _num(c, "retry_after_s", 0, 3600)),
-    ("clock_start", lambda c: _num(c, "clock_start", 0, 1 << 40)),
-    ("clock_speed", lambda c: _num(c, "clock_speed", 0.001, 1000000)),
-    ("clock_origin", lambda c: _num(c, "clock_origin", 0, 1 << 40)),
-    ("time_resync_s", lambda c: _num(c, "time_resync_s", 60, 7 * 86400)),
-    ("max_readings", lambda c: _int(c, "max_readings", 0, 1 << 40)),
-    ("drain_timeout_s", lambda c: _num(c, "drain_timeout_s", 0, 1 << 30)),
-    ("meter", _meter),
-    ("console", _console),
-    ("watchdog_s", check_watchdog),
-    ("log_level", _log_level),
-    ("wifi", _wifi),
+    ("device_name", _STR, 0, 0),
+    ("coordinator_host", _STR, 0, 0),
+    ("coordinator_port", _INT, 1, 65535),
+    ("local_port", _INT, 0, 65535),
+    ("interval_s", _NUM, 0.001, 86400),
+    ("persist_every", _INT, 1, 100000),
+    ("key_file", _STR, 0, 0),
+    ("oscore_file", _STR, 0, 0),
+    ("state_file", _STR, 0, 0),
+    ("outbox_file", _STR, 0, 0),
+    ("outbox_size", _INT, 2, 100000),
+    ("batch_size", _INT, 1, 8),
+    ("ack_timeout_s", _NUM, 0.01, 60),
+    ("max_retransmit", _INT, 0, 20),
+    ("retry_after_s", _NUM, 0, 3600),
+    ("clock_start", _NUM, 0, 1 << 40),
+    ("clock_speed", _NUM, 0.001, 1000000),
+    ("clock_origin", _NUM, 0, 1 << 40),
+    ("time_resync_s", _NUM, 60, 7 * 86400),
+    ("max_readings", _INT, 0, 1 << 40),
+    ("drain_timeout_s", _NUM, 0, 1 << 30),
+    ("meter", _OTHER, 0, 0),
+    ("console", _OTHER, 0, 0),
+    ("watchdog_s", _OTHER, 0, 0),
+    ("log_level", _OTHER, 0, 0),
+    ("wifi", _OTHER, 0, 0),
+    ("updates", _OTHER, 0, 0),
 )
+
+
+def _check(cfg, key, kind, lo, hi):
+    if kind == _NUM:
+        _num(cfg, key, lo, hi)
+    elif kind == _INT:
+        _int(cfg, key, lo, hi)
+    elif kind == _STR:
+        _str(cfg, key)
+    elif key == "meter":
+        _meter(cfg)
+    elif key == "console":
+        _console(cfg)
+    elif key == "watchdog_s":
+        check_watchdog(cfg)
+    elif key == "log_level":
+        _log_level(cfg)
+    elif key == "updates":
+        _updates(cfg)
+    else:
+        _wifi(cfg)
 
 
 def problems(cfg):
@@ -153,11 +212,11 @@ def problems(cfg):
     for key in cfg:
         if key not in DEFAULTS:
             out[key] = ConfigError("config key %r is unknown; allowed: %s" % (key, ", ".join(sorted(DEFAULTS))))
-    for key, check in CHECKS:
+    for key, kind, lo, hi in CHECKS:
         if key in out:
             continue
         try:
-            check(cfg)
+            _check(cfg, key, kind, lo, hi)
         except ConfigError as e:
             out[key] = e
     return out
@@ -171,7 +230,8 @@ def validate(cfg):
         for key in cfg:
             if key in found and key not in DEFAULTS:
                 raise found[key]
-        for key, _ in CHECKS:
+        for spec in CHECKS:
+            key = spec[0]
             if key in found:
                 raise found[key]
     return cfg
@@ -276,7 +336,8 @@ def set_key(raw, key, value):
         raise after[top]
     if after:
         before = problems(merged(raw))
-        for k, _ in CHECKS:
+        for spec in CHECKS:
+            k = spec[0]
             if k in after and k not in before:
                 raise after[k]
     return out

@@ -19,10 +19,13 @@
 
 import binascii
 
-from shared import cbor, cose, reading, secp256k1, senml
+from micropython import const
+
+from shared import cbor, cose, secp256k1
+from shared import reading_build as reading
 from edge import coap, hal, log, ticks
-from edge import config as config_mod
 from edge.clock import Clock
+from edge.hal.region import exists as _exists
 from edge.journal import Journal
 from edge.meters import open_meter
 from edge.meters.base import RESET_ENERGY, RESET_FACTORY
@@ -39,6 +42,9 @@ CHANGED = 68  # 2.04
 CONFLICT = 137  # 4.09: the coordinator already holds this sequence number
 
 MAX_BACKOFF = 16  # times the base delay
+# SenML labels (RFC 8428, as in shared/senml.py): folded into the bytecode.
+_N = const(0)
+_V = const(2)
 
 
 def load_key(path):
@@ -85,12 +91,12 @@ def merged_message(secret, public_key, message, first_seq):
     """The reading re-signed with a ("merged_from", first_seq) record: it
     stands for the readings first_seq .. its own seq merged in the outbox."""
     pack = cbor.loads(cose.parse(message).payload)
-    pack.append({senml.N: MERGED_FROM, senml.V: first_seq})
+    pack.append({_N: MERGED_FROM, _V: first_seq})
     return reading.sign_payload(secret, public_key, cbor.dumps(pack))
 
 
 class Firmware:
-    def __init__(self, cfg, config_path=config_mod.CONFIG_FILE, watchdog=None, console=None):
+    def __init__(self, cfg, config_path="config.json", watchdog=None, console=None):
         self.cfg = cfg
         self.config_path = config_path
         self.boot_ms = ticks.ticks_ms()
@@ -101,7 +107,7 @@ class Firmware:
             # Import (compile, under the unix port) before the signer's
             # tables fragment the heap.
             from edge.console import Console
-        log.level = {"debug": log.DEBUG, "info": log.INFO, "warning": log.WARNING, "error": log.ERROR}[cfg["log_level"]]
+        log.set_level(cfg["log_level"])
         self.errors = Errors()
         # The driver's modules load (compile, under the unix port) before
         # the signer's tables fragment the heap.
@@ -124,6 +130,14 @@ class Firmware:
             cfg["coordinator_host"], cfg["coordinator_port"], cfg["ack_timeout_s"], cfg["max_retransmit"], cfg["local_port"],
             self.idle
         )
+        # OSCORE around every exchange when the board has a context
+        # (edge/oscore.py, imported only then); never a fallback to clear.
+        self.secure = None
+        if _exists(cfg["oscore_file"]):
+            from edge import oscore
+
+            self.secure = oscore.open_link(cfg["oscore_file"])
+            log.info(TAG, "link protected by OSCORE (sender id %s)" % binascii.hexlify(self.secure.ctx.sender_id).decode())
         self._recover(state)
         self.produced = 0
         self.batch = []  # readings waiting to be signed together (batch_size > 1)
@@ -139,6 +153,9 @@ class Firmware:
             console.attach(self)
         elif cfg["console"]:
             self.console = Console(self)
+        self.ota = None  # edge/ota.py: loaded only while an update is offered or under way
+        if self.cfg["updates"] and _exists("ota.json"):
+            self.start_ota()
         log.info(TAG, "device %s (%s) -> coap://%s:%d/readings, next seq %d, %d buffered" % (
             self.device, cfg["device_name"], cfg["coordinator_host"], cfg["coordinator_port"], self.seq + 1,
             len(self.outbox)))
@@ -348,7 +365,10 @@ class Firmware:
         stored = msg
         msg = self.renumber.outgoing(self.secret, self.public_key, seq, msg)
         try:
-            code, payload = self.client.post("readings", msg, cose.CONTENT_FORMAT_SIGN1)
+            if self.secure is not None:
+                code, payload = self.secure.post(self.client, "readings", msg, cose.CONTENT_FORMAT_SIGN1)
+            else:
+                code, payload = self.client.post("readings", msg, cose.CONTENT_FORMAT_SIGN1)
         except OSError as e:
             self.link = "down"
             self.errors.add("network", str(e))
@@ -361,6 +381,8 @@ class Firmware:
             self._delivered(seq)
             if payload and self.clock.wants_time():
                 self.take_time(payload)
+            if payload and b" fw=" in payload and self.cfg["updates"] and self.start_ota():
+                self.ota.offered(payload)
             return True
         text = payload.decode() if payload else ""
         if code == CONFLICT and text.startswith("duplicate"):
@@ -386,8 +408,21 @@ class Firmware:
     def _delivered(self, seq):
         self.outbox.pop(seq)
         self.delivered += 1
+        if self.ota is not None:
+            self.ota.delivered()
         if self.renumber.release(self.outbox.peek()):
             self.persist()
+
+    def start_ota(self):
+        if self.ota is None:
+            try:
+                from edge.ota_session import Session
+
+                self.ota = Session(self)
+            except Exception as e:  # an updater fault must never stop metering
+                self.errors.add("flash", "updater: %r" % (e,))
+                log.error(TAG, "updater not started: %r" % (e,))
+        return self.ota
 
     def _jump(self, seq, stored, answer):
         """The coordinator holds numbers up to answer[0]: our sequence went
@@ -442,6 +477,8 @@ class Firmware:
         if evidence:
             if not self.measure():
                 raise OSError("factory reset: the reset record could not be made: %s" % self.errors.last)
+        from edge import config as config_mod
+
         config_mod.save_raw(self.config_path, {})
         self.persist()
         log.warning(TAG, "factory reset: config cleared, stored energy %d/%d Wh cleared; reboot to apply" % old)
@@ -566,6 +603,8 @@ class Firmware:
                     self.errors.add("flash", str(e))
                     self._retry_later()
                 continue
+            if self.ota is not None and self.ota.poll():
+                continue
             wait = -ticks.since(next_ms)
             if self.outbox and self.retry_at_ms is not None:
                 wait = min(wait, -ticks.since(self.retry_at_ms))
@@ -575,6 +614,16 @@ class Firmware:
                 self.wait(min(wait, 1000))
         self.stop()
         return self.summary()
+
+
+def _exists(path):
+    import os
+
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
 
 
 def main(config_path="config.json"):

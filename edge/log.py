@@ -2,13 +2,14 @@
 # a board, stdout under the unix port) and the last few are kept in RAM so
 # the technician console can show them without a filesystem.
 
-import time
-
 DEBUG = 10
 INFO = 20
 WARNING = 30
 ERROR = 40
-_NAMES = {DEBUG: "DEBUG", INFO: "INFO", WARNING: "WARN", ERROR: "ERROR"}
+# The config's names of the levels, DEBUG .. ERROR in order, and how a
+# line shows them (constant tuples: no heap on a board).
+LEVELS = ("debug", "info", "warning", "error")
+_SHOWN = ("DEBUG", "INFO", "WARN", "ERROR")
 
 level = INFO
 _recent = []
@@ -18,10 +19,17 @@ RECENT_MAX = 10
 LINE_MAX = 120
 
 
+def set_level(name):
+    """The level named as the config names it (log_level)."""
+    global level
+    level = (LEVELS.index(name) + 1) * 10
+
+
 def log(lvl, tag, msg):
     if lvl < level:
         return
-    line = "%s %s: %s" % (_NAMES.get(lvl, str(lvl)), tag, msg)
+    i = lvl // 10 - 1
+    line = "%s %s: %s" % (_SHOWN[i] if lvl % 10 == 0 and 0 <= i < 4 else str(lvl), tag, msg)
     _recent.append(line[:LINE_MAX])
     if len(_recent) > RECENT_MAX:
         _recent.pop(0)

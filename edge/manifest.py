@@ -1,11 +1,12 @@
 # Freeze the firmware into a MicroPython build, so its bytecode runs from
 # flash instead of taking heap. Measured in the esp32-like build (32-bit,
 # as an ESP32; bench/bench_firmware.py): the whole firmware with the PZEM
-# driver and the console, sending readings to a coordinator, peaks at
-# 46 KB of heap frozen and 86 KB as .mpy files on the filesystem. Frozen,
-# the heap still holds the modules' objects (functions, classes, globals:
-# ~30 KB), the firmware's state and one reading's working memory (the
-# signature's big integers, CoAP buffers); see edge/README.md, Memory.
+# driver and the console, sending readings to a coordinator while the
+# console answers status and selftest, peaks at 47 KB of heap frozen and
+# about twice that as .mpy files on the filesystem. Frozen, the heap still
+# holds the imported modules' objects (functions, classes, globals: ~30
+# KB), the firmware's state and one signature's working memory; see
+# edge/README.md, Memory.
 #
 #   make -C ports/esp32 BOARD=ESP32_GENERIC FROZEN_MANIFEST=/path/to/repo/edge/manifest.py
 #   ../shared/micropython-esp32like/build.sh OUT edge/manifest.py   (esp32-like unix build)

@@ -34,11 +34,19 @@
 # reading a second). An answer outside those bounds is refused: the reading
 # stays in the outbox and is retried with backoff, nothing is dropped.
 
-from shared import cbor, cose, reading, senml
+from micropython import const
+
+from shared import cbor, cose
+from shared import reading_build as reading
 from edge.meters.base import RESET_DROPPED
 
 MERGED_FROM = "merged_from"
 SEQ_LIMIT = 1 << 29
+# SenML labels (RFC 8428, as in shared/senml.py): folded into the bytecode.
+_N = const(0)
+_U = const(1)
+_V = const(2)
+_VS = const(3)
 
 
 def parse_stale(text):
@@ -71,14 +79,14 @@ def _first_reading(pack):
     imp = exp = None
     has_reset = False
     for i in range(len(pack)):
-        name = pack[i].get(senml.N)
+        name = pack[i].get(_N)
         if i and name == reading.SEQ:
             end = i
             break
         if name == reading.IMPORT:
-            imp = pack[i].get(senml.V)
+            imp = pack[i].get(_V)
         elif name == reading.EXPORT:
-            exp = pack[i].get(senml.V)
+            exp = pack[i].get(_V)
         elif name == "reset":
             has_reset = True
     return end, imp, exp, has_reset
@@ -88,8 +96,8 @@ def _numbers(pack):
     """The sequence numbers a pack names: its seq records and merged_from."""
     out = []
     for rec in pack:
-        if rec.get(senml.N) in (reading.SEQ, MERGED_FROM):
-            out.append(rec.get(senml.V))
+        if rec.get(_N) in (reading.SEQ, MERGED_FROM):
+            out.append(rec.get(_V))
     return out
 
 
@@ -152,19 +160,19 @@ class Renumber:
         pack = cbor.loads(cose.parse(message).payload)
         changed = False
         for rec in pack:
-            if rec.get(senml.N) in (reading.SEQ, MERGED_FROM):
-                v = rec.get(senml.V)
+            if rec.get(_N) in (reading.SEQ, MERGED_FROM):
+                v = rec.get(_V)
                 if isinstance(v, int) and v <= self.upto:
-                    rec[senml.V] = v + self.shift
+                    rec[_V] = v + self.shift
                     changed = True
         r = self.reset
         if r is not None and r[0] == seq:
             end, imp, exp, has_reset = _first_reading(pack)
             if not has_reset:
                 pack[end:end] = [
-                    {senml.N: "reset", senml.VS: RESET_DROPPED},
-                    {senml.N: "reset_import_wh", senml.U: "Wh", senml.V: r[1]},
-                    {senml.N: "reset_export_wh", senml.U: "Wh", senml.V: r[2]},
+                    {_N: "reset", _VS: RESET_DROPPED},
+                    {_N: "reset_import_wh", _U: "Wh", _V: r[1]},
+                    {_N: "reset_export_wh", _U: "Wh", _V: r[2]},
                 ]
                 changed = True
         out = reading.sign_payload(secret, public_key, cbor.dumps(pack)) if changed else message

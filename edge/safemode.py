@@ -32,10 +32,9 @@
 
 import gc
 import json
-import sys
 
-from edge import config as config_mod
-from edge import hal, log, ticks
+import edge
+from edge import hal, log
 
 TAG = "boot"
 RETRY_FIRST_MS = 1000
@@ -43,12 +42,13 @@ RETRY_MAX_MS = 30000
 REPL_FEED_MS = 30 * 60 * 1000
 EXIT_REBOOT = 3  # unix port: a supervisor (or a test) starts the image again
 EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
-LEVELS = {"debug": log.DEBUG, "info": log.INFO, "warning": log.WARNING, "error": log.ERROR}
 
 
 def watchdog_ms(config_path):
     """The watchdog timeout: watchdog_s from the config when it can be
     read and is valid, else the default (0 = off)."""
+    from edge import config as config_mod
+
     default = int(config_mod.DEFAULTS["watchdog_s"] * 1000)
     try:
         raw = config_mod.load_raw(config_path)
@@ -72,63 +72,12 @@ def _reason(e):
     return "%s: %s" % (type(e).__name__, e)
 
 
-class SafeMode:
-    """Stands in for the firmware while start-up fails: what the console
-    shows and changes, and when to try again."""
+def _load_config(config_path):
+    # Imported here, not by this module: main() runs for as long as the
+    # firmware does, and its module need not stay in the heap after boot.
+    from edge import config as config_mod
 
-    def __init__(self, config_path, watchdog):
-        self.config_path = config_path
-        self.watchdog = watchdog
-        self.boot_ms = ticks.ticks_ms()
-        self.safe_reason = None
-        self.cfg = None  # the config as far as it can be read (None: not at all)
-        self.attempts = 0
-        self.delay_ms = RETRY_FIRST_MS
-        self.wait_start = ticks.ticks_ms()
-        self.retry_now = False
-        self.running = True
-        self.reboot_requested = False
-
-    def failed(self, e):
-        """A start-up attempt failed with exception e."""
-        self.attempts += 1
-        reason = _reason(e)
-        if reason != self.safe_reason:
-            log.error(TAG, "safe mode: %s (console open; start-up is tried again)" % reason)
-            if not isinstance(e, ValueError):
-                sys.print_exception(e)
-        self.safe_reason = reason
-        try:
-            self.cfg = config_mod.merged(config_mod.load_raw(self.config_path))
-        except ValueError:
-            self.cfg = None
-
-    def config_changed(self, cfg):
-        """The console saved the config: try the start-up at once."""
-        self.cfg = cfg
-        self.retry_now = True
-        self.delay_ms = RETRY_FIRST_MS
-
-    def uptime_s(self):
-        return ticks.since(self.boot_ms) // 1000
-
-    def retry_in_s(self):
-        return max(0, self.delay_ms - ticks.since(self.wait_start)) // 1000
-
-    def wait(self, console):
-        """Run the console and feed the watchdog until the next start-up
-        attempt is due. False when the console asked for a reboot."""
-        self.retry_now = False
-        self.wait_start = ticks.ticks_ms()
-        while self.running:
-            if self.watchdog is not None:
-                self.watchdog.feed()
-            left = self.delay_ms - ticks.since(self.wait_start)
-            if self.retry_now or left <= 0:
-                break
-            console.poll(min(left, 1000))
-        self.delay_ms = min(self.delay_ms * 2, RETRY_MAX_MS)
-        return self.running
+    return config_mod.load(config_path)
 
 
 def _open_console(fw):
@@ -196,8 +145,8 @@ def main(config_path, firmware_class):
     try:
         while True:
             try:
-                cfg = config_mod.load(config_path)
-                log.level = LEVELS[cfg["log_level"]]
+                cfg = _load_config(config_path)
+                log.set_level(cfg["log_level"])
                 if console is not None and not cfg["console"]:
                     console.close()
                     console = None
@@ -205,10 +154,18 @@ def main(config_path, firmware_class):
                     # Imported before the signer's tables fragment the heap.
                     console = _open_console(None)
                 fw = firmware_class(cfg, config_path, wdt, console)
+                # The config's checks (and the drivers') are done with until
+                # a console command needs them again.
+                edge.release("edge.config")
+                edge.release("edge.meters.checks")
                 break
             except Exception as e:  # whatever stops the start-up: never the end of the board
                 fw = None
                 if safe is None:
+                    # Loaded only when a start-up fails: a board that
+                    # starts does not hold it in its heap.
+                    from edge.safestate import SafeMode
+
                     safe = SafeMode(config_path, wdt)
                 safe.failed(e)
                 if console is None:

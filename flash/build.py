@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,6 +58,10 @@ BUILTIN_MODULES = frozenset({
     "uselect", "urandom", "framebuf", "neopixel", "bluetooth", "cryptolib", "deflate", "heapq", "re", "termios",
 })
 FIRMWARE_PACKAGES = ("edge", "shared")
+# CPython packages shared/ falls back to off a board, behind an ImportError:
+# shared/aes.py takes cryptolib first (every ESP32 build has it), the
+# `cryptography` package only under CPython.
+HOST_ONLY_MODULES = frozenset({"cryptography"})
 
 
 def _beside_python(name: str) -> str | None:
@@ -101,10 +106,19 @@ def firmware_version() -> str:
     return m.group(1) if m else "unknown"
 
 
+# CPython 3.11 before 3.11.8 (gh-106905) keeps one AST recursion counter
+# per interpreter: ast.parse in several threads at once (the demo flashes
+# four meters in parallel) can fail with "SystemError: AST constructor
+# recursion depth mismatch". One parse at a time.
+_PARSE_LOCK = threading.Lock()
+
+
 def imported_modules(source: str) -> set[str]:
     """Top-level names of every absolute import in `source`."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    with _PARSE_LOCK:
+        tree = ast.parse(source)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -115,7 +129,7 @@ def imported_modules(source: str) -> set[str]:
 def check_imports() -> None:
     for rel, src in firmware_files().items():
         for name in sorted(imported_modules(src.read_text())):
-            if name in FIRMWARE_PACKAGES or name in BUILTIN_MODULES or name in MIP_PACKAGES:
+            if name in FIRMWARE_PACKAGES or name in BUILTIN_MODULES or name in MIP_PACKAGES or name in HOST_ONLY_MODULES:
                 continue
             raise FlashError(STEP, f"{rel} imports {name!r}, which is neither a MicroPython built-in nor a "
                              "micropython-lib package the image installs",

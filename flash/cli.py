@@ -41,14 +41,18 @@ def _run(args: argparse.Namespace) -> int:
         target = parse_target(args.target, mpremote=args.mpremote, micropython=args.micropython,
                               timeout=args.board_timeout)
         if args.check:
-            failures = check(CheckRequest(target, args.coordinator, not args.no_register, args.timeout))
+            failures = check(CheckRequest(target, args.coordinator, not args.no_register, args.timeout,
+                                          token=None if args.no_register else _token(args),
+                                          installer_context=Path(args.installer_context)
+                                          if args.installer_context and not args.no_register else None))
             print("check passed" if not failures else f"check failed: {len(failures)} problem(s)", flush=True)
             return 1 if failures else 0
         req = FlashRequest(
             target=target, board=args.board, config_file=args.config, settings=args.set or [], name=args.name,
             coordinator=args.coordinator, wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password,
-            meter=args.meter, persist_every=args.persist_every, token=None if args.no_register else _token(args),
+            meter=args.meter, persist_every=args.persist_every, release_keys=args.release_key or [], token=None if args.no_register else _token(args),
             register=not args.no_register, host_key=args.host_key,
+            installer_context=Path(args.installer_context) if args.installer_context else None,
             firmware=Path(args.firmware) if args.firmware else None, firmware_sha256=args.firmware_sha256,
             erase=args.erase, compile=not args.no_compile, esptool=args.esptool, coap_timeout=args.timeout,
             frozen=args.frozen,
@@ -80,9 +84,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--wifi-password")
     g.add_argument("--meter", help="meter type (simulated, pzem004t, sdm120, sdm630, s0, ct)")
     g.add_argument("--persist-every", type=int, help="save the counters to flash every N readings")
+    g.add_argument("--release-key", action="append", metavar="HEX",
+                   help="a public release key the meter trusts for updates (repeatable; docs/UPDATES.md)")
     k = p.add_argument_group("key and registration")
     k.add_argument("--host-key", action="store_true",
                    help="make the key on this machine instead of on the board (only when the board cannot)")
+    k.add_argument("--installer-context", metavar="DIR",
+                   help="the installer's OSCORE context (microgrid coordinator installer-context): register over "
+                        "OSCORE, no token, and give the meter its own OSCORE context")
     k.add_argument("--token-file", help="file with the coordinator's installer token")
     k.add_argument("--token", help=f"the installer token (visible to other users in `ps`: prefer --token-file or {TOKEN_ENV})")
     k.add_argument("--no-register", action="store_true", help="do not register (or, with --check, do not ask) the coordinator")

@@ -8,7 +8,9 @@ flash:  [verify firmware, check config, write firmware]   only with --firmware
                          else edge/ and shared/ compiled with mpy-cross
         write files      only what differs; key, state, outbox untouched
         device key       made on the board (kept if present), or --host-key
-        register         POST /devices with the installer token
+        register         POST /devices with the installer token, or over OSCORE
+                         with --installer-context (then the meter's own
+                         OSCORE context goes to the board: oscore.json)
         verify           the same checks as --check
 
 Each step prints a line as it starts and what it found; a failure stops
@@ -48,7 +50,11 @@ class FlashRequest:
     wifi_password: str | None = None
     meter: str | None = None
     persist_every: int | None = None
+    release_keys: list[str] = field(default_factory=list)  # public keys whose releases the meter installs
     token: str | None = None
+    # An installer's OSCORE context (microgrid coordinator installer-context):
+    # registration over OSCORE, and the meter gets its own context.
+    installer_context: Path | None = None
     register: bool = True
     host_key: bool = False
     firmware: Path | None = None
@@ -119,6 +125,10 @@ def base_config(req: FlashRequest, existing: str | None, board: str = "unix") ->
             raw = dict(raw, meter=settings.suggested_meter(board, req.meter))
     if req.persist_every is not None:
         flags.append(f"persist_every={req.persist_every}")
+    if req.release_keys:
+        # Over-the-air updates (docs/UPDATES.md): the meter installs only
+        # releases for this board signed by one of these keys.
+        flags.append("updates=" + json.dumps({"board": board, "keys": list(req.release_keys)}))
     return settings.apply_settings(raw, flags + list(req.settings))
 
 
@@ -316,19 +326,42 @@ class Flasher:
 
     def register(self, cfg: dict[str, Any], public_key: bytes) -> str:
         step = self.progress.step("register")
+        if self.req.installer_context is not None:
+            return self._register_protected(step, cfg, public_key)
         token = self.req.token
         assert token is not None
         r = registration.register(cfg["coordinator_host"], cfg["coordinator_port"], public_key, cfg["device_name"],
                                   token, timeout=self.req.coap_timeout, step=step)
         where = registration.coap_uri(cfg["coordinator_host"], cfg["coordinator_port"], "devices")
         self.progress.done(f"{'registered' if r.created else 'already registered'} {r.device_id} as {r.name!r} at {where}")
+        self.progress.warn("registered with the installer token in clear; the meter gets no OSCORE context from it "
+                           "(its readings go unprotected unless it has one): flash with --installer-context DIR")
+        return "new" if r.created else "known"
+
+    def _register_protected(self, step: str, cfg: dict[str, Any], public_key: bytes) -> str:
+        assert self.req.installer_context is not None
+        r, context = registration.register_protected(
+            cfg["coordinator_host"], cfg["coordinator_port"], public_key, cfg["device_name"],
+            self.req.installer_context, timeout=self.req.coap_timeout, step=step)
+        # The meter's side of its context: a secret file like the key,
+        # written to the board only (never printed, never in the config).
+        try:
+            self.target.put_secret(cfg["oscore_file"], json.dumps(context) + "\n", step)
+        except OSError as e:
+            raise FlashError(step, f"the meter's OSCORE context could not be written to {cfg['oscore_file']} on "
+                             f"{self.target.label}: {e.strerror or e}; the coordinator already holds the new one",
+                             "flash again (the meter cannot deliver readings until it has the same context)") from None
+        where = registration.coap_uri(cfg["coordinator_host"], cfg["coordinator_port"], "devices")
+        self.progress.done(f"{'registered' if r.created else 'already registered'} {r.device_id} as {r.name!r} at "
+                           f"{where} over OSCORE; the meter's OSCORE context (kid {context['sender_id']}) is in "
+                           f"{cfg['oscore_file']}")
         return "new" if r.created else "known"
 
     # -- the whole flash ----------------------------------------------------
 
     def run(self) -> FlashResult:
         req = self.req
-        if req.register and not req.token:
+        if req.register and not req.token and req.installer_context is None:
             raise FlashError("register", "no installer token given",
                              f"pass --token-file FILE or set {TOKEN_ENV} (the operator has it: [ingest] installer_token); "
                              "or --no-register, then register with `microgrid coordinator register-device`")
@@ -409,6 +442,8 @@ class CheckRequest:
     coordinator: str | None = None  # where to ask, if not the config's address
     registered: bool = True  # ask the coordinator
     coap_timeout: float = registration.DEFAULT_TIMEOUT_S
+    token: str | None = None  # the installer token: the coordinator shows registrations only with it
+    installer_context: Path | None = None  # or the installer's OSCORE context (asked over OSCORE)
 
 
 def check(req: CheckRequest, out: TextIO | None = None) -> list[FlashError]:
@@ -471,7 +506,10 @@ def check(req: CheckRequest, out: TextIO | None = None) -> list[FlashError]:
     else:
         assert inv.key is not None
         public_key = bytes.fromhex(inv.key)
-        progress.done(f"public key {inv.key}, key id {reading.device_id(public_key)}")
+        oscore_file = (cfg or {}).get("oscore_file", "oscore.json")
+        link = (f"OSCORE context in {oscore_file}" if oscore_file in inv.others
+                else "no OSCORE context: readings go unprotected (flash with --installer-context DIR)")
+        progress.done(f"public key {inv.key}, key id {reading.device_id(public_key)}; link: {link}")
     if req.registered:
         step = progress.step("registered")
         if public_key is None or (cfg is None and req.coordinator is None):
@@ -486,7 +524,8 @@ def check(req: CheckRequest, out: TextIO | None = None) -> list[FlashError]:
             port = port or (cfg or {}).get("coordinator_port", 5683)
             device = reading.device_id(public_key)
             try:
-                found = registration.lookup(str(host), int(port), device, timeout=req.coap_timeout, step=step)
+                found = registration.lookup(str(host), int(port), device, timeout=req.coap_timeout, step=step,
+                                            token=req.token, installer_context=req.installer_context)
             except FlashError as e:
                 fail(e)
             else:

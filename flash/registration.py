@@ -1,6 +1,8 @@
 """Registering the meter's public key with the coordinator over CoAP
-(POST /devices with the installer token) and confirming it (GET
-/devices?id=...). The coordinator side is coordinator/ingest/devices.py.
+(POST /devices with the installer token, or over OSCORE with the
+installer's context, which also brings the meter's own OSCORE context) and
+confirming it (GET /devices?id=...). The coordinator side is
+coordinator/ingest/devices.py and coordinator/link/guard.py.
 
 Every failure becomes a FlashError naming the step, what the coordinator
 (or the network) said, and what the installer does about it.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiocoap
@@ -22,6 +25,8 @@ from .errors import FlashError
 
 CBOR_FORMAT = 60
 DEFAULT_TIMEOUT_S = 10.0
+# The Microgrid-Token option (coordinator/ingest/access.py TOKEN_OPTION).
+TOKEN_OPTION = 65002
 
 
 @dataclass(frozen=True)
@@ -103,14 +108,88 @@ def register(host: str, port: int, public_key: bytes, name: str, token: str,
 
 
 def lookup(host: str, port: int, device_id: str, timeout: float = DEFAULT_TIMEOUT_S,
-           step: str = "check registration") -> Registration | None:
-    """The coordinator's record of `device_id`, or None if it has none."""
+           step: str = "check registration", token: str | None = None,
+           installer_context: Path | None = None) -> Registration | None:
+    """The coordinator's record of `device_id`, or None if it has none.
+    The coordinator shows registrations only to those with credentials:
+    the installer's OSCORE context, or the installer token in the
+    Microgrid-Token option (coordinator/ingest/access.py)."""
     uri = coap_uri(host, port, "devices")
-    message = aiocoap.Message(code=Code.GET, uri=uri + f"?id={device_id}")
-    response = asyncio.run(_request(step, message, uri, timeout))
+    if installer_context is not None:
+        response = asyncio.run(_protected_request(step, uri, b"", installer_context, timeout,
+                                                  code=Code.GET, query=f"?id={device_id}"))
+    else:
+        message = aiocoap.Message(code=Code.GET, uri=uri + f"?id={device_id}")
+        if token:
+            from aiocoap.optiontypes import OpaqueOption
+
+            message.opt.add_option(OpaqueOption(TOKEN_OPTION, token.encode()))
+        response = asyncio.run(_request(step, message, uri, timeout))
+    if response.code == Code.UNAUTHORIZED:
+        raise FlashError(step, f"the coordinator shows registrations only with credentials (4.01 "
+                               f"{response.payload.decode(errors='replace')})",
+                         "give the installer's context (--installer-context DIR) or token "
+                         "(--token-file FILE or MICROGRID_INSTALLER_TOKEN)")
     if response.code == Code.CONTENT:
         return _decode(step, response, uri)
     if response.code == Code.NOT_FOUND and response.opt.content_format is None and b"not registered" in response.payload:
         return None
     raise FlashError(step, f"the coordinator answered {response.code}: {response.payload.decode(errors='replace')}",
                      "update the coordinator (it needs GET /devices), or check the address with --coordinator HOST:PORT")
+
+
+def register_protected(host: str, port: int, public_key: bytes, name: str, installer_context: Path,
+                       timeout: float = DEFAULT_TIMEOUT_S, step: str = "register") -> tuple[Registration, dict[str, str]]:
+    """POST /devices over OSCORE with the installer's context (made by
+    `microgrid coordinator installer-context`): no token, request and
+    answer encrypted, and the answer carries the meter's new OSCORE context
+    (master secret included: the caller writes it to the board, never to
+    the screen)."""
+    uri = coap_uri(host, port, "devices")
+    body = cbor.dumps({"public_key": public_key, "name": name, "oscore": True})
+    response = asyncio.run(_protected_request(step, uri, body, installer_context, timeout))
+    text = response.payload.decode(errors="replace")
+    if response.code in (Code.CREATED, Code.CHANGED):
+        registration = _decode(step, response, uri, created=response.code == Code.CREATED)
+        doc: Any = cbor.loads(response.payload).get("oscore")
+        if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("secret", "salt", "sender_id", "recipient_id")):
+            raise FlashError(step, f"{uri} registered the meter but sent no OSCORE context",
+                             "update the coordinator (it needs coordinator/link), then flash again")
+        return registration, {k: str(doc[k]) for k in ("secret", "salt", "sender_id", "recipient_id")}
+    if response.code == Code.UNAUTHORIZED:
+        raise FlashError(step, f"the coordinator did not accept the installer context {installer_context} (4.01 {text})",
+                         "ask the operator for a current one: microgrid coordinator installer-context NAME --out DIR")
+    if response.code == Code.TOO_MANY_REQUESTS:
+        raise FlashError(step, f"the coordinator locked this address out after failed registrations (4.29 {text})",
+                         "wait, then flash again with a valid installer context")
+    raise FlashError(step, f"the coordinator answered {response.code}: {text}",
+                     "see the coordinator's log (journalctl -u microgrid-coordinator) for the reason")
+
+
+async def _protected_request(step: str, uri: str, body: bytes, installer_context: Path, timeout: float,
+                             code: Code = Code.POST, query: str = "") -> aiocoap.Message:
+    from aiocoap.oscore import FilesystemSecurityContext
+
+    try:
+        security = FilesystemSecurityContext(str(installer_context))
+    except Exception as e:  # noqa: BLE001 - a missing or broken directory, a lock held by another flash
+        raise FlashError(step, f"cannot use the installer context {installer_context}: {e}",
+                         "give the directory `microgrid coordinator installer-context` made (one flash at a time)") from None
+    context = await aiocoap.Context.create_client_context()
+    context.client_credentials[":installer"] = security
+    context.client_credentials[uri.rsplit("/", 1)[0] + "/*"] = ":installer"
+    try:
+        if code == Code.POST:
+            message = aiocoap.Message(code=code, uri=uri, payload=body, content_format=CBOR_FORMAT)
+        else:
+            message = aiocoap.Message(code=code, uri=uri + query)
+        return await asyncio.wait_for(context.request(message).response, timeout)
+    except asyncio.TimeoutError:
+        raise _unreachable(step, uri, f"no answer within {timeout:g} s") from None
+    except aiocoap.error.Error as e:
+        raise _unreachable(step, uri, str(e) or type(e).__name__) from None
+    except OSError as e:
+        raise _unreachable(step, uri, e.strerror or str(e)) from None
+    finally:
+        await context.shutdown()
+        security._destroy()  # persists its sequence number, releases the lock

@@ -209,6 +209,15 @@ class FolderTarget:
         with os.fdopen(fd, "w") as f:
             f.write(secret_hex + "\n")
 
+    def put_secret(self, name: str, text: str, step: str) -> None:
+        """A secret file (mode 0600), replacing any before it whole."""
+        tmp = self.path / (name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.path / name)
+
 
 class SerialTarget:
     """A board running MicroPython on a serial port, reached with mpremote."""
@@ -269,6 +278,14 @@ class SerialTarget:
             with os.fdopen(fd, "w") as f:
                 f.write(secret_hex + "\n")
             self._run(["fs", "cp", str(path), ":" + key_file], step)
+
+    def put_secret(self, name: str, text: str, step: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "secret"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            self._run(["fs", "cp", str(path), ":" + name], step)
 
 
 Target = FolderTarget | SerialTarget

@@ -11,8 +11,10 @@ from typing import Callable
 _SUBCOMMANDS = [
     "microgrid.coordinator.cli",
     "microgrid.coordinator.console_client",
+    "microgrid.coordinator.membership.cli",
     "microgrid.flash.cli",
     "microgrid.demo",
+    "microgrid.release",
 ]
 
 

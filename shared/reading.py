@@ -5,21 +5,14 @@
 # Runs on MicroPython (the meter builds and signs) and CPython (the
 # coordinator parses; it verifies with bitcoinx over the bytes as received).
 
-import hashlib
 import binascii
 
 from . import cbor, cose, senml, secp256k1
+from .reading_build import (  # noqa: F401 - the meter's half, re-exported
+    ALG_ES256K, EXPORT, IMPORT, KID_LEN, POWER, SEQ, VOLTAGE, build, build_batch, device_id, encode_batch,
+    encode_payload, key_id, sign_payload)
 
-ALG_ES256K = -47
-KID_LEN = 8
 MAX_MESSAGE_BYTES = 1024
-
-# Record names, appended to the base name "<device-id>:".
-SEQ = "seq"
-IMPORT = "import"
-EXPORT = "export"
-POWER = "power"
-VOLTAGE = "voltage"
 
 # name -> unit for the records every reading carries.
 REQUIRED = ((IMPORT, "Wh"), (EXPORT, "Wh"), (POWER, "W"), (VOLTAGE, "V"))
@@ -30,71 +23,6 @@ MAX_BATCH = 8
 
 class ReadingError(ValueError):
     pass
-
-
-def key_id(public_key):
-    """kid: the first 8 bytes of SHA-256 over the compressed SEC1 key."""
-    return hashlib.sha256(public_key).digest()[:KID_LEN]
-
-
-def device_id(public_key):
-    """The device id is the key id in lower-case hex (16 characters)."""
-    return binascii.hexlify(key_id(public_key)).decode()
-
-
-def encode_payload(device, seq, t, import_wh, export_wh, power_w, voltage_v, extra=None):
-    """SenML pack for one reading. `extra` is a list of (name, unit, value)
-    records appended after the required ones (current, frequency, flags)."""
-    pack = [
-        {senml.BN: device + ":", senml.BT: t, senml.N: SEQ, senml.V: seq},
-        {senml.N: IMPORT, senml.U: "Wh", senml.V: import_wh},
-        {senml.N: EXPORT, senml.U: "Wh", senml.V: export_wh},
-        {senml.N: POWER, senml.U: "W", senml.V: power_w},
-        {senml.N: VOLTAGE, senml.U: "V", senml.V: voltage_v},
-    ]
-    if extra:
-        for name, unit, value in extra:
-            rec = {senml.N: name}
-            if unit:
-                rec[senml.U] = unit
-            if isinstance(value, str):
-                rec[senml.VS] = value
-            elif isinstance(value, bool):
-                rec[senml.VB] = value
-            else:
-                rec[senml.V] = value
-            pack.append(rec)
-    return cbor.dumps(pack)
-
-
-def encode_batch(device, readings):
-    """SenML pack for several readings: tuples (seq, t, import_wh,
-    export_wh, power_w, voltage_v, extra), each starting with its own seq
-    record and base time. One reading encodes exactly as encode_payload."""
-    pack = []
-    for seq, t, imp, exp, power, volt, extra in readings:
-        one = cbor.loads(encode_payload(device, seq, t, imp, exp, power, volt, extra))
-        if pack:
-            del one[0][senml.BN]  # the base name carries over
-        pack.extend(one)
-    return cbor.dumps(pack)
-
-
-def build_batch(secret, public_key, readings):
-    """One signed message carrying several readings (see encode_batch)."""
-    return sign_payload(secret, public_key, encode_batch(device_id(public_key), readings))
-
-
-def sign_payload(secret, public_key, payload):
-    """Wrap a payload in a COSE_Sign1 signed by `secret`."""
-    protected = cose.encode_protected(ALG_ES256K, key_id(public_key))
-    signature = secp256k1.sign(secret, cose.sig_structure(protected, payload))
-    return cose.build(protected, payload, signature)
-
-
-def build(secret, public_key, seq, t, import_wh, export_wh, power_w, voltage_v, extra=None):
-    payload = encode_payload(device_id(public_key), seq, t, import_wh, export_wh, power_w, voltage_v, extra)
-    return sign_payload(secret, public_key, payload)
 
 
 class Reading:

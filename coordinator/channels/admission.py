@@ -8,9 +8,10 @@ keys). So an `open` is checked here first, before anything is stored or
 derived, with nothing but set lookups and a pass over the channels held in
 memory:
 
-- the sender must be a neighbour: a coordinator key on the configured
-  allow-list (until zone membership decides it; an empty list admits
-  nobody, so a seller names its buyers);
+- the sender must be a neighbour: a current member of our zone
+  (`is_member`, coordinator/membership), and on the configured allow-list
+  when there is one (an extra restriction). Without a zone, the allow-list
+  alone decides and an empty one admits nobody;
 - per peer, at most `max_open_per_peer` channels open or being opened, of
   which at most `max_pending_per_peer` not yet funded (a stalled open
   cannot pile up);
@@ -26,7 +27,7 @@ answer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .channel import PayeeChannel, State
 
@@ -47,11 +48,14 @@ class Admission:
     max_pending_per_peer: int = 1
     max_pending_total: int = 16
     max_capacity_sat: int = 200_000_000
+    is_member: Callable[[bytes], bool] | None = None
 
     def check(self, sender: bytes, capacity: int, incoming: Iterable[tuple[bytes, PayeeChannel]]) -> Refusal | None:
         """Whether `sender` may open a channel of `capacity` sat, given our
         incoming channels as (peer key, channel); None: admitted."""
-        if sender not in self.allowed:
+        if self.is_member is not None and not self.is_member(sender):
+            return Refusal("forbidden", "your key is not a current member of this zone")
+        if (self.allowed or self.is_member is None) and sender not in self.allowed:
             return Refusal("forbidden", "this coordinator does not take channels from your key")
         live = pending = pending_total = 0
         at_risk = capacity

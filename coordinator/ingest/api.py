@@ -71,8 +71,11 @@ def mount(site: resource.Site, coordinator: Any) -> None:
     store = coordinator.store
 
     def meters(query: dict[str, str]) -> Any:
+        # `clock`: readings held because dated back, and time steps the meter
+        # flagged (store/readings.py, "When a reading counts").
         return [{"device_id": d.device_id, "name": d.name, "public_key": d.public_key.hex(),
-                 "latest": _reading_view(store.last_reading(d.device_id))} for d in store.devices()]
+                 "latest": _reading_view(store.last_reading(d.device_id)),
+                 "clock": store.time_anomalies(d.device_id)} for d in store.devices()]
 
     def latest(query: dict[str, str]) -> Any:
         device = query.get("id", "")
@@ -86,9 +89,13 @@ def mount(site: resource.Site, coordinator: Any) -> None:
         trading = getattr(coordinator, "trading", None)
         if trading is None:
             return []
-        from ..market.settlement import report
+        from ..market.settlement import report, unsettled_report
 
-        return [report(trading.stats.settled[s]) for s in sorted(trading.stats.settled)[-8:]]
+        settings = trading.market_settings
+        out = {s: report(v) for s, v in trading.stats.settled.items()}
+        out.update({s: unsettled_report(settings.zone, s, settings.interval_s, why)
+                    for s, why in trading.stats.unsettled.items()})
+        return [out[s] for s in sorted(out)[-8:]]
 
     def channels(query: dict[str, str]) -> Any:
         view = getattr(coordinator, "console_channels", None)

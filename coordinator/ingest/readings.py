@@ -19,7 +19,8 @@ from microgrid.shared import reading as reading_format
 from microgrid.shared import secp256k1
 
 from ..store.database import StoreError
-from ..store.readings import DuplicateReading, ReadingStore
+from ..store.readings import FLAG_TIME_STEPPED, DuplicateReading, ReadingStore
+from . import ranges
 
 log = logging.getLogger("microgrid.ingest")
 
@@ -43,6 +44,12 @@ def created(device_id: str, first: int, last: int, now: float) -> Outcome:
     return Outcome("2.01", f"stored {device_id}/{seqs} t={int(now)}", True, device_id, last)
 
 
+def _flags(r: reading_format.Reading) -> int:
+    """The reading's `flags` record, 0 when absent or not an integer."""
+    v = (r.extra or {}).get("flags", 0)
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
 class ReadingIngest:
     def __init__(
         self,
@@ -56,7 +63,10 @@ class ReadingIngest:
         self.clock = clock
         self.on_stored = on_stored
         self._keys: dict[str, PublicKey] = {}
-        self.counts = {"stored": 0, "duplicate": 0, "rejected": 0}
+        self.counts = {"stored": 0, "duplicate": 0, "rejected": 0, "held": 0}
+        # Devices whose clock was seen stepping: logged once each (the
+        # store keeps every case: ReadingStore.time_anomalies).
+        self.clock_flagged: set[str] = set()
 
     def _key(self, device_id: str) -> PublicKey | None:
         key = self._keys.get(device_id)
@@ -82,12 +92,26 @@ class ReadingIngest:
         `last=SEQ import=WH export=WH`, so a meter that lost its state
         (sequence back at 1) renumbers its readings above `last` and marks a
         counter drop (edge/resync.py). Only a reading signed by the device's
-        key gets this far, and the same figures are public anyway
-        (GET /api/meters/latest): nothing secret is told."""
+        key gets this far (applications with credentials read the same
+        figures at GET /api/meters/latest): nothing secret is told."""
         row = self.store.last_reading(device_id)
         if row is not None:
             why += f"; last={row['seq']} import={row['import_wh']} export={row['export_wh']}"
         return self._reject("4.09", why, device_id, seq)
+
+    def _watch_clock(self, batch: list[reading_format.Reading], held: int) -> None:
+        """Flag a device whose clock steps: the meter says so (flags bit
+        3), or its reading is dated at or before one stored before (held:
+        it counts later, never in a settled interval). Stored and
+        acknowledged all the same: the signed reading is evidence, and a
+        meter refused would retry it forever."""
+        device = batch[0].device
+        stepped = any(_flags(x) & FLAG_TIME_STEPPED for x in batch)
+        if (held or stepped) and device not in self.clock_flagged:
+            self.clock_flagged.add(device)
+            log.warning("meter %s: clock stepped (%s); readings dated back count from the last one on, settled "
+                        "intervals stay as settled", device, "held %d of %d" % (held, len(batch)) if held
+                        else "flagged by the meter")
 
     def accept(self, message: bytes) -> Outcome:
         try:
@@ -96,6 +120,12 @@ class ReadingIngest:
             code = "4.13" if len(message) > reading_format.MAX_MESSAGE_BYTES else "4.00"
             return self._reject(code, f"malformed reading: {e}")
         r = batch[0]  # one signature covers the batch; its first reading decides duplicates
+        for x in batch:
+            # Before anything else: a value the store or a JSON reader cannot
+            # hold is the sender's error (4.00), never ours (5.00).
+            why = ranges.problem(x)
+            if why is not None:
+                return self._reject("4.00", f"out of range: {why} (shared/READING_FORMAT.md, Ranges)", x.device, x.seq)
         key = self._key(r.device)
         if key is None:
             return self._reject("4.01", f"unknown device {r.device}: register its public key first", r.device, r.seq)
@@ -121,7 +151,7 @@ class ReadingIngest:
                 return Outcome("4.09", f"duplicate: seq {r.seq} already stored", False, r.device, r.seq)
             return self._stale(f"stale: seq {r.seq} is not above last stored {last}", r.device, r.seq)
         try:
-            self.store.insert_batch(batch, message)
+            held = self.store.insert_batch(batch, message)
         except DuplicateReading as e:
             self.counts["duplicate"] += 1
             if e.identical:
@@ -132,6 +162,8 @@ class ReadingIngest:
             log.error("%s", e)
             return Outcome("5.03", "storage unavailable, retry later", False, r.device, r.seq)
         self.counts["stored"] += len(batch)
+        self.counts["held"] += held
+        self._watch_clock(batch, held)
         if self.on_stored is not None:
             for x in batch:
                 self.on_stored(x)

@@ -46,11 +46,17 @@ class ReadingsResource(resource.Resource):
 
 
 class HealthResource(resource.Resource):
-    """GET /health: liveness and counters as JSON, for monitoring."""
+    """GET /health: liveness for anyone ({"status": "ok"}); the counters as
+    well for a request with credentials (`access`, see access.py)."""
 
-    def __init__(self, status: Any) -> None:
+    def __init__(self, status: Any, access: Any = None) -> None:
         super().__init__()
         self.status = status
+        self.access = access
 
     async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
-        return aiocoap.Message(code=Code.CONTENT, payload=json.dumps(self.status()).encode(), content_format=50)
+        if self.access is not None and not self.access.decide(request).allowed:
+            body: Any = {"status": "ok"}
+        else:
+            body = self.status()
+        return aiocoap.Message(code=Code.CONTENT, payload=json.dumps(body).encode(), content_format=50)

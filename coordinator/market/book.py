@@ -32,18 +32,22 @@ import hashlib
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 
 import cbor2
 
+from microgrid.shared.reading import key_id
+
 from ..clock import Clock
 from .clearing import ClearedInterval, Comparison, compare_books
-from .orders import DEFAULT_INTERVAL_S, ZONE_RE, OrderFilter, SignedOrder
+from .orders import DEFAULT_INTERVAL_S, ZONE_RE, OrderError, OrderFilter, SignedOrder, decode_order
 
 log = logging.getLogger("microgrid.market.book")
 
 MAX_TTL_S = 24 * 3600
 RESULT_TTL_S = 3600
+# Clock seconds between fetches of a book that is also listened to.
+REFETCH_S = 30.0
 
 
 class Overlay(Protocol):
@@ -117,8 +121,12 @@ class BookCollector:
     gate closure: every value under the key, as listened and as fetched."""
 
     def __init__(self, overlay: Overlay, zone: str, interval_start: int, clock: Clock,
-                 interval_s: int = DEFAULT_INTERVAL_S, gate_lead_s: int = 300) -> None:
+                 interval_s: int = DEFAULT_INTERVAL_S, gate_lead_s: int = 300,
+                 is_member: Callable[[bytes], bool] | None = None) -> None:
         self.overlay = overlay
+        # Zone membership (coordinator/membership): an order whose owner is
+        # not a current member is refused, whoever published it.
+        self.is_member = is_member
         self.clock = clock
         self.key = order_key(zone, interval_start)
         self.filter = OrderFilter(zone, interval_start, interval_s, gate_lead_s)
@@ -144,7 +152,19 @@ class BookCollector:
         if digest in self._seen:
             return None
         self._seen.add(digest)
-        return self.filter.offer(data, self.clock.now())
+        if self.is_member is None:
+            return self.filter.offer(data, self.clock.now())
+        try:
+            so = decode_order(data)
+        except OrderError as e:
+            self.filter._reject(e)
+            return None
+        if not self.is_member(so.order.owner):
+            self.filter.rejected["not-member"] = self.filter.rejected.get("not-member", 0) + 1
+            log.info("order ignored (not-member): order %s from %s, not a member of the zone", so.hash_hex[:16],
+                     so.order.owner.hex()[:16])
+            return None
+        return self.filter.offer(so, self.clock.now())
 
     def _on_value(self, value: Any) -> None:
         self.offer(value)
@@ -168,7 +188,9 @@ class BookCollector:
                       sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> list[SignedOrder]:
         """Listen and fetch until gate closure; return the book (sorted by
         hash). `poll_s` is in clock seconds; with a scaled clock the real
-        wait is shortened accordingly."""
+        wait is shortened accordingly. The listen delivers orders as they
+        are stored, so fetches (what a listen may miss) come no more often
+        than every REFETCH_S, and once more at gate closure."""
         self.start()
         try:
             while True:
@@ -176,7 +198,7 @@ class BookCollector:
                 left = self.gate_closes_at - self.clock.now()
                 if left <= 0:
                     break
-                wait = min(left, poll_s)
+                wait = min(left, max(poll_s, REFETCH_S))
                 real = getattr(self.clock, "real_seconds", None)
                 await sleep(real(wait) if real else wait)
         finally:
@@ -190,9 +212,11 @@ class BookCollector:
 # -- comparing cleared books ----------------------------------------------------
 
 
-# A published result lists the cleared orders' hash prefixes (8 bytes each)
-# when they fit in an overlay record, so a disagreeing peer can tell which
-# orders one side lacked.
+# A published result lists the hash prefixes (8 bytes each) of the orders
+# its coordinator held at the gate, when they fit in an overlay record, so
+# a disagreeing peer can tell which orders one side lacked, and repair.py
+# which orders a quorum held. The list never changes after the gate; the
+# hash changes when the book is repaired.
 PREFIX_BYTES = 8
 MAX_LISTED_ORDERS = 150
 
@@ -202,35 +226,88 @@ class PublishedResult:
     peer: str
     hash: bytes
     orders: int
-    prefixes: tuple[bytes, ...] | None  # None when the book was too big to list
+    prefixes: tuple[bytes, ...] | None  # held at the gate; None when the book was too big to list
+    seq: int = 0  # the overlay record's sequence number (0 for bare bytes): newer replaces older
 
 
-def encode_result(peer: str, cleared: ClearedInterval) -> bytes:
-    m: dict[str, Any] = {"peer": peer, "hash": cleared.hash, "orders": len(cleared.order_hashes)}
-    if len(cleared.order_hashes) <= MAX_LISTED_ORDERS:
-        m["prefixes"] = b"".join(h[:PREFIX_BYTES] for h in cleared.order_hashes)
+def prefixes_of(hashes: Iterable[bytes]) -> tuple[bytes, ...]:
+    return tuple(h[:PREFIX_BYTES] for h in hashes)
+
+
+def encode_result(peer: str, cleared: ClearedInterval, held: Sequence[bytes] | None = None) -> bytes:
+    """`held`: the prefixes of the orders held at the gate (default: the
+    cleared book's orders)."""
+    listed = prefixes_of(cleared.order_hashes) if held is None else tuple(held)
+    m: dict[str, Any] = {"peer": peer, "hash": cleared.hash, "orders": len(listed)}
+    if len(listed) <= MAX_LISTED_ORDERS:
+        m["prefixes"] = b"".join(listed)
     return cbor2.dumps(m, canonical=True)
+
+
+def _publisher(value: Any) -> str | None:
+    """The signing publisher's id (as BaseOverlay.publisher_id names it) of
+    an overlay record; None for bare bytes. One key, one voice: a result
+    names its peer by who signed it, not by what it says."""
+    pub = getattr(value, "publisher", None)
+    return key_id(pub).hex() if isinstance(pub, (bytes, bytearray)) else None
 
 
 def decode_result(value: Any) -> PublishedResult | None:
     try:
         m = cbor2.loads(value_bytes(value))
-        peer = getattr(value, "publisher_id", None) or m["peer"]
+        peer = _publisher(value) or m["peer"]
         if not isinstance(m["hash"], bytes) or len(m["hash"]) != 32 or not isinstance(peer, str):
             raise ValueError("hash or peer of the wrong type")
         raw = m.get("prefixes")
         prefixes = None
         if isinstance(raw, bytes) and len(raw) % PREFIX_BYTES == 0:
             prefixes = tuple(raw[i:i + PREFIX_BYTES] for i in range(0, len(raw), PREFIX_BYTES))
-        return PublishedResult(peer, m["hash"], int(m["orders"]), prefixes)
+        seq = getattr(value, "seq", 0)
+        return PublishedResult(peer, m["hash"], int(m["orders"]), prefixes, seq if isinstance(seq, int) else 0)
     except Exception as e:  # a result from anyone: never let it raise
         log.info("cleared-book result ignored: %s (expected {peer, hash: 32 bytes, orders})", e)
         return None
 
 
-async def publish_result(overlay: Overlay, peer: str, cleared: ClearedInterval) -> bool:
-    return await _put(overlay, result_key(cleared.zone, cleared.interval_start), encode_result(peer, cleared),
-                      RESULT_TTL_S, f"result:{cleared.interval_s}")
+def result_slot(interval_s: int) -> str:
+    return f"result:{interval_s}"
+
+
+async def publish_result(overlay: Overlay, peer: str, cleared: ClearedInterval,
+                         held: Sequence[bytes] | None = None) -> bool:
+    return await _put(overlay, result_key(cleared.zone, cleared.interval_start), encode_result(peer, cleared, held),
+                      RESULT_TTL_S, result_slot(cleared.interval_s))
+
+
+async def read_results(overlay: Overlay, zone: str, interval_start: int, interval_s: int,
+                       into: dict[str, PublishedResult] | None = None) -> dict[str, PublishedResult]:
+    """Every coordinator's published result for a book, by peer: the newest
+    record of each signer in the result slot (other slots are ignored, so
+    one key counts once). Merged `into` a view kept across reads, where a
+    newer record replaces an older one and a lossy read forgets nothing."""
+    out = {} if into is None else into
+    slot = result_slot(interval_s)
+    for v in await overlay.get(result_key(zone, interval_start)):
+        if getattr(v, "slot", slot) != slot:
+            continue
+        r = decode_result(v)
+        if r is None:
+            continue
+        old = out.get(r.peer)
+        if old is None or r.seq >= old.seq:
+            out[r.peer] = r
+    return out
+
+
+def our_peer_id(overlay: Overlay, peer: str) -> str:
+    """How peers name us: our publisher id on a signing overlay, else `peer`."""
+    return getattr(overlay, "publisher_id", None) or peer
+
+
+def compare_results(cleared: ClearedInterval, me: str, results: Mapping[str, PublishedResult]) -> Comparison:
+    theirs = {p: r.hash for p, r in results.items() if p != me}
+    listed = {p: r.prefixes for p, r in results.items() if p != me and r.prefixes is not None}
+    return compare_books(cleared, theirs, listed)
 
 
 async def compare_with_peers(overlay: Overlay, peer: str, cleared: ClearedInterval) -> Comparison:
@@ -238,13 +315,5 @@ async def compare_with_peers(overlay: Overlay, peer: str, cleared: ClearedInterv
     compare (disagreements are logged by compare_books). On an overlay that
     signs records, peers are named by their publisher ids (ours included,
     whatever `peer` says); on a bare one by the ids they published."""
-    me = getattr(overlay, "publisher_id", None) or peer
-    theirs: dict[str, bytes] = {}
-    listed: dict[str, tuple[bytes, ...]] = {}
-    for v in await overlay.get(result_key(cleared.zone, cleared.interval_start)):
-        r = decode_result(v)
-        if r is not None and r.peer != me:
-            theirs[r.peer] = r.hash
-            if r.prefixes is not None:
-                listed[r.peer] = r.prefixes
-    return compare_books(cleared, theirs, listed)
+    results = await read_results(overlay, cleared.zone, cleared.interval_start, cleared.interval_s)
+    return compare_results(cleared, our_peer_id(overlay, peer), results)

@@ -8,6 +8,8 @@ For each interval (start S, settings from [market]):
     until S - gate_lead_s   collect the zone's book from the overlay
     at the gate        clear (clearing.py), publish our book hash, wait
                        result_wait_s, compare with the peers' hashes
+    until S - gate_lead_s/2   if they differ: repair (repair.py), to the
+                       book a quorum held at the gate, or say why not
     after S + interval settle with the meter readings (settlement.py):
                        `settle(round, readings)`, called by whoever holds
                        the readings (the store)
@@ -28,8 +30,9 @@ from . import book as bk
 from .clearing import ClearedInterval, Comparison, clear_interval
 from .orders import SignedOrder
 from .pricing import Battery, Forecast, plan_interval, sign_plans
+from .repair import BookRepair, Repair
 from .settings import MarketSettings
-from .settlement import IntervalSettlement, Metered, settle_interval
+from .settlement import IntervalSettlement, Metered, SettlementError, settle_interval
 
 log = logging.getLogger("microgrid.market.service")
 
@@ -46,13 +49,26 @@ class MarketRound:
     cleared: ClearedInterval | None = None
     comparison: Comparison | None = None
     rejected: dict[str, int] = field(default_factory=dict)
+    repair: Repair | None = None  # when the first comparison was not unanimous
+
+    @property
+    def agreed(self) -> bool:
+        """A quorum of the zone's coordinators holds our book (or nobody
+        disagreed): the interval may be settled on it."""
+        return self.repair is None or self.repair.agreed
+
+    @property
+    def unsettled_reason(self) -> str:
+        return "" if self.repair is None else self.repair.reason
 
 
 class MarketService:
     def __init__(self, overlay: bk.Overlay, key: PrivateKey, settings: MarketSettings, clock: Clock,
                  forecaster: Forecaster, sleep: Sleep = asyncio.sleep, poll_s: float = 5.0,
-                 result_wait_s: float = 10.0, peer_id: str | None = None) -> None:
+                 result_wait_s: float = 10.0, peer_id: str | None = None, repair: bool = True,
+                 is_member: Callable[[bytes], bool] | None = None) -> None:
         self.overlay = overlay
+        self.is_member = is_member  # zone membership: only members' orders enter the book
         self.key = key
         self.settings = settings
         self.clock = clock
@@ -62,6 +78,10 @@ class MarketService:
         self.result_wait_s = result_wait_s
         self.peer_id = peer_id or getattr(overlay, "publisher_id", None) or key.public_key.to_hex()
         self.rounds: dict[int, MarketRound] = {}
+        # Repair reads the results again this often until its grace period ends.
+        self.repair = BookRepair(overlay, self.peer_id, settings, clock, sleep, max(poll_s, result_wait_s / 4),
+                                 is_member) \
+            if repair else None
 
     def next_interval(self, now: float | None = None) -> int:
         """The first interval whose orders can still be placed in time."""
@@ -102,7 +122,8 @@ class MarketService:
         s = self.settings
         rnd = self.rounds.setdefault(interval_start, MarketRound(interval_start))
         await self._sleep_until(interval_start - s.order_lead_s)
-        collector = bk.BookCollector(self.overlay, s.zone, interval_start, self.clock, s.interval_s, s.gate_lead_s)
+        collector = bk.BookCollector(self.overlay, s.zone, interval_start, self.clock, s.interval_s, s.gate_lead_s,
+                                     is_member=self.is_member)
         collector.start()
         if place:
             rnd.own_orders = await self.place_orders(interval_start)
@@ -118,12 +139,17 @@ class MarketService:
         await bk.publish_result(self.overlay, self.peer_id, c)
         await self._sleep_until(self.clock.now() + self.result_wait_s)
         rnd.comparison = await bk.compare_with_peers(self.overlay, self.peer_id, c)
+        if self.repair is not None and not (rnd.comparison.agree and rnd.comparison.unanimous):
+            r = await self.repair.run(rnd.book, c, rnd.comparison)
+            rnd.repair, rnd.book, rnd.cleared, rnd.comparison = r, r.book, r.cleared, r.comparison
         return rnd
 
     def settle(self, interval_start: int, readings: Iterable[Metered]) -> IntervalSettlement:
         rnd = self.rounds.get(interval_start)
         if rnd is None or rnd.cleared is None:
             raise KeyError(f"interval {interval_start}: not cleared here (cleared: {sorted(self.rounds)})")
+        if not rnd.agreed:
+            raise SettlementError(f"interval {interval_start}: not settled, {rnd.unsettled_reason}")
         return settle_interval(rnd.cleared, readings, self.settings.tariff(), self.settings.operator)
 
     async def _guarded(self, interval_start: int) -> None:

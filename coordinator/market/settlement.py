@@ -301,6 +301,14 @@ def report(s: IntervalSettlement) -> dict[str, Any]:
     }
 
 
+def unsettled_report(zone: str, interval_start: int, interval_s: int, reason: str) -> dict[str, Any]:
+    """An interval cleared but not settled here (no quorum of the zone's
+    coordinators agreed on its book: market/repair.py), as `report` shapes
+    a settled one, saying why."""
+    return {"zone": zone, "interval_start": interval_start, "interval_s": interval_s, "settled": False,
+            "reason": reason}
+
+
 def report_lines(s: IntervalSettlement, names: Mapping[str, str] | None = None) -> list[str]:
     """One interval as console lines; `names` maps public key hex to a
     household's name."""

@@ -4,10 +4,10 @@
 
     overlay = Overlay(private_key, OverlaySettings(...))   # real OpenDHT node
     await overlay.start()
-    await overlay.put("dir/zone-7", body, ttl_s=600)        # signed with our key
-    for rec in await overlay.get("dir/zone-7"):             # verified records only
+    await overlay.put("mg/zone/zone-7", body, ttl_s=600, slot="member")  # signed with our key
+    for rec in await overlay.get("mg/zone/zone-7"):                     # verified records only
         rec.publisher, rec.body
-    handle = overlay.listen("orders/zone-7/2025-06-01T10:00", callback)
+    handle = overlay.listen("mg/market/zone-7/1750000500", callback)    # keys: SPEC.md
     handle.cancel()
     overlay.peers()
     await overlay.stop()

@@ -66,8 +66,12 @@ class Directory:
 
     async def lookup(self, public_hex: str, attempts: int = 3) -> dict[str, str] | None:
         """The contact of the coordinator with this key, or None."""
+        publisher = bytes.fromhex(public_hex)
         for attempt in range(attempts):
-            for rec in await self.overlay.get(directory_key(public_hex)):
+            # Asked for by name: the storing nodes send only this
+            # publisher's values, so a flood under the key cannot hide it,
+            # and the read ends at its newest record.
+            for rec in await self.overlay.get(directory_key(public_hex), publishers=[publisher]):
                 if rec.publisher.hex() != public_hex:
                     continue
                 try:

@@ -51,7 +51,7 @@ import opendht as dht
 from bitcoinx import PrivateKey
 
 from . import records, state as state_file
-from .interface import Accept, BaseOverlay, ListenHandle, OverlayError, PeerInfo
+from .interface import Accept, AcceptPublisher, BaseOverlay, ListenHandle, OverlayError, PeerInfo, RawSink
 from .settings import OverlaySettings, parse_endpoint
 
 log = logging.getLogger("microgrid.overlay")
@@ -61,17 +61,17 @@ log = logging.getLogger("microgrid.overlay")
 # is what readers enforce to the second.
 TTL_BUCKETS = (2, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400)
 VALUE_TYPE_BASE = 0x6D00  # "m"
-# Raw values kept per get; more are ignored (records.MAX_RECORDS_PER_KEY
-# valid ones are returned at most).
-MAX_RAW_PER_GET = 4 * records.MAX_RECORDS_PER_KEY
 
 # Runners whose shutdown never confirmed: never joined, never collected.
 _ABANDONED: list[Any] = []
 
+# Value.size counts the user_type too.
+TAG_SLACK = 64
 JOIN_GRACE_S = 0.05
 PEER_GOOD_S = 120.0  # answered within this: "good"
 PEER_FORGET_S = 1800.0  # not heard of for this long: forgotten
 PEER_REFRESH_S = 30.0
+PEER_SAMPLE_S = 1.0
 MAX_PEERS_KEPT = 256
 
 
@@ -103,8 +103,10 @@ class Overlay(BaseOverlay):
     """One OpenDHT node on our private network, publishing signed records."""
 
     def __init__(self, signing_key: PrivateKey, settings: OverlaySettings, *,
-                 clock: Callable[[], float] = time.time, accept: Accept | None = None) -> None:
-        super().__init__(signing_key, clock, accept)
+                 clock: Callable[[], float] = time.time, accept: Accept | None = None,
+                 accept_publisher: AcceptPublisher | None = None, shards: int | None = None) -> None:
+        super().__init__(signing_key, clock, accept, accept_publisher,
+                         settings.shards if shards is None else shards)
         self.settings = settings.validate()
         self._runner: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,6 +115,7 @@ class Overlay(BaseOverlay):
         self._bound: list[str] = []
         self._peers: dict[str, tuple[str, float]] = {}
         self._peers_lock = threading.Lock()
+        self._peers_sampled = 0.0
         self.port = 0
         self.node_id = ""
 
@@ -253,8 +256,13 @@ class Overlay(BaseOverlay):
                 for node_id, (addr, seen) in items if now - seen < PEER_FORGET_S]
 
     def _saw_nodes(self, nodes: Any) -> None:
-        """On the DHT thread: remember who answered."""
+        """On the DHT thread: remember who answered. At most every
+        PEER_SAMPLE_S: reading the node list holds the GIL on the engine's
+        thread, and a peer list seconds old is fresh enough."""
         now = time.monotonic()
+        if now - self._peers_sampled < PEER_SAMPLE_S and self._peers:
+            return
+        self._peers_sampled = now
         try:
             seen = [(str(n.getId()), n.getNode().getAddr()) for n in nodes]
         except Exception:  # never let an exception into the engine
@@ -288,9 +296,11 @@ class Overlay(BaseOverlay):
         except RuntimeError:  # closed between the check and the call
             pass
 
-    async def _put_raw(self, key: str, data: bytes, ttl_s: int) -> bool:
+    async def _put_raw(self, key: str, data: bytes, ttl_s: int, tag: str) -> bool:
         runner = self._runner
         value = dht.Value(data, value_type_for(ttl_s))
+        if tag:
+            value.user_type = tag
         assert self._loop is not None
         fut: asyncio.Future[bool] = self._loop.create_future()
 
@@ -305,48 +315,74 @@ class Overlay(BaseOverlay):
             log.warning("overlay put under %r not confirmed within %.1f s", key, self.settings.put_timeout_s)
             return False
 
-    async def _get_raw(self, key: str, timeout_s: float | None) -> list[bytes]:
-        timeout = self.settings.get_timeout_s if timeout_s is None else timeout_s
-        return await self._get_raw_hash(dht.InfoHash.get(key), timeout)
+    def _timeout(self, timeout_s: float | None) -> float:
+        return self.settings.get_timeout_s if timeout_s is None else timeout_s
 
-    async def _get_raw_hash(self, infohash: Any, timeout: float) -> list[bytes]:
+    async def _stream(self, key: str, tag: str | None, sink: RawSink, stop: asyncio.Event,
+                      timeout_s: float) -> None:
+        where = None
+        if tag is not None:
+            where = dht.Where()
+            where.userType(tag)  # evaluated by the storing nodes
+        await self._stream_hash(dht.InfoHash.get(key), where, sink, stop, timeout_s)
+
+    async def _stream_hash(self, infohash: Any, where: Any, sink: RawSink, stop: asyncio.Event,
+                           timeout: float) -> None:
         runner = self._runner
         assert self._loop is not None
         fut: asyncio.Future[bool] = self._loop.create_future()
-        found: list[bytes] = []
         open_ = [True]
+
+        def deliver(data: bytes) -> None:
+            if open_[0]:
+                sink(data)
 
         def on_value(v: Any) -> bool:
             if not open_[0] or not self.running:
                 return False  # stops the engine's search
-            data = v.data
-            if len(data) <= records.MAX_RECORD_BYTES:
-                found.append(data)
-            return len(found) < MAX_RAW_PER_GET
+            if _small(v):
+                self._post(deliver, v.data)
+            return True
 
         def on_done(ok: bool, nodes: Any) -> None:
             self._saw_nodes(nodes)
             self._post(_resolve, fut, bool(ok))
 
-        runner.get(infohash, on_value, on_done)
+        if where is None:
+            runner.get(infohash, on_value, on_done)
+        else:
+            runner.get(infohash, on_value, on_done, where=where)
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        waits: list[asyncio.Future[Any]] = [fut, stopped]
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
-            pass  # what arrived so far is the answer
-        open_[0] = False
-        return list(found)
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            # values posted before the done callback are still queued: let
+            # them through before closing
+            await asyncio.sleep(0)
+        finally:
+            stopped.cancel()
+            open_[0] = False
+
+    async def _get_raw_hash(self, infohash: Any, timeout: float) -> list[bytes]:
+        found: list[bytes] = []
+        await self._stream_hash(infohash, None, found.append, asyncio.Event(), timeout)
+        return found
 
     def _listen_raw(self, key: str, handle: ListenHandle) -> None:
         def on_value(v: Any, expired: bool) -> bool:
             if handle.cancelled or not self.running:
                 return False  # the only way to stop a listen (see module doc)
-            if not expired:
-                data = v.data
-                if len(data) <= records.MAX_RECORD_BYTES:
-                    self._post(handle._deliver_raw, data)
+            if not expired and _small(v):
+                self._post(handle._deliver_raw, v.data)
             return True
 
         self._tokens.append(self._runner.listen(dht.InfoHash.get(key), on_value))
+
+
+def _small(v: Any) -> bool:
+    """Size first (data plus user_type, read without copying the data): an
+    oversized value is never copied into Python."""
+    return bool(v.size <= records.MAX_RECORD_BYTES + TAG_SLACK and len(v.data) <= records.MAX_RECORD_BYTES)
 
 
 def _resolve(fut: "asyncio.Future[bool]", ok: bool) -> None:

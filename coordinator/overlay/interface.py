@@ -8,6 +8,24 @@ numbers, verification, supersession, listen bookkeeping):
 
 All methods are called from one asyncio event loop; listen callbacks run on
 that loop too, never on an engine thread.
+
+Reads that floods cannot starve (issue 15): anyone can store any number of
+values under any key, and an OpenDHT get hands them all over, so
+- every value is judged as it arrives (records.Selector): no cut on the
+  number of raw values or records that an attacker could fill first;
+- a read for named publishers (`get(key, publishers=[...])`) asks the storing
+  nodes for those publishers' values only (OpenDHT `Where user_type=` on
+  records.publisher_tag): junk and other publishers' values never travel;
+  one publisher's read returns as soon as its newest record arrived
+  (FIRST_GRACE_S after the first valid one) instead of waiting for the
+  whole search;
+- an open read (`get(key)`) that meets a flood (FLOOD_INVALID values that do
+  not verify) asks, beside it, for every publisher the reader has accepted
+  before or was told to expect (`expect()`), so known publishers are found
+  however many values sit under the key;
+- newest versions are remembered per (key, publisher, slot)
+  (records.ReplayGuard): an old version replayed, or the newest one lost,
+  never makes an older record current again.
 """
 
 from __future__ import annotations
@@ -17,17 +35,33 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from bitcoinx import PrivateKey
 
-from . import records
+from . import keys as shard_keys, records
 from .records import SignedRecord
 
 log = logging.getLogger("microgrid.overlay")
 
 RecordCallback = Callable[[SignedRecord], None]
 Accept = Callable[[SignedRecord], bool]
+AcceptPublisher = Callable[[bytes], bool]
+# Called on the event loop with each raw value found; returns False to end
+# the read early.
+RawSink = Callable[[bytes], None]
+
+# After the first valid record of a publisher asked for by name, wait this
+# long for more of its records (other slots, a newer version from a slower
+# node), then return without waiting for the whole search.
+FIRST_GRACE_S = 0.15
+# Values that fail to verify in one open read before it counts as flooded
+# and the known publishers are asked for by name.
+FLOOD_INVALID = 64
+# Publisher reads running at once (each is one OpenDHT get with a filter).
+PUBLISHER_READS_AT_ONCE = 64
+# Publishers remembered as known (accepted before, or expected).
+MAX_KNOWN_PUBLISHERS = 20000
 
 
 class OverlayError(RuntimeError):
@@ -53,9 +87,12 @@ class ListenHandle:
         self._last: dict[tuple[bytes, str], int] = {}
         self.cancelled = False
         self.delivered = 0
+        self.shards: list[ListenHandle] = []  # a sharded key: one listen per shard
 
     def cancel(self) -> None:
         self.cancelled = True
+        for sub in self.shards:
+            sub.cancel()
 
     def _deliver_raw(self, raw: bytes) -> None:
         """On the event loop: verify one value and call back if it is new."""
@@ -63,6 +100,7 @@ class ListenHandle:
             return
         recs = self._overlay._select([raw], self.key)
         for rec in recs:
+            self._overlay.replay.remember(rec)
             if records.newer(rec, self._last):
                 if not self._overlay._listen_budget(rec.publisher):
                     continue
@@ -78,14 +116,29 @@ class BaseOverlay(ABC):
     put/get/listen of bytes and the peer list."""
 
     def __init__(self, signing_key: PrivateKey, clock: Callable[[], float] = time.time,
-                 accept: Accept | None = None) -> None:
+                 accept: Accept | None = None, accept_publisher: AcceptPublisher | None = None,
+                 shards: int = 1) -> None:
+        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= shard_keys.MAX_SHARDS:
+            raise ValueError(f"shards={shards!r}: expected an integer in 1..{shard_keys.MAX_SHARDS}")
+        # Keys per per-interval name (keys.py); the same for a whole zone.
+        self.shards = shards
         self.signing_key = signing_key
         self.public_key = signing_key.public_key.to_bytes(compressed=True)
         self.clock = clock
+        # accept(record) and accept_publisher(public key) -> bool: e.g. a
+        # zone's membership; the second is asked before any signature check.
         self.accept = accept
+        self.accept_publisher = accept_publisher
         self.running = False
         self._last_seq = 0
-        self.counts = {"put": 0, "put_failed": 0, "get": 0, "rejected": 0, "listen": 0, "rate_limited": 0}
+        self.counts = {"put": 0, "put_failed": 0, "get": 0, "rejected": 0, "listen": 0, "rate_limited": 0,
+                       "publisher_reads": 0, "flooded_reads": 0, "replays": 0}
+        self.replay = records.ReplayGuard()
+        # Publishers whose records we accepted or were told to expect: asked
+        # for by name when an open read meets a flood. Insertion-ordered,
+        # the oldest forgotten first.
+        self.known: dict[bytes, None] = {}
+        self.expected: dict[bytes, None] = {}
         # publisher -> (tokens, at): what it may still have delivered to
         # listeners (records.LISTEN_BURST, LISTEN_RATE_PER_S).
         self._budgets: dict[bytes, tuple[float, float]] = {}
@@ -112,24 +165,157 @@ class BaseOverlay(ABC):
         Raises records.RecordError for a value readers would refuse."""
         self._require_running("put")
         now = self.clock()
+        key = shard_keys.key_for(key, self.public_key, self.shards)
         raw = records.sign(self.signing_key, key, bytes(value), self._next_seq(now), int(now), ttl_s, slot)
-        ok = await self._put_raw(key, raw, ttl_s)
+        ok = await self._put_raw(key, raw, ttl_s, records.publisher_tag(self.public_key))
         self.counts["put" if ok else "put_failed"] += 1
         return ok
 
-    async def put_raw(self, key: str, data: bytes, ttl_s: int) -> bool:
-        """Publish bytes as they are, unsigned: what any other writer can do.
-        For tests and the simulation harness only."""
+    async def put_raw(self, key: str, data: bytes, ttl_s: int, tag: str = "") -> bool:
+        """Publish bytes as they are, unsigned, with any OpenDHT user_type
+        `tag`: what any other writer can do. For tests and the simulation
+        harness only."""
         self._require_running("put_raw")
-        return await self._put_raw(key, bytes(data), ttl_s)
+        return await self._put_raw(key, bytes(data), ttl_s, tag)
 
-    async def get(self, key: str, timeout_s: float | None = None) -> list[SignedRecord]:
+    def expect(self, publishers: Iterable[bytes]) -> None:
+        """Publishers to ask for by name when an open read is flooded (a
+        zone's configured members, the traders of a cleared book); kept
+        until forgotten with `expect_only`, never crowded out."""
+        for p in publishers:
+            self.expected[bytes(p)] = None
+
+    def expect_only(self, publishers: Iterable[bytes]) -> None:
+        """Replace the expected publishers (membership changed)."""
+        self.expected = dict.fromkeys(bytes(p) for p in publishers)
+
+    def _candidates(self, key: str) -> list[bytes]:
+        """Who to ask for by name under `key` when an open read is flooded:
+        the expected publishers and those seen in calm reads, for a shard
+        key only those whose shard it is."""
+        pubs = list(dict.fromkeys(list(self.expected) + list(self.known)))
+        if self.shards > 1 and shard_keys.is_sharded(key):
+            base, _, shard = key.rpartition("/")
+            if shard.isdigit():
+                pubs = [p for p in pubs if shard_keys.key_for(base, p, self.shards) == key]
+        return pubs
+
+    def _know(self, publisher: bytes) -> None:
+        self.known.pop(publisher, None)
+        self.known[publisher] = None
+        if len(self.known) > MAX_KNOWN_PUBLISHERS:
+            del self.known[next(iter(self.known))]
+
+    async def get(self, key: str, timeout_s: float | None = None, *,
+                  publishers: Iterable[bytes] | None = None) -> list[SignedRecord]:
         """Every valid, live, newest-per-slot record under `key`, found
-        within `timeout_s` (the settings' default when None)."""
+        within `timeout_s` (the settings' default when None). With
+        `publishers`, only theirs, each asked for by name (fast, and immune
+        to floods of other values); a single publisher's read returns as
+        soon as its newest record arrived."""
         self._require_running("get")
+        if self.shards > 1 and shard_keys.is_sharded(key):
+            return await self._get_sharded(key, timeout_s, publishers)
+        return await self._get_key(key, timeout_s, publishers)
+
+    async def _get_key(self, key: str, timeout_s: float | None,
+                       publishers: Iterable[bytes] | None) -> list[SignedRecord]:
         self.counts["get"] += 1
-        raws = await self._get_raw(key, timeout_s)
-        return self._select(raws, key)
+        timeout = self._timeout(timeout_s)
+        sel = records.Selector(key, self.clock(), self.accept, self._rejected, self.accept_publisher)
+        named = None if publishers is None else list(dict.fromkeys(bytes(p) for p in publishers))
+        if named is not None:
+            await self._read_publishers(key, named, sel, timeout)
+        else:
+            await self._read_open(key, sel, timeout)
+        found = sel.records()
+        before = self.replay.replays
+        out = self.replay.merge(key, found, self.clock(), self._keeps)
+        self.counts["replays"] += self.replay.replays - before
+        if named is not None:
+            wanted = set(named)
+            out = [r for r in out if r.publisher in wanted]
+        if sel.invalid < FLOOD_INVALID:
+            # Only calm reads teach us publishers: in a flooded one an
+            # attacker's many keys could crowd the honest ones out.
+            for r in found:
+                self._know(r.publisher)
+        return out
+
+    async def _get_sharded(self, base: str, timeout_s: float | None,
+                           publishers: Iterable[bytes] | None) -> list[SignedRecord]:
+        """Every shard of `base` at once (for named publishers, theirs only)."""
+        if publishers is None:
+            reads = [self._get_key(k, timeout_s, None) for k in shard_keys.all_keys(base, self.shards)]
+        else:
+            by_key: dict[str, list[bytes]] = {}
+            for p in list(publishers):
+                by_key.setdefault(shard_keys.key_for(base, bytes(p), self.shards), []).append(bytes(p))
+            reads = [self._get_key(k, timeout_s, ps) for k, ps in by_key.items()]
+        out: list[SignedRecord] = []
+        for part in await asyncio.gather(*reads):
+            out.extend(part)
+        return sorted(out, key=lambda r: (r.publisher, r.slot))
+
+    def _keeps(self, rec: SignedRecord) -> bool:
+        if self.accept_publisher is not None and not self.accept_publisher(rec.publisher):
+            return False
+        return self.accept is None or self.accept(rec)
+
+    async def _read_open(self, key: str, sel: records.Selector, timeout: float) -> None:
+        """Everything under `key`; once flooded, the known publishers by
+        name beside it, and done when they are."""
+        done = asyncio.Event()
+        flooded: list[asyncio.Task[None]] = []
+
+        def sink(raw: bytes) -> None:
+            if done.is_set():
+                return
+            sel.offer(raw)
+            if not flooded and sel.invalid >= FLOOD_INVALID:
+                # The open read is abandoned: under a flood it would take
+                # seconds per thousand values, and while it pages them the
+                # engine's search for the key is not done, which keeps the
+                # publisher reads below from ending too.
+                done.set()
+                self.counts["flooded_reads"] += 1
+                missing = [p for p in self._candidates(key) if not sel.has(p)]
+                log.info("overlay read of %r flooded (%d values refused): asking %d known publishers by name",
+                         key, sel.invalid, len(missing))
+                flooded.append(asyncio.create_task(self._read_publishers(key, missing, sel, timeout)))
+
+        await self._stream(key, None, sink, done, timeout)
+        if flooded:
+            await flooded[0]
+
+    async def _read_publishers(self, key: str, pubs: list[bytes], sel: records.Selector, timeout: float) -> None:
+        gate = asyncio.Semaphore(PUBLISHER_READS_AT_ONCE)
+        deadline = asyncio.get_running_loop().time() + timeout
+
+        async def one(pub: bytes) -> None:
+            async with gate:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0 or not self.running:
+                    return
+                self.counts["publisher_reads"] += 1
+                enough = asyncio.Event()
+                timer: list[asyncio.TimerHandle] = []
+
+                def sink(raw: bytes) -> None:
+                    rec = sel.offer(raw, priority=True)
+                    if rec is not None and rec.publisher == pub and not timer:
+                        timer.append(asyncio.get_running_loop().call_later(FIRST_GRACE_S, enough.set))
+
+                try:
+                    await self._stream(key, records.publisher_tag(pub), sink, enough, left)
+                finally:
+                    for t in timer:
+                        t.cancel()
+
+        if len(pubs) == 1:  # the common case (a directory lookup): no gather
+            await one(pubs[0])
+        else:
+            await asyncio.gather(*(one(p) for p in pubs))
 
     def listen(self, key: str, callback: RecordCallback) -> ListenHandle:
         """Call `callback(record)` on the event loop for each valid record
@@ -137,23 +323,45 @@ class BaseOverlay(ABC):
         a (publisher, slot) once. Returns a handle with `.cancel()`."""
         self._require_running("listen")
         handle = ListenHandle(self, key, callback)
-        self.counts["listen"] += 1
-        self._listen_raw(key, handle)
+        keys = shard_keys.all_keys(key, self.shards)
+        if len(keys) == 1:
+            self.counts["listen"] += 1
+            self._listen_raw(key, handle)
+            return handle
+        for k in keys:
+            sub = ListenHandle(self, k, callback)
+            self.counts["listen"] += 1
+            self._listen_raw(k, sub)
+            handle.shards.append(sub)
         return handle
 
     # -- for subclasses --------------------------------------------------
 
     @abstractmethod
-    async def _put_raw(self, key: str, data: bytes, ttl_s: int) -> bool: ...
+    async def _put_raw(self, key: str, data: bytes, ttl_s: int, tag: str) -> bool: ...
 
     @abstractmethod
-    async def _get_raw(self, key: str, timeout_s: float | None) -> list[bytes]: ...
+    async def _stream(self, key: str, tag: str | None, sink: RawSink, stop: asyncio.Event,
+                      timeout_s: float) -> None:
+        """Feed `sink` on the event loop with each value found under `key`
+        (only those whose user_type is `tag`, when given) until the search
+        ends, `stop` is set or `timeout_s` passed. Values larger than
+        records.MAX_RECORD_BYTES are dropped before they reach Python."""
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        return 5.0 if timeout_s is None else timeout_s
+
+    async def _get_raw(self, key: str, timeout_s: float | None) -> list[bytes]:
+        """Every raw value under `key` (tests, diagnostics)."""
+        found: list[bytes] = []
+        await self._stream(key, None, found.append, asyncio.Event(), self._timeout(timeout_s))
+        return found
 
     @abstractmethod
     def _listen_raw(self, key: str, handle: ListenHandle) -> None: ...
 
     def _select(self, raws: list[bytes], key: str) -> list[SignedRecord]:
-        return records.select(raws, key, self.clock(), self.accept, self._rejected)
+        return records.select(raws, key, self.clock(), self.accept, self._rejected, self.accept_publisher)
 
     def _rejected(self, why: str) -> None:
         self.counts["rejected"] += 1

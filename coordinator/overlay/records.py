@@ -25,8 +25,17 @@ channel announcements):
 - MAX_BODY_BYTES: a body above this is refused at publish time.
 - MAX_SLOTS_PER_PUBLISHER: a publisher holding more live slots than this
   under one key is flooding it; all its records under that key are ignored.
-- MAX_RECORDS_PER_KEY: at most this many records are returned per key.
+- MAX_PUBLISHERS_PER_KEY: a reader keeps records of at most this many
+  publishers per key from an open read (memory bound); publishers the reader
+  asked for by name (`Selector.offer(priority=True)`) are always kept, so an
+  attacker's many keys cannot crowd out the ones a reader expects. There is
+  no global cut on the number of records: each publisher gets its own slots.
 - MAX_TTL_S: the longest lifetime a record may claim.
+
+Every value also carries, outside the signed record, an OpenDHT `user_type`
+string `publisher_tag(publisher)`: readers ask storing nodes for one
+publisher's values only (OpenDHT's `Where user_type=...`), which a flood of
+values without that tag cannot slow down (SPEC.md, "Reading under floods").
 """
 
 from __future__ import annotations
@@ -43,7 +52,12 @@ from microgrid.shared.reading import ALG_ES256K, key_id
 MAX_RECORD_BYTES = 2048
 MAX_BODY_BYTES = 1536
 MAX_SLOTS_PER_PUBLISHER = 64
-MAX_RECORDS_PER_KEY = 512
+MAX_PUBLISHERS_PER_KEY = 20000
+# Remembered newest versions (key, publisher, slot) per reader, for replay
+# protection (ReplayGuard): some 15 MB at most (records of ~700 bytes);
+# a zone of 1,000 households publishes about 3,000 per interval.
+MAX_REMEMBERED = 20_000
+TAG_PREFIX = "mg1:"
 MAX_TTL_S = 24 * 3600
 MAX_KEY_CHARS = 200
 MAX_SLOT_CHARS = 64
@@ -89,6 +103,13 @@ class SignedRecord:
         return self.key.split("/", 1)[0]
 
 
+def publisher_tag(publisher: bytes) -> str:
+    """The OpenDHT user_type of `publisher`'s values: "mg1:" and the hex of
+    its key id (8 bytes). A hint for storing nodes' filters, never trusted:
+    the signature is what counts."""
+    return TAG_PREFIX + key_id(publisher).hex()
+
+
 def encode_payload(key: str, slot: str, seq: int, issued: int, expires: int, publisher: bytes, body: bytes) -> bytes:
     return bytes(cbor.dumps({
         L_KEY: key, L_SLOT: slot, L_SEQ: seq, L_ISSUED: issued,
@@ -125,9 +146,13 @@ def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def verify(raw: bytes, key: str, now: float) -> SignedRecord:
+def verify(raw: bytes, key: str, now: float,
+           accept_publisher: Callable[[bytes], bool] | None = None) -> SignedRecord:
     """Parse and authenticate one record read under `key` at time `now`.
-    Raises RecordError naming what is wrong."""
+    `accept_publisher(public_key)` (e.g. a zone's membership) is asked
+    before the signature is checked, so records of publishers nobody
+    accepts cost no signature verification. Raises RecordError naming what
+    is wrong."""
     if len(raw) > MAX_RECORD_BYTES:
         raise RecordError(f"record of {len(raw)} bytes: larger than {MAX_RECORD_BYTES}")
     try:
@@ -158,6 +183,8 @@ def verify(raw: bytes, key: str, now: float) -> SignedRecord:
         raise RecordError(f"record for key {rec_key!r} read under {key!r}: refused (copied record)")
     if msg.headers.get(cose.HDR_KID) != key_id(publisher):
         raise RecordError("kid does not match the publisher key")
+    if accept_publisher is not None and not accept_publisher(publisher):
+        raise RecordError(f"publisher {key_id(publisher).hex()} not accepted under {key!r}")
     sig = msg.signature
     if len(sig) != 64:
         raise RecordError(f"signature of {len(sig)} bytes: expected 64 (r||s)")
@@ -180,48 +207,150 @@ def verify(raw: bytes, key: str, now: float) -> SignedRecord:
     return SignedRecord(rec_key, slot, seq, issued, expires, publisher, body, bytes(raw))
 
 
+class Selector:
+    """What a reader keeps from the values found under one key, fed one raw
+    value at a time as they arrive: valid records, the newest per
+    (publisher, slot), none from a publisher flooding the key (more than
+    MAX_SLOTS_PER_PUBLISHER slots), none refused by `accept_publisher` or
+    `accept`. Counts what it refused (`invalid`), so a reader can tell a
+    flood from a quiet key."""
+
+    def __init__(self, key: str, now: float, accept: Callable[[SignedRecord], bool] | None = None,
+                 on_reject: Callable[[str], None] | None = None,
+                 accept_publisher: Callable[[bytes], bool] | None = None) -> None:
+        self.key = key
+        self.now = now
+        self.accept = accept
+        self.accept_publisher = accept_publisher
+        self.on_reject = on_reject
+        self.newest: dict[tuple[bytes, str], SignedRecord] = {}
+        self.slots: dict[bytes, int] = {}
+        self.invalid = 0
+        self.offered = 0
+        self._seen: set[bytes] = set()
+
+    def _reject(self, why: str) -> None:
+        self.invalid += 1
+        if self.on_reject is not None:
+            self.on_reject(why)
+
+    def offer(self, raw: bytes, priority: bool = False) -> SignedRecord | None:
+        """Judge one value; the record if it is now the newest of its
+        (publisher, slot). `priority`: found by asking for its publisher,
+        kept even when MAX_PUBLISHERS_PER_KEY others are already held."""
+        raw = bytes(raw)
+        self.offered += 1
+        digest = hashlib.sha256(raw).digest()
+        if digest in self._seen:
+            return None
+        self._seen.add(digest)
+        try:
+            rec = verify(raw, self.key, self.now, self.accept_publisher)
+        except RecordError as e:
+            self._reject(str(e))
+            return None
+        if self.accept is not None and not self.accept(rec):
+            self._reject(f"publisher {rec.publisher_id} not accepted under {self.key!r}")
+            return None
+        k = (rec.publisher, rec.slot)
+        old = self.newest.get(k)
+        if old is None:
+            if not priority and rec.publisher not in self.slots and len(self.slots) >= MAX_PUBLISHERS_PER_KEY:
+                self._reject(f"more than {MAX_PUBLISHERS_PER_KEY} publishers under {self.key!r}: "
+                             f"{rec.publisher_id} not kept")
+                return None
+            self.slots[rec.publisher] = self.slots.get(rec.publisher, 0) + 1
+        elif (rec.seq, rec.raw) <= (old.seq, old.raw):
+            return None
+        self.newest[k] = rec
+        return rec
+
+    def has(self, publisher: bytes) -> bool:
+        return publisher in self.slots and self.slots[publisher] <= MAX_SLOTS_PER_PUBLISHER
+
+    def records(self) -> list[SignedRecord]:
+        """The kept records, ordered by publisher, slot; flooders' dropped."""
+        flooders = {pub for pub, n in self.slots.items() if n > MAX_SLOTS_PER_PUBLISHER}
+        if flooders and self.on_reject is not None:
+            for pub in flooders:
+                self.on_reject(f"publisher {key_id(pub).hex()} holds {self.slots[pub]} slots under {self.key!r}: "
+                               f"more than {MAX_SLOTS_PER_PUBLISHER}, all ignored")
+        return [r for k, r in sorted(self.newest.items()) if k[0] not in flooders]
+
+
 def select(
     raws: Iterable[bytes],
     key: str,
     now: float,
     accept: Callable[[SignedRecord], bool] | None = None,
     on_reject: Callable[[str], None] | None = None,
+    accept_publisher: Callable[[bytes], bool] | None = None,
 ) -> list[SignedRecord]:
-    """What a reader keeps from everything found under `key`: valid records,
-    the newest per (publisher, slot), none from a publisher flooding the key,
-    none refused by `accept` (e.g. a zone's allow-list), at most
-    MAX_RECORDS_PER_KEY, ordered by publisher, slot."""
-    newest: dict[tuple[bytes, str], SignedRecord] = {}
-    seen: set[bytes] = set()
+    """Selector over a list of raw values (see Selector)."""
+    sel = Selector(key, now, accept, on_reject, accept_publisher)
     for raw in raws:
-        raw = bytes(raw)
-        if raw in seen:
-            continue
-        seen.add(raw)
-        try:
-            rec = verify(raw, key, now)
-        except RecordError as e:
-            if on_reject is not None:
-                on_reject(str(e))
-            continue
-        if accept is not None and not accept(rec):
-            if on_reject is not None:
-                on_reject(f"publisher {rec.publisher_id} not accepted under {key!r}")
-            continue
+        sel.offer(raw)
+    return sel.records()
+
+
+class ReplayGuard:
+    """Replay protection that does not need the newest version to be
+    stored: a reader remembers the newest record it has seen per (key,
+    publisher, slot) and never takes an older one as current. When the
+    overlay returns an old version (replayed by anyone: old versions stay
+    validly signed until they expire) or none, the remembered newer one is
+    returned while it lives. Bounded: the oldest keys are forgotten first."""
+
+    def __init__(self, limit: int = MAX_REMEMBERED) -> None:
+        self.limit = limit
+        self._by_key: dict[str, dict[tuple[bytes, str], SignedRecord]] = {}
+        self._count = 0
+        self.replays = 0
+
+    def remember(self, rec: SignedRecord) -> bool:
+        """Keep `rec` if it is the newest of its (key, publisher, slot);
+        False when a newer one is remembered (a replay, or a stale copy)."""
+        slots = self._by_key.setdefault(rec.key, {})
         k = (rec.publisher, rec.slot)
-        old = newest.get(k)
-        if old is None or (rec.seq, rec.raw) > (old.seq, old.raw):
-            newest[k] = rec
-    per_publisher: dict[bytes, int] = {}
-    for pub, _slot in newest:
-        per_publisher[pub] = per_publisher.get(pub, 0) + 1
-    flooders = {pub for pub, n in per_publisher.items() if n > MAX_SLOTS_PER_PUBLISHER}
-    if flooders and on_reject is not None:
-        for pub in flooders:
-            on_reject(f"publisher {key_id(pub).hex()} holds {per_publisher[pub]} slots under {key!r}: "
-                      f"more than {MAX_SLOTS_PER_PUBLISHER}, all ignored")
-    kept = [r for k, r in sorted(newest.items()) if k[0] not in flooders]
-    return kept[:MAX_RECORDS_PER_KEY]
+        old = slots.get(k)
+        if old is not None and (old.seq, old.raw) > (rec.seq, rec.raw):
+            return False
+        if old is None:
+            self._count += 1
+        slots[k] = rec
+        if self._count > self.limit:
+            self._drop_expired(rec.issued)
+        while self._count > self.limit and self._by_key:
+            oldest = next(iter(self._by_key))
+            self._count -= len(self._by_key.pop(oldest))
+        return True
+
+    def _drop_expired(self, now: float) -> None:
+        for key in list(self._by_key):
+            slots = self._by_key[key]
+            for k in [k for k, r in slots.items() if r.expires <= now]:
+                del slots[k]
+                self._count -= 1
+            if not slots:
+                del self._by_key[key]
+
+    def merge(self, key: str, found: list[SignedRecord], now: float,
+              keep: Callable[[SignedRecord], bool] | None = None) -> list[SignedRecord]:
+        """`found` with every record replaced by the newest remembered of
+        its (publisher, slot), plus remembered ones not found, all live and
+        passing `keep`; ordered by publisher, slot."""
+        for rec in found:
+            if not self.remember(rec):
+                self.replays += 1
+        slots = self._by_key.get(key, {})
+        dead = [k for k, r in slots.items() if r.expires <= now]
+        for k in dead:
+            del slots[k]
+            self._count -= 1
+        return [r for _k, r in sorted(slots.items()) if keep is None or keep(r)]
+
+    def latest(self, key: str, publisher: bytes, slot: str = "") -> SignedRecord | None:
+        return self._by_key.get(key, {}).get((publisher, slot))
 
 
 def newer(rec: SignedRecord, last: dict[tuple[bytes, str], int]) -> bool:

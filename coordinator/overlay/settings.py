@@ -12,6 +12,7 @@ and `validate(section)`), so the config loader can adopt it as is:
     lan_discovery = false            # multicast peer discovery on the LAN
     state_path = "overlay-state.json"
     peer_rate_limit = 0              # requests/s per IP; 0: OpenDHT default, -1: none
+    shards = 1                       # keys per per-interval name (keys.py): the same in a whole zone
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ class OverlaySettings:
     # stop_timeout_s when the peers it hands to are gone). Off, a stop looks
     # to the others exactly like a crash: no message is sent on leaving.
     maintain_storage: bool = True
+    # Per-interval data (orders, results, metering, live totals) is spread
+    # over this many keys per zone (keys.py, SPEC.md): 1 up to a few
+    # hundred households, then about one per 150 households. Every
+    # coordinator of a zone must use the same count.
+    shards: int = 1
     get_timeout_s: float = 5.0
     put_timeout_s: float = 10.0
     stop_timeout_s: float = 5.0
@@ -92,6 +98,9 @@ class OverlaySettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < -1:
                 raise OverlaySettingsError(f"{section}.{name}={value!r}: expected -1 (no limit), 0 (default) or a rate")
+        if isinstance(self.shards, bool) or not isinstance(self.shards, int) or not 1 <= self.shards <= 4096:
+            raise OverlaySettingsError(f"{section}.shards={self.shards!r}: expected an integer in 1..4096, "
+                                       "the same on every coordinator of the zone")
         for name in ("state_save_s", "get_timeout_s", "put_timeout_s", "stop_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:

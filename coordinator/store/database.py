@@ -73,7 +73,19 @@ def _v3(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    # Settlement on what was known at the gate (store/readings.py, "When a
+    # reading counts"): `counted_at` is the time a reading counts at in
+    # metering, `held` says why it differs from the meter's `time`; and the
+    # end of the last interval whose metering was published (closed).
+    db.execute("ALTER TABLE readings ADD COLUMN counted_at REAL")
+    db.execute("ALTER TABLE readings ADD COLUMN held TEXT")
+    db.execute("UPDATE readings SET counted_at = time")
+    db.execute("CREATE INDEX readings_device_counted ON readings (device_id, counted_at)")
+    db.execute("CREATE TABLE metering_closed (id INTEGER PRIMARY KEY CHECK (id = 1), until REAL NOT NULL)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 
 
 def open_database(path: str | Path) -> sqlite_utils.Database:

@@ -40,7 +40,7 @@ def interval_energy(store: ReadingStore, device_ids: Iterable[str], start: float
     complete = True
     for device in device_ids:
         rows = store.readings_between(device, start, end)
-        if not rows or rows[0]["time"] > start:
+        if not rows or rows[0]["counted_at"] > start:  # store/readings.py: "When a reading counts"
             complete = False
         for prev, cur in zip(rows, rows[1:]):
             d_imp, d_exp = counter_increase(prev, cur)

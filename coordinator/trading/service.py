@@ -91,6 +91,9 @@ class TradingStats:
     paid_sat: int = 0  # signed to sellers (what they can claim), acknowledged or not
     streamed_sat: int = 0  # of paid_sat, paid during intervals as energy arrived
     settled: dict[int, IntervalSettlement] = field(default_factory=dict)
+    # Intervals cleared here but not settled, and why: no quorum of the
+    # zone's coordinators agreed on our book (market/repair.py).
+    unsettled: dict[int, str] = field(default_factory=dict)
     cleared: dict[int, ClearedInterval] = field(default_factory=dict)
     channels_opened: int = 0
     rollover_s: list[float] = field(default_factory=list)  # clock seconds each open took
@@ -116,7 +119,7 @@ class TradingService:
                  store: ReadingStore, device_ids: Callable[[], list[str]], node: ChannelNode,
                  context: aiocoap.Context, own_uri: str, settings: TradingSettings | None = None,
                  sleep: Callable[[float], Any] = asyncio.sleep, poll_s: float = 0.05,
-                 export_relay: Any = None) -> None:
+                 export_relay: Any = None, is_member: Callable[[bytes], bool] | None = None) -> None:
         self.key = key
         self.public_hex = key.public_key.to_hex(compressed=True)
         self.overlay = overlay
@@ -128,8 +131,10 @@ class TradingService:
         self.own_uri = own_uri
         self.settings = settings or TradingSettings()
         self._sleep = sleep
+        # Zone membership: orders, metering and live totals of members only.
+        self.is_member = is_member
         self.market = MarketService(overlay, key, market, clock, self.forecast, sleep=sleep, poll_s=poll_s,
-                                    result_wait_s=market.gate_lead_s / 4)
+                                    result_wait_s=market.gate_lead_s / 4, is_member=is_member)
         self.directory = Directory(overlay, {"coap": own_uri, "zone": market.zone, "capabilities": "market,channels"},
                                    ttl_s=self.settings.record_ttl_s,
                                    republish_s=self.settings.record_ttl_s / 4)
@@ -192,6 +197,8 @@ class TradingService:
         skipped."""
         out: dict[bytes, tuple[int, ...]] = {}
         for rec in await self.overlay.get(key):
+            if self.is_member is not None and not self.is_member(rec.publisher):
+                continue  # not a member of the zone: its figures count for nothing
             try:
                 d = json.loads(rec.body)
                 out[rec.publisher] = tuple(int(d[f]) for f in fields)
@@ -217,6 +224,9 @@ class TradingService:
 
     async def publish_metering(self, start: int) -> Metered:
         m = self.metered(start)
+        # What we publish is what the interval is settled on: a reading
+        # arriving from now on dated into it counts in a later interval.
+        self.store.close_metering(start + self.market_settings.interval_s)
         await self._publish_wh(self._metering_key(start), export_wh=m.export_wh, import_wh=m.import_wh)
         return m
 
@@ -433,6 +443,12 @@ class TradingService:
         rnd = self.market.rounds.get(start)
         if rnd is None or rnd.cleared is None:
             return None
+        if not rnd.agreed:
+            # Our metering is published all the same: the coordinators that
+            # agree settle with it.
+            self.stats.unsettled[start] = rnd.unsettled_reason
+            log.warning("interval %d not settled here: %s", start, rnd.unsettled_reason)
+            return None
         stream = self._streams.pop(start, None)
         if stream is not None:
             # It ends with the interval's last poll (polls never queue up
@@ -465,7 +481,10 @@ class TradingService:
             # us, or lost the record with a node, find it again.
             await self.publish_directory()
             rnd = await self.market.run_interval(start, place=place)
-            if rnd.cleared is not None:
+            if rnd.cleared is not None and not rnd.agreed:
+                self.stats.cleared[start] = rnd.cleared  # shown as a disagreement; neither streamed nor settled
+                self.stats.unsettled[start] = rnd.unsettled_reason
+            elif rnd.cleared is not None:
                 self.stats.cleared[start] = rnd.cleared
                 mine = [t for t in rnd.cleared.trades if self.public_hex in (t.buyer.hex(), t.seller.hex())]
                 if mine:

@@ -29,6 +29,14 @@ except ImportError:
     IS_BOARD = False
 
 if IS_BOARD:
-    from edge.hal.board import *  # noqa: F401,F403
+    from edge.hal import board as _backend
 else:
-    from edge.hal.scripted import *  # noqa: F401,F403
+    from edge.hal import scripted as _backend
+
+
+def __getattr__(name):
+    # hal.NAME is the backend's NAME, looked up when used (a module's
+    # __getattr__ runs only for names not in its own dict). Copied in with
+    # `from ... import *`, the backend's ~50 names took another ~1 KB of a
+    # board's heap. A name set here (a test's stand-in) comes first.
+    return getattr(_backend, name)

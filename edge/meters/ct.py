@@ -70,7 +70,6 @@
 import math
 
 from edge import hal
-from edge.meters import checks
 from edge.meters.base import Measurement, Meter, RESET_ENERGY, below_floor, round_to
 
 MIN_CALIBRATION_W = 60
@@ -85,6 +84,8 @@ KEYS = ("v_pin", "i_pin", "mains_hz", "cycles", "ct_ratio", "burden_ohm", "vt_ra
 
 def validate(cfg):
     """ValueError naming the key, value and allowed range, or None."""
+    from edge.meters import checks  # boot and `config set` only: released after
+
     checks.known_keys(cfg, KEYS, "ct")
     v_pin = checks.pin(cfg, "v_pin", 36)
     i_pin = checks.pin(cfg, "i_pin", 39)

@@ -25,7 +25,6 @@
 #          "address": 1, "accuracy_floor_w": 5, "timeout_ms": 200}
 
 from edge import hal, modbus
-from edge.meters import checks
 from edge.meters.base import FLAG_METER_ALARM, Measurement, Meter, MeterError, RESET_ENERGY, below_floor
 
 RESET_FUNCTION = 0x42
@@ -50,6 +49,8 @@ KEYS = ("uart", "address", "accuracy_floor_w", "timeout_ms", "retries")
 
 def validate(cfg):
     """ValueError naming the key, value and allowed range, or None."""
+    from edge.meters import checks  # boot and `config set` only: released after
+
     checks.known_keys(cfg, KEYS, "pzem004t")
     # The PZEM-004T v3.0 talks 9600 8N1 only.
     checks.uart(cfg, 9600, (9600,))

@@ -46,7 +46,6 @@
 #          "voltage_v": 0, "accuracy_floor_w": 0}
 
 from edge import hal
-from edge.meters import checks
 from edge.meters.base import FLAG_BELOW_ACCURACY, Measurement, Meter, RESET_ENERGY, below_floor
 
 PCNT_LIMIT = 32767
@@ -67,6 +66,8 @@ _SEEN = 6  # 0, 1, 2: counted pulses seen (saturating)
 
 def validate(cfg):
     """ValueError naming the key, value and allowed range, or None."""
+    from edge.meters import checks  # boot and `config set` only: released after
+
     checks.known_keys(cfg, KEYS, "s0")
     checks.pin(cfg, "pin", 4)
     checks.integer(cfg, "impulses_per_kwh", 1, 100000, 1000)

@@ -22,7 +22,6 @@
 #          "rx": 16}, "address": 1, "de_pin": 4, "accuracy_floor_w": 5}
 
 from edge import hal, modbus
-from edge.meters import checks
 from edge.meters.base import Measurement, Meter, MeterError, below_floor, round_to
 
 # model -> list of (start, count) blocks and value -> (block, register offset)
@@ -39,6 +38,8 @@ KEYS = ("uart", "address", "de_pin", "accuracy_floor_w", "timeout_ms", "retries"
 
 def validate(cfg):
     """ValueError naming the key, value and allowed range, or None."""
+    from edge.meters import checks  # boot and `config set` only: released after
+
     model = cfg.get("type")
     if model not in MODELS:
         raise ValueError("eastron model %r: expected one of %s" % (model, ", ".join(sorted(MODELS))))

@@ -9,7 +9,8 @@
 # exports) at every instant: a scripted load whose energy is known exactly.
 # Times are integer Unix ms (read) and whole seconds (profiles).
 
-from edge.meters.base import EnergyIntegrator, Measurement, Meter, RESET_ENERGY
+from edge.meters.base import Measurement, Meter, RESET_ENERGY
+from edge.meters.energy import EnergyIntegrator
 
 PROFILES = ("household", "solar", "load", "prosumer", "constant")
 

@@ -14,6 +14,7 @@ the same seed gives the same trades however loaded the machine is.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -190,7 +191,23 @@ class Neighbourhood:
         # more than channels.credit_sat behind.
         config.gpio = GpioSettings(backend="simulated", leds=False, journal=str(c.directory / "gpio.jsonl"),
                                    relays={"relay_1": {"safe_state": "connected"}})
+        # The street's zone, founded at start (found_zone): only its members trade.
+        config.zone = dataclasses.replace(self.zone, cache_path=str(c.directory / "zone-cache.cbor"))
         return config.validate()
+
+    def found_zone(self) -> None:
+        """Found the demo's zone (3 admins, 2 must sign) and admit every
+        coordinator, each on its own connection point of one feeder."""
+        from microgrid.coordinator.membership.install import found_and_admit
+
+        members = [(bytes.fromhex(k), f"demo-street-{c.name}", "demo-feeder")
+                   for k, c in zip(self.peer_keys, self.plans)]
+        # Issued a year back: the coordinators start while the scaled clock,
+        # not yet started, still shows a time long before sim_start.
+        self.zone = found_and_admit(self.out_dir / "zone", "demo-street", members, int(self.sim_start) - 365 * DAY,
+                                    int(self.sim_end) + 30 * DAY)
+        # The members are all in the records folder; the board is read now and then.
+        self.zone.refresh_s = 3600
 
     def fund_wallet(self, c: CoordinatorPlan, config: Config, sats: int) -> Any:
         from microgrid.coordinator.channels.wallet import Utxo, Wallet
@@ -234,6 +251,7 @@ class Neighbourhood:
                     f.write(secret + "\n")
             key = load_or_create_key(key_file)
             self.peer_keys.append(key.public_key.to_hex(compressed=True))
+        self.found_zone()
         for c in self.plans:
             config = self.coordinator_config(c)
             wallet = self.fund_wallet(c, config, 20_000_000)

@@ -11,11 +11,11 @@ import aiocoap
 import cbor2
 from aiocoap.numbers.codes import Code
 
-from .test_ingest import PUB, make, post, served
+from .test_ingest import PUB, make, post, served, with_token
 
 
 def get(client: aiocoap.Context, uri: str, accept: int | None = None) -> aiocoap.Message:
-    req = aiocoap.Message(code=Code.GET, uri=uri)
+    req = with_token(aiocoap.Message(code=Code.GET, uri=uri))
     if accept is not None:
         req.opt.accept = accept
     return client.request(req).response
@@ -30,9 +30,12 @@ def test_meters_and_latest_reading_in_json_and_cbor(tmp_path: Path) -> None:
             assert r.code == Code.CONTENT and r.opt.content_format == 50
             meters = json.loads(r.payload)
             assert meters[0]["name"] == "m1" and meters[0]["latest"]["seq"] == 2
+            assert (await post(client, uri, make(3, t=0))).code == Code.CREATED  # dated back: held, flagged
+            meters = json.loads((await asyncio.wait_for(get(client, uri + "/api/meters"), 10)).payload)
+            assert meters[0]["clock"] == {"stepped_back": 1, "into_settled": 0, "flagged_stepped": 0}
             device = meters[0]["device_id"]
             c = await asyncio.wait_for(get(client, uri + f"/api/meters/latest?id={device}", accept=60), 10)
-            assert c.opt.content_format == 60 and cbor2.loads(c.payload)["latest"]["import_wh"] == 102
+            assert c.opt.content_format == 60 and cbor2.loads(c.payload)["latest"]["import_wh"] == 103
             bad = await asyncio.wait_for(get(client, uri + "/api/meters", accept=41), 10)
             assert bad.code == Code.NOT_ACCEPTABLE
             missing = await asyncio.wait_for(get(client, uri + "/api/meters/latest?id=0000000000000000"), 10)

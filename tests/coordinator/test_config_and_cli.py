@@ -35,7 +35,7 @@ def test_a_full_file_loads(tmp_path: Path) -> None:
         ("[coap]\nport = 70000\n", "coap.port=70000: expected an integer in 0..65535"),
         ('[coap]\nport = "5683"\n', "coap.port='5683': expected int"),
         ('[coap]\nhost = "example.org"\n', "coap.host='example.org': expected an IP address"),
-        ("[coap]\nprot = 1\n", "coap.prot: unknown setting; allowed: host, port"),
+        ("[coap]\nprot = 1\n", "coap.prot: unknown setting; allowed: host, max_tcp_connections, port, transports, ws_origins"),
         ("[nonsense]\n", "[nonsense]: unknown section"),
         ('[log]\nlevel = "loud"\n', "log.level='loud': expected one of debug, info, warning, error"),
         ("[coap\n", "not valid TOML"),

@@ -13,12 +13,14 @@ from typing import AsyncIterator
 import aiocoap
 import pytest
 from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import OpaqueOption
 from bitcoinx import PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from microgrid.coordinator.app import Coordinator
 from microgrid.coordinator.config import Config
+from microgrid.coordinator.ingest.access import TOKEN_OPTION, token_hash
 from microgrid.coordinator.ingest.readings import ReadingIngest
 from microgrid.coordinator.store.database import open_database
 from microgrid.coordinator.store.readings import ReadingStore
@@ -29,6 +31,13 @@ from ..conftest import free_udp_port
 SECRET = bytes(range(1, 33))
 PUB = secp256k1.public_key(SECRET)
 T0 = 1_700_000_000
+API_TOKEN = "test-application-token"
+
+
+def with_token(request: aiocoap.Message, token: str = API_TOKEN) -> aiocoap.Message:
+    """The application credential of ingest/access.py."""
+    request.opt.add_option(OpaqueOption(TOKEN_OPTION, token.encode()))
+    return request
 
 
 def make(seq: int, secret: bytes = SECRET, pub: bytes = PUB, **kw: object) -> bytes:
@@ -42,6 +51,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Coordinator, aiocoap.Con
     config = Config()
     config.coap.port = free_udp_port()
     config.store.path = str(tmp_path / "c.db")
+    config.api.token_sha256 = [token_hash(API_TOKEN)]
     coordinator = Coordinator(config)
     coordinator.store.register_device(PUB, "m1")
     await coordinator.start()
@@ -186,9 +196,13 @@ def test_health_resource_reports_counts(tmp_path: Path) -> None:
     async def go() -> None:
         async with served(tmp_path) as (coord, client, uri):
             await post(client, uri, make(1))
-            resp = await asyncio.wait_for(client.request(aiocoap.Message(code=Code.GET, uri=uri + "/health")).response, 10)
+            req = with_token(aiocoap.Message(code=Code.GET, uri=uri + "/health"))
+            resp = await asyncio.wait_for(client.request(req).response, 10)
             body = json.loads(resp.payload)
             assert body["status"] == "ok" and body["readings"] == 1 and body["devices"] == 1
+            # Without credentials: alive, nothing more.
+            resp = await asyncio.wait_for(client.request(aiocoap.Message(code=Code.GET, uri=uri + "/health")).response, 10)
+            assert resp.code == Code.CONTENT and json.loads(resp.payload) == {"status": "ok"}
 
     asyncio.run(go())
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -191,22 +190,36 @@ def test_a_coordinator_name_that_does_not_resolve_is_retried_while_the_meter_kee
 
 
 def test_ctrl_c_saves_the_state_and_the_restarted_meter_reuses_no_sequence_number(tmp_path: Path, coordinator_factory) -> None:
+    # Ctrl-C typed at four points of the running loop: the scripted
+    # watchdog's Nth feed (edge/hal/scripted.py), at the top of the loop or
+    # in an idle slice, between readings or while an exchange waits for the
+    # coordinator. Not a SIGINT: the unix port delivers that at once, even
+    # in the middle of a garbage collection (a board raises it between two
+    # bytecodes), and the interpreter crashed with SIGSEGV now and then.
     db = tmp_path / "c.db"
     port = free_udp_port()
     image, pub = provision(tmp_path, db, port, interval_s=0.01)
     coordinator_factory(db=db, port=port)
     outputs = []
-    for i, delay in enumerate((0.0, 0.13, 0.29, 0.41)):
+    config = json.loads((image / "config.json").read_text())
+    dead = free_udp_port()  # nothing answers there
+    for run, at in enumerate(FEEDS_BEFORE_CTRL_C):
+        # The second run cannot reach the coordinator: its Ctrl-C lands while
+        # an exchange waits, with every reading it made still queued.
+        write_image(image, dict(config, coordinator_port=dead if run == 1 else port))
+        (image / "hal_script.json").write_text(json.dumps({"ctrl_c_at_feed": at}))
         meter = boot(image)
-        wait_rows(db, pub, 5 * (i + 1))
-        time.sleep(delay)
-        meter.send_signal(signal.SIGINT)
-        out, _ = meter.communicate(timeout=30)
+        out, _ = meter.communicate(timeout=60)
         outputs.append(out)
         assert meter.returncode == 130, out
         assert "WARN boot: interrupted (Ctrl-C): outbox and journal saved" in out and "Traceback" not in out, out
+        summary = meter_summary(out)
+        assert summary["produced"] >= 1, out
+        if run == 1:
+            assert summary["delivered"] == 0 and summary["pending"] >= summary["produced"], out
         assert any(os.path.getsize(p) > 0 for p in image.glob("state.*"))
-    write_image(image, dict(json.loads((image / "config.json").read_text()), max_readings=5))
+    (image / "hal_script.json").unlink()
+    write_image(image, dict(config, max_readings=5))
     out, _ = boot(image).communicate(timeout=60)
     summary = meter_summary(out)
     assert summary["pending"] == 0 and summary["rejected"] == 0, out
@@ -215,9 +228,14 @@ def test_ctrl_c_saves_the_state_and_the_restarted_meter_reuses_no_sequence_numbe
     # rejected), counters never backwards, every signature valid.
     assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1)), outputs
     assert summary["last_seq"] == rows[-1]["seq"]
+    assert len(rows) >= len(FEEDS_BEFORE_CTRL_C) + 5
     imports = [r["import_wh"] for r in rows]
     assert imports == sorted(imports)
     assert_all_verify(rows, pub)
+
+
+# Watchdog feeds before the Ctrl-C of each run (see the test above).
+FEEDS_BEFORE_CTRL_C = (9, 24, 41, 66)
 
 
 def test_ctrl_c_leaves_the_watchdog_fed_from_a_timer_and_the_journal_saved(tmp_path: Path) -> None:

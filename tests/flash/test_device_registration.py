@@ -137,13 +137,18 @@ def coordinator(tmp_path: Path, token: str = TOKEN) -> Iterator[tuple[Coordinato
 
 def test_flash_client_registers_over_udp_and_finds_the_registration(tmp_path: Path) -> None:
     with coordinator(tmp_path) as (coord, port):
-        assert registration.lookup("127.0.0.1", port, DEVICE) is None
+        assert registration.lookup("127.0.0.1", port, DEVICE, token=TOKEN) is None
         first = registration.register("127.0.0.1", port, PUB, "flat 3", TOKEN)
         assert first.created and first.device_id == DEVICE
         again = registration.register("127.0.0.1", port, PUB, "flat 3", TOKEN)
         assert not again.created and again.registered_at == first.registered_at
-        found = registration.lookup("127.0.0.1", port, DEVICE)
+        found = registration.lookup("127.0.0.1", port, DEVICE, token=TOKEN)
         assert found is not None and found.public_key == PUB
+        # Without the installer token (or with a wrong one) nothing is shown.
+        for token in (None, "guess"):
+            with pytest.raises(FlashError) as e:
+                registration.lookup("127.0.0.1", port, DEVICE, token=token)
+            assert "credentials" in e.value.cause and "token" in e.value.fix
 
 
 def test_wrong_token_over_udp_names_the_step_cause_and_fix(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def test_board_gets_compiled_image_and_its_own_key_then_boots_and_delivers(tmp_p
     again = flash("--target", f"serial:{port}", "--no-frozen", "--mpremote", str(mpremote), "--coordinator", f"127.0.0.1:{coord.port}",
                   "--token-file", str(token_file(tmp_path)), "--json", env=env)
     assert again.code == 0 and again.result["files_written"] == 0 and again.result["key_made"] == "kept"
-    check = flash("--check", "--target", f"serial:{port}", "--mpremote", str(mpremote), env=env)
+    check = flash("--check", "--target", f"serial:{port}", "--mpremote", str(mpremote),
+                  "--token-file", str(token_file(tmp_path)), env=env)
     assert check.code == 0, check.out
 
 

@@ -45,7 +45,7 @@ def test_bad_token_is_refused_nothing_is_registered_and_a_rerun_with_the_right_o
     assert_error(run, "register", "refused the installer token", "installer_token")
     assert devices(db) == []
     key = (image / "device.key").read_text()
-    check = flash("--check", "--target", f"dir:{image}")
+    check = flash("--check", "--target", f"dir:{image}", "--token-file", str(token_file(tmp_path)))
     assert check.code == 1 and "not registered" in check.out and "register-device --pubkey" in check.out
     good = flash(*common, "--token-file", str(token_file(tmp_path)))
     assert good.code == 0 and good.result["registered"] == "new" and good.result["files_written"] == 0

@@ -61,7 +61,7 @@ def test_flashed_folder_boots_registers_and_sends_verified_readings(tmp_path: Pa
     devices, _ = stored(db)
     assert [(d.device_id, d.public_key.hex(), d.name) for d in devices] == [
         (result["device_id"], result["public_key"], "flat-3")]
-    check = flash("--check", "--target", f"dir:{image}")
+    check = flash("--check", "--target", f"dir:{image}", "--token-file", str(token_file(tmp_path)))
     assert check.code == 0 and "check passed" in check.out, check.out
     assert f"registered at coap://127.0.0.1:{coord.port}/devices as 'flat-3'" in check.out
     summary = run_meter(image, 25)

@@ -25,19 +25,18 @@ from microgrid.flash.flow import Flasher, FlashRequest
 from microgrid.flash.transfer import Inventory, SerialTarget
 from microgrid.flash.unix_port import boot
 
-from ..conftest import meter_summary
+from ..conftest import free_udp_port, meter_summary
 from ..e2e.test_meter_to_coordinator import assert_all_verify, stored_rows
 from ..edge.mp import fixture
 from .fakes import board_env, fake_esptool, fake_mpremote, tool_calls
 from .helpers import coordinator_config, flash, meter_config, token_file
 
-# The bar: the firmware with the PZEM driver and the console, frozen, runs
-# in this heap (an ESP32 without PSRAM leaves the firmware about 100 KB).
-# Issue 12's target is 48 KB with PZEM and console. Measured 46 KB before the
-# clock, safe mode, lost-state recovery and segment outbox were merged; with
-# them the frozen firmware needs more than 56 KB and runs in 60 KB. This
-# bound holds the line where it stands until the heap is brought back down.
-HEAP_BOUND = 60 * 1024
+# The bar (issue 12): the firmware with the PZEM driver and the console,
+# frozen, runs in a 48 KB heap (an ESP32 without PSRAM leaves the firmware
+# about 100 KB). Measured by bench/bench_firmware.py: it runs every time
+# in 47 KB with the scripted hardware layer the unix port needs, which
+# takes ~1.8 KB more heap than edge/hal/board.py does on a board.
+HEAP_BOUND = 48 * 1024
 ONLY_DATA = ["config.json", "device.key", "main.py", "manifest.json"]
 PZEM = {"type": "pzem004t", "uart": {"id": 2}}
 
@@ -102,6 +101,49 @@ def test_frozen_folder_holds_only_main_config_key_and_runs_pzem_and_console_in_4
 
 
 @pytest.mark.timeout(600)
+def test_frozen_firmware_runs_in_48_kb_through_an_outage_a_full_outbox_and_a_segment_rollover(
+        tmp_path: Path, frozen_micropython: str, coordinator_factory) -> None:
+    # The rest of the firmware's paths in the same 48 KB heap: readings
+    # queued while the coordinator cannot be reached, the full outbox
+    # merging its oldest (a re-signed reading at send time), the backlog
+    # delivered after a reboot, the outbox's append-only segments rolling
+    # over (the first deleted once delivered), and console commands.
+    db = tmp_path / "c.db"
+    coord = coordinator_factory(db=db, config=coordinator_config(tmp_path))
+    img = tmp_path / "img"
+    cfg = meter_config(tmp_path, console=True, meter=PZEM, outbox_size=6, max_retransmit=0, drain_timeout_s=1)
+    run = flash("--target", f"dir:{img}", "--config", str(cfg), "--frozen", "--coordinator", f"127.0.0.1:{coord.port}",
+                "--token-file", str(token_file(tmp_path)), "--json")
+    assert run.code == 0, run.out + run.err
+    pzem_script(img)
+    config = json.loads((img / "config.json").read_text())
+    # Away: nothing answers on that port.
+    (img / "config.json").write_text(json.dumps(dict(config, coordinator_port=free_udp_port(), max_readings=12)))
+    out, _ = boot(img, heapsize=HEAP_BOUND, stdin=subprocess.PIPE).communicate("status\nlog\n", timeout=120)
+    assert "MemoryError" not in out and "Traceback" not in out, out[-3000:]
+    away = meter_summary(out)
+    assert away["produced"] == 12 and away["delivered"] == 0 and away["pending"] == 6 and away["dropped"] >= 6, away
+    assert "outbox full: merged reading seq" in out and "free memory" in out
+    # Back: the backlog (its oldest standing for the merged readings) and
+    # 30 new readings; ordinals 0..41 span two 32-slot segments.
+    (img / "config.json").write_text(json.dumps(dict(config, max_readings=30)))
+    out, _ = boot(img, heapsize=HEAP_BOUND, stdin=subprocess.PIPE).communicate("selftest\nstatus\n", timeout=120)
+    assert "MemoryError" not in out and "Traceback" not in out, out[-3000:]
+    back = meter_summary(out)
+    # The first new reading found the outbox still full: one more merge.
+    assert back["delivered"] + back["dropped"] == 6 + 30 and back["pending"] == 0 and back["rejected"] == 0, back
+    assert back["last_seq"] == 42, back
+    assert "PASS signature" in out and "PASS meter" in out
+    rows = stored_rows(db, bytes.fromhex(run.result["public_key"]))
+    seqs = [r["seq"] for r in rows]
+    # Every delivered number once, in order; the merged ones stand inside
+    # the first delivered reading's merged_from.
+    assert seqs == list(range(43 - back["delivered"], 43)), seqs
+    assert_all_verify(rows, bytes.fromhex(run.result["public_key"]))
+    assert sorted(os.listdir(img / "outbox.d")) == ["1"]
+
+
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("shadow", ["edge/firmware.mpy", "shared/", "edge.py"])
 def test_anything_shadowing_the_frozen_firmware_fails_the_check_and_a_flash_removes_it(
         tmp_path: Path, frozen_micropython: str, shadow: str) -> None:
@@ -151,7 +193,7 @@ def test_board_gets_the_frozen_firmware_image_then_only_main_and_config(
     assert calls[0][:2] == ["esptool", "--chip"] and calls[0][-1] == str(image)
     copied = [a for c in calls if c[0] == "mpremote" and "cp" in c for a in c if a.startswith(":")]
     assert copied == [":config.json", ":manifest.json"]  # main.py is the same as before
-    assert flash("--check", "--target", f"serial:{port}", *tools, env=env).code == 0
+    assert flash("--check", "--target", f"serial:{port}", *tools, "--token-file", str(token_file(tmp_path)), env=env).code == 0
     out, _ = boot(root, micropython=str(board_fw), heapsize=HEAP_BOUND).communicate(timeout=120)
     assert meter_summary(out)["delivered"] == 5, out[-3000:]
     assert len(stored_rows(db, bytes.fromhex(run.result["public_key"]))) == 5

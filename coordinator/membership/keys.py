@@ -1,0 +1,48 @@
+"""Admin key files: 32 bytes hex on one line, mode 0600, like the
+coordinator's identity key. The private key is read here and used to sign;
+it is never printed or logged (only the public key and its id are)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from bitcoinx import PrivateKey
+
+
+class KeyFileError(ValueError):
+    """An admin key file is missing, unreadable, malformed or too open."""
+
+
+def create(path: Path) -> PrivateKey:
+    """A new admin key in a new 0600 file; an existing file is refused
+    (overwriting a key would lose an admin)."""
+    key = PrivateKey.from_random()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} exists: refusing to overwrite a key") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(key.to_hex() + "\n")
+    return key
+
+
+def load(path: Path) -> PrivateKey:
+    try:
+        st = path.stat()
+        text = path.read_text().strip()
+    except OSError as e:
+        raise KeyFileError(f"cannot read admin key {path}: {e.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"admin key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}): "
+                           f"chmod 600 {path}")
+    try:
+        return PrivateKey(bytes.fromhex(text))
+    except ValueError:
+        raise KeyFileError(f"admin key {path} does not hold a 32-byte hex key") from None
+
+
+def public(key: PrivateKey) -> bytes:
+    return key.public_key.to_bytes(compressed=True)

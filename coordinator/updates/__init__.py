@@ -1,0 +1,1 @@
+"""Firmware releases between coordinators and to meters (docs/UPDATES.md)."""
