@@ -11,8 +11,14 @@ export PATH="$PWD/.venv/bin:$PATH:/usr/sbin"
 types=0
 .venv/bin/python -m mypy coordinator microgrid flash hardware || types=$?
 
+# Three workers on two cores: most of the suite waits on MicroPython
+# processes, sockets and simulated clocks; MICROGRID_TEST_WORKERS=0 runs
+# it in one process.
+workers="${MICROGRID_TEST_WORKERS:-3}"
+parallel=()
+if [ "$workers" != "0" ]; then parallel=(-n "$workers" --dist load); fi
 tests=0
-timeout 1500 .venv/bin/python -m pytest -q -p no:cacheprovider "$@" || tests=$?
+timeout 1500 .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" "$@" || tests=$?
 if [ "$tests" -eq 5 ]; then
     echo "test: no tests were collected for this selection"
     tests=0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import calendar
 import json
 import logging
@@ -316,7 +317,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     out_dir = Path(args.out) if args.out else Path("demo-out") / datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.WARNING, filename=str(out_dir / "demo.log"),
+    logging.basicConfig(level=getattr(logging, os.environ.get("MICROGRID_DEMO_LOG", "WARNING")), filename=str(out_dir / "demo.log"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         data = asyncio.run(run_demo(args, out_dir))

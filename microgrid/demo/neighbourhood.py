@@ -402,6 +402,9 @@ class Neighbourhood:
         if co.trading is not None:
             co.trading._sleep = sleep
             co.trading.market._sleep = sleep
+            if co.trading.market.repair is not None:  # book repair waits in the same time
+                co.trading.market.repair._sleep = sleep
+                co.trading.market.repair.poll_s = 300.0
             # The collector's fetches while the gate is open, in clock
             # seconds (0.05 s suits a wall clock, not a stepped one).
             co.trading.market.poll_s = 300.0
