@@ -31,6 +31,7 @@ from .ingest import transports
 from .ingest.readings import ReadingIngest
 from .ingest.resources import HealthResource, ReadingsResource
 from .link import SecureLink
+from .secrets import write_new_secret_file
 from .store.database import open_database
 from .store.readings import ReadingStore
 from .service.notify import Notifier
@@ -48,10 +49,7 @@ def load_or_create_key(path: Path) -> PrivateKey:
         except ValueError:
             raise ConfigError(f"identity key file {path} does not hold a 32-byte hex key; restore it from backup") from None
     key = PrivateKey.from_random()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.to_hex() + "\n")
+    write_new_secret_file(path, key.to_hex() + "\n")
     log.info("created identity key %s", path)
     return key
 

@@ -9,7 +9,9 @@ these helpers catch what slips through anyway.
 
 from __future__ import annotations
 
+import os
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 # A setting whose name contains one of these holds a secret (or says where
@@ -58,3 +60,13 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
         return redact_url(value)
     return value
+
+
+def write_new_secret_file(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` to a new file readable by its owner only (mode 0600 from
+    the start, never a moment world-readable). An existing file raises
+    FileExistsError: a key that is overwritten is lost for good."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

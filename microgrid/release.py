@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from microgrid.coordinator.secrets import write_new_secret_file
 from microgrid.shared import release, secp256k1
 
 
@@ -52,11 +53,9 @@ def new_key(path: str) -> bytes:
         except ValueError:
             secret = os.urandom(32)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new_secret_file(path, secret.hex() + "\n")
     except FileExistsError:
         raise ReleaseToolError(f"release key file {path} exists: not overwritten") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(secret.hex() + "\n")
     return secp256k1.public_key(secret)
 
 

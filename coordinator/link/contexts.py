@@ -31,6 +31,8 @@ from typing import Any
 from aiocoap.credentials import CredentialsMap
 from aiocoap.oscore import COSE_KID, COSE_KID_CONTEXT, FilesystemSecurityContext
 
+from ..secrets import write_new_secret_file
+
 log = logging.getLogger("microgrid.link")
 
 METERS = "meters"
@@ -48,9 +50,8 @@ def write_context_dir(path: Path, secret: bytes, salt: bytes, sender_id: bytes, 
     (tmp / "settings.json").write_text(json.dumps({
         "algorithm": "AES-CCM-16-64-128", "kdf-hashfun": "sha256",
         "sender-id_hex": sender_id.hex(), "recipient-id_hex": recipient_id.hex()}) + "\n")
-    fd = os.open(tmp / "secret.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps({"secret_hex": secret.hex(), "salt_hex": salt.hex()}) + "\n")
+    write_new_secret_file(tmp / "secret.json",
+                          json.dumps({"secret_hex": secret.hex(), "salt_hex": salt.hex()}) + "\n")
     os.replace(tmp, path)
 
 

@@ -4,11 +4,12 @@ it is never printed or logged (only the public key and its id are)."""
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
 from bitcoinx import PrivateKey
+
+from ..secrets import write_new_secret_file
 
 
 class KeyFileError(ValueError):
@@ -19,13 +20,10 @@ def create(path: Path) -> PrivateKey:
     """A new admin key in a new 0600 file; an existing file is refused
     (overwriting a key would lose an admin)."""
     key = PrivateKey.from_random()
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new_secret_file(path, key.to_hex() + "\n")
     except FileExistsError:
         raise KeyFileError(f"{path} exists: refusing to overwrite a key") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(key.to_hex() + "\n")
     return key
 
 

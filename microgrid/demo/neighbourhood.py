@@ -32,6 +32,7 @@ from microgrid.coordinator.config import ChannelsSettings, Config
 from microgrid.coordinator.devices.gpio_settings import GpioSettings
 from microgrid.coordinator.market.settings import MarketSettings
 from microgrid.coordinator.overlay.settings import OverlaySettings
+from microgrid.coordinator.secrets import write_new_secret_file
 from microgrid.flash.unix_port import find_micropython, recorded_interpreter
 from microgrid.processes import free_udp_port
 
@@ -246,9 +247,7 @@ class Neighbourhood:
             key_file = c.directory / "coordinator.key"
             if not key_file.exists():
                 secret = hashlib.sha256(f"microgrid-demo/{self.seed}/{c.name}/identity".encode()).hexdigest()
-                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(secret + "\n")
+                write_new_secret_file(key_file, secret + "\n")
             key = load_or_create_key(key_file)
             self.peer_keys.append(key.public_key.to_hex(compressed=True))
         self.found_zone()
