@@ -6,6 +6,7 @@ and cannot import tests/."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -14,11 +15,58 @@ import time
 from pathlib import Path
 
 
+# Ports below Linux's ephemeral range (32768-60999): no socket bound to port
+# 0 anywhere on the machine is ever given one of them.
+_LOW, _HIGH = 20000, 32768
+_cursor: list[int] = []
+
+
+def _worker_ports() -> tuple[int, int] | None:
+    """Under pytest-xdist, this worker's own slice of [_LOW, _HIGH)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not worker.startswith("gw") or not worker[2:].isdigit() or not count.isdigit() or int(count) < 1:
+        return None
+    size = (_HIGH - _LOW) // int(count)
+    lo = _LOW + int(worker[2:]) * size
+    return lo, lo + size
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port on 127.0.0.1 that was free a moment ago (UDP, or TCP with
+    socket.SOCK_STREAM). One process alone takes it from the kernel's
+    ephemeral range. Tests in parallel workers each take theirs from a
+    slice of their own below that range: a port chosen, closed and bound
+    again later cannot then be taken meanwhile by another worker's test or
+    by any socket bound to port 0."""
+    ports = _worker_ports()
+    if ports is None:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    lo, hi = ports
+    if not _cursor:
+        _cursor.append(os.getpid() * 7919)  # a child process starts elsewhere in the slice
+    for _ in range(hi - lo):
+        port = lo + _cursor[0] % (hi - lo)
+        _cursor[0] += 1
+        try:
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError(f"no free port on 127.0.0.1 in {lo}..{hi - 1}")
+
+
 def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A UDP port on 127.0.0.1 that was free a moment ago (free_port)."""
+    return free_port(socket.SOCK_DGRAM)
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (free_port)."""
+    return free_port(socket.SOCK_STREAM)
 
 
 class CoordinatorProcess:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,6 +30,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+
+from microgrid.processes import free_tcp_port
 
 
 class _DropV4Warnings(logging.Filter):
@@ -44,9 +45,7 @@ Kind = Literal["input", "holding"]
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_tcp_port()
 
 
 def float_regs(value: float) -> list[int]:

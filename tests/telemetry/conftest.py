@@ -13,11 +13,9 @@ from typing import Iterator
 
 import pytest
 
+from microgrid.processes import free_tcp_port
 
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
 
 
 class Broker:
