@@ -41,9 +41,9 @@ FORMAT_VERSION):
    order is on the wrong side of it. lo and hi are adjacent limit prices
    of the matched book (no limit lies strictly between them), so one
    extra order of 1 Wh can only move the interval to a neighbouring gap:
-   the price crosses at most one limit price of the book (property-tested
-   in tests/market/test_price_rule.py, with and without a feeder limit). The price
-   is floor((lo + hi) / 2).
+   the price crosses at most one limit price of the book while the feeder
+   does not bind (property-tested in tests/market/test_price_rule.py; a
+   binding feeder is below). The price is floor((lo + hi) / 2).
    - Ties and the last partial order: an order whose limit equals the
      price is indifferent and may be left partly unfilled; among equal
      limits priority (rule 3) decides who fills. A partly filled order's
@@ -59,7 +59,10 @@ FORMAT_VERSION):
      both sides: the congestion rent (price minus what the sellers' curve
      alone would have cleared at) goes to the sellers whose energy uses the
      feeder; the operator receives the grid fee only, and so gains nothing
-     by declaring a smaller feeder.
+     by declaring a smaller feeder. While the feeder binds, one extra
+     order of 1 Wh moves the price by at most one gap of the bids and the
+     delivering asks; one that makes the feeder bind moves it to the
+     scarcity price, which may cross more of the book (docs/MARKET.md).
    - pay-as-bid: each trade at the midpoint of its own buyer's effective
      limit and seller's limit, rounded down. `price_sat_per_kwh` of the
      cleared interval still reports the uniform price as an indication.

@@ -235,12 +235,56 @@ books = st.lists(spec, min_size=1, max_size=20).map(
                    enumerate(specs)])
 
 
+def demand_levels(book: list[SignedOrder], c: ClearedInterval, fee: int) -> list[int]:
+    """The limits that price a binding feeder: every bid (net of the fee)
+    and the asks that trade. Asks beyond the feeder's capacity cannot
+    deliver at any price, so they do not shape the price of the capacity."""
+    sold = {t.sell for t in c.trades}
+    return sorted({so.order.limit_sat_per_kwh - fee for so in book if so.side == BUY}
+                  | {so.order.limit_sat_per_kwh for so in book if so.side == SELL and so.hash in sold})
+
+
 @given(books, st.sampled_from([BUY, SELL]), st.integers(0, 62), st.sampled_from([0, 0, 7]),
        st.one_of(st.none(), st.integers(1, 1500)))
 @settings(max_examples=500, deadline=None)
 def test_one_more_order_of_1_wh_moves_the_price_at_most_to_the_adjacent_limit_gap(
         book: list[SignedOrder], side: str, price: int, fee: int, cap: int | None) -> None:
     rules = ZoneRules(grid_fee_sat_per_kwh=fee, capacity_wh=cap)
+    first = clear(book, rules)
+    new = book + [quick(side, 1, price * 5, who=11, nonce=99)]
+    then = clear(new, rules)
+    before, after = first.price_sat_per_kwh, then.price_sat_per_kwh
+    if before is None or after is None:
+        return
+    if not first.binding and not then.binding:
+        # The feeder does not decide (or there is none): the bar's property
+        # over every limit in the book, and the price crosses at most one.
+        levels = limits_of(new, fee)
+        assert abs(after - before) <= max_gap(levels)
+        assert len([x for x in levels if min(before, after) < x < max(before, after)]) <= 1
+    elif first.binding and then.binding:
+        # The feeder binds throughout: the price is the demand for its
+        # capacity, and moves at most one gap of that demand curve.
+        levels = sorted(set(demand_levels(book, first, fee)) | set(demand_levels(new, then, fee)))
+        assert abs(after - before) <= max_gap(levels)
+    else:
+        # The order made the feeder bind (or freed it): the price moves to
+        # (or from) the scarcity price, which the rule states: at least the
+        # best bid left unserved, at most the lowest bid served.
+        c, b = (then, new) if then.binding else (first, book)
+        p = c.price_sat_per_kwh
+        assert p is not None
+        left = [so.order.limit_sat_per_kwh - fee for so in b
+                if so.side == BUY and c.fills[so.hash] < so.order.quantity_wh]
+        served = [so.order.limit_sat_per_kwh - fee for so in b if so.side == BUY and c.fills[so.hash]]
+        assert max(left) <= p <= min(served)
+
+
+@given(books, st.sampled_from([BUY, SELL]), st.integers(0, 62), st.sampled_from([0, 0, 7]))
+@settings(max_examples=300, deadline=None)
+def test_one_more_order_of_1_wh_without_a_feeder_limit_crosses_at_most_one_limit(
+        book: list[SignedOrder], side: str, price: int, fee: int) -> None:
+    rules = ZoneRules(grid_fee_sat_per_kwh=fee)
     before = clear(book, rules).price_sat_per_kwh
     new = book + [quick(side, 1, price * 5, who=11, nonce=99)]
     after = clear(new, rules).price_sat_per_kwh
@@ -248,8 +292,22 @@ def test_one_more_order_of_1_wh_moves_the_price_at_most_to_the_adjacent_limit_ga
         return
     levels = limits_of(new, fee)
     assert abs(after - before) <= max_gap(levels)
-    # Stronger: the price crosses at most one limit of the book.
     assert len([x for x in levels if min(before, after) < x < max(before, after)]) <= 1
+
+
+def test_a_1_wh_bid_that_makes_the_feeder_bind_moves_the_price_to_the_scarcity_price() -> None:
+    # Found by hypothesis: one seller at 0 and one at 25 (sat/kWh), one
+    # buyer at 50, a feeder of 1 Wh. Alone, the buyer takes the 1 Wh and
+    # the price sits between the sellers (the feeder is full, but nothing
+    # more would trade anyway). A second buyer at 50 competes for the
+    # capacity: the price goes to 50, past the 25 ask, which cannot deliver.
+    rules = ZoneRules(capacity_wh=1)
+    book = [quick(BUY, 1, 0, who=0, nonce=i) for i in range(3)] + [
+        quick(BUY, 1, 50, who=1), quick(SELL, 1, 0, who=2), quick(SELL, 1, 25, who=3)]
+    alone = clear(book, rules)
+    assert not alone.binding and alone.price_sat_per_kwh == 12
+    rival = clear(book + [quick(BUY, 1, 50, who=4, nonce=7)], rules)
+    assert rival.binding and rival.price_sat_per_kwh == 50 and rival.volume_wh == 1
 
 
 @given(books, st.data(), st.sampled_from([0, 7]), st.one_of(st.none(), st.integers(1, 2000)))
@@ -275,15 +333,26 @@ def test_splitting_an_order_never_lowers_what_its_owner_pays_per_wh(book: list[S
         return sum(t.wh for t in mine), sum(t.msat for t in mine)
 
     (wh0, msat0), (wh1, msat1) = owner_side(whole), owner_side(split)
+
+    def pairs_of(c: ClearedInterval) -> int:
+        return len([p for p in c.pairs if (p.buyer if o.side == BUY else p.seller) == o.owner])
+
+    # Exact money (msat) never moves in the splitter's favour. Whole
+    # satoshis are rounded once per buyer-seller pair (rule 6), so a split
+    # that spreads the same energy over other counterparties (the parts
+    # rank differently among equal limits) can move the rounding, by less
+    # than one satoshi per pair it then has: the bound the rule documents.
     if o.side == BUY:
         # Never less per Wh, and never less in all when it got as much.
         assert msat1 * wh0 >= msat0 * wh1
         if wh0 == wh1:
-            assert paid(split, who) >= paid(whole, who)
+            assert msat1 >= msat0
+            assert paid(split, who) > paid(whole, who) - max(1, pairs_of(whole))
     else:
         assert msat1 * wh0 <= msat0 * wh1  # and a seller never earns more per Wh by splitting
         if wh0 == wh1:
-            assert earned(split, who) <= earned(whole, who)
+            assert msat1 <= msat0
+            assert earned(split, who) < earned(whole, who) + max(1, pairs_of(split))
 
 
 @given(books, st.sampled_from([0, 7, 40]), st.one_of(st.none(), st.integers(0, 2000)))
