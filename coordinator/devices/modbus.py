@@ -67,21 +67,26 @@ class ModbusLink:
     def _what(self, kind: RegisterKind, address: int, count: int, unit: int) -> str:
         return f"bus {self.bus.name} ({self.bus.describe()}) unit {unit} {kind} registers {address}..{address + count - 1}"
 
+    async def _connect(self, what: str) -> None:
+        """Connect if not connected; the caller holds the lock."""
+        if self.client.connected:
+            return
+        try:
+            ok = await asyncio.wait_for(self.client.connect(), self.timeout_s * 2 + 1)
+        except (asyncio.TimeoutError, OSError, ModbusException) as e:
+            ok, why = False, str(e) or type(e).__name__
+        else:
+            why = "connection refused or port unavailable"
+        if not ok:
+            self.client.close()
+            raise ModbusReadError("connection", what, f"cannot connect: {why}")
+        if self.bus.rs485:
+            self._enable_rs485(what)
+
     async def read(self, kind: RegisterKind, address: int, count: int, unit: int) -> list[int]:
         what = self._what(kind, address, count, unit)
         async with self._lock:
-            if not self.client.connected:
-                try:
-                    ok = await asyncio.wait_for(self.client.connect(), self.timeout_s * 2 + 1)
-                except (asyncio.TimeoutError, OSError, ModbusException) as e:
-                    ok, why = False, str(e) or type(e).__name__
-                else:
-                    why = "connection refused or port unavailable"
-                if not ok:
-                    self.client.close()
-                    raise ModbusReadError("connection", what, f"cannot connect: {why}")
-                if self.bus.rs485:
-                    self._enable_rs485(what)
+            await self._connect(what)
             try:
                 if kind == "input":
                     rr = await self.client.read_input_registers(address, count=count, device_id=unit)
@@ -106,6 +111,30 @@ class ModbusLink:
         if len(regs) < count:
             raise ModbusReadError("short", what, f"{len(regs)} registers in the answer; expected {count}")
         return regs
+
+    async def write(self, address: int, values: Sequence[int], unit: int) -> None:
+        """Write holding registers (function 0x10, one request). Failures
+        raise ModbusReadError with the same kinds as `read` ("exception":
+        the device refused, e.g. a read-only or absent register). After a
+        timeout the write may or may not have happened: callers read back."""
+        what = f"bus {self.bus.name} ({self.bus.describe()}) unit {unit} write holding registers " \
+               f"{address}..{address + len(values) - 1}"
+        async with self._lock:
+            await self._connect(what)
+            try:
+                rr = await self.client.write_registers(address, [v & 0xFFFF for v in values], device_id=unit)
+            except ModbusIOException as e:
+                self.client.close()
+                raise ModbusReadError("timeout", what, f"no valid response within {self.timeout_s} s: {e}") from None
+            except (ConnectionException, OSError) as e:
+                self.client.close()
+                raise ModbusReadError("connection", what, f"connection lost: {e}") from None
+            except ModbusException as e:
+                self.client.close()
+                raise ModbusReadError("timeout", what, f"bad response: {e}") from None
+        if rr.isError():
+            code = getattr(rr, "exception_code", None)
+            raise ModbusReadError("exception", what, f"device answered with Modbus exception code {code}", code)
 
     def _enable_rs485(self, what: str) -> None:
         """Kernel RS-485 mode on the open serial port: RTS high while

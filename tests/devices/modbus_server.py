@@ -63,6 +63,14 @@ class ServedDevice:
     delay_s: float = 0.0  # answer this late (past the client's timeout: silence)
     exception: ExcCodes | None = None  # answer every request with this code
     requests: int = 0
+    # Writes (0x06, 0x10) land in `holding` and are logged in `writes`.
+    # `writable`: the only holding addresses a write may touch (else
+    # ILLEGAL_ADDRESS, as a device answers a read-only point); None: all.
+    # `ignore_writes`: acknowledge writes but keep the old values (a device
+    # that silently drops a command).
+    writable: set[int] | None = None
+    ignore_writes: bool = False
+    writes: list[tuple[int, list[int]]] = field(default_factory=list)
 
     def set_float(self, kind: Kind, address: int, value: float) -> None:
         bank = self.input if kind == "input" else self.holding
@@ -87,6 +95,14 @@ class ServedDevice:
             await asyncio.sleep(self.delay_s)
         if self.exception is not None:
             return self.exception
+        if set_values is not None and function_code in (6, 16):
+            values = [int(v) for v in set_values]
+            if self.writable is not None and any(address + i not in self.writable for i in range(len(values))):
+                return ExcCodes.ILLEGAL_ADDRESS
+            self.writes.append((address, values))
+            if not self.ignore_writes:
+                for i, v in enumerate(values):
+                    self.holding[address + i] = v & 0xFFFF
         bank = self.input if function_code == 4 else self.holding
         for i in range(count):
             registers[address - start_address + i] = bank.get(address + i, 0)
