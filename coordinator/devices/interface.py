@@ -29,6 +29,7 @@ a stale command forever.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -93,6 +94,25 @@ class BatteryState:
     def energy_wh(self) -> int:
         """Stored energy now."""
         return int(self.capacity_wh * self.soc_pct / 100.0 + 0.5)
+
+
+# A setpoint this much beyond a limit still passes: limits are read from
+# scaled registers, and a plan computed from them must not bounce off the
+# last watt.
+LIMIT_TOLERANCE_W = 0.5
+
+
+def check_setpoint(device: str, setpoint_w: float, max_charge_w: float, max_discharge_w: float) -> None:
+    """SetpointError unless setpoint_w is a number in [-max_discharge_w,
+    max_charge_w] (what every Battery.command checks before sending)."""
+    if isinstance(setpoint_w, bool) or not isinstance(setpoint_w, (int, float)) or math.isnan(setpoint_w):
+        raise SetpointError(device, f"setpoint {setpoint_w!r}: expected a number of watts")
+    if setpoint_w > max_charge_w + LIMIT_TOLERANCE_W:
+        raise SetpointError(device, f"setpoint {setpoint_w:.0f} W: the battery accepts at most "
+                            f"{max_charge_w:.0f} W of charge now")
+    if setpoint_w < -max_discharge_w - LIMIT_TOLERANCE_W:
+        raise SetpointError(device, f"setpoint {setpoint_w:.0f} W: the battery delivers at most "
+                            f"{max_discharge_w:.0f} W of discharge now")
 
 
 @runtime_checkable

@@ -17,15 +17,9 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from .interface import DeviceRejected, DeviceUnavailable, DeviceUnsupported, SetpointError
+from .interface import DeviceRejected, DeviceUnavailable, DeviceUnsupported, SetpointError, check_setpoint
 from .modbus import ModbusLink
 from .registers import ModbusReadError, RegisterKind
-
-# A setpoint this much beyond a limit still passes: limits are read back
-# from scaled registers and a plan computed from them must not bounce off
-# the last watt.
-LIMIT_TOLERANCE_W = 0.5
-
 
 class ModbusBatteryBase:
     def __init__(self, name: str, link: ModbusLink, unit: int, clock: Callable[[], float], hold_s: float) -> None:
@@ -52,16 +46,29 @@ class ModbusBatteryBase:
             raise DeviceUnavailable(self.name, f"{e}; the command may or may not have reached the device, "
                                     "the next state() tells") from None
 
+    async def _write_steps(self, steps: Sequence[tuple[int, Sequence[int], Sequence[int]]]) -> None:
+        """Write (address, new, old) blocks in order. A command spread over
+        several registers is in force only as a whole: when a later write
+        fails, the earlier ones are put back to `old` (last first), so the
+        device keeps the previous command rather than half of the new one."""
+        for k, (address, new, _) in enumerate(steps):
+            try:
+                await self._write(address, new)
+            except (DeviceRejected, DeviceUnavailable) as e:
+                undone = []
+                for addr, _, old in reversed(steps[:k]):
+                    try:
+                        await self._write(addr, old)
+                        undone.append(addr)
+                    except (DeviceRejected, DeviceUnavailable):
+                        raise type(e)(self.name, f"{e.detail}; restoring register {addr} failed too: the device may "
+                                      "hold part of the new command until its hold time runs out") from None
+                if undone:
+                    raise type(e)(self.name, f"{e.detail}; registers {', '.join(map(str, undone))} restored") from None
+                raise
+
     def check_setpoint(self, setpoint_w: float, max_charge_w: float, max_discharge_w: float) -> None:
-        """SetpointError unless -max_discharge_w <= setpoint_w <= max_charge_w."""
-        if not isinstance(setpoint_w, (int, float)) or isinstance(setpoint_w, bool) or math.isnan(setpoint_w):
-            raise SetpointError(self.name, f"setpoint {setpoint_w!r}: expected a number of watts")
-        if setpoint_w > max_charge_w + LIMIT_TOLERANCE_W:
-            raise SetpointError(self.name, f"setpoint {setpoint_w:.0f} W: the battery accepts at most "
-                                f"{max_charge_w:.0f} W of charge now")
-        if setpoint_w < -max_discharge_w - LIMIT_TOLERANCE_W:
-            raise SetpointError(self.name, f"setpoint {setpoint_w:.0f} W: the battery delivers at most "
-                                f"{max_discharge_w:.0f} W of discharge now")
+        check_setpoint(self.name, setpoint_w, max_charge_w, max_discharge_w)
 
     def hold_seconds(self, until: float | None, most: int) -> int:
         """Seconds from now to `until` (the driver's hold_s when None),

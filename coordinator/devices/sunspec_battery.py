@@ -265,8 +265,9 @@ class SunSpecBattery(ModbusBatteryBase):
         block = out_regs + in_regs + [0, hold]  # OutWRte, InWRte, WinTms (no random delay), RvrtTms
         mode_off = self.l124.point("StorCtl_Mod").offset
         base = self.models.storage.address if self.models else 0
-        await self._write(base + off_out, block)
-        await self._write(base + mode_off, [MODE_CHARGE | MODE_DISCHARGE])
+        old_block = list(r.storage[off_out:off_out + len(block)])
+        await self._write_steps([(base + off_out, block, old_block),
+                                 (base + mode_off, [MODE_CHARGE | MODE_DISCHARGE], [])])
         back = await self._read("holding", base, self.l124.length)
         written = {off_out + i: v for i, v in enumerate(block)} | {mode_off: MODE_CHARGE | MODE_DISCHARGE}
         wrong = {o: back[o] for o, v in written.items() if back[o] != v}

@@ -22,7 +22,7 @@ from microgrid.coordinator.devices.modbus_settings import ModbusBusSettings
 from microgrid.coordinator.devices.sunspec_battery import SunSpecBattery
 
 from .modbus_server import ModbusTestServer, ServedDevice
-from .sunspec_sim import model_from, set_points, sunspec2_device
+from .sunspec_sim import locate, model_from, set_points, sunspec2_device
 
 T0 = 1_700_000_000.0
 
@@ -224,10 +224,20 @@ def test_silent_device_refused_or_ignored_write_clear_errors_nothing_lost() -> N
             assert (await b.state()).setpoint_w == 1000.0
 
             # A device that refuses the write (read-only register).
+            writable = set(dev.writable or ())
             dev.writable = set()
             with pytest.raises(DeviceRejected, match="exception code 2.*nothing was changed"):
                 await b.command(-2000.0)
             assert (await b.state()).setpoint_w == 1000.0
+
+            # Rates taken, mode bits refused: the rates are put back, the
+            # previous command stays whole.
+            addr, _ = locate(dev, 124)
+            dev.writable = writable - {addr + 5}  # StorCtl_Mod (ID + 5)
+            with pytest.raises(DeviceRejected, match="restored"):
+                await b.command(-2000.0)
+            assert (await b.state()).setpoint_w == 1000.0
+            assert model_from(dev, 124).InWRte.value == 2000
             b.link.close()
 
         # The server gone: a clear error, not a hang.
