@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .devices.battery_settings import BatterySettings
 from .devices.gpio_settings import GpioSettings
 from .devices.modbus_settings import ModbusSettings
+from .devices.ocpp_settings import OcppSettings
 from .link.settings import LinkSettings
 from .market.settings import MarketSettings
 from .membership.settings import ZoneSettings
@@ -327,6 +329,8 @@ class Config:
     channels: ChannelsSettings = field(default_factory=ChannelsSettings)
     gpio: GpioSettings = field(default_factory=GpioSettings)
     modbus: ModbusSettings = field(default_factory=ModbusSettings)
+    battery: BatterySettings = field(default_factory=BatterySettings)
+    ocpp: OcppSettings = field(default_factory=OcppSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     zone: ZoneSettings = field(default_factory=ZoneSettings)
     link: LinkSettings = field(default_factory=LinkSettings)
@@ -348,6 +352,11 @@ class Config:
         if self.channels.export_relay and self.channels.export_relay not in self.gpio.relays:
             raise ConfigError(f"channels.export_relay={self.channels.export_relay!r}: expected a relay of [gpio.relays] "
                               f"({', '.join(self.gpio.relays) or 'none configured'})")
+        buses = {b.name for b in self.modbus.bus_settings()}
+        for u in self.battery.unit_settings():
+            if u.kind != "simulated" and u.bus not in buses:
+                raise ConfigError(f"battery.units.{u.name}.bus={u.bus!r}: expected a bus of [modbus.buses] "
+                                  f"({', '.join(sorted(buses)) or 'none configured'})")
         if self.market.enabled and not (self.overlay.enabled and self.channels.enabled):
             raise ConfigError("market.enabled = true needs overlay.enabled and channels.enabled: orders travel "
                               "through the overlay and payments through channels")
