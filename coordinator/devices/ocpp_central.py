@@ -182,8 +182,8 @@ class ChargerLink:
         if dropped:
             self.central.book.dropped_samples += dropped
             log.warning("ocpp %s: %d malformed meter sample(s) dropped", self.charger_id, dropped)
-        s = self.central.book.add_values(values)
-        for mv in values:
+        kept, s = self.central.book.add_values(values)
+        for mv in kept:
             await self.central.emit_value(mv)
         if s is not None:
             await self.central.emit_session(s)
@@ -232,9 +232,14 @@ class _Cp16(ChargePoint16):
     @on(Action16.start_transaction)
     async def on_start(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **kw: Any) -> Any:
         info = self._tag(id_tag)
-        tid = self.link.central.book.next_transaction_id()
+        book = self.link.central.book
+        t = parse_time(timestamp)
+        repeat = book.find_repeat(self.link.charger_id, connector_id, id_tag, t, meter_start) if t is not None else None
+        if repeat is not None:  # our answer was lost: the same transaction again, not a second one
+            return res16.StartTransaction(transaction_id=int(repeat.session_id), id_tag_info=info)
+        tid = book.next_transaction_id()
         if info.status == AuthorizationStatus.accepted:
-            await self.link.started(connector_id, str(tid), id_tag, parse_time(timestamp), meter_start)
+            await self.link.started(connector_id, str(tid), id_tag, t, meter_start)
         return res16.StartTransaction(transaction_id=tid, id_tag_info=info)
 
     @on(Action16.meter_values)

@@ -140,6 +140,7 @@ class SessionBook:
     def __init__(self, keep: int = 10000, start_id: int = 1, keep_sessions: int = 10000) -> None:
         self._sessions: dict[tuple[str, str], ChargingSession] = {}
         self._values: deque[MeterValue] = deque(maxlen=keep)
+        self._seen: dict[tuple[str, int, str | None, float], None] = {}  # keys of the samples kept, oldest first
         self._ids = itertools.count(max(1, start_id % 2_000_000_000))
         self.keep_sessions = keep_sessions
         self.dropped_samples = 0
@@ -161,11 +162,32 @@ class SessionBook:
         2.0.1 transaction whose Started event was lost)."""
         return self.get(charger_id, session_id) or self.start(charger_id, evse_id, session_id, id_token, t, None)
 
-    def add_values(self, values: Iterable[MeterValue]) -> ChargingSession | None:
-        """Keep the samples; update their session's energy and power.
-        Returns the (last) session updated."""
+    def find_repeat(self, charger_id: str, evse_id: int, id_token: str, t: float,
+                    meter_start_wh: int | None) -> ChargingSession | None:
+        """An active session this StartTransaction repeats (a charger that
+        lost our answer sends it again): same connector, token, time and
+        meter start."""
+        for s in self._sessions.values():
+            if (s.charger_id == charger_id and s.active and s.evse_id == evse_id and s.id_token == id_token
+                    and s.started_t == t and s.meter_start_wh == meter_start_wh):
+                return s
+        return None
+
+    def add_values(self, values: Iterable[MeterValue]) -> tuple[list[MeterValue], ChargingSession | None]:
+        """Keep the samples; update their session's energy and power. A
+        sample already kept (the same charger, EVSE, session and time: a
+        message sent again after a lost answer) is not kept twice.
+        Returns the samples kept and the (last) session updated."""
         updated = None
+        kept = []
         for mv in values:
+            key = (mv.charger_id, mv.evse_id, mv.session_id, mv.t)
+            if key in self._seen:
+                continue
+            kept.append(mv)
+            self._seen[key] = None
+            if len(self._seen) > self._values.maxlen:  # type: ignore[operator]
+                del self._seen[next(iter(self._seen))]
             self._values.append(mv)
             if mv.session_id is None:
                 continue
@@ -183,7 +205,7 @@ class SessionBook:
             if changes:
                 updated = replace(s, **changes)
                 self._put(updated)
-        return updated
+        return kept, updated
 
     def stop(self, charger_id: str, session_id: str, t: float, meter_stop_wh: int | None, reason: str | None,
              evse_id: int = 0, id_token: str = "") -> ChargingSession:

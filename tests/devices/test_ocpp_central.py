@@ -88,6 +88,13 @@ def test_ocpp16_session_meter_values_and_charging_profile() -> None:
                         sv16("7.2", "Power.Active.Import", "kW"),
                         sv16("230.1", "Voltage", "V", phase="L1-N"),
                         sv16("41", "SoC", "Percent")]}]))
+                # Sent again (our answer lost on the way): the same transaction, the samples kept once.
+                again = await cp.call(c16.StartTransaction(connector_id=1, id_tag="CARD1", meter_start=1000,
+                                                           timestamp=iso(T0 + 1)))
+                assert again.transaction_id == tid
+                await cp.call(c16.MeterValues(connector_id=1, transaction_id=tid, meter_value=[{
+                    "timestamp": iso(T0 + 61), "sampled_value": [sv16("1.5", unit="kWh")]}]))
+                assert len(link.meter_values()) == 1
                 s = link.sessions(active_only=True)
                 assert len(s) == 1 and s[0].session_id == str(tid) and s[0].started_t == T0 + 1
                 assert (s[0].meter_start_wh, s[0].energy_wh, s[0].power_w) == (1000, 500, 7200.0)
