@@ -71,6 +71,7 @@ from .interface import (
     SessionCallback,
     SetpointError,
 )
+from .registers import DeviceMeasurement
 from .ocpp_sessions import SessionBook, iso, parse_meter_values, parse_time
 from .ocpp_settings import ChargerSettings, OcppSettings, read_password
 
@@ -474,6 +475,18 @@ class OcppCentral:
             if link._ws is ws:
                 link._cp = link._ws = None
                 log.info("ocpp %s disconnected", cid)
+
+
+def as_measurement(mv: MeterValue, version: str = "") -> DeviceMeasurement:
+    """A charger's meter sample in the form the wired meters' are stored
+    in (App._on_wired_measurement, store.insert_measurement): the charger's
+    energy register as import, source "ocpp:<charge point id>"."""
+    extra = {"evse_id": float(mv.evse_id)}
+    if mv.soc_pct is not None:
+        extra["ev_soc_pct"] = mv.soc_pct
+    return DeviceMeasurement(device=mv.charger_id, source=f"ocpp:{mv.charger_id}",
+                             model=f"ocpp-{version}" if version else "ocpp", t=mv.t, import_wh=mv.energy_wh,
+                             export_wh=None, power_w=mv.power_w, extra=extra)
 
 
 def _check_basic(headers: Headers, cid: str, password: bytes) -> str:

@@ -23,7 +23,7 @@ from microgrid.coordinator.devices.interface import (
     MeterValue,
     SetpointError,
 )
-from microgrid.coordinator.devices.ocpp_central import LOCKOUT_AFTER, OcppCentral
+from microgrid.coordinator.devices.ocpp_central import LOCKOUT_AFTER, OcppCentral, as_measurement
 from microgrid.coordinator.devices.ocpp_profiles import PROFILE_ID
 from microgrid.coordinator.devices.ocpp_sessions import iso, parse_time
 from microgrid.coordinator.devices.ocpp_settings import OcppSettings, OcppSettingsError
@@ -99,6 +99,9 @@ def test_ocpp16_session_meter_values_and_charging_profile() -> None:
                 assert len(s) == 1 and s[0].session_id == str(tid) and s[0].started_t == T0 + 1
                 assert (s[0].meter_start_wh, s[0].energy_wh, s[0].power_w) == (1000, 500, 7200.0)
                 assert values[-1] == MeterValue("garage", 1, T0 + 61, 1500, 7200.0, 41.0, str(tid))
+                m = as_measurement(values[-1], link.version)
+                assert (m.source, m.model, m.import_wh, m.power_w, m.extra) == (
+                    "ocpp:garage", "ocpp-1.6", 1500, 7200.0, {"evse_id": 1.0, "ev_soc_pct": 41.0})
 
                 result = await link.set_limit(3680.0, until=T0 + 900)
                 assert result.accepted and result.status == "Accepted"
