@@ -35,6 +35,7 @@ import inspect
 import logging
 import math
 import re
+import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ from .interface import (
 )
 from .registers import DeviceMeasurement
 from .ocpp_sessions import SessionBook, iso, parse_meter_values, parse_time
-from .ocpp_settings import ChargerSettings, OcppSettings, read_password
+from .ocpp_settings import ChargerSettings, OcppSettings, OcppSettingsError, read_password
 
 log = logging.getLogger("microgrid.devices.ocpp")
 
@@ -361,6 +362,7 @@ class OcppCentral:
         settings.validate()
         self.settings = settings
         self.clock = clock
+        self.secrets_dir = secrets_dir
         self.book = SessionBook(settings.meter_values_kept, start_id=int(clock()))
         default = read_password("ocpp", settings.password, settings.password_file, secrets_dir) \
             if settings.password or settings.password_file else ""
@@ -398,14 +400,34 @@ class OcppCentral:
 
     # -- server -------------------------------------------------------------------
 
+    def _tls(self) -> ssl.SSLContext | None:
+        """Security profile 2: TLS 1.2 or later around the same Basic
+        credentials, when a certificate is configured."""
+        s = self.settings
+        if not s.tls_cert_file:
+            return None
+        base = self.secrets_dir or Path(".")
+        cert, key = (p if Path(p).is_absolute() else str(base / p) for p in (s.tls_cert_file, s.tls_key_file))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as e:
+            raise OcppSettingsError(f"ocpp.tls_cert_file / tls_key_file ({cert}, {key}): cannot load them: "
+                                    f"{getattr(e, 'strerror', None) or e}") from None
+        return ctx
+
     async def start(self) -> "OcppCentral":
         s = self.settings
+        tls = self._tls()
         self._server = await serve(self._connection, s.host, s.port, subprotocols=s.subprotocols(),  # type: ignore[arg-type]
+                                   ssl=tls,
                                    process_request=self._admit, max_size=s.max_message_bytes, max_queue=16,
                                    ping_interval=max(20, s.heartbeat_s), server_header=None,
                                    logger=_ws_log)
         self.port = self._server.sockets[0].getsockname()[1] if s.port == 0 else s.port
-        log.info("ocpp central system on ws://%s:%d%s/<id> (%s)", s.host, self.port, s.path, ", ".join(s.versions))
+        log.info("ocpp central system on %s://%s:%d%s/<id> (%s)", "wss" if tls else "ws", s.host, self.port, s.path,
+                 ", ".join(s.versions))
         return self
 
     async def stop(self) -> None:

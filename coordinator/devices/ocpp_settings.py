@@ -14,6 +14,8 @@ chargers connect to (ocpp_central.py).
     voltage_v = 230.0          # for A: watts / (voltage_v x phases)
     phases = 3
     id_tags = []               # RFID tags / tokens allowed to charge; empty: any
+    tls_cert_file = ""         # both set: wss:// (security profile 2: TLS 1.2+ and the Basic password)
+    tls_key_file = ""
 
     [ocpp.chargers.garage]     # the table name is the charge point's id, exactly as it connects
     max_power_w = 11000        # set_limit above this is refused before sending
@@ -76,6 +78,8 @@ class OcppSettings:
     id_tags: list[str] = field(default_factory=list)
     max_message_bytes: int = 65536
     meter_values_kept: int = 10000
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     chargers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self, section: str = "ocpp") -> "OcppSettings":
@@ -100,6 +104,9 @@ class OcppSettings:
         if not isinstance(self.id_tags, list) or any(not isinstance(t, str) or not 0 < len(t) <= 36 for t in self.id_tags):
             raise OcppSettingsError(f"{section}.id_tags: expected a list of tokens of 1-36 characters")
         _password(section, self.password, self.password_file)
+        if not isinstance(self.tls_cert_file, str) or not isinstance(self.tls_key_file, str) \
+                or bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise OcppSettingsError(f"{section}.tls_cert_file / tls_key_file: set both (wss://) or neither (ws://)")
         chargers = self.charger_settings(section)
         if self.enabled and not chargers:
             raise OcppSettingsError(f"{section}.chargers: none listed; every charge point must be named in an "

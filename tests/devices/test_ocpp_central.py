@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Awaitable
 
 import pytest
 from ocpp.v16 import call as c16
 from ocpp.v201 import call as c201
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from microgrid.coordinator.devices.interface import (
     ChargerFleet,
@@ -28,7 +31,7 @@ from microgrid.coordinator.devices.ocpp_profiles import PROFILE_ID
 from microgrid.coordinator.devices.ocpp_sessions import iso, parse_time
 from microgrid.coordinator.devices.ocpp_settings import OcppSettings, OcppSettingsError
 
-from .ocpp_client import PASSWORD, basic, station
+from .ocpp_client import PASSWORD, basic, self_signed, station
 
 T0 = 1_750_000_000.0
 
@@ -304,6 +307,33 @@ def test_a_callback_failure_does_not_reach_the_charger() -> None:
     run(go())
 
 
+def test_security_profile_2_over_tls(tmp_path: Path) -> None:
+    clock = Clock()
+    cert, key = self_signed(tmp_path)
+    trusting = ssl.create_default_context(cafile=str(cert))
+
+    async def go() -> None:
+        s = OcppSettings(enabled=True, port=0, password=PASSWORD, chargers={"garage": {}}, tls_cert_file=cert.name,
+                         tls_key_file=key.name)
+        async with OcppCentral(s, clock=clock, secrets_dir=tmp_path) as cs:
+            async with station(cs.port, "garage", "2.0.1", tls=trusting) as cp:
+                assert (await cp.call(c201.Heartbeat())).current_time
+                assert cs.chargers()["garage"].connected
+            with pytest.raises(ssl.SSLCertVerificationError):  # a charger that does not trust the certificate
+                async with station(cs.port, "garage", "2.0.1", tls=ssl.create_default_context()):
+                    pass
+            with pytest.raises(InvalidMessage):  # plain ws:// to the TLS port: no HTTP answer
+                async with station(cs.port, "garage", "2.0.1"):
+                    pass
+            with pytest.raises(InvalidStatus):  # TLS does not replace the password
+                async with station(cs.port, "garage", "2.0.1", password="not-the-password-00", tls=trusting):
+                    pass
+        with pytest.raises(OcppSettingsError, match="cannot load them"):
+            await OcppCentral(replace(s, tls_key_file="missing.key"), clock=clock, secrets_dir=tmp_path).start()
+
+    run(go())
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(enabled=True, password="0123456789abcdef"), "none listed"),
     (dict(password="short", chargers={"a": {}}), "16 to 40"),
@@ -313,6 +343,7 @@ def test_a_callback_failure_does_not_reach_the_charger() -> None:
     (dict(password="0123456789abcdef", rate_unit="kW"), "rate_unit"),
     (dict(password="0123456789abcdef", chargers={"a": {"max_power_w": "lots"}}), "expected float"),
     (dict(password="0123456789abcdef", password_file="x"), "not both"),
+    (dict(password="0123456789abcdef", tls_cert_file="c.pem"), "set both"),
 ])
 def test_settings_errors_name_the_key(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(OcppSettingsError, match=message):
