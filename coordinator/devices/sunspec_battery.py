@@ -1,5 +1,6 @@
 """A home battery through SunSpec: storage model 124 for control, battery
-model 802 (and the nameplate 120, an inverter 101-103) for measurements
+model 802 (and the DER storage capacity 713, the nameplate 120, an
+inverter 101-103) for measurements
 where the device has them. Point offsets, types and scale factors come
 from SunSpec's definitions (sunspec_models.py, pysunspec2's JSON).
 
@@ -10,13 +11,13 @@ DeviceUnsupported naming the models it has.
 
 What is read, the first implemented source winning:
 
-    state of charge   802 SoC, else 124 ChaState (% of capacity)
+    state of charge   802 SoC, else 713 SoC, else 124 ChaState (% of capacity)
     power             802 W (DC; SunSpec counts discharge positive, we
                       flip it: + charges), else the inverter model's AC W
                       (negated: a storage inverter's output is discharge;
                       on a hybrid it includes PV, so prefer 802)
-    capacity          802 WHRtg, else 120 WHRtg, else the configured
-                      capacity_wh; times 802 SoH where reported
+    capacity          802 WHRtg, else 713 WHRtg, else 120 WHRtg, else the
+                      configured capacity_wh; times 802 (else 713) SoH
     max charge        smallest of 124 WChaMax, 802 WChaRteMax, 120 MaxChaRte
     max discharge     smallest of 802 WDisChaRteMax, 120 MaxDisChaRte, else
                       124 WChaMax (124 scales OutWRte by WChaMax too)
@@ -54,6 +55,7 @@ log = logging.getLogger("microgrid.devices.battery")
 STORAGE_ID = 124
 BATTERY_ID = 802
 NAMEPLATE_ID = 120
+CAPACITY_ID = 713  # DERStorageCapacity (the IEEE 1547 700-series)
 MODE_CHARGE = 1 << 0  # StorCtl_Mod bit CHARGE: InWRte applies
 MODE_DISCHARGE = 1 << 1  # bit DISCHARGE: OutWRte applies
 MAX_HOLD_S = 0xFFFE  # InOutWRte_RvrtTms is uint16; 0xFFFF is "not implemented"
@@ -70,6 +72,7 @@ class _Models:
     battery: sunspec.ModelLocation | None
     nameplate: sunspec.ModelLocation | None
     inverter: sunspec.ModelLocation | None
+    capacity: sunspec.ModelLocation | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class _Read:
     battery: Sequence[int] | None
     nameplate: Sequence[int] | None
     inverter: Sequence[int] | None
+    capacity: Sequence[int] | None = None
 
 
 class SunSpecBattery(ModbusBatteryBase):
@@ -95,6 +99,7 @@ class SunSpecBattery(ModbusBatteryBase):
         self.l124 = layout(STORAGE_ID)
         self.l802 = layout(BATTERY_ID)
         self.l120 = layout(NAMEPLATE_ID)
+        self.l713 = layout(CAPACITY_ID)
 
     # -- discovery --------------------------------------------------------------
 
@@ -119,7 +124,8 @@ class SunSpecBattery(ModbusBatteryBase):
             raise DeviceUnsupported(self.name, f"model 124 at {storage.address} has {storage.length} registers; "
                                     f"SunSpec defines {self.l124.length}")
         inverter = next((by_id[i] for i in sunspec.INVERTER_IDS if i in by_id), None)
-        self.models = _Models(device, storage, by_id.get(BATTERY_ID), by_id.get(NAMEPLATE_ID), inverter)
+        self.models = _Models(device, storage, by_id.get(BATTERY_ID), by_id.get(NAMEPLATE_ID), inverter,
+                              by_id.get(CAPACITY_ID))
         log.info("battery %s: SunSpec %s %s (serial %s) at base %d, models %s", self.name, device.manufacturer,
                  device.model_name, device.serial, device.base, ", ".join(str(m.model_id) for m in device.models))
         return self.models
@@ -142,13 +148,14 @@ class SunSpecBattery(ModbusBatteryBase):
             assert storage is not None
             battery = await self._read_model(m.battery, self.l802)
             nameplate = await self._read_model(m.nameplate, self.l120)
+            capacity = await self._read_model(m.capacity, self.l713) if m.battery is None else None
             inverter = None
             if m.battery is None and m.inverter is not None:
                 inverter = await self._read_model(m.inverter, None)
         except DeviceUnsupported:
             self.models = None  # the device may have been replaced or reconfigured: discover again
             raise
-        return _Read(storage, battery, nameplate, inverter)
+        return _Read(storage, battery, nameplate, inverter, capacity)
 
     def _value(self, lay: ModelLayout, regs: Sequence[int] | None, point: str) -> float | None:
         if regs is None:
@@ -162,8 +169,9 @@ class SunSpecBattery(ModbusBatteryBase):
         v124 = lambda p: self._value(self.l124, r.storage, p)  # noqa: E731
         v802 = lambda p: self._value(self.l802, r.battery, p)  # noqa: E731
         v120 = lambda p: self._value(self.l120, r.nameplate, p)  # noqa: E731
+        v713 = lambda p: self._value(self.l713, r.capacity, p)  # noqa: E731
 
-        soc = _first(v802("SoC"), v124("ChaState"))
+        soc = _first(v802("SoC"), v713("SoC"), v124("ChaState"))
         if soc is None:
             raise DeviceUnsupported(self.name, "no state of charge: neither model 802 SoC nor model 124 ChaState "
                                     "is implemented")
@@ -172,11 +180,12 @@ class SunSpecBattery(ModbusBatteryBase):
         soc = min(100.0, max(0.0, soc))
 
         power = self._power(r, v802)
-        capacity = _first(v802("WHRtg"), v120("WHRtg"), float(self.capacity_wh) if self.capacity_wh > 0 else None)
+        capacity = _first(v802("WHRtg"), v713("WHRtg"), v120("WHRtg"),
+                          float(self.capacity_wh) if self.capacity_wh > 0 else None)
         if capacity is None or capacity <= 0:
             raise DeviceUnsupported(self.name, "no capacity: neither model 802 nor model 120 WHRtg is implemented; "
                                     "set capacity_wh for this battery")
-        soh = v802("SoH")
+        soh = _first(v802("SoH"), v713("SoH"))
         if soh is not None and 0 < soh <= 100:
             capacity = capacity * soh / 100.0
         else:

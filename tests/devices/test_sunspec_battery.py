@@ -177,6 +177,22 @@ def test_not_implemented_values_fall_back_or_say_what_is_missing() -> None:
     run(go())
 
 
+def test_the_700_series_storage_capacity_model_fills_in_for_802() -> None:
+    inverter = dict(W=-3000, W_SF=0, A_SF=0, V_SF=0, Hz_SF=0, WH_SF=0, DCA_SF=0, DCV_SF=0, DCW_SF=0, Tmp_SF=0,
+                    PF_SF=0, VA_SF=0, VAr_SF=0, St=4)
+    dev = device(storage={"ChaState": 0xFFFF}, extra=[(713, dict(WHRtg=135, WHAvail=70, SoC=5120, SoH=9800, WH_SF=2,
+                                                                  Pct_SF=-2)), (103, inverter)])
+
+    async def go() -> None:
+        async with ModbusTestServer([dev]) as srv:
+            b = battery(srv.port)
+            st = await b.state()
+            assert (st.soc_pct, st.soh_pct, st.capacity_wh, st.power_w) == (51.2, 98.0, 13230, 3000.0)
+            b.link.close()
+
+    run(go())
+
+
 def test_missing_storage_model_or_no_sunspec_at_all() -> None:
     no_124 = sunspec2_device(1, [(802, BATTERY)])
     plain = ServedDevice(2)
