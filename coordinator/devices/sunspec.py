@@ -107,6 +107,9 @@ async def _walk(read: Reader, base: int) -> SunSpecDevice:
             break
         models.append(ModelLocation(model_id, addr + 2, length))
         addr += 2 + length
+        if addr + 2 > 0x10000:  # a length that runs past the register space: a broken or hostile device
+            raise RegisterMapError(f"SunSpec model {model_id} at {addr - length} claims {length} registers, past "
+                                   "the last register address (65535)")
     else:
         raise RegisterMapError(f"SunSpec model chain from base {base} has more than {MAX_MODELS} models; "
                                "expected an end model (0xFFFF)")

@@ -198,14 +198,19 @@ def test_missing_storage_model_or_no_sunspec_at_all() -> None:
     plain = ServedDevice(2)
     plain.set_registers("holding", 40000, [0x1234, 0x5678])
 
+    runaway = ServedDevice(3)  # a model claiming more registers than the address space has
+    runaway.set_registers("holding", 40000, [0x5375, 0x6E53, 124, 30000])
+
     async def go() -> None:
-        async with ModbusTestServer([no_124, plain]) as srv:
+        async with ModbusTestServer([no_124, plain, runaway]) as srv:
             b = battery(srv.port)
             with pytest.raises(DeviceUnsupported, match=r"models 1, 802.*storage model 124"):
                 await b.state()
             link = ModbusLink(ModbusBusSettings("lan", "tcp", host="127.0.0.1", port=srv.port), 0.5)
             with pytest.raises(DeviceUnsupported, match="no SunSpec marker"):
                 await SunSpecBattery("other", link, 2, clock=lambda: T0).state()
+            with pytest.raises(DeviceUnsupported, match="past the last register address"):
+                await SunSpecBattery("runaway", link, 3, clock=lambda: T0).state()
             assert no_124.writes == [] and plain.writes == []
             b.link.close()
             link.close()
