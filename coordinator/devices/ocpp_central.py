@@ -8,7 +8,8 @@ chargers: OCPP 1.6J and 2.0.1 with the maintained `ocpp` library over a
   [ocpp.chargers] (the 1.6J specification's answer to an unknown
   identity) and 401 without HTTP Basic credentials whose user is that id
   and whose password is the configured one (OCPP security profile 1);
-  after 10 failed attempts for one id, 429 for a minute of the clock.
+  after 10 failed attempts for one id from one address, 429 for a minute
+  of the clock.
   Messages larger than max_message_bytes close the connection.
 - Protocol (the `ocpp` library): schema validation of every message both
   ways, CallError answers to malformed or unknown calls.
@@ -327,6 +328,11 @@ class _Cp201(ChargePoint201):
 
 
 _wire_log = logging.getLogger("microgrid.devices.ocpp.wire")  # the ocpp library's per-message log
+# Every message at INFO would drown the journal (a charger sends meter
+# values every minute): warnings only, unless someone set a level on purpose.
+for _name in ("microgrid.devices.ocpp.wire", "microgrid.devices.ocpp.ws"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 _AUTH = re.compile(r"(?i)(authorization:\s*).*")
@@ -373,7 +379,9 @@ class OcppCentral:
                 if c.password or c.password_file else default
             self._passwords[c.charger_id] = own.encode()
             self._links[c.charger_id] = ChargerLink(self, c)
-        self._attempts: dict[str, _Attempts] = {}
+        # Failed handshakes by (id, address): a stranger guessing cannot lock
+        # the real charge point out from its own address.
+        self._attempts: dict[tuple[str, str], _Attempts] = {}
         self.refused: dict[str, int] = {}  # reason -> handshakes refused
         self._on_session: list[SessionCallback] = []
         self._on_value: list[MeterValueCallback] = []
@@ -460,7 +468,9 @@ class OcppCentral:
         if cid not in self._links:
             return self._refuse(connection, HTTPStatus.NOT_FOUND, "unknown charge point id", cid)
         now = self.clock()
-        attempts = self._attempts.setdefault(cid, _Attempts())
+        if len(self._attempts) > 10000:  # bounded: forget the oldest
+            del self._attempts[next(iter(self._attempts))]
+        attempts = self._attempts.setdefault((cid, _peer(connection).rsplit(":", 1)[0]), _Attempts())
         if attempts.locked_until > now:
             return self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, "locked out after failed attempts", cid)
         why = _check_basic(request.headers, cid, self._passwords[cid])

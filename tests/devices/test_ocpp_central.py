@@ -192,6 +192,8 @@ def test_ocpp201_transaction_events_meter_values_and_charging_profile() -> None:
 def test_admission_unknown_ids_bad_credentials_lockout(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     caplog.set_level(logging.DEBUG)
+    for name in ("microgrid.devices.ocpp.ws", "microgrid.devices.ocpp.wire"):  # quiet by default; all of it here
+        caplog.set_level(logging.DEBUG, logger=name)
 
     async def status_of(port: int, cid: str, headers: dict[str, str], sub: str = "ocpp1.6") -> int:
         with pytest.raises(InvalidStatus) as e:
