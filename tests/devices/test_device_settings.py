@@ -81,3 +81,33 @@ def test_ocpp_password_from_an_owner_only_file(tmp_path: Path) -> None:
     pw.unlink()
     with pytest.raises(OcppSettingsError, match="cannot read it"):
         OcppCentral(c.ocpp, clock=lambda: 0.0, secrets_dir=tmp_path)
+
+
+def test_device_service_from_the_config_stores_charger_samples_as_measurements() -> None:
+    from ocpp.v16 import call as c16
+
+    from microgrid.coordinator.devices.ocpp_sessions import iso
+    from microgrid.coordinator.devices.registers import DeviceMeasurement
+    from microgrid.coordinator.devices.service import DeviceService
+
+    from .ocpp_client import PASSWORD, station
+
+    c = from_dict({"battery": {"units": {"demo": {"kind": "simulated"}}},
+                   "ocpp": {"enabled": True, "port": 0, "password": PASSWORD, "chargers": {"garage": {}}}})
+    stored: list[DeviceMeasurement] = []
+
+    async def go() -> None:
+        svc = await DeviceService(c.battery, c.modbus, c.ocpp, clock=lambda: 1_750_000_000.0,
+                                  on_measurement=stored.append).start()
+        try:
+            assert (await svc.batteries["demo"].state()).soc_pct == 50.0
+            assert svc.fleet is not None and svc.central is not None
+            async with station(svc.central.port, "garage") as cp:
+                await cp.call(c16.MeterValues(connector_id=1, meter_value=[
+                    {"timestamp": iso(1_750_000_060), "sampled_value": [{"value": "12345", "unit": "Wh"}]}]))
+        finally:
+            await svc.stop()
+        assert [(m.source, m.model, m.import_wh, m.t) for m in stored] == [
+            ("ocpp:garage", "ocpp-1.6", 12345, 1_750_000_060.0)]
+
+    asyncio.run(go())
