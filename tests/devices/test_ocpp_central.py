@@ -114,7 +114,8 @@ def test_ocpp16_session_meter_values_and_charging_profile() -> None:
                 assert p["charging_profile_kind"] == "Absolute"
                 assert parse_time(p["valid_to"]) == T0 + 900
                 sched = p["charging_schedule"]
-                assert sched["charging_rate_unit"] == "W" and sched["duration"] == 900
+                assert sched["charging_rate_unit"] == "W" and sched["duration"] == 900 + 60
+                assert parse_time(sched["start_schedule"]) == T0 - 60  # a charger's clock may run behind
                 assert sched["charging_schedule_period"] == [{"start_period": 0, "limit": 3680.0}]
                 assert link.sessions(active_only=True)[0].limit_w == 3680.0
 
@@ -169,9 +170,10 @@ def test_ocpp201_transaction_events_meter_values_and_charging_profile() -> None:
                 (p,) = cp.profiles
                 assert p["evse_id"] == 1 and p["id"] == PROFILE_ID and p["charging_profile_purpose"] == "TxDefaultProfile"
                 (sched,) = p["charging_schedule"]
-                assert sched["charging_rate_unit"] == "A" and sched["duration"] == 1800
+                assert sched["charging_rate_unit"] == "A" and sched["duration"] == 1800 + 60
                 assert sched["charging_schedule_period"] == [{"start_period": 0, "limit": 10.0, "number_phases": 3}]
-                assert parse_time(sched["start_schedule"]) == T0 + 100
+                assert parse_time(sched["start_schedule"]) == T0 + 100 - 60
+                assert parse_time(p["valid_to"]) == T0 + 1900 and "valid_from" not in p
 
                 # MeterValues outside a TransactionEvent belong to the EVSE's active session.
                 await cp.call(c201.MeterValues(evse_id=1, meter_value=mv(T0 + 120, 10.5, 3200.0)))
