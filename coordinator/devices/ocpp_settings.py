@@ -80,7 +80,8 @@ class OcppSettings:
     meter_values_kept: int = 10000
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    chargers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Out of repr: a charger's table may hold its password.
+    chargers: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def validate(self, section: str = "ocpp") -> "OcppSettings":
         if not isinstance(self.enabled, bool):

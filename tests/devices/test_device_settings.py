@@ -111,3 +111,15 @@ def test_device_service_from_the_config_stores_charger_samples_as_measurements()
             ("ocpp:garage", "ocpp-1.6", 12345, 1_750_000_060.0)]
 
     asyncio.run(go())
+
+
+def test_the_console_shows_ocpp_passwords_only_as_set() -> None:
+    from types import SimpleNamespace
+
+    from microgrid.coordinator.console import Console
+
+    cfg = from_dict({"ocpp": {"password": "SHARED-secret-0123456", "chargers": {"g": {"password": "OWN-secret-0123456789"}}}})
+    shown = Console(SimpleNamespace(config=cfg, store=None)).handle("config")
+    assert "[ocpp]" in shown and 'password = "(set)"' in shown
+    assert "SHARED-secret" not in shown and "OWN-secret" not in shown
+    assert "secret" not in repr(cfg.ocpp) and "secret" not in repr(cfg.ocpp.charger_settings()[0])
