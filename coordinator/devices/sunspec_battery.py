@@ -65,6 +65,10 @@ _STATE_802 = {1: "disconnected", 2: "initializing", 3: "connected", 4: "standby"
               6: "suspending", 99: "fault"}
 
 
+class _ChainMoved(Exception):
+    """A model is no longer where discovery found it."""
+
+
 @dataclass
 class _Models:
     device: sunspec.SunSpecDevice
@@ -136,12 +140,20 @@ class SunSpecBattery(ModbusBatteryBase):
     # -- reading ----------------------------------------------------------------
 
     async def _read_model(self, loc: sunspec.ModelLocation | None, lay: ModelLayout | None) -> Sequence[int] | None:
+        """The model's data registers, read with its ID and L in front: a
+        device whose model chain moved (a firmware update, a replaced
+        inverter) is caught here instead of decoding someone else's
+        registers."""
         if loc is None:
             return None
         count = loc.length if lay is None else min(loc.length, lay.length)
-        return await self._read("holding", loc.address, count)
+        regs = await self._read("holding", loc.address - 2, count + 2)
+        if regs[0] != loc.model_id or regs[1] != loc.length:
+            raise _ChainMoved(f"expected model {loc.model_id} (L {loc.length}) at {loc.address - 2}, found "
+                              f"ID {regs[0]} L {regs[1]}")
+        return regs[2:]
 
-    async def _read_all(self) -> _Read:
+    async def _read_all(self, again: bool = True) -> _Read:
         m = await self._models()
         try:
             storage = await self._read_model(m.storage, self.l124)
@@ -152,6 +164,12 @@ class SunSpecBattery(ModbusBatteryBase):
             inverter = None
             if m.battery is None and m.inverter is not None:
                 inverter = await self._read_model(m.inverter, None)
+        except _ChainMoved as e:
+            self.models = None
+            if not again:
+                raise DeviceUnsupported(self.name, f"the SunSpec model chain keeps changing: {e}") from None
+            log.warning("battery %s: %s; discovering the models again", self.name, e)
+            return await self._read_all(again=False)
         except DeviceUnsupported:
             self.models = None  # the device may have been replaced or reconfigured: discover again
             raise

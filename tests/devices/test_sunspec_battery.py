@@ -193,6 +193,27 @@ def test_the_700_series_storage_capacity_model_fills_in_for_802() -> None:
     run(go())
 
 
+def test_a_model_chain_that_moves_is_discovered_again() -> None:
+    dev = device(bat={})
+    moved = sunspec2_device(1, [(802, {**BATTERY, "SoC": 300}), (124, STORAGE)])  # same models, new order
+
+    async def go() -> None:
+        async with ModbusTestServer([dev]) as srv:
+            b = battery(srv.port)
+            assert (await b.state()).soc_pct == pytest.approx(55.2)
+            dev.holding.clear()
+            dev.holding.update(moved.holding)  # a firmware update put the battery model first
+            dev.writable = moved.writable
+            st = await b.state()
+            assert st.soc_pct == 30.0 and b.models is not None
+            assert b.models.battery is not None and b.models.battery.address < b.models.storage.address
+            assert await b.command(1000.0) == 1000.0
+            assert model_from(dev, 124).InWRte.value == 2000  # written where 124 now is
+            b.link.close()
+
+    run(go())
+
+
 def test_missing_storage_model_or_no_sunspec_at_all() -> None:
     no_124 = sunspec2_device(1, [(802, BATTERY)])
     plain = ServedDevice(2)
