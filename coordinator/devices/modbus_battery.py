@@ -77,7 +77,7 @@ class ModbusBatteryBase:
         if until is None:
             span = self.hold_s
         else:
-            if math.isnan(until) or until <= now:
+            if not math.isfinite(until) or until <= now:
                 raise SetpointError(self.name, f"until={until!r} is not after now ({now:.0f}): a command must "
                                     "expire in the future")
             span = until - now

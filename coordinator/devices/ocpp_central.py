@@ -117,7 +117,7 @@ class ChargerLink:
         if limit_w > self.settings.max_power_w:
             raise SetpointError(self.charger_id, f"limit {limit_w:.0f} W: this charger is configured for at most "
                                 f"{self.settings.max_power_w:.0f} W (max_power_w)")
-        if until is not None and (math.isnan(until) or until <= now):
+        if until is not None and (not math.isfinite(until) or until <= now):
             raise SetpointError(self.charger_id, f"until={until!r} is not after now ({now:.0f})")
         if isinstance(evse_id, bool) or not isinstance(evse_id, int) or not 0 <= evse_id <= 99:
             raise SetpointError(self.charger_id, f"evse_id={evse_id!r}: expected 0 (all) or a connector/EVSE number")

@@ -16,6 +16,7 @@ exactly: `charged_wh` (AC in) - `discharged_wh` (AC out) = stored change +
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -149,7 +150,7 @@ class SimulatedBattery:
         st = self._state()
         check_setpoint(self.name, setpoint_w, st.max_charge_w, st.max_discharge_w)
         now = self.t
-        if until is not None and not until > now:
+        if until is not None and not (math.isfinite(until) and until > now):
             raise SetpointError(self.name, f"until={until!r} is not after now ({now:.0f})")
         self.setpoint_w = float(round(setpoint_w))
         self.until = now + self.spec.hold_s if until is None else until

@@ -249,8 +249,9 @@ def test_limits_checked_refused_unanswered_and_hostile_input() -> None:
                                  (11001.0, "at most 11000 W"), (True, "expected watts")):
                     with pytest.raises(SetpointError, match=why):
                         await link.set_limit(bad)  # type: ignore[arg-type]
-                with pytest.raises(SetpointError, match="not after now"):
-                    await link.set_limit(1000.0, until=T0)
+                for bad_until in (T0, math.inf, math.nan):
+                    with pytest.raises(SetpointError, match="not after now"):
+                        await link.set_limit(1000.0, until=bad_until)
                 assert cp.profiles == []
 
                 await link.set_limit(2000.0)

@@ -87,8 +87,9 @@ def test_bad_commands_and_outages() -> None:
         for bad in (3001.0, -5001.0, math.nan):
             with pytest.raises(SetpointError):
                 await b.command(bad)
-        with pytest.raises(SetpointError, match="not after now"):
-            await b.command(100.0, until=T0)
+        for bad_until in (T0, math.inf, math.nan):
+            with pytest.raises(SetpointError, match="not after now"):
+                await b.command(100.0, until=bad_until)
         assert b.setpoint_w is None
         await b.command(1000.0)
         assert b.until == T0 + 900  # hold_s

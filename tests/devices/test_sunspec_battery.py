@@ -120,8 +120,9 @@ def test_setpoints_out_of_range_nan_or_expired_send_nothing() -> None:
                 with pytest.raises(SetpointError, match=why) as e:
                     await b.command(bad)
                 assert e.value.device == "home"
-            with pytest.raises(SetpointError, match="not after now"):
-                await b.command(100.0, until=T0 - 1)
+            for bad_until in (T0 - 1, math.inf, math.nan):
+                with pytest.raises(SetpointError, match="not after now"):
+                    await b.command(100.0, until=bad_until)
             assert dev.writes == []
             # At the reserve (10 %) nothing may discharge; full, nothing may charge.
             set_points(dev, 802, SoC=100)
