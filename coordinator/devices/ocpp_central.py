@@ -221,7 +221,8 @@ class _Cp16(ChargePoint16):
 
     @on(Action16.status_notification)
     async def on_status(self, connector_id: int, status: str, **kw: Any) -> Any:
-        self.link.status[connector_id] = str(status)
+        if 0 <= connector_id <= 99:  # bounded, whatever a charger sends
+            self.link.status[connector_id] = str(status)
         return res16.StatusNotification()
 
     def _tag(self, id_tag: str) -> dt16.IdTagInfo:
@@ -284,7 +285,8 @@ class _Cp201(ChargePoint201):
 
     @on(Action201.status_notification)
     async def on_status(self, evse_id: int, connector_id: int, connector_status: str, **kw: Any) -> Any:
-        self.link.status[evse_id] = str(connector_status)
+        if 0 <= evse_id <= 99:
+            self.link.status[evse_id] = str(connector_status)
         return res201.StatusNotification()
 
     def _token(self, id_token: dict[str, Any] | None) -> dt201.IdTokenInfoType | None:

@@ -235,8 +235,6 @@ class SessionBook:
 
     def _put(self, s: ChargingSession) -> None:
         self._sessions[(s.charger_id, s.session_id)] = s  # an update keeps its place: oldest first
-        if len(self._sessions) > self.keep_sessions:
-            for k, old in list(self._sessions.items()):
-                if not old.active:
-                    del self._sessions[k]
-                    break
+        if len(self._sessions) > self.keep_sessions:  # bounded: the oldest finished one goes, else the oldest
+            victim = next((k for k, old in self._sessions.items() if not old.active), next(iter(self._sessions)))
+            del self._sessions[victim]

@@ -353,3 +353,18 @@ def test_security_profile_2_over_tls(tmp_path: Path) -> None:
 def test_settings_errors_name_the_key(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(OcppSettingsError, match=message):
         OcppSettings(**kw).validate()
+
+
+def test_the_session_book_stays_bounded() -> None:
+    from microgrid.coordinator.devices.ocpp_sessions import SessionBook
+
+    book = SessionBook(keep=10, keep_sessions=3)
+    for i in range(5):
+        book.start("cp", 1, str(i), "t", T0 + i, 0)
+    assert [s.session_id for s in book.sessions()] == ["2", "3", "4"]  # all active: the oldest went
+    book.stop("cp", "3", T0 + 10, 5, None)
+    book.start("cp", 1, "5", "t", T0 + 11, 0)
+    assert [s.session_id for s in book.sessions()] == ["2", "4", "5"]  # the finished one went first
+    values = [MeterValue("cp", 1, T0 + i, i, None, None, "5") for i in range(30)]
+    kept, _ = book.add_values(values)
+    assert len(kept) == 30 and len(book.meter_values()) == 10
