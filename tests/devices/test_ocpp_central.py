@@ -368,3 +368,21 @@ def test_the_session_book_stays_bounded() -> None:
     values = [MeterValue("cp", 1, T0 + i, i, None, None, "5") for i in range(30)]
     kept, _ = book.add_values(values)
     assert len(kept) == 30 and len(book.meter_values()) == 10
+
+
+def test_version_negotiation_follows_the_configured_preference() -> None:
+    clock = Clock()
+
+    async def go() -> None:
+        async with central(clock) as cs:
+            async with connect(f"ws://127.0.0.1:{cs.port}/ocpp/garage", subprotocols=["ocpp1.6", "ocpp2.0.1"],  # type: ignore[list-item]
+                               additional_headers=basic("garage", PASSWORD)) as ws:
+                assert ws.subprotocol == "ocpp2.0.1"  # ours first: 2.0.1 preferred
+        async with central(clock, versions=["1.6"]) as cs:
+            with pytest.raises(InvalidStatus) as e:
+                async with connect(f"ws://127.0.0.1:{cs.port}/ocpp/garage", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                                   additional_headers=basic("garage", PASSWORD)):
+                    pass
+            assert e.value.response.status_code == 400
+
+    run(go())
