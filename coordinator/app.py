@@ -132,6 +132,7 @@ class Coordinator:
         self.gpio: Any = None
         self.mqtt: Any = None
         self.modbus: Any = None
+        self.devices: Any = None  # DeviceService: batteries and EV chargers, when configured
         self._modbus_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._log_report_task: asyncio.Task[None] | None = None
@@ -262,6 +263,7 @@ class Coordinator:
         `start_trading()` is called (the demo first provisions its meters)."""
         c = self.config.coap
         self._start_devices()
+        await self._start_batteries_and_chargers()
         site = self.site()
         node = None
         if self.config.channels.enabled:
@@ -409,6 +411,16 @@ class Coordinator:
             self.modbus = ModbusPoller(cfg.modbus, self._on_wired_measurement, clock=self.clock.now)
             self._modbus_task = asyncio.ensure_future(self.modbus.run())
 
+    async def _start_batteries_and_chargers(self) -> None:
+        cfg = self.config
+        if cfg.battery.units or cfg.ocpp.enabled:
+            from .devices.service import DeviceService
+
+            # Charger meter values stay with their sessions: the house meter
+            # already counts what the car draws, so settlement must not.
+            self.devices = await DeviceService(cfg.battery, cfg.modbus, cfg.ocpp, clock=self.clock.now,
+                                               secrets_dir=Path(cfg.store.path).resolve().parent).start()
+
     async def _retention_loop(self, every_s: float = 3600.0) -> None:
         from .store.retention import RetentionPolicy, apply_retention
 
@@ -467,6 +479,8 @@ class Coordinator:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self.devices is not None:
+            await self.devices.stop()
         if self._modbus_task is not None:
             self.modbus.stop()
             self._modbus_task.cancel()
