@@ -102,6 +102,8 @@ def network_clearing(hashes: Sequence[bytes], buys: Sequence[int], sells: Sequen
     volume = 0
     cut = False
     for bi in range(nb):
+        if volume >= cap:
+            break  # the feeder capacity is used up (or zero)
         bk = buys[bi]
         eff = limits[bk] - fee
         j = nxt[ns]
@@ -163,8 +165,6 @@ def network_clearing(hashes: Sequence[bytes], buys: Sequence[int], sells: Sequen
                 break
             j = nxt[j]
         b_fill[bi] = qty[bk] - b_rest
-        if volume == cap:
-            break
 
     fills = {hashes[buys[bi]]: f for bi, f in enumerate(b_fill) if f}
     fills.update((hashes[sells[j]], qty[sells[j]] - r) for j, r in enumerate(s_rest) if r != qty[sells[j]])
