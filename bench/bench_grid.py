@@ -5,7 +5,7 @@ speed for 1,000 orders on a 100-bus feeder, against the plain clearing
 of the same orders in the same run (the baseline), and its result in
 another process with another hash seed.
 
-    python bench/bench_grid.py [--network kerber_dorfnetz] [--pv-share 0.8] [--kwp 9-13] [--mv-pu 1.03] [--seed 7]
+    python bench/bench_grid.py [--network kerber_dorfnetz] [--pv-share 0.8] [--kwp 10-15] [--mv-pu 1.04] [--seed 7]
                                [--households 0 (all load buses)] [--skip-day] [--skip-speed]
 
 The day (96 intervals of 15 min): household i sits on the network's i-th
@@ -277,9 +277,9 @@ def main() -> int:
     ap.add_argument("--network", default="kerber_dorfnetz")
     ap.add_argument("--households", type=int, default=0, help="0: one on every load bus")
     ap.add_argument("--pv-share", type=float, default=0.8)
-    ap.add_argument("--kwp", default="9-13", help="PV size range, kWp")
+    ap.add_argument("--kwp", default="10-15", help="PV size range, kWp")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--mv-pu", type=float, default=1.03,
+    ap.add_argument("--mv-pu", type=float, default=1.04,
                     help="the medium-voltage side's voltage at a sunny noon, pu (PV upstream raises it too)")
     ap.add_argument("--orders", type=int, default=1000)
     ap.add_argument("--skip-day", action="store_true")

@@ -61,6 +61,7 @@ class GridLimits:
     budgets: tuple[int, ...]
     columns: tuple[tuple[int, ...], ...]
     node_of: Mapping[bytes, int] = field(init=False, compare=False, hash=False, repr=False)
+    rows: tuple[tuple[int, ...], ...] = field(init=False, compare=False, hash=False, repr=False)  # A[k][.]
     digest: bytes = field(init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +82,7 @@ class GridLimits:
             if not isinstance(key, bytes) or type(n) is not int or not 0 <= n < len(self.nodes):
                 raise GridLimitsError(f"owner {key!r}: node {n!r} is not one of the {len(self.nodes)} nodes")
         object.__setattr__(self, "node_of", dict(self.owners))
+        object.__setattr__(self, "rows", tuple(zip(*self.columns)) if self.columns else ((),) * rows)
         object.__setattr__(self, "digest", hashlib.sha256(self.encode()).digest())
 
     def encode(self) -> bytes:

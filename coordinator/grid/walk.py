@@ -37,7 +37,8 @@ rules, for neighbours in docs/GRID.md:
 
 from __future__ import annotations
 
-from operator import floordiv
+from itertools import compress, repeat
+from operator import floordiv, mul, sub
 from typing import Iterator, Mapping, NamedTuple, Sequence
 
 from .limits import GridLimits
@@ -79,8 +80,20 @@ def network_clearing(hashes: Sequence[bytes], buys: Sequence[int], sells: Sequen
     """Rules 1-4 of the module docstring. `buys`/`sells` are order indices
     in priority order; `cap` the feeder capacity in Wh (or more than all)."""
     node_of = grid.node_of
-    cols = grid.columns
-    left = [b * interval_s for b in grid.budgets]
+    nb, ns = len(buys), len(sells)
+    s_node = [node_of.get(owners[k]) for k in sells]
+    rows = _rows_that_can_bind(grid, s_node, [qty[k] for k in sells], {node_of.get(owners[k]) for k in buys},
+                               interval_s)
+    left = [grid.budgets[r] * interval_s for r in rows]
+    watched: dict[int, list[int]] = {}
+
+    def column(n: int) -> list[int]:
+        """Node n's coefficients in the watched rows."""
+        got = watched.get(n)
+        if got is None:
+            got = watched[n] = [a[n] for a in rows.values()]
+        return got
+
     # Per node pair: the rows a trade uses (d > 0: bound its room) and all
     # rows it changes, with d in budget units per Wh (3600 * (A[s] - A[b])).
     pairs: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...], list[tuple[int, int]]]] = {}
@@ -88,8 +101,6 @@ def network_clearing(hashes: Sequence[bytes], buys: Sequence[int], sells: Sequen
     # stopped while that row has less than d left (one comparison).
     blocked: dict[tuple[int, int], tuple[int, int]] = {}
 
-    nb, ns = len(buys), len(sells)
-    s_node = [node_of.get(owners[k]) for k in sells]
     s_rest = [qty[k] for k in sells]
     # Open sellers as a linked list in priority order; ns is its head.
     nxt = list(range(1, ns + 2))
@@ -133,8 +144,8 @@ def network_clearing(hashes: Sequence[bytes], buys: Sequence[int], sells: Sequen
                     continue
                 entry = pairs.get(key)
                 if entry is None:
-                    cs, cb = cols[sn], cols[bn]
-                    nz = [(k, 3600 * (a - c)) for k, (a, c) in enumerate(zip(cs, cb)) if a != c]
+                    diff = list(map(sub, column(sn), column(bn)))
+                    nz = list(zip(compress(range(len(diff)), diff), map(mul, compress(diff, diff), repeat(3600))))
                     pos = [(k, d) for k, d in nz if d > 0]
                     entry = pairs[key] = (tuple(k for k, _ in pos), tuple(d for _, d in pos), nz)
                 ks, ds, nz = entry
@@ -195,4 +206,28 @@ def network_clearing(hashes: Sequence[bytes], buys: Sequence[int], sells: Sequen
                 prices = pair_mid
                 price = sum(map(int.__mul__, mq, prices)) // volume
     return Walked(mb, ms, mq, prices, volume, price, binding, Filled(fills), cut)
+
+
+def _rows_that_can_bind(grid: GridLimits, s_node: Sequence[int | None], s_qty: Sequence[int],
+                        b_nodes: set[int | None], interval_s: int) -> dict[int, tuple[int, ...]]:
+    """The rows (index -> A[k][.]) that some set of this book's trades
+    could break; the walk watches only these, with the same result (a row
+    left out never limits a trade: no trades of the book can use more than
+    its budget). The most any trades can use of row k is at most, over
+    the sellers' nodes, their quantity times (A[k][s] - the least A[k][b]
+    of the buyers' nodes), where positive."""
+    sell_q: dict[int, int] = {}
+    for n, q in zip(s_node, s_qty):
+        if n is not None:
+            sell_q[n] = sell_q.get(n, 0) + q
+    buyers = [n for n in b_nodes if n is not None]
+    out: dict[int, tuple[int, ...]] = {}
+    if not sell_q or not buyers:
+        return out
+    for k, a in enumerate(grid.rows):
+        least = min(map(a.__getitem__, buyers))
+        most = sum(q * (a[n] - least) for n, q in sell_q.items() if a[n] > least)
+        if most * 3600 > grid.budgets[k] * interval_s:
+            out[k] = a
+    return out
 

@@ -97,3 +97,20 @@ def test_zero_feeder_capacity_trades_nothing_even_at_one_node() -> None:
     assert clear_interval(book, "zone-a", START, 900, ZoneRules(capacity_wh=0, network=limits)).trades == ()
     c = clear_interval(book, "zone-a", START, 900, ZoneRules(capacity_wh=60, network=limits))
     assert [t.wh for t in c.trades] == [60] and c.binding and c.price_sat_per_kwh == 50
+
+
+def test_when_the_wires_split_the_market_each_pair_gets_its_own_price() -> None:
+    # Row 0 stops anything from node 2 to node 1; trades within a node are free.
+    limits = GridLimits(tuple(sorted(((PK[0], 1), (PK[1], 2), (PK[2], 2), (PK[3], 1)))), ("grid", "n1", "n2"),
+                        ("r0",), (0,),
+                        ((0,), (0,), (10**6,)))
+    b1, b2 = order("buy", 1000, 200, who=0), order("buy", 1000, 100, who=1)
+    s1, s2 = order("sell", 1000, 50, who=2), order("sell", 1000, 150, who=3)
+    c = clear_interval([b1, b2, s1, s2], "zone-a", START, 900, ZoneRules(network=limits))
+    got = {(t.buy, t.sell): (t.wh, t.price_sat_per_kwh) for t in c.trades}
+    # The cheap seller could not reach the high bidder: a dearer one served it.
+    assert got == {(b1.hash, s2.hash): (1000, 175), (b2.hash, s1.hash): (1000, 75)}
+    assert c.binding and c.price_sat_per_kwh == 125  # the volume-weighted mean, an indication only
+    # Without the network one uniform price: the cheap seller meets the high bidder.
+    free = clear_interval([b1, b2, s1, s2], "zone-a", START, 900, ZoneRules())
+    assert {(t.buy, t.sell) for t in free.trades} == {(b1.hash, s1.hash)} and free.price_sat_per_kwh == 125
