@@ -31,10 +31,10 @@ class GridCheckError(ValueError):
 class IntervalCheck:
     start: int
     converged: bool
-    min_vm_pu: float
-    max_vm_pu: float
-    max_line_loading_percent: float
-    max_trafo_loading_percent: float
+    min_vm_pu: float | None  # None: the power flow found no solution
+    max_vm_pu: float | None
+    max_line_loading_percent: float | None
+    max_trafo_loading_percent: float | None
     voltage_violations: int  # buses outside [vmin, vmax]
     line_overloads: int  # lines above max loading
     trafo_overloads: int
@@ -57,16 +57,20 @@ class GridReport:
 
     def summary(self) -> dict[str, Any]:
         cs = [c for c in self.checks if c.converged]
+        vmin = [c.min_vm_pu for c in cs if c.min_vm_pu is not None]
+        vmax = [c.max_vm_pu for c in cs if c.max_vm_pu is not None]
+        lines = [c.max_line_loading_percent for c in cs if c.max_line_loading_percent is not None]
+        trafos = [c.max_trafo_loading_percent for c in cs if c.max_trafo_loading_percent is not None]
         return {
             "intervals": len(self.checks),
             "not_converged": len(self.checks) - len(cs),
             "intervals_with_voltage_violations": sum(1 for c in self.checks if c.voltage_violations),
             "intervals_with_overloads": sum(1 for c in self.checks if c.line_overloads or c.trafo_overloads),
             "bus_voltage_violations": sum(c.voltage_violations for c in self.checks),
-            "min_vm_pu": min((c.min_vm_pu for c in cs), default=None),
-            "max_vm_pu": max((c.max_vm_pu for c in cs), default=None),
-            "max_line_loading_percent": max((c.max_line_loading_percent for c in cs), default=None),
-            "max_trafo_loading_percent": max((c.max_trafo_loading_percent for c in cs), default=None),
+            "min_vm_pu": min(vmin, default=None),
+            "max_vm_pu": max(vmax, default=None),
+            "max_line_loading_percent": max(lines, default=None),
+            "max_trafo_loading_percent": max(trafos, default=None),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,8 +118,7 @@ class GridCheck:
         try:
             run_power_flow(net)
         except self._pp.LoadflowNotConverged:
-            return IntervalCheck(start, False, float("nan"), float("nan"), float("nan"), float("nan"), 0, 0, 0,
-                                 exported, imported)
+            return IntervalCheck(start, False, None, None, None, None, 0, 0, 0, exported, imported)
         lv = net.bus["vn_kv"] < 1.0
         vm = net.res_bus["vm_pu"][lv & net.bus["in_service"]]
         lines = net.res_line["loading_percent"][net.line["in_service"]]

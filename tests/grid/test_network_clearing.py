@@ -7,6 +7,7 @@ upstream buying exports at 40 sat/kWh.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -157,3 +158,20 @@ def test_same_book_and_model_same_hash_in_another_process_and_hash_seed(feeder) 
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT)], capture_output=True, text=True, env=env,
                          timeout=100, check=True).stdout.split()
     assert out == [limits.digest.hex(), ours.hash_hex]
+
+
+def test_the_report_counts_what_broke_and_a_power_flow_that_fails(feeder) -> None:  # type: ignore[no-untyped-def]
+    from microgrid.coordinator.grid.check import GridReport
+
+    _, _, check = feeder
+    report = GridReport()
+    report.add(check.run(START, 900, {PK[0]: -500, PK[3]: 400}))  # a quiet interval
+    report.add(check.run(START + 900, 900, metered(clear_interval(sunny_book(), "zone-a", START, 900))))
+    report.add(check.run(START + 1800, 900, {PK[3]: 10_000_000}))  # 40 MW at the far end: no solution
+    quiet, sunny, absurd = report.checks
+    assert not quiet.violated and quiet.export_wh == 400 and quiet.import_wh == 500
+    assert sunny.violated and not absurd.converged and absurd.violated
+    s = report.to_dict()["summary"]
+    assert s["intervals"] == 3 and s["not_converged"] == 1 and s["intervals_with_voltage_violations"] == 1
+    assert s["max_vm_pu"] == sunny.max_vm_pu and len(report.to_dict()["intervals"]) == 3
+    assert absurd.max_vm_pu is None and "NaN" not in json.dumps(report.to_dict())
