@@ -96,6 +96,12 @@ Encoding of a cleared interval (canonical CBOR map, integer labels):
     9 pairs    [[buyer key, seller key, wh, msat, sats]] sorted by keys:
                what each buyer owes each seller if all is delivered
    10 binding  bool  the feeder limit decided the volume and the price
+   11 network  bytes  only with network limits: their digest (GridLimits)
+
+Network limits (ZoneRules.network, a coordinator/grid GridLimits): the
+walk and price of coordinator/grid/walk.py replace rule 4's walk and rule
+5's price; where the network cuts nothing they give the same trades and
+price. Without network limits nothing here changes (docs/GRID.md).
 
 `hash` is sha256 of that encoding: since it covers the order set, two
 coordinators that saw different orders get different hashes even when
@@ -131,6 +137,7 @@ from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import cbor2
 
+from ..grid.limits import GridLimits
 from .orders import DEFAULT_INTERVAL_S, SignedOrder, dedupe
 
 log = logging.getLogger("microgrid.market.clearing")
@@ -154,6 +161,7 @@ class ZoneRules:
     grid_fee_sat_per_kwh: int = 0
     pricing: str = PAY_AS_CLEAR
     min_order_wh: int = DEFAULT_MIN_ORDER_WH  # smaller orders are listed, never matched
+    network: GridLimits | None = None  # the feeder's limits as integers (coordinator/grid); None: not enforced
 
     def __post_init__(self) -> None:
         cap = self.capacity_wh
@@ -167,6 +175,8 @@ class ZoneRules:
         m = self.min_order_wh
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
             raise ClearingError(f"min_order_wh={m!r}: expected an integer >= 1")
+        if self.network is not None and not isinstance(self.network, GridLimits):
+            raise ClearingError(f"network={type(self.network).__name__}: expected GridLimits or None")
 
 
 class Trade(NamedTuple):
@@ -375,53 +385,63 @@ def _clear(orders: Iterable[SignedOrder], zone: str, interval_start: int, interv
     sells = perm[nbuy:] if small <= 1 else [k for k in perm[nbuy:] if qty[k] >= small]
 
     cap = rules.capacity_wh if rules.capacity_wh is not None else 1 << 62  # no limit: more than all orders
-    mb: list[int] = []  # the walk's trades as columns: buy index, sell index, Wh
-    ms: list[int] = []
-    mq: list[int] = []
-    add_b, add_s, add_q = mb.append, ms.append, mq.append
-    nb, ns = len(buys), len(sells)
-    i = j = 0
-    b_rest = qty[buys[0]] if nb else 0
-    s_rest = qty[sells[0]] if ns else 0
-    volume = 0
-    while i < nb and j < ns:
-        bk, sk = buys[i], sells[j]
-        if limits[bk] - fee < limits[sk]:
-            break
-        q = b_rest if b_rest < s_rest else s_rest
-        if q > cap - volume:
-            q = cap - volume
-            if q <= 0:
-                break
-        add_b(bk)
-        add_s(sk)
-        add_q(q)
-        volume += q
-        b_rest -= q
-        s_rest -= q
-        if b_rest == 0:
-            i += 1
-            b_rest = qty[buys[i]] if i < nb else 0
-        if s_rest == 0:
-            j += 1
-            s_rest = qty[sells[j]] if j < ns else 0
-
-    clearing_price: int | None = None
-    binding = False
-    if mq:
-        rej_bid = limits[buys[i]] - fee if i < nb else None
-        rej_ask = limits[sells[j]] if j < ns else None
-        binding = volume == cap and rej_bid is not None and rej_ask is not None and rej_bid >= rej_ask
-        clearing_price = uniform_price(limits[ms[-1]], rej_bid, limits[mb[-1]] - fee, rej_ask, binding)
-    if rules.pricing == PAY_AS_BID:
-        prices = [(limits[b] - fee + limits[s]) // 2 for b, s in zip(mb, ms)]
+    mb: list[int]  # the walk's trades as columns: buy index, sell index, Wh
+    ms: list[int]
+    mq: list[int]
+    clearing_price: int | None
+    fills: Mapping[bytes, int]
+    if rules.network is not None:
+        # The network-aware walk and price (coordinator/grid/walk.py).
+        from ..grid.walk import network_clearing
+        w = network_clearing(hashes, buys, sells, limits, qty, owners, fee, cap, rules.network, interval_s,
+                             rules.pricing)
+        mb, ms, mq, prices, volume, clearing_price, binding, fills = w[:8]
     else:
-        prices = [clearing_price or 0] * len(mq)
+        mb, ms, mq = [], [], []
+        add_b, add_s, add_q = mb.append, ms.append, mq.append
+        nb, ns = len(buys), len(sells)
+        i = j = 0
+        b_rest = qty[buys[0]] if nb else 0
+        s_rest = qty[sells[0]] if ns else 0
+        volume = 0
+        while i < nb and j < ns:
+            bk, sk = buys[i], sells[j]
+            if limits[bk] - fee < limits[sk]:
+                break
+            q = b_rest if b_rest < s_rest else s_rest
+            if q > cap - volume:
+                q = cap - volume
+                if q <= 0:
+                    break
+            add_b(bk)
+            add_s(sk)
+            add_q(q)
+            volume += q
+            b_rest -= q
+            s_rest -= q
+            if b_rest == 0:
+                i += 1
+                b_rest = qty[buys[i]] if i < nb else 0
+            if s_rest == 0:
+                j += 1
+                s_rest = qty[sells[j]] if j < ns else 0
+
+        clearing_price = None
+        binding = False
+        if mq:
+            rej_bid = limits[buys[i]] - fee if i < nb else None
+            rej_ask = limits[sells[j]] if j < ns else None
+            binding = volume == cap and rej_bid is not None and rej_ask is not None and rej_bid >= rej_ask
+            clearing_price = uniform_price(limits[ms[-1]], rej_bid, limits[mb[-1]] - fee, rej_ask, binding)
+        if rules.pricing == PAY_AS_BID:
+            prices = [(limits[b] - fee + limits[s]) // 2 for b, s in zip(mb, ms)]
+        else:
+            prices = [clearing_price or 0] * len(mq)
+        fills = Fills(hashes, qty, ((buys, i, b_rest), (sells, j, s_rest)))
     msats = list(map(mul, mq, prices))
     buyers = list(map(owners.__getitem__, mb))
     sellers = list(map(owners.__getitem__, ms))
     trades = Trades(hashes, buyers, sellers, mb, ms, mq, prices, msats, fee)
-    fills = Fills(hashes, qty, ((buys, i, b_rest), (sells, j, s_rest)))
     # Money per buyer-seller pair (rule 6): owners as small integers make
     # one int key per trade.
     ids = {o: k for k, o in enumerate(sorted(set(buyers) | set(sellers)))}
@@ -447,7 +467,7 @@ def _clear(orders: Iterable[SignedOrder], zone: str, interval_start: int, interv
     listed = tuple(map(hashes.__getitem__, perm))
     encoded = encode_cleared(zone, interval_start, interval_s, rules, clearing_price, volume, listed,
                              (list(map(rank.__getitem__, mb)), list(map(rank.__getitem__, ms)), mq, prices, msats),
-                             pairs, binding)
+                             pairs, binding, rules.network.digest if rules.network is not None else None)
     return ClearedInterval(zone, interval_start, interval_s, rules, clearing_price, volume, trades,
                            listed, fills, encoded, hashlib.sha256(encoded).digest(), pairs, binding)
 
@@ -460,7 +480,7 @@ def _exact_order(perm: list[int], priority: Sequence[int], hashes: Sequence[byte
 
 def encode_cleared(zone: str, interval_start: int, interval_s: int, rules: ZoneRules, price: int | None,
                    volume: int, hashes: Sequence[bytes], columns: Sequence[Sequence[int]],
-                   pairs: Sequence[PairAmount] = (), binding: bool = False) -> bytes:
+                   pairs: Sequence[PairAmount] = (), binding: bool = False, network: bytes | None = None) -> bytes:
     """The canonical bytes of a cleared interval (see the module docstring).
     `columns` are the trades as (buy index, sell index, Wh, price, msat),
     indices into `hashes`; the fee follows from the rules."""
@@ -469,12 +489,15 @@ def encode_cleared(zone: str, interval_start: int, interval_s: int, rules: ZoneR
         flat.extend(column)
     if sys.byteorder == "little":
         flat.byteswap()
-    return cbor2.dumps({
+    body = {
         0: FORMAT_VERSION, 1: zone, 2: interval_start, 3: interval_s,
         4: [rules.capacity_wh, rules.grid_fee_sat_per_kwh, rules.pricing, rules.min_order_wh],
         5: price, 6: volume, 7: b"".join(hashes), 8: flat.tobytes(),
         9: [list(p) for p in pairs], 10: binding,
-    }, canonical=True)
+    }
+    if network is not None:
+        body[11] = network
+    return cbor2.dumps(body, canonical=True)
 
 
 def clear_book(orders: Iterable[SignedOrder], rules: Mapping[str, ZoneRules] | None = None,
