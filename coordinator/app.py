@@ -133,6 +133,7 @@ class Coordinator:
         self.mqtt: Any = None
         self.modbus: Any = None
         self.devices: Any = None  # DeviceService: batteries and EV chargers, when configured
+        self._grid_task: asyncio.Future[None] | None = None
         self._modbus_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._log_report_task: asyncio.Task[None] | None = None
@@ -306,6 +307,11 @@ class Coordinator:
                                           for p in overlay.peers()]
         if self.updates is not None:
             await self.updates.start(self.context, self.overlay)
+        if self.config.grid.enabled:
+            # With the roster loaded and before the market clears anything:
+            # every clearing is bounded by the same limits from the start.
+            await self.refresh_network_limits()
+            self._grid_task = asyncio.ensure_future(self._grid_loop())
         if self.config.market.enabled and node is not None:
             from .trading.service import TradingService, TradingSettings
 
@@ -411,6 +417,26 @@ class Coordinator:
             self.modbus = ModbusPoller(cfg.modbus, self._on_wired_measurement, clock=self.clock.now)
             self._modbus_task = asyncio.ensure_future(self.modbus.run())
 
+    async def refresh_network_limits(self) -> None:
+        """Compute the feeder's network limits from the [grid] model with
+        the roster's members placed (their records' connection points) and
+        install them in the market's rules. The power flows take seconds, so
+        they run in a thread; an unchanged network and placement is cached."""
+        members = [] if self.membership is None else list(self.membership.roster.members(self.clock.now()).values())
+        limits = await asyncio.to_thread(self.config.grid.limits, members)
+        self.config.market.use_network(limits)
+        log.info("grid: network limits %s for %d placed members", limits.digest.hex()[:16] if limits else None,
+                 len(members))
+
+    async def _grid_loop(self, every_s: float = 900.0) -> None:
+        # Admissions and revocations move households on and off the model.
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.refresh_network_limits()
+            except Exception:  # noqa: BLE001 - keep the last limits; a bad model must not stop the market
+                log.exception("grid: recomputing the network limits failed; the previous ones stay in force")
+
     async def _start_batteries_and_chargers(self) -> None:
         cfg = self.config
         if cfg.battery.units or cfg.ocpp.enabled:
@@ -479,6 +505,9 @@ class Coordinator:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self._grid_task is not None:
+            self._grid_task.cancel()
+            await asyncio.gather(self._grid_task, return_exceptions=True)
         if self.devices is not None:
             await self.devices.stop()
         if self._modbus_task is not None:

@@ -20,6 +20,7 @@ from .devices.battery_settings import BatterySettings
 from .devices.gpio_settings import GpioSettings
 from .devices.modbus_settings import ModbusSettings
 from .devices.ocpp_settings import OcppSettings
+from .grid.settings import GridSettings
 from .link.settings import LinkSettings
 from .market.settings import MarketSettings
 from .membership.settings import ZoneSettings
@@ -335,6 +336,7 @@ class Config:
     zone: ZoneSettings = field(default_factory=ZoneSettings)
     link: LinkSettings = field(default_factory=LinkSettings)
     updates: UpdatesSettings = field(default_factory=UpdatesSettings)
+    grid: GridSettings = field(default_factory=GridSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:
@@ -360,6 +362,9 @@ class Config:
         if self.market.enabled and not (self.overlay.enabled and self.channels.enabled):
             raise ConfigError("market.enabled = true needs overlay.enabled and channels.enabled: orders travel "
                               "through the overlay and payments through channels")
+        if self.grid.enabled and not self.market.enabled:
+            raise ConfigError("grid.enabled = true needs market.enabled: the network limits bound the market's "
+                              "clearing")
         if self.zone.enabled and self.market.enabled and self.market.zone != self.zone.name:
             raise ConfigError(f"market.zone={self.market.zone!r}: expected the zone's name, zone.name="
                               f"{self.zone.name!r} (orders of one zone carry its name)")

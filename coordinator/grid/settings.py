@@ -1,7 +1,8 @@
 """The [grid] section of the coordinator's configuration.
 
 Shaped like the other sections (a dataclass with defaults and
-`validate(section)`), so coordinator/config.py can adopt it as is:
+`validate(section)`); coordinator/config.py holds it as [grid], and the
+appliance installs the limits in the market (Coordinator.refresh_network_limits):
 
     [grid]
     enabled = true

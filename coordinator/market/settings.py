@@ -36,7 +36,7 @@ becomes 1 Wh, never 0 Wh (which would stop all trading).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .clearing import DEFAULT_MIN_ORDER_WH, PRICING, ClearingError, ZoneRules
 from .orders import INTERVAL_LENGTHS_S, ZONE_RE
@@ -103,10 +103,19 @@ class MarketSettings:
             raise MarketSettingsError(f"{section}.prices: {e}") from None
         return self
 
+    # The feeder's network limits (coordinator/grid GridLimits) when [grid]
+    # is enabled: not a setting (no TOML key) but computed from the network
+    # model and the roster at run time, and installed by the appliance with
+    # use_network(), so every clearing this settings object rules sees them.
+    _network: ClassVar[Any] = None  # per instance once use_network() sets it
+
+    def use_network(self, limits: Any) -> None:
+        setattr(self, "_network", limits)  # an instance attribute over the class's None
+
     def rules(self) -> ZoneRules:
         cap = None if self.feeder_capacity_w == 0 else -(-self.feeder_capacity_w * self.interval_s // 3600)
         return ZoneRules(capacity_wh=cap, grid_fee_sat_per_kwh=self.grid_fee_sat_per_kwh, pricing=self.pricing,
-                         min_order_wh=self.min_order_wh)
+                         min_order_wh=self.min_order_wh, network=self._network)
 
     def tariff(self) -> Tariff:
         return Tariff(self.import_tariff_sat_per_kwh, self.export_tariff_sat_per_kwh)
