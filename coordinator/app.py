@@ -165,6 +165,7 @@ class Coordinator:
         self.console_orders: Callable[[], list[dict[str, Any]]] | None = None
         self.console_channels: Callable[[], list[dict[str, Any]]] | None = None
         self.updates: Any = None  # coordinator/updates/ when [updates] is enabled
+        self.web: Any = None  # coordinator/web/ when [web] is enabled
         self.console_updates: Callable[[], dict[str, Any]] | None = None
         self.console_market: Callable[[int], list[str]] | None = None
         self.console_server = ConsoleServer(Console(self), config.console_socket())
@@ -353,6 +354,11 @@ class Coordinator:
         self._retention_task = asyncio.ensure_future(self._retention_loop())
         self._log_report_task = asyncio.ensure_future(report_suppressed_every())
         await self.console_server.start()
+        if self.config.web.enabled:
+            from .web.server import WebApp
+
+            self.web = WebApp(self, self.config.web, self.config.resolve(self.config.web.state_dir))
+            await self.web.start()
         self.notifier.start()  # READY=1, then WATCHDOG=1 from the event loop (service/notify.py)
         log.info("coordinator listening on coap://%s:%d (%s; database %s)", c.host, c.port,
                  ", ".join(c.transports), self.config.store.path)
@@ -448,6 +454,8 @@ class Coordinator:
 
     async def stop(self) -> None:
         await self.notifier.stop()
+        if self.web is not None:
+            await self.web.stop()
         await self.stop_trading()
         if self.updates is not None:
             await self.updates.stop()

@@ -25,6 +25,7 @@ from .secrets import redact_url
 from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
 from .updates.settings import UpdatesSettings
+from .web.settings import WebSettings
 
 
 # A channel's shortest useful life before its close margin
@@ -331,6 +332,7 @@ class Config:
     zone: ZoneSettings = field(default_factory=ZoneSettings)
     link: LinkSettings = field(default_factory=LinkSettings)
     updates: UpdatesSettings = field(default_factory=UpdatesSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:

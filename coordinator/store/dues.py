@@ -72,3 +72,12 @@ class DuesStore:
 
     def intervals(self) -> list[int]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT interval_start FROM p2p_dues ORDER BY 1").fetchall()]
+
+    def totals_since(self, who: str, since: int) -> tuple[int, int, int, int]:
+        """(earned sat, sold Wh, spent sat, bought Wh) of `who` over the
+        intervals starting at or after `since` (the web app's Money page)."""
+        earned = self.db.execute("SELECT COALESCE(SUM(sats), 0), COALESCE(SUM(wh), 0) FROM p2p_dues "
+                                 "WHERE payee = ? AND interval_start >= ?", [who, since]).fetchone()
+        spent = self.db.execute("SELECT COALESCE(SUM(sats), 0), COALESCE(SUM(wh), 0) FROM p2p_dues "
+                                "WHERE payer = ? AND interval_start >= ?", [who, since]).fetchone()
+        return int(earned[0]), int(earned[1]), int(spent[0]), int(spent[1])
