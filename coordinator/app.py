@@ -329,7 +329,9 @@ class Coordinator:
                 mqtt, trader = self.mqtt, self.trading
 
                 def on_settled(settlement: Any) -> None:
-                    mqtt.publish_market(report(settlement))
+                    summary = report(settlement)
+                    summary["ours"] = summary["participants"].get(trader.public_hex, {})  # HA's earnings sensors
+                    mqtt.publish_market(summary)
                     mqtt.publish_channels(trader.channel_summary())
 
                 self.trading.on_settled = on_settled
@@ -399,11 +401,15 @@ class Coordinator:
 
             self.mqtt = MqttPublisher(cfg.mqtt, clock=self.clock.now)
             self.mqtt.start()
+            from .telemetry.wiring import meter_names, relays_to_home_assistant
+
             mqtt = self.mqtt
-            names = {d.device_id: d.name for d in self.store.devices()}
+            name_of = meter_names(self.store)
+            if self.relays:
+                relays_to_home_assistant(mqtt, self.relays, asyncio.get_running_loop())
 
             def publish(r: Any) -> None:
-                mqtt.publish_meter({"device_id": r.device, "name": names.get(r.device, r.device), "t": r.t,
+                mqtt.publish_meter({"device_id": r.device, "name": name_of(r.device), "t": r.t,
                                     "import_wh": r.import_wh, "export_wh": r.export_wh, "power_w": r.power_w,
                                     "voltage_v": r.voltage_v, "current_a": r.extra.get("current"),
                                     "frequency_hz": r.extra.get("frequency"), "source": "coap"})
@@ -412,7 +418,12 @@ class Coordinator:
         if cfg.modbus.enabled:
             from .devices.modbus import ModbusPoller
 
-            self.modbus = ModbusPoller(cfg.modbus, self._on_wired_measurement, clock=self.clock.now)
+            mq = self.mqtt
+            if mq is not None:
+                mq.polled.update({d.name: d.interval_s for d in cfg.modbus.device_settings()})
+            self.modbus = ModbusPoller(cfg.modbus, self._on_wired_measurement, clock=self.clock.now,
+                                       on_status=None if mq is None else lambda st: mq.set_meter_available(st.name,
+                                                                                                           st.ok))
             self._modbus_task = asyncio.ensure_future(self.modbus.run())
 
     async def _retention_loop(self, every_s: float = 3600.0) -> None:
