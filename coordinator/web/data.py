@@ -190,5 +190,15 @@ def fmt_time(t: float | None) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def fmt_ago(age_s: float | None) -> str:
+    """An age as a person reads it: 40 s, 12 min, 3 h, 2 d."""
+    if age_s is None:
+        return "never"
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if age_s >= 2 * size:
+            return f"{int(age_s // size)} {unit} ago"
+    return f"{int(age_s)} s ago"
+
+
 def now_s() -> float:
     return time.time()

@@ -63,6 +63,7 @@ class WebApp:
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                       autoescape=True, undefined=jinja2.StrictUndefined)
         self.env.filters["when"] = data.fmt_time
+        self.env.filters["ago"] = data.fmt_ago
         self.env.filters["sat"] = self.fmt_sat
         self.pending_withdrawals: dict[str, tuple[str, str, int, float]] = {}  # token -> (sid, address, sat, t)
         self.receive_address: str | None = None
@@ -142,7 +143,9 @@ class WebApp:
         resp = await handler(request)
         resp.headers["Content-Security-Policy"] = CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["Referrer-Policy"] = "no-referrer"
+        # same-origin, not no-referrer: under no-referrer browsers send
+        # "Origin: null" with the app's own forms, which the gate refuses.
+        resp.headers["Referrer-Policy"] = "same-origin"
         resp.headers["X-Frame-Options"] = "DENY"
         if not request.path.startswith("/static/"):
             resp.headers["Cache-Control"] = "no-store"
@@ -205,8 +208,12 @@ class WebApp:
         return web.Response(text=body, content_type="text/html", status=status)
 
     def render_open(self, request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
-        """A page for people without a session: its own CSRF cookie."""
-        token = secrets.token_urlsafe(24)
+        """A page for people without a session: its own CSRF cookie, kept
+        while it lasts (a second tab, or the browser's own fetch of
+        /favicon.ico sent to set-up, must not void the form in the first)."""
+        token = request.cookies.get(PRE_COOKIE, "")
+        if not (20 <= len(token) <= 64 and token.replace("-", "").replace("_", "").isalnum()):
+            token = secrets.token_urlsafe(24)
         body = self.env.get_template(template).render(session=None, csrf=token, path=request.path, **ctx)
         resp = web.Response(text=body, content_type="text/html", status=status)
         resp.set_cookie(PRE_COOKIE, token, httponly=True, samesite="Strict", secure=self.settings.tls, path="/")
