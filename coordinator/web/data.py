@@ -140,18 +140,42 @@ class Bucket:
 
 def history(coord: Any, now: float, span: str, utc_offset_s: int = 0) -> list[Bucket]:
     """Energy per bucket: hours of the last day, days of the last week or
-    month. Counters are read at each bucket's edges, so the thinned
-    readings kept after retention (one an hour, then one a day) still
-    give exact totals over buckets no finer than what is kept."""
+    month (local time). See `bucket_energy`."""
     size, count = {"day": (3600, 24), "week": (86_400, 7), "month": (86_400, 30)}[span]
     end = (int(now) + utc_offset_s) // size * size - utc_offset_s + size
+    edges = [end - i * size for i in range(count, -1, -1)]
     ids = [d.device_id for d in coord.store.devices()]
-    out = []
-    for i in range(count, 0, -1):
-        a, b = end - i * size, end - (i - 1) * size
-        e = interval_energy(coord.store, ids, a, min(b, now))
-        out.append(Bucket(a, b, e.import_wh, e.export_wh))
-    return out
+    return [Bucket(a, b, imp, exp) for (a, b), (imp, exp) in zip(zip(edges, edges[1:]),
+                                                                  bucket_energy(coord.store, ids, edges, now))]
+
+
+def bucket_energy(store: Any, device_ids: list[str], edges: list[int], now: float) -> list[tuple[int, int]]:
+    """(import Wh, export Wh) between consecutive edges, over all meters.
+
+    Each meter's counters are read at the edges (`counters_at`: one indexed
+    look-up each, so a month of days costs 31 per meter however many
+    readings there are), and a bucket is their difference. Where that is
+    not exact, the bucket is walked reading by reading as the market
+    meters (trading/metering.py's `interval_energy`): the meter's first
+    bucket (nothing before it) and a counter reset inside one (counters
+    that ran back). Retention keeps one reading an hour after
+    `retention_raw_days` and one a day after `retention_hourly_days`: a
+    bucket finer than what is kept shows its energy in the bucket of the
+    next kept reading, never lost or counted twice."""
+    out = [[0, 0] for _ in edges[1:]]
+    for dev in device_ids:
+        counters = [store.counters_at(dev, min(e, now)) for e in edges]
+        for i, (a, b) in enumerate(zip(counters, counters[1:])):
+            if b is None:
+                continue  # no reading yet by the bucket's end
+            if a is None or b[0] < a[0] or b[1] < a[1]:
+                e = interval_energy(store, [dev], edges[i], min(edges[i + 1], now))
+                imp, exp = e.import_wh, e.export_wh
+            else:
+                imp, exp = b[0] - a[0], b[1] - a[1]
+            out[i][0] += imp
+            out[i][1] += exp
+    return [(imp, exp) for imp, exp in out]
 
 
 def price_history(coord: Any, since: float) -> list[tuple[int, int]]:
