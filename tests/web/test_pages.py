@@ -19,7 +19,10 @@ import aiohttp
 from microgrid.coordinator.market import book as bk
 from microgrid.coordinator.market.orders import decode_order
 from microgrid.coordinator.store.books import BookStore, StoredBook
+from microgrid.coordinator.console import Console
+from microgrid.coordinator.trading.metering import interval_energy
 from microgrid.coordinator.web.accounts import TECHNICIAN
+from microgrid.coordinator.web.data import bucket_energy
 
 from ..channels.conftest import FixedClock, fund
 from ..market.helpers import KEYS
@@ -46,6 +49,9 @@ def test_first_run_set_up_takes_the_one_time_code_once_then_login(tmp_path: Path
     async def body(coord: Any, s: aiohttp.ClientSession, base: str) -> None:
         code = coord.web.accounts.setup_code()
         assert coord.web.status()["setup_code"] == code and len(code) == 10
+        # The technician reads it on the console, with where to go.
+        shown = Console(coord).handle("web")
+        assert f"setup_code: {code}" in shown and f"url: {base}" in shown
         async with s.get(base, allow_redirects=False) as r:  # everything leads to set-up
             assert r.status == 303 and r.headers["Location"] == "/setup"
         # A POST without the form's token (a cross-site form) is refused.
@@ -287,6 +293,39 @@ def test_history_plots_energy_and_self_sufficiency_from_stored_readings(tmp_path
         async with s.get(base + "history?span=year") as r:
             assert r.status == 400
     run(tmp_path, body)
+
+
+def test_bucket_energy_from_edge_counters_is_the_market_metering_exactly(tmp_path: Path) -> None:
+    """Counters read at bucket edges give what walking every reading gives
+    (trading/metering.py), across a counter reset with its signed totals,
+    a meter that starts mid-span, a silent spell and thinned readings."""
+    from microgrid.coordinator.store.database import open_database
+    from microgrid.coordinator.store.readings import ReadingStore
+
+    store = ReadingStore(open_database(tmp_path / "r.db"))
+    t0 = 1_700_000_000
+    imp = 0
+    for i in range(200):  # every 7 minutes; a reset at 120; silent from 150 to 170
+        if 150 <= i < 170:
+            continue
+        t = t0 + 420 * i
+        extra: dict[str, Any] = {}
+        if i == 120:
+            extra = {"reset": "power", "reset_import_wh": imp + 33, "reset_export_wh": 0}
+            imp = 5
+        else:
+            imp += 17 + i % 5
+        store.insert_measurement("a", "a", t, imp, 2 * i, 0.0, 230.0, extra, "test")
+    for i in range(60, 200, 9):  # starts later, reads rarely
+        store.insert_measurement("b", "b", t0 + 420 * i + 13, 40 * i, 0, 0.0, 230.0, {}, "test")
+    edges = [t0 - 3600 + 3600 * k for k in range(26)]
+    now = t0 + 420 * 199 + 1
+    got = bucket_energy(store, ["a", "b"], edges, now)
+    want = []
+    for a, b in zip(edges, edges[1:]):
+        e = interval_energy(store, ["a", "b"], a, min(b, now))
+        want.append((e.import_wh, e.export_wh))
+    assert got == want and sum(x for x, _ in got) > 0
 
 
 def test_https_with_the_appliance_certificate_and_its_fingerprint(tmp_path: Path) -> None:
