@@ -43,7 +43,7 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "mg_session"
 PRE_COOKIE = "mg_pre"
 OPEN_PATHS = ("/login", "/setup", "/static/")
-HOUSEHOLD_ONLY = ("/prices", "/money")
+HOUSEHOLD_ONLY = ("/prices", "/money", "/accounts")
 CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -97,6 +97,7 @@ class WebApp:
         r.add_get("/history", self.history_page)
         r.add_get("/devices", self.devices_page)
         r.add_post("/relay", self.relay_post)
+        r.add_post("/accounts", self.add_account)
         r.add_static("/static/", HERE / "static", append_version=False)
         return app
 
@@ -436,6 +437,18 @@ class WebApp:
         alerts = data.alerts(self.coord, now, self.settings.wallet_low_sat, self.settings.channel_expiry_alert_s)
         return self.render(request, "devices.html", status=status, meters=radio, wired=wired,
                            relays=data.relays(self.coord), alerts=alerts, error=error, message=message)
+
+    async def add_account(self, request: web.Request) -> web.Response:
+        """The household adds a technician's account (devices and relays,
+        never money or prices)."""
+        form = await request.post()
+        name, pw = str(form.get("name", ""))[:64], str(form.get("password", ""))[:300]
+        try:
+            await asyncio.to_thread(self.accounts.add, name, pw, TECHNICIAN)
+        except AccountError as e:
+            return await self.devices_page(request, status=400, error=f"account not made: {e}")
+        log.info("technician account %r made in the web app by %s", name, request["session"].user)
+        return await self.devices_page(request, message=f"technician account {name} made")
 
     async def relay_post(self, request: web.Request) -> web.Response:
         form = await request.post()

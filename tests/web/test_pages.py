@@ -106,8 +106,14 @@ def test_login_is_rate_limited_csrf_checked_and_roles_kept(tmp_path: Path) -> No
                                                  "sell_price": "1"}, headers={"Origin": "http://evil.example"}) as r:
             assert r.status == 403
         assert coord.config.market.prices == {"sell": 100}
-        # A technician sees devices, not money or prices.
-        await asyncio.to_thread(coord.web.accounts.add, "tech", PASSWORD, TECHNICIAN)
+        # The household makes a technician's account, who sees devices, not
+        # money or prices, and cannot make accounts.
+        token = await page_csrf(s, base, "devices")
+        async with s.post(base + "accounts", data={"csrf": token, "name": "tech", "password": "short"}) as r:
+            assert r.status == 400 and "at least 10 characters" in await r.text()
+        async with s.post(base + "accounts", data={"csrf": token, "name": "tech", "password": PASSWORD}) as r:
+            assert r.status == 200 and "technician account tech made" in await r.text()
+        assert coord.web.accounts.users["tech"]["role"] == TECHNICIAN
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as t:
             async with await log_in(t, base, "tech") as r:
                 assert r.status == 303
@@ -115,7 +121,22 @@ def test_login_is_rate_limited_csrf_checked_and_roles_kept(tmp_path: Path) -> No
                 async with t.get(base + path) as r:
                     assert r.status == 403
             async with t.get(base + "devices") as r:
-                assert r.status == 200 and "relay_1" in await r.text()
+                html = await r.text()
+                assert r.status == 200 and "relay_1" in html and "Technician account" not in html
+            token = csrf_of(html)
+            async with t.post(base + "accounts", data={"csrf": token, "name": "x", "password": PASSWORD}) as r:
+                assert r.status == 403
+            async with t.post(base + "relay", data={"csrf": token, "relay": "relay_1", "state": "connected",
+                                                    "confirm": "yes"}) as r:
+                assert r.status == 200
+        # Hostile input: an oversized form, a forged session cookie.
+        token = await page_csrf(s, base, "prices")
+        async with s.post(base + "prices", data={"csrf": token, "sell_mode": "x" * 100_000}) as r:
+            assert r.status == 413
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                         cookies={"mg_session": "A" * 43}) as f:
+            async with f.get(base + "money", allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"] == "/login"
     run(tmp_path, body)
 
 
@@ -147,6 +168,10 @@ def test_now_shows_meters_the_house_flow_the_market_and_relays(tmp_path: Path) -
         assert "relay_1</span> disconnected" in html and 'src="/static/live.js"' in html
         async with s.get(base + "now/fragment") as r:
             assert r.status == 200 and "1500 W" in await r.text()
+        async with s.get(base + "devices") as r:
+            alerts = re.search(r'id="alerts">(.*?)</ul>', await r.text(), re.S).group(1)  # type: ignore[union-attr]
+        assert "meter shed is silent (last reading: 60 min ago)" in alerts and "wallet low: 0 sat" in alerts
+        assert "roof" not in alerts and "clock" not in alerts
         async with s.get(base + "static/live.js") as r:
             assert r.status == 200 and "fetch(" in await r.text()
         async with s.get(base + "static/style.css") as r:
@@ -282,9 +307,19 @@ def test_history_plots_energy_and_self_sufficiency_from_stored_readings(tmp_path
             t = T0 - (8 - d) * day
             coord.store.insert_measurement("modbus-pv", "roof", t, 0, 3_000 * d, -500.0, 230.0, {}, "modbus:pv")
             coord.store.insert_measurement("modbus-load", "house", t, 4_000 * d, 0, 700.0, 230.0, {}, "modbus:load")
+        from microgrid.coordinator.market.clearing import clear_interval
+        from microgrid.coordinator.market.orders import make_order
+
+        for k, price in ((3, 90), (2, 150)):  # two cleared intervals in the week
+            start = int(T0) // 900 * 900 - k * day
+            orders = [make_order(KEYS[0], "sell", ZONE, start, 100, price, start + 900, 1, start - 3600, 900),
+                      make_order(KEYS[1], "buy", ZONE, start, 100, price, start + 900, 1, start - 3600, 900)]
+            coord.trading.stats.cleared[start] = clear_interval(orders, ZONE, start, 900, coord.config.market.rules())
         async with s.get(base + "history?span=week") as r:
             html = await r.text()
             assert r.status == 200
+        line = re.search(r'<polyline class="price" points="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+        assert line.split() == ["0.0,40.0", "1000.0,0.0"] and "up to 150 sat/kWh" in html
         rows = re.findall(r"<tr><td>[^<]+UTC</td><td>(\d+)</td><td>(\d+)</td><td>([^<]+)</td></tr>", html)
         assert len(rows) == 7 and ("4000", "3000", "75 %") in rows, rows
         energy = re.search(r'id="energy".*?</svg>', html, re.S).group(0)  # type: ignore[union-attr]
