@@ -34,7 +34,7 @@ from aiohttp import web
 
 from . import data
 from . import prices as price_rules
-from .accounts import HOUSEHOLD, TECHNICIAN, AccountError, Accounts, LoginLimiter
+from .accounts import HOUSEHOLD, TECHNICIAN, AccountError, Accounts, LoginLimiter, Session
 from .settings import WebSettings
 
 log = logging.getLogger("microgrid.web")
@@ -47,6 +47,7 @@ HOUSEHOLD_ONLY = ("/prices", "/money", "/accounts")
 CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SESSION = web.RequestKey("session", Session)  # the gate's session, for the handlers
 
 
 class WebApp:
@@ -179,7 +180,7 @@ class WebApp:
             form = await request.post()
             if not hmac.compare_digest(str(form.get("csrf", "")).encode(), session.csrf.encode()):
                 raise web.HTTPForbidden(text="form expired: reload the page and try again")
-        request["session"] = session
+        request[SESSION] = session
         return await handler(request)
 
     @staticmethod
@@ -203,7 +204,7 @@ class WebApp:
         return text
 
     def render(self, request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
-        session = request.get("session")
+        session = request.get(SESSION)
         body = self.env.get_template(template).render(
             session=session, csrf=session.csrf if session else "", path=request.path, household=HOUSEHOLD, **ctx)
         return web.Response(text=body, content_type="text/html", status=status)
@@ -312,7 +313,7 @@ class WebApp:
         if flat.get("action") == "save":
             table = price_rules.apply(rules, market)
             price_rules.save(self.folder, rules)
-            log.info("prices set in the web app by %s: %s", request["session"].user, table)
+            log.info("prices set in the web app by %s: %s", request[SESSION].user, table)
             return self.render(request, "prices.html", rules=rules, market=market, error="", saved=True,
                                preview=None)
         preview = await asyncio.to_thread(self._preview, market, sell, buy)
@@ -371,7 +372,7 @@ class WebApp:
         if wallet is None or chain is None:
             return await self.money_page(request, status=409, error="no wallet: channels are not enabled")
         form = await request.post()
-        session = request["session"]
+        session = request[SESSION]
         token = str(form.get("confirm_token", ""))
         if token:
             pending = self.pending_withdrawals.pop(token, None)
@@ -447,7 +448,7 @@ class WebApp:
             await asyncio.to_thread(self.accounts.add, name, pw, TECHNICIAN)
         except AccountError as e:
             return await self.devices_page(request, status=400, error=f"account not made: {e}")
-        log.info("technician account %r made in the web app by %s", name, request["session"].user)
+        log.info("technician account %r made in the web app by %s", name, request[SESSION].user)
         return await self.devices_page(request, message=f"technician account {name} made")
 
     async def relay_post(self, request: web.Request) -> web.Response:
@@ -462,7 +463,7 @@ class WebApp:
             return await self.devices_page(request, status=400, error=f"relay {name} not switched: tick the box "
                                                                      "to confirm")
         relay.connect() if want == "connected" else relay.disconnect()
-        log.info("relay %s %s from the web app by %s", name, want, request["session"].user)
+        log.info("relay %s %s from the web app by %s", name, want, request[SESSION].user)
         mqtt = getattr(self.coord, "mqtt", None)
         if mqtt is not None and hasattr(mqtt, "publish_relay"):
             mqtt.publish_relay(name, str(relay.state))
