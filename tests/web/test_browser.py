@@ -54,6 +54,11 @@ def test_a_household_uses_the_app_in_chromium_on_a_phone(tmp_path: Path) -> None
                               "[name=password]": PASSWORD, "[name=password2]": PASSWORD})
                 await b.click_and_wait("#setup", "/")
                 assert "House" in await b.js("document.body.innerText")
+                # Log out and in again, as the household will every day.
+                await b.click_and_wait("form.logout button", "/login")
+                await b.fill({"[name=name]": "home", "[name=password]": PASSWORD})
+                await b.click_and_wait("#login", "/")
+                assert "House" in await b.js("document.body.innerText")
                 # Phone width: nothing wider than the screen.
                 assert await b.js("document.documentElement.scrollWidth") <= 390
                 png = await b.screenshot(shots / "now.png")

@@ -7,6 +7,7 @@ history plots from the readings."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
@@ -23,6 +24,7 @@ from microgrid.coordinator.console import Console
 from microgrid.coordinator.trading.metering import interval_energy
 from microgrid.coordinator.web.accounts import TECHNICIAN
 from microgrid.coordinator.web.data import bucket_energy
+from microgrid.coordinator.web.data import fmt_time as data_when
 
 from ..channels.conftest import FixedClock, fund
 from ..market.helpers import KEYS
@@ -297,6 +299,49 @@ def test_a_withdrawal_is_sent_only_after_its_confirmation(tmp_path: Path) -> Non
                                                          "confirm": "yes"}) as r:
             assert r.status == 400 and "expired" in await r.text()  # one use
         assert len(coord.chain.mempool()) == 1
+    run(tmp_path, body)
+
+
+def test_money_shows_channels_with_partner_paid_and_expiry_and_dues_per_period(tmp_path: Path) -> None:
+    """A neighbour opens a channel to us over CoAP and pays on it; a
+    settled interval's dues are recorded. The Money page and the alerts
+    show them."""
+    import aiocoap
+
+    from microgrid.coordinator.channels.transport import ChannelClient
+    from microgrid.coordinator.store.dues import Due
+
+    from ..channels.conftest import make_node
+
+    async def body(coord: Any, s: aiohttp.ClientSession, base: str) -> None:
+        buyer = make_node(tmp_path, "buyer", coord.chain, coord.clock, funds=500_000)
+        node = coord.channel_lifecycle.node
+        node.admission = dataclasses.replace(node.admission, allowed=frozenset({buyer.public_key}))
+        client = await aiocoap.Context.create_client_context()
+        try:
+            cc = ChannelClient(buyer, client)
+            cid = await cc.open_channel(coord.coap_uri("channel"), 100_000, 7_200)
+            await cc.pay(cid, 1_234)
+        finally:
+            await client.shutdown()
+        me = coord.trading.public_hex
+        coord.trading.dues.record(int(T0) - 3 * 86_400, [Due(buyer.public_key.hex(), me, 300, 40)])
+        coord.trading.dues.record(int(T0) - 3600, [Due(buyer.public_key.hex(), me, 100, 12),
+                                                   Due(me, KEYS[3].public_key.to_hex(), 50, 9)])
+        async with s.get(base + "money") as r:
+            html = await r.text()
+        channels = re.search(r'id="channels">(.*?)</table>', html, re.S).group(1)  # type: ignore[union-attr]
+        assert buyer.public_key.hex()[:16] in channels and "pays us" in channels
+        assert "<td>100000</td><td>1234</td><td>open</td>" in channels
+        expiry = coord.channel_lifecycle.node.payee(cid).terms.refund_locktime
+        assert data_when(expiry) in channels
+        periods = re.search(r'id="periods">(.*?)</table>', html, re.S).group(1)  # type: ignore[union-attr]
+        rows = re.findall(r"<tr><td>Last (\w+)</td>\s*<td>([\d,]+) sat <span class=\"muted\">(\d+) Wh</span></td>\s*"
+                          r"<td>([\d,]+) sat", periods)
+        assert rows == [("day", "12", "100", "9"), ("week", "52", "400", "9"), ("month", "52", "400", "9")], periods
+        async with s.get(base + "devices") as r:
+            alerts = await r.text()
+        assert f"channel {cid.hex()[:16]} with {buyer.public_key.hex()[:16]} closes within 2 h" in alerts
     run(tmp_path, body)
 
 
