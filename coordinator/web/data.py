@@ -113,6 +113,38 @@ def money(coord: Any, now: float) -> dict[str, Any]:
             "reserved_sat": None if wallet is None else wallet.balance(True) - wallet.balance()}
 
 
+def money_buckets(coord: Any, now: float, by: str, utc_offset_s: int = 0) -> list[dict[str, Any]]:
+    """Earned and spent per local day (last 14), week (last 8, from
+    Monday) or calendar month (last 12), newest first, from the dues."""
+    t = coord.trading
+    if t is None:
+        return []
+    local = dt.datetime.fromtimestamp(int(now) + utc_offset_s, dt.timezone.utc).replace(hour=0, minute=0, second=0)
+    starts: list[dt.datetime] = []
+    if by == "day":
+        starts = [local - dt.timedelta(days=i) for i in range(14)]
+    elif by == "week":
+        monday = local - dt.timedelta(days=local.weekday())
+        starts = [monday - dt.timedelta(weeks=i) for i in range(8)]
+    else:
+        first = local.replace(day=1)
+        for _ in range(12):
+            starts.append(first)
+            first = (first - dt.timedelta(days=1)).replace(day=1)
+    edges = [int(s.timestamp()) - utc_offset_s for s in starts]  # newest first
+    out = [{"start": e, "earned_sat": 0, "sold_wh": 0, "spent_sat": 0, "bought_wh": 0} for e in edges]
+    me = t.public_hex
+    for start, payer, payee, wh, sats in t.dues.rows_since(me, edges[-1]):
+        i = next(k for k, e in enumerate(edges) if start >= e)
+        if payee == me:
+            out[i]["earned_sat"] += sats
+            out[i]["sold_wh"] += wh
+        if payer == me:
+            out[i]["spent_sat"] += sats
+            out[i]["bought_wh"] += wh
+    return out
+
+
 def _signed(channel: Any) -> int:
     from ..channels.protocol import signed_amount
 

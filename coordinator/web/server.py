@@ -340,11 +340,17 @@ class WebApp:
         return {"then": then, "would": would, "sell": sell, "buy": buy}
 
     async def money_page(self, request: web.Request, status: int = 200, **extra: Any) -> web.Response:
-        m = data.money(self.coord, self.clock())
+        now = self.clock()
+        m = data.money(self.coord, now)
+        by = request.query.get("by", "day")
+        if by not in ("day", "week", "month"):
+            by = "day"
+        market = self._market()
+        buckets = data.money_buckets(self.coord, now, by, market.utc_offset_s if market is not None else 0)
         qr = segno.make(self.receive_address, error="m").svg_inline(scale=4, dark="#111", light="#fff") \
             if self.receive_address else ""
         ctx: dict[str, Any] = {"money": m, "address": self.receive_address, "qr": qr, "confirm": None,
-                               "message": "", "error": ""}
+                               "message": "", "error": "", "by": by, "buckets": buckets}
         ctx.update(extra)
         return self.render(request, "money.html", status=status, **ctx)
 

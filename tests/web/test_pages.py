@@ -339,6 +339,12 @@ def test_money_shows_channels_with_partner_paid_and_expiry_and_dues_per_period(t
         rows = re.findall(r"<tr><td>Last (\w+)</td>\s*<td>([\d,]+) sat <span class=\"muted\">(\d+) Wh</span></td>\s*"
                           r"<td>([\d,]+) sat", periods)
         assert rows == [("day", "12", "100", "9"), ("week", "52", "400", "9"), ("month", "52", "400", "9")], periods
+        days = re.findall(r"<tr><td>(\d{4}-\d\d-\d\d)</td><td>([\d,]+) sat", re.search(
+            r'id="by">(.*?)</table>', html, re.S).group(1))  # type: ignore[union-attr]
+        assert len(days) == 14 and days[0][1] == "12" and days[3][1] == "40" and {d[1] for d in days[4:]} == {"0"}
+        async with s.get(base + "money?by=month") as r:
+            months = re.findall(r"<tr><td>(\d{4}-\d\d-01)</td><td>([\d,]+) sat", await r.text())
+        assert len(months) == 12 and months[0] == ("2023-11-01", "52")
         async with s.get(base + "devices") as r:
             alerts = await r.text()
         assert f"channel {cid.hex()[:16]} with {buyer.public_key.hex()[:16]} closes within 2 h" in alerts
