@@ -72,11 +72,16 @@ class WebApp:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self.port = settings.port
-        saved = price_rules.load(folder)
         market = getattr(getattr(coord, "config", None), "market", None)
-        if saved is not None and market is not None:
-            price_rules.apply(saved, market)
-            log.info("prices from the web app applied: %s", market.prices)
+        try:
+            saved = price_rules.load(folder)
+            if saved is not None and market is not None:
+                price_rules.apply(saved, market)
+                log.info("prices from the web app applied: %s", market.prices)
+        except price_rules.PriceRuleError as e:
+            # A tariff changed since, or a damaged file: the configured
+            # prices stay, the household is told on the Prices page.
+            log.error("web app prices not applied, [market.prices] stays in force: %s", e)
 
     # -- life cycle -------------------------------------------------------------------
 

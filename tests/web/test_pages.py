@@ -245,6 +245,20 @@ def test_saved_prices_survive_a_restart(tmp_path: Path) -> None:
             await coord.stop()
     asyncio.run(again())
 
+    # Saved rules the tariff no longer allows, or a damaged file: the
+    # coordinator starts with the configured prices and says why.
+    for text in ('{"buy": {"mode": "tariff", "margin": 900}}', "{not json"):
+        (tmp_path / "web" / "prices.json").write_text(text)
+        asyncio.run(again_with_config_prices(tmp_path))
+
+
+async def again_with_config_prices(tmp_path: Path) -> None:
+    coord = await start(tmp_path)
+    try:
+        assert coord.config.market.prices == {"sell": 100}
+    finally:
+        await coord.stop()
+
 
 def test_a_relay_switches_only_when_confirmed_and_the_gpio_follows(tmp_path: Path) -> None:
     async def body(coord: Any, s: aiohttp.ClientSession, base: str) -> None:
