@@ -352,7 +352,7 @@ class WebApp:
             by = "day"
         market = self._market()
         buckets = data.money_buckets(self.coord, now, by, market.utc_offset_s if market is not None else 0)
-        qr = segno.make(self.receive_address, error="m").svg_inline(scale=4, dark="#111", light="#fff") \
+        qr = segno.make(self.receive_address, error="m").svg_inline(scale=4, dark="#111", light="#fff", omitsize=True) \
             if self.receive_address else ""
         ctx: dict[str, Any] = {"money": m, "address": self.receive_address, "qr": qr, "confirm": None,
                                "message": "", "error": "", "by": by, "buckets": buckets}

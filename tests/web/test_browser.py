@@ -94,6 +94,12 @@ def test_a_household_uses_the_app_in_chromium_on_a_phone(tmp_path: Path) -> None
 
                 # Money: a withdrawal is not sent without its confirmation.
                 await b.open(base + "money", "/money")
+                await b.click_and_wait("#new-address", "/money")
+                address = await b.js("document.getElementById('address').innerText")
+                assert address.startswith("1")
+                # The QR code is drawn whole at its size (12rem), square.
+                assert await b.js("(() => { const r = document.querySelector('.qr svg').getBoundingClientRect();"
+                                  " return r.width === r.height && r.width === 192; })()")
                 await b.fill({"[name=address]": "1BoatSLRHtKNngkdXEeobR76b53LETtpyT", "[name=amount]": "20000"})
                 await b.click_and_wait("#withdraw", "/money/withdraw")
                 assert await b.js("document.getElementById('confirm-form') !== null")
