@@ -42,7 +42,6 @@ log = logging.getLogger("microgrid.web")
 HERE = Path(__file__).parent
 SESSION_COOKIE = "mg_session"
 PRE_COOKIE = "mg_pre"
-OPEN_PATHS = ("/login", "/setup", "/static/")
 HOUSEHOLD_ONLY = ("/prices", "/money", "/accounts")
 CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -104,6 +103,7 @@ class WebApp:
         r.add_get("/devices", self.devices_page)
         r.add_post("/relay", self.relay_post)
         r.add_post("/accounts", self.add_account)
+        r.add_get("/favicon.ico", self.favicon)
         r.add_static("/static/", HERE / "static", append_version=False)
         return app
 
@@ -163,7 +163,7 @@ class WebApp:
         path = request.path
         if request.method == "POST" and not self._same_origin(request):
             raise web.HTTPForbidden(text="cross-site request refused")
-        if path.startswith("/static/"):
+        if path.startswith("/static/") or path == "/favicon.ico":
             return await handler(request)
         if self.accounts.needs_setup() and path != "/setup":
             raise web.HTTPSeeOther("/setup")
@@ -223,7 +223,8 @@ class WebApp:
             token = secrets.token_urlsafe(24)
         body = self.env.get_template(template).render(session=None, csrf=token, path=request.path, **ctx)
         resp = web.Response(text=body, content_type="text/html", status=status)
-        resp.set_cookie(PRE_COOKIE, token, httponly=True, samesite="Strict", secure=self.settings.tls, path="/")
+        if token != request.cookies.get(PRE_COOKIE):
+            resp.set_cookie(PRE_COOKIE, token, httponly=True, samesite="Strict", secure=self.settings.tls, path="/")
         return resp
 
     def _login(self, request: web.Request, name: str, role: str) -> web.Response:
@@ -233,6 +234,12 @@ class WebApp:
                         max_age=self.settings.session_s)
         resp.del_cookie(PRE_COOKIE, path="/")
         return resp
+
+    async def favicon(self, request: web.Request) -> web.StreamResponse:
+        """Browsers ask for it on their own; answered here, it never runs
+        into the gate's redirect (which would re-render the login form
+        and its pre-session token behind the household's back)."""
+        return web.FileResponse(HERE / "static" / "icon.svg", headers={"Content-Type": "image/svg+xml"})
 
     # -- set-up and login ----------------------------------------------------------------------
 

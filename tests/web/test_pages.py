@@ -56,6 +56,8 @@ def test_first_run_set_up_takes_the_one_time_code_once_then_login(tmp_path: Path
         assert f"setup_code: {code}" in shown and f"url: {base}" in shown
         async with s.get(base, allow_redirects=False) as r:  # everything leads to set-up
             assert r.status == 303 and r.headers["Location"] == "/setup"
+        async with s.get(base + "favicon.ico", allow_redirects=False) as r:  # but the browser's own fetch
+            assert r.status == 200 and r.headers["Content-Type"] == "image/svg+xml"
         # A POST without the form's token (a cross-site form) is refused.
         async with s.post(base + "setup", data={"code": code, "name": "x", "password": PASSWORD,
                                                 "password2": PASSWORD}) as r:
