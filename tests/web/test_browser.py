@@ -112,4 +112,4 @@ def test_a_household_uses_the_app_in_chromium_on_a_phone(tmp_path: Path) -> None
         finally:
             await coord.stop()
 
-    asyncio.run(asyncio.wait_for(go(), 90))
+    asyncio.run(asyncio.wait_for(go(), 110))
