@@ -166,6 +166,7 @@ class Coordinator:
         self.console_channels: Callable[[], list[dict[str, Any]]] | None = None
         self.updates: Any = None  # coordinator/updates/ when [updates] is enabled
         self.web: Any = None  # coordinator/web/ when [web] is enabled
+        self._relay_watch: asyncio.Task[None] | None = None  # relay states to Home Assistant
         self.console_updates: Callable[[], dict[str, Any]] | None = None
         self.console_market: Callable[[int], list[str]] | None = None
         self.console_server = ConsoleServer(Console(self), config.console_socket())
@@ -406,7 +407,7 @@ class Coordinator:
             mqtt = self.mqtt
             name_of = meter_names(self.store)
             if self.relays:
-                relays_to_home_assistant(mqtt, self.relays, asyncio.get_running_loop())
+                self._relay_watch = relays_to_home_assistant(mqtt, self.relays, asyncio.get_running_loop())
 
             def publish(r: Any) -> None:
                 mqtt.publish_meter({"device_id": r.device, "name": name_of(r.device), "t": r.t,
@@ -482,7 +483,7 @@ class Coordinator:
             self._membership_task = None
         if self.membership_sync is not None:
             self.membership_sync.stop()
-        for task in (self._retention_task, self._log_report_task):
+        for task in (self._retention_task, self._log_report_task, self._relay_watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -28,16 +28,32 @@ def meter_names(store: Any) -> Callable[[str], str]:
     return name
 
 
-def relays_to_home_assistant(mqtt: Any, relays: Mapping[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+def relays_to_home_assistant(mqtt: Any, relays: Mapping[str, Any], loop: asyncio.AbstractEventLoop,
+                             every_s: float = 1.0) -> asyncio.Task[None]:
     """Each relay a switch; a command switches it on the loop's thread and
-    publishes the state it is in afterwards."""
+    publishes the state it is in afterwards. Returns the task that also
+    publishes changes made elsewhere (the seller's credit cut-off, the web
+    app, the console): cancel it at stop."""
+    published: dict[str, str] = {}
+
+    def publish(name: str) -> None:
+        state = str(relays[name].state)
+        if published.get(name) != state:
+            published[name] = state
+            mqtt.publish_relay(name, state)
 
     def switch(name: str, on: bool) -> None:
         relay = relays[name]
         relay.connect() if on else relay.disconnect()
         log.info("relay %s %s from Home Assistant", name, relay.state)
-        mqtt.publish_relay(name, relay.state)
+        publish(name)
 
     mqtt.set_relays(list(relays), lambda name, on: loop.call_soon_threadsafe(switch, name, on))
-    for name, relay in relays.items():
-        mqtt.publish_relay(name, relay.state)
+
+    async def watch() -> None:
+        while True:
+            for name in relays:
+                publish(name)
+            await asyncio.sleep(every_s)
+
+    return loop.create_task(watch())

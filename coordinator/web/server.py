@@ -482,9 +482,6 @@ class WebApp:
                                                                      "to confirm")
         relay.connect() if want == "connected" else relay.disconnect()
         log.info("relay %s %s from the web app by %s", name, want, request[SESSION].user)
-        mqtt = getattr(self.coord, "mqtt", None)
-        if mqtt is not None and hasattr(mqtt, "publish_relay"):
-            mqtt.publish_relay(name, str(relay.state))
         return await self.devices_page(request, message=f"relay {name}: {relay.state}")
 
 

@@ -79,6 +79,11 @@ def test_relays_switch_from_home_assistant_and_meters_follow_registration_and_he
             assert str(relay.state) == "connected"
             sub.client.publish(switch["command_topic"], b"off", qos=1)
             await until(lambda: levels[relay.pin] == off_level, "the GPIO switched back")
+            await until(lambda: sub.on("microgrid/cab7/relay/relay_1/state")[-1:] == [b"OFF"], "state OFF")
+            # Switched elsewhere (the seller's cut-off, the console): HA sees it.
+            relay.connect()
+            await until(lambda: sub.on("microgrid/cab7/relay/relay_1/state")[-1:] == [b"ON"], "state followed")
+            relay.disconnect()
 
             # A meter registered while running is named as registered.
             pub = secp256k1.public_key(SECRET)
