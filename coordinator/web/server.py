@@ -306,8 +306,15 @@ class WebApp:
 
     async def prices_page(self, request: web.Request) -> web.Response:
         market = self._market()
-        rules = price_rules.load(self.folder) or (price_rules.current(market) if market else price_rules.PriceRules())
-        return self.render(request, "prices.html", rules=rules, market=market, error="", saved=False, preview=None)
+        error = ""
+        try:
+            rules = price_rules.load(self.folder)
+            if rules is not None and market is not None:
+                price_rules.limits(rules, market)
+        except price_rules.PriceRuleError as e:
+            rules, error = None, f"your saved prices are not in force ({e}): the configured ones are; save new ones"
+        rules = rules or (price_rules.current(market) if market else price_rules.PriceRules())
+        return self.render(request, "prices.html", rules=rules, market=market, error=error, saved=False, preview=None)
 
     async def prices_post(self, request: web.Request) -> web.Response:
         market = self._market()

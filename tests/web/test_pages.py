@@ -258,6 +258,13 @@ async def again_with_config_prices(tmp_path: Path) -> None:
     coord = await start(tmp_path)
     try:
         assert coord.config.market.prices == {"sell": 100}
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+            async with await log_in(s, coord.web.url) as r:
+                assert r.status == 303
+            async with s.get(coord.web.url + "prices") as r:
+                html = await r.text()
+                assert r.status == 200 and "your saved prices are not in force" in html
+                assert 'id="sell_price" inputmode="numeric" value="100"' in html
     finally:
         await coord.stop()
 
