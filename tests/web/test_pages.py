@@ -462,3 +462,37 @@ def test_https_with_the_appliance_certificate_and_its_fingerprint(tmp_path: Path
 
 
 __all__ = ["csrf_of"]
+
+
+def test_every_page_renders_on_a_coordinator_without_market_or_wallet(tmp_path: Path) -> None:
+    """Web and relays only (no market, channels or wallet): each page says
+    what is missing instead of failing."""
+    from microgrid.coordinator.app import Coordinator
+    from microgrid.coordinator.config import from_dict
+
+    from ..conftest import free_udp_port
+
+    async def go() -> None:
+        coord = Coordinator(from_dict({
+            "coap": {"port": free_udp_port()}, "store": {"path": str(tmp_path / "c.db")},
+            "console": {"socket": str(tmp_path / "console.sock")},
+            "web": {"enabled": True, "port": 0, "tls": False}}))
+        await coord.start()
+        try:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+                base = coord.web.url
+                async with await set_up(s, base, coord.web.accounts.setup_code()) as r:
+                    assert r.status == 303
+                for path in ("", "now/fragment", "prices", "money", "money?by=month", "history?span=day",
+                             "history?span=month", "devices"):
+                    async with s.get(base + path) as r:
+                        assert r.status == 200, (path, r.status, (await r.text())[:300])
+                token = await page_csrf(s, base, "money")
+                async with s.post(base + "money/withdraw", data={"csrf": token, "address": "x", "amount": "1"}) as r:
+                    assert r.status == 409 and "no wallet" in await r.text()
+                async with s.post(base + "prices", data={"csrf": token, "action": "preview", "sell_mode": "fixed",
+                                                         "sell_price": "100"}) as r:
+                    assert r.status == 200 and 'id="preview-table"' in await r.text()
+        finally:
+            await coord.stop()
+    asyncio.run(go())
