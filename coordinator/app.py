@@ -167,6 +167,8 @@ class Coordinator:
         self.console_orders: Callable[[], list[dict[str, Any]]] | None = None
         self.console_channels: Callable[[], list[dict[str, Any]]] | None = None
         self.updates: Any = None  # coordinator/updates/ when [updates] is enabled
+        self.web: Any = None  # coordinator/web/ when [web] is enabled
+        self._relay_watch: asyncio.Task[None] | None = None  # relay states to Home Assistant
         self.console_updates: Callable[[], dict[str, Any]] | None = None
         self.console_market: Callable[[int], list[str]] | None = None
         self.console_server = ConsoleServer(Console(self), config.console_socket())
@@ -336,7 +338,9 @@ class Coordinator:
                 mqtt, trader = self.mqtt, self.trading
 
                 def on_settled(settlement: Any) -> None:
-                    mqtt.publish_market(report(settlement))
+                    summary = report(settlement)
+                    summary["ours"] = summary["participants"].get(trader.public_hex, {})  # HA's earnings sensors
+                    mqtt.publish_market(summary)
                     mqtt.publish_channels(trader.channel_summary())
 
                 self.trading.on_settled = on_settled
@@ -361,6 +365,11 @@ class Coordinator:
         self._retention_task = asyncio.ensure_future(self._retention_loop())
         self._log_report_task = asyncio.ensure_future(report_suppressed_every())
         await self.console_server.start()
+        if self.config.web.enabled:
+            from .web.server import WebApp
+
+            self.web = WebApp(self, self.config.web, self.config.resolve(self.config.web.state_dir))
+            await self.web.start()
         self.notifier.start()  # READY=1, then WATCHDOG=1 from the event loop (service/notify.py)
         log.info("coordinator listening on coap://%s:%d (%s; database %s)", c.host, c.port,
                  ", ".join(c.transports), self.config.store.path)
@@ -401,11 +410,15 @@ class Coordinator:
 
             self.mqtt = MqttPublisher(cfg.mqtt, clock=self.clock.now)
             self.mqtt.start()
+            from .telemetry.wiring import meter_names, relays_to_home_assistant
+
             mqtt = self.mqtt
-            names = {d.device_id: d.name for d in self.store.devices()}
+            name_of = meter_names(self.store)
+            if self.relays:
+                self._relay_watch = relays_to_home_assistant(mqtt, self.relays, asyncio.get_running_loop())
 
             def publish(r: Any) -> None:
-                mqtt.publish_meter({"device_id": r.device, "name": names.get(r.device, r.device), "t": r.t,
+                mqtt.publish_meter({"device_id": r.device, "name": name_of(r.device), "t": r.t,
                                     "import_wh": r.import_wh, "export_wh": r.export_wh, "power_w": r.power_w,
                                     "voltage_v": r.voltage_v, "current_a": r.extra.get("current"),
                                     "frequency_hz": r.extra.get("frequency"), "source": "coap"})
@@ -414,7 +427,12 @@ class Coordinator:
         if cfg.modbus.enabled:
             from .devices.modbus import ModbusPoller
 
-            self.modbus = ModbusPoller(cfg.modbus, self._on_wired_measurement, clock=self.clock.now)
+            mq = self.mqtt
+            if mq is not None:
+                mq.polled.update({d.name: d.interval_s for d in cfg.modbus.device_settings()})
+            self.modbus = ModbusPoller(cfg.modbus, self._on_wired_measurement, clock=self.clock.now,
+                                       on_status=None if mq is None else lambda st: mq.set_meter_available(st.name,
+                                                                                                           st.ok))
             self._modbus_task = asyncio.ensure_future(self.modbus.run())
 
     async def refresh_network_limits(self) -> None:
@@ -486,6 +504,8 @@ class Coordinator:
 
     async def stop(self) -> None:
         await self.notifier.stop()
+        if self.web is not None:
+            await self.web.stop()
         await self.stop_trading()
         if self.updates is not None:
             await self.updates.stop()
@@ -501,7 +521,7 @@ class Coordinator:
             self._membership_task = None
         if self.membership_sync is not None:
             self.membership_sync.stop()
-        for task in (self._retention_task, self._log_report_task):
+        for task in (self._retention_task, self._log_report_task, self._relay_watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -28,6 +28,7 @@ from .secrets import redact_url
 from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
 from .updates.settings import UpdatesSettings
+from .web.settings import WebSettings
 
 
 # A channel's shortest useful life before its close margin
@@ -337,6 +338,7 @@ class Config:
     link: LinkSettings = field(default_factory=LinkSettings)
     updates: UpdatesSettings = field(default_factory=UpdatesSettings)
     grid: GridSettings = field(default_factory=GridSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:

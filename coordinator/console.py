@@ -76,6 +76,7 @@ class Console:
             "relay": (self.cmd_relay, "relay [NAME on|off]     show relays, or switch one"),
             "log": (self.cmd_log, "log [N]                 last N log lines (default 20)"),
             "config": (self.cmd_config, "config                  the running configuration"),
+            "web": (self.cmd_web, "web                     the web app: address, certificate fingerprint, set-up code"),
         }
 
     def handle(self, line: str) -> str:
@@ -172,6 +173,15 @@ class Console:
         self._no_args("peers", args)
         rows = self._subsystem("console_peers", "the overlay")()
         return _table([list(r.values()) for r in rows], list(rows[0].keys())) if rows else "no peers"
+
+    def cmd_web(self, args: list[str]) -> str:
+        """Where the household's web app is, the fingerprint its browser
+        should show, and the one-time set-up code until an account exists."""
+        self._no_args("web", args)
+        web = getattr(self.target, "web", None)
+        if web is None:
+            raise CommandError("the web app is off: set [web] enabled = true")
+        return "\n".join(f"{k}: {v}" for k, v in web.status().items())
 
     def cmd_updates(self, args: list[str]) -> str:
         self._no_args("updates", args)

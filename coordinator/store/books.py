@@ -70,3 +70,12 @@ class BookStore:
         row = self.db.execute("SELECT settled FROM cleared_books WHERE zone = ? AND interval_start = ?",
                               [zone, interval_start]).fetchone()
         return None if row is None else bool(row[0])
+
+    def since(self, zone: str, since: int) -> list[StoredBook]:
+        """Every kept book of `zone` from intervals starting at or after
+        `since`, settled or not, oldest first (the web app's price preview)."""
+        rows = self.db.execute(
+            "SELECT zone, interval_start, interval_s, book_hash, orders FROM cleared_books "
+            "WHERE zone = ? AND interval_start >= ? ORDER BY interval_start", [zone, since])
+        return [StoredBook(z, int(start), int(step), bytes(h), [bytes(o) for o in cbor2.loads(orders)])
+                for z, start, step, h, orders in rows.fetchall()]

@@ -72,3 +72,19 @@ class DuesStore:
 
     def intervals(self) -> list[int]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT interval_start FROM p2p_dues ORDER BY 1").fetchall()]
+
+    def totals_since(self, who: str, since: int) -> tuple[int, int, int, int]:
+        """(earned sat, sold Wh, spent sat, bought Wh) of `who` over the
+        intervals starting at or after `since` (the web app's Money page)."""
+        earned = self.db.execute("SELECT COALESCE(SUM(sats), 0), COALESCE(SUM(wh), 0) FROM p2p_dues "
+                                 "WHERE payee = ? AND interval_start >= ?", [who, since]).fetchone()
+        spent = self.db.execute("SELECT COALESCE(SUM(sats), 0), COALESCE(SUM(wh), 0) FROM p2p_dues "
+                                "WHERE payer = ? AND interval_start >= ?", [who, since]).fetchone()
+        return int(earned[0]), int(earned[1]), int(spent[0]), int(spent[1])
+
+    def rows_since(self, who: str, since: int) -> list[tuple[int, str, str, int, int]]:
+        """(interval start, payer, payee, Wh, sat) of every due of `who`
+        from intervals starting at or after `since`, oldest first."""
+        return [(int(r[0]), r[1], r[2], int(r[3]), int(r[4])) for r in self.db.execute(
+            "SELECT interval_start, payer, payee, wh, sats FROM p2p_dues WHERE (payer = ? OR payee = ?) "
+            "AND interval_start >= ? ORDER BY interval_start", [who, who, since]).fetchall()]

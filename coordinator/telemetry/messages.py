@@ -7,12 +7,20 @@ coordinator's id):
     <prefix>/<node>/status                 "online" / "offline" (retained; the last will)
     <prefix>/<node>/meter/<meter>/state    JSON object, one per reading (retained)
     <prefix>/<node>/meter/<meter>/senml    the same reading as a SenML JSON pack (RFC 8428)
+    <prefix>/<node>/meter/<meter>/availability  "online" / "offline" (retained): a wired meter
+                                           that stops answering is offline; every meter's
+                                           entities need both this and the coordinator's status
+    <prefix>/<node>/relay/<relay>/state    "ON" / "OFF" (retained): connected / disconnected
+    <prefix>/<node>/relay/<relay>/set      "ON" / "OFF" from Home Assistant: switch the relay
     <prefix>/<node>/market                 JSON: the latest market summary (retained)
     <prefix>/<node>/channels               JSON: the latest channel summary (retained), after
                                            each settlement: every channel (role, peer, state,
                                            capacity, paid), what we owe and have signed to each
                                            seller, buyers behind, the export relay
     <discovery>/sensor/<node>/<meter>_<quantity>/config   Home Assistant discovery (retained)
+    <discovery>/switch/<node>/relay_<relay>/config        a relay as a switch
+    <discovery>/sensor/<node>/<market or channel key>/config  price, earnings, channel balance,
+                                           self-sufficiency, on the coordinator's device
 
 A meter's state object:
 
@@ -107,8 +115,27 @@ class Topics:
     def channels(self) -> str:
         return f"{self.base}/channels"
 
+    def meter_availability(self, meter: str) -> str:
+        return f"{self.base}/meter/{safe_id(meter)}/availability"
+
+    def relay_state(self, relay: str) -> str:
+        return f"{self.base}/relay/{safe_id(relay)}/state"
+
+    def relay_command(self, relay: str) -> str:
+        return f"{self.base}/relay/{safe_id(relay)}/set"
+
+    def relay_from_command(self, topic: str) -> str | None:
+        """The relay id a command topic names, or None for another topic."""
+        head, tail = f"{self.base}/relay/", "/set"
+        if topic.startswith(head) and topic.endswith(tail) and "/" not in topic[len(head):-len(tail)]:
+            return topic[len(head):-len(tail)]
+        return None
+
     def discovery(self, meter: str, quantity: str) -> str:
         return f"{self.discovery_prefix}/sensor/{self.node}/{safe_id(meter)}_{quantity}/config"
+
+    def discovery_of(self, component: str, object_id: str) -> str:
+        return f"{self.discovery_prefix}/{component}/{self.node}/{safe_id(object_id)}/config"
 
     @property
     def ha_status(self) -> str:
@@ -167,7 +194,8 @@ def summary_payload(kind: str, summary: Any, t: float) -> bytes:
 
 def discovery_configs(topics: Topics, state: MeterState, sw_version: str, expire_after_s: int = 0) -> list[tuple[str, bytes]]:
     """Home Assistant MQTT discovery: one sensor per quantity the meter
-    reports, all on one HA device (the meter), reached via the coordinator."""
+    reports, all on one HA device (the meter), reached via the coordinator.
+    Available while both the coordinator and the meter are."""
     meter_id = safe_id(state.meter)
     node = topics.node
     device = {
@@ -186,7 +214,8 @@ def discovery_configs(topics: Topics, state: MeterState, sw_version: str, expire
             "value_template": f"{{{{ value_json.{key} }}}}",
             "device_class": device_class,
             "state_class": state_class,
-            "availability_topic": topics.availability,
+            "availability": [{"topic": topics.availability}, {"topic": topics.meter_availability(state.meter)}],
+            "availability_mode": "all",
             "payload_available": ONLINE,
             "payload_not_available": OFFLINE,
             "device": device,
@@ -216,3 +245,81 @@ def coordinator_discovery(topics: Topics, sw_version: str) -> tuple[str, bytes]:
         "origin": {"name": "microgrid", "sw_version": sw_version},
     }
     return f"{topics.discovery_prefix}/binary_sensor/{node}/coordinator_online/config", _dump(config)
+
+
+RELAY_ON, RELAY_OFF = "ON", "OFF"
+
+
+def relay_payload(state: str) -> bytes:
+    """A relay's state ("connected"/"disconnected") as the switch's payload."""
+    return (RELAY_ON if str(state) == "connected" else RELAY_OFF).encode()
+
+
+def _coordinator_device(topics: Topics) -> dict[str, Any]:
+    # Only the identifiers: coordinator_discovery describes the device.
+    return {"identifiers": [f"microgrid_{topics.node}"]}
+
+
+def relay_discovery(topics: Topics, relay: str, sw_version: str) -> tuple[str, bytes]:
+    """A relay as a Home Assistant switch on the coordinator's device:
+    ON = connected; commands on the relay's /set topic."""
+    node = topics.node
+    config = {
+        "name": f"Relay {relay}",
+        "unique_id": f"microgrid_{node}_relay_{safe_id(relay)}",
+        "command_topic": topics.relay_command(relay),
+        "state_topic": topics.relay_state(relay),
+        "payload_on": RELAY_ON, "payload_off": RELAY_OFF, "state_on": RELAY_ON, "state_off": RELAY_OFF,
+        "optimistic": False,
+        "availability_topic": topics.availability,
+        "payload_available": ONLINE, "payload_not_available": OFFLINE,
+        "device": _coordinator_device(topics),
+        "origin": {"name": "microgrid", "sw_version": sw_version},
+    }
+    return topics.discovery_of("switch", f"relay_{relay}"), _dump(config)
+
+
+# (object id, topic attribute, name, value template, unit, state class)
+SUMMARY_SENSORS: tuple[tuple[str, str, str, str, str, str], ...] = (
+    ("market_price", "market", "Clearing price", "{{ value_json.clearing_price_sat_per_kwh }}", "sat/kWh",
+     "measurement"),
+    ("market_earned", "market", "Earned last interval", "{{ value_json.ours.earned_sat | default(0) }}", "sat",
+     "measurement"),
+    ("market_paid", "market", "Paid last interval", "{{ value_json.ours.paid_sat | default(0) }}", "sat",
+     "measurement"),
+    ("market_self_sufficiency", "market", "Zone self-sufficiency",
+     "{{ (value_json.self_sufficiency_ppm / 10000) | round(1) }}", "%", "measurement"),
+    ("channels_open", "channels", "Channels open", "{{ value_json.open }}", "", "measurement"),
+    ("channels_to_spend", "channels", "Channel balance to spend", "{{ value_json.to_spend_sat }}", "sat",
+     "measurement"),
+    ("channels_received", "channels", "Received on channels", "{{ value_json.received_sat }}", "sat",
+     "measurement"),
+)
+
+
+def summary_discovery(topics: Topics, sw_version: str) -> list[tuple[str, bytes]]:
+    """Sensors for the market and channel summaries, on the coordinator's
+    device (no HA device class: satoshis are no currency HA knows)."""
+    node = topics.node
+    out = []
+    for object_id, kind, name, template, unit, state_class in SUMMARY_SENSORS:
+        config: dict[str, Any] = {
+            "name": name, "unique_id": f"microgrid_{node}_{object_id}",
+            "state_topic": getattr(topics, kind), "value_template": template, "state_class": state_class,
+            "availability_topic": topics.availability, "payload_available": ONLINE,
+            "payload_not_available": OFFLINE, "device": _coordinator_device(topics),
+            "origin": {"name": "microgrid", "sw_version": sw_version},
+        }
+        if unit:
+            config["unit_of_measurement"] = unit
+        out.append((topics.discovery_of("sensor", object_id), _dump(config)))
+    return out
+
+
+def channel_totals(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The channel summary with what its sensors read: what is left to pay
+    on our open paying channels, and what our open receiving ones hold."""
+    rows = [r for r in summary.get("channels", ()) if isinstance(r, Mapping) and r.get("state") == "open"]
+    to_spend = sum(int(r.get("capacity_sat", 0)) - int(r.get("paid_sat", 0)) for r in rows if r.get("role") == "payer")
+    received = sum(int(r.get("paid_sat", 0)) for r in rows if r.get("role") == "payee")
+    return {**summary, "to_spend_sat": to_spend, "received_sat": received}

@@ -15,6 +15,15 @@ announces "online" (retained; the broker publishes the retained "offline"
 will if we vanish), re-sends discovery (a broker without persistence
 forgets retained configs) and flushes the queue. When Home Assistant
 announces itself on `<discovery>/status`, discovery is re-sent.
+
+Home Assistant sees relays as switches: `set_relays` names them and the
+function that switches one; a command on a relay's /set topic calls it
+(from paho's thread: the caller hands it to its event loop) and the app
+answers with `publish_relay`. A meter's entities need the coordinator and
+the meter available: `set_meter_available` marks a wired meter that stops
+answering offline, and a polled meter's sensors expire after three poll
+intervals without a value (`polled`). A meter's discovery is sent again
+when its name changes (registered while running).
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Iterable, Mapping
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -82,6 +92,11 @@ class MqttPublisher:
         self._last_error = ""
         self._meters: dict[str, MeterState] = {}  # for discovery: every meter seen
         self._discovered: dict[str, tuple[str, ...]] = {}
+        self._available: dict[str, bool] = {}  # meter -> last availability published
+        self._relays: dict[str, str] = {}  # relay id in topics -> relay name
+        self._on_relay_command: Callable[[str, bool], None] | None = None
+        # Wired meters' poll intervals (s): their sensors expire after three.
+        self.polled: dict[str, float] = {}
         self._started = False
         self._stopping = False
 
@@ -151,12 +166,16 @@ class MqttPublisher:
         state = MeterState.of(reading)
         with self._lock:
             self._meters[state.meter] = state
+            first = state.meter not in self._available
+            if first:
+                self._available[state.meter] = True
+        if first:
+            self._enqueue(Outgoing(self.topics.meter_availability(state.meter), messages.ONLINE.encode(), True))
         if self.settings.discovery:
-            quantities = tuple(q[0] for q in messages.present(state))
-            if self._discovered.get(state.meter) != quantities:
-                self._discovered[state.meter] = quantities
-                for topic, payload in messages.discovery_configs(self.topics, state, self.sw_version,
-                                                                 self.settings.expire_after_s):
+            key = (state.name or state.meter,) + tuple(q[0] for q in messages.present(state))
+            if self._discovered.get(state.meter) != key:
+                self._discovered[state.meter] = key
+                for topic, payload in self._meter_discovery(state):
                     self._enqueue(Outgoing(topic, payload, True))
         self._enqueue(Outgoing(self.topics.meter_state(state.meter), messages.state_payload(state), True))
         self._enqueue(Outgoing(self.topics.meter_senml(state.meter), messages.senml_payload(state), False))
@@ -167,13 +186,60 @@ class MqttPublisher:
         self._pump()
 
     def publish_channels(self, summary: Any) -> None:
+        if isinstance(summary, Mapping):
+            summary = messages.channel_totals(summary)
         self._enqueue(Outgoing(self.topics.channels, messages.summary_payload("channels", summary, self.clock()), True))
+        self._pump()
+
+    def set_meter_available(self, meter: str, available: bool) -> None:
+        """A meter answering again or not (a wired meter's polls): its
+        entities show unavailable while it is not. Sent on change only."""
+        with self._lock:
+            if self._available.get(meter) == available:
+                return
+            self._available[meter] = available
+        payload = messages.ONLINE if available else messages.OFFLINE
+        self._enqueue(Outgoing(self.topics.meter_availability(meter), payload.encode(), True))
+        self._pump()
+
+    def set_relays(self, names: Iterable[str], on_command: Callable[[str, bool], None]) -> None:
+        """Relays Home Assistant may switch: `on_command(name, on)` is
+        called from paho's network thread for each valid command."""
+        with self._lock:
+            self._relays = {messages.safe_id(n): n for n in names}
+            self._on_relay_command = on_command
+            connected = self._connected
+        if connected:
+            for msg in self._relay_setup():
+                self._enqueue(msg)
+            self._subscribe_relays()
+            self._pump()
+
+    def publish_relay(self, name: str, state: Any) -> None:
+        self._enqueue(Outgoing(self.topics.relay_state(name), messages.relay_payload(str(state)), True))
         self._pump()
 
     def stats(self) -> PublisherStats:
         with self._lock:
             return PublisherStats(self._connected, len(self._queue), len(self._unacked) + self._sending, self._dropped,
                                   self._acked, self._connects, self._last_error)
+
+    def _meter_discovery(self, state: MeterState) -> list[tuple[str, bytes]]:
+        expire = self.settings.expire_after_s
+        interval = self.polled.get(state.meter)
+        if interval:
+            expire = max(expire, math.ceil(3 * interval))
+        return messages.discovery_configs(self.topics, state, self.sw_version, expire)
+
+    def _relay_setup(self) -> list[Outgoing]:
+        if not self.settings.discovery:
+            return []
+        return [Outgoing(*messages.relay_discovery(self.topics, name, self.sw_version), True)
+                for name in self._relays.values()]
+
+    def _subscribe_relays(self) -> None:
+        for name in self._relays.values():
+            self.client.subscribe(self.topics.relay_command(name), qos=1)
 
     # -- the queue ------------------------------------------------------------------
 
@@ -230,15 +296,20 @@ class MqttPublisher:
             self._connected = True
             self._connects += 1
             meters = list(self._meters.values())
+            available = dict(self._available)
         log.info("mqtt: connected to %s:%d", self.settings.host, self.settings.port)
         # First "online", then discovery, then whatever waited.
         first: list[Outgoing] = [Outgoing(self.topics.availability, messages.ONLINE.encode(), True)]
+        first += [Outgoing(self.topics.meter_availability(m), (messages.ONLINE if ok else messages.OFFLINE).encode(),
+                           True) for m, ok in available.items()]
         if self.settings.discovery:
             first.append(Outgoing(*messages.coordinator_discovery(self.topics, self.sw_version), True))
+            first += [Outgoing(t, p, True) for t, p in messages.summary_discovery(self.topics, self.sw_version)]
+            first += self._relay_setup()
             for state in meters:
-                first += [Outgoing(t, p, True) for t, p in
-                          messages.discovery_configs(self.topics, state, self.sw_version, self.settings.expire_after_s)]
+                first += [Outgoing(t, p, True) for t, p in self._meter_discovery(state)]
             client.subscribe(self.topics.ha_status, qos=1)
+        self._subscribe_relays()
         for msg in reversed(first):
             self._enqueue(msg, front=True)
         # paho resends the messages it still holds (handed over, never
@@ -271,11 +342,34 @@ class MqttPublisher:
         self._pump()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        relay_id = self.topics.relay_from_command(msg.topic)
+        if relay_id is not None:
+            self._relay_command(relay_id, bytes(msg.payload))
+            return
         if msg.topic == self.topics.ha_status and msg.payload == messages.ONLINE.encode():
             with self._lock:
                 meters = list(self._meters.values())
+            for topic, payload in messages.summary_discovery(self.topics, self.sw_version):
+                self._enqueue(Outgoing(topic, payload, True))
+            for out in self._relay_setup():
+                self._enqueue(out)
             for state in meters:
-                for topic, payload in messages.discovery_configs(self.topics, state, self.sw_version,
-                                                                 self.settings.expire_after_s):
+                for topic, payload in self._meter_discovery(state):
                     self._enqueue(Outgoing(topic, payload, True))
             self._pump()
+
+    def _relay_command(self, relay_id: str, payload: bytes) -> None:
+        """ON or OFF for a configured relay; anything else is logged and
+        ignored (the broker is not trusted to name relays or states)."""
+        with self._lock:
+            name = self._relays.get(relay_id)
+            handler = self._on_relay_command
+        text = payload.decode("utf-8", "replace").strip().upper()
+        if name is None or handler is None or text not in (messages.RELAY_ON, messages.RELAY_OFF):
+            log.warning("mqtt: ignored relay command %r for %r (expected ON or OFF for one of %s)", text[:16],
+                        relay_id[:32], ", ".join(self._relays) or "no relays")
+            return
+        try:
+            handler(name, text == messages.RELAY_ON)
+        except Exception:  # noqa: BLE001 - paho's thread must go on
+            log.exception("mqtt: switching relay %s failed", name)

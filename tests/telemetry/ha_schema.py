@@ -38,6 +38,14 @@ SENSOR_KEYS = {
 BINARY_SENSOR_KEYS = SENSOR_KEYS - {"state_class", "unit_of_measurement", "suggested_display_precision"} | {
     "payload_on", "payload_off", "off_delay"}
 BINARY_DEVICE_CLASSES = {"connectivity", "problem", "power", "running", "plug"}
+# The MQTT switch platform (homeassistant/components/mqtt/switch.py).
+SWITCH_KEYS = {
+    "name", "unique_id", "command_topic", "state_topic", "value_template", "payload_on", "payload_off", "state_on",
+    "state_off", "optimistic", "retain", "qos", "availability_topic", "payload_available", "payload_not_available",
+    "availability", "availability_mode", "device", "origin", "device_class", "icon", "enabled_by_default",
+    "entity_category", "json_attributes_topic", "json_attributes_template", "default_entity_id",
+}
+SWITCH_DEVICE_CLASSES = {None, "outlet", "switch"}
 DEVICE_KEYS = {"identifiers", "connections", "name", "manufacturer", "model", "model_id", "sw_version", "hw_version",
                "serial_number", "suggested_area", "via_device", "configuration_url"}
 
@@ -50,10 +58,21 @@ def problems(topic: str, config: Any) -> list[str]:
     component = m.group("component")
     if not isinstance(config, dict):
         return [f"{topic}: config is not a JSON object"]
-    allowed = SENSOR_KEYS if component == "sensor" else BINARY_SENSOR_KEYS
+    allowed = {"sensor": SENSOR_KEYS, "switch": SWITCH_KEYS}.get(component, BINARY_SENSOR_KEYS)
     for key in config:
         if key not in allowed:
             out.append(f"{topic}: unknown key {key!r}")
+    if "availability" in config:
+        av = config["availability"]
+        if "availability_topic" in config:
+            out.append(f"{topic}: availability and availability_topic are mutually exclusive")
+        if not (isinstance(av, list) and av and all(isinstance(a, dict) and isinstance(a.get("topic"), str)
+                                                    and set(a) <= {"topic", "payload_available",
+                                                                   "payload_not_available", "value_template"}
+                                                    for a in av)):
+            out.append(f"{topic}: availability must be a list of {{topic: ...}}")
+        if config.get("availability_mode", "latest") not in ("all", "any", "latest"):
+            out.append(f"{topic}: availability_mode must be all, any or latest")
     state_topic = config.get("state_topic")
     if not isinstance(state_topic, str) or any(c in state_topic for c in "#+"):
         out.append(f"{topic}: state_topic must be a topic without wildcards")
@@ -61,7 +80,14 @@ def problems(topic: str, config: Any) -> list[str]:
     if not isinstance(uid, str) or not uid:
         out.append(f"{topic}: unique_id is required for discovery (devices need it)")
     dc = config.get("device_class")
-    if component == "sensor":
+    if component == "sensor" and dc is None:
+        # No device class: any unit, and a numeric state needs a state class.
+        if config.get("state_class") not in (None, "measurement", "total", "total_increasing"):
+            out.append(f"{topic}: state_class {config.get('state_class')!r} is not valid")
+        tpl = config.get("value_template", "")
+        if not (isinstance(tpl, str) and tpl.startswith("{{") and tpl.endswith("}}")):
+            out.append(f"{topic}: value_template must be a template")
+    elif component == "sensor":
         if dc not in UNITS:
             out.append(f"{topic}: device_class {dc!r} is not one we expect")
         else:
@@ -75,8 +101,14 @@ def problems(topic: str, config: Any) -> list[str]:
     elif component == "binary_sensor":
         if dc not in BINARY_DEVICE_CLASSES:
             out.append(f"{topic}: binary_sensor device_class {dc!r} is not valid")
+    elif component == "switch":
+        if dc not in SWITCH_DEVICE_CLASSES:
+            out.append(f"{topic}: switch device_class {dc!r} is not valid")
+        cmd = config.get("command_topic")
+        if not isinstance(cmd, str) or any(c in cmd for c in "#+"):
+            out.append(f"{topic}: a switch needs a command_topic without wildcards")
     else:
-        out.append(f"{topic}: component {component!r} is not sensor or binary_sensor")
+        out.append(f"{topic}: component {component!r} is not sensor, binary_sensor or switch")
     device = config.get("device")
     if not isinstance(device, dict) or not (device.get("identifiers") or device.get("connections")):
         out.append(f"{topic}: device needs identifiers or connections")

@@ -96,7 +96,7 @@ def test_discovery_configs_and_states_validate_and_arrive(broker: Broker) -> Non
                            "power_w": 12.5, "voltage_v": 230.0, "source": "coap"})
         assert pub.wait_idle(10)
         wait_for(lambda: len(sub.on("microgrid/cab7/meter/house/state")) == 1, what="state")
-        wait_for(lambda: len({t for t, _ in sub.matching(lambda t: t.endswith("/config"))}) == 7 + 4 + 1,
+        wait_for(lambda: len({t for t, _ in sub.matching(lambda t: t.endswith("/config"))}) == 7 + 4 + 1 + len(messages.SUMMARY_SENSORS),
                  what="discovery configs")
     finally:
         pub.stop()
@@ -108,7 +108,9 @@ def test_discovery_configs_and_states_validate_and_arrive(broker: Broker) -> Non
     imp = configs["homeassistant/sensor/cab7/house_import/config"]
     assert (imp["device_class"], imp["state_class"], imp["unit_of_measurement"]) == ("energy", "total_increasing", "Wh")
     assert imp["state_topic"] == "microgrid/cab7/meter/house/state"
-    assert imp["availability_topic"] == "microgrid/cab7/status"
+    assert imp["availability"] == [{"topic": "microgrid/cab7/status"},
+                                   {"topic": "microgrid/cab7/meter/house/availability"}]
+    assert imp["availability_mode"] == "all"
     assert imp["device"]["identifiers"] == ["microgrid_cab7_house"] and imp["device"]["model"] == "sdm630"
     assert imp["device"]["via_device"] == "microgrid_cab7"
     assert configs["homeassistant/sensor/cab7/house_export/config"]["state_class"] == "total_increasing"
@@ -277,7 +279,7 @@ def test_a_broker_that_is_down_at_start_is_retried() -> None:
         pub.publish_meter(HOUSE)
         time.sleep(0.5)
         st = pub.stats()
-        assert not st.connected and st.queued == 7 + 2  # discovery + state + senml, waiting
+        assert not st.connected and st.queued == 1 + 7 + 2  # availability, discovery, state, senml: waiting
     finally:
         assert pub.stop(flush_timeout_s=0.1) is False
 

@@ -1,0 +1,1 @@
+"""The household's web app on the coordinator (docs/WEB.md)."""
