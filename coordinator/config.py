@@ -24,6 +24,7 @@ from .membership.settings import ZoneSettings
 from .secrets import redact_url
 from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
+from .planner.settings import PlannerSettings
 from .updates.settings import UpdatesSettings
 
 
@@ -331,6 +332,7 @@ class Config:
     zone: ZoneSettings = field(default_factory=ZoneSettings)
     link: LinkSettings = field(default_factory=LinkSettings)
     updates: UpdatesSettings = field(default_factory=UpdatesSettings)
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:
