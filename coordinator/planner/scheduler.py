@@ -24,6 +24,7 @@ rule prices; orders.py's tighter ones need MarketService to accept plans).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -114,8 +115,11 @@ class Scheduler:
         now = int(now)
         slot0, slots, order_start = self.horizon(now)
         k = (order_start - slot0) // self.market.interval_s
-        inputs = self.inputs(now, battery, ev)
         policy = self.market.policy()
+        if battery is not None and policy.reserve_wh > battery.min_soc_wh:
+            # The household's reserve ([market.prices] reserve_wh) is the plan's floor.
+            battery = dataclasses.replace(battery, min_soc_wh=min(float(policy.reserve_wh), battery.top_wh))
+        inputs = self.inputs(now, battery, ev)
         off = self.market.utc_offset_s
         plan: Plan | None = None
         reason = ""

@@ -154,3 +154,13 @@ def test_planner_section_is_off_by_default_and_checked() -> None:
         from_dict({"planner": {"import_tariff": {"time_of_day": {"25:00": 1}}}})
     with pytest.raises(ConfigError, match=r"planner.horizon: unknown setting"):
         from_dict({"planner": {"horizon": 24}})
+
+
+def test_the_households_reserve_is_the_plans_floor_for_the_battery(tmp_path: Path) -> None:
+    s = Scheduler(planner(pv_kwp=0.0), market(buy=300, reserve_wh=6000), LoadForecaster(lambda a, b: 300.0),
+                  lambda: [], Journal(tmp_path / "p.db"))
+    d = s.decide(MIDNIGHT + 16 * 3600, battery(soc=8000), None)  # the evening peak ahead
+    assert d.plan is not None and d.plan.inputs.battery is not None
+    assert d.plan.inputs.battery.min_soc_wh == 6000
+    assert min(d.plan.soc_wh) >= 6000 - 1e-6
+    assert sum(d.plan.discharge_wh) > 0  # what is above the reserve still serves the peak
