@@ -30,15 +30,17 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - run from a checkout
 
 from microgrid.coordinator.planner.baseline import greedy_plan, greedy_step  # noqa: E402
 from microgrid.coordinator.planner.load import TYPICAL_DAY  # noqa: E402
 from microgrid.coordinator.planner.lp import solve  # noqa: E402
-from microgrid.coordinator.planner.model import BatterySpec, EvNeed, PlanInputs  # noqa: E402
-from microgrid.coordinator.planner.pv import PvArray, pv_forecast_wh  # noqa: E402
+from microgrid.coordinator.planner.model import FOLLOW, SETPOINT, BatterySpec, EvNeed, PlanInputs  # noqa: E402
+from microgrid.coordinator.planner.pv import PvArray, nowcast, observed_share, pv_forecast_wh  # noqa: E402
 
 SLOT = 900
 PER_DAY = 96
@@ -49,13 +51,17 @@ DAILY_WH = 9000.0
 EXPORT = 40.0
 EV_WH, EV_W, PLUG_H, LEAVE_H = 12_000.0, 7400.0, 18, 7
 LIMIT_W = 17_000
+PEAK_SAT_PER_KW = 10.0  # [planner] peak_sat_per_kw's default
 SPEC = dict(capacity_wh=10_000.0, max_charge_w=5000.0, max_discharge_w=5000.0, min_soc_wh=1000.0,
             charge_efficiency=0.95, discharge_efficiency=0.95, degradation_sat_per_kwh=20.0)
 
 
+NIGHT_TARIFF = 150.0
+
+
 def tariff(t: int) -> float:
     hour = (t % 86_400) // 3600
-    return 150.0 if hour < 7 else 400.0 if 17 <= hour < 21 else 250.0
+    return NIGHT_TARIFF if hour < 7 else 400.0 if 17 <= hour < 21 else 250.0
 
 
 def typical_wh(t: int) -> float:
@@ -105,71 +111,143 @@ def timing(runs: int) -> None:
     print(f"  LP / greedy (median)           {lp_med / g_med:8.0f} x")
 
 
-def simulate_week(days: int, seed: int) -> None:
-    rnd = random.Random(seed)
-    n = days * PER_DAY
-    clear = pv_forecast_wh(ARRAY, START, SLOT, n + PER_DAY)
-    forecast_pv = [0.8 * x for x in clear]
-    clouds = [rnd.uniform(0.3, 1.0) for _ in range(days + 1)]
-    actual_pv = [clear[i] * clouds[i // PER_DAY] * rnd.uniform(0.85, 1.0) for i in range(n)]
-    actual_load = [typical_wh(START + i * SLOT) * rnd.uniform(0.7, 1.3) for i in range(n)]
+@dataclass(frozen=True)
+class Household:
+    name: str
+    kwp: float
+    battery_wh: float  # 0: none
+    ev: bool
+    daily_wh: float
 
-    def run(planned: bool) -> dict[str, float]:
-        soc = 3000.0
-        spec = BatterySpec(soc_wh=soc, **SPEC)  # type: ignore[arg-type]
-        delivered: dict[int, float] = {}
-        bill = peak = short = solve_s = 0.0
-        fallbacks = 0
-        for i in range(n):
-            t = START + i * SLOT
-            need = ev_need(t, delivered)
-            plugged = need is not None and need.available_from is None
-            if planned:
-                inputs = PlanInputs(t, SLOT, [typical_wh(t + k * SLOT) for k in range(PER_DAY)],
-                                    forecast_pv[i:i + PER_DAY], [tariff(t + k * SLOT) for k in range(PER_DAY)],
-                                    [EXPORT] * PER_DAY, LIMIT_W, LIMIT_W,
-                                    BatterySpec(soc_wh=soc, **SPEC),  # type: ignore[arg-type]
-                                    need if need is not None and need.energy_wh > 0 else None)
-                s0 = time.perf_counter()
-                try:
-                    plan = solve(inputs)
-                    c, d, ev = plan.charge_wh[0], plan.discharge_wh[0], plan.ev_wh[0]
-                except Exception:
-                    fallbacks += 1
-                    c = d = ev = 0.0
-                solve_s += time.perf_counter() - s0
-                # The battery follows the setpoint as far as its state allows.
+
+def zone(n: int, seed: int) -> list[Household]:
+    """A feeder's households, varied: PV or not, battery or not, EV or not."""
+    rnd = random.Random(seed * 7919 + n)
+    out = []
+    for i in range(n):
+        out.append(Household(f"h{i + 1}", rnd.choice([0.0, 3.0, 5.0, 8.0]), rnd.choice([0.0, 5000.0, 10_000.0]),
+                             rnd.random() < 0.5, rnd.uniform(6000, 14_000)))
+    if n and not any(h.ev for h in out):
+        out[0] = Household(out[0].name, out[0].kwp, out[0].battery_wh, True, out[0].daily_wh)
+    return out
+
+
+def spec_for(h: Household, soc: float) -> BatterySpec | None:
+    if h.battery_wh <= 0:
+        return None
+    args = dict(SPEC) | {"capacity_wh": h.battery_wh, "min_soc_wh": 0.1 * h.battery_wh,
+                         "max_charge_w": h.battery_wh / 2, "max_discharge_w": h.battery_wh / 2}
+    return BatterySpec(soc_wh=soc, **args)  # type: ignore[arg-type]
+
+
+def simulate_household(h: Household, days: int, seed: int, planned: bool, clear: list[float],
+                       perfect: bool = False, trace: list[Any] | None = None) -> dict[str, Any]:
+    """One household's `days`, slot by slot: its grid exchange per slot and
+    its bill. The weather and the load are the same for both runs (seeded
+    by the household), only the decisions differ."""
+    rnd = random.Random(f"{seed}/{h.name}")
+    n = days * PER_DAY
+    scale = h.kwp / ARRAY.kwp
+    forecast_pv = [0.8 * x * scale for x in clear]
+    clouds = [rnd.uniform(0.3, 1.0) for _ in range(days + 1)]
+    actual_pv = [clear[i] * scale * clouds[i // PER_DAY] * rnd.uniform(0.85, 1.0) for i in range(n)]
+    typical = [typical_wh(START + i * SLOT) * h.daily_wh / DAILY_WH for i in range(n + PER_DAY)]
+    actual_load = [typical[i] * rnd.uniform(0.7, 1.3) for i in range(n)]
+    if perfect:  # the planner knows what will happen (to tell forecast errors from planning)
+        forecast_pv = actual_pv + forecast_pv[n:]
+        typical = actual_load + typical[n:]
+    soc = 0.5 * h.battery_wh
+    delivered: dict[int, float] = {}
+    bill = short = solve_s = 0.0
+    fallbacks = solves = follows = 0
+    net_series = []
+    for i in range(n):
+        t = START + i * SLOT
+        spec = spec_for(h, soc)
+        need = ev_need(t, delivered) if h.ev else None
+        plugged = need is not None and need.available_from is None
+        mode = SETPOINT
+        if planned:
+            # The PV nowcast from the last slot complete when the service
+            # decides (30 s before this slot: the one before the last).
+            seen = observed_share(actual_pv[i - 2], clear[i - 2] * scale, h.kwp, SLOT) \
+                if i >= 2 and not perfect else None
+            pv = nowcast([x * scale for x in clear[i:i + PER_DAY]], 0.8, seen, SLOT) if not perfect \
+                else forecast_pv[i:i + PER_DAY]
+            inputs = PlanInputs(t, SLOT, typical[i:i + PER_DAY], pv,
+                                [tariff(t + k * SLOT) for k in range(PER_DAY)], [EXPORT] * PER_DAY, LIMIT_W, LIMIT_W,
+                                spec, need if need is not None and need.energy_wh > 0 else None,
+                                peak_sat_per_kw=PEAK_SAT_PER_KW)
+            s0 = time.perf_counter()
+            try:
+                plan = solve(inputs)
+                c, d, ev = plan.charge_wh[0], plan.discharge_wh[0], plan.ev_wh[0]
+                mode = plan.battery_mode(0)
+            except Exception:
+                fallbacks += 1
+                c = d = ev = 0.0
+            solve_s += time.perf_counter() - s0
+            solves += 1
+            follows += mode == FOLLOW and spec is not None
+            if spec is not None and mode == FOLLOW:  # the device's self-consumption, on what really happens
+                c, d = greedy_step(spec, soc, actual_load[i] + (ev if plugged else 0.0), actual_pv[i], H)
+            elif spec is not None:  # the battery follows the setpoint as far as its state allows
                 c = min(c, max(0.0, spec.top_wh - soc) / spec.charge_efficiency)
                 d = min(d, max(0.0, soc - spec.min_soc_wh) * spec.discharge_efficiency)
-            else:
-                ev = min(EV_W * H, need.energy_wh) if plugged and need is not None else 0.0
-                c, d = greedy_step(spec, soc, actual_load[i] + ev, actual_pv[i], H)
-            if not plugged:
-                ev = 0.0
-            elif need is not None:
-                ev = min(ev, need.energy_wh)
-                session = need.deadline - 86_400 - LEAVE_H * 3600 + PLUG_H * 3600
-                delivered[session] = delivered.get(session, 0.0) + ev
-                if t + SLOT >= need.deadline:
-                    short += max(0.0, EV_WH - delivered[session])
+        else:
+            ev = min(EV_W * H, need.energy_wh) if plugged and need is not None else 0.0
+            c, d = greedy_step(spec, soc, actual_load[i] + ev, actual_pv[i], H) if spec is not None else (0.0, 0.0)
+        if not plugged:
+            ev = 0.0
+        elif need is not None:
+            ev = min(ev, need.energy_wh)
+            session = need.deadline - 86_400 - LEAVE_H * 3600 + PLUG_H * 3600
+            delivered[session] = delivered.get(session, 0.0) + ev
+            if t + SLOT >= need.deadline:
+                short += max(0.0, EV_WH - delivered[session])
+        if spec is not None:
             soc += c * spec.charge_efficiency - d / spec.discharge_efficiency
-            net = actual_load[i] + c + ev - d - actual_pv[i]
-            bill += (max(net, 0.0) * tariff(t) - max(-net, 0.0) * EXPORT + d * spec.degradation_sat_per_kwh) / 1000
-            peak = max(peak, max(net, 0.0) / H)
-        return {"bill": bill, "peak": peak, "short": short, "solve_s": solve_s, "fallbacks": fallbacks}
+            bill += d * spec.degradation_sat_per_kwh / 1000
+        net = actual_load[i] + c + ev - d - actual_pv[i]
+        bill += (max(net, 0.0) * tariff(t) - max(-net, 0.0) * EXPORT) / 1000
+        net_series.append(net)
+        if trace is not None:
+            trace.append((i, planned and mode, round(c), round(d), round(net), round(soc)))
+    # Energy left in the battery counts: what it holds beyond (or short of)
+    # its start, at the cheapest price it could be bought for (the night tariff).
+    bill -= (soc - 0.5 * h.battery_wh) * NIGHT_TARIFF / 1000
+    return {"bill": bill, "net": net_series, "short": short, "solve_s": solve_s, "solves": solves,
+            "fallbacks": fallbacks, "follows": follows}
 
-    base = run(False)
+
+def simulate_zone(n_households: int, days: int, seed: int) -> None:
+    homes = zone(n_households, seed)
+    n = days * PER_DAY
+    clear = pv_forecast_wh(ARRAY, START, SLOT, n + PER_DAY)
     t0 = time.perf_counter()
-    lp = run(True)
+    base = [simulate_household(h, days, seed, False, clear) for h in homes]
+    lp = [simulate_household(h, days, seed, True, clear) for h in homes]
     wall = time.perf_counter() - t0
-    print(f"\nsample week: {days} days x {PER_DAY} slots, seed {seed}, one household (rolling horizon: a plan "
-          f"every slot, {n} plans in {wall:.1f} s, {lp['solve_s'] / n * 1000:.1f} ms each)")
-    print(f"  {'':28s} {'bill+wear (sat)':>15s} {'peak import (W)':>16s} {'EV short (Wh)':>14s}")
-    print(f"  {'baseline: rule-based':28s} {base['bill']:15.0f} {base['peak']:16.0f} {base['short']:14.0f}")
-    print(f"  {'planner (LP, forecasts)':28s} {lp['bill']:15.0f} {lp['peak']:16.0f} {lp['short']:14.0f}")
-    print(f"  planner / baseline: bill {lp['bill'] / base['bill']:.3f} (saves {base['bill'] - lp['bill']:.0f} sat, "
-          f"{(1 - lp['bill'] / base['bill']) * 100:.1f} %), peak import {lp['peak'] / base['peak']:.3f}; "
-          f"fallbacks {lp['fallbacks']}")
+
+    def totals(runs: list[dict[str, Any]]) -> tuple[float, float, float]:
+        feeder = [sum(r["net"][i] for r in runs) for i in range(n)]
+        return sum(r["bill"] for r in runs), max(max(feeder), 0.0) / H, sum(r["short"] for r in runs)
+
+    b_bill, b_peak, b_short = totals(base)
+    p_bill, p_peak, p_short = totals(lp)
+    solves = sum(r["solves"] for r in lp)
+    print(f"\nsample zone: {len(homes)} households x {days} days x {PER_DAY} slots, seed {seed} (rolling horizon: "
+          f"{solves} plans, {sum(r['solve_s'] for r in lp) / max(solves, 1) * 1000:.1f} ms each; {wall:.0f} s in all)")
+    for h, b, p in zip(homes, base, lp):
+        kit = ", ".join(x for x in (f"{h.kwp:g} kWp" if h.kwp else "", f"{h.battery_wh / 1000:g} kWh battery"
+                                    if h.battery_wh else "", "EV" if h.ev else "") if x) or "load only"
+        print(f"  {h.name:4s} {kit:32s} bill {b['bill']:8.0f} -> {p['bill']:8.0f} sat")
+    print(f"  {'':28s} {'bill+wear (sat)':>15s} {'feeder peak import (W)':>23s} {'EV short (Wh)':>14s}")
+    print(f"  {'baseline: rule-based':28s} {b_bill:15.0f} {b_peak:23.0f} {b_short:14.0f}")
+    print(f"  {'planner (LP, forecasts)':28s} {p_bill:15.0f} {p_peak:23.0f} {p_short:14.0f}")
+    print(f"  planner / baseline: bill {p_bill / b_bill:.3f} (saves {b_bill - p_bill:.0f} sat, "
+          f"{(1 - p_bill / b_bill) * 100:.1f} %), feeder peak import {p_peak / b_peak:.3f}; "
+          f"fallbacks {sum(r['fallbacks'] for r in lp)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,9 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--households", type=int, default=6)
     a = ap.parse_args(argv)
     timing(a.runs)
-    simulate_week(a.days, a.seed)
+    simulate_zone(a.households, a.days, a.seed)
     return 0
 
 

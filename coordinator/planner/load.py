@@ -50,6 +50,18 @@ def store_history(store: ReadingStore, device_ids: Callable[[], Iterable[str]]) 
     return consumption
 
 
+def store_export(store: ReadingStore, device_ids: Iterable[str]) -> SlotHistory:
+    """Past slots' export of the given meters (a PV array's own meter)."""
+    devices = list(device_ids)
+
+    def export(start: int, end: int) -> float | None:
+        if not devices:
+            return None
+        e = interval_energy(store, devices, start, end)
+        return float(e.export_wh) if e.complete else None
+    return export
+
+
 class LoadForecaster:
     def __init__(self, history: SlotHistory, weeks: int = 4, fallback_daily_wh: float = 10_000.0,
                  utc_offset_s: int = 0) -> None:

@@ -20,9 +20,12 @@ Rows:
              power after the horizon's end could not still deliver)
     end      soc at the end >= soc now: the plan may not sell the battery
              empty at the horizon's edge (rolling horizon, periodic day)
+    peak     imp_t / h <= P   (one more variable: the horizon's highest import power)
 Minimise  sum buy_t imp_t - sell_t exp_t + degradation dis_t   (sat/kWh / 1000)
+          + peak_sat_per_kw P / 1000
 plus tie-breakers far below a satoshi: trade no more than needed, curtail
-last, and charge the EV earlier rather than later when costs are equal.
+last, and store energy (battery and EV) earlier rather than later when
+costs are equal.
 
 A stored floor below which the battery already is (soc now < min_soc)
 holds at soc now (the plan is not forced to charge), and likewise a
@@ -98,7 +101,8 @@ def solve(inputs: PlanInputs, time_limit_s: float = 10.0) -> Plan:
     check_feasible(inputs)
     T, h = inputs.slots, inputs.hours
     b = inputs.battery
-    n = _K * T
+    peak = _K * T  # the column of P, after the per-slot ones
+    n = _K * T + 1
 
     def col(kind: int, t: int) -> int:
         return kind * T + t
@@ -124,10 +128,16 @@ def solve(inputs: PlanInputs, time_limit_s: float = 10.0) -> Plan:
         lower[col(SOC, 0):col(SOC, 0) + T] = floor
         upper[col(SOC, 0):col(SOC, 0) + T] = top
         lower[col(SOC, T - 1)] = max(floor, min(soc0, top))
+        # Stored sooner rather than later when it costs the same (PV kept
+        # now instead of exported now and stored later): forecasts err, and
+        # energy already stored is not at their mercy.
+        cost[col(SOC, 0):col(SOC, 0) + T] = -_EPS / 10
     upper[col(EV, 0):col(EV, 0) + T] = ev_capacity_wh(inputs)
     cost[col(EV, 0):col(EV, 0) + T] = _EPS * (1.0 + np.arange(T) / T)
     upper[col(CUR, 0):col(CUR, 0) + T] = pv
     cost[col(CUR, 0):col(CUR, 0) + T] = 2 * _EPS
+    upper[peak] = inputs.import_limit_w
+    cost[peak] = inputs.peak_sat_per_kw / 1000.0
 
     # Rows as (row, col, value) triplets, then column-wise for HiGHS.
     rows: list[int] = []
@@ -158,9 +168,16 @@ def solve(inputs: PlanInputs, time_limit_s: float = 10.0) -> Plan:
         rhs = soc0 if t == 0 else 0.0
         row_lo.append(rhs)
         row_hi.append(rhs)
+    if inputs.peak_sat_per_kw > 0:
+        for t in range(T):  # imp_t - h P <= 0
+            r = len(row_lo)
+            put(r, col(IMP, t), 1.0)
+            put(r, peak, -h)
+            row_lo.append(-math.inf)
+            row_hi.append(0.0)
     need = ev_need_in_horizon(inputs)
     if need > 0:
-        r = 2 * T
+        r = len(row_lo)
         for t in range(T):
             put(r, col(EV, t), 1.0)
         row_lo.append(need)

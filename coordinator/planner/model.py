@@ -19,6 +19,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence
 
 
+FOLLOW = "follow"  # the device's own self-consumption mode (Plan.battery_mode)
+SETPOINT = "setpoint"  # the plan's power, commanded
+
+
 class PlanInputError(ValueError):
     """Inputs the planner cannot use: names the field, the value and what
     was expected."""
@@ -137,6 +141,10 @@ class PlanInputs:
     ev: EvNeed | None = None
     # Where each slot's prices came from ("tariff", "market"), for the journal.
     price_source: Sequence[str] = field(default=())
+    # Cost of the horizon's highest import power (sat per kW): spreads
+    # imports over equally priced slots instead of every EV and battery
+    # of a feeder starting together when the cheap hours begin.
+    peak_sat_per_kw: float = 0.0
 
     def __post_init__(self) -> None:
         n = len(self.load_wh)
@@ -155,6 +163,7 @@ class PlanInputs:
                 _finite(f"{name}[{i}]", v, -10**8, 10**8)
         _finite("import_limit_w", self.import_limit_w, 0.0, 10**8)
         _finite("export_limit_w", self.export_limit_w, 0.0, 10**8)
+        _finite("peak_sat_per_kw", self.peak_sat_per_kw, 0.0, 10**8)
         for i, (b, s) in enumerate(zip(self.buy_sat_per_kwh, self.sell_sat_per_kwh)):
             if s > b:
                 # Buying and selling at once would be free money: the plan
@@ -204,16 +213,44 @@ class Plan:
         devices' sign convention)."""
         return (self.charge_wh[slot] - self.discharge_wh[slot]) / self.inputs.hours
 
+    def battery_mode(self, slot: int) -> str:
+        """FOLLOW when the battery's part in the slot is what the device's
+        own self-consumption mode does anyway (the plan trades nothing with
+        the grid and the battery balances the house, or the battery runs at
+        full power one way and the grid takes the rest): the device then
+        follows the real load and PV within the slot, which a fixed
+        setpoint computed from forecasts cannot. SETPOINT otherwise
+        (charging from the grid, holding energy for later, selling from
+        the battery): the plan's power is commanded."""
+        b = self.inputs.battery
+        if b is None:
+            return SETPOINT
+        tol = 1.0
+        h = self.inputs.hours
+        imp, exp = self.import_wh[slot], self.export_wh[slot]
+        ch, dis = self.charge_wh[slot], self.discharge_wh[slot]
+        if imp <= tol and exp <= tol:
+            return FOLLOW
+        if imp <= tol and dis <= tol and ch >= b.max_charge_w * h - tol:
+            return FOLLOW
+        if exp <= tol and ch <= tol and dis >= b.max_discharge_w * h - tol:
+            return FOLLOW
+        return SETPOINT
+
     def ev_power_w(self, slot: int) -> float:
         return self.ev_wh[slot] / self.inputs.hours
 
     def cost_sat(self) -> float:
-        """What the schedule costs: energy bought minus sold, plus wear."""
+        """What the schedule costs: energy bought minus sold, plus wear and
+        the peak's cost."""
         return schedule_cost(self.inputs, self.import_wh, self.export_wh, self.discharge_wh)
 
 
 def schedule_cost(inputs: PlanInputs, import_wh: Sequence[float], export_wh: Sequence[float],
                   discharge_wh: Sequence[float]) -> float:
+    """Energy bought minus sold, plus wear, plus the peak's cost."""
     deg = inputs.battery.degradation_sat_per_kwh if inputs.battery else 0.0
-    return sum(b * i - s * e + deg * d for b, s, i, e, d in zip(inputs.buy_sat_per_kwh, inputs.sell_sat_per_kwh,
-                                                                  import_wh, export_wh, discharge_wh)) / 1000.0
+    energy = sum(b * i - s * e + deg * d for b, s, i, e, d in zip(inputs.buy_sat_per_kwh, inputs.sell_sat_per_kwh,
+                                                                    import_wh, export_wh, discharge_wh))
+    peak_kw = max(import_wh, default=0.0) / inputs.hours / 1000.0
+    return energy / 1000.0 + inputs.peak_sat_per_kw * peak_kw

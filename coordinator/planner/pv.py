@@ -16,6 +16,8 @@ time:
 
 `sky_share` scales the clear-sky figure to what is expected on average
 (clouds): 1.0 is clear sky; the planner's default is a little lower.
+`nowcast` leans the next hours on the share of clear sky the array gave
+in the last slot, where a PV meter tells it (clouds persist for hours).
 The clear-sky model is Ineichen, not 'simplified_solis' or 'haurwitz':
 everything it needs ships with pvlib. Each slot's energy is the mean of the power at three instants spread
 over the slot, times its length.
@@ -23,6 +25,7 @@ over the slot, times its length.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -96,3 +99,23 @@ def _forecast(array: PvArray, start: int, slot_s: int, slots: int, np: Any, pd: 
     ac_w = np.nan_to_num(ac_w, nan=0.0).clip(min=0.0)
     per_slot = ac_w.reshape(slots, SAMPLES_PER_SLOT).mean(axis=1) * slot_s / 3600.0
     return [float(v) for v in per_slot]
+
+
+def observed_share(observed_wh: float | None, clear_wh: float, kwp: float, slot_s: int) -> float | None:
+    """The share of clear-sky output a slot really gave (clouds now), or
+    None when it says nothing: no observation, or the sun too low (clear
+    sky under 5 % of nameplate) for a ratio to mean anything."""
+    if observed_wh is None or kwp <= 0 or clear_wh < 0.05 * kwp * 1000 * slot_s / 3600:
+        return None
+    return min(max(observed_wh / clear_wh, 0.0), 1.2)
+
+
+def nowcast(clear_wh: list[float], sky_share: float, observed: float | None, slot_s: int,
+            tau_s: float = 3 * 3600) -> list[float]:
+    """Clear-sky energy per slot -> expected: the first slots lean on the
+    share of clear sky just observed (clouds persist for hours), fading to
+    the usual `sky_share` with time constant `tau_s`."""
+    if observed is None:
+        return [x * sky_share for x in clear_wh]
+    return [x * (w * observed + (1 - w) * sky_share)
+            for k, x in enumerate(clear_wh) for w in (math.exp(-k * slot_s / tau_s),)]

@@ -4,9 +4,12 @@ decision out, kept in the journal before anyone acts on it.
 `decide(now, battery, ev)` (time and device states passed in):
 1. The horizon: `horizon_h` of market intervals from the next interval
    boundary (slot 0, whose setpoints are applied when it starts).
-2. Forecasts: PV (pv.py), load (load.py), tariffs and the expected market
+2. Forecasts: PV (pv.py; with a PV meter, the next hours lean on the
+   clouds it just measured), load (load.py), tariffs and the expected market
    price combined with the household's rules (prices.py).
-3. The LP (lp.py). Infeasible inputs or a solver failure give the safe
+3. The LP (lp.py); the battery's setpoint for slot 0 and whether the
+   device's own self-consumption does the same (Plan.battery_mode: then it
+   is left to follow the real load and PV). Infeasible inputs or a solver failure give the safe
    fallback instead: battery idle (0 W), the EV charger left to its own
    default (None), and the orders today's rule-based pricing would place
    (market/pricing.py plan_interval, without the battery).
@@ -33,12 +36,12 @@ from typing import Callable, Iterable
 from ..market.pricing import Battery, Forecast, OrderPlan, plan_interval
 from ..market.settings import MarketSettings
 from .journal import Entry, Journal
-from .load import LoadForecaster
+from .load import LoadForecaster, SlotHistory
 from .lp import solve
-from .model import BatterySpec, EvNeed, Plan, PlanInfeasible, PlanInputError, PlanInputs
+from .model import SETPOINT, BatterySpec, EvNeed, Plan, PlanInfeasible, PlanInputError, PlanInputs
 from .orders import plan_orders
 from .prices import expected_market_prices, rule_series, slot_prices
-from .pv import pv_forecast_wh
+from .pv import nowcast, observed_share, pv_forecast_wh
 from .settings import PlannerSettings
 
 log = logging.getLogger("microgrid.planner")
@@ -59,6 +62,7 @@ class Decision:
     status: str  # OPTIMAL or FALLBACK
     reason: str  # why the fallback ("" when optimal)
     battery_w: float  # + charge, - discharge; 0 idle
+    battery_mode: str  # SETPOINT: command battery_w; FOLLOW: the device's own self-consumption (Plan.battery_mode)
     ev_w: float | None  # None: leave the charger to its default
     orders: list[OrderPlan]
     inputs_digest: str
@@ -76,8 +80,12 @@ class Decision:
 
 class Scheduler:
     def __init__(self, settings: PlannerSettings, market: MarketSettings, load: LoadForecaster,
-                 price_history: PriceHistory, journal: Journal | None = None) -> None:
+                 price_history: PriceHistory, journal: Journal | None = None,
+                 pv_observed: SlotHistory | None = None) -> None:
+        """`pv_observed(start, end)`: the array's measured output over a past
+        slot (its own meter), for the nowcast; None: no PV meter."""
         self.settings = settings
+        self.pv_observed = pv_observed
         self.market = market
         self.load = load
         self.price_history = price_history
@@ -99,7 +107,7 @@ class Scheduler:
         slot0, slots, _ = self.horizon(now)
         step = self.market.interval_s
         off = self.market.utc_offset_s
-        pv = pv_forecast_wh(self.array, slot0, step, slots)
+        pv = self.pv_forecast(now, slot0, step, slots)
         load, _how = self.load.forecast(now, slot0, step, slots)
         imp = rule_series(self.import_rule, slot0, step, slots, off)
         exp = rule_series(self.export_rule, slot0, step, slots, off)
@@ -109,7 +117,23 @@ class Scheduler:
         return PlanInputs(start=slot0, slot_s=step, load_wh=load, pv_wh=pv, buy_sat_per_kwh=prices.buy,
                           sell_sat_per_kwh=prices.sell, import_limit_w=self.settings.import_limit_w,
                           export_limit_w=self.settings.export_limit_w, battery=battery, ev=ev,
-                          price_source=prices.source)
+                          price_source=prices.source, peak_sat_per_kw=self.settings.peak_sat_per_kw)
+
+    def pv_forecast(self, now: int, slot0: int, step: int, slots: int) -> list[float]:
+        """Clear sky x the usual share, the first hours leaning on the share
+        of clear sky the last complete slot gave (pv.nowcast)."""
+        clear_array = dataclasses.replace(self.array, sky_share=1.0)
+        clear = pv_forecast_wh(clear_array, slot0, step, slots)
+        seen = None
+        if self.pv_observed is not None and self.array.kwp > 0:
+            last = now // step * step - step  # the last slot over by now
+            try:
+                observed = self.pv_observed(last, last + step)
+            except Exception as e:  # a store problem: plan without the nowcast
+                log.warning("PV meter not read for the nowcast: %s", e)
+                observed = None
+            seen = observed_share(observed, pv_forecast_wh(clear_array, last, step, 1)[0], self.array.kwp, step)
+        return nowcast(clear, self.array.sky_share, seen, step)
 
     def decide(self, now: int, battery: BatterySpec | None = None, ev: EvNeed | None = None) -> Decision:
         now = int(now)
@@ -133,13 +157,13 @@ class Scheduler:
         if plan is not None:
             orders = plan_orders(plan, k, policy, inputs.buy_sat_per_kwh[k], inputs.sell_sat_per_kwh[k], off) \
                 if k < slots else []
-            decision = Decision(now, slot0, order_start, OPTIMAL, "", plan.battery_setpoint_w(0), plan.ev_power_w(0),
-                                orders, inputs.digest(), plan)
+            decision = Decision(now, slot0, order_start, OPTIMAL, "", plan.battery_setpoint_w(0),
+                                plan.battery_mode(0), plan.ev_power_w(0), orders, inputs.digest(), plan)
         else:
             log.warning("planner fallback for %d (battery idle, rule-based orders): %s", slot0, reason)
             fc = Forecast(order_start, int(inputs.pv_wh[k]) if k < slots else 0,
                           int(math.ceil(inputs.load_wh[k])) if k < slots else 0)
-            decision = Decision(now, slot0, order_start, FALLBACK, reason, 0.0, None,
+            decision = Decision(now, slot0, order_start, FALLBACK, reason, 0.0, SETPOINT, None,
                                 plan_interval(policy, fc, None, off), inputs.digest(), None)
         if self.journal is not None:
             self.journal.record(self._entry(decision, inputs, k))
@@ -157,6 +181,7 @@ class Scheduler:
                      "buy_sat_per_kwh": inputs.buy_sat_per_kwh[0], "sell_sat_per_kwh": inputs.sell_sat_per_kwh[0],
                      "prices_from": inputs.price_source[0] if inputs.price_source else ""},
             "order_slot": k,
+            "battery_mode": d.battery_mode,
             "soc_wh": None if b is None else round(b.soc_wh, 1),
             "ev_need_wh": None if inputs.ev is None else inputs.ev.energy_wh,
             "ev_deadline": None if inputs.ev is None else inputs.ev.deadline,

@@ -5,7 +5,10 @@ in scheduler.py.
 Devices are reached through what coordinator/devices/interface.py
 defines (a `Battery` with state()/command(), an `EvCharger` with
 set_limit()/clear_limit()), duck-typed here so the planner does not depend
-on the drivers. Each setpoint is sent with an expiry (`until`: the slot's
+on the drivers. A slot whose plan is what the battery's own
+self-consumption does (Plan.battery_mode FOLLOW) hands the battery back to
+it (release()), so it follows the real load and PV within the slot; any
+other is commanded. Each setpoint is sent with an expiry (`until`: the slot's
 end plus one interval of grace), so a coordinator that stops deciding
 leaves the devices to their own behaviour instead of a stale command.
 
@@ -21,7 +24,7 @@ import logging
 from typing import Any, Awaitable, Callable, Protocol
 
 from ..clock import Clock, sleep_until
-from .model import BatterySpec, EvNeed
+from .model import FOLLOW, BatterySpec, EvNeed
 from .scheduler import Decision, Scheduler
 
 log = logging.getLogger("microgrid.planner.service")
@@ -33,6 +36,8 @@ class BatteryLike(Protocol):
     async def state(self) -> Any: ...
 
     async def command(self, setpoint_w: float, until: float | None = None) -> float: ...
+
+    async def release(self) -> None: ...
 
 
 class ChargerLike(Protocol):
@@ -87,10 +92,14 @@ class PlannerService:
             # Within what the battery accepts now (the interface refuses more).
             w = max(-float(state.max_discharge_w), min(float(state.max_charge_w), decision.battery_w))
             try:
-                await self.battery.command(w, until=until)
+                if decision.battery_mode == FOLLOW:
+                    await self.battery.release()  # its self-consumption follows the real load and PV
+                else:
+                    await self.battery.command(w, until=until)
             except Exception as e:
                 self.errors += 1
-                log.warning("battery %s refused %.0f W: %s", getattr(self.battery, "name", "?"), w, e)
+                log.warning("battery %s refused %s: %s", getattr(self.battery, "name", "?"),
+                            decision.battery_mode if decision.battery_mode == FOLLOW else f"{w:.0f} W", e)
         if self.charger is not None:
             try:
                 if decision.ev_w is None:

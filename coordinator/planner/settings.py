@@ -11,6 +11,7 @@
     pv_losses_pct = 14              # wiring, soiling, inverter (PVWatts' default)
     pv_inverter_kw = 0              # AC limit; 0: none
     pv_sky_share = 0.8              # expected share of clear-sky output (clouds); 1.0 = clear sky
+    pv_meters = ["a1b2c3d4e5f60718"]  # devices whose export is the array's output (nowcast); [] none
     import_limit_w = 11000          # the connection's limits
     export_limit_w = 11000
     import_tariff = { time_of_day = { "00:00" = 150, "07:00" = 250, "17:00" = 400, "21:00" = 250 } }
@@ -18,6 +19,7 @@
     battery_charge_efficiency = 0.95
     battery_discharge_efficiency = 0.95
     degradation_sat_per_kwh = 20    # wear per kWh discharged
+    peak_sat_per_kw = 10            # price on the day's highest import: spreads charging over equal prices
     load_weeks = 4                  # load: same weekday and time over this many weeks
     fallback_daily_wh = 10000       # without history: a typical day of this size
     price_history_days = 14         # expected market price: same time of day over these days
@@ -32,7 +34,7 @@ Tariffs take market/pricing.py's price rules (a number, {fixed = N} or
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..market.pricing import PriceRule, PricingError, parse_rule
@@ -55,6 +57,7 @@ class PlannerSettings:
     pv_losses_pct: float = 14.0
     pv_inverter_kw: float = 0.0
     pv_sky_share: float = 0.8
+    pv_meters: list[str] = field(default_factory=list)
     import_limit_w: int = 11_000
     export_limit_w: int = 11_000
     import_tariff: Any = None  # None: [market].import_tariff_sat_per_kwh
@@ -62,6 +65,7 @@ class PlannerSettings:
     battery_charge_efficiency: float = 0.95
     battery_discharge_efficiency: float = 0.95
     degradation_sat_per_kwh: float = 20.0
+    peak_sat_per_kw: float = 10.0
     load_weeks: int = 4
     fallback_daily_wh: int = 10_000
     price_history_days: int = 14
@@ -94,11 +98,15 @@ class PlannerSettings:
         need("battery_charge_efficiency", 0.5, 1)
         need("battery_discharge_efficiency", 0.5, 1)
         need("degradation_sat_per_kwh", 0, 10**6)
+        need("peak_sat_per_kw", 0, 10**6)
         need("load_weeks", 1, 52, int)
         need("fallback_daily_wh", 0, 10**6, int)
         need("price_history_days", 1, 365, int)
         need("keep_days", 1, 36_500, int)
         need("solve_time_limit_s", 0.1, 600)
+        if not isinstance(self.pv_meters, list) or not all(isinstance(d, str) and 0 < len(d) <= 64
+                                                            for d in self.pv_meters):
+            raise PlannerSettingsError(f"{section}.pv_meters={self.pv_meters!r}: expected a list of device ids")
         if not isinstance(self.journal, str) or not self.journal:
             raise PlannerSettingsError(f"{section}.journal={self.journal!r}: expected a file path")
         if self.enabled and self.pv_kwp > 0 and self.latitude == 0 and self.longitude == 0:

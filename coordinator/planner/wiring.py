@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ..market.clearing import ClearedInterval
 from ..store.readings import ReadingStore
 from .journal import Journal
-from .load import LoadForecaster, store_history
+from .load import LoadForecaster, store_export, store_history
 from .scheduler import PriceHistory, Scheduler
 
 
@@ -34,4 +34,5 @@ def build_scheduler(config: Any, store: ReadingStore, device_ids: Callable[[], I
     p, m = config.planner, config.market
     load = LoadForecaster(store_history(store, device_ids), weeks=p.load_weeks,
                           fallback_daily_wh=float(p.fallback_daily_wh), utc_offset_s=m.utc_offset_s)
-    return Scheduler(p, m, load, price_history, Journal(config.resolve(p.journal)))
+    pv_observed = store_export(store, p.pv_meters) if p.pv_meters else None
+    return Scheduler(p, m, load, price_history, Journal(config.resolve(p.journal)), pv_observed)

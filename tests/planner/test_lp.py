@@ -95,6 +95,33 @@ def test_ev_deadline_beyond_the_horizon_asks_only_what_cannot_wait() -> None:
     assert sum(p.ev_wh) == pytest.approx(40_000 - 6 * 3000, abs=1e-3)
 
 
+def test_a_price_on_the_peak_spreads_equally_priced_charging() -> None:
+    # 8 kWh for the EV in the 6 cheap hours: without a peak price any split
+    # is optimal; with one, the import is flat, 8000 / 6 Wh an hour.
+    ev = EvNeed(energy_wh=8000, deadline=6 * H, max_power_w=7000)
+    inputs = day(load=0.0, ev=ev)
+    spread = solve(PlanInputs(**(inputs.__dict__ | {"peak_sat_per_kw": 10.0})))
+    assert spread.import_wh[:6] == pytest.approx([8000 / 6] * 6, abs=1e-3)
+    assert spread.objective_sat == pytest.approx(8000 * 0.1 + 10 * 8 / 6, abs=1e-3)
+    # The peak's price is weighed against energy: spreading over two day
+    # hours too would lower the peak to 1 kW (saving 150 x 0.33 = 50 sat)
+    # but buy 2 kWh at 250 instead of 100 (300 sat more).
+    assert max(solve(PlanInputs(**(inputs.__dict__ | {"peak_sat_per_kw": 150.0}))).import_wh[6:]) == \
+        pytest.approx(0, abs=1e-6)
+
+
+def test_battery_mode_follows_where_self_consumption_does_the_same() -> None:
+    from microgrid.coordinator.planner.model import FOLLOW, SETPOINT
+    p = solve(day(battery=battery()))
+    assert [p.battery_mode(t) for t in (0, 18)] == [SETPOINT, FOLLOW]  # charging from the grid; covering the peak
+    pv = [0.0] * 10 + [4000.0] * 4 + [0.0] * 10
+    sunny = solve(day(load=500, battery=battery(max_charge_w=1000.0), pv=pv))
+    # Charging at full power from surplus and selling the rest is self-consumption too.
+    assert sunny.charge_wh[10] == pytest.approx(1000) and sunny.export_wh[10] > 0
+    assert sunny.battery_mode(10) == FOLLOW
+    assert solve(day()).battery_mode(0) == SETPOINT  # no battery
+
+
 def test_connection_limits_are_never_exceeded_and_pv_is_curtailed_when_export_is_capped() -> None:
     pv = [0.0] * 10 + [4000.0] * 4 + [0.0] * 10
     p = solve(day(load=800, battery=battery(), pv=pv, import_limit_w=1000, export_limit_w=1500))
@@ -166,7 +193,8 @@ def random_inputs(draw: st.DrawFn) -> PlanInputs:
         ev = EvNeed(energy_wh=draw(st.floats(0, 1)) * power * deadline / 3600, deadline=deadline, max_power_w=power)
     # The connection covers any load and the EV at full power: always feasible.
     limit = (3000 + 11_000) / h
-    return PlanInputs(0, slot_s, load, pv, buy, sell, limit, draw(st.floats(0, 20_000)), b, ev)
+    return PlanInputs(0, slot_s, load, pv, buy, sell, limit, draw(st.floats(0, 20_000)), b, ev,
+                      peak_sat_per_kw=draw(st.sampled_from([0.0, 5.0, 100.0])))
 
 
 def idle_cost(inputs: PlanInputs) -> float:

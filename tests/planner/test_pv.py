@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from microgrid.coordinator.planner.model import PlanInputError
-from microgrid.coordinator.planner.pv import PvArray, pv_forecast_wh
+from microgrid.coordinator.planner.pv import PvArray, nowcast, observed_share, pv_forecast_wh
 
 JUNE_21 = 1_782_000_000 - 1_782_000_000 % 86_400  # a UTC midnight, 2026-06-21
 DEC_21 = JUNE_21 + 183 * 86_400
@@ -56,3 +56,16 @@ def test_southern_hemisphere_noon_and_season() -> None:
 def test_an_impossible_array_is_refused(field: str, value: float) -> None:
     with pytest.raises(PlanInputError, match=f"pv.{field}="):
         PvArray(**(AMSTERDAM | {"kwp": 1.0, field: value}))
+
+
+def test_nowcast_leans_the_next_hours_on_the_clouds_just_seen() -> None:
+    clear = [1000.0] * 24
+    assert nowcast(clear, 0.8, None, 3600) == [800.0] * 24
+    now = nowcast(clear, 0.8, 0.3, 3600)
+    assert now[0] == pytest.approx(300.0)  # this hour: what was just seen
+    assert now[3] == pytest.approx(1000 * (0.3 * 0.36788 + 0.8 * 0.63212), rel=1e-4)  # after tau
+    assert now[23] == pytest.approx(800.0, rel=1e-3)  # tomorrow: the usual
+    assert observed_share(450.0, 900.0, 5.0, 900) == 0.5
+    assert observed_share(450.0, 10.0, 5.0, 900) is None  # dawn: the ratio means nothing
+    assert observed_share(None, 900.0, 5.0, 900) is None
+    assert observed_share(5000.0, 900.0, 5.0, 900) == 1.2  # a meter glitch is capped

@@ -15,7 +15,7 @@ from typing import Any
 from microgrid.coordinator.market.settings import MarketSettings
 from microgrid.coordinator.planner.journal import Journal
 from microgrid.coordinator.planner.load import LoadForecaster
-from microgrid.coordinator.planner.model import EvNeed
+from microgrid.coordinator.planner.model import FOLLOW, SETPOINT, EvNeed
 from microgrid.coordinator.planner.scheduler import FALLBACK, OPTIMAL, Scheduler
 from microgrid.coordinator.planner.service import PlannerService
 from microgrid.coordinator.planner.settings import PlannerSettings
@@ -38,6 +38,7 @@ class FakeBattery:
     state_now: State
     name: str = "bat1"
     commands: list[tuple[float, float | None]] = field(default_factory=list)
+    released: int = 0
     broken: bool = False
 
     async def state(self) -> State:
@@ -48,6 +49,9 @@ class FakeBattery:
     async def command(self, setpoint_w: float, until: float | None = None) -> float:
         self.commands.append((setpoint_w, until))
         return setpoint_w
+
+    async def release(self) -> None:
+        self.released += 1
 
 
 @dataclass
@@ -94,6 +98,7 @@ def test_each_step_commands_the_battery_within_its_limits_and_the_charger_until_
     svc = PlannerService(make(tmp_path), clock, battery, charger, lambda now: ev, sleep=clock.sleep)
     d = asyncio.run(svc.step())
     assert d.status == OPTIMAL and d.slot_start == MIDNIGHT + 3600
+    assert d.battery_mode == SETPOINT  # charging from the grid: commanded
     [(w, until)] = battery.commands
     assert 0 < w <= 1200.0  # charging at night, never beyond what the battery accepts now
     assert until == MIDNIGHT + 3600 + 1800
@@ -127,5 +132,16 @@ def test_run_decides_before_every_boundary_until_stopped(tmp_path: Path) -> None
     svc = PlannerService(make(tmp_path), clock, battery, sleep=clock.sleep, on_decision=seen)
     asyncio.run(asyncio.wait_for(svc.run(stop), 60))
     assert [d.slot_start for d in decisions] == [MIDNIGHT + 900, MIDNIGHT + 1800, MIDNIGHT + 2700]
-    assert len(battery.commands) == 3
+    assert len(battery.commands) + battery.released == 3
     assert svc.scheduler.journal is not None and svc.scheduler.journal.count() == 3
+
+
+def test_a_slot_the_batterys_own_self_consumption_handles_releases_it(tmp_path: Path) -> None:
+    # The evening peak, a half-full battery, no EV: the plan covers the
+    # house from the battery (nothing bought), which self-consumption does.
+    clock = StepClock(MIDNIGHT + 18 * 3600 - 30)
+    battery = FakeBattery(State(60.0, 10_000, 3000.0, 3000.0))
+    svc = PlannerService(make(tmp_path), clock, battery, sleep=clock.sleep)
+    d = asyncio.run(svc.step())
+    assert d.battery_mode == FOLLOW and d.battery_w < 0
+    assert battery.released == 1 and battery.commands == []

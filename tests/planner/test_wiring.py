@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from bitcoinx import PrivateKey
 
 from microgrid.coordinator.config import from_dict
 from microgrid.coordinator.market.clearing import clear_interval
 from microgrid.coordinator.market.orders import BUY, SELL, make_order
+from microgrid.coordinator.planner.pv import PvArray, pv_forecast_wh
 from microgrid.coordinator.planner.scheduler import OPTIMAL
 from microgrid.coordinator.planner.wiring import build_scheduler, cleared_prices
 from microgrid.coordinator.store.database import open_database
@@ -47,3 +49,26 @@ def test_built_from_config_it_plans_with_stored_load_and_cleared_prices(tmp_path
     k = 18 * 4
     assert d.plan.inputs.buy_sat_per_kwh[k] == 175 and d.plan.inputs.price_source[k] == "market+tariff"
     assert (tmp_path / "planner.db").exists() and s.journal is not None and s.journal.count() == 1
+
+
+def test_a_pv_meter_leans_the_next_hours_on_the_clouds_it_measured(tmp_path: Path) -> None:
+    cfg = from_dict({
+        "store": {"path": str(tmp_path / "microgrid.db")},
+        "planner": {"enabled": True, "latitude": 52.37, "longitude": 4.9, "pv_kwp": 4.0, "pv_sky_share": 0.8,
+                    "pv_meters": ["pv1"]},
+    })
+    store = ReadingStore(open_database(cfg.store.path))
+    now = MIDNIGHT + 11 * 3600 + 870  # 11:14:30, 30 s before the 11:15 slot
+    last = MIDNIGHT + 10 * 3600 + 45 * 60  # 10:45-11:00, the last slot over
+    clear = pv_forecast_wh(PvArray(52.37, 4.9, 30.0, 180.0, 4.0), last, 900, 1)[0]
+    store.insert_measurement("pv1", "array", last, 0, 1000, None, None, {}, "test")
+    store.insert_measurement("pv1", "array", last + 900, 0, 1000 + round(0.3 * clear), None, None, {}, "test")
+    s = build_scheduler(cfg, store, lambda: ["m1"], lambda: [])
+    slot0 = MIDNIGHT + 11 * 3600 + 900
+    got = s.pv_forecast(now, slot0, 900, 96)
+    sky = pv_forecast_wh(PvArray(52.37, 4.9, 30.0, 180.0, 4.0), slot0, 900, 96)
+    assert got[0] == pytest.approx(0.3 * sky[0], rel=0.01)  # a grey morning: this slot as the last
+    assert got[95] == pytest.approx(0.8 * sky[95], rel=1e-3)  # tomorrow: the usual share
+    # Without the meter's readings: the usual share from the start.
+    none = build_scheduler(cfg, ReadingStore(open_database(":memory:")), lambda: [], lambda: [])
+    assert none.pv_forecast(now, slot0, 900, 4) == pytest.approx([0.8 * x for x in sky[:4]])
