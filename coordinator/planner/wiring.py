@@ -1,25 +1,27 @@
 """Building the planner from the coordinator's configuration and stores,
-so app.py needs a few lines only:
+and starting it inside a running coordinator, so app.py needs a few lines:
 
-    from .planner.wiring import build_scheduler, cleared_prices
+    # Coordinator.start(), after the trading service is made:
     if self.config.planner.enabled:
-        self.planner = build_scheduler(self.config, self.store,
-                                       lambda: [d.device_id for d in self.store.devices()],
-                                       lambda: cleared_prices(self.trading.stats.cleared if self.trading else {}))
-        # and for the market's orders, in TradingService.forecast:
-        #     got = planner.market_forecast(interval_start); if got: return got
-        # then PlannerService(self.planner, self.clock, battery, charger).run(stop)
+        from .planner.wiring import start_planner
+        self.planner = start_planner(self, battery=..., charger=...)   # devices/interface.py objects, or None
+    # Coordinator.stop(), before stop_trading():
+    if self.planner is not None:
+        await self.planner.stop()
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Callable, Iterable, Mapping
 
 from ..market.clearing import ClearedInterval
 from ..store.readings import ReadingStore
 from .journal import Journal
 from .load import LoadForecaster, store_export, store_history
+from .model import EvNeed
 from .scheduler import PriceHistory, Scheduler
+from .service import PlannerService
 
 
 def cleared_prices(cleared: Mapping[int, ClearedInterval]) -> list[tuple[int, int | None]]:
@@ -36,3 +38,49 @@ def build_scheduler(config: Any, store: ReadingStore, device_ids: Callable[[], I
                           fallback_daily_wh=float(p.fallback_daily_wh), utc_offset_s=m.utc_offset_s)
     pv_observed = store_export(store, p.pv_meters) if p.pv_meters else None
     return Scheduler(p, m, load, price_history, Journal(config.resolve(p.journal)), pv_observed)
+
+
+class RunningPlanner:
+    """The planner running inside a coordinator (start_planner); `stop()`
+    ends it."""
+
+    def __init__(self, scheduler: Scheduler, service: PlannerService) -> None:
+        self.scheduler = scheduler
+        self.service = service
+        self._stop = asyncio.Event()
+        self.task: asyncio.Task[None] = asyncio.ensure_future(service.run(self._stop))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        if self.scheduler.journal is not None:
+            self.scheduler.journal.close()
+
+
+def start_planner(coordinator: Any, battery: Any = None, charger: Any = None,
+                  ev_need: Callable[[int], EvNeed | None] | None = None) -> RunningPlanner:
+    """Start the planner in a running coordinator (app.py's `Coordinator`:
+    its config, store and clock, and its trading service when the market
+    is on): decisions every interval, the devices commanded, and the
+    market's orders for each interval taken from the plan (the market's
+    own forecaster stays the fallback for an interval the planner has not
+    decided)."""
+    trading = getattr(coordinator, "trading", None)
+
+    def history() -> list[tuple[int, int | None]]:
+        return cleared_prices(trading.stats.cleared) if trading is not None else []
+
+    store = coordinator.store
+    scheduler = build_scheduler(coordinator.config, store, lambda: [d.device_id for d in store.devices()], history)
+    if trading is not None:
+        market = trading.market
+        before = market.forecaster
+
+        def forecaster(interval_start: int) -> Any:
+            planned = scheduler.market_forecast(interval_start)
+            return planned if planned is not None else before(interval_start)
+
+        market.forecaster = forecaster
+    service = PlannerService(scheduler, coordinator.clock, battery, charger, ev_need)
+    return RunningPlanner(scheduler, service)

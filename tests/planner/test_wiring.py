@@ -11,6 +11,7 @@ from bitcoinx import PrivateKey
 from microgrid.coordinator.config import from_dict
 from microgrid.coordinator.market.clearing import clear_interval
 from microgrid.coordinator.market.orders import BUY, SELL, make_order
+from microgrid.coordinator.planner.journal import Journal
 from microgrid.coordinator.planner.pv import PvArray, pv_forecast_wh
 from microgrid.coordinator.planner.scheduler import OPTIMAL
 from microgrid.coordinator.planner.wiring import build_scheduler, cleared_prices
@@ -72,3 +73,53 @@ def test_a_pv_meter_leans_the_next_hours_on_the_clouds_it_measured(tmp_path: Pat
     # Without the meter's readings: the usual share from the start.
     none = build_scheduler(cfg, ReadingStore(open_database(":memory:")), lambda: [], lambda: [])
     assert none.pv_forecast(now, slot0, 900, 4) == pytest.approx([0.8 * x for x in sky[:4]])
+
+
+def test_the_coordinator_runs_the_planner_and_the_market_takes_its_orders(tmp_path: Path) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from microgrid.coordinator.app import Coordinator
+    from microgrid.coordinator.market.pricing import Forecast
+
+    from ..conftest import free_udp_port
+
+    cfg = from_dict({
+        "coap": {"port": free_udp_port()},
+        "store": {"path": str(tmp_path / "c.db")},
+        "market": {"zone": "elm", "prices": {"buy": 300}},
+        "planner": {"enabled": True},
+    })
+    boundary = MIDNIGHT + 18 * 3600
+
+    class Stopped:  # time stands 30 s before a boundary: the planner's moment to decide
+        def now(self) -> float:
+            return float(boundary - 30)
+
+    clock = Stopped()
+
+    async def go() -> None:
+        c = Coordinator(cfg, clock=clock)
+        own = Forecast(0, 0, 0), None
+        # The market's service as the planner sees it (the real one needs the overlay and channels).
+        c.trading = SimpleNamespace(market=SimpleNamespace(forecaster=lambda start: own),
+                                    stats=SimpleNamespace(cleared={}))
+        await c.start()
+        try:
+            for _ in range(1200):  # the first decision imports pvlib: seconds on a busy machine
+                if c.planner.scheduler.latest is not None:
+                    break
+                await asyncio.sleep(0.05)
+            d = c.planner.scheduler.latest
+            assert d is not None and d.slot_start == boundary and d.order_start == boundary + 3600
+            planned = c.trading.market.forecaster(boundary + 3600)
+            assert planned[0].consumption_wh == sum(o.quantity_wh for o in d.orders if o.side == "buy") > 0
+            assert c.trading.market.forecaster(boundary + 7200) is own  # not decided: the market's own
+            journal = c.planner.scheduler.journal
+        finally:
+            await c.stop()
+        assert c.planner is None
+        [e] = Journal(tmp_path / "planner.db").recent()
+        assert e.slot_start == boundary and journal is not None and e.status == "optimal"
+
+    asyncio.run(go())
