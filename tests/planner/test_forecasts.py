@@ -4,6 +4,8 @@ same time, then a typical day) and expected prices (tariff, market, rules)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from microgrid.coordinator.market.pricing import FixedPrice, PricingPolicy, TimeOfDayPrice, parse_rule
 from microgrid.coordinator.planner.load import TYPICAL_DAY, LoadForecaster, store_history
@@ -125,3 +127,47 @@ def test_slot_prices_count_on_the_market_only_within_the_households_rules() -> N
     q = slot_prices(MONDAY, 3600, imp, exp, market, strict)
     assert q.buy == [float(x) for x in imp] and q.sell == [40.0] * 24
     assert set(q.source) == {"tariff+tariff"}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(1, 2000), st.integers(0, 500), st.booleans()), min_size=0, max_size=40),
+       st.lists(st.tuples(st.integers(0, 40_000), st.sampled_from([300, 900, 3600])), min_size=1, max_size=12),
+       st.integers(0, 3))
+def test_many_slots_at_once_read_exactly_what_one_by_one_reads(steps: list[tuple[int, int, bool]],
+                                                                 slots: list[tuple[int, int]], late: int) -> None:
+    """Readings at random gaps, increments, two meters (one starting late),
+    some back-dated (held): the batched walk equals the metering's own."""
+    store = ReadingStore(open_database(":memory:"))
+    t, imp = MONDAY, 0
+    for n, (gap, inc, back) in enumerate(steps):
+        t += gap
+        imp += inc
+        store.insert_measurement("a", "a", t - (gap + 5 if back else 0), imp, 0, None, None, {}, "test")
+        if n >= late:
+            store.insert_measurement("b", "b", t + 7, 2 * imp, 0, None, None, {}, "test")
+    history = store_history(store, lambda: ["a", "b"])
+    wanted = [(MONDAY + a, MONDAY + a + length) for a, length in slots]
+    assert history.many(wanted) == {s: history(*s) for s in wanted}
+
+
+def test_the_first_forecast_reads_each_meter_once_not_each_slot() -> None:
+    now = MONDAY + 4 * WEEK
+    store = store_with_history(28, now)
+    calls = {"one": 0, "many": 0}
+    inner = store_history(store, lambda: ["m1"])
+
+    class Counting:
+        def __call__(self, a: int, b: int) -> float | None:
+            calls["one"] += 1
+            return inner(a, b)
+
+        def many(self, slots):  # type: ignore[no-untyped-def]
+            calls["many"] += 1
+            return inner.many(slots)
+
+    f = LoadForecaster(Counting(), weeks=4)
+    wh, how = f.forecast(now, now, SLOT, 96)
+    assert how == ["week"] * 96 and wh == [wh_in(now + i * SLOT) for i in range(96)]
+    assert calls == {"one": 0, "many": 1}
+    f.forecast(now + SLOT, now + SLOT, SLOT, 96)  # the next interval: one new slot, four weeks of it
+    assert calls["many"] == 1 and calls["one"] == 4  # a few: one by one
