@@ -33,7 +33,10 @@ measured in this run.
    Printed: each household's bill, the feeder's bill (energy and battery
    wear; the energy left in the batteries beyond their start credited at
    the night tariff) and its peak import (the households' net imports
-   summed per slot), the EV energy short at the deadlines, and the ratios.
+   summed per slot), the EV energy short at the deadlines, the feeder's
+   self-sufficiency (1 - what it imported / what its houses and EVs used,
+   exports of one house netted against imports of another in the same
+   slot), and the ratios.
    There is no peer trading here (bench_market measures the market): the
    utility's tariff alone, the same for both.
 """
@@ -217,6 +220,7 @@ def simulate_household(h: Household, days: int, seed: int, planned: bool, clear:
     delivered: dict[int, float] = {}
     bill = short = solve_s = 0.0
     fallbacks = solves = follows = 0
+    used = 0.0  # the house's load and the EV's energy
     net_series = []
     for i in range(n):
         t = START + i * SLOT
@@ -268,12 +272,13 @@ def simulate_household(h: Household, days: int, seed: int, planned: bool, clear:
         net = actual_load[i] + c + ev - d - actual_pv[i]
         bill += (max(net, 0.0) * tariff(t) - max(-net, 0.0) * EXPORT) / 1000
         net_series.append(net)
+        used += actual_load[i] + ev
         if trace is not None:
             trace.append((i, planned and mode, round(c), round(d), round(net), round(soc)))
     # Energy left in the battery counts: what it holds beyond (or short of)
     # its start, at the cheapest price it could be bought for (the night tariff).
     bill -= (soc - 0.5 * h.battery_wh) * NIGHT_TARIFF / 1000
-    return {"bill": bill, "net": net_series, "short": short, "solve_s": solve_s, "solves": solves,
+    return {"bill": bill, "net": net_series, "used": used, "short": short, "solve_s": solve_s, "solves": solves,
             "fallbacks": fallbacks, "follows": follows}
 
 
@@ -287,12 +292,14 @@ def simulate_zone(n_households: int, days: int, seed: int, perfect: bool = False
     wall = time.perf_counter() - t0
     known = [simulate_household(h, days, seed, True, clear, perfect=True) for h in homes] if perfect else []
 
-    def totals(runs: list[dict[str, Any]]) -> tuple[float, float, float]:
+    def totals(runs: list[dict[str, Any]]) -> tuple[float, float, float, float]:
         feeder = [sum(r["net"][i] for r in runs) for i in range(n)]
-        return sum(r["bill"] for r in runs), max(max(feeder), 0.0) / H, sum(r["short"] for r in runs)
+        imported = sum(max(x, 0.0) for x in feeder)
+        return (sum(r["bill"] for r in runs), max(max(feeder), 0.0) / H, sum(r["short"] for r in runs),
+                1 - imported / sum(r["used"] for r in runs))
 
-    b_bill, b_peak, b_short = totals(base)
-    p_bill, p_peak, p_short = totals(lp)
+    b_bill, b_peak, b_short, b_self = totals(base)
+    p_bill, p_peak, p_short, p_self = totals(lp)
     solves = sum(r["solves"] for r in lp)
     print(f"\nsample zone: {len(homes)} households x {days} days x {PER_DAY} slots, seed {seed} (rolling horizon: "
           f"{solves} plans, {sum(r['solve_s'] for r in lp) / max(solves, 1) * 1000:.1f} ms each; {wall:.0f} s in all)")
@@ -300,12 +307,13 @@ def simulate_zone(n_households: int, days: int, seed: int, perfect: bool = False
         kit = ", ".join(x for x in (f"{h.kwp:g} kWp" if h.kwp else "", f"{h.battery_wh / 1000:g} kWh battery"
                                     if h.battery_wh else "", "EV" if h.ev else "") if x) or "load only"
         print(f"  {h.name:4s} {kit:32s} bill {b['bill']:8.0f} -> {p['bill']:8.0f} sat")
-    print(f"  {'':28s} {'bill+wear (sat)':>15s} {'feeder peak import (W)':>23s} {'EV short (Wh)':>14s}")
-    print(f"  {'baseline: rule-based':28s} {b_bill:15.0f} {b_peak:23.0f} {b_short:14.0f}")
-    print(f"  {'planner (LP, forecasts)':28s} {p_bill:15.0f} {p_peak:23.0f} {p_short:14.0f}")
+    print(f"  {'':28s} {'bill+wear (sat)':>15s} {'feeder peak import (W)':>23s} {'EV short (Wh)':>14s} "
+          f"{'self-sufficiency':>17s}")
+    print(f"  {'baseline: rule-based':28s} {b_bill:15.0f} {b_peak:23.0f} {b_short:14.0f} {b_self:17.1%}")
+    print(f"  {'planner (LP, forecasts)':28s} {p_bill:15.0f} {p_peak:23.0f} {p_short:14.0f} {p_self:17.1%}")
     if known:
-        k_bill, k_peak, k_short = totals(known)
-        print(f"  {'planner, perfect forecasts':28s} {k_bill:15.0f} {k_peak:23.0f} {k_short:14.0f}")
+        k_bill, k_peak, k_short, k_self = totals(known)
+        print(f"  {'planner, perfect forecasts':28s} {k_bill:15.0f} {k_peak:23.0f} {k_short:14.0f} {k_self:17.1%}")
     print(f"  planner / baseline: bill {p_bill / b_bill:.3f} (saves {b_bill - p_bill:.0f} sat, "
           f"{(1 - p_bill / b_bill) * 100:.1f} %), feeder peak import {p_peak / b_peak:.3f}; "
           f"fallbacks {sum(r['fallbacks'] for r in lp)}")

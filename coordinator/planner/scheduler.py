@@ -63,7 +63,7 @@ class Decision:
     reason: str  # why the fallback ("" when optimal)
     battery_w: float  # + charge, - discharge; 0 idle
     battery_mode: str  # SETPOINT: command battery_w; FOLLOW: the device's own self-consumption (Plan.battery_mode)
-    ev_w: float | None  # None: leave the charger to its default
+    ev_w: float | None  # None: leave the charger to its default (no EV need known, or the fallback)
     orders: list[OrderPlan]
     inputs_digest: str
     plan: Plan | None
@@ -157,8 +157,10 @@ class Scheduler:
         if plan is not None:
             orders = plan_orders(plan, k, policy, inputs.buy_sat_per_kwh[k], inputs.sell_sat_per_kwh[k], off) \
                 if k < slots else []
+            # No EV need known: the charger is left alone (a 0 W limit would pause a car plugged in).
             decision = Decision(now, slot0, order_start, OPTIMAL, "", plan.battery_setpoint_w(0),
-                                plan.battery_mode(0), plan.ev_power_w(0), orders, inputs.digest(), plan)
+                                plan.battery_mode(0), plan.ev_power_w(0) if ev is not None else None, orders,
+                                inputs.digest(), plan)
         else:
             log.warning("planner fallback for %d (battery idle, rule-based orders): %s", slot0, reason)
             fc = Forecast(order_start, int(inputs.pv_wh[k]) if k < slots else 0,

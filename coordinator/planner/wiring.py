@@ -4,7 +4,7 @@ and starting it inside a running coordinator, so app.py needs a few lines:
     # Coordinator.start(), after the trading service is made:
     if self.config.planner.enabled:
         from .planner.wiring import start_planner
-        self.planner = start_planner(self, battery=..., charger=...)   # devices/interface.py objects, or None
+        self.planner = start_planner(self)   # its batteries and chargers from self.devices
     # Coordinator.stop(), before stop_trading():
     if self.planner is not None:
         await self.planner.stop()
@@ -58,15 +58,46 @@ class RunningPlanner:
             self.scheduler.journal.close()
 
 
+class FleetCharger:
+    """The charge point the plan commands, looked up in the OCPP central
+    system (devices/interface.py ChargerFleet) at each command: chargers
+    connect and go away while the planner runs. The first connected one
+    (by id) is the household's; with none connected there is nothing to
+    command."""
+
+    def __init__(self, fleet: Any) -> None:
+        self.fleet = fleet
+        self.charger_id = "fleet"
+
+    def _current(self) -> Any:
+        connected = [c for _, c in sorted(self.fleet.chargers().items()) if c.connected]
+        return connected[0] if connected else None
+
+    async def set_limit(self, limit_w: float, until: float | None = None, evse_id: int = 0) -> Any:
+        c = self._current()
+        return None if c is None else await c.set_limit(limit_w, until=until, evse_id=evse_id)
+
+    async def clear_limit(self, evse_id: int = 0) -> None:
+        c = self._current()
+        if c is not None:
+            await c.clear_limit(evse_id)
+
+
 def start_planner(coordinator: Any, battery: Any = None, charger: Any = None,
                   ev_need: Callable[[int], EvNeed | None] | None = None) -> RunningPlanner:
     """Start the planner in a running coordinator (app.py's `Coordinator`:
-    its config, store and clock, and its trading service when the market
-    is on): decisions every interval, the devices commanded, and the
+    its config, store and clock, its batteries and OCPP chargers
+    (`coordinator.devices`) unless given, and its trading service when the
+    market is on): decisions every interval, the devices commanded, and the
     market's orders for each interval taken from the plan (the market's
     own forecaster stays the fallback for an interval the planner has not
     decided)."""
     trading = getattr(coordinator, "trading", None)
+    devices = getattr(coordinator, "devices", None)  # devices/service.py DeviceService, when configured
+    if battery is None and devices is not None and devices.batteries:
+        battery = devices.batteries[sorted(devices.batteries)[0]]  # one battery per household (for now)
+    if charger is None and devices is not None and devices.fleet is not None:
+        charger = FleetCharger(devices.fleet)
 
     def history() -> list[tuple[int, int | None]]:
         return cleared_prices(trading.stats.cleared) if trading is not None else []

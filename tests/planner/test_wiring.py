@@ -123,3 +123,43 @@ def test_the_coordinator_runs_the_planner_and_the_market_takes_its_orders(tmp_pa
         assert e.slot_start == boundary and journal is not None and e.status == "optimal"
 
     asyncio.run(go())
+
+
+def test_the_coordinators_battery_and_connected_charger_are_the_ones_commanded(tmp_path: Path) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from microgrid.coordinator.planner.model import EvNeed
+    from microgrid.coordinator.planner.wiring import start_planner
+
+    from .test_service import FakeBattery, FakeCharger, State
+
+    cfg = from_dict({"store": {"path": str(tmp_path / "c.db")}, "planner": {"enabled": True}})
+    boundary = MIDNIGHT + 3600
+
+    class Early:  # ten minutes before the boundary: the background loop is still waiting
+        def now(self) -> float:
+            return float(boundary - 600)
+
+    away, home = FakeCharger("cp-a"), FakeCharger("cp-b")
+    chargers = {"cp-a": SimpleNamespace(connected=False, set_limit=away.set_limit, clear_limit=away.clear_limit),
+                "cp-b": SimpleNamespace(connected=True, set_limit=home.set_limit, clear_limit=home.clear_limit)}
+    battery = FakeBattery(State(50.0, 10_000, 3000.0, 3000.0))
+    coordinator = SimpleNamespace(
+        config=cfg, store=ReadingStore(open_database(cfg.store.path)), clock=Early(), trading=None,
+        devices=SimpleNamespace(batteries={"home": battery}, fleet=SimpleNamespace(chargers=lambda: chargers)))
+    needs: list[EvNeed | None] = [None, EvNeed(5000, boundary + 5 * 3600, 7400)]
+
+    async def go() -> None:
+        running = start_planner(coordinator, ev_need=lambda now: needs[0])
+        try:
+            await running.service.step()  # no EV need known: our limit, if any, is lifted; nothing paused
+            assert home.cleared == 1 and home.limits == [] and away.cleared == 0
+            assert len(battery.commands) + battery.released == 1
+            needs.pop(0)
+            d = await running.service.step()
+            assert home.limits == [(d.ev_w, float(boundary + 1800))] and away.limits == []
+        finally:
+            await running.stop()
+
+    asyncio.run(go())
