@@ -129,6 +129,7 @@ class Coordinator:
         self.wallet = wallet
         self.key = load_or_create_key(config.resolve(config.identity.key_file))
         self.trading: Any = None
+        self.planner: Any = None  # coordinator/planner/ when [planner] is enabled
         self.gpio: Any = None
         self.mqtt: Any = None
         self.modbus: Any = None
@@ -362,6 +363,10 @@ class Coordinator:
                  "limit_sat_per_kwh": so.order.limit_sat_per_kwh, "hash": so.hash_hex[:16]}
                 for start, rnd in sorted(trading.market.rounds.items())[-8:] for so in rnd.own_orders
             ]
+        if self.config.planner.enabled:
+            from .planner.wiring import start_planner
+
+            self.planner = start_planner(self)
         self._retention_task = asyncio.ensure_future(self._retention_loop())
         self._log_report_task = asyncio.ensure_future(report_suppressed_every())
         await self.console_server.start()
@@ -506,6 +511,9 @@ class Coordinator:
         await self.notifier.stop()
         if self.web is not None:
             await self.web.stop()
+        if self.planner is not None:
+            await self.planner.stop()
+            self.planner = None
         await self.stop_trading()
         if self.updates is not None:
             await self.updates.stop()

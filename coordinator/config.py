@@ -27,6 +27,7 @@ from .membership.settings import ZoneSettings
 from .secrets import redact_url
 from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
+from .planner.settings import PlannerSettings
 from .updates.settings import UpdatesSettings
 from .web.settings import WebSettings
 
@@ -339,6 +340,7 @@ class Config:
     updates: UpdatesSettings = field(default_factory=UpdatesSettings)
     grid: GridSettings = field(default_factory=GridSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:
