@@ -119,11 +119,12 @@ async def raw_get(node: Overlay, key: str, first_only: bool, timeout: float = 5.
             return False
         return True
 
+    # Awaited as the overlay's own reads are (one future, a timer; no
+    # wait_for): the comparison is of the reads, not of asyncio's helpers.
+    timer = loop.call_later(timeout, finish)
     node._runner.get(dht.InfoHash.get(key), on_value, lambda ok, nodes: loop.call_soon_threadsafe(finish))
-    try:
-        await asyncio.wait_for(fut, timeout)
-    except asyncio.TimeoutError:
-        pass
+    await fut
+    timer.cancel()
     return time.monotonic() - t0, count[0]
 
 
@@ -360,7 +361,14 @@ class Endpoint(BaseOverlay):
         self.lookups.append(time.monotonic() - t0)
 
     def _listen_raw(self, key: str, handle: ListenHandle) -> None:
-        raise NotImplementedError("not used by the simulation")
+        deliver = handle._deliver_raw
+
+        def counted(raw: bytes) -> None:
+            self.received += len(raw)
+            deliver(raw)
+
+        handle._deliver_raw = counted  # type: ignore[method-assign]
+        self.host._listen_raw(key, handle)
 
 
 def loopback_bytes() -> int:
@@ -370,8 +378,82 @@ def loopback_bytes() -> int:
     return 0
 
 
+# -- bytes on the wire, per node ----------------------------------------------------------
+#
+# Every OpenDHT node owns one UDP port (IPv4 and IPv6). Run in a network
+# namespace of its own (`unshare -n`, re-executed automatically as root), the
+# process's loopback carries nothing but its nodes' packets, and an
+# iptables rule per port and direction counts each node's bytes sent
+# (OUTPUT, source port) and received (INPUT, destination port): IP packets,
+# headers included, as measured by the kernel. Rules are grouped 32 ports to
+# a chain so a packet meets some 64 rules, not one per node.
+
+IPTABLES = ("iptables-legacy", "ip6tables-legacy")
+
+
+class WireCounters:
+    def __init__(self, ports: list[int]) -> None:
+        import shutil
+        import subprocess
+        self.ports = ports
+        self.available = all(shutil.which(t) and shutil.which(t + "-restore") for t in IPTABLES)
+        if not self.available:
+            return
+        text = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+        rules = []
+        order = sorted(ports)
+        for k in range(0, len(order), 32):
+            group = order[k:k + 32]
+            for chain, opt, top in (("S", "--sport", "OUTPUT"), ("R", "--dport", "INPUT")):
+                name = f"{chain}{k // 32}"
+                text.append(f":{name} - [0:0]")
+                rules.append(f"-A {top} -p udp -m udp {opt} {group[0]}:{group[-1]} -j {name}")
+                rules += [f"-A {name} -p udp -m udp {opt} {port} -j RETURN" for port in group]
+        payload = "\n".join(text + rules + ["COMMIT", ""])
+        for tool in IPTABLES:
+            subprocess.run([tool + "-restore"], input=payload.encode(), check=True)
+
+    def read(self) -> dict[int, list[int]]:
+        """port -> [bytes sent, bytes received], IPv4 and IPv6 together."""
+        import re
+        import subprocess
+        out: dict[int, list[int]] = {p: [0, 0] for p in self.ports}
+        if not self.available:
+            return out
+        pat = re.compile(r"^\[(\d+):(\d+)\] -A [SR]\d+ -p udp -m udp --([sd])port (\d+) -j RETURN")
+        for tool in IPTABLES:
+            for line in subprocess.run([tool + "-save", "-c"], capture_output=True, text=True, check=True).stdout.splitlines():
+                m = pat.match(line)
+                if m:
+                    out[int(m.group(4))][0 if m.group(3) == "s" else 1] += int(m.group(2))
+        return out
+
+
+def in_private_netns() -> bool:
+    return os.environ.get("MG_BENCH_NETNS") == "1"
+
+
+def reexec_in_netns() -> None:
+    """Run this bench again in a network namespace of its own (root only),
+    so loopback counters see this process's packets only."""
+    import shutil
+    import subprocess
+    if in_private_netns() or os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        return
+    env = dict(os.environ, MG_BENCH_NETNS="1")
+    cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', sys.executable] + sys.argv
+    sys.exit(subprocess.run(cmd, env=env).returncode)
+
+
+def diff(after: dict[int, list[int]], before: dict[int, list[int]]) -> dict[int, tuple[int, int]]:
+    return {p: (after[p][0] - before[p][0], after[p][1] - before[p][1]) for p in after}
+
+
 async def households(args: argparse.Namespace) -> None:
-    from microgrid.coordinator.market.orders import BUY, SELL, make_order
+    from microgrid.coordinator.market.clearing import clear_interval
+    from microgrid.coordinator.market.district import clear_district, zone_offer
+    from microgrid.coordinator.market.district_link import publish_offer, read_offers
+    from microgrid.coordinator.market.orders import BUY, SELL, OrderError, decode_order, make_order
 
     raise_fd_limit(args.nodes)
     t_start = time.monotonic()
@@ -382,61 +464,133 @@ async def households(args: argparse.Namespace) -> None:
         ep = Endpoint(PrivateKey.from_random(), nodes[h % args.nodes], args.shards)
         await ep.start()
         homes.append((zones[h // args.zone_size], ep))
+    zone_of = {ep.public_key: z for z, ep in homes}
+    per_node = args.households / args.nodes
+    counters = WireCounters([n.port for n in nodes])
+    where = ("in a network namespace of its own: loopback carries this bench's packets only"
+             if in_private_netns() else "sharing loopback with the machine: wire figures include other processes")
     print(f"households: {args.households} households in {len(zones)} feeder zones of {args.zone_size} "
-          f"(one district), {args.shards} shards per zone, on {args.nodes} OpenDHT nodes "
-          f"({args.households // args.nodes} endpoints each); started in {time.monotonic() - t_start:.1f} s")
+          f"(one district), {args.shards} shard(s) per zone, on {args.nodes} OpenDHT nodes "
+          f"({per_node:g} household endpoints each); started in {time.monotonic() - t_start:.1f} s; {where}; "
+          f"per-node counters: {'iptables per port' if counters.available else 'none (iptables-legacy missing)'}")
+    await asyncio.sleep(args.settle_s)
+    # Maintenance: what an idle node costs (pings, table refreshes, our peer refresh).
+    c0, lo0, t0 = counters.read(), loopback_bytes(), time.monotonic()
+    await asyncio.sleep(args.idle_s)
+    idle = diff(counters.read(), c0)
+    idle_s = time.monotonic() - t0
+    idle_node = statistics.mean(a + b for a, b in idle.values()) / idle_s if counters.available else \
+        2 * (loopback_bytes() - lo0) / args.nodes / idle_s
+    print(f"idle: {idle_node:.0f} bytes/s per node sent+received ({idle_node * 900 / 1e3:.0f} KB per 900-s interval "
+          f"of maintenance, added to each interval below as 'maint.')")
     rng = random.Random(args.seed)
     start0 = (int(time.time()) // 900) * 900
     gate = asyncio.Semaphore(400)
-    print(f"\n{'interval':>8}{'puts ok %':>10}{'settlers':>9}{'saw all %':>10}{'min seen':>9}"
-          f"{'stored/node KB':>15}{'sent/home B':>12}{'recv/settler KB':>16}{'lookups/settler':>16}"
-          f"{'p50 ms':>8}{'p99 ms':>8}{'lo MB/node':>11}")
+    print(f"\n{'int.':>4}{'puts ok%':>9}{'settlers':>9}{'saw all%':>9}{'book%':>7}{'district':>9}"
+          f"{'recv/settler KB':>16}{'p50 ms':>8}{'p99 ms':>8}"
+          f"{'node KB mean':>13}{'max':>7}{'+maint.':>8}{'settler node max':>17}{'lo check':>9}{'s':>6}")
     for i in range(args.intervals):
         start = start0 + 900 * i
-        lo0 = loopback_bytes()
         for _, ep in homes:
             ep.sent = ep.received = 0
             ep.lookups.clear()
+        c0, lo0, t0 = counters.read(), loopback_bytes(), time.monotonic()
 
         async def publish(zone: str, ep: Endpoint) -> bool:
             async with gate:
                 # its order for the next interval, then its meter total for this one
                 so = make_order(ep.signing_key, BUY if rng.random() < 0.5 else SELL, zone, start + 900,
                                 rng.randrange(100, 3000), rng.randrange(50, 200), start + 1800, i, int(time.time()))
-                ok = await ep.put(f"mg/market/{zone}/{start + 900}", so.encoded, 3600,
+                ok = await ep.put(f"mg/market/{zone}/{start + 900}", so.encoded, 1800,
                                   slot=f"{so.order.owner.hex()[:16]}:{so.order.nonce}")
                 body = json.dumps({"export_wh": rng.randrange(0, 3000), "import_wh": rng.randrange(0, 3000)}).encode()
-                return await ep.put(f"mg/metering/{zone}/{start}", body, 3600) and ok
+                return await ep.put(f"mg/metering/{zone}/{start}", body, 1800) and ok
 
-        t0 = time.monotonic()
-        ok = await asyncio.gather(*(publish(z, ep) for z, ep in homes))
         settlers = [ep for z in zones for ep in rng.sample([e for zz, e in homes if zz == z], args.settlers)]
-        zone_of = {id(ep): z for z, ep in homes}
         expected = {z: {ep.public_key for zz, ep in homes if zz == z} for z in zones}
+        # Listening settlers subscribe before the interval's records are
+        # published, as the market's book collector does: each record then
+        # reaches them once from each listened storing node, with no polling.
+        heard: dict[tuple[int, str], dict[tuple[bytes, str], Any]] = {}
+        handles = []
+        if args.collect == "listen":
+            for ep in settlers:
+                zone = zone_of[ep.public_key]
+                for key in (f"mg/market/{zone}/{start + 900}", f"mg/metering/{zone}/{start}"):
+                    got = heard.setdefault((id(ep), key), {})
+                    handles.append(ep.listen(key, lambda r, got=got: got.__setitem__((r.publisher, r.slot), r)))
+            await asyncio.sleep(1.0)
+        ok = await asyncio.gather(*(publish(z, ep) for z, ep in homes))
         settling = asyncio.Semaphore(args.settle_concurrency)
+        offers_by: dict[int, Any] = {}
+
+        async def collect(ep: Endpoint, key: str, zone: str) -> list[Any]:
+            if args.collect == "get":
+                return await ep.get(key, args.read_timeout)
+            got = heard[(id(ep), key)]
+            deadline = time.monotonic() + args.read_timeout
+            t = time.monotonic()
+            while {p for p, _ in got} < expected[zone] and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            ep.lookups.append(time.monotonic() - t)
+            return list(got.values())
 
         async def settle(ep: Endpoint) -> tuple[list[Any], list[Any]]:
             async with settling:
-                zone = zone_of[id(ep)]
-                book = await ep.get(f"mg/market/{zone}/{start + 900}", args.read_timeout)
-                return book, await ep.get(f"mg/metering/{zone}/{start}", args.read_timeout)
+                zone = zone_of[ep.public_key]
+                book = await collect(ep, f"mg/market/{zone}/{start + 900}", zone)
+                metering = await collect(ep, f"mg/metering/{zone}/{start}", zone)
+                # Level 1 -> 2: the zone clears its own book and offers the rest to the district.
+                orders = []
+                for r in book:
+                    try:
+                        orders.append(decode_order(r.body))
+                    except OrderError:
+                        pass
+                cleared = clear_interval(orders, zone, start + 900)
+                offer = zone_offer(orders, cleared)
+                offers_by[id(ep)] = offer
+                if ep is next(e for e in settlers if zone_of[e.public_key] == zone):
+                    await publish_offer(ep, "district", offer)  # one per zone; the others compare
+                return book, metering
 
         read = await asyncio.gather(*(settle(ep) for ep in settlers))
+        # Level 2: every settler reads the district key (one small record per
+        # zone) and clears it; all must agree.
+        district_hashes = set()
+
+        async def district(ep: Endpoint) -> None:
+            async with settling:
+                offers = await read_offers(ep, "district", start + 900, zone_of.get)
+                district_hashes.add(clear_district(offers.values(), "district", start + 900, 900).hash
+                                    if len(offers) == len(zones) else b"incomplete")
+
+        await asyncio.gather(*(district(ep) for ep in settlers))
+        for h in handles:
+            h.cancel()
+        wire = diff(counters.read(), c0)
+        lo = loopback_bytes() - lo0
         books, seen = [b for b, _ in read], [m for _, m in read]
-        book_ok = [len({r.publisher for r in got} & expected[zone_of[id(ep)]]) == len(expected[zone_of[id(ep)]])
-                   for ep, got in zip(settlers, books)]
-        counts = [len({r.publisher for r in got} & expected[zone_of[id(ep)]]) / len(expected[zone_of[id(ep)]])
+        book_ok = [{r.publisher for r in got} >= expected[zone_of[ep.public_key]] for ep, got in zip(settlers, books)]
+        counts = [len({r.publisher for r in got} & expected[zone_of[ep.public_key]]) / len(expected[zone_of[ep.public_key]])
                   for ep, got in zip(settlers, seen)]
         lat = [x for ep in settlers for x in ep.lookups]
-        # OpenDHT stores each value on the 8 nodes closest to its key
-        stored = sum(ep.sent for _, ep in homes) * min(8, args.nodes) / args.nodes
-        lo = (loopback_bytes() - lo0) / args.nodes
-        print(f"{i:>8}{100 * sum(ok) / len(ok):>10.2f}{len(settlers):>9}{100 * sum(c == 1 for c in counts) / len(counts):>10.1f}"
-              f"{100 * min(counts):>8.1f}%{stored / 1024:>15.1f}{statistics.mean(ep.sent for _, ep in homes):>12.0f}"
-              f"{statistics.mean(ep.received for ep in settlers) / 1024:>16.1f}"
-              f"{statistics.mean(len(ep.lookups) for ep in settlers):>16.1f}"
-              f"{pct(lat, .5) * 1000:>8.0f}{pct(lat, .99) * 1000:>8.0f}{lo / 1e6:>11.2f}"
-              f"   ({time.monotonic() - t0:.0f} s; whole book seen by {sum(book_ok)}/{len(book_ok)} settlers)")
+        totals = {p: a + b for p, (a, b) in wire.items()}
+        settler_ports = {ep.host.port for ep in settlers}
+        node_kb = [v / 1e3 for v in totals.values()] or [float("nan")]
+        settler_kb = [totals[p] / 1e3 for p in settler_ports] if counters.available else [float("nan")]
+        check = sum(a for a, _ in wire.values()) / lo if lo and counters.available else float("nan")
+        maint = idle_node * max(0.0, 900 - (time.monotonic() - t0)) / 1e3
+        print(f"{i:>4}{100 * sum(ok) / len(ok):>9.2f}{len(settlers):>9}{100 * sum(c == 1 for c in counts) / len(counts):>9.1f}"
+              f"{100 * sum(book_ok) / len(book_ok):>7.1f}{'agree' if len(district_hashes) == 1 and b'incomplete' not in district_hashes else 'DIFFER':>9}"
+              f"{statistics.mean(ep.received for ep in settlers) / 1e3:>16.1f}"
+              f"{pct(lat, .5) * 1000:>8.0f}{pct(lat, .99) * 1000:>8.0f}"
+              f"{statistics.mean(node_kb):>13.0f}{max(node_kb):>7.0f}{maint:>8.0f}{max(settler_kb):>17.0f}{check:>9.2f}"
+              f"{time.monotonic() - t0:>6.0f}")
+        if args.verbose:
+            non = sorted(totals[n.port] / 1e3 for n in nodes if n.port not in settler_ports)
+            print(f"      non-settler nodes KB p50/p99/max {pct(non, .5):.0f}/{pct(non, .99):.0f}/{max(non):.0f}; "
+                  f"loopback total {lo / 1e6:.1f} MB; values sent per household {statistics.mean(ep.sent for _, ep in homes):.0f} B")
     await asyncio.gather(*(n.stop() for n in nodes))
 
 
@@ -455,19 +609,25 @@ if __name__ == "__main__":
     ap.add_argument("--signed", type=int, default=60)
     ap.add_argument("--flood-nodes", type=int, default=8)
     ap.add_argument("--households", type=int, default=10_000)
-    ap.add_argument("--zone-size", type=int, default=1000)
-    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--zone-size", type=int, default=100, help="households per feeder zone")
+    ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--settlers", type=int, default=2, help="households per zone that settle each interval")
     ap.add_argument("--intervals", type=int, default=2)
-    ap.add_argument("--settle-concurrency", type=int, default=4, help="settlers reading at once (this process)")
+    ap.add_argument("--settle-concurrency", type=int, default=16, help="settlers reading at once (this process)")
+    ap.add_argument("--idle-s", type=float, default=20.0, help="households: seconds of idle traffic measured")
+    ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--collect", choices=("listen", "get"), default="listen",
+                    help="households: settlers listen to their zone's keys from the interval's start, or get them after")
     ap.add_argument("--read-timeout", type=float, default=60.0, help="seconds a settler's read may take")
     ap.add_argument("--settle-s", type=float, default=5.0, help="pause after start and between publications")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
+    if a.mode == "households":
+        reexec_in_netns()
     if a.mode == "all" and not a.full:
         a.quick = True
     if a.quick:
-        a.lookups, a.phase_s, a.junk, a.households, a.zone_size = 300, 20.0, 2000, 1000, 250
+        a.lookups, a.phase_s, a.junk, a.households = 300, 20.0, 2000, 1000
     modes = ("lookups", "floods", "households") if a.mode == "all" else (a.mode,)
     for mode in modes:
         if mode == "lookups":
@@ -476,6 +636,6 @@ if __name__ == "__main__":
         elif mode == "floods":
             asyncio.run(floods(a))
         else:
-            a.nodes = a.nodes if a.mode == "households" and a.nodes else (50 if a.quick else 250)
+            a.nodes = a.nodes if a.mode == "households" and a.nodes else max(1, a.households // 10)
             asyncio.run(households(a))
         print()
