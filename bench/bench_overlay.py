@@ -452,27 +452,42 @@ def diff(after: dict[int, list[int]], before: dict[int, list[int]]) -> dict[int,
 async def households(args: argparse.Namespace) -> None:
     from microgrid.coordinator.market.clearing import clear_interval
     from microgrid.coordinator.market.district import clear_district, zone_offer
-    from microgrid.coordinator.market.district_link import publish_offer, read_offers
+    from microgrid.coordinator.market.district_link import all_keys, offers_from, publish_offer
     from microgrid.coordinator.market.orders import BUY, SELL, OrderError, decode_order, make_order
 
-    raise_fd_limit(args.nodes)
-    t_start = time.monotonic()
-    nodes = await start_nodes(args.nodes, get_timeout_s=10.0, put_timeout_s=30.0)
     zones = [f"feeder-{z}" for z in range((args.households + args.zone_size - 1) // args.zone_size)]
+    n_settlers = len(zones) * args.settlers
+    args.district_shards = args.district_shards or max(1, len(zones) // 16)
+    raise_fd_limit(args.nodes + n_settlers)
+    t_start = time.monotonic()
+    # Households share OpenDHT nodes (many endpoints per node); each
+    # settling coordinator runs its own node, as on the appliance, so its
+    # node's bytes are one coordinator's.
+    nodes = await start_nodes(args.nodes + n_settlers, get_timeout_s=10.0, put_timeout_s=30.0)
+    home_nodes, settler_nodes = nodes[:args.nodes], nodes[args.nodes:]
     homes: list[tuple[str, Endpoint]] = []
-    for h in range(args.households):
-        ep = Endpoint(PrivateKey.from_random(), nodes[h % args.nodes], args.shards)
-        await ep.start()
-        homes.append((zones[h // args.zone_size], ep))
+    settlers: list[Endpoint] = []
+    for z, zone in enumerate(zones):
+        size = min(args.zone_size, args.households - z * args.zone_size)
+        for k in range(size):
+            if k < args.settlers:
+                ep = Endpoint(PrivateKey.from_random(), settler_nodes[len(settlers)], args.shards)
+                settlers.append(ep)
+            else:
+                ep = Endpoint(PrivateKey.from_random(), home_nodes[len(homes) % args.nodes], args.shards)
+            await ep.start()
+            homes.append((zone, ep))
     zone_of = {ep.public_key: z for z, ep in homes}
-    per_node = args.households / args.nodes
+    expected = {z: {ep.public_key for zz, ep in homes if zz == z} for z in zones}
+    per_node = (args.households - n_settlers) / args.nodes
     counters = WireCounters([n.port for n in nodes])
     where = ("in a network namespace of its own: loopback carries this bench's packets only"
              if in_private_netns() else "sharing loopback with the machine: wire figures include other processes")
     print(f"households: {args.households} households in {len(zones)} feeder zones of {args.zone_size} "
-          f"(one district), {args.shards} shard(s) per zone, on {args.nodes} OpenDHT nodes "
-          f"({per_node:g} household endpoints each); started in {time.monotonic() - t_start:.1f} s; {where}; "
-          f"per-node counters: {'iptables per port' if counters.available else 'none (iptables-legacy missing)'}")
+          f"(one district, {args.district_shards} district key(s)), {args.shards} shard(s) per zone; {n_settlers} settling coordinators "
+          f"({args.settlers} per zone) on a node each, the other households {per_node:g} to a node on "
+          f"{args.nodes} nodes; started in {time.monotonic() - t_start:.1f} s; {where}; per-node counters: "
+          f"{'iptables per port' if counters.available else 'none (iptables-legacy missing)'}")
     await asyncio.sleep(args.settle_s)
     # Maintenance: what an idle node costs (pings, table refreshes, our peer refresh).
     c0, lo0, t0 = counters.read(), loopback_bytes(), time.monotonic()
@@ -480,57 +495,57 @@ async def households(args: argparse.Namespace) -> None:
     idle = diff(counters.read(), c0)
     idle_s = time.monotonic() - t0
     idle_node = statistics.mean(a + b for a, b in idle.values()) / idle_s if counters.available else \
-        2 * (loopback_bytes() - lo0) / args.nodes / idle_s
-    print(f"idle: {idle_node:.0f} bytes/s per node sent+received ({idle_node * 900 / 1e3:.0f} KB per 900-s interval "
-          f"of maintenance, added to each interval below as 'maint.')")
+        2 * (loopback_bytes() - lo0) / len(nodes) / idle_s
+    print(f"idle: {idle_node:.0f} bytes/s per node sent+received: {idle_node * 900 / 1e3:.0f} KB of maintenance "
+          f"per 900-s interval, included below in 'with maint.' (the intervals here last seconds)")
     rng = random.Random(args.seed)
     start0 = (int(time.time()) // 900) * 900
     gate = asyncio.Semaphore(400)
-    print(f"\n{'int.':>4}{'puts ok%':>9}{'settlers':>9}{'saw all%':>9}{'book%':>7}{'district':>9}"
-          f"{'recv/settler KB':>16}{'p50 ms':>8}{'p99 ms':>8}"
-          f"{'node KB mean':>13}{'max':>7}{'+maint.':>8}{'settler node max':>17}{'lo check':>9}{'s':>6}")
+    print(f"\n{'int.':>4}{'puts ok%':>9}{'saw all%':>9}{'book%':>7}{'district':>9}{'values/settler KB':>18}"
+          f"{'wait p50':>9}{'p99 s':>7}{'| settler node KB:':>18}{'sent':>6}{'recv':>6}{'max':>6}{'with maint.':>12}"
+          f"{'| household node KB p50':>24}{'max':>6}{'per household':>14}{'lo check':>9}{'s':>5}")
     for i in range(args.intervals):
         start = start0 + 900 * i
         for _, ep in homes:
             ep.sent = ep.received = 0
             ep.lookups.clear()
         c0, lo0, t0 = counters.read(), loopback_bytes(), time.monotonic()
+        book_key = {z: f"mg/market/{z}/{start + 900}" for z in zones}
+        meter_key = {z: f"mg/metering/{z}/{start}" for z in zones}
+        dkeys = all_keys("district", start + 900, args.district_shards)
+        # Settlers subscribe before the interval's records are published (as
+        # the market's book collector listens): each record reaches them
+        # from the listened storing nodes as it is stored, with no polling.
+        heard: dict[tuple[int, str], dict[tuple[bytes, str], Any]] = {}
+        handles = []
+        for ep in settlers:
+            zone = zone_of[ep.public_key]
+            keys = [book_key[zone], meter_key[zone]] + dkeys
+            for key in keys if args.collect == "listen" else []:
+                got = heard.setdefault((id(ep), key), {})
+                handles.append(ep.listen(key, lambda r, got=got: got.__setitem__((r.publisher, r.slot), r)))
+        if handles:
+            await asyncio.sleep(1.0)
 
         async def publish(zone: str, ep: Endpoint) -> bool:
             async with gate:
                 # its order for the next interval, then its meter total for this one
                 so = make_order(ep.signing_key, BUY if rng.random() < 0.5 else SELL, zone, start + 900,
                                 rng.randrange(100, 3000), rng.randrange(50, 200), start + 1800, i, int(time.time()))
-                ok = await ep.put(f"mg/market/{zone}/{start + 900}", so.encoded, 1800,
-                                  slot=f"{so.order.owner.hex()[:16]}:{so.order.nonce}")
+                ok = await ep.put(book_key[zone], so.encoded, 1800, slot=f"{so.order.owner.hex()[:16]}:{so.order.nonce}")
                 body = json.dumps({"export_wh": rng.randrange(0, 3000), "import_wh": rng.randrange(0, 3000)}).encode()
-                return await ep.put(f"mg/metering/{zone}/{start}", body, 1800) and ok
+                return await ep.put(meter_key[zone], body, 1800) and ok
 
-        settlers = [ep for z in zones for ep in rng.sample([e for zz, e in homes if zz == z], args.settlers)]
-        expected = {z: {ep.public_key for zz, ep in homes if zz == z} for z in zones}
-        # Listening settlers subscribe before the interval's records are
-        # published, as the market's book collector does: each record then
-        # reaches them once from each listened storing node, with no polling.
-        heard: dict[tuple[int, str], dict[tuple[bytes, str], Any]] = {}
-        handles = []
-        if args.collect == "listen":
-            for ep in settlers:
-                zone = zone_of[ep.public_key]
-                for key in (f"mg/market/{zone}/{start + 900}", f"mg/metering/{zone}/{start}"):
-                    got = heard.setdefault((id(ep), key), {})
-                    handles.append(ep.listen(key, lambda r, got=got: got.__setitem__((r.publisher, r.slot), r)))
-            await asyncio.sleep(1.0)
         ok = await asyncio.gather(*(publish(z, ep) for z, ep in homes))
         settling = asyncio.Semaphore(args.settle_concurrency)
-        offers_by: dict[int, Any] = {}
 
-        async def collect(ep: Endpoint, key: str, zone: str) -> list[Any]:
+        async def collect(ep: Endpoint, key: str, done: Any) -> list[Any]:
             if args.collect == "get":
                 return await ep.get(key, args.read_timeout)
             got = heard[(id(ep), key)]
             deadline = time.monotonic() + args.read_timeout
             t = time.monotonic()
-            while {p for p, _ in got} < expected[zone] and time.monotonic() < deadline:
+            while not done(got) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             ep.lookups.append(time.monotonic() - t)
             return list(got.values())
@@ -538,20 +553,22 @@ async def households(args: argparse.Namespace) -> None:
         async def settle(ep: Endpoint) -> tuple[list[Any], list[Any]]:
             async with settling:
                 zone = zone_of[ep.public_key]
-                book = await collect(ep, f"mg/market/{zone}/{start + 900}", zone)
-                metering = await collect(ep, f"mg/metering/{zone}/{start}", zone)
-                # Level 1 -> 2: the zone clears its own book and offers the rest to the district.
+                def every(got: Any, zone: str = zone) -> bool:
+                    return {p for p, _ in got} >= expected[zone]
+                book = await collect(ep, book_key[zone], every)
+                metering = await collect(ep, meter_key[zone], every)
+                # Level 1 -> 2: the zone clears its own book and offers what is
+                # left to the district (its first settler publishes; the
+                # others compute the same bytes and would publish a dissent).
                 orders = []
                 for r in book:
                     try:
                         orders.append(decode_order(r.body))
                     except OrderError:
                         pass
-                cleared = clear_interval(orders, zone, start + 900)
-                offer = zone_offer(orders, cleared)
-                offers_by[id(ep)] = offer
+                offer = zone_offer(orders, clear_interval(orders, zone, start + 900), max_steps=args.offer_steps)
                 if ep is next(e for e in settlers if zone_of[e.public_key] == zone):
-                    await publish_offer(ep, "district", offer)  # one per zone; the others compare
+                    await publish_offer(ep, "district", offer, args.district_shards)
                 return book, metering
 
         read = await asyncio.gather(*(settle(ep) for ep in settlers))
@@ -561,7 +578,17 @@ async def households(args: argparse.Namespace) -> None:
 
         async def district(ep: Endpoint) -> None:
             async with settling:
-                offers = await read_offers(ep, "district", start + 900, zone_of.get)
+                if args.collect == "get":
+                    recs = [r for key in dkeys for r in await ep.get(key, args.read_timeout)]
+                else:
+                    shards = [heard[(id(ep), key)] for key in dkeys]
+                    deadline, t = time.monotonic() + args.read_timeout, time.monotonic()
+                    while (not {zone_of.get(p) for got in shards for p, _ in got} >= set(zones)
+                           and time.monotonic() < deadline):
+                        await asyncio.sleep(0.2)
+                    ep.lookups.append(time.monotonic() - t)
+                    recs = [r for got in shards for r in got.values()]
+                offers = offers_from(recs, start + 900, zone_of.get)
                 district_hashes.add(clear_district(offers.values(), "district", start + 900, 900).hash
                                     if len(offers) == len(zones) else b"incomplete")
 
@@ -570,27 +597,28 @@ async def households(args: argparse.Namespace) -> None:
             h.cancel()
         wire = diff(counters.read(), c0)
         lo = loopback_bytes() - lo0
+        took = time.monotonic() - t0
         books, seen = [b for b, _ in read], [m for _, m in read]
         book_ok = [{r.publisher for r in got} >= expected[zone_of[ep.public_key]] for ep, got in zip(settlers, books)]
-        counts = [len({r.publisher for r in got} & expected[zone_of[ep.public_key]]) / len(expected[zone_of[ep.public_key]])
-                  for ep, got in zip(settlers, seen)]
+        saw_all = [{r.publisher for r in got} >= expected[zone_of[ep.public_key]] for ep, got in zip(settlers, seen)]
         lat = [x for ep in settlers for x in ep.lookups]
-        totals = {p: a + b for p, (a, b) in wire.items()}
-        settler_ports = {ep.host.port for ep in settlers}
-        node_kb = [v / 1e3 for v in totals.values()] or [float("nan")]
-        settler_kb = [totals[p] / 1e3 for p in settler_ports] if counters.available else [float("nan")]
+        maint = idle_node * max(0.0, 900 - took)
+        s_sent = [wire[n.port][0] / 1e3 for n in settler_nodes]
+        s_recv = [wire[n.port][1] / 1e3 for n in settler_nodes]
+        s_tot = [a + b for a, b in zip(s_sent, s_recv)]
+        h_tot = sorted(sum(wire[n.port]) / 1e3 for n in home_nodes)
         check = sum(a for a, _ in wire.values()) / lo if lo and counters.available else float("nan")
-        maint = idle_node * max(0.0, 900 - (time.monotonic() - t0)) / 1e3
-        print(f"{i:>4}{100 * sum(ok) / len(ok):>9.2f}{len(settlers):>9}{100 * sum(c == 1 for c in counts) / len(counts):>9.1f}"
-              f"{100 * sum(book_ok) / len(book_ok):>7.1f}{'agree' if len(district_hashes) == 1 and b'incomplete' not in district_hashes else 'DIFFER':>9}"
-              f"{statistics.mean(ep.received for ep in settlers) / 1e3:>16.1f}"
-              f"{pct(lat, .5) * 1000:>8.0f}{pct(lat, .99) * 1000:>8.0f}"
-              f"{statistics.mean(node_kb):>13.0f}{max(node_kb):>7.0f}{maint:>8.0f}{max(settler_kb):>17.0f}{check:>9.2f}"
-              f"{time.monotonic() - t0:>6.0f}")
+        agree = "agree" if len(district_hashes) == 1 and b"incomplete" not in district_hashes else "DIFFER"
+        print(f"{i:>4}{100 * sum(ok) / len(ok):>9.2f}{100 * sum(saw_all) / len(saw_all):>9.1f}"
+              f"{100 * sum(book_ok) / len(book_ok):>7.1f}{agree:>9}"
+              f"{statistics.mean(ep.received for ep in settlers) / 1e3:>18.1f}{pct(lat, .5):>9.1f}{pct(lat, .99):>7.1f}"
+              f"{'':>18}{statistics.mean(s_sent):>6.0f}{statistics.mean(s_recv):>6.0f}{max(s_tot):>6.0f}"
+              f"{max(s_tot) + maint / 1e3:>12.0f}{'':>24}{pct(h_tot, .5):>6.0f}{max(h_tot):>6.0f}"
+              f"{pct(h_tot, .5) / max(1.0, per_node) + maint / 1e3:>14.0f}{check:>9.2f}{took:>5.0f}")
         if args.verbose:
-            non = sorted(totals[n.port] / 1e3 for n in nodes if n.port not in settler_ports)
-            print(f"      non-settler nodes KB p50/p99/max {pct(non, .5):.0f}/{pct(non, .99):.0f}/{max(non):.0f}; "
-                  f"loopback total {lo / 1e6:.1f} MB; values sent per household {statistics.mean(ep.sent for _, ep in homes):.0f} B")
+            print(f"      settler nodes KB p50/p99/max {pct(s_tot, .5):.0f}/{pct(s_tot, .99):.0f}/{max(s_tot):.0f}; "
+                  f"loopback {lo / 1e6:.1f} MB; values put per household {statistics.mean(ep.sent for _, ep in homes):.0f} B; "
+                  f"district results {len(district_hashes)}")
     await asyncio.gather(*(n.stop() for n in nodes))
 
 
@@ -616,6 +644,9 @@ if __name__ == "__main__":
     ap.add_argument("--settle-concurrency", type=int, default=16, help="settlers reading at once (this process)")
     ap.add_argument("--idle-s", type=float, default=20.0, help="households: seconds of idle traffic measured")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--offer-steps", type=int, default=16, help="households: price steps per side of a zone's offer")
+    ap.add_argument("--district-shards", type=int, default=0,
+                    help="households: keys the district's offers spread over (0: one per 16 zones)")
     ap.add_argument("--collect", choices=("listen", "get"), default="listen",
                     help="households: settlers listen to their zone's keys from the interval's start, or get them after")
     ap.add_argument("--read-timeout", type=float, default=60.0, help="seconds a settler's read may take")
@@ -636,6 +667,12 @@ if __name__ == "__main__":
         elif mode == "floods":
             asyncio.run(floods(a))
         else:
-            a.nodes = a.nodes if a.mode == "households" and a.nodes else max(1, a.households // 10)
+            # One OpenDHT node per household, as on the appliance, as far as
+            # the hard file-descriptor limit allows (4 per node); settlers
+            # always get their own.
+            settlers = (a.households + a.zone_size - 1) // a.zone_size * a.settlers
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            room = (hard - 256) // FDS_PER_NODE - settlers if hard != resource.RLIM_INFINITY else a.households
+            a.nodes = a.nodes if a.mode == "households" and a.nodes else max(1, min(a.households - settlers, room))
             asyncio.run(households(a))
         print()

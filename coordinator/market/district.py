@@ -144,14 +144,14 @@ def residuals(orders: Iterable[SignedOrder], cleared: ClearedInterval) -> list[t
     return out
 
 
-def _merge(steps: list[tuple[int, int]], worst: Any) -> tuple[tuple[int, int], ...]:
-    """At most MAX_STEPS steps: consecutive groups of equal size (the first
-    groups one larger), each at its least favourable price `worst`."""
-    if len(steps) <= MAX_STEPS:
+def _merge(steps: list[tuple[int, int]], worst: Any, max_steps: int) -> tuple[tuple[int, int], ...]:
+    """At most `max_steps` steps: consecutive groups of equal size (the
+    first groups one larger), each at its least favourable price `worst`."""
+    if len(steps) <= max_steps:
         return tuple(steps)
-    size, extra = divmod(len(steps), MAX_STEPS)
+    size, extra = divmod(len(steps), max_steps)
     out, i = [], 0
-    for g in range(MAX_STEPS):
+    for g in range(max_steps):
         n = size + (1 if g < extra else 0)
         group = steps[i:i + n]
         i += n
@@ -160,10 +160,15 @@ def _merge(steps: list[tuple[int, int]], worst: Any) -> tuple[tuple[int, int], .
 
 
 def zone_offer(orders: Iterable[SignedOrder], cleared: ClearedInterval,
-               export_cap_wh: int | None = None, import_cap_wh: int | None = None) -> ZoneOffer:
+               export_cap_wh: int | None = None, import_cap_wh: int | None = None,
+               max_steps: int = MAX_STEPS) -> ZoneOffer:
     """The offer a zone publishes upward, from its book and its clearing.
     Caps: what the zone's connection to the district carries per interval
-    (None: unlimited)."""
+    (None: unlimited). `max_steps` (1..MAX_STEPS, the same for every
+    coordinator of the district): fewer steps, smaller records, coarser
+    curves."""
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= MAX_STEPS:
+        raise DistrictError(f"max_steps={max_steps!r}: expected an integer in 1..{MAX_STEPS}")
     fee = cleared.rules.grid_fee_sat_per_kwh
     asks: dict[int, int] = {}
     bids: dict[int, int] = {}
@@ -175,7 +180,7 @@ def zone_offer(orders: Iterable[SignedOrder], cleared: ClearedInterval,
             p = so.order.limit_sat_per_kwh
             asks[p] = asks.get(p, 0) + rest
     return ZoneOffer(cleared.zone, cleared.interval_start, cleared.interval_s, cleared.hash,
-                     _merge(sorted(asks.items()), max), _merge(sorted(bids.items(), reverse=True), min),
+                     _merge(sorted(asks.items()), max, max_steps), _merge(sorted(bids.items(), reverse=True), min, max_steps),
                      MAX_WH if export_cap_wh is None else export_cap_wh,
                      MAX_WH if import_cap_wh is None else import_cap_wh)
 

@@ -1,18 +1,27 @@
-"""The district's one overlay key (district.py has the rules).
+"""The district's overlay keys (district.py has the rules).
 
-    mg/district/<district>/<interval start>   slot "zone:<zone>": one ZoneOffer per coordinator
+    mg/district/<district>/<interval start>/<shard>   slot "zone:<zone>": one ZoneOffer per publisher
 
-A coordinator publishes its own zone's offer and reads this key only: a
-record per coordinator of the district (tens of records of under 1 KB), not
-another zone's orders or meter totals. Which zone a publisher speaks for is
+`shard` = the first two bytes of SHA-256 of the zone name, big-endian, mod
+the district's shard count (`shards`, the same on every coordinator of the
+district, like a zone's; 1 means no suffix). Every settling coordinator of
+every zone reads every offer, so the storing nodes of one key would push
+each offer to all of them: spread over shards, no storing node carries
+more than its share of that fan-out (measured: one key for 100 zones put
+1.1-1.5 MB per interval on its storing nodes, bench_overlay households).
+
+A coordinator publishes its own zone's offer and reads these keys only: a
+record per zone (a few hundred bytes each), not another zone's orders or
+meter totals. Which zone a publisher speaks for is
 the caller's knowledge (each zone's membership), never what the record
 says: `zone_of(publisher public key) -> zone name or None`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from .district import DistrictError, DistrictResult, ZoneOffer, choose_offers, clear_district, decode_offer
 from .orders import ZONE_RE
@@ -28,30 +37,53 @@ class SigningOverlay(Protocol):
     async def get(self, key: str, timeout_s: float | None = None) -> list[Any]: ...
 
 
-def district_key(district: str, interval_start: int) -> str:
+MAX_SHARDS = 256
+
+
+def shard_of(zone: str, shards: int) -> int:
+    return int.from_bytes(hashlib.sha256(zone.encode()).digest()[:2], "big") % shards
+
+
+def district_key(district: str, interval_start: int, shard: int | None = None) -> str:
+    """The key of one shard (None: the unsharded key, shards == 1)."""
     if not isinstance(district, str) or not ZONE_RE.match(district):
         raise DistrictError(f"district={district!r}: expected 1..32 characters of [a-z0-9._-]")
     if isinstance(interval_start, bool) or not isinstance(interval_start, int) or interval_start < 0:
         raise DistrictError(f"interval_start={interval_start!r}: expected a unix time >= 0")
-    return f"mg/district/{district}/{interval_start}"
+    base = f"mg/district/{district}/{interval_start}"
+    return base if shard is None else f"{base}/{shard}"
+
+
+def offer_key(district: str, interval_start: int, zone: str, shards: int = 1) -> str:
+    """Where `zone`'s offer goes."""
+    return district_key(district, interval_start, None if shards == 1 else shard_of(zone, shards))
+
+
+def all_keys(district: str, interval_start: int, shards: int = 1) -> list[str]:
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise DistrictError(f"shards={shards!r}: expected an integer in 1..{MAX_SHARDS}")
+    if shards == 1:
+        return [district_key(district, interval_start)]
+    return [district_key(district, interval_start, k) for k in range(shards)]
 
 
 def offer_slot(zone: str) -> str:
     return f"zone:{zone}"
 
 
-async def publish_offer(overlay: SigningOverlay, district: str, offer: ZoneOffer) -> bool:
-    return await overlay.put(district_key(district, offer.interval_start), offer.encode(), OFFER_TTL_S,
-                             slot=offer_slot(offer.zone))
+async def publish_offer(overlay: SigningOverlay, district: str, offer: ZoneOffer, shards: int = 1) -> bool:
+    return await overlay.put(offer_key(district, offer.interval_start, offer.zone, shards), offer.encode(),
+                             OFFER_TTL_S, slot=offer_slot(offer.zone))
 
 
-async def read_offers(overlay: SigningOverlay, district: str, interval_start: int,
-                      zone_of: Callable[[bytes], str | None]) -> dict[str, ZoneOffer]:
-    """Per zone, the offer most of its coordinators published. Records of
-    publishers no zone claims, in another zone's slot, or that do not
-    decode are ignored (logged)."""
+def offers_from(recs: Iterable[Any], interval_start: int,
+                zone_of: Callable[[bytes], str | None]) -> dict[str, ZoneOffer]:
+    """Per zone, the offer most of its coordinators published, from records
+    read (or listened to) under the district's keys. Records of publishers
+    no zone claims, in another zone's slot, or that do not decode are
+    ignored (logged)."""
     published = []
-    for rec in await overlay.get(district_key(district, interval_start)):
+    for rec in recs:
         zone = zone_of(rec.publisher)
         if zone is None or rec.slot != offer_slot(zone):
             log.info("district offer of %s ignored: not a coordinator of the zone of slot %r",
@@ -68,10 +100,19 @@ async def read_offers(overlay: SigningOverlay, district: str, interval_start: in
     return choose_offers(published)
 
 
+async def read_offers(overlay: SigningOverlay, district: str, interval_start: int,
+                      zone_of: Callable[[bytes], str | None], shards: int = 1) -> dict[str, ZoneOffer]:
+    """Every shard's records, then offers_from."""
+    recs: list[Any] = []
+    for key in all_keys(district, interval_start, shards):
+        recs += await overlay.get(key)
+    return offers_from(recs, interval_start, zone_of)
+
+
 async def clear_from_overlay(overlay: SigningOverlay, district: str, interval_start: int, interval_s: int,
-                             zone_of: Callable[[bytes], str | None]) -> DistrictResult:
-    """Read the district key and clear it (every coordinator gets the same
-    result from the same records)."""
-    offers = await read_offers(overlay, district, interval_start, zone_of)
+                             zone_of: Callable[[bytes], str | None], shards: int = 1) -> DistrictResult:
+    """Read the district's keys and clear them (every coordinator gets the
+    same result from the same records)."""
+    offers = await read_offers(overlay, district, interval_start, zone_of, shards)
     return clear_district([o for o in offers.values() if o.interval_s == interval_s], district,
                           interval_start, interval_s)
