@@ -18,7 +18,7 @@ from microgrid.coordinator.market.clearing import ZoneRules, clear_interval
 from microgrid.coordinator.market.district import (
     MAX_STEPS, DistrictError, ZoneOffer, allocate, check_offer, choose_offers, clear_district, decode_offer,
     residuals, zone_offer)
-from microgrid.coordinator.market.district_link import district_key, publish_offer, read_offers
+from microgrid.coordinator.market.district_link import all_keys, offer_key, publish_offer, read_offers
 from microgrid.coordinator.market.orders import BUY, SELL, SignedOrder, make_order
 
 from .conftest import start_nodes, stop_all
@@ -182,18 +182,20 @@ def test_zones_meet_through_one_district_key_on_real_nodes() -> None:
             for n in nodes[:4]:  # each clears its zone's own book and publishes the offer
                 zone = zone_of_node[n.public_key]
                 cl = clear_interval(books[zone], zone, start)
-                assert await publish_offer(n, "district-a", zone_offer(books[zone], cl))
+                assert await publish_offer(n, "district-a", zone_offer(books[zone], cl), shards=3)
             fake = ZoneOffer("feeder-1", start, 900, b"\x00" * 32, ((1, 10**9),), (), 10**9, 10**9)
-            await outsider.put(district_key("district-a", start), fake.encode(), 600, slot="zone:feeder-1")
-            await outsider.put_raw(district_key("district-a", start), b"junk" * 50, 600)
+            for key in all_keys("district-a", start, 3):
+                await outsider.put(key, fake.encode(), 600, slot="zone:feeder-1")
+                await outsider.put_raw(key, b"junk" * 50, 600)
             results = []
             for n in nodes[:4]:
-                offers = await read_offers(n, "district-a", start, zone_of_node.get)
+                offers = await read_offers(n, "district-a", start, zone_of_node.get, shards=3)
                 assert set(offers) == {"feeder-1", "feeder-2"}
                 results.append(clear_district(offers.values(), "district-a", start, 900))
             assert len({r.hash for r in results}) == 1
             assert [(t.seller_zone, t.buyer_zone, t.wh) for t in results[0].trades] == [("feeder-1", "feeder-2", 3000)]
-            assert set(read_keys) == {district_key("district-a", start)}  # no other zone's keys
+            assert set(read_keys) == set(all_keys("district-a", start, 3))  # no zone's orders or meter totals
+            assert {offer_key("district-a", start, z, 3) for z in specs} <= set(read_keys)
         finally:
             await stop_all(nodes)
 
