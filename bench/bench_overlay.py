@@ -25,17 +25,25 @@ coordinator reads (directory, zone members, metering, live, book, results);
 every reader must find every honest record. Prints the read times.
 
 households: `--households` households in feeder zones of `--zone-size`
-(a district of zones, SPEC.md, hierarchy) publish their meter totals and
-signed orders for the next interval for `--intervals` intervals through `--nodes` OpenDHT nodes
-(many household endpoints per node: each endpoint signs with its own key,
-its node stores and relays); per-interval keys sharded (`--shards` per
-zone). Each interval, `--settlers` households per zone settle: read every
-meter total of their zone and must see them all. Prints per interval and
-node the bytes stored, sent and received (value bytes at the overlay's
-interface, exact) and the lookups and their latency; and the loopback bytes
-of the whole machine during the run divided by the nodes (an upper bound:
-it counts every process's loopback traffic, OpenDHT's maintenance
-included).
+under one district (coordinator/market/district.py; SPEC.md section 7), one
+OpenDHT node per household as far as the hard file-descriptor limit allows
+(4 per node; at 20,000: 4,936 nodes, about two households per node for
+10,000), each settling coordinator (`--settlers` per zone) on a node of its
+own. Each interval, every household publishes its signed order for the
+next interval and its meter total for this one; each settler, listening to
+its zone's two keys and the district's from the interval's start (as the
+market's book collector listens), must see every meter total and order of
+its zone (a record its listen missed is read by name after
+`--listen-wait`), clears the zone's book, the zone's first settler
+publishes the zone's offer, and every settler clears the district, which
+must agree. Prints per interval: the settlers' success, the value bytes
+they received, and the bytes each OpenDHT node sent and received on the
+wire, measured by the kernel: the bench re-runs itself (as root) in a
+network namespace of its own, where loopback carries its packets only, and
+counts each node's UDP port with iptables (`iptables-legacy`; 'lo check'
+= counted / loopback total); settler nodes and household nodes apart, and
+the idle maintenance per node measured before the intervals, scaled to a
+900-s interval.
 """
 
 from __future__ import annotations
@@ -338,6 +346,7 @@ class Endpoint(BaseOverlay):
         self.sent = 0
         self.received = 0
         self.lookups: list[float] = []
+        self.late = 0  # records a listen missed, read by name
 
     async def start(self) -> None:
         self.running = True
@@ -452,7 +461,7 @@ def diff(after: dict[int, list[int]], before: dict[int, list[int]]) -> dict[int,
 async def households(args: argparse.Namespace) -> None:
     from microgrid.coordinator.market.clearing import clear_interval
     from microgrid.coordinator.market.district import clear_district, zone_offer
-    from microgrid.coordinator.market.district_link import all_keys, offers_from, publish_offer
+    from microgrid.coordinator.market.district_link import all_keys, offer_key, offers_from, publish_offer
     from microgrid.coordinator.market.orders import BUY, SELL, OrderError, decode_order, make_order
 
     zones = [f"feeder-{z}" for z in range((args.households + args.zone_size - 1) // args.zone_size)]
@@ -500,14 +509,14 @@ async def households(args: argparse.Namespace) -> None:
           f"per 900-s interval, included below in 'with maint.' (the intervals here last seconds)")
     rng = random.Random(args.seed)
     start0 = (int(time.time()) // 900) * 900
-    gate = asyncio.Semaphore(400)
+    gate = asyncio.Semaphore(args.put_concurrency)
     print(f"\n{'int.':>4}{'puts ok%':>9}{'saw all%':>9}{'book%':>7}{'district':>9}{'values/settler KB':>18}"
           f"{'wait p50':>9}{'p99 s':>7}{'| settler node KB:':>18}{'sent':>6}{'recv':>6}{'max':>6}{'with maint.':>12}"
           f"{'| household node KB p50':>24}{'max':>6}{'per household':>14}{'lo check':>9}{'s':>5}")
     for i in range(args.intervals):
         start = start0 + 900 * i
         for _, ep in homes:
-            ep.sent = ep.received = 0
+            ep.sent = ep.received = ep.late = 0
             ep.lookups.clear()
         c0, lo0, t0 = counters.read(), loopback_bytes(), time.monotonic()
         book_key = {z: f"mg/market/{z}/{start + 900}" for z in zones}
@@ -537,16 +546,28 @@ async def households(args: argparse.Namespace) -> None:
                 return await ep.put(meter_key[zone], body, 1800) and ok
 
         ok = await asyncio.gather(*(publish(z, ep) for z, ep in homes))
-        settling = asyncio.Semaphore(args.settle_concurrency)
+        print(f"  interval {i}: {len(ok)} households published in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+        # Gets run a few at a time (each pages many values through this one
+        # process); listening settlers only wait, all at once.
+        settling = asyncio.Semaphore(args.settle_concurrency if args.collect == "get" else len(settlers))
 
         async def collect(ep: Endpoint, key: str, done: Any) -> list[Any]:
             if args.collect == "get":
                 return await ep.get(key, args.read_timeout)
             got = heard[(id(ep), key)]
-            deadline = time.monotonic() + args.read_timeout
+            deadline = time.monotonic() + args.listen_wait
             t = time.monotonic()
             while not done(got) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
+            if not done(got):
+                # A listen that missed a record (a storing node that had not
+                # synced yet): ask the missing publishers by name, as the
+                # overlay's flooded reads do.
+                missing = [p for p in expected[zone_of[ep.public_key]] if (p, "") not in got
+                           and not any(pp == p for pp, _ in got)]
+                ep.late += len(missing)
+                for r in await ep.get(key, args.read_timeout, publishers=missing):
+                    got[(r.publisher, r.slot)] = r
             ep.lookups.append(time.monotonic() - t)
             return list(got.values())
 
@@ -572,6 +593,7 @@ async def households(args: argparse.Namespace) -> None:
                 return book, metering
 
         read = await asyncio.gather(*(settle(ep) for ep in settlers))
+        print(f"  interval {i}: {len(settlers)} settlers read their zones by {time.monotonic() - t0:.0f} s", file=sys.stderr)
         # Level 2: every settler reads the district key (one small record per
         # zone) and clears it; all must agree.
         district_hashes = set()
@@ -582,10 +604,17 @@ async def households(args: argparse.Namespace) -> None:
                     recs = [r for key in dkeys for r in await ep.get(key, args.read_timeout)]
                 else:
                     shards = [heard[(id(ep), key)] for key in dkeys]
-                    deadline, t = time.monotonic() + args.read_timeout, time.monotonic()
-                    while (not {zone_of.get(p) for got in shards for p, _ in got} >= set(zones)
-                           and time.monotonic() < deadline):
+                    deadline, t = time.monotonic() + args.listen_wait, time.monotonic()
+
+                    def missing() -> set[str]:
+                        return set(zones) - {zone_of.get(p, "") for got in shards for p, _ in got}
+                    while missing() and time.monotonic() < deadline:
                         await asyncio.sleep(0.2)
+                    for z in missing():  # a listen missed it: read that zone's key
+                        k = dkeys.index(offer_key("district", start + 900, str(z), args.district_shards))
+                        ep.late += 1
+                        for r in await ep.get(dkeys[k], args.read_timeout):
+                            shards[k][(r.publisher, r.slot)] = r
                     ep.lookups.append(time.monotonic() - t)
                     recs = [r for got in shards for r in got.values()]
                 offers = offers_from(recs, start + 900, zone_of.get)
@@ -618,7 +647,8 @@ async def households(args: argparse.Namespace) -> None:
         if args.verbose:
             print(f"      settler nodes KB p50/p99/max {pct(s_tot, .5):.0f}/{pct(s_tot, .99):.0f}/{max(s_tot):.0f}; "
                   f"loopback {lo / 1e6:.1f} MB; values put per household {statistics.mean(ep.sent for _, ep in homes):.0f} B; "
-                  f"district results {len(district_hashes)}")
+                  f"district results {len(district_hashes)}; records a listen missed, read by name: "
+                  f"{sum(ep.late for ep in settlers)}")
     await asyncio.gather(*(n.stop() for n in nodes))
 
 
@@ -644,6 +674,11 @@ if __name__ == "__main__":
     ap.add_argument("--settle-concurrency", type=int, default=16, help="settlers reading at once (this process)")
     ap.add_argument("--idle-s", type=float, default=20.0, help="households: seconds of idle traffic measured")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--put-concurrency", type=int, default=100,
+                    help="households: publications in flight at once in this process (too many on a loaded "
+                         "machine: requests time out and OpenDHT sends them again)")
+    ap.add_argument("--listen-wait", type=float, default=20.0,
+                    help="households: seconds a listening settler waits after publication before asking by name")
     ap.add_argument("--offer-steps", type=int, default=16, help="households: price steps per side of a zone's offer")
     ap.add_argument("--district-shards", type=int, default=0,
                     help="households: keys the district's offers spread over (0: one per 16 zones)")
