@@ -461,7 +461,8 @@ def diff(after: dict[int, list[int]], before: dict[int, list[int]]) -> dict[int,
 async def households(args: argparse.Namespace) -> None:
     from microgrid.coordinator.market.clearing import clear_interval
     from microgrid.coordinator.market.district import clear_district, zone_offer
-    from microgrid.coordinator.market.district_link import all_keys, offer_key, offers_from, publish_offer
+    from microgrid.coordinator.market.district_link import (
+        all_keys, clearer_zones, lots_from, offer_key, offers_from, publish_offer, publish_results, result_key)
     from microgrid.coordinator.market.orders import BUY, SELL, OrderError, decode_order, make_order
 
     zones = [f"feeder-{z}" for z in range((args.households + args.zone_size - 1) // args.zone_size)]
@@ -522,6 +523,10 @@ async def households(args: argparse.Namespace) -> None:
         book_key = {z: f"mg/market/{z}/{start + 900}" for z in zones}
         meter_key = {z: f"mg/metering/{z}/{start}" for z in zones}
         dkeys = all_keys("district", start + 900, args.district_shards)
+        rkey = {z: result_key("district", start + 900, z, args.district_shards) for z in zones}
+        first = {z: next(e for e in settlers if zone_of[e.public_key] == z) for z in zones}
+        clearers = [first[z] for z in clearer_zones(zones, start + 900, args.clearers)]
+        clearer_keys = {ep.public_key for ep in clearers}
         # Settlers subscribe before the interval's records are published (as
         # the market's book collector listens): each record reaches them
         # from the listened storing nodes as it is stored, with no polling.
@@ -529,7 +534,7 @@ async def households(args: argparse.Namespace) -> None:
         handles = []
         for ep in settlers:
             zone = zone_of[ep.public_key]
-            keys = [book_key[zone], meter_key[zone]] + dkeys
+            keys = [book_key[zone], meter_key[zone], rkey[zone]] + (dkeys if ep in clearers else [])
             for key in keys if args.collect == "listen" else []:
                 got = heard.setdefault((id(ep), key), {})
                 handles.append(ep.listen(key, lambda r, got=got: got.__setitem__((r.publisher, r.slot), r)))
@@ -594,34 +599,56 @@ async def households(args: argparse.Namespace) -> None:
 
         read = await asyncio.gather(*(settle(ep) for ep in settlers))
         print(f"  interval {i}: {len(settlers)} settlers read their zones by {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        # Level 2: every settler reads the district key (one small record per
-        # zone) and clears it; all must agree.
-        district_hashes = set()
+        # Level 2: the interval's clearers read every zone's offer, clear the
+        # district and publish the result in slices; every settler reads its
+        # zone's slice (a record per clearer) and takes what most agree on.
+        results: list[Any] = []
 
-        async def district(ep: Endpoint) -> None:
-            async with settling:
-                if args.collect == "get":
-                    recs = [r for key in dkeys for r in await ep.get(key, args.read_timeout)]
-                else:
-                    shards = [heard[(id(ep), key)] for key in dkeys]
-                    deadline, t = time.monotonic() + args.listen_wait, time.monotonic()
+        async def wait_heard(ep: Endpoint, key: str, done: Any) -> dict[tuple[bytes, str], Any]:
+            got = heard[(id(ep), key)]
+            deadline = time.monotonic() + args.listen_wait
+            while not done(got) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            if not done(got):  # a listen missed a record: read the key
+                ep.late += 1
+                for r in await ep.get(key, args.read_timeout):
+                    got[(r.publisher, r.slot)] = r
+            return got
 
-                    def missing() -> set[str]:
-                        return set(zones) - {zone_of.get(p, "") for got in shards for p, _ in got}
-                    while missing() and time.monotonic() < deadline:
-                        await asyncio.sleep(0.2)
-                    for z in missing():  # a listen missed it: read that zone's key
-                        k = dkeys.index(offer_key("district", start + 900, str(z), args.district_shards))
-                        ep.late += 1
-                        for r in await ep.get(dkeys[k], args.read_timeout):
-                            shards[k][(r.publisher, r.slot)] = r
-                    ep.lookups.append(time.monotonic() - t)
-                    recs = [r for got in shards for r in got.values()]
-                offers = offers_from(recs, start + 900, zone_of.get)
-                district_hashes.add(clear_district(offers.values(), "district", start + 900, 900).hash
-                                    if len(offers) == len(zones) else b"incomplete")
+        async def clear(ep: Endpoint) -> None:
+            t = time.monotonic()
+            shards = {key: heard[(id(ep), key)] for key in dkeys}
 
-        await asyncio.gather(*(district(ep) for ep in settlers))
+            def missing() -> set[str]:
+                return set(zones) - {zone_of.get(p, "") for got in shards.values() for p, _ in got}
+            for key in dkeys:
+                await wait_heard(ep, key, lambda got, key=key: not {z for z in missing()
+                                                                     if offer_key("district", start + 900, z,
+                                                                                  args.district_shards) == key})
+            offers = offers_from([r for got in shards.values() for r in got.values()], start + 900, zone_of.get)
+            result = clear_district(offers.values(), "district", start + 900, 900)
+            results.append(result)
+            await publish_results(ep, "district", result, offers, args.district_shards)
+            ep.lookups.append(time.monotonic() - t)
+
+        await asyncio.gather(*(clear(ep) for ep in clearers))
+        lots_seen: list[Any] = []
+
+        async def down(ep: Endpoint) -> None:
+            zone = zone_of[ep.public_key]
+            is_clearer = clearer_keys.__contains__
+
+            def enough(got: Any) -> bool:
+                return sum(1 for p, _ in got if p in clearer_keys) > len(clearers) // 2
+            got = await wait_heard(ep, rkey[zone], enough)
+            lots_seen.append((zone, lots_from(got.values(), zone, start + 900, is_clearer)))
+
+        await asyncio.gather(*(down(ep) for ep in settlers))
+        ref = results[0] if results and len({r.hash for r in results}) == 1 else None
+        district_hashes = {r.hash for r in results}
+        district_ok = ref is not None and all(
+            lots is not None and (lots.sold, lots.bought) == tuple(map(tuple, ref.lots(z)))
+            for z, lots in lots_seen)
         for h in handles:
             h.cancel()
         wire = diff(counters.read(), c0)
@@ -637,7 +664,7 @@ async def households(args: argparse.Namespace) -> None:
         s_tot = [a + b for a, b in zip(s_sent, s_recv)]
         h_tot = sorted(sum(wire[n.port]) / 1e3 for n in home_nodes)
         check = sum(a for a, _ in wire.values()) / lo if lo and counters.available else float("nan")
-        agree = "agree" if len(district_hashes) == 1 and b"incomplete" not in district_hashes else "DIFFER"
+        agree = "agree" if district_ok else "DIFFER"
         print(f"{i:>4}{100 * sum(ok) / len(ok):>9.2f}{100 * sum(saw_all) / len(saw_all):>9.1f}"
               f"{100 * sum(book_ok) / len(book_ok):>7.1f}{agree:>9}"
               f"{statistics.mean(ep.received for ep in settlers) / 1e3:>18.1f}{pct(lat, .5):>9.1f}{pct(lat, .99):>7.1f}"
@@ -680,6 +707,7 @@ if __name__ == "__main__":
     ap.add_argument("--settle-concurrency", type=int, default=16, help="settlers reading at once (this process)")
     ap.add_argument("--idle-s", type=float, default=20.0, help="households: seconds of idle traffic measured")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--clearers", type=int, default=3, help="households: coordinators clearing the district each interval")
     ap.add_argument("--put-concurrency", type=int, default=100,
                     help="households: publications in flight at once in this process (too many on a loaded "
                          "machine: requests time out and OpenDHT sends them again)")

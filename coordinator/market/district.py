@@ -330,11 +330,30 @@ def allocate(result: DistrictResult, zone: str, orders: Iterable[SignedOrder],
     cleared_books = dict(result.books)
     if zone not in cleared_books:
         return []  # the zone took no part in the district's clearing
-    if cleared_books[zone] != cleared.hash:
+    sold, bought = result.lots(zone)
+    return allocate_lots(ZoneLots(zone, cleared_books[zone], tuple(sold), tuple(bought)), orders, cleared)
+
+
+@dataclass(frozen=True)
+class ZoneLots:
+    """What the district's clearing gives one zone: the book hash it
+    cleared for the zone, and the lots (price, Wh) the zone sold (prices
+    ascending) and bought (descending)."""
+
+    zone: str
+    book_hash: bytes
+    sold: tuple[tuple[int, int], ...]
+    bought: tuple[tuple[int, int], ...]
+
+
+def allocate_lots(lots_in: ZoneLots, orders: Iterable[SignedOrder], cleared: ClearedInterval) -> list[Allocation]:
+    """`allocate` from a zone's lots (e.g. read from a result slice)."""
+    zone = lots_in.zone
+    if lots_in.book_hash != cleared.hash:
         raise DistrictError(f"the district cleared another book of {zone} than {cleared.hash_hex[:16]}")
     fee = cleared.rules.grid_fee_sat_per_kwh
     res = residuals(orders, cleared)
-    sold, bought = result.lots(zone)
+    sold, bought = list(lots_in.sold), list(lots_in.bought)
     out: dict[bytes, list[tuple[int, int]]] = {}
     for lots, side in ((sold, SELL), (bought, BUY)):
         queue = [(so, rest) for so, rest in res if (so.side == BUY) == (side == BUY)]
@@ -369,3 +388,49 @@ def check_offer(offer: ZoneOffer, ours: ZoneOffer) -> Sequence[str]:
         if getattr(offer, name) != getattr(ours, name):
             diffs.append(name)
     return diffs
+
+
+# -- results back down: slices per district shard ------------------------------------------
+
+
+def encode_slice(result: DistrictResult, zones: Iterable[str]) -> bytes:
+    """The part of `result` that `zones` need, as one record body: the
+    whole result's hash (readers compare it across clearers) and per zone
+    its cleared book hash and lots."""
+    books = dict(result.books)
+    m = {}
+    for z in sorted(set(zones) & set(books)):
+        sold, bought = result.lots(z)
+        m[z] = [books[z], [list(x) for x in sold], [list(x) for x in bought]]
+    return bytes(cbor2.dumps({"v": FORMAT_VERSION, "start": result.interval_start, "len": result.interval_s,
+                              "hash": result.hash, "zones": m}, canonical=True))
+
+
+def decode_slice(data: bytes) -> tuple[bytes, int, dict[str, ZoneLots]]:
+    """(result hash, interval start, lots per zone) of a slice read from the
+    overlay (anyone's bytes), or DistrictError."""
+    try:
+        m = cbor2.loads(data)
+    except Exception as e:
+        raise DistrictError(f"result slice is not CBOR: {e}") from None
+    if not isinstance(m, dict) or m.get("v") != FORMAT_VERSION or not isinstance(m.get("zones"), dict):
+        raise DistrictError(f"result slice: expected a map with v={FORMAT_VERSION} and zones")
+    h = m.get("hash")
+    if not isinstance(h, bytes) or len(h) != 32:
+        raise DistrictError("result slice hash: expected 32 bytes")
+    out = {}
+    for z, entry in m["zones"].items():
+        if (not isinstance(z, str) or not ZONE_RE.match(z) or not isinstance(entry, list) or len(entry) != 3
+                or not isinstance(entry[0], bytes) or len(entry[0]) != 32):
+            raise DistrictError(f"result slice: zone entry {z!r} is not [book hash, sold, bought]")
+        lots = []
+        for side in entry[1:]:
+            if not isinstance(side, list) or len(side) > 4 * MAX_ZONES * MAX_STEPS:
+                raise DistrictError(f"result slice: lots of {z!r} are not a list")
+            for x in side:
+                if (not isinstance(x, list) or len(x) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in x)
+                        or not 0 <= x[0] < MAX_PRICE or not 0 < x[1] <= MAX_WH):
+                    raise DistrictError(f"result slice: lot {x!r} of {z!r} is not [price, Wh]")
+            lots.append(tuple((x[0], x[1]) for x in side))
+        out[z] = ZoneLots(z, entry[0], lots[0], lots[1])
+    return h, _int(m, "start", 1 << 40), out

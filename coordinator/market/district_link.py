@@ -23,7 +23,9 @@ import hashlib
 import logging
 from typing import Any, Callable, Iterable, Protocol
 
-from .district import DistrictError, DistrictResult, ZoneOffer, choose_offers, clear_district, decode_offer
+from .district import (
+    DistrictError, DistrictResult, ZoneLots, ZoneOffer, choose_offers, clear_district, decode_offer, decode_slice,
+    encode_slice)
 from .orders import ZONE_RE
 
 log = logging.getLogger("microgrid.market.district")
@@ -116,3 +118,70 @@ async def clear_from_overlay(overlay: SigningOverlay, district: str, interval_st
     offers = await read_offers(overlay, district, interval_start, zone_of, shards)
     return clear_district([o for o in offers.values() if o.interval_s == interval_s], district,
                           interval_start, interval_s)
+
+
+# -- results back down ---------------------------------------------------------------
+#
+# Every coordinator may clear the district itself from the offers; but if
+# every settling coordinator of every zone listened to every offer, the
+# offers' storing nodes would push each offer to all of them (100 zones x
+# 200 settlers: 20,000 deliveries per listened node and interval, measured
+# 2-3 MB on each). So `CLEARERS` coordinators (the first settler of the
+# zones whose hash with the interval sorts first, a different set each
+# interval) read the offers, clear, and publish the result in slices, one
+# per district shard:
+#
+#     mg/district-result/<district>/<start>[/<shard>]   slot "result"
+#
+# holding the whole result's hash and, per zone of that shard, its cleared
+# book hash and lots. A zone's coordinators read their shard's key (a
+# record per clearer) and take the lots most clearers agree on; anyone can
+# check a clearer by clearing the offers itself.
+
+CLEARERS = 3
+RESULT_SLOT = "result"
+
+
+def clearer_zones(zones: Iterable[str], interval_start: int, count: int = CLEARERS) -> list[str]:
+    """The zones whose first settler clears the district for this interval."""
+    return sorted(zones, key=lambda z: hashlib.sha256(f"{z}/{interval_start}".encode()).digest())[:count]
+
+
+def result_key(district: str, interval_start: int, zone: str, shards: int = 1) -> str:
+    """Where the result slice for `zone` is published."""
+    base = district_key(district, interval_start).replace("mg/district/", "mg/district-result/", 1)
+    return base if shards == 1 else f"{base}/{shard_of(zone, shards)}"
+
+
+async def publish_results(overlay: SigningOverlay, district: str, result: DistrictResult,
+                          zones: Iterable[str], shards: int = 1) -> bool:
+    """One slice per shard holding `zones`' lots. True when all were stored."""
+    by_key: dict[str, list[str]] = {}
+    for z in zones:
+        by_key.setdefault(result_key(district, result.interval_start, z, shards), []).append(z)
+    ok = True
+    for key, zs in sorted(by_key.items()):
+        ok = await overlay.put(key, encode_slice(result, zs), OFFER_TTL_S, slot=RESULT_SLOT) and ok
+    return ok
+
+
+def lots_from(recs: Iterable[Any], zone: str, interval_start: int,
+              is_clearer: Callable[[bytes], bool]) -> ZoneLots | None:
+    """`zone`'s lots as most clearers published them (None: no clearer's
+    slice holds the zone). Slices of publishers who are not this interval's
+    clearers, or that do not decode, are ignored."""
+    votes: dict[tuple[bytes, ZoneLots], int] = {}
+    for rec in recs:
+        if rec.slot != RESULT_SLOT or not is_clearer(rec.publisher):
+            continue
+        try:
+            h, start, lots = decode_slice(rec.body)
+        except DistrictError as e:
+            log.info("district result slice of %s ignored: %s", rec.publisher.hex()[:16], e)
+            continue
+        if start == interval_start and zone in lots:
+            k = (h, lots[zone])
+            votes[k] = votes.get(k, 0) + 1
+    if not votes:
+        return None
+    return max(sorted(votes.items(), key=lambda kv: kv[0][0]), key=lambda kv: kv[1])[0][1]
