@@ -16,9 +16,10 @@ from bitcoinx import PrivateKey
 
 from microgrid.coordinator.market.clearing import ZoneRules, clear_interval
 from microgrid.coordinator.market.district import (
-    MAX_STEPS, DistrictError, ZoneOffer, allocate, check_offer, choose_offers, clear_district, decode_offer,
-    residuals, zone_offer)
-from microgrid.coordinator.market.district_link import all_keys, offer_key, publish_offer, read_offers
+    MAX_STEPS, DistrictError, ZoneLots, ZoneOffer, allocate, allocate_lots, check_offer, choose_offers, clear_district,
+    decode_offer, decode_slice, encode_slice, residuals, zone_offer)
+from microgrid.coordinator.market.district_link import (
+    RESULT_SLOT, all_keys, clearer_zones, lots_from, offer_key, publish_offer, publish_results, read_offers, result_key)
 from microgrid.coordinator.market.orders import BUY, SELL, SignedOrder, make_order
 
 from .conftest import start_nodes, stop_all
@@ -139,6 +140,47 @@ def test_hostile_offers_are_refused_with_a_reason() -> None:
     assert allocate(res, "feeder-9", orders, cl) == []  # a zone that took no part gets nothing
 
 
+class Rec:
+    """A read record as the overlay returns it (publisher, slot, body)."""
+
+    def __init__(self, publisher: bytes, body: bytes, slot: str = RESULT_SLOT) -> None:
+        self.publisher, self.body, self.slot = publisher, body, slot
+
+
+def test_results_come_back_in_slices_and_a_zone_takes_what_most_clearers_agree_on() -> None:
+    sunny_o, sunny = cleared_zone("feeder-1", [(SELL, 4000, 40), (BUY, 1000, 100)], seed=13)
+    shade_o, shade = cleared_zone("feeder-2", [(BUY, 2500, 120)], seed=14)
+    res = clear_district([zone_offer(sunny_o, sunny), zone_offer(shade_o, shade)], "d", START, 900)
+    h, start, lots = decode_slice(encode_slice(res, ["feeder-1", "feeder-2", "feeder-9"]))
+    assert (h, start, set(lots)) == (res.hash, START, {"feeder-1", "feeder-2"})
+    # the lots from a slice allocate exactly as the whole result does
+    assert allocate_lots(lots["feeder-1"], sunny_o, sunny) == allocate(res, "feeder-1", sunny_o, sunny)
+    assert allocate_lots(lots["feeder-2"], shade_o, shade) == allocate(res, "feeder-2", shade_o, shade)
+    # Three clearers: one lies; an outsider and junk are ignored; the majority wins.
+    honest = encode_slice(res, ["feeder-1"])
+    lie = ZoneLots("feeder-1", lots["feeder-1"].book_hash, ((10**6, 2500),), ())
+    forged = cbor2.loads(honest)
+    forged["zones"]["feeder-1"][1] = [[10**6, 2500]]
+    forged_body = cbor2.dumps(forged, canonical=True)
+    c1, c2, c3, outsider = (bytes([2]) + bytes([i]) * 32 for i in range(4))
+    clearers = {c1, c2, c3}
+    recs = [Rec(c1, honest), Rec(c2, forged_body), Rec(outsider, forged_body), Rec(outsider, forged_body),
+            Rec(c3, b"junk"), Rec(c3, honest), Rec(c2, honest, slot="other")]
+    got = lots_from(recs, "feeder-1", START, clearers.__contains__)
+    assert got == lots["feeder-1"] and got != lie
+    assert lots_from(recs, "feeder-1", START + 900, clearers.__contains__) is None  # another interval
+    assert lots_from([Rec(outsider, honest)], "feeder-1", START, clearers.__contains__) is None
+    for bad in (b"\xff", cbor2.dumps({"v": 1}), cbor2.dumps(dict(cbor2.loads(honest), hash=b"x")),
+                cbor2.dumps(dict(cbor2.loads(honest), zones={"feeder-1": [b"x" * 32, [[1, 0]], []]}))):
+        with pytest.raises(DistrictError):
+            decode_slice(bad)
+    # Clearers rotate with the interval, the same on every coordinator.
+    zones = [f"feeder-{i}" for i in range(20)]
+    assert clearer_zones(zones, START) == clearer_zones(list(reversed(zones)), START)
+    assert len(clearer_zones(zones, START)) == 3
+    assert any(clearer_zones(zones, START + 900 * k) != clearer_zones(zones, START) for k in range(1, 5))
+
+
 def test_a_zone_offer_is_what_most_of_its_coordinators_published() -> None:
     orders, cl = cleared_zone("feeder-1", [(SELL, 1000, 40)], seed=11)
     honest = zone_offer(orders, cl)
@@ -194,7 +236,12 @@ def test_zones_meet_through_one_district_key_on_real_nodes() -> None:
                 results.append(clear_district(offers.values(), "district-a", start, 900))
             assert len({r.hash for r in results}) == 1
             assert [(t.seller_zone, t.buyer_zone, t.wh) for t in results[0].trades] == [("feeder-1", "feeder-2", 3000)]
-            assert set(read_keys) == set(all_keys("district-a", start, 3))  # no zone's orders or meter totals
+            # a1 clears for the district and publishes the slices; b2 reads its zone's lots
+            assert await publish_results(a1, "district-a", results[0], ["feeder-1", "feeder-2"], shards=3)
+            key = result_key("district-a", start, "feeder-2", 3)
+            lots = lots_from(await b2.get(key), "feeder-2", start, {a1.public_key}.__contains__)
+            assert lots is not None and list(lots.bought) == results[0].lots("feeder-2")[1]
+            assert set(read_keys) == set(all_keys("district-a", start, 3)) | {key}  # no zone's orders or meter totals
             assert {offer_key("district-a", start, z, 3) for z in specs} <= set(read_keys)
         finally:
             await stop_all(nodes)
