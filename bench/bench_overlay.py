@@ -676,6 +676,26 @@ async def households(args: argparse.Namespace) -> None:
                   f"loopback {lo / 1e6:.1f} MB; values put per household {statistics.mean(ep.sent for _, ep in homes):.0f} B; "
                   f"district results {len(district_hashes)}; records a listen missed, read by name: "
                   f"{sum(ep.late for ep in settlers)}")
+            # The busiest nodes, and why: seeds (everyone's first contact),
+            # settlers, clearers, and for how many of the interval's keys
+            # the node is among the 8 closest (it stores them and serves
+            # every search, put and listen on them).
+            keys_now = list(book_key.values()) + list(meter_key.values()) + dkeys + sorted(set(rkey.values()))
+            ids = {n.port: int(n.node_id, 16) for n in nodes}
+            near: dict[int, int] = {}
+            for key in keys_now:
+                h = int(str(dht.InfoHash.get(key)), 16)
+                for port in sorted(ids, key=lambda p: ids[p] ^ h)[:8]:
+                    near[port] = near.get(port, 0) + 1
+            roles = {n.port: "seed" for n in nodes[:SEEDS]}
+            roles.update({ep.host.port: "settler" for ep in settlers})
+            roles.update({ep.host.port: "clearer" for ep in clearers})
+            top = sorted(nodes, key=lambda n: -sum(wire[n.port]))[:6]
+            print("      busiest nodes KB (role, keys stored): " + ", ".join(
+                f"{sum(wire[n.port]) / 1e3:.0f} ({roles.get(n.port, 'household')}, {near.get(n.port, 0)})" for n in top)
+                + f"; nodes storing any of the {len(keys_now)} keys: median "
+                f"{pct([sum(wire[p]) / 1e3 for p in near], .5):.0f} KB, the others "
+                f"{pct([sum(wire[n.port]) / 1e3 for n in nodes if n.port not in near], .5):.0f} KB")
     if len(nodes) > 500:
         # Stopping thousands of nodes one shutdown at a time takes longer
         # than the run: the figures are out, the process ends here.
