@@ -3,7 +3,8 @@ OpenDHT in the same run.
 
     python bench/bench_overlay.py lookups    [--nodes 1000] [--kill 0.25] [--lookups 1500]
     python bench/bench_overlay.py floods     [--junk 10000] [--attackers 10] [--signed 60]
-    python bench/bench_overlay.py households [--households 10000] [--zone-size 1000] [--nodes 250]
+    python bench/bench_overlay.py households [--households 10000] [--zone-size 100] [--verbose]
+                                              (as root with iptables-legacy: bytes per node on the wire)
     python bench/bench_overlay.py            (all three, smaller: 200 nodes, 1,000 households, 2,000 junk;
                                               what run_all.py runs; --full for the figures above)
 
