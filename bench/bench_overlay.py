@@ -3,7 +3,8 @@ OpenDHT in the same run.
 
     python bench/bench_overlay.py lookups    [--nodes 1000] [--kill 0.25] [--lookups 1500]
     python bench/bench_overlay.py floods     [--junk 10000] [--attackers 10] [--signed 60]
-    python bench/bench_overlay.py households [--households 10000] [--zone-size 1000] [--nodes 250]
+    python bench/bench_overlay.py households [--households 10000] [--zone-size 100] [--verbose]
+                                              (as root with iptables-legacy: bytes per node on the wire)
     python bench/bench_overlay.py            (all three, smaller: 200 nodes, 1,000 households, 2,000 junk;
                                               what run_all.py runs; --full for the figures above)
 
@@ -25,17 +26,25 @@ coordinator reads (directory, zone members, metering, live, book, results);
 every reader must find every honest record. Prints the read times.
 
 households: `--households` households in feeder zones of `--zone-size`
-(a district of zones, SPEC.md, hierarchy) publish their meter totals and
-signed orders for the next interval for `--intervals` intervals through `--nodes` OpenDHT nodes
-(many household endpoints per node: each endpoint signs with its own key,
-its node stores and relays); per-interval keys sharded (`--shards` per
-zone). Each interval, `--settlers` households per zone settle: read every
-meter total of their zone and must see them all. Prints per interval and
-node the bytes stored, sent and received (value bytes at the overlay's
-interface, exact) and the lookups and their latency; and the loopback bytes
-of the whole machine during the run divided by the nodes (an upper bound:
-it counts every process's loopback traffic, OpenDHT's maintenance
-included).
+under one district (coordinator/market/district.py; SPEC.md section 7), one
+OpenDHT node per household as far as the hard file-descriptor limit allows
+(4 per node; at 20,000: 4,936 nodes, about two households per node for
+10,000), each settling coordinator (`--settlers` per zone) on a node of its
+own. Each interval, every household publishes its signed order for the
+next interval and its meter total for this one; each settler, listening to
+its zone's two keys and the district's from the interval's start (as the
+market's book collector listens), must see every meter total and order of
+its zone (a record its listen missed is read by name after
+`--listen-wait`), clears the zone's book, the zone's first settler
+publishes the zone's offer, and every settler clears the district, which
+must agree. Prints per interval: the settlers' success, the value bytes
+they received, and the bytes each OpenDHT node sent and received on the
+wire, measured by the kernel: the bench re-runs itself (as root) in a
+network namespace of its own, where loopback carries its packets only, and
+counts each node's UDP port with iptables (`iptables-legacy`; 'lo check'
+= counted / loopback total); settler nodes and household nodes apart, and
+the idle maintenance per node measured before the intervals, scaled to a
+900-s interval.
 """
 
 from __future__ import annotations
@@ -119,11 +128,12 @@ async def raw_get(node: Overlay, key: str, first_only: bool, timeout: float = 5.
             return False
         return True
 
+    # Awaited as the overlay's own reads are (one future, a timer; no
+    # wait_for): the comparison is of the reads, not of asyncio's helpers.
+    timer = loop.call_later(timeout, finish)
     node._runner.get(dht.InfoHash.get(key), on_value, lambda ok, nodes: loop.call_soon_threadsafe(finish))
-    try:
-        await asyncio.wait_for(fut, timeout)
-    except asyncio.TimeoutError:
-        pass
+    await fut
+    timer.cancel()
     return time.monotonic() - t0, count[0]
 
 
@@ -337,6 +347,7 @@ class Endpoint(BaseOverlay):
         self.sent = 0
         self.received = 0
         self.lookups: list[float] = []
+        self.late = 0  # records a listen missed, read by name
 
     async def start(self) -> None:
         self.running = True
@@ -360,7 +371,14 @@ class Endpoint(BaseOverlay):
         self.lookups.append(time.monotonic() - t0)
 
     def _listen_raw(self, key: str, handle: ListenHandle) -> None:
-        raise NotImplementedError("not used by the simulation")
+        deliver = handle._deliver_raw
+
+        def counted(raw: bytes) -> None:
+            self.received += len(raw)
+            deliver(raw)
+
+        handle._deliver_raw = counted  # type: ignore[method-assign]
+        self.host._listen_raw(key, handle)
 
 
 def loopback_bytes() -> int:
@@ -370,73 +388,321 @@ def loopback_bytes() -> int:
     return 0
 
 
-async def households(args: argparse.Namespace) -> None:
-    from microgrid.coordinator.market.orders import BUY, SELL, make_order
+# -- bytes on the wire, per node ----------------------------------------------------------
+#
+# Every OpenDHT node owns one UDP port (IPv4 and IPv6). Run in a network
+# namespace of its own (`unshare -n`, re-executed automatically as root), the
+# process's loopback carries nothing but its nodes' packets, and an
+# iptables rule per port and direction counts each node's bytes sent
+# (OUTPUT, source port) and received (INPUT, destination port): IP packets,
+# headers included, as measured by the kernel. Rules are grouped 32 ports to
+# a chain so a packet meets some 64 rules, not one per node.
 
-    raise_fd_limit(args.nodes)
-    t_start = time.monotonic()
-    nodes = await start_nodes(args.nodes, get_timeout_s=10.0, put_timeout_s=30.0)
+IPTABLES = ("iptables-legacy", "ip6tables-legacy")
+
+
+class WireCounters:
+    def __init__(self, ports: list[int]) -> None:
+        import shutil
+        import subprocess
+        self.ports = ports
+        self.available = all(shutil.which(t) and shutil.which(t + "-restore") for t in IPTABLES)
+        if not self.available:
+            return
+        text = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+        rules = []
+        order = sorted(ports)
+        for k in range(0, len(order), 32):
+            group = order[k:k + 32]
+            for chain, opt, top in (("S", "--sport", "OUTPUT"), ("R", "--dport", "INPUT")):
+                name = f"{chain}{k // 32}"
+                text.append(f":{name} - [0:0]")
+                rules.append(f"-A {top} -p udp -m udp {opt} {group[0]}:{group[-1]} -j {name}")
+                rules += [f"-A {name} -p udp -m udp {opt} {port} -j RETURN" for port in group]
+        payload = "\n".join(text + rules + ["COMMIT", ""])
+        for tool in IPTABLES:
+            subprocess.run([tool + "-restore"], input=payload.encode(), check=True)
+
+    def read(self) -> dict[int, list[int]]:
+        """port -> [bytes sent, bytes received], IPv4 and IPv6 together."""
+        import re
+        import subprocess
+        out: dict[int, list[int]] = {p: [0, 0] for p in self.ports}
+        if not self.available:
+            return out
+        pat = re.compile(r"^\[(\d+):(\d+)\] -A [SR]\d+ -p udp -m udp --([sd])port (\d+) -j RETURN")
+        for tool in IPTABLES:
+            for line in subprocess.run([tool + "-save", "-c"], capture_output=True, text=True, check=True).stdout.splitlines():
+                m = pat.match(line)
+                if m:
+                    out[int(m.group(4))][0 if m.group(3) == "s" else 1] += int(m.group(2))
+        return out
+
+
+def in_private_netns() -> bool:
+    return os.environ.get("MG_BENCH_NETNS") == "1"
+
+
+def reexec_in_netns() -> None:
+    """Run this bench again in a network namespace of its own (root only),
+    so loopback counters see this process's packets only."""
+    import shutil
+    import subprocess
+    if in_private_netns() or os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        return
+    env = dict(os.environ, MG_BENCH_NETNS="1")
+    cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', sys.executable] + sys.argv
+    sys.exit(subprocess.run(cmd, env=env).returncode)
+
+
+def diff(after: dict[int, list[int]], before: dict[int, list[int]]) -> dict[int, tuple[int, int]]:
+    return {p: (after[p][0] - before[p][0], after[p][1] - before[p][1]) for p in after}
+
+
+async def households(args: argparse.Namespace) -> None:
+    from microgrid.coordinator.market.clearing import clear_interval
+    from microgrid.coordinator.market.district import clear_district, zone_offer
+    from microgrid.coordinator.market.district_link import (
+        all_keys, clearer_zones, lots_from, offer_key, offers_from, publish_offer, publish_results, result_key)
+    from microgrid.coordinator.market.orders import BUY, SELL, OrderError, decode_order, make_order
+
     zones = [f"feeder-{z}" for z in range((args.households + args.zone_size - 1) // args.zone_size)]
+    n_settlers = len(zones) * args.settlers
+    args.district_shards = args.district_shards or max(1, len(zones) // 16)
+    raise_fd_limit(args.nodes + n_settlers)
+    t_start = time.monotonic()
+    # Households share OpenDHT nodes (many endpoints per node); each
+    # settling coordinator runs its own node, as on the appliance, so its
+    # node's bytes are one coordinator's.
+    nodes = await start_nodes(args.nodes + n_settlers, get_timeout_s=10.0, put_timeout_s=30.0)
+    home_nodes, settler_nodes = nodes[:args.nodes], nodes[args.nodes:]
     homes: list[tuple[str, Endpoint]] = []
-    for h in range(args.households):
-        ep = Endpoint(PrivateKey.from_random(), nodes[h % args.nodes], args.shards)
-        await ep.start()
-        homes.append((zones[h // args.zone_size], ep))
+    settlers: list[Endpoint] = []
+    for z, zone in enumerate(zones):
+        size = min(args.zone_size, args.households - z * args.zone_size)
+        for k in range(size):
+            if k < args.settlers:
+                ep = Endpoint(PrivateKey.from_random(), settler_nodes[len(settlers)], args.shards)
+                settlers.append(ep)
+            else:
+                ep = Endpoint(PrivateKey.from_random(), home_nodes[len(homes) % args.nodes], args.shards)
+            await ep.start()
+            homes.append((zone, ep))
+    zone_of = {ep.public_key: z for z, ep in homes}
+    expected = {z: {ep.public_key for zz, ep in homes if zz == z} for z in zones}
+    per_node = (args.households - n_settlers) / args.nodes
+    counters = WireCounters([n.port for n in nodes])
+    where = ("in a network namespace of its own: loopback carries this bench's packets only"
+             if in_private_netns() else "sharing loopback with the machine: wire figures include other processes")
     print(f"households: {args.households} households in {len(zones)} feeder zones of {args.zone_size} "
-          f"(one district), {args.shards} shards per zone, on {args.nodes} OpenDHT nodes "
-          f"({args.households // args.nodes} endpoints each); started in {time.monotonic() - t_start:.1f} s")
+          f"(one district, {args.district_shards} district key(s)), {args.shards} shard(s) per zone; {n_settlers} settling coordinators "
+          f"({args.settlers} per zone) on a node each, the other households {per_node:g} to a node on "
+          f"{args.nodes} nodes; started in {time.monotonic() - t_start:.1f} s; {where}; per-node counters: "
+          f"{'iptables per port' if counters.available else 'none (iptables-legacy missing)'}")
+    await asyncio.sleep(args.settle_s)
+    # Maintenance: what an idle node costs (pings, table refreshes, our peer refresh).
+    c0, lo0, t0 = counters.read(), loopback_bytes(), time.monotonic()
+    await asyncio.sleep(args.idle_s)
+    idle = diff(counters.read(), c0)
+    idle_s = time.monotonic() - t0
+    idle_node = statistics.mean(a + b for a, b in idle.values()) / idle_s if counters.available else \
+        2 * (loopback_bytes() - lo0) / len(nodes) / idle_s
+    print(f"idle: {idle_node:.0f} bytes/s per node sent+received: {idle_node * 900 / 1e3:.0f} KB of maintenance "
+          f"per 900-s interval, included below in 'with maint.' (the intervals here last seconds)")
     rng = random.Random(args.seed)
     start0 = (int(time.time()) // 900) * 900
-    gate = asyncio.Semaphore(400)
-    print(f"\n{'interval':>8}{'puts ok %':>10}{'settlers':>9}{'saw all %':>10}{'min seen':>9}"
-          f"{'stored/node KB':>15}{'sent/home B':>12}{'recv/settler KB':>16}{'lookups/settler':>16}"
-          f"{'p50 ms':>8}{'p99 ms':>8}{'lo MB/node':>11}")
+    gate = asyncio.Semaphore(args.put_concurrency)
+    print(f"\n{'int.':>4}{'puts ok%':>9}{'saw all%':>9}{'book%':>7}{'district':>9}{'values/settler KB':>18}"
+          f"{'wait p50':>9}{'p99 s':>7}{'| settler node KB:':>18}{'sent':>6}{'recv':>6}{'max':>6}{'with maint.':>12}"
+          f"{'| household node KB p50':>24}{'max':>6}{'per household':>14}{'lo check':>9}{'s':>5}")
     for i in range(args.intervals):
         start = start0 + 900 * i
-        lo0 = loopback_bytes()
         for _, ep in homes:
-            ep.sent = ep.received = 0
+            ep.sent = ep.received = ep.late = 0
             ep.lookups.clear()
+        c0, lo0, t0 = counters.read(), loopback_bytes(), time.monotonic()
+        book_key = {z: f"mg/market/{z}/{start + 900}" for z in zones}
+        meter_key = {z: f"mg/metering/{z}/{start}" for z in zones}
+        dkeys = all_keys("district", start + 900, args.district_shards)
+        rkey = {z: result_key("district", start + 900, z, args.district_shards) for z in zones}
+        first = {z: next(e for e in settlers if zone_of[e.public_key] == z) for z in zones}
+        clearers = [first[z] for z in clearer_zones(zones, start + 900, args.clearers)]
+        clearer_keys = {ep.public_key for ep in clearers}
+        # Settlers subscribe before the interval's records are published (as
+        # the market's book collector listens): each record reaches them
+        # from the listened storing nodes as it is stored, with no polling.
+        heard: dict[tuple[int, str], dict[tuple[bytes, str], Any]] = {}
+        handles = []
+        for ep in settlers:
+            zone = zone_of[ep.public_key]
+            keys = [book_key[zone], meter_key[zone], rkey[zone]] + (dkeys if ep in clearers else [])
+            for key in keys if args.collect == "listen" else []:
+                got = heard.setdefault((id(ep), key), {})
+                handles.append(ep.listen(key, lambda r, got=got: got.__setitem__((r.publisher, r.slot), r)))
+        if handles:
+            await asyncio.sleep(1.0)
 
         async def publish(zone: str, ep: Endpoint) -> bool:
             async with gate:
                 # its order for the next interval, then its meter total for this one
                 so = make_order(ep.signing_key, BUY if rng.random() < 0.5 else SELL, zone, start + 900,
                                 rng.randrange(100, 3000), rng.randrange(50, 200), start + 1800, i, int(time.time()))
-                ok = await ep.put(f"mg/market/{zone}/{start + 900}", so.encoded, 3600,
-                                  slot=f"{so.order.owner.hex()[:16]}:{so.order.nonce}")
+                ok = await ep.put(book_key[zone], so.encoded, 1800, slot=f"{so.order.owner.hex()[:16]}:{so.order.nonce}")
                 body = json.dumps({"export_wh": rng.randrange(0, 3000), "import_wh": rng.randrange(0, 3000)}).encode()
-                return await ep.put(f"mg/metering/{zone}/{start}", body, 3600) and ok
+                return await ep.put(meter_key[zone], body, 1800) and ok
 
-        t0 = time.monotonic()
         ok = await asyncio.gather(*(publish(z, ep) for z, ep in homes))
-        settlers = [ep for z in zones for ep in rng.sample([e for zz, e in homes if zz == z], args.settlers)]
-        zone_of = {id(ep): z for z, ep in homes}
-        expected = {z: {ep.public_key for zz, ep in homes if zz == z} for z in zones}
-        settling = asyncio.Semaphore(args.settle_concurrency)
+        print(f"  interval {i}: {len(ok)} households published in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+        # Gets run a few at a time (each pages many values through this one
+        # process); listening settlers only wait, all at once.
+        settling = asyncio.Semaphore(args.settle_concurrency if args.collect == "get" else len(settlers))
+
+        async def collect(ep: Endpoint, key: str, done: Any) -> list[Any]:
+            if args.collect == "get":
+                return await ep.get(key, args.read_timeout)
+            got = heard[(id(ep), key)]
+            deadline = time.monotonic() + args.listen_wait
+            t = time.monotonic()
+            while not done(got) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            if not done(got):
+                # A listen that missed a record (a storing node that had not
+                # synced yet): ask the missing publishers by name, as the
+                # overlay's flooded reads do.
+                missing = [p for p in expected[zone_of[ep.public_key]] if (p, "") not in got
+                           and not any(pp == p for pp, _ in got)]
+                ep.late += len(missing)
+                for r in await ep.get(key, args.read_timeout, publishers=missing):
+                    got[(r.publisher, r.slot)] = r
+            ep.lookups.append(time.monotonic() - t)
+            return list(got.values())
 
         async def settle(ep: Endpoint) -> tuple[list[Any], list[Any]]:
             async with settling:
-                zone = zone_of[id(ep)]
-                book = await ep.get(f"mg/market/{zone}/{start + 900}", args.read_timeout)
-                return book, await ep.get(f"mg/metering/{zone}/{start}", args.read_timeout)
+                zone = zone_of[ep.public_key]
+                def every(got: Any, zone: str = zone) -> bool:
+                    return {p for p, _ in got} >= expected[zone]
+                book = await collect(ep, book_key[zone], every)
+                metering = await collect(ep, meter_key[zone], every)
+                # Level 1 -> 2: the zone clears its own book and offers what is
+                # left to the district (its first settler publishes; the
+                # others compute the same bytes and would publish a dissent).
+                orders = []
+                for r in book:
+                    try:
+                        orders.append(decode_order(r.body))
+                    except OrderError:
+                        pass
+                offer = zone_offer(orders, clear_interval(orders, zone, start + 900), max_steps=args.offer_steps)
+                if ep is next(e for e in settlers if zone_of[e.public_key] == zone):
+                    await publish_offer(ep, "district", offer, args.district_shards)
+                return book, metering
 
         read = await asyncio.gather(*(settle(ep) for ep in settlers))
+        print(f"  interval {i}: {len(settlers)} settlers read their zones by {time.monotonic() - t0:.0f} s", file=sys.stderr)
+        # Level 2: the interval's clearers read every zone's offer, clear the
+        # district and publish the result in slices; every settler reads its
+        # zone's slice (a record per clearer) and takes what most agree on.
+        results: list[Any] = []
+
+        async def wait_heard(ep: Endpoint, key: str, done: Any) -> dict[tuple[bytes, str], Any]:
+            got = heard[(id(ep), key)]
+            deadline = time.monotonic() + args.listen_wait
+            while not done(got) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            if not done(got):  # a listen missed a record: read the key
+                ep.late += 1
+                for r in await ep.get(key, args.read_timeout):
+                    got[(r.publisher, r.slot)] = r
+            return got
+
+        async def clear(ep: Endpoint) -> None:
+            t = time.monotonic()
+            shards = {key: heard[(id(ep), key)] for key in dkeys}
+
+            def missing() -> set[str]:
+                return set(zones) - {zone_of.get(p, "") for got in shards.values() for p, _ in got}
+            for key in dkeys:
+                await wait_heard(ep, key, lambda got, key=key: not {z for z in missing()
+                                                                     if offer_key("district", start + 900, z,
+                                                                                  args.district_shards) == key})
+            offers = offers_from([r for got in shards.values() for r in got.values()], start + 900, zone_of.get)
+            result = clear_district(offers.values(), "district", start + 900, 900)
+            results.append(result)
+            await publish_results(ep, "district", result, offers, args.district_shards)
+            ep.lookups.append(time.monotonic() - t)
+
+        await asyncio.gather(*(clear(ep) for ep in clearers))
+        lots_seen: list[Any] = []
+
+        async def down(ep: Endpoint) -> None:
+            zone = zone_of[ep.public_key]
+            is_clearer = clearer_keys.__contains__
+
+            def enough(got: Any) -> bool:
+                return sum(1 for p, _ in got if p in clearer_keys) > len(clearers) // 2
+            got = await wait_heard(ep, rkey[zone], enough)
+            lots_seen.append((zone, lots_from(got.values(), zone, start + 900, is_clearer)))
+
+        await asyncio.gather(*(down(ep) for ep in settlers))
+        ref = results[0] if results and len({r.hash for r in results}) == 1 else None
+        district_hashes = {r.hash for r in results}
+        district_ok = ref is not None and all(
+            lots is not None and (lots.sold, lots.bought) == tuple(map(tuple, ref.lots(z)))
+            for z, lots in lots_seen)
+        for h in handles:
+            h.cancel()
+        wire = diff(counters.read(), c0)
+        lo = loopback_bytes() - lo0
+        took = time.monotonic() - t0
         books, seen = [b for b, _ in read], [m for _, m in read]
-        book_ok = [len({r.publisher for r in got} & expected[zone_of[id(ep)]]) == len(expected[zone_of[id(ep)]])
-                   for ep, got in zip(settlers, books)]
-        counts = [len({r.publisher for r in got} & expected[zone_of[id(ep)]]) / len(expected[zone_of[id(ep)]])
-                  for ep, got in zip(settlers, seen)]
+        book_ok = [{r.publisher for r in got} >= expected[zone_of[ep.public_key]] for ep, got in zip(settlers, books)]
+        saw_all = [{r.publisher for r in got} >= expected[zone_of[ep.public_key]] for ep, got in zip(settlers, seen)]
         lat = [x for ep in settlers for x in ep.lookups]
-        # OpenDHT stores each value on the 8 nodes closest to its key
-        stored = sum(ep.sent for _, ep in homes) * min(8, args.nodes) / args.nodes
-        lo = (loopback_bytes() - lo0) / args.nodes
-        print(f"{i:>8}{100 * sum(ok) / len(ok):>10.2f}{len(settlers):>9}{100 * sum(c == 1 for c in counts) / len(counts):>10.1f}"
-              f"{100 * min(counts):>8.1f}%{stored / 1024:>15.1f}{statistics.mean(ep.sent for _, ep in homes):>12.0f}"
-              f"{statistics.mean(ep.received for ep in settlers) / 1024:>16.1f}"
-              f"{statistics.mean(len(ep.lookups) for ep in settlers):>16.1f}"
-              f"{pct(lat, .5) * 1000:>8.0f}{pct(lat, .99) * 1000:>8.0f}{lo / 1e6:>11.2f}"
-              f"   ({time.monotonic() - t0:.0f} s; whole book seen by {sum(book_ok)}/{len(book_ok)} settlers)")
+        maint = idle_node * max(0.0, 900 - took)
+        s_sent = [wire[n.port][0] / 1e3 for n in settler_nodes]
+        s_recv = [wire[n.port][1] / 1e3 for n in settler_nodes]
+        s_tot = [a + b for a, b in zip(s_sent, s_recv)]
+        h_tot = sorted(sum(wire[n.port]) / 1e3 for n in home_nodes)
+        check = sum(a for a, _ in wire.values()) / lo if lo and counters.available else float("nan")
+        agree = "agree" if district_ok else "DIFFER"
+        print(f"{i:>4}{100 * sum(ok) / len(ok):>9.2f}{100 * sum(saw_all) / len(saw_all):>9.1f}"
+              f"{100 * sum(book_ok) / len(book_ok):>7.1f}{agree:>9}"
+              f"{statistics.mean(ep.received for ep in settlers) / 1e3:>18.1f}{pct(lat, .5):>9.1f}{pct(lat, .99):>7.1f}"
+              f"{'':>18}{statistics.mean(s_sent):>6.0f}{statistics.mean(s_recv):>6.0f}{max(s_tot):>6.0f}"
+              f"{max(s_tot) + maint / 1e3:>12.0f}{'':>24}{pct(h_tot, .5):>6.0f}{max(h_tot):>6.0f}"
+              f"{pct(h_tot, .5) / max(1.0, per_node) + maint / 1e3:>14.0f}{check:>9.2f}{took:>5.0f}")
+        if args.verbose:
+            print(f"      settler nodes KB p50/p99/max {pct(s_tot, .5):.0f}/{pct(s_tot, .99):.0f}/{max(s_tot):.0f}; "
+                  f"loopback {lo / 1e6:.1f} MB; values put per household {statistics.mean(ep.sent for _, ep in homes):.0f} B; "
+                  f"district results {len(district_hashes)}; records a listen missed, read by name: "
+                  f"{sum(ep.late for ep in settlers)}")
+            # The busiest nodes, and why: seeds (everyone's first contact),
+            # settlers, clearers, and for how many of the interval's keys
+            # the node is among the 8 closest (it stores them and serves
+            # every search, put and listen on them).
+            keys_now = list(book_key.values()) + list(meter_key.values()) + dkeys + sorted(set(rkey.values()))
+            ids = {n.port: int(n.node_id, 16) for n in nodes}
+            near: dict[int, int] = {}
+            for key in keys_now:
+                h = int(str(dht.InfoHash.get(key)), 16)
+                for port in sorted(ids, key=lambda p: ids[p] ^ h)[:8]:
+                    near[port] = near.get(port, 0) + 1
+            roles = {n.port: "seed" for n in nodes[:SEEDS]}
+            roles.update({ep.host.port: "settler" for ep in settlers})
+            roles.update({ep.host.port: "clearer" for ep in clearers})
+            top = sorted(nodes, key=lambda n: -sum(wire[n.port]))[:6]
+            print("      busiest nodes KB (role, keys stored): " + ", ".join(
+                f"{sum(wire[n.port]) / 1e3:.0f} ({roles.get(n.port, 'household')}, {near.get(n.port, 0)})" for n in top)
+                + f"; nodes storing any of the {len(keys_now)} keys: median "
+                f"{pct([sum(wire[p]) / 1e3 for p in near], .5):.0f} KB, the others "
+                f"{pct([sum(wire[n.port]) / 1e3 for n in nodes if n.port not in near], .5):.0f} KB")
+    if len(nodes) > 500:
+        # Stopping thousands of nodes one shutdown at a time takes longer
+        # than the run: the figures are out, the process ends here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     await asyncio.gather(*(n.stop() for n in nodes))
 
 
@@ -455,19 +721,34 @@ if __name__ == "__main__":
     ap.add_argument("--signed", type=int, default=60)
     ap.add_argument("--flood-nodes", type=int, default=8)
     ap.add_argument("--households", type=int, default=10_000)
-    ap.add_argument("--zone-size", type=int, default=1000)
-    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--zone-size", type=int, default=100, help="households per feeder zone")
+    ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--settlers", type=int, default=2, help="households per zone that settle each interval")
     ap.add_argument("--intervals", type=int, default=2)
-    ap.add_argument("--settle-concurrency", type=int, default=4, help="settlers reading at once (this process)")
+    ap.add_argument("--settle-concurrency", type=int, default=16, help="settlers reading at once (this process)")
+    ap.add_argument("--idle-s", type=float, default=20.0, help="households: seconds of idle traffic measured")
+    ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--clearers", type=int, default=3, help="households: coordinators clearing the district each interval")
+    ap.add_argument("--put-concurrency", type=int, default=100,
+                    help="households: publications in flight at once in this process (too many on a loaded "
+                         "machine: requests time out and OpenDHT sends them again)")
+    ap.add_argument("--listen-wait", type=float, default=20.0,
+                    help="households: seconds a listening settler waits after publication before asking by name")
+    ap.add_argument("--offer-steps", type=int, default=16, help="households: price steps per side of a zone's offer")
+    ap.add_argument("--district-shards", type=int, default=0,
+                    help="households: keys the district's offers spread over (0: one per 16 zones)")
+    ap.add_argument("--collect", choices=("listen", "get"), default="listen",
+                    help="households: settlers listen to their zone's keys from the interval's start, or get them after")
     ap.add_argument("--read-timeout", type=float, default=60.0, help="seconds a settler's read may take")
     ap.add_argument("--settle-s", type=float, default=5.0, help="pause after start and between publications")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
+    if a.mode == "households":
+        reexec_in_netns()
     if a.mode == "all" and not a.full:
         a.quick = True
     if a.quick:
-        a.lookups, a.phase_s, a.junk, a.households, a.zone_size = 300, 20.0, 2000, 1000, 250
+        a.lookups, a.phase_s, a.junk, a.households = 300, 20.0, 2000, 1000
     modes = ("lookups", "floods", "households") if a.mode == "all" else (a.mode,)
     for mode in modes:
         if mode == "lookups":
@@ -476,6 +757,12 @@ if __name__ == "__main__":
         elif mode == "floods":
             asyncio.run(floods(a))
         else:
-            a.nodes = a.nodes if a.mode == "households" and a.nodes else (50 if a.quick else 250)
+            # One OpenDHT node per household, as on the appliance, as far as
+            # the hard file-descriptor limit allows (4 per node); settlers
+            # always get their own.
+            settlers = (a.households + a.zone_size - 1) // a.zone_size * a.settlers
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            room = (hard - 256) // FDS_PER_NODE - settlers if hard != resource.RLIM_INFINITY else a.households
+            a.nodes = a.nodes if a.mode == "households" and a.nodes else max(1, min(a.households - settlers, room))
             asyncio.run(households(a))
         print()

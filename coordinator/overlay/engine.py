@@ -51,7 +51,7 @@ import opendht as dht
 from bitcoinx import PrivateKey
 
 from . import records, state as state_file
-from .interface import Accept, AcceptPublisher, BaseOverlay, ListenHandle, OverlayError, PeerInfo, RawSink
+from .interface import Accept, AcceptPublisher, BaseOverlay, ListenHandle, OverlayError, PeerInfo, RawSink, Stop
 from .settings import OverlaySettings, parse_endpoint
 
 log = logging.getLogger("microgrid.overlay")
@@ -352,20 +352,29 @@ class Overlay(BaseOverlay):
             runner.get(infohash, on_value, on_done)
         else:
             runner.get(infohash, on_value, on_done, where=where)
-        stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-        waits: list[asyncio.Future[Any]] = [fut, stopped]
+        # One future ends the read: the search's done callback, `stop` or
+        # the timeout resolve it, and the read resumes in the next loop
+        # iteration (no asyncio.wait, wait_for or task per read: each would
+        # add loop iterations). Values posted before the done callback are
+        # delivered before it (call_soon_threadsafe is FIFO).
+        timer = self._loop.call_later(timeout, _resolve, fut, False)
+        if isinstance(stop, Stop):
+            stop.on_set(lambda: _resolve(fut, True))
+            stopper = None
+        else:
+            stopper = asyncio.ensure_future(stop.wait())
+            stopper.add_done_callback(lambda _t: _resolve(fut, True))
         try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            # values posted before the done callback are still queued: let
-            # them through before closing
-            await asyncio.sleep(0)
+            await fut
         finally:
-            stopped.cancel()
+            timer.cancel()
+            if stopper is not None:
+                stopper.cancel()
             open_[0] = False
 
     async def _get_raw_hash(self, infohash: Any, timeout: float) -> list[bytes]:
         found: list[bytes] = []
-        await self._stream_hash(infohash, None, found.append, asyncio.Event(), timeout)
+        await self._stream_hash(infohash, None, found.append, Stop(), timeout)
         return found
 
     def _listen_raw(self, key: str, handle: ListenHandle) -> None:

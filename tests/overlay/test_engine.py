@@ -214,3 +214,42 @@ def test_fifty_coordinators_from_three_seeds_all_find_each_others_directory_reco
         finally:
             await stop_all(nodes)
     asyncio.run(go())
+
+
+def test_a_read_ends_when_its_stop_is_set_or_its_timeout_passes_whatever_the_stop_kind() -> None:
+    """The engine's read waits on one future (no task per read): a Stop set
+    from a value callback ends it at once, a plain asyncio.Event (what other
+    implementations pass) still ends it, and with neither the search's end
+    or the timeout does."""
+    from microgrid.coordinator.overlay.interface import Stop
+
+    async def go() -> None:
+        nodes = await start_nodes(4)
+        try:
+            for i in range(5):
+                assert await nodes[1].put("dir/stop", b"v%d" % i, 60, slot=f"s{i}")
+            got: list[bytes] = []
+            stop = Stop()
+
+            def first(raw: bytes) -> None:
+                got.append(raw)
+                stop.set()
+
+            await nodes[3]._stream("dir/stop", None, first, stop, 5.0)
+            assert len(got) >= 1 and stop.is_set()
+            late: list[int] = []
+            stop.on_set(lambda: late.append(1))  # already set: called at once
+            assert late == [1]
+            plain = asyncio.Event()
+            plain.set()
+            t0 = time.monotonic()
+            await nodes[3]._stream("dir/stop", None, lambda raw: None, plain, 5.0)
+            assert time.monotonic() - t0 < 2.0
+            # a node whose peers are gone: the search's end or the timeout ends the read, never later
+            await stop_all(nodes[:3])
+            t0 = time.monotonic()
+            await nodes[3]._stream("dir/none", None, lambda raw: None, Stop(), 0.5)
+            assert time.monotonic() - t0 < 1.5
+        finally:
+            await stop_all(nodes)
+    asyncio.run(go())

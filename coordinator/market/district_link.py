@@ -1,0 +1,187 @@
+"""The district's overlay keys (district.py has the rules).
+
+    mg/district/<district>/<interval start>/<shard>   slot "zone:<zone>": one ZoneOffer per publisher
+
+`shard` = the first two bytes of SHA-256 of the zone name, big-endian, mod
+the district's shard count (`shards`, the same on every coordinator of the
+district, like a zone's; 1 means no suffix). Every settling coordinator of
+every zone reads every offer, so the storing nodes of one key would push
+each offer to all of them: spread over shards, no storing node carries
+more than its share of that fan-out (measured: one key for 100 zones put
+1.1-1.5 MB per interval on its storing nodes, bench_overlay households).
+
+A coordinator publishes its own zone's offer and reads these keys only: a
+record per zone (a few hundred bytes each), not another zone's orders or
+meter totals. Which zone a publisher speaks for is
+the caller's knowledge (each zone's membership), never what the record
+says: `zone_of(publisher public key) -> zone name or None`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Callable, Iterable, Protocol
+
+from .district import (
+    DistrictError, DistrictResult, ZoneLots, ZoneOffer, choose_offers, clear_district, decode_offer, decode_slice,
+    encode_slice)
+from .orders import ZONE_RE
+
+log = logging.getLogger("microgrid.market.district")
+
+OFFER_TTL_S = 3600
+
+
+class SigningOverlay(Protocol):
+    async def put(self, key: str, value: bytes, ttl_s: int, *, slot: str = "") -> bool: ...
+
+    async def get(self, key: str, timeout_s: float | None = None) -> list[Any]: ...
+
+
+MAX_SHARDS = 256
+
+
+def shard_of(zone: str, shards: int) -> int:
+    return int.from_bytes(hashlib.sha256(zone.encode()).digest()[:2], "big") % shards
+
+
+def district_key(district: str, interval_start: int, shard: int | None = None) -> str:
+    """The key of one shard (None: the unsharded key, shards == 1)."""
+    if not isinstance(district, str) or not ZONE_RE.match(district):
+        raise DistrictError(f"district={district!r}: expected 1..32 characters of [a-z0-9._-]")
+    if isinstance(interval_start, bool) or not isinstance(interval_start, int) or interval_start < 0:
+        raise DistrictError(f"interval_start={interval_start!r}: expected a unix time >= 0")
+    base = f"mg/district/{district}/{interval_start}"
+    return base if shard is None else f"{base}/{shard}"
+
+
+def offer_key(district: str, interval_start: int, zone: str, shards: int = 1) -> str:
+    """Where `zone`'s offer goes."""
+    return district_key(district, interval_start, None if shards == 1 else shard_of(zone, shards))
+
+
+def all_keys(district: str, interval_start: int, shards: int = 1) -> list[str]:
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise DistrictError(f"shards={shards!r}: expected an integer in 1..{MAX_SHARDS}")
+    if shards == 1:
+        return [district_key(district, interval_start)]
+    return [district_key(district, interval_start, k) for k in range(shards)]
+
+
+def offer_slot(zone: str) -> str:
+    return f"zone:{zone}"
+
+
+async def publish_offer(overlay: SigningOverlay, district: str, offer: ZoneOffer, shards: int = 1) -> bool:
+    return await overlay.put(offer_key(district, offer.interval_start, offer.zone, shards), offer.encode(),
+                             OFFER_TTL_S, slot=offer_slot(offer.zone))
+
+
+def offers_from(recs: Iterable[Any], interval_start: int,
+                zone_of: Callable[[bytes], str | None]) -> dict[str, ZoneOffer]:
+    """Per zone, the offer most of its coordinators published, from records
+    read (or listened to) under the district's keys. Records of publishers
+    no zone claims, in another zone's slot, or that do not decode are
+    ignored (logged)."""
+    published = []
+    for rec in recs:
+        zone = zone_of(rec.publisher)
+        if zone is None or rec.slot != offer_slot(zone):
+            log.info("district offer of %s ignored: not a coordinator of the zone of slot %r",
+                     rec.publisher.hex()[:16], rec.slot)
+            continue
+        try:
+            offer = decode_offer(rec.body)
+        except DistrictError as e:
+            log.info("district offer of %s ignored: %s", rec.publisher.hex()[:16], e)
+            continue
+        if offer.interval_start != interval_start:
+            continue
+        published.append((zone, offer))
+    return choose_offers(published)
+
+
+async def read_offers(overlay: SigningOverlay, district: str, interval_start: int,
+                      zone_of: Callable[[bytes], str | None], shards: int = 1) -> dict[str, ZoneOffer]:
+    """Every shard's records, then offers_from."""
+    recs: list[Any] = []
+    for key in all_keys(district, interval_start, shards):
+        recs += await overlay.get(key)
+    return offers_from(recs, interval_start, zone_of)
+
+
+async def clear_from_overlay(overlay: SigningOverlay, district: str, interval_start: int, interval_s: int,
+                             zone_of: Callable[[bytes], str | None], shards: int = 1) -> DistrictResult:
+    """Read the district's keys and clear them (every coordinator gets the
+    same result from the same records)."""
+    offers = await read_offers(overlay, district, interval_start, zone_of, shards)
+    return clear_district([o for o in offers.values() if o.interval_s == interval_s], district,
+                          interval_start, interval_s)
+
+
+# -- results back down ---------------------------------------------------------------
+#
+# Every coordinator may clear the district itself from the offers; but if
+# every settling coordinator of every zone listened to every offer, the
+# offers' storing nodes would push each offer to all of them (100 zones x
+# 200 settlers: 20,000 deliveries per listened node and interval, measured
+# 2-3 MB on each). So `CLEARERS` coordinators (the first settler of the
+# zones whose hash with the interval sorts first, a different set each
+# interval) read the offers, clear, and publish the result in slices, one
+# per district shard:
+#
+#     mg/district-result/<district>/<start>[/<shard>]   slot "result"
+#
+# holding the whole result's hash and, per zone of that shard, its cleared
+# book hash and lots. A zone's coordinators read their shard's key (a
+# record per clearer) and take the lots most clearers agree on; anyone can
+# check a clearer by clearing the offers itself.
+
+CLEARERS = 3
+RESULT_SLOT = "result"
+
+
+def clearer_zones(zones: Iterable[str], interval_start: int, count: int = CLEARERS) -> list[str]:
+    """The zones whose first settler clears the district for this interval."""
+    return sorted(zones, key=lambda z: hashlib.sha256(f"{z}/{interval_start}".encode()).digest())[:count]
+
+
+def result_key(district: str, interval_start: int, zone: str, shards: int = 1) -> str:
+    """Where the result slice for `zone` is published."""
+    base = district_key(district, interval_start).replace("mg/district/", "mg/district-result/", 1)
+    return base if shards == 1 else f"{base}/{shard_of(zone, shards)}"
+
+
+async def publish_results(overlay: SigningOverlay, district: str, result: DistrictResult,
+                          zones: Iterable[str], shards: int = 1) -> bool:
+    """One slice per shard holding `zones`' lots. True when all were stored."""
+    by_key: dict[str, list[str]] = {}
+    for z in zones:
+        by_key.setdefault(result_key(district, result.interval_start, z, shards), []).append(z)
+    ok = True
+    for key, zs in sorted(by_key.items()):
+        ok = await overlay.put(key, encode_slice(result, zs), OFFER_TTL_S, slot=RESULT_SLOT) and ok
+    return ok
+
+
+def lots_from(recs: Iterable[Any], zone: str, interval_start: int,
+              is_clearer: Callable[[bytes], bool]) -> ZoneLots | None:
+    """`zone`'s lots as most clearers published them (None: no clearer's
+    slice holds the zone). Slices of publishers who are not this interval's
+    clearers, or that do not decode, are ignored."""
+    votes: dict[tuple[bytes, ZoneLots], int] = {}
+    for rec in recs:
+        if rec.slot != RESULT_SLOT or not is_clearer(rec.publisher):
+            continue
+        try:
+            h, start, lots = decode_slice(rec.body)
+        except DistrictError as e:
+            log.info("district result slice of %s ignored: %s", rec.publisher.hex()[:16], e)
+            continue
+        if start == interval_start and zone in lots:
+            k = (h, lots[zone])
+            votes[k] = votes.get(k, 0) + 1
+    if not votes:
+        return None
+    return max(sorted(votes.items(), key=lambda kv: kv[0][0]), key=lambda kv: kv[1])[0][1]
