@@ -137,7 +137,7 @@ class Firmware:
             from edge import oscore
 
             self.secure = oscore.open_link(cfg["oscore_file"])
-            log.info(TAG, "link protected by OSCORE (sender id %s)" % binascii.hexlify(self.secure.ctx.sender_id).decode())
+            log.info(TAG, "link protected by OSCORE (sender id %s)" % binascii.hexlify(self.secure.sender_id).decode())
         self._recover(state)
         self.produced = 0
         self.batch = []  # readings waiting to be signed together (batch_size > 1)

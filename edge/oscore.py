@@ -15,8 +15,8 @@
 # comes.
 #
 # Sequence numbers (the Partial IV) must never repeat under one key: they
-# are reserved on flash BLOCK at a time (RFC 8613 B.1.1), one small
-# journal save per BLOCK requests (edge/journal.py: two files replaced
+# are reserved on flash _BLOCK at a time (RFC 8613 B.1.1), one small
+# journal save per _BLOCK requests (edge/journal.py: two files replaced
 # whole, inline in LittleFS metadata: ~0.04 erases a save), and a reboot
 # continues above the last reservation. A save that fails sends nothing.
 # The meter is only ever an OSCORE client: a response is accepted once, for
@@ -26,182 +26,189 @@
 # option (RFC 9175), protected: the request goes again, at once, with the
 # Echo inside.
 #
-# Imported only when the board has a context (edge/firmware.py): a meter
-# without one pays nothing for it.
+# Heap (the firmware frozen, esp32-like build, bench/bench_firmware.py):
+# a meter without a context pays nothing, this module is imported only
+# when the board has one (edge/firmware.py). With one, what stays in RAM
+# while the meter runs is this module: the context file is read and the
+# keys derived at boot by edge/oscore_context.py, which is then released;
+# the protocol code (shared/oscore.py, shared/ccm.py, shared/aes*.py and
+# the AES key schedules) is imported for each request and each answer and
+# released right after (edge.release), so it is not in RAM while a
+# reading is signed, the firmware's peak. Frozen, such an import costs a
+# few function objects, no compilation. A function object costs ~90 bytes
+# of heap and a class ~220, an instance ~60 more: so a meter's one link
+# is this module itself (open_link returns it; its globals are the link's
+# state, as coap.Client.post's `protect` it is asked for request() and
+# response()), and the sequence reservation and the option parsing live
+# inside the functions that use them.
 
 import binascii
-import json
 
-from edge import coap, log
-from edge.journal import Journal
-from shared import oscore as core
+from micropython import const
 
-BLOCK = 64  # sequence numbers reserved per flash write
-UNAUTHORIZED = 129  # 4.01
-POST = 2
+from edge import coap, log, release
 
+_BLOCK = const(64)  # sequence numbers reserved per flash write
+_UNAUTHORIZED = const(129)  # 4.01
+_POST = const(2)
+_OPT_OSCORE = const(9)  # shared/oscore.py's, here so that module need not stay loaded
+_OPT_ECHO = const(252)
+# The protocol code, imported per message and released after it.
+_TRANSIENT = ("shared.oscore", "shared.ccm", "shared.aes", "shared.aes_soft")
 
-def _hex(doc, key, path, size=None, optional=False):
-    v = doc.get(key)
-    if v is None and optional:
-        return None
-    try:
-        raw = binascii.unhexlify(v)
-    except (TypeError, ValueError):
-        # Never echo the value: it may be the master secret.
-        raise ValueError("oscore context %s: %s is not hex" % (path, key))
-    if size is not None and not size[0] <= len(raw) <= size[1]:
-        raise ValueError("oscore context %s: %s has %d bytes, expected %d..%d" % (path, key, len(raw), size[0], size[1]))
-    return raw
-
-
-def load_context(path):
-    """The shared.oscore.Context in `path`, or None when the board has no
-    context file; ValueError when it is unusable (the board goes to safe
-    mode rather than send readings in clear)."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return None
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        raise ValueError("oscore context %s is not JSON: provision it again with `microgrid flash`" % path)
-    if not isinstance(doc, dict):
-        raise ValueError("oscore context %s: expected a JSON object" % path)
-    secret = _hex(doc, "secret", path, (16, 64))
-    salt = _hex(doc, "salt", path, (0, 64))
-    sid = _hex(doc, "sender_id", path, (0, core.MAX_ID_LEN))
-    rid = _hex(doc, "recipient_id", path, (0, core.MAX_ID_LEN))
-    idc = _hex(doc, "id_context", path, (0, 32), optional=True)
-    return core.Context(secret, salt, sid, rid, idc)
+# The link's state, set by open_link.
+sender_id = None
+_ids = None  # (sender id, recipient id, ID context or None)
+_keys = None  # sender key, recipient key, Common IV: 45 bytes in one object
+_path = None  # the sequence journal (two slots, _path.0/.1)
+_block = _BLOCK
+_next = 0  # the next sequence number to use
+_limit = 0  # the first one not reserved on flash by this boot
+_seq = None  # the sequence number of the request in flight (an int: no heap)
+echo = None  # to send with the next request
+echo_asked = None  # what the last protected 4.01 asked for
+ignored = 0  # answers that were not protected for us
+last_ignored = None
 
 
-class Sequence:
-    """Sender sequence numbers, reserved on flash `block` at a time.
+def open_link(path, block=_BLOCK):
+    """The link (this module) for the context in `path`, its sequence
+    numbers reserved `block` at a time in `path`.seq.0/.1; None when the
+    board has no context; ValueError when the file is unusable.
 
     The journal holds the first number not yet reserved and the context's
-    sender id: every number below it may have gone out. A journal written
-    for another context (the board was provisioned anew) starts over at 0,
-    which is safe because a new context has new keys."""
+    sender id: every number below it may have gone out, so a reboot
+    continues above it. A journal written for another context (the board
+    was provisioned anew) starts over at 0, which is safe because a new
+    context has new keys."""
+    global sender_id, _ids, _keys, _path, _block, _next, _limit, _seq, echo, echo_asked, ignored, last_ignored
+    try:
+        from edge.oscore_context import load_keys
 
-    def __init__(self, path, sender_id, block=BLOCK):
-        self.journal = Journal(path, slot_size=96)
-        self.block = block
-        self.owner = binascii.hexlify(sender_id).decode()
-        state = self.journal.load() or {}
-        if state.get("sid") != self.owner:
-            state = {}
-        self.next = state.get("reserved", 0)
-        self.limit = self.next  # nothing reserved by this boot yet
-        self.saves = 0
-
-    def take(self):
-        if self.next >= self.limit:
-            reserve = self.next + self.block
-            # On flash before any number of the block is used; OSError
-            # (flash full, torn) propagates and nothing is sent.
-            self.journal.save({"sid": self.owner, "reserved": reserve})
-            self.limit = reserve
-            self.saves += 1
-        n = self.next
-        self.next += 1
-        return n
-
-
-def _outer(data):
-    """(OSCORE option value or None, payload) of a CoAP datagram."""
-    tkl = data[0] & 0x0F
-    opts, payload = core.decode_options(data, 4 + tkl)
-    for num, val in opts:
-        if num == core.OPT_OSCORE:
-            return val, payload
-    return None, payload
-
-
-class Link:
-    """Protects requests for coap.Client.post (`protect=`) and checks
-    its answers."""
-
-    def __init__(self, ctx, seq):
-        self.ctx = ctx
-        self.seq = seq
-        self.request_id = None
-        self.echo = None  # to send with the next request
-        self.echo_asked = None  # what the last protected 4.01 asked for
-        self.ignored = 0  # answers that were not protected for us
-        self.last_ignored = None
-        self.protected = 0
-
-    # -- the hooks coap.Client.post calls ------------------------------------
-
-    def request(self, path, payload, content_format):
-        """The outer options and payload: a POST whose Uri-Path, Content-
-        Format and payload are encrypted inside."""
-        opts = [(coap.OPT_URI_PATH, seg.encode()) for seg in path.strip("/").split("/")]
-        if content_format is not None:
-            cf = bytes((content_format,)) if content_format < 256 else bytes((content_format >> 8, content_format & 255))
-            opts.append((coap.OPT_CONTENT_FORMAT, cf))
-        if self.echo is not None:
-            opts.append((core.OPT_ECHO, self.echo))
-        value, ct, self.request_id = self.ctx.protect_request(self.seq.take(), POST, opts, payload)
-        return [(core.OPT_OSCORE, value)], ct
-
-    def response(self, data):
-        """(code, payload) of a protected answer to our request, or None to
-        ignore the datagram and keep waiting."""
-        try:
-            value, body = _outer(data)
-            if value is None:
-                self._ignore("unprotected %s" % coap.code_str(data[1]))
-                return None
-            code, opts, payload = self.ctx.unprotect_response(value, body, self.request_id)
-        except (core.OSCOREError, IndexError) as e:
-            self._ignore(str(e))
-            return None
-        self.echo_asked = None
-        for num, val in opts:
-            if num == core.OPT_ECHO:
-                self.echo_asked = val
-        self.protected += 1
-        return code, payload
-
-    def _ignore(self, why):
-        self.ignored += 1
-        self.last_ignored = why
-
-    # -- what the firmware calls -----------------------------------------------
-
-    def post(self, client, path, payload, content_format=None):
-        """client.post over OSCORE: (code, payload) of the protected answer.
-        CoAPError when none came (the reading stays queued)."""
-        before = self.ignored
-        try:
-            code, body = client.post(path, payload, content_format, protect=self)
-            if code == UNAUTHORIZED and self.echo_asked is not None:
-                # The coordinator lost its replay window: prove freshness.
-                log.info("oscore", "coordinator asked for Echo (its replay window was lost): request repeated")
-                self.echo = self.echo_asked
-                try:
-                    code, body = client.post(path, payload, content_format, protect=self)
-                finally:
-                    self.echo = None
-                if code == UNAUTHORIZED and self.echo_asked is not None:
-                    # Not a refusal of the reading: never let it drop one.
-                    raise coap.CoAPError("coordinator asked for Echo twice; will retry")
-        except coap.CoAPError as e:
-            if self.ignored > before:
-                raise coap.CoAPError("%s; %d answer(s) ignored, not protected for this request (last: %s)" % (
-                    e, self.ignored - before, self.last_ignored))
-            raise
-        return code, body
-
-
-def open_link(path):
-    """A Link for the context in `path` (its sequence numbers in
-    `path`.seq.0/.1), or None when the board has none."""
-    ctx = load_context(path)
-    if ctx is None:
+        keys = load_keys(path)
+    finally:
+        for name in ("edge.oscore_context",) + _TRANSIENT:
+            release(name)
+    if keys is None:
         return None
-    return Link(ctx, Sequence(path + ".seq", ctx.sender_id))
+    from edge.journal import Journal
+
+    sender_id = keys[0]
+    _ids = keys[:3]
+    _keys = keys[3] + keys[4] + keys[5]
+    _path = path + ".seq"
+    _block = block
+    state = Journal(_path, slot_size=96).load() or {}
+    if state.get("sid") != binascii.hexlify(sender_id).decode():
+        state = {}
+    _next = _limit = state.get("reserved", 0)  # nothing reserved by this boot yet
+    _seq = echo = echo_asked = last_ignored = None
+    ignored = 0
+    from edge import oscore
+
+    return oscore
+
+
+# -- the hooks coap.Client.post calls --------------------------------------------
+
+
+def request(path, payload, content_format):
+    """The outer options and payload: a POST whose Uri-Path, Content-
+    Format and payload are encrypted inside. OSError (flash full, a torn
+    write) when a new block of sequence numbers cannot be reserved: nothing
+    is sent."""
+    global _next, _limit, _seq
+    opts = [(coap.OPT_URI_PATH, seg.encode()) for seg in path.strip("/").split("/")]
+    if content_format is not None:
+        cf = bytes((content_format,)) if content_format < 256 else bytes((content_format >> 8, content_format & 255))
+        opts.append((coap.OPT_CONTENT_FORMAT, cf))
+    if echo is not None:
+        opts.append((_OPT_ECHO, echo))
+    if _next >= _limit:
+        # On flash before any number of the block is used.
+        from edge.journal import Journal
+
+        reserve = _next + _block
+        Journal(_path, slot_size=96).save({"sid": binascii.hexlify(sender_id).decode(), "reserved": reserve})
+        _limit = reserve
+    _seq = _next
+    _next += 1
+    try:
+        from shared import oscore
+
+        ctx = oscore.Context(None, None, _ids[0], _ids[1], _ids[2], (_keys[:16], _keys[16:32], _keys[32:]))
+        value, ct, _ = ctx.protect_request(_seq, _POST, opts, payload)
+    finally:
+        for name in _TRANSIENT:
+            release(name)
+    return [(_OPT_OSCORE, value)], ct
+
+
+def response(data):
+    """(code, payload) of a protected answer to our request, or None to
+    ignore the datagram and keep waiting."""
+    global ignored, last_ignored, echo_asked
+    try:
+        from shared import oscore
+
+        try:
+            # The outer options: the OSCORE option's value and the
+            # ciphertext (the payload).
+            outer, body = oscore.decode_options(data, 4 + (data[0] & 0x0F))
+            value = None
+            for num, val in outer:
+                if num == _OPT_OSCORE:
+                    value = val
+            if value is None:
+                why = "unprotected %s" % coap.code_str(data[1])
+            else:
+                ctx = oscore.Context(None, None, _ids[0], _ids[1], _ids[2], (_keys[:16], _keys[16:32], _keys[32:]))
+                code, opts, payload = ctx.unprotect_response(value, body, (sender_id, oscore.piv_bytes(_seq)))
+                why = None
+        except (oscore.OSCOREError, IndexError) as e:
+            why = str(e)
+    finally:
+        for name in _TRANSIENT:
+            release(name)
+    if why is not None:
+        ignored += 1
+        last_ignored = why
+        return None
+    echo_asked = None
+    for num, val in opts:
+        if num == _OPT_ECHO:
+            echo_asked = val
+    return code, payload
+
+
+# -- what the firmware calls ---------------------------------------------------
+
+
+def post(client, path, payload, content_format=None):
+    """client.post over OSCORE: (code, payload) of the protected answer.
+    CoAPError when none came (the reading stays queued)."""
+    global echo, last_ignored
+    from edge import oscore as link
+
+    before = ignored
+    try:
+        code, body = client.post(path, payload, content_format, protect=link)
+        if code == _UNAUTHORIZED and echo_asked is not None:
+            # The coordinator lost its replay window: prove freshness.
+            log.info("oscore", "coordinator asked for Echo (its replay window was lost): request repeated")
+            echo = echo_asked
+            try:
+                code, body = client.post(path, payload, content_format, protect=link)
+            finally:
+                echo = None
+            if code == _UNAUTHORIZED and echo_asked is not None:
+                # Not a refusal of the reading: never let it drop one.
+                raise coap.CoAPError("coordinator asked for Echo twice; will retry")
+    except coap.CoAPError as e:
+        if ignored > before:
+            raise coap.CoAPError("%s; %d answer(s) ignored, not protected for this request (last: %s)" % (
+                e, ignored - before, last_ignored))
+        raise
+    finally:
+        last_ignored = None
+    return code, body

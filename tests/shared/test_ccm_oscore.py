@@ -52,9 +52,9 @@ MP_SCRIPT = """
 import json, sys
 from binascii import unhexlify as h, hexlify
 from shared import ccm, oscore
-from shared.aes import Block
+from shared import aes
 args = json.loads(sys.stdin.read())
-out = {"backend": Block(bytes(16)).backend, "ccm": [], "derive": [], "req": [], "resp": [], "random": []}
+out = {"backend": aes.backend(), "ccm": [], "derive": [], "req": [], "resp": [], "random": []}
 for n, a, p, c in args["rfc3610"]:
     got = ccm.encrypt(h(args["key"]), h(n), h(p), h(a))
     back = ccm.decrypt(h(args["key"]), h(n), got, h(a))
