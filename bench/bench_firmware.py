@@ -1,6 +1,7 @@
 """Firmware sign time and peak heap, in the MicroPython unix port.
 
     python bench/bench_firmware.py [--count 200] [--loop-readings 30]
+    python bench/bench_firmware.py --esp32like-only [--no-mpy-baseline]
 
 Measures, in one run: building and signing a complete reading message in
 MicroPython with the precomputed generator table (unix port, boards with
@@ -30,7 +31,15 @@ edge/manifest.py; only main.py, config and key are files), against the
 baseline of the same firmware as .mpy files on the filesystem of the stock
 esp32-like build. A run counts only if the console answered too: `status`,
 and `selftest` with its key, signature (a reading signed and verified: the
-peak) and meter checks. Target: frozen <= 48 KB. What is counted: the
+peak) and meter checks. Target: frozen <= 48 KB. The same frozen
+firmware is measured again with its link under OSCORE, as `microgrid
+flash --installer-context` provisions it (oscore.json on the board, the
+coordinator's side of the context in its contexts folder, and the
+coordinator refusing readings in clear, so every stored reading came over
+OSCORE and was acknowledged over it), against the run in clear as its
+baseline; target also <= 48 KB. The esp32-like build has no `cryptolib`,
+so there the link runs the plain-Python AES (shared/aes_soft.py), which a
+board does not load. What is counted: the
 unix port's scripted hardware layer (a test stand-in) is in the heap as
 the firmware's tests have it; the bench prints its cost beside that of
 edge/hal/board.py, which a board imports instead. Near the

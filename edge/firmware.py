@@ -134,9 +134,9 @@ class Firmware:
         # (edge/oscore.py, imported only then); never a fallback to clear.
         self.secure = None
         if _exists(cfg["oscore_file"]):
-            from edge import oscore
+            from edge.oscore_context import open_link
 
-            self.secure = oscore.open_link(cfg["oscore_file"])
+            self.secure = open_link(cfg["oscore_file"])
             log.info(TAG, "link protected by OSCORE (sender id %s)" % binascii.hexlify(self.secure.sender_id).decode())
         self._recover(state)
         self.produced = 0

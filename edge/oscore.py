@@ -29,26 +29,27 @@
 # Heap (the firmware frozen, esp32-like build, bench/bench_firmware.py):
 # a meter without a context pays nothing, this module is imported only
 # when the board has one (edge/firmware.py). With one, what stays in RAM
-# while the meter runs is this module: the context file is read and the
-# keys derived at boot by edge/oscore_context.py, which is then released;
-# the protocol code (shared/oscore.py, shared/ccm.py, shared/aes*.py and
-# the AES key schedules) is imported for each request and each answer and
-# released right after (edge.release), so it is not in RAM while a
-# reading is signed, the firmware's peak. Frozen, such an import costs a
-# few function objects, no compilation. A function object costs ~90 bytes
-# of heap and a class ~220, an instance ~60 more: so a meter's one link
-# is this module itself (open_link returns it; its globals are the link's
-# state, as coap.Client.post's `protect` it is asked for request() and
-# response()), and the sequence reservation and the option parsing live
-# inside the functions that use them.
+# while the meter runs is this module and ~150 bytes of state: the
+# context file is read, the keys derived and this link set up at boot by
+# edge/oscore_context.py, which is then released; the protocol code
+# (shared/oscore.py, shared/ccm.py, shared/aes*.py and the AES key
+# schedules) is imported for each request and each answer and released
+# right after (edge.release), so it is not in RAM while a reading is
+# signed, the firmware's peak. Frozen, such an import costs a few function
+# objects, no compilation. A function object costs ~90 bytes of heap and a
+# class ~220, an instance ~60 more: so a meter's one link is this module
+# itself (edge/oscore_context.open_link returns it; its globals are the
+# link's state; as coap.Client.post's `protect` it is asked for request()
+# and response()), the sequence reservation and the option parsing live
+# inside the functions that use them, and the context is one packed bytes
+# object (shared/oscore.py's Context.pack).
 
 import binascii
 
 from micropython import const
 
-from edge import coap, log, release
+from edge import coap, release
 
-_BLOCK = const(64)  # sequence numbers reserved per flash write
 _UNAUTHORIZED = const(129)  # 4.01
 _POST = const(2)
 _OPT_OSCORE = const(9)  # shared/oscore.py's, here so that module need not stay loaded
@@ -56,12 +57,11 @@ _OPT_ECHO = const(252)
 # The protocol code, imported per message and released after it.
 _TRANSIENT = ("shared.oscore", "shared.ccm", "shared.aes", "shared.aes_soft")
 
-# The link's state, set by open_link.
+# The link's state, set by edge/oscore_context.open_link.
 sender_id = None
-_ids = None  # (sender id, recipient id, ID context or None)
-_keys = None  # sender key, recipient key, Common IV: 45 bytes in one object
+_packed = None  # the context (ids, keys, Common IV): shared.oscore.unpack
 _path = None  # the sequence journal (two slots, _path.0/.1)
-_block = _BLOCK
+_block = 64  # sequence numbers reserved per flash write
 _next = 0  # the next sequence number to use
 _limit = 0  # the first one not reserved on flash by this boot
 _seq = None  # the sequence number of the request in flight (an int: no heap)
@@ -71,44 +71,6 @@ ignored = 0  # answers that were not protected for us
 last_ignored = None
 
 
-def open_link(path, block=_BLOCK):
-    """The link (this module) for the context in `path`, its sequence
-    numbers reserved `block` at a time in `path`.seq.0/.1; None when the
-    board has no context; ValueError when the file is unusable.
-
-    The journal holds the first number not yet reserved and the context's
-    sender id: every number below it may have gone out, so a reboot
-    continues above it. A journal written for another context (the board
-    was provisioned anew) starts over at 0, which is safe because a new
-    context has new keys."""
-    global sender_id, _ids, _keys, _path, _block, _next, _limit, _seq, echo, echo_asked, ignored, last_ignored
-    try:
-        from edge.oscore_context import load_keys
-
-        keys = load_keys(path)
-    finally:
-        for name in ("edge.oscore_context",) + _TRANSIENT:
-            release(name)
-    if keys is None:
-        return None
-    from edge.journal import Journal
-
-    sender_id = keys[0]
-    _ids = keys[:3]
-    _keys = keys[3] + keys[4] + keys[5]
-    _path = path + ".seq"
-    _block = block
-    state = Journal(_path, slot_size=96).load() or {}
-    if state.get("sid") != binascii.hexlify(sender_id).decode():
-        state = {}
-    _next = _limit = state.get("reserved", 0)  # nothing reserved by this boot yet
-    _seq = echo = echo_asked = last_ignored = None
-    ignored = 0
-    from edge import oscore
-
-    return oscore
-
-
 # -- the hooks coap.Client.post calls --------------------------------------------
 
 
@@ -116,7 +78,12 @@ def request(path, payload, content_format):
     """The outer options and payload: a POST whose Uri-Path, Content-
     Format and payload are encrypted inside. OSError (flash full, a torn
     write) when a new block of sequence numbers cannot be reserved: nothing
-    is sent."""
+    is sent.
+
+    Sequence numbers are reserved on flash `_block` at a time: the journal
+    holds the first number not yet reserved and the context's sender id,
+    so every number below it may have gone out and a reboot continues
+    above it."""
     global _next, _limit, _seq
     opts = [(coap.OPT_URI_PATH, seg.encode()) for seg in path.strip("/").split("/")]
     if content_format is not None:
@@ -136,8 +103,7 @@ def request(path, payload, content_format):
     try:
         from shared import oscore
 
-        ctx = oscore.Context(None, None, _ids[0], _ids[1], _ids[2], (_keys[:16], _keys[16:32], _keys[32:]))
-        value, ct, _ = ctx.protect_request(_seq, _POST, opts, payload)
+        value, ct, _ = oscore.unpack(_packed).protect_request(_seq, _POST, opts, payload)
     finally:
         for name in _TRANSIENT:
             release(name)
@@ -162,8 +128,8 @@ def response(data):
             if value is None:
                 why = "unprotected %s" % coap.code_str(data[1])
             else:
-                ctx = oscore.Context(None, None, _ids[0], _ids[1], _ids[2], (_keys[:16], _keys[16:32], _keys[32:]))
-                code, opts, payload = ctx.unprotect_response(value, body, (sender_id, oscore.piv_bytes(_seq)))
+                code, opts, payload = oscore.unpack(_packed).unprotect_response(
+                    value, body, (sender_id, oscore.piv_bytes(_seq)))
                 why = None
         except (oscore.OSCOREError, IndexError) as e:
             why = str(e)
@@ -195,6 +161,8 @@ def post(client, path, payload, content_format=None):
         code, body = client.post(path, payload, content_format, protect=link)
         if code == _UNAUTHORIZED and echo_asked is not None:
             # The coordinator lost its replay window: prove freshness.
+            from edge import log
+
             log.info("oscore", "coordinator asked for Echo (its replay window was lost): request repeated")
             echo = echo_asked
             try:

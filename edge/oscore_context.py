@@ -1,7 +1,7 @@
-# The board's OSCORE context file, read and checked at boot, and its keys
-# derived: boot-only code, released once edge/oscore.py has the keys (a
-# function object and a global less each in RAM for as long as the meter
-# runs).
+# The board's OSCORE context file, read and checked at boot, its keys
+# derived, and the link (edge/oscore.py) set up with them: boot-only code,
+# released once the link has its state (a function object and a global
+# less each in RAM for as long as the meter runs).
 #
 # The file (`oscore_file`, written by `microgrid flash`) is JSON: master
 # secret and salt, sender and recipient ids, optional ID context, hex. An
@@ -51,11 +51,31 @@ def load_context(path):
     return core.Context(secret, salt, sid, rid, idc)
 
 
-def load_keys(path):
-    """What edge/oscore.py's Link keeps of the context in `path`: (sender
-    id, recipient id, ID context, sender key, recipient key, Common IV),
-    or None when the board has no context file."""
-    ctx = load_context(path)
-    if ctx is None:
-        return None
-    return (ctx.sender_id, ctx.recipient_id, ctx.id_context, ctx.sender_key, ctx.recipient_key, ctx.common_iv)
+def open_link(path, block=64):
+    """The link (the module edge/oscore.py) for the context in `path`, its
+    sequence numbers reserved `block` at a time in `path`.seq.0/.1; None
+    when the board has no context; ValueError when the file is unusable.
+    A journal written for another context (the board was provisioned
+    anew) starts over at 0, which is safe because a new context has new
+    keys. This module and the protocol code are released on return."""
+    from edge import oscore as link, release
+    from edge.journal import Journal
+
+    try:
+        ctx = load_context(path)
+        if ctx is None:
+            return None
+        link.sender_id = ctx.sender_id
+        link._packed = ctx.pack()
+        link._path = path + ".seq"
+        link._block = block
+        state = Journal(link._path, slot_size=96).load() or {}
+        if state.get("sid") != binascii.hexlify(ctx.sender_id).decode():
+            state = {}
+        link._next = link._limit = state.get("reserved", 0)  # nothing reserved by this boot yet
+        link._seq = link.echo = link.echo_asked = link.last_ignored = None
+        link.ignored = 0
+        return link
+    finally:
+        for name in ("edge.oscore_context",) + link._TRANSIENT:
+            release(name)

@@ -15,7 +15,7 @@ SEQUENCE = """
 import json, os
 from edge import hal
 from edge.hal.region import PowerCut
-from edge.oscore import open_link
+from edge.oscore_context import open_link
 ctx = %(path)r
 with open(ctx, "w") as f:
     f.write(json.dumps({"secret": "00112233445566778899aabbccddeeff", "salt": "", "sender_id": %(sid)r, "recipient_id": ""}))
@@ -68,7 +68,7 @@ def test_sequence_numbers_are_reserved_in_blocks_and_never_reused(tmp_path: Path
 
 CONTEXTS = """
 import json
-from edge.oscore import open_link
+from edge.oscore_context import open_link
 from edge.oscore_context import load_context
 SECRET = "00112233445566778899aabbccddeeff"
 def attempt(name, text):
