@@ -44,8 +44,6 @@
 # inside the functions that use them, and the context is one packed bytes
 # object (shared/oscore.py's Context.pack).
 
-import binascii
-
 from micropython import const
 
 from edge import coap, release
@@ -54,17 +52,17 @@ _UNAUTHORIZED = const(129)  # 4.01
 _POST = const(2)
 _OPT_OSCORE = const(9)  # shared/oscore.py's, here so that module need not stay loaded
 _OPT_ECHO = const(252)
-# The protocol code, imported per message and released after it.
-_TRANSIENT = ("shared.oscore", "shared.ccm", "shared.aes", "shared.aes_soft")
+# Each global costs a slot in this module's dict: the protocol code
+# imported per message (shared.oscore, shared.ccm, shared.aes,
+# shared.aes_soft) is named where it is released.
 
 # The link's state, set by edge/oscore_context.open_link.
 sender_id = None
 _packed = None  # the context (ids, keys, Common IV): shared.oscore.unpack
 _path = None  # the sequence journal (two slots, _path.0/.1)
-_block = 64  # sequence numbers reserved per flash write
-_next = 0  # the next sequence number to use
+_block = 64  # sequence numbers reserved per flash write (tests use fewer)
+_next = 0  # the next sequence number to use; the request in flight has _next - 1
 _limit = 0  # the first one not reserved on flash by this boot
-_seq = None  # the sequence number of the request in flight (an int: no heap)
 echo = None  # to send with the next request
 echo_asked = None  # what the last protected 4.01 asked for
 ignored = 0  # answers that were not protected for us
@@ -84,7 +82,7 @@ def request(path, payload, content_format):
     holds the first number not yet reserved and the context's sender id,
     so every number below it may have gone out and a reboot continues
     above it."""
-    global _next, _limit, _seq
+    global _next, _limit
     opts = [(coap.OPT_URI_PATH, seg.encode()) for seg in path.strip("/").split("/")]
     if content_format is not None:
         cf = bytes((content_format,)) if content_format < 256 else bytes((content_format >> 8, content_format & 255))
@@ -96,16 +94,15 @@ def request(path, payload, content_format):
         from edge.journal import Journal
 
         reserve = _next + _block
-        Journal(_path, slot_size=96).save({"sid": binascii.hexlify(sender_id).decode(), "reserved": reserve})
+        Journal(_path, slot_size=96).save({"sid": sender_id.hex(), "reserved": reserve})
         _limit = reserve
-    _seq = _next
     _next += 1
     try:
         from shared import oscore
 
-        value, ct, _ = oscore.unpack(_packed).protect_request(_seq, _POST, opts, payload)
+        value, ct, _ = oscore.unpack(_packed).protect_request(_next - 1, _POST, opts, payload)
     finally:
-        for name in _TRANSIENT:
+        for name in ("shared.oscore", "shared.ccm", "shared.aes", "shared.aes_soft"):
             release(name)
     return [(_OPT_OSCORE, value)], ct
 
@@ -129,12 +126,12 @@ def response(data):
                 why = "unprotected %s" % coap.code_str(data[1])
             else:
                 code, opts, payload = oscore.unpack(_packed).unprotect_response(
-                    value, body, (sender_id, oscore.piv_bytes(_seq)))
+                    value, body, (sender_id, oscore.piv_bytes(_next - 1)))
                 why = None
         except (oscore.OSCOREError, IndexError) as e:
             why = str(e)
     finally:
-        for name in _TRANSIENT:
+        for name in ("shared.oscore", "shared.ccm", "shared.aes", "shared.aes_soft"):
             release(name)
     if why is not None:
         ignored += 1

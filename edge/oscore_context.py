@@ -70,12 +70,12 @@ def open_link(path, block=64):
         link._path = path + ".seq"
         link._block = block
         state = Journal(link._path, slot_size=96).load() or {}
-        if state.get("sid") != binascii.hexlify(ctx.sender_id).decode():
+        if state.get("sid") != ctx.sender_id.hex():
             state = {}
         link._next = link._limit = state.get("reserved", 0)  # nothing reserved by this boot yet
-        link._seq = link.echo = link.echo_asked = link.last_ignored = None
+        link.echo = link.echo_asked = link.last_ignored = None
         link.ignored = 0
         return link
     finally:
-        for name in ("edge.oscore_context",) + link._TRANSIENT:
+        for name in ("edge.oscore_context", "shared.oscore", "shared.ccm", "shared.aes", "shared.aes_soft"):
             release(name)
