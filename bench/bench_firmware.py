@@ -1,6 +1,7 @@
 """Firmware sign time and peak heap, in the MicroPython unix port.
 
     python bench/bench_firmware.py [--count 200] [--loop-readings 30]
+    python bench/bench_firmware.py --esp32like-only [--no-mpy-baseline]
 
 Measures, in one run: building and signing a complete reading message in
 MicroPython with the precomputed generator table (unix port, boards with
@@ -30,7 +31,15 @@ edge/manifest.py; only main.py, config and key are files), against the
 baseline of the same firmware as .mpy files on the filesystem of the stock
 esp32-like build. A run counts only if the console answered too: `status`,
 and `selftest` with its key, signature (a reading signed and verified: the
-peak) and meter checks. Target: frozen <= 48 KB. What is counted: the
+peak) and meter checks. Target: frozen <= 48 KB. The same frozen
+firmware is measured again with its link under OSCORE, as `microgrid
+flash --installer-context` provisions it (oscore.json on the board, the
+coordinator's side of the context in its contexts folder, and the
+coordinator refusing readings in clear, so every stored reading came over
+OSCORE and was acknowledged over it), against the run in clear as its
+baseline; target also <= 48 KB. The esp32-like build has no `cryptolib`,
+so there the link runs the plain-Python AES (shared/aes_soft.py), which a
+board does not load. What is counted: the
 unix port's scripted hardware layer (a test stand-in) is in the heap as
 the firmware's tests have it; the bench prints its cost beside that of
 edge/hal/board.py, which a board imports instead. Near the
@@ -208,11 +217,37 @@ def flashed_image(staging: Path, port: int, readings: int, micropython: str | No
     return staging
 
 
+# With OSCORE: the coordinator refuses readings in clear, so a reading
+# stored is one that came over OSCORE and was acknowledged over it.
+OSCORE_CONFIG = '[link]\ncontexts_dir = "%s"\nunprotected_readings = "refuse"\n'
+OSCORE_LOG = "link protected by OSCORE"
+
+
+def provision_oscore(contexts: Path, folder: Path, pub: bytes) -> None:
+    """A new OSCORE context for the meter with key `pub`, as `microgrid
+    flash --installer-context` provisions one: the coordinator's side in
+    its contexts folder (a running coordinator finds it at the meter's
+    first request), the meter's in the image's oscore.json."""
+    import secrets
+
+    from microgrid.coordinator.link.contexts import METER_KID_BYTES, METERS, SERVER_ID, write_context_dir
+
+    device = reading.device_id(pub)
+    kid = bytes.fromhex(device)[:METER_KID_BYTES]
+    secret, salt = secrets.token_bytes(16), secrets.token_bytes(8)
+    write_context_dir(contexts / METERS / device, secret, salt, SERVER_ID, kid)
+    doc = {"secret": secret.hex(), "salt": salt.hex(), "sender_id": kid.hex(), "recipient_id": SERVER_ID.hex()}
+    path = folder / "oscore.json"
+    path.write_text(json.dumps(doc) + "\n")
+    path.chmod(0o600)
+
+
 def loop_trial(image: Path, work: Path, db: Path, heap: int, readings: int, micropython: str | None = None,
-               stdin: str = "") -> tuple[bool, str]:
-    """Flash a fresh meter (a copy of `image` and a new registered key),
-    boot it with a heap of `heap` bytes and let its main loop run to the
-    end. (True, summary) if every reading was delivered and stored."""
+               stdin: str = "", contexts: Path | None = None) -> tuple[bool, str]:
+    """Flash a fresh meter (a copy of `image` and a new registered key,
+    and with `contexts` a new OSCORE context registered there), boot it
+    with a heap of `heap` bytes and let its main loop run to the end.
+    (True, summary) if every reading was delivered and stored."""
     from bitcoinx import PrivateKey
 
     from microgrid.coordinator.store.database import open_database
@@ -228,6 +263,8 @@ def loop_trial(image: Path, work: Path, db: Path, heap: int, readings: int, micr
     key_path = folder / "device.key"
     key_path.write_text(key.to_bytes().hex() + "\n")
     key_path.chmod(0o600)
+    if contexts is not None:
+        provision_oscore(contexts, folder, pub)
     # As flash/unix_port.boot runs it: the image folder is the board's filesystem.
     env = dict(os.environ, MICROPYPATH=".frozen:" + str(folder.resolve()))
     try:
@@ -247,6 +284,8 @@ def loop_trial(image: Path, work: Path, db: Path, heap: int, readings: int, micr
     store.db.close()
     ok = (summary["produced"] == summary["delivered"] == stored == readings
           and summary["pending"] == 0 and summary["rejected"] == 0)
+    if ok and contexts is not None and OSCORE_LOG not in proc.stdout:
+        return False, "the meter did not say its link is protected by OSCORE"
     if ok and stdin:
         # The console answered in that heap: `status`, and `selftest`'s
         # key, signature (signed and verified) and meter checks (its memory
@@ -258,7 +297,7 @@ def loop_trial(image: Path, work: Path, db: Path, heap: int, readings: int, micr
 
 
 def whole_loop_peak(readings: int, micropython: str | None = None, frozen: bool = False, pzem_console: bool = False,
-                    top: int = 8 * 1024 * 1024) -> tuple[int, int, list[tuple[int, int]]]:
+                    top: int = 8 * 1024 * 1024, oscore: bool = False) -> tuple[int, int, list[tuple[int, int]]]:
     """Smallest heap (to 1 KB) in which the flashed firmware runs its whole
     main loop against a real coordinator every time: (that heap, the number
     of trials run there, [(heap, successes out of LOOP_BAND_TRIALS)] for the
@@ -268,27 +307,35 @@ def whole_loop_peak(readings: int, micropython: str | None = None, frozen: bool 
     follows the timing (the clock-driven readings, when each answer
     arrives): the bisection asks for LOOP_REPEATS runs in a row at each
     step, the heap found must then pass LOOP_CONFIRM more (else it goes up
-    1 KB at a time), and the band below is measured and shown."""
+    1 KB at a time), and the band below is measured and shown. With
+    `oscore` every trial's meter has its own OSCORE context and the
+    coordinator refuses readings in clear."""
     with tempfile.TemporaryDirectory(prefix="bench-firmware-") as tmp:
         root = Path(tmp)
         db = root / "coordinator.db"
         port = free_udp_port()
         image = flashed_image(root / "image", port, readings, micropython, frozen, pzem_console)
         stdin = CONSOLE_INPUT if pzem_console else ""
-        coordinator = CoordinatorProcess(db, port, log=root / "coordinator.log").start(COORDINATOR_START_S)
+        contexts = None
+        config = None
+        if oscore:
+            contexts = root / "oscore"
+            config = root / "coordinator.toml"
+            config.write_text(OSCORE_CONFIG % contexts)
+        coordinator = CoordinatorProcess(db, port, config, log=root / "coordinator.log").start(COORDINATOR_START_S)
         try:
             def successes(heap: int, trials: int, stop_at_failure: bool) -> int:
                 ran = 0
                 for _ in range(trials):
                     if coordinator.proc is None or coordinator.proc.poll() is not None:
                         raise RuntimeError(f"the coordinator stopped during the bench; see {coordinator.log_path}")
-                    if loop_trial(image, root, db, heap, readings, micropython, stdin)[0]:
+                    if loop_trial(image, root, db, heap, readings, micropython, stdin, contexts)[0]:
                         ran += 1
                     elif stop_at_failure:
                         break
                 return ran
 
-            ok, detail = loop_trial(image, root, db, top, readings, micropython, stdin)
+            ok, detail = loop_trial(image, root, db, top, readings, micropython, stdin, contexts)
             if not ok:
                 raise RuntimeError(f"the flashed firmware did not complete its loop with an {top // 1024} KB heap: {detail}")
             peak = bisect_heap(lambda heap: successes(heap, LOOP_REPEATS, True) == LOOP_REPEATS, hi=top)
@@ -356,31 +403,59 @@ def hal_bytes(binary: str) -> dict[str, int]:
     return out
 
 
-def esp32like_lines(readings: int) -> list[str]:
+def band_text(band: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{heap / 1024:.0f} KB {ran}/{LOOP_BAND_TRIALS}" for heap, ran in band)
+
+
+def oscore_lines(readings: int, frozen_binary: str, without: tuple[int, int, list[tuple[int, int]]]) -> list[str]:
+    """The same frozen firmware with its link under OSCORE, as `microgrid
+    flash --installer-context` provisions it: every reading encrypted and
+    acknowledged over OSCORE, against `without` (the same run in clear,
+    measured in this run)."""
+    peak, runs, band = whole_loop_peak(readings, frozen_binary, True, True, ESP32LIKE_TOP, oscore=True)
+    met = "met" if peak <= 48 * 1024 else "NOT met"
+    return [
+        f"    frozen, link under OSCORE (each reading encrypted, acknowledged over OSCORE by the coordinator, which "
+        f"refuses readings in clear), in each of {runs} runs: peak heap {peak / 1024:.0f} KB (target <= 48 KB: {met}); "
+        f"in clear {without[0] / 1024:.0f} KB, OSCORE costs {(peak - without[0]) / 1024:+.0f} KB, "
+        f"ratio {peak / without[0]:.2f}",
+        f"    with OSCORE below it the loop runs only sometimes: {band_text(band)}",
+    ]
+
+
+def esp32like_lines(readings: int, baseline: bool = True) -> list[str]:
     """Peak heap as an ESP32 runs the firmware: the esp32-like build
-    (32-bit), the firmware frozen into the binary, against the baseline of
-    the same firmware as .mpy files on the filesystem of the stock
-    esp32-like build, both measured here."""
+    (32-bit), the firmware frozen into the binary, in clear and with
+    OSCORE, against the baseline of the same firmware as .mpy files on the
+    filesystem of the stock esp32-like build (unless not `baseline`), all
+    measured here."""
     frozen_binary = str(frozen.esp32like_binary())
-    frozen_peak, frozen_runs, frozen_band = whole_loop_peak(readings, frozen_binary, True, True, ESP32LIKE_TOP)
-    mpy_peak, _, mpy_band = whole_loop_peak(readings, find_esp32like(), False, True, ESP32LIKE_TOP)
+    frozen_result = whole_loop_peak(readings, frozen_binary, True, True, ESP32LIKE_TOP)
+    frozen_peak, frozen_runs, frozen_band = frozen_result
     met = "met" if frozen_peak <= 48 * 1024 else "NOT met"
     hal = hal_bytes(frozen_binary)
-    return [
+    lines = [
         "  esp32-like build (32-bit, as an ESP32), whole firmware with the PZEM driver and the console (answering "
         f"status and selftest), {readings} readings to a coordinator on 127.0.0.1, in each of {frozen_runs} runs:",
         f"    frozen into the binary (filesystem: main.py, config, key): peak heap {frozen_peak / 1024:.0f} KB "
         f"(target <= 48 KB: {met})",
-        f"    baseline, the same firmware as .mpy files on the filesystem: {mpy_peak / 1024:.0f} KB; "
-        f"ratio frozen/baseline {frozen_peak / mpy_peak:.2f}",
-        "    below them the loop runs only sometimes: frozen "
-        + ", ".join(f"{heap / 1024:.0f} KB {ran}/{LOOP_BAND_TRIALS}" for heap, ran in frozen_band)
-        + "; .mpy " + ", ".join(f"{heap / 1024:.0f} KB {ran}/{LOOP_BAND_TRIALS}" for heap, ran in mpy_band),
+    ]
+    if baseline:
+        mpy_peak, _, mpy_band = whole_loop_peak(readings, find_esp32like(), False, True, ESP32LIKE_TOP)
+        lines += [
+            f"    baseline, the same firmware as .mpy files on the filesystem: {mpy_peak / 1024:.0f} KB; "
+            f"ratio frozen/baseline {frozen_peak / mpy_peak:.2f}",
+            f"    below them the loop runs only sometimes: frozen {band_text(frozen_band)}; .mpy {band_text(mpy_band)}",
+        ]
+    else:
+        lines.append(f"    below it the loop runs only sometimes: {band_text(frozen_band)}")
+    lines += oscore_lines(readings, frozen_binary, frozen_result)
+    lines.append(
         f"    counted in these runs: the unix port's scripted hardware layer, {hal['scripted'] / 1024:.1f} KB of heap "
         f"imported; a board's (edge/hal/board.py) takes {hal['machine'] / 1024:.1f} KB "
         f"(ratio {hal['scripted'] / hal['machine']:.2f}): on a board the firmware needs "
-        f"{(hal['scripted'] - hal['machine']) / 1024:.1f} KB less",
-    ]
+        f"{(hal['scripted'] - hal['machine']) / 1024:.1f} KB less")
+    return lines
 
 
 def run_mp(table: bool, count: int) -> dict:
@@ -398,12 +473,16 @@ def main() -> int:
     ap.add_argument("--loop-readings", type=int, default=30,
                     help="readings the flashed firmware sends per trial for the whole-loop peak heap (default 30)")
     ap.add_argument("--esp32like-only", action="store_true",
-                    help="measure only the peak heap in the esp32-like build (frozen against .mpy files)")
+                    help="measure only the peak heap in the esp32-like build (frozen in clear and with OSCORE, "
+                         "against .mpy files)")
+    ap.add_argument("--no-mpy-baseline", action="store_true",
+                    help="with --esp32like-only: skip the .mpy baseline (frozen in clear is the baseline of the "
+                         "OSCORE figure)")
     args = ap.parse_args()
     n = args.count
     if args.esp32like_only:
         print("firmware benchmark: peak heap as an ESP32 runs it")
-        print("\n".join(esp32like_lines(args.loop_readings)))
+        print("\n".join(esp32like_lines(args.loop_readings, not args.no_mpy_baseline)))
         return 0
 
     sk = bytes(range(1, 33))

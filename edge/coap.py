@@ -228,6 +228,9 @@ class Client:
             # what it fetches is signed and hashed.
             options.extend(more)
         msg = encode(CON, method if protect is None else POST, mid, token, options, payload)
+        # Protected, `payload` is the ciphertext, now copied into msg: not
+        # kept twice in RAM while the exchange waits (edge/oscore.py).
+        options = payload = None
         # Initial timeout between ACK_TIMEOUT and ACK_TIMEOUT * RANDOM_FACTOR.
         r = os.urandom(1)[0]
         timeout = self.ack_timeout_ms + int(self.ack_timeout_ms * (RANDOM_FACTOR - 1) * r) // 255

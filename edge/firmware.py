@@ -134,10 +134,10 @@ class Firmware:
         # (edge/oscore.py, imported only then); never a fallback to clear.
         self.secure = None
         if _exists(cfg["oscore_file"]):
-            from edge import oscore
+            from edge.oscore_context import open_link
 
-            self.secure = oscore.open_link(cfg["oscore_file"])
-            log.info(TAG, "link protected by OSCORE (sender id %s)" % binascii.hexlify(self.secure.ctx.sender_id).decode())
+            self.secure = open_link(cfg["oscore_file"])
+            log.info(TAG, "link protected by OSCORE (sender id %s)" % binascii.hexlify(self.secure.sender_id).decode())
         self._recover(state)
         self.produced = 0
         self.batch = []  # readings waiting to be signed together (batch_size > 1)

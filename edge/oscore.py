@@ -15,8 +15,8 @@
 # comes.
 #
 # Sequence numbers (the Partial IV) must never repeat under one key: they
-# are reserved on flash BLOCK at a time (RFC 8613 B.1.1), one small
-# journal save per BLOCK requests (edge/journal.py: two files replaced
+# are reserved on flash _BLOCK at a time (RFC 8613 B.1.1), one small
+# journal save per _BLOCK requests (edge/journal.py: two files replaced
 # whole, inline in LittleFS metadata: ~0.04 erases a save), and a reboot
 # continues above the last reservation. A save that fails sends nothing.
 # The meter is only ever an OSCORE client: a response is accepted once, for
@@ -26,182 +26,154 @@
 # option (RFC 9175), protected: the request goes again, at once, with the
 # Echo inside.
 #
-# Imported only when the board has a context (edge/firmware.py): a meter
-# without one pays nothing for it.
+# Heap (the firmware frozen, esp32-like build, bench/bench_firmware.py):
+# a meter without a context pays nothing, this module is imported only
+# when the board has one (edge/firmware.py). With one, what stays in RAM
+# while the meter runs is this module and ~150 bytes of state: the
+# context file is read, the keys derived and this link set up at boot by
+# edge/oscore_context.py, which is then released; the protocol code
+# (shared/oscore.py, shared/ccm.py, shared/aes*.py and the AES key
+# schedules) is imported for each request and each answer and released
+# right after (edge.release), so it is not in RAM while a reading is
+# signed, the firmware's peak. Frozen, such an import costs a few function
+# objects, no compilation. A function object costs ~90 bytes of heap and a
+# class ~220, an instance ~60 more: so a meter's one link is this module
+# itself (edge/oscore_context.open_link returns it; its globals are the
+# link's state; as coap.Client.post's `protect` it is asked for request()
+# and response()), the sequence reservation and the option parsing live
+# inside the functions that use them, and the context is one packed bytes
+# object (shared/oscore.py's Context.pack).
 
-import binascii
-import json
+from micropython import const
 
-from edge import coap, log
-from edge.journal import Journal
-from shared import oscore as core
+from edge import coap, release
 
-BLOCK = 64  # sequence numbers reserved per flash write
-UNAUTHORIZED = 129  # 4.01
-POST = 2
+_UNAUTHORIZED = const(129)  # 4.01
+_POST = const(2)
+_OPT_OSCORE = const(9)  # shared/oscore.py's, here so that module need not stay loaded
+_OPT_ECHO = const(252)
+# Each global costs a slot in this module's dict: the protocol code
+# imported per message (shared.oscore, shared.ccm, shared.aes,
+# shared.aes_soft) is named where it is released.
+
+# The link's state, set by edge/oscore_context.open_link.
+sender_id = None
+_packed = None  # the context (ids, keys, Common IV): shared.oscore.unpack
+_path = None  # the sequence journal (two slots, _path.0/.1)
+_block = 64  # sequence numbers reserved per flash write (tests use fewer)
+_next = 0  # the next sequence number to use; the request in flight has _next - 1
+_limit = 0  # the first one not reserved on flash by this boot
+echo = None  # to send with the next request
+echo_asked = None  # what the last protected 4.01 asked for
+ignored = 0  # answers that were not protected for us
+last_ignored = None
 
 
-def _hex(doc, key, path, size=None, optional=False):
-    v = doc.get(key)
-    if v is None and optional:
-        return None
+# -- the hooks coap.Client.post calls --------------------------------------------
+
+
+def request(path, payload, content_format):
+    """The outer options and payload: a POST whose Uri-Path, Content-
+    Format and payload are encrypted inside. OSError (flash full, a torn
+    write) when a new block of sequence numbers cannot be reserved: nothing
+    is sent.
+
+    Sequence numbers are reserved on flash `_block` at a time: the journal
+    holds the first number not yet reserved and the context's sender id,
+    so every number below it may have gone out and a reboot continues
+    above it."""
+    global _next, _limit
+    opts = [(coap.OPT_URI_PATH, seg.encode()) for seg in path.strip("/").split("/")]
+    if content_format is not None:
+        cf = bytes((content_format,)) if content_format < 256 else bytes((content_format >> 8, content_format & 255))
+        opts.append((coap.OPT_CONTENT_FORMAT, cf))
+    if echo is not None:
+        opts.append((_OPT_ECHO, echo))
+    if _next >= _limit:
+        # On flash before any number of the block is used.
+        from edge.journal import Journal
+
+        reserve = _next + _block
+        Journal(_path, slot_size=96).save({"sid": sender_id.hex(), "reserved": reserve})
+        _limit = reserve
+    _next += 1
     try:
-        raw = binascii.unhexlify(v)
-    except (TypeError, ValueError):
-        # Never echo the value: it may be the master secret.
-        raise ValueError("oscore context %s: %s is not hex" % (path, key))
-    if size is not None and not size[0] <= len(raw) <= size[1]:
-        raise ValueError("oscore context %s: %s has %d bytes, expected %d..%d" % (path, key, len(raw), size[0], size[1]))
-    return raw
+        from shared import oscore
+
+        value, ct, _ = oscore.unpack(_packed).protect_request(_next - 1, _POST, opts, payload)
+    finally:
+        for name in ("shared.oscore", "shared.ccm", "shared.aes", "shared.aes_soft"):
+            release(name)
+    return [(_OPT_OSCORE, value)], ct
 
 
-def load_context(path):
-    """The shared.oscore.Context in `path`, or None when the board has no
-    context file; ValueError when it is unusable (the board goes to safe
-    mode rather than send readings in clear)."""
+def response(data):
+    """(code, payload) of a protected answer to our request, or None to
+    ignore the datagram and keep waiting."""
+    global ignored, last_ignored, echo_asked
     try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return None
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        raise ValueError("oscore context %s is not JSON: provision it again with `microgrid flash`" % path)
-    if not isinstance(doc, dict):
-        raise ValueError("oscore context %s: expected a JSON object" % path)
-    secret = _hex(doc, "secret", path, (16, 64))
-    salt = _hex(doc, "salt", path, (0, 64))
-    sid = _hex(doc, "sender_id", path, (0, core.MAX_ID_LEN))
-    rid = _hex(doc, "recipient_id", path, (0, core.MAX_ID_LEN))
-    idc = _hex(doc, "id_context", path, (0, 32), optional=True)
-    return core.Context(secret, salt, sid, rid, idc)
+        from shared import oscore
 
-
-class Sequence:
-    """Sender sequence numbers, reserved on flash `block` at a time.
-
-    The journal holds the first number not yet reserved and the context's
-    sender id: every number below it may have gone out. A journal written
-    for another context (the board was provisioned anew) starts over at 0,
-    which is safe because a new context has new keys."""
-
-    def __init__(self, path, sender_id, block=BLOCK):
-        self.journal = Journal(path, slot_size=96)
-        self.block = block
-        self.owner = binascii.hexlify(sender_id).decode()
-        state = self.journal.load() or {}
-        if state.get("sid") != self.owner:
-            state = {}
-        self.next = state.get("reserved", 0)
-        self.limit = self.next  # nothing reserved by this boot yet
-        self.saves = 0
-
-    def take(self):
-        if self.next >= self.limit:
-            reserve = self.next + self.block
-            # On flash before any number of the block is used; OSError
-            # (flash full, torn) propagates and nothing is sent.
-            self.journal.save({"sid": self.owner, "reserved": reserve})
-            self.limit = reserve
-            self.saves += 1
-        n = self.next
-        self.next += 1
-        return n
-
-
-def _outer(data):
-    """(OSCORE option value or None, payload) of a CoAP datagram."""
-    tkl = data[0] & 0x0F
-    opts, payload = core.decode_options(data, 4 + tkl)
-    for num, val in opts:
-        if num == core.OPT_OSCORE:
-            return val, payload
-    return None, payload
-
-
-class Link:
-    """Protects requests for coap.Client.post (`protect=`) and checks
-    its answers."""
-
-    def __init__(self, ctx, seq):
-        self.ctx = ctx
-        self.seq = seq
-        self.request_id = None
-        self.echo = None  # to send with the next request
-        self.echo_asked = None  # what the last protected 4.01 asked for
-        self.ignored = 0  # answers that were not protected for us
-        self.last_ignored = None
-        self.protected = 0
-
-    # -- the hooks coap.Client.post calls ------------------------------------
-
-    def request(self, path, payload, content_format):
-        """The outer options and payload: a POST whose Uri-Path, Content-
-        Format and payload are encrypted inside."""
-        opts = [(coap.OPT_URI_PATH, seg.encode()) for seg in path.strip("/").split("/")]
-        if content_format is not None:
-            cf = bytes((content_format,)) if content_format < 256 else bytes((content_format >> 8, content_format & 255))
-            opts.append((coap.OPT_CONTENT_FORMAT, cf))
-        if self.echo is not None:
-            opts.append((core.OPT_ECHO, self.echo))
-        value, ct, self.request_id = self.ctx.protect_request(self.seq.take(), POST, opts, payload)
-        return [(core.OPT_OSCORE, value)], ct
-
-    def response(self, data):
-        """(code, payload) of a protected answer to our request, or None to
-        ignore the datagram and keep waiting."""
         try:
-            value, body = _outer(data)
+            # The outer options: the OSCORE option's value and the
+            # ciphertext (the payload).
+            outer, body = oscore.decode_options(data, 4 + (data[0] & 0x0F))
+            value = None
+            for num, val in outer:
+                if num == _OPT_OSCORE:
+                    value = val
             if value is None:
-                self._ignore("unprotected %s" % coap.code_str(data[1]))
-                return None
-            code, opts, payload = self.ctx.unprotect_response(value, body, self.request_id)
-        except (core.OSCOREError, IndexError) as e:
-            self._ignore(str(e))
-            return None
-        self.echo_asked = None
-        for num, val in opts:
-            if num == core.OPT_ECHO:
-                self.echo_asked = val
-        self.protected += 1
-        return code, payload
-
-    def _ignore(self, why):
-        self.ignored += 1
-        self.last_ignored = why
-
-    # -- what the firmware calls -----------------------------------------------
-
-    def post(self, client, path, payload, content_format=None):
-        """client.post over OSCORE: (code, payload) of the protected answer.
-        CoAPError when none came (the reading stays queued)."""
-        before = self.ignored
-        try:
-            code, body = client.post(path, payload, content_format, protect=self)
-            if code == UNAUTHORIZED and self.echo_asked is not None:
-                # The coordinator lost its replay window: prove freshness.
-                log.info("oscore", "coordinator asked for Echo (its replay window was lost): request repeated")
-                self.echo = self.echo_asked
-                try:
-                    code, body = client.post(path, payload, content_format, protect=self)
-                finally:
-                    self.echo = None
-                if code == UNAUTHORIZED and self.echo_asked is not None:
-                    # Not a refusal of the reading: never let it drop one.
-                    raise coap.CoAPError("coordinator asked for Echo twice; will retry")
-        except coap.CoAPError as e:
-            if self.ignored > before:
-                raise coap.CoAPError("%s; %d answer(s) ignored, not protected for this request (last: %s)" % (
-                    e, self.ignored - before, self.last_ignored))
-            raise
-        return code, body
-
-
-def open_link(path):
-    """A Link for the context in `path` (its sequence numbers in
-    `path`.seq.0/.1), or None when the board has none."""
-    ctx = load_context(path)
-    if ctx is None:
+                why = "unprotected %s" % coap.code_str(data[1])
+            else:
+                code, opts, payload = oscore.unpack(_packed).unprotect_response(
+                    value, body, (sender_id, oscore.piv_bytes(_next - 1)))
+                why = None
+        except (oscore.OSCOREError, IndexError) as e:
+            why = str(e)
+    finally:
+        for name in ("shared.oscore", "shared.ccm", "shared.aes", "shared.aes_soft"):
+            release(name)
+    if why is not None:
+        ignored += 1
+        last_ignored = why
         return None
-    return Link(ctx, Sequence(path + ".seq", ctx.sender_id))
+    echo_asked = None
+    for num, val in opts:
+        if num == _OPT_ECHO:
+            echo_asked = val
+    return code, payload
+
+
+# -- what the firmware calls ---------------------------------------------------
+
+
+def post(client, path, payload, content_format=None):
+    """client.post over OSCORE: (code, payload) of the protected answer.
+    CoAPError when none came (the reading stays queued)."""
+    global echo, last_ignored
+    from edge import oscore as link
+
+    before = ignored
+    try:
+        code, body = client.post(path, payload, content_format, protect=link)
+        if code == _UNAUTHORIZED and echo_asked is not None:
+            # The coordinator lost its replay window: prove freshness.
+            from edge import log
+
+            log.info("oscore", "coordinator asked for Echo (its replay window was lost): request repeated")
+            echo = echo_asked
+            try:
+                code, body = client.post(path, payload, content_format, protect=link)
+            finally:
+                echo = None
+            if code == _UNAUTHORIZED and echo_asked is not None:
+                # Not a refusal of the reading: never let it drop one.
+                raise coap.CoAPError("coordinator asked for Echo twice; will retry")
+    except coap.CoAPError as e:
+        if ignored > before:
+            raise coap.CoAPError("%s; %d answer(s) ignored, not protected for this request (last: %s)" % (
+                e, ignored - before, last_ignored))
+        raise
+    finally:
+        last_ignored = None
+    return code, body

@@ -4,11 +4,19 @@
 # is this with a 16-byte key, an 8-byte tag and a 13-byte nonce (L = 2:
 # messages up to 65,535 bytes).
 #
-# Small on purpose: one 16-byte buffer for the MAC, one for the counter
-# block, one for the key stream, reused for every block; the output is the
-# only allocation that grows with the message.
+# Small on purpose, for a meter's heap: `seal` encrypts in place, in the
+# buffer the caller built the plaintext in (with room for the tag), so a
+# message is never copied; the MAC, counter and key-stream blocks are three
+# 16-byte buffers made once at import and shared by every call (no block is
+# ever encrypted from an interrupt or a second thread, so nothing runs two
+# at once), and the associated data is absorbed where it lies, not joined
+# to its length header. `encrypt` and `decrypt` allocate only their output.
 
 from .aes import Block
+
+_X = bytearray(16)  # CBC-MAC state
+_A = bytearray(16)  # counter block A_i
+_S = bytearray(16)  # key stream block S_i
 
 
 class CCMError(ValueError):
@@ -23,73 +31,93 @@ def _check(nonce, tag_len):
         raise ValueError("CCM tag of %d bytes: expected 4, 6, ..., 16" % tag_len)
 
 
-def _mac(block, nonce, aad, msg, tag_len):
-    """CBC-MAC over B0, the encoded associated data and the message."""
+def _absorb(block, data, n, pos):
+    # XOR data[:n] into the MAC state from byte `pos` on, encrypting it at
+    # every full block and after the last, zero-padded one.
+    x = _X
+    for i in range(n):
+        x[pos] ^= data[i]
+        pos += 1
+        if pos == 16:
+            block.encrypt(x, x)
+            pos = 0
+    if pos:
+        block.encrypt(x, x)
+
+
+def _mac(block, nonce, aad, msg, n, tag_len):
+    """CBC-MAC over B0, the encoded associated data and msg[:n], in _X."""
     q = 15 - len(nonce)
-    x = bytearray(16)
+    x = _X
     x[0] = (64 if aad else 0) | (((tag_len - 2) // 2) << 3) | (q - 1)
     x[1:1 + len(nonce)] = nonce
-    n = len(msg)
     for i in range(q):
         x[15 - i] = (n >> (8 * i)) & 0xFF
-    block.encrypt(x)
-    if aad:
-        a = len(aad)
+    block.encrypt(x, x)
+    a = len(aad)
+    if a:
+        # The length header, then the data, as one zero-padded stream.
         if a < 0xFF00:
-            head = bytes((a >> 8, a & 0xFF))
+            x[0] ^= a >> 8
+            x[1] ^= a & 0xFF
+            pos = 2
         else:
-            head = b"\xff\xfe" + bytes(((a >> 24) & 255, (a >> 16) & 255, (a >> 8) & 255, a & 255))
-        _absorb(block, x, head + aad)
-    _absorb(block, x, msg)
-    return x
+            x[0] ^= 0xFF
+            x[1] ^= 0xFE
+            for i in range(4):
+                x[2 + i] ^= (a >> (24 - 8 * i)) & 0xFF
+            pos = 6
+        _absorb(block, aad, a, pos)
+    if n:
+        _absorb(block, msg, n, 0)
 
 
-def _absorb(block, x, data):
-    # XOR each 16-byte block (the last zero-padded) into x, then encrypt.
-    n = len(data)
-    for off in range(0, n, 16):
-        end = min(off + 16, n)
-        for i in range(off, end):
-            x[i - off] ^= data[i]
-        block.encrypt(x)
-
-
-def _ctr(block, nonce, data, out, ks):
-    """XOR data with the key stream S_1, S_2, ... into out."""
+def _ctr(block, nonce, data, n, out):
+    """out[:n] = data[:n] XOR the key stream S_1, S_2, ... (out may be
+    data); then S_0, which encrypts the tag, in _S."""
     q = 15 - len(nonce)
-    a = bytearray(16)
+    a = _A
+    s = _S
     a[0] = q - 1
     a[1:1 + len(nonce)] = nonce
-    n = len(data)
     i = 1
     for off in range(0, n, 16):
+        c = i
         for k in range(q):
-            a[15 - k] = (i >> (8 * k)) & 0xFF
-        ks[:] = a
-        block.encrypt(ks)
+            a[15 - k] = c & 0xFF
+            c >>= 8
+        block.encrypt(a, s)
         for j in range(off, min(off + 16, n)):
-            out[j] = data[j] ^ ks[j - off]
+            out[j] = data[j] ^ s[j - off]
         i += 1
-    # S_0, which encrypts the tag.
     for k in range(q):
         a[15 - k] = 0
-    ks[:] = a
-    block.encrypt(ks)
+    block.encrypt(a, s)
+
+
+def seal(block, nonce, buf, n, aad=b"", tag_len=8):
+    """Encrypt buf[:n] in place and write the tag into buf[n:n + tag_len]
+    (the bytearray `buf` has that room); returns buf. `block` is a
+    shared.aes.Block for the key."""
+    _check(nonce, tag_len)
+    if len(buf) < n + tag_len:
+        raise ValueError("CCM buffer of %d bytes has no room for a %d-byte tag after %d bytes" % (len(buf), tag_len, n))
+    _mac(block, nonce, aad, buf, n, tag_len)
+    _ctr(block, nonce, buf, n, buf)
+    x = _X
+    s = _S
+    for i in range(tag_len):
+        buf[n + i] = x[i] ^ s[i]
+    return buf
 
 
 def encrypt(key, nonce, plaintext, aad=b"", tag_len=8, block=None):
     """ciphertext || tag. `block` is a shared.aes.Block for `key`, when the
     caller keeps one (saves the key schedule per message)."""
-    _check(nonce, tag_len)
-    block = block or Block(key)
-    x = _mac(block, nonce, aad, plaintext, tag_len)
     n = len(plaintext)
-    out = bytearray(n + tag_len)
-    ks = bytearray(16)
-    _ctr(block, nonce, plaintext, out, ks)
-    for i in range(tag_len):
-        out[n + i] = x[i] ^ ks[i]
-    return bytes(out)
+    buf = bytearray(n + tag_len)
+    buf[:n] = plaintext
+    return bytes(seal(block or Block(key), nonce, buf, n, aad, tag_len))
 
 
 def decrypt(key, nonce, ciphertext, aad=b"", tag_len=8, block=None):
@@ -100,13 +128,14 @@ def decrypt(key, nonce, ciphertext, aad=b"", tag_len=8, block=None):
         raise CCMError("CCM message of %d bytes is shorter than its %d-byte tag" % (len(ciphertext), tag_len))
     block = block or Block(key)
     out = bytearray(n)
-    ks = bytearray(16)
-    _ctr(block, nonce, memoryview(ciphertext)[:n], out, ks)
-    x = _mac(block, nonce, aad, out, tag_len)
+    _ctr(block, nonce, ciphertext, n, out)
+    _mac(block, nonce, aad, out, n, tag_len)
     # Compare every byte whatever the first difference (no early exit).
+    x = _X
+    s = _S
     diff = 0
     for i in range(tag_len):
-        diff |= x[i] ^ ks[i] ^ ciphertext[n + i]
+        diff |= x[i] ^ s[i] ^ ciphertext[n + i]
     if diff:
         raise CCMError("CCM tag does not verify")
     return bytes(out)

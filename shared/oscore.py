@@ -173,9 +173,15 @@ def decode_option_value(value):
 class Context:
     """A security context (RFC 8613 3): the keys and Common IV derived
     from the master secret and salt, sender and recipient ids and the
-    optional ID context. Holds no sequence number: the caller's."""
+    optional ID context. Holds no sequence number: the caller's.
 
-    def __init__(self, secret, salt, sender_id, recipient_id, id_context=None):
+    `keys` (sender key, recipient key, Common IV), when given, are the
+    ones derived before (secret and salt are then not used): a meter
+    derives once at boot and keeps only these 45 bytes, and builds a
+    Context around them for each message. Each AES key schedule is made
+    on its first use."""
+
+    def __init__(self, secret, salt, sender_id, recipient_id, id_context=None, keys=None):
         if len(sender_id) > MAX_ID_LEN or len(recipient_id) > MAX_ID_LEN:
             raise ValueError("OSCORE ids are at most %d bytes with a %d-byte nonce" % (MAX_ID_LEN, NONCE_LEN))
         if sender_id == recipient_id:
@@ -183,11 +189,24 @@ class Context:
         self.sender_id = bytes(sender_id)
         self.recipient_id = bytes(recipient_id)
         self.id_context = None if id_context is None else bytes(id_context)
-        self.sender_key = _derive(secret, salt, self.sender_id, self.id_context, "Key", KEY_LEN)
-        self.recipient_key = _derive(secret, salt, self.recipient_id, self.id_context, "Key", KEY_LEN)
-        self.common_iv = _derive(secret, salt, b"", self.id_context, "IV", NONCE_LEN)
-        self._send = Block(self.sender_key)
-        self._recv = Block(self.recipient_key)
+        if keys is None:
+            keys = (_derive(secret, salt, self.sender_id, self.id_context, "Key", KEY_LEN),
+                    _derive(secret, salt, self.recipient_id, self.id_context, "Key", KEY_LEN),
+                    _derive(secret, salt, b"", self.id_context, "IV", NONCE_LEN))
+        self.sender_key, self.recipient_key, self.common_iv = keys
+        self._send = None
+        self._recv = None
+
+    def pack(self):
+        """The context as one bytes object: sender id, recipient id and ID
+        context (each length-prefixed; 255: no ID context), sender key,
+        recipient key, Common IV. What a meter keeps in RAM between
+        messages (one object of ~60 bytes instead of six); `unpack` makes
+        the Context again."""
+        idc = self.id_context
+        return (bytes((len(self.sender_id),)) + self.sender_id + bytes((len(self.recipient_id),)) + self.recipient_id
+                + (b"\xff" if idc is None else bytes((len(idc),)) + idc)
+                + self.sender_key + self.recipient_key + self.common_iv)
 
     def nonce(self, id_piv, piv):
         """RFC 8613 5.2: size of ID_PIV | ID_PIV padded to 7 | PIV padded
@@ -208,17 +227,27 @@ class Context:
         return cbor.dumps(["Encrypt0", b"", external])
 
     def protect_request(self, seq, code, options, payload, send_kid_context=False):
-        """(OSCORE option value, ciphertext, request id) for a request with
-        inner `code`, class E `options` [(number, bytes)] sorted, and
-        `payload`; `seq` never used before with this context."""
+        """(OSCORE option value, ciphertext (a bytearray), request id) for a
+        request with inner `code`, class E `options` [(number, bytes)]
+        sorted, and `payload`; `seq` never used before with this context."""
         if not 0 <= seq <= MAX_SEQ:
             raise OSCOREError("sender sequence number %d exhausted: provision a new context" % seq)
         piv = piv_bytes(seq)
-        plain = bytes((code,)) + encode_options(options) + (b"\xff" + payload if payload else b"")
-        ct = ccm.encrypt(self.sender_key, self.nonce(self.sender_id, piv), plain, self.aad(self.sender_id, piv),
-                         TAG_LEN, self._send)
+        # The plaintext (code, inner options, payload) is built once, with
+        # room for the tag, and encrypted where it lies: the ciphertext.
+        opts = encode_options(options)
+        n = 1 + len(opts) + (1 + len(payload) if payload else 0)
+        buf = bytearray(n + TAG_LEN)
+        buf[0] = code
+        buf[1:1 + len(opts)] = opts
+        if payload:
+            buf[1 + len(opts)] = 0xFF
+            buf[2 + len(opts):n] = payload
+        if self._send is None:
+            self._send = Block(self.sender_key)
+        ccm.seal(self._send, self.nonce(self.sender_id, piv), buf, n, self.aad(self.sender_id, piv), TAG_LEN)
         value = encode_option_value(piv, self.sender_id, self.id_context if send_kid_context else None)
-        return value, ct, (self.sender_id, piv)
+        return value, buf, (self.sender_id, piv)
 
     def unprotect_response(self, option_value, ciphertext, request_id):
         """(code, options, payload) of the response to the request
@@ -232,6 +261,8 @@ class Context:
             nonce = self.nonce(self.recipient_id, piv)
         else:
             nonce = self.nonce(request_id[0], request_id[1])
+        if self._recv is None:
+            self._recv = Block(self.recipient_key)
         try:
             plain = ccm.decrypt(self.recipient_key, nonce, ciphertext, self.aad(request_id[0], request_id[1]), TAG_LEN,
                                 self._recv)
@@ -241,3 +272,19 @@ class Context:
             raise OSCOREError("response plaintext is empty")
         opts, payload = decode_options(plain, 1)
         return plain[0], opts, payload
+
+
+def unpack(packed):
+    """The Context that Context.pack() packed."""
+    i = 1 + packed[0]
+    sid = packed[1:i]
+    rid = packed[i + 1:i + 1 + packed[i]]
+    i += 1 + packed[i]
+    idc = None
+    if packed[i] != 0xFF:
+        idc = packed[i + 1:i + 1 + packed[i]]
+        i += packed[i]
+    i += 1
+    if len(packed) != i + 2 * KEY_LEN + NONCE_LEN:
+        raise ValueError("packed OSCORE context of %d bytes: expected %d" % (len(packed), i + 2 * KEY_LEN + NONCE_LEN))
+    return Context(None, None, sid, rid, idc, (packed[i:i + KEY_LEN], packed[i + KEY_LEN:i + 2 * KEY_LEN], packed[i + 2 * KEY_LEN:]))

@@ -52,9 +52,9 @@ MP_SCRIPT = """
 import json, sys
 from binascii import unhexlify as h, hexlify
 from shared import ccm, oscore
-from shared.aes import Block
+from shared import aes
 args = json.loads(sys.stdin.read())
-out = {"backend": Block(bytes(16)).backend, "ccm": [], "derive": [], "req": [], "resp": [], "random": []}
+out = {"backend": aes.backend(), "ccm": [], "derive": [], "req": [], "resp": [], "random": []}
 for n, a, p, c in args["rfc3610"]:
     got = ccm.encrypt(h(args["key"]), h(n), h(p), h(a))
     back = ccm.decrypt(h(args["key"]), h(n), got, h(a))
@@ -187,3 +187,65 @@ def test_requests_and_responses_interoperate_with_aiocoap_both_ways(tmp_path) ->
             server.unprotect(outer)
     finally:
         server._destroy()
+
+
+def _sbox_from_definition() -> bytes:
+    """FIPS-197 5.1.1 written out: the multiplicative inverse in GF(2^8)
+    (found by search), then the affine map. Independent of how
+    shared/aes_soft.py got its table."""
+    def mul(a: int, b: int) -> int:
+        p = 0
+        while b:
+            if b & 1:
+                p ^= a
+            a = ((a << 1) ^ 0x11B) if a & 0x80 else a << 1
+            b >>= 1
+        return p
+
+    out = bytearray(256)
+    for x in range(256):
+        inv = next((y for y in range(1, 256) if mul(x, y) == 1), 0)
+        s = 0x63
+        for i in range(8):
+            bit = (inv >> i ^ inv >> (i + 4) % 8 ^ inv >> (i + 5) % 8 ^ inv >> (i + 6) % 8 ^ inv >> (i + 7) % 8) & 1
+            s ^= bit << i
+        out[x] = s
+    return bytes(out)
+
+
+def test_plain_python_aes_is_byte_identical_to_cryptography() -> None:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from microgrid.shared import aes_soft
+
+    assert aes_soft._SBOX == _sbox_from_definition()
+    # FIPS-197 Appendix C.1.
+    block = bytearray(bytes.fromhex("00112233445566778899aabbccddeeff"))
+    aes_soft.SoftAES(bytes(range(16))).encrypt(block, block)
+    assert block.hex() == "69c4e0d86a7b0430d8cdb78070b4c55a"
+    rng = random.Random(3610)
+    for _ in range(200):
+        key, src = rng.randbytes(16), rng.randbytes(16)
+        want = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(src)
+        dst = bytearray(16)
+        aes_soft.SoftAES(key).encrypt(src, dst)
+        assert bytes(dst) == want and src != want
+    with pytest.raises(ValueError, match="AES-128 only"):
+        aes_soft.SoftAES(bytes(32))
+
+
+def test_ccm_seals_in_place_and_takes_long_associated_data() -> None:
+    from microgrid.shared import aes
+
+    rng = random.Random(8613)
+    key, nonce = rng.randbytes(16), rng.randbytes(13)
+    # Associated data of 0xFF00 bytes or more takes the 6-byte length header.
+    for aad_len, n in ((0, 0), (14, 2), (0xFEFF, 17), (0xFF00, 40)):
+        aad, plain = rng.randbytes(aad_len), rng.randbytes(n)
+        want = AESCCM(key, tag_length=8).encrypt(nonce, plain, aad)
+        buf = bytearray(plain) + bytearray(8)
+        assert ccm.seal(aes.Block(key), nonce, buf, n, aad) is buf and bytes(buf) == want
+        assert ccm.decrypt(key, nonce, want, aad) == plain
+    with pytest.raises(ValueError, match="no room"):
+        ccm.seal(aes.Block(key), nonce, bytearray(10), 5)
+    assert aes.backend() == "cryptography"
