@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import cbor2
-import sqlite_utils
+from ..store.lean import sqlite_utils
 from bitcoinx import PrivateKey, Tx
 
 from .channel import ChannelPolicy, PayeeChannel, PayerChannel, State, Terms, Update

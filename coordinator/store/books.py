@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import cbor2
-import sqlite_utils
+from .lean import sqlite_utils
 
 from .database import StoreError
 

@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Callable
 
-import sqlite_utils
+from .lean import sqlite_utils
 
 
 class StoreError(RuntimeError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable
 
-import sqlite_utils
+from .lean import sqlite_utils
 
 from .database import StoreError
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-import sqlite_utils
+from .lean import sqlite_utils
 
 from microgrid.shared import reading as reading_format
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import sqlite_utils
+from .lean import sqlite_utils
 
 log = logging.getLogger("microgrid.store.retention")
 
