@@ -255,7 +255,7 @@ class Neighbourhood:
         for c in self.plans:
             config = self.coordinator_config(c)
             wallet = self.fund_wallet(c, config, 20_000_000)
-            coordinator = Coordinator(config, clock=self.clock, chain=self.ledger, wallet=wallet)
+            coordinator = self._coordinator(c, config, wallet)
             await coordinator.start(defer_trading=True)
             c.coordinator = coordinator
             c.config = config
@@ -380,7 +380,7 @@ class Neighbourhood:
         await old.stop()
         config = c.config
         wallet = Wallet.open(config.resolve(config.channels.wallet_path), "demo-" + c.name)
-        new = Coordinator(config, clock=self.clock, chain=self.ledger, wallet=wallet)
+        new = self._coordinator(c, config, wallet)
         await new.start(defer_trading=True)
         c.coordinator = new
         self._conduct(c)
@@ -427,11 +427,21 @@ class Neighbourhood:
             log.warning("overlay nodes of %s not confirmed by the others within %.0f s; going on",
                         [c.name for c in pending], timeout_s)
 
+    def _coordinator(self, c: CoordinatorPlan, config: Config, wallet: Any) -> Coordinator:
+        """A coordinator on the conductor's time: its clock, and its
+        market's and trading's waits parked on the conductor (in turn, by
+        rank). While a gate is open the market re-reads the overlay every
+        300 clock seconds (0.05 s suits a wall clock, not a stepped one);
+        book repair waits as long (market/service.py)."""
+        return Coordinator(config, clock=self.clock, chain=self.ledger, wallet=wallet,
+                           sleep=self.conductor.sleeper(c.index), market_poll_s=300.0)
+
     def _conduct(self, c: CoordinatorPlan) -> None:
-        """Put a started coordinator's timed work on the conductor: the
-        market's and trading's sleeps, its network requests counted as
-        busy, and its periodic housekeeping (channel lifecycle, retention)
-        in simulated time instead of the wall clock's."""
+        """Put a started coordinator's network requests on the conductor
+        (counted as busy), and its periodic housekeeping (channel
+        lifecycle, retention) in simulated time instead of the wall
+        clock's. (Its market and trading sleep on the conductor from the
+        start: `_coordinator`.)"""
         co = c.coordinator
         assert co is not None
         cond = self.conductor
@@ -439,14 +449,6 @@ class Neighbourhood:
         if co.overlay is not None:
             cond.wrap(co.overlay, "put", "get")
         if co.trading is not None:
-            co.trading._sleep = sleep
-            co.trading.market._sleep = sleep
-            if co.trading.market.repair is not None:  # book repair waits in the same time
-                co.trading.market.repair._sleep = sleep
-                co.trading.market.repair.poll_s = 300.0
-            # The collector's fetches while the gate is open, in clock
-            # seconds (0.05 s suits a wall clock, not a stepped one).
-            co.trading.market.poll_s = 300.0
             client = co.trading.payer.client
             client.timeout = 120.0
             cond.wrap(client, "send")
