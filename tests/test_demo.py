@@ -4,6 +4,7 @@ reading stored, and Ctrl-C stops every process but still writes a report."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from .test_report import chromium_dom, raw_key_names, time_axis_ticks
 
 REQUIRED = ["readings_produced", "readings_stored", "readings_rejected", "energy_traded_wh", "trades",
             "payment_updates", "settlement_txs", "settlement_txs_verified", "energy_balance_error_wh"]
@@ -164,3 +167,9 @@ def test_a_restarted_coordinator_comes_back_and_its_neighbours_find_its_new_addr
     assert s["readings_produced"] == s["readings_accepted"] == s["readings_stored"] and s["readings_rejected"] == 0
     assert s["money_reconciles"] is True and s["p2p_unpaid_sat"] == 0 and s["energy_balance_error_wh"] == 0
     assert s["book_disagreements"] == 0 and s["trading_errors"] == 0
+    # The report of the run, as Chromium shows it: the restart in words, no
+    # raw key names, a date on every time axis.
+    dom = chromium_dom(tmp_path / "run" / "report.html", tmp_path / "profile")
+    assert "coordinator cedar restarted" in dom and raw_key_names(dom) == []
+    ticks = time_axis_ticks(dom)
+    assert ticks and all(t and all(re.search(r"\d{1,2} [A-Z][a-z]{2}", x) for x in t) for t in ticks), ticks
