@@ -17,7 +17,11 @@ tests/overlay/test_engine_traps.py:
   also been seen to segfault). We bind both families and stop listens by
   returning False from the callback; cancelListen is never called.
 - join() before the shutdown callback fired can hang for good: stop() waits
-  for the callback (bounded) and joins only after it.
+  for the callback (bounded) and joins only after it. Until joined, a runner
+  keeps its thread and its sockets (the port stays bound): one not confirmed
+  in time is parked, and the next start() in this process joins it once
+  confirmed, waiting for it when it holds the port wanted (join_parked;
+  tests/overlay/test_engine_restart.py).
 - Blocking get()/put() have no timeout (about 9 s when the only known node
   is dead, unbounded otherwise): we use the callback forms and our own
   timeouts.
