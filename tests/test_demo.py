@@ -149,6 +149,7 @@ def test_another_seed_gives_another_result_digest(reference: dict, tmp_path: Pat
     assert other["result_digest"] != reference["result_digest"]
 
 
+@pytest.mark.timeout(360)  # a demo run and Chromium: about 70 s on a quiet machine
 def test_a_restarted_coordinator_comes_back_and_its_neighbours_find_its_new_address(tmp_path: Path) -> None:
     """The scripted restart (issue 17): the coordinator stops and starts
     again in the same process on the same ports (its old overlay node
