@@ -8,7 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from bitcoinx import PrivateKey
 
@@ -121,9 +121,15 @@ def rpc_credentials(config: Config) -> tuple[str, str]:
 
 class Coordinator:
     def __init__(self, config: Config, clock: Clock | None = None, chain: Any = None, overlay: Any = None,
-                 wallet: Any = None) -> None:
+                 wallet: Any = None, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 market_poll_s: float = 0.05) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
+        # Time passed in: the market's and trading's waits (`sleep`, in the
+        # clock's seconds) and how often the market re-reads the overlay
+        # while a gate is open; a simulation steps them with its clock.
+        self.sleep = sleep
+        self.market_poll_s = market_poll_s
         self.chain = chain
         self.overlay = overlay
         self.wallet = wallet
@@ -328,7 +334,7 @@ class Coordinator:
                                          credit_sat=ch.credit_sat, stream_poll_s=ch.stream_poll_s,
                                          renew_before_s=ch.renew_before_s, reserve_sat=ch.full_below_sat),
                 export_relay=(self.relays or {}).get(ch.export_relay) if ch.export_relay else None,
-                is_member=self.is_member(),
+                is_member=self.is_member(), sleep=self.sleep, poll_s=self.market_poll_s,
             )
             if self.membership is None:
                 log.warning("no [zone] configured: orders, metering and channels of any key are taken "

@@ -4,6 +4,7 @@ reading stored, and Ctrl-C stops every process but still writes a report."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from .test_report import chromium_dom, raw_key_names, time_axis_ticks
 
 REQUIRED = ["readings_produced", "readings_stored", "readings_rejected", "energy_traded_wh", "trades",
             "payment_updates", "settlement_txs", "settlement_txs_verified", "energy_balance_error_wh"]
@@ -144,3 +147,30 @@ def test_another_seed_gives_another_result_digest(reference: dict, tmp_path: Pat
     """The digest covers the economics: it can tell two runs apart."""
     other = _run_small(tmp_path / "run", "--seed", "2")
     assert other["result_digest"] != reference["result_digest"]
+
+
+@pytest.mark.timeout(360)  # a demo run and Chromium: about 70 s on a quiet machine
+def test_a_restarted_coordinator_comes_back_and_its_neighbours_find_its_new_address(tmp_path: Path) -> None:
+    """The scripted restart (issue 17): the coordinator stops and starts
+    again in the same process on the same ports (its old overlay node
+    joined first, engine.join_parked), announces its directory record
+    again, and both neighbours read the new record; nothing is lost."""
+    proc = subprocess.run(demo("--coordinators", "3", "--meters", "3", "--start-hour", "10", "--days", "0.06",
+                               "--incidents", "on", "--json", "--out", str(tmp_path / "run")),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    s = json.loads(proc.stdout)
+    assert s["incident_failures"] == []
+    by_kind = {i["kind"]: i for i in s["incidents"]}
+    assert by_kind["restart"]["what"] == "coordinator cedar restarted"  # alder bootstraps the overlay
+    assert (by_kind["directory"]["found_by"], by_kind["directory"]["of"]) == (2, 2)
+    assert {"power cut", "power back"} <= set(by_kind)
+    assert s["readings_produced"] == s["readings_accepted"] == s["readings_stored"] and s["readings_rejected"] == 0
+    assert s["money_reconciles"] is True and s["p2p_unpaid_sat"] == 0 and s["energy_balance_error_wh"] == 0
+    assert s["book_disagreements"] == 0 and s["trading_errors"] == 0
+    # The report of the run, as Chromium shows it: the restart in words, no
+    # raw key names, a date on every time axis.
+    dom = chromium_dom(tmp_path / "run" / "report.html", tmp_path / "profile")
+    assert "coordinator cedar restarted" in dom and raw_key_names(dom) == []
+    ticks = time_axis_ticks(dom)
+    assert ticks and all(t and all(re.search(r"\d{1,2} [A-Z][a-z]{2}", x) for x in t) for t in ticks), ticks

@@ -79,6 +79,28 @@ def _visible_text(dom: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", " ", dom))
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_dom(page: Path, profile: Path) -> str:
+    """The page as headless Chromium built it (its DOM after loading)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium (scripts/test.sh does it)")
+    return subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=90).stdout
+
+
+def raw_key_names(dom: str) -> list[str]:
+    """snake_case words a person would see on the page."""
+    return sorted(set(re.findall(r"\b[a-z]+(?:_[a-z0-9]+)+\b", _visible_text(dom))))
+
+
+def time_axis_ticks(dom: str) -> list[list[str]]:
+    return [re.findall(r'class="x-tick"[^>]*>([^<]+)<', svg) for svg in re.findall(r"(?s)<svg.*?</svg>", dom)]
+
+
 def test_the_report_renders_in_headless_chromium_for_people(tmp_path: Path) -> None:
     """What a person sees: the page loads without script errors, its
     charts are drawn, no raw key name shows, and every time axis has

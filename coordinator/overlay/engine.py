@@ -17,7 +17,11 @@ tests/overlay/test_engine_traps.py:
   also been seen to segfault). We bind both families and stop listens by
   returning False from the callback; cancelListen is never called.
 - join() before the shutdown callback fired can hang for good: stop() waits
-  for the callback (bounded) and joins only after it.
+  for the callback (bounded) and joins only after it. Until joined, a runner
+  keeps its thread and its sockets (the port stays bound): one not confirmed
+  in time is parked, and the next start() in this process joins it once
+  confirmed, waiting for it when it holds the port wanted (join_parked;
+  tests/overlay/test_engine_restart.py).
 - Blocking get()/put() have no timeout (about 9 s when the only known node
   is dead, unbounded otherwise): we use the callback forms and our own
   timeouts.
@@ -44,8 +48,9 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import opendht as dht
 from bitcoinx import PrivateKey
@@ -62,8 +67,25 @@ log = logging.getLogger("microgrid.overlay")
 TTL_BUCKETS = (2, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400)
 VALUE_TYPE_BASE = 0x6D00  # "m"
 
-# Runners whose shutdown never confirmed: never joined, never collected.
-_ABANDONED: list[Any] = []
+
+
+@dataclass
+class _Parked:
+    """A runner whose shutdown had not confirmed when stop() gave up
+    waiting: its thread still runs and its sockets stay bound until it is
+    joined, which start() does once the confirmation came (a restart in the
+    same process reuses the port)."""
+
+    runner: Any
+    fired: threading.Event
+    port: int
+
+
+_PARKED: list[_Parked] = []
+# How long start() waits for a parked runner holding its port to confirm:
+# operations in flight end within OpenDHT's own timeouts (about 7 s when
+# every peer died, measured).
+PARKED_WAIT_S = 60.0
 
 # Value.size counts the user_type too.
 TAG_SLACK = 64
@@ -127,6 +149,7 @@ class Overlay(BaseOverlay):
         s = self.settings
         self._loop = asyncio.get_running_loop()
         saved = state_file.load(s.state_path) if s.state_path else state_file.OverlayState()
+        await join_parked({p for p in (s.port, saved.port) if p})
         port = s.port
         if port == 0 and saved.port:
             try:  # the same port again: peers that knew us find us there
@@ -206,15 +229,15 @@ class Overlay(BaseOverlay):
             await asyncio.sleep(JOIN_GRACE_S)
             runner.join()
         else:
-            # Joining could hang for good, and so could the runner's
-            # destructor (it joins): keep it referenced, leave its thread.
-            _ABANDONED.append(runner)
-            # OpenDHT confirms only once every operation in flight ended
-            # (lookups waiting on dead nodes) and, with maintain_storage,
-            # stored values were handed over.
+            # Joining now could hang for good, and so could the runner's
+            # destructor (it joins): keep it referenced; start() joins it
+            # once confirmed. OpenDHT confirms only once every operation in
+            # flight ended (lookups waiting on dead nodes) and, with
+            # maintain_storage, stored values were handed over.
+            _PARKED.append(_Parked(runner, fired, self.port))
             log.warning("overlay: OpenDHT did not confirm shutdown within %.1f s (operations still in "
-                        "flight or values being handed over); its thread is left to finish alone",
-                        self.settings.stop_timeout_s)
+                        "flight or values being handed over); its thread finishes alone and is joined "
+                        "before another node starts on port %d", self.settings.stop_timeout_s, self.port)
         self._tokens.clear()
 
     def _check_ports(self, port: int) -> None:
@@ -386,6 +409,28 @@ class Overlay(BaseOverlay):
             return True
 
         self._tokens.append(self._runner.listen(dht.InfoHash.get(key), on_value))
+
+
+async def join_parked(ports: Iterable[int] = (), wait_s: float = PARKED_WAIT_S) -> int:
+    """Join the parked runners (see `_Parked`) whose shutdown has confirmed
+    by now, first waiting up to `wait_s` for those holding one of `ports`:
+    a node never starts while an old one of this process still runs on its
+    port (it could not bind) and a stopped node's thread does not outlive
+    the next start. Returns how many are still parked."""
+    ports = set(ports)
+    for p in list(_PARKED):
+        if p.port in ports and not p.fired.is_set():
+            deadline = time.monotonic() + wait_s
+            while not p.fired.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if not p.fired.is_set():
+                raise OverlayError(f"overlay: the previous node on port {p.port} has not finished its "
+                                   f"shutdown after {wait_s:.0f} s; cannot start another on that port")
+        if p.fired.is_set():
+            await asyncio.sleep(JOIN_GRACE_S)  # its callback returns out of Python first (see stop)
+            p.runner.join()
+            _PARKED.remove(p)
+    return len(_PARKED)
 
 
 def _small(v: Any) -> bool:

@@ -19,6 +19,8 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
+import aiocoap.error
+
 from ..channels.chain import ChainError, call
 from ..channels.channel import AmountError, DustError, LockTimeError, PayerChannel, State, StateError
 from ..channels.protocol import ChannelNode, ProtocolError
@@ -111,6 +113,18 @@ class ChannelPayer:
         log.info("channel %s: the payee did not see its funding on the chain; broadcast it again", cid.hex()[:16])
         return True
 
+    async def _moved(self, payee_hex: str, cid: bytes) -> bool:
+        """Look the payee up again; True when its directory record now
+        names another address, which the channel then uses (and keeps)."""
+        uri = await self.lookup_uri(payee_hex)
+        entry = self.node.channels[cid]
+        if uri is None or uri == entry.peer_uri:
+            return False
+        log.info("channel %s: %s moved from %s to %s", cid.hex()[:16], payee_hex[:16], entry.peer_uri, uri)
+        entry.peer_uri = uri
+        self.node.store.save_channel(entry.role, entry.channel, entry.peer, uri, entry.key_index)
+        return True
+
     async def pay_one(self, payee_hex: str, amount: int) -> int:
         """One update of `amount` to `payee_hex`, on the next channel if the
         current one refuses it (locally or at the payee: closed, near its
@@ -119,7 +133,18 @@ class ChannelPayer:
         sent = self.node.payer(cid).sent
         target = (sent.amount if sent is not None else 0) + amount  # signed in all once this one is paid
         try:
-            return await self.client.pay(cid, amount)
+            try:
+                return await self.client.pay(cid, amount)
+            except (asyncio.TimeoutError, OSError, aiocoap.error.NetworkError):
+                # Unreachable where the channel was opened: the payee may
+                # have come back elsewhere (a restart on another address).
+                if not await self._moved(payee_hex, cid):
+                    raise
+                # Whatever the failed attempt signed goes out first, never twice.
+                await self.client.resend_pending(cid)
+                if self.node.payer(cid).acked_amount < target:
+                    return await self.client.pay(cid, amount)
+                return self.node.payer(cid).acked_amount
         except (LockTimeError, AmountError, DustError, StateError) as e:
             why = str(e)
         except ProtocolError as e:

@@ -118,7 +118,10 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
         "settlement_txs": market["settlement_txs"],
         "channels_opened": market["channels_opened"],
         "channel_rollovers": market["channel_rollovers"],
-        "incidents": hood.incident_log,
+        "incidents": sorted(hood.incident_log, key=lambda i: i["at"]),
+        # What an incident broke (a restart that failed, a directory record
+        # not found again): any makes the run fail.
+        "incident_failures": hood.incident_failures,
         "settlement_txs_verified": market["settlement_txs_verified"],
         "energy_balance_error_wh": ledger.balance_error_wh() + market["balance_error_wh"],
         "book_disagreements": market["disagreements"],
@@ -356,7 +359,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {m['line']}")
         print(f"result digest: {summary['result_digest']}")
         print(f"report: {page}")
-    ok = summary["money_reconciles"] and summary["readings_stored"] > 0 and \
+    for failure in summary["incident_failures"]:
+        print(f"error: incident: {failure}", file=sys.stderr)
+    ok = not summary["incident_failures"] and summary["money_reconciles"] and summary["readings_stored"] > 0 and \
         summary["readings_produced"] == summary["readings_accepted"] and summary["readings_rejected"] == 0 and summary["energy_balance_error_wh"] == 0
     return 0 if ok or summary["stopped_early"] else 1
 

@@ -128,6 +128,7 @@ class Neighbourhood:
         self.incidents = plan_incidents(seed, start, days, [c.name for c in self.plans],
                                         [m.name for m in self.all_meters()], int(self.reading_s)) if incidents else []
         self.incident_log: list[dict[str, Any]] = []
+        self.incident_failures: list[str] = []  # what an incident broke (the run then fails)
         self._housekeeping_by: dict[str, asyncio.Task[None]] = {}
 
     @property
@@ -254,7 +255,7 @@ class Neighbourhood:
         for c in self.plans:
             config = self.coordinator_config(c)
             wallet = self.fund_wallet(c, config, 20_000_000)
-            coordinator = Coordinator(config, clock=self.clock, chain=self.ledger, wallet=wallet)
+            coordinator = self._coordinator(c, config, wallet)
             await coordinator.start(defer_trading=True)
             c.coordinator = coordinator
             c.config = config
@@ -308,23 +309,62 @@ class Neighbourhood:
         """Carry out one scripted incident at its simulated time."""
         sleep = self.conductor.sleeper(len(self.plans))  # after the coordinators' own work of that instant
         await sleep(inc.at - self.clock.now())
-        async with self.conductor.busy():
-            if inc.kind == "restart":
-                await self._restart([c for c in self.plans if c.name == inc.target][0])
-            else:
-                m = [m for m in self.all_meters() if m.name == inc.target][0]
-                if m.process is None or m.process.poll() is not None:
-                    return
-                m.process.kill()
-                m.process.wait()
-                m.power_cuts += 1
-        self.incident_log.append({"at": inc.at, "what": inc.describe(), "kind": inc.kind, "target": inc.target})
-        if inc.kind == "power cut":
-            await sleep(inc.outage_s)
+        if inc.kind == "restart":
+            c = [c for c in self.plans if c.name == inc.target][0]
+            try:
+                async with self.conductor.busy():
+                    await self._restart(c)
+            except Exception as e:  # noqa: BLE001 - shown in the summary, fails the run
+                log.exception("restarting coordinator %s failed", c.name)
+                self.incident_failures.append(f"restart of {c.name}: {e}")
+                self.incident_log.append({"at": inc.at, "what": f"coordinator {c.name} failed to restart: {e}",
+                                          "kind": inc.kind, "target": inc.target})
+                return
+            self.incident_log.append({"at": inc.at, "what": inc.describe(), "kind": inc.kind, "target": inc.target})
+            # A reading later: every other coordinator finds the address the
+            # restarted one announced since (not the record from before).
+            await sleep(self.reading_s)
             async with self.conductor.busy():
-                self._power_on(m, self.clock.now())
-            self.incident_log.append({"at": int(self.clock.now()), "what": f"meter {m.name} power back",
-                                      "kind": "power back", "target": m.name})
+                found = await self._directory_found(c, since=inc.at)
+            others = len(self.plans) - 1
+            self.incident_log.append({"at": int(self.clock.now()), "kind": "directory", "target": c.name,
+                                      "found_by": found, "of": others,
+                                      "what": f"coordinator {c.name}'s new directory record found by "
+                                              f"{found} of {others} neighbours"})
+            if found < others:
+                self.incident_failures.append(f"directory record of {c.name} found by {found} of {others}")
+            return
+        m = [m for m in self.all_meters() if m.name == inc.target][0]  # a power cut
+        async with self.conductor.busy():
+            if m.process is None or m.process.poll() is not None:
+                return
+            m.process.kill()
+            m.process.wait()
+            m.power_cuts += 1
+        self.incident_log.append({"at": inc.at, "what": inc.describe(), "kind": inc.kind, "target": inc.target})
+        await sleep(inc.outage_s)
+        async with self.conductor.busy():
+            self._power_on(m, self.clock.now())
+        self.incident_log.append({"at": int(self.clock.now()), "what": f"meter {m.name} power back",
+                                  "kind": "power back", "target": m.name})
+
+    async def _directory_found(self, c: CoordinatorPlan, since: float) -> int:
+        """How many other coordinators read `c`'s directory record issued
+        at or after `since` (trading/service.py re-announces it at start)."""
+        from microgrid.coordinator.overlay.directory import directory_key
+
+        assert c.coordinator is not None
+        pub = c.coordinator.key.public_key.to_bytes(compressed=True)
+        found = 0
+        for other in self.plans:
+            if other is c or other.coordinator is None or other.coordinator.overlay is None:
+                continue
+            recs = await other.coordinator.overlay.get(directory_key(pub.hex()), publishers=[pub])
+            if any(r.issued >= since for r in recs):
+                found += 1
+            else:
+                log.error("%s does not find %s's directory record announced since its restart", other.name, c.name)
+        return found
 
     async def _restart(self, c: CoordinatorPlan) -> None:
         """Stop and start again from the files, as `systemctl restart`."""
@@ -340,7 +380,7 @@ class Neighbourhood:
         await old.stop()
         config = c.config
         wallet = Wallet.open(config.resolve(config.channels.wallet_path), "demo-" + c.name)
-        new = Coordinator(config, clock=self.clock, chain=self.ledger, wallet=wallet)
+        new = self._coordinator(c, config, wallet)
         await new.start(defer_trading=True)
         c.coordinator = new
         self._conduct(c)
@@ -387,11 +427,21 @@ class Neighbourhood:
             log.warning("overlay nodes of %s not confirmed by the others within %.0f s; going on",
                         [c.name for c in pending], timeout_s)
 
+    def _coordinator(self, c: CoordinatorPlan, config: Config, wallet: Any) -> Coordinator:
+        """A coordinator on the conductor's time: its clock, and its
+        market's and trading's waits parked on the conductor (in turn, by
+        rank). While a gate is open the market re-reads the overlay every
+        300 clock seconds (0.05 s suits a wall clock, not a stepped one);
+        book repair waits as long (market/service.py)."""
+        return Coordinator(config, clock=self.clock, chain=self.ledger, wallet=wallet,
+                           sleep=self.conductor.sleeper(c.index), market_poll_s=300.0)
+
     def _conduct(self, c: CoordinatorPlan) -> None:
-        """Put a started coordinator's timed work on the conductor: the
-        market's and trading's sleeps, its network requests counted as
-        busy, and its periodic housekeeping (channel lifecycle, retention)
-        in simulated time instead of the wall clock's."""
+        """Put a started coordinator's network requests on the conductor
+        (counted as busy), and its periodic housekeeping (channel
+        lifecycle, retention) in simulated time instead of the wall
+        clock's. (Its market and trading sleep on the conductor from the
+        start: `_coordinator`.)"""
         co = c.coordinator
         assert co is not None
         cond = self.conductor
@@ -399,14 +449,6 @@ class Neighbourhood:
         if co.overlay is not None:
             cond.wrap(co.overlay, "put", "get")
         if co.trading is not None:
-            co.trading._sleep = sleep
-            co.trading.market._sleep = sleep
-            if co.trading.market.repair is not None:  # book repair waits in the same time
-                co.trading.market.repair._sleep = sleep
-                co.trading.market.repair.poll_s = 300.0
-            # The collector's fetches while the gate is open, in clock
-            # seconds (0.05 s suits a wall clock, not a stepped one).
-            co.trading.market.poll_s = 300.0
             client = co.trading.payer.client
             client.timeout = 120.0
             cond.wrap(client, "send")
