@@ -10,11 +10,15 @@
 #      meter fetches the signed manifest and checks it (a trusted release
 #      key, this board, newer than the running version and the running one
 #      not below the release's minimum: shared/release.py).
-#   2. download: one 4 KiB chunk per pass of the firmware's loop, only when
-#      the outbox is empty (readings first), each checked against its hash
-#      in the manifest before it is written into the inactive slot; the
-#      next chunk's number is saved after each write, so a power cut
-#      resumes where it was.
+#   2. download: first the chunk table (each chunk's SHA-256; the manifest
+#      signs only the table's hash), streamed to a file and checked there;
+#      then one 4 KiB chunk per pass of the firmware's loop, only when the
+#      outbox is empty (readings first), streamed into its block of the
+#      inactive slot as it arrives and hashed on the way, then compared
+#      with its entry in the table (read from flash, 32 bytes). The next
+#      chunk's number is saved after each good chunk, so a power cut
+#      resumes where it was. Neither the table nor a whole chunk is ever
+#      held in RAM: a full 1.5 MB slot updates in a 48 KB heap.
 #   3. switch: the whole slot read back and its SHA-256 compared with the
 #      manifest's, then set_boot() and a reboot.
 #   4. trial: the new image runs "pending verify"; once CONFIRM_READINGS
@@ -25,7 +29,8 @@
 #      then boots the old slot, which records the rollback and its reason.
 # Counters, outbox and keys live on the filesystem, which an update never
 # touches: they survive. State: ota.json (replaced whole: write a copy,
-# rename) and ota.cose (the signed manifest as received).
+# rename), ota.cose (the signed manifest as received) and ota.tbl (the
+# chunk table, while downloading).
 
 import binascii
 import hashlib
@@ -39,6 +44,9 @@ TAG = "ota"
 STATE_FILE = "ota.json"  # exists only while an update is under way
 LAST_FILE = "ota.last"  # the last outcomes (installed, rollback, refusal), for status
 MANIFEST_FILE = "ota.cose"
+TABLE_FILE = "ota.tbl"  # the chunk table, while downloading
+PIECE = 1024  # bytes read or written at once: the table's pieces, the read-back
+HASH_LEN = 32
 ROLLBACKS = 2  # rollbacks of one version (a power cut in its trial counts) before it is refused
 BAD_CHUNKS = 3  # bad copies of one chunk before the update is abandoned
 
@@ -65,29 +73,50 @@ def running_version(default):
         return hdr["version"] if hdr and isinstance(hdr.get("version"), str) else default
 
 
-class _Hashes:
-    """The chunk hashes as one bytes object: a list of 384 small bytes
-    objects (a full slot) takes 41 KB of a board's heap, this 12 KB."""
-
-    def __init__(self, hashes):
-        self.blob = b"".join(hashes)
-
-    def __len__(self):
-        return len(self.blob) // 32
-
-    def __getitem__(self, i):
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self.blob[i * 32:i * 32 + 32]
-
-
 def _lean(rel):
     # Only what the download needs stays in RAM; the signed manifest is on
-    # flash (ota.cose).
-    rel.chunks = _Hashes(rel.chunks)
+    # flash (ota.cose), the chunk table too (ota.tbl).
     rel.signed = None
     rel.m = None
     return rel
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _file_size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return 0
+
+
+class ChunkWriter:
+    """Chunk i streamed into its block of the slot as it arrives: the block
+    erased first, each piece programmed at its offset and hashed on the
+    way, so no whole chunk is held in RAM. Updater.end() judges it."""
+
+    def __init__(self, part, i, length):
+        self.part = part
+        self.i = i
+        self.length = length
+        self.n = 0
+        self.over = False
+        self.h = hashlib.sha256()
+        part.ioctl(6, i)  # erase the block (as writeblocks without offset would)
+
+    def write(self, data):
+        if self.n + len(data) > self.length:
+            self.over = True  # more than the chunk holds: bad, whatever its hash
+            data = data[:self.length - self.n]
+        if data:
+            self.h.update(data)
+            self.part.writeblocks(self.i, data, self.n)
+            self.n += len(data)
 
 
 def _hexkeys(keys):
@@ -99,7 +128,7 @@ class Updater:
     No network: `offer`, `put`, `finish` take bytes in."""
 
     def __init__(self, updates, version, Partition, state_path=STATE_FILE, manifest_path=MANIFEST_FILE,
-                 last_path=LAST_FILE):
+                 last_path=LAST_FILE, table_path=TABLE_FILE):
         self.board = updates["board"]
         self.keys = _hexkeys(updates["keys"])
         self.version = version
@@ -107,6 +136,7 @@ class Updater:
         self.state_path = state_path
         self.manifest_path = manifest_path
         self.last_path = last_path
+        self.table_path = table_path
         self.state = self._load()
         self.rel = None
 
@@ -147,10 +177,15 @@ class Updater:
 
     def release(self):
         """The release under way, its manifest checked again (a file on
-        flash is no more trusted than the network)."""
+        flash is no more trusted than the network), and so is a chunk
+        table checked before: one that changed is fetched again."""
         if self.rel is None:
             with open(self.manifest_path, "rb") as f:
                 self.rel = _lean(release.verify(f.read(), self.keys))
+            if self.state.get("table") and not self._table_matches():
+                self.state["table"] = False
+                _remove(self.table_path)
+                self.save()
         return self.rel
 
     def running(self):
@@ -178,11 +213,12 @@ class Updater:
         if self.state.get("phase") == "download" and self.state.get("sha") == rel.release_id():
             self.rel = _lean(rel)
             return None
+        _remove(self.table_path)
         with open(self.manifest_path, "wb") as f:
             f.write(signed)
         self.rel = _lean(rel)
         s = self._keep()
-        s.update({"phase": "download", "version": rel.version, "sha": rel.release_id(), "next": 0,
+        s.update({"phase": "download", "version": rel.version, "sha": rel.release_id(), "next": 0, "table": False,
                   "slot": target.info()[4], "from": self.version, "from_slot": self.running().info()[4]})
         if rel.keys:
             # Rotation, adopted once the release is confirmed (checked now,
@@ -193,51 +229,142 @@ class Updater:
         log.info(TAG, "update to %s accepted: %d bytes into %s" % (rel.version, rel.size, s["slot"]))
         return None
 
+    # -- the chunk table: streamed to flash, checked there ------------------
+
+    def wanted_table(self):
+        """Offset of the chunk table's next piece to fetch (PIECE bytes), or
+        None when the table is in and checked (or nothing is under way).
+        A piece torn by a power cut restarts the table (12 KiB at most)."""
+        if self.state.get("phase") != "download" or self.state.get("table"):
+            return None
+        size = self.release().table_size
+        n = _file_size(self.table_path)
+        if n > size or (n % PIECE and n != size):
+            _remove(self.table_path)
+            n = 0
+        if n == size:
+            # All in before a cut came between the last piece and its check.
+            self._check_table()
+            return self.wanted_table()
+        return n
+
+    def put_table(self, off, data):
+        """A piece of the chunk table as received, appended to the file; the
+        whole table checked against the manifest once in. False if refused
+        (not the piece wanted, or the table did not match)."""
+        size = self.release().table_size
+        if off != self.wanted_table() or not 0 < len(data) <= min(PIECE, size - off):
+            return False
+        with open(self.table_path, "ab") as f:
+            f.write(data)
+        if off + len(data) == size:
+            return self._check_table()
+        return True
+
+    def _table_matches(self):
+        rel = self.rel
+        if _file_size(self.table_path) != rel.table_size:
+            return False
+        h = hashlib.sha256()
+        buf = bytearray(PIECE)
+        with open(self.table_path, "rb") as f:
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                h.update(memoryview(buf)[:n])
+        return h.digest() == rel.table_sha256
+
+    def _check_table(self):
+        if self._table_matches():
+            self.state["table"] = True
+            self.save()
+            return True
+        _remove(self.table_path)
+        self._bad("the chunk table does not match the manifest's hash")
+        return False
+
+    def entry(self, i):
+        """Chunk i's SHA-256, read from the table on flash."""
+        with open(self.table_path, "rb") as f:
+            f.seek(i * HASH_LEN)
+            return f.read(HASH_LEN)
+
+    # -- chunks: streamed into the slot ---------------------------------------
+
     def wanted(self):
-        """The next chunk to fetch, or None."""
-        if self.state.get("phase") != "download":
+        """The next chunk to fetch, or None (table still missing, or done)."""
+        if self.state.get("phase") != "download" or not self.state.get("table"):
             return None
         n = self.state["next"]
-        return n if n < len(self.release().chunks) else None
+        return n if n < self.release().count else None
 
-    def put(self, i, data):
-        """Chunk i as received: written if its hash matches, else counted
-        and refused (False). Abandons the update after BAD_CHUNKS."""
-        rel = self.release()
+    def begin(self, i):
+        """A ChunkWriter for chunk i if it is the one wanted, else None."""
         if i != self.wanted():
+            return None
+        return ChunkWriter(self.Partition(self.state["slot"]), i, self.rel.chunk_len(i))
+
+    def end(self, w):
+        """The chunk `w` wrote is done: kept if its length and hash match
+        the table's entry, else counted (the update is abandoned after
+        BAD_CHUNKS) and fetched again. True if kept."""
+        try:
+            expected = self.entry(w.i)
+        except OSError:
+            expected = b""
+        if len(expected) != HASH_LEN:
+            # The table went from flash under us: fetch it again.
+            self.state["table"] = False
+            _remove(self.table_path)
+            self.save()
             return False
-        if not rel.chunk_ok(i, data):
-            bad = self.state.get("bad", 0) + 1
-            self.state["bad"] = bad
-            log.warning(TAG, "chunk %d of %s does not match its hash (%d bad)" % (i, rel.version, bad))
-            if bad >= BAD_CHUNKS:
-                self.abandon("chunk %d failed its hash %d times" % (i, bad))
-            else:
-                self.save()
+        if w.over or w.n != w.length or w.h.digest() != expected:
+            self._bad("chunk %d does not match its hash" % w.i)
             return False
-        target = self.Partition(self.state["slot"])
-        target.writeblocks(i, data)
-        self.state["next"] = i + 1
+        self.state["next"] = w.i + 1
         self.save()
         return True
+
+    def put(self, i, data):
+        """Chunk i whole (a source that has it in RAM): see begin/end."""
+        w = self.begin(i)
+        if w is None:
+            return False
+        w.write(data)
+        return self.end(w)
+
+    def _bad(self, what):
+        bad = self.state.get("bad", 0) + 1
+        self.state["bad"] = bad
+        log.warning(TAG, "%s of %s (%d bad)" % (what, self.state.get("version"), bad))
+        if bad >= BAD_CHUNKS:
+            self.abandon("%s: failed %d times" % (what, bad))
+        else:
+            self.save()
 
     def abandon(self, reason):
         s = self._keep()
         s["last_failed"] = {"version": self.state.get("version"), "reason": reason}
         self.state = s
         self.save()
+        _remove(self.table_path)
         log.error(TAG, "update abandoned: %s" % reason)
 
     def image_ok(self):
-        """The slot read back: its first `size` bytes hash to the manifest's."""
+        """The slot read back: its first `size` bytes hash to the manifest's.
+        Read PIECE bytes at a time (a 4 KiB buffer is a lot to find whole in
+        a fragmented 48 KB heap)."""
         rel = self.release()
         target = self.Partition(self.state["slot"])
         h = hashlib.sha256()
-        buf = bytearray(rel.chunk)
+        buf = bytearray(PIECE)
         mv = memoryview(buf)
-        for i in range(len(rel.chunks)):
-            target.readblocks(i, buf)
-            h.update(mv[:rel.chunk_len(i)])
+        for i in range(rel.count):
+            n = rel.chunk_len(i)
+            for off in range(0, n, PIECE):
+                target.readblocks(i, buf, off)
+                h.update(mv[:min(PIECE, n - off)])
         return h.digest() == rel.sha256
 
     def finish(self):
@@ -247,7 +374,9 @@ class Updater:
             self.abandon("image in %s does not match the manifest's SHA-256" % self.state["slot"])
             return False
         self.state["phase"] = "switching"
+        self.state.pop("table", None)
         self.save()
+        _remove(self.table_path)
         self.Partition(self.state["slot"]).set_boot()
         self.state["phase"] = "switched"
         self.save()
@@ -321,7 +450,7 @@ class Updater:
         if s.get("phase") == "download":
             out["target"] = s.get("version")
             try:
-                out["progress"] = "%d/%d" % (s["next"], len(self.release().chunks))
+                out["progress"] = "%d/%d" % (s["next"], self.release().count)
             except (OSError, release.ReleaseError):
                 pass
         for k in ("last_rollback", "last_failed", "last_refused", "installed"):

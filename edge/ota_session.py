@@ -11,7 +11,7 @@ from edge.ota import TAG, ROLLBACKS, Updater, partition_class, running_version
 
 CONFIRM_READINGS = 2
 CONFIRM_MS = 15 * 60 * 1000
-MAX_MANIFEST = 16 * 1024
+MAX_MANIFEST = release.MAX_MANIFEST
 GET = 1
 CONTENT = 69  # 2.05
 OPT_BLOCK2 = 23
@@ -61,14 +61,21 @@ class CoapSource:
         code, _ = self.client.post("fw/report", signed, 18)  # application/cose; cose-type="cose-sign1"
         return code
 
-    def chunk(self, sha, i, size, length):
+    def table(self, sha, off):
+        """The chunk table's 1024 bytes from `off` (Block2 of fw/<id16>/table)."""
+        return self.block("fw/" + sha[:16] + "/table", off // BLOCK_BYTES)
+
+    def chunk(self, sha, i, size, length, sink):
+        """Chunk i's blocks, each handed to `sink(bytes)` as it arrives (the
+        updater streams it into flash): 1 KiB in RAM at a time, not 4."""
         per = size // BLOCK_BYTES
-        out = b""
+        got = 0
         for k in range(per):
-            out += self.block("fw/" + sha[:16], i * per + k)
-            if len(out) >= length:
+            part = self.block("fw/" + sha[:16], i * per + k)
+            sink(part)
+            got += len(part)
+            if got >= length or len(part) < BLOCK_BYTES:
                 break
-        return out
 
 
 class Session:
@@ -154,11 +161,23 @@ class Session:
             except OSError as e:
                 # Lost from flash: start afresh (the abandon below), not stuck.
                 raise release.ReleaseError("unreadable: %s" % e)
+            sha = self.updater.state["sha"]
+            off = self.updater.wanted_table()
+            if off is not None:
+                # The chunk table first, one piece a pass, to flash.
+                if not self.updater.put_table(off, self.source.table(sha, off)) and \
+                        self.updater.state.get("phase") != "download":
+                    self.mode = None
+                return True
+            if self.updater.state.get("phase") != "download":
+                self.mode = None  # the table failed its check once too often
+                return False
             i = self.updater.wanted()
             if i is not None:
                 rel = self.updater.release()
-                data = self.source.chunk(self.updater.state["sha"], i, rel.chunk, rel.chunk_len(i))
-                if not self.updater.put(i, data) and self.updater.state.get("phase") != "download":
+                w = self.updater.begin(i)
+                self.source.chunk(sha, i, rel.chunk, rel.chunk_len(i), w.write)
+                if not self.updater.end(w) and self.updater.state.get("phase") != "download":
                     self.mode = None
                 return True
             if self.updater.finish():

@@ -170,7 +170,7 @@ class UpdateService:
             return
         try:
             signed = await asyncio.wait_for(transport.get_manifest(self.ctx, endpoint, release_id), CHUNK_TIMEOUT_S)
-            rel = self.store.add_manifest(signed)
+            checked = release.verify(signed, self.store.keys)
         except release.ReleaseError as e:
             if len(self.untrusted) >= MAX_UNTRUSTED:
                 self.untrusted.clear()  # forged ids cannot grow it without bound
@@ -181,9 +181,22 @@ class UpdateService:
             self.counts["fetch_errors"] += 1
             log.info("manifest %s from %s not fetched: %s", release_id[:16], endpoint, e)
             return
-        if rel.release_id() != release_id:
+        if checked.release_id() != release_id:
             log.warning("peer %s announced %s but served the manifest of %s", endpoint, release_id[:16],
-                        rel.release_id()[:16])
+                        checked.release_id()[:16])
+            return
+        try:
+            table = await asyncio.wait_for(transport.get_table(self.ctx, endpoint, release_id), CHUNK_TIMEOUT_S)
+            rel = self.store.add_manifest(signed, table)
+        except release.ReleaseError as e:
+            # A genuine release, a bad copy of its table: the peer is at
+            # fault, not the release; the next announcement tries again.
+            self.counts["bad_chunks"] += 1
+            log.warning("peer %s served a chunk table of %s that fails its hash: %s", endpoint, release_id[:16], e)
+            return
+        except (Exception, asyncio.TimeoutError) as e:
+            self.counts["fetch_errors"] += 1
+            log.info("chunk table %s from %s not fetched: %s", release_id[:16], endpoint, e)
             return
         self._serve(rel)
         plan = self.plans.setdefault(release_id, FetchPlan(rel, self.store.missing(rel)))
@@ -196,7 +209,7 @@ class UpdateService:
             for rid, plan in list(self.plans.items()):
                 if plan.done:
                     del self.plans[rid]
-                    log.info("release %s complete: %d chunks", plan.rel.version, len(plan.rel.chunks))
+                    log.info("release %s complete: %d chunks", plan.rel.version, plan.rel.count)
                     await self._announce(plan.rel)
                     continue
                 step = plan.next(self.clock())
@@ -272,7 +285,7 @@ class UpdateService:
         for rel in self.store.releases.values():
             missing = len(self.store.missing(rel))
             held.append({"version": rel.version, "board": rel.board, "id": rel.release_id()[:16],
-                         "chunks": f"{len(rel.chunks) - missing}/{len(rel.chunks)}"})
+                         "chunks": f"{rel.count - missing}/{rel.count}"})
         fetching = {p.rel.version: {"missing": len(p.missing), "peers": len(p.peers), "avoided": p.avoided()}
                     for p in self.plans.values()}
         off = self.offered()

@@ -117,7 +117,7 @@ def test_a_peer_serving_a_bad_chunk_is_avoided_and_fetching_resumes_after_a_rest
         # A third coordinator that already holds chunks 0..5 from before a restart.
         late = Node(tmp_path, "late", net)
         pre = ReleaseStore(late.folder, late.settings.keys())
-        pre_rel = pre.add_manifest(rel.signed)
+        pre_rel = pre.add_manifest(rel.signed, release.chunk_table(IMAGE))
         for i in range(6):
             assert pre.put_chunk(pre_rel, i, IMAGE[i * 4096:(i + 1) * 4096])
         await late.start()
@@ -140,7 +140,7 @@ def test_a_peer_serving_a_bad_chunk_is_avoided_and_fetching_resumes_after_a_rest
 
 
 def test_a_plan_stops_asking_a_peer_after_one_bad_chunk() -> None:
-    rel = release.verify(made(), [PUB])
+    rel = release.verify(made(), [PUB]).attach(release.chunk_table(IMAGE))
     plan = FetchPlan(rel, list(range(13)))
     plan.add_peer("good:1")
     plan.add_peer("liar:1")
@@ -212,7 +212,8 @@ def test_console_shows_releases_progress_and_the_offer(tmp_path: Path) -> None:
         try:
             await n.service.add_local(made(), IMAGE)
             # A release sharing its first 4 chunks with 0.3.0 (content-addressed: held already).
-            rel = n.store.add_manifest(made(version="0.4.0", image=IMAGE[:16_384] + bytes(3_616)))
+            other = IMAGE[:16_384] + bytes(3_616)
+            rel = n.store.add_manifest(made(version="0.4.0", image=other), release.chunk_table(other))
             n.service.plans[rel.release_id()] = FetchPlan(rel, n.store.missing(rel))
             n.service.plans[rel.release_id()].add_peer("10.0.0.9:5683")
             n.service.plans[rel.release_id()].got(0, "10.0.0.9:5683", False)
