@@ -3,9 +3,13 @@
 # the state machine over the partitions and two small files (no network);
 # edge/ota_session.py drives it from the running firmware.
 #
-# Loaded only when an update is offered or under way (edge/firmware.py
-# keeps a reference only then), so a meter that is not updating pays no
-# RAM for it. The steps (docs/UPDATES.md):
+# Loaded only for one step of an update at a time (edge/ota_session.py
+# imports it, runs the step and unloads it again), so a meter pays no RAM
+# for it while it signs a reading, and nothing when it is not updating.
+# Each step starts from ota.json: what the checked manifest said (size,
+# chunk size, the image's and the chunk table's SHA-256) is kept there, so
+# a step needs no signature check; the kept manifest is checked again once,
+# before the switch. The steps (docs/UPDATES.md):
 #   1. offer: the coordinator's 2.01 to a reading says " fw=VERSION"; the
 #      meter fetches the signed manifest and checks it (a trusted release
 #      key, this board, newer than the running version and the running one
@@ -19,8 +23,9 @@
 #      chunk's number is saved after each good chunk, so a power cut
 #      resumes where it was. Neither the table nor a whole chunk is ever
 #      held in RAM: a full 1.5 MB slot updates in a 48 KB heap.
-#   3. switch: the whole slot read back and its SHA-256 compared with the
-#      manifest's, then set_boot() and a reboot.
+#   3. switch: the kept manifest checked again (a file on flash is no more
+#      trusted than the network), the whole slot read back and its SHA-256
+#      compared with the manifest's, then set_boot() and a reboot.
 #   4. trial: the new image runs "pending verify"; once CONFIRM_READINGS
 #      readings (edge/ota_session.py) made after the boot are acknowledged
 #      by the coordinator it
@@ -37,7 +42,6 @@ import hashlib
 import json
 import os
 
-from shared import release
 from edge import log
 
 TAG = "ota"
@@ -45,7 +49,7 @@ STATE_FILE = "ota.json"  # exists only while an update is under way
 LAST_FILE = "ota.last"  # the last outcomes (installed, rollback, refusal), for status
 MANIFEST_FILE = "ota.cose"
 TABLE_FILE = "ota.tbl"  # the chunk table, while downloading
-PIECE = 1024  # bytes read or written at once: the table's pieces, the read-back
+PIECE = 512  # bytes read or written at once: the table's pieces (one CoAP block), the read-back
 HASH_LEN = 32
 ROLLBACKS = 2  # rollbacks of one version (a power cut in its trial counts) before it is refused
 BAD_CHUNKS = 3  # bad copies of one chunk before the update is abandoned
@@ -71,14 +75,6 @@ def running_version(default):
 
         hdr = image_header(Partition(Partition.RUNNING))
         return hdr["version"] if hdr and isinstance(hdr.get("version"), str) else default
-
-
-def _lean(rel):
-    # Only what the download needs stays in RAM; the signed manifest is on
-    # flash (ota.cose), the chunk table too (ota.tbl).
-    rel.signed = None
-    rel.m = None
-    return rel
 
 
 def _remove(path):
@@ -119,18 +115,13 @@ class ChunkWriter:
             self.n += len(data)
 
 
-def _hexkeys(keys):
-    return [binascii.unhexlify(k) for k in keys]
-
-
 class Updater:
     """The update's state machine over the partitions and two small files.
     No network: `offer`, `put`, `finish` take bytes in."""
 
     def __init__(self, updates, version, Partition, state_path=STATE_FILE, manifest_path=MANIFEST_FILE,
                  last_path=LAST_FILE, table_path=TABLE_FILE):
-        self.board = updates["board"]
-        self.keys = _hexkeys(updates["keys"])
+        self.updates = updates
         self.version = version
         self.Partition = Partition
         self.state_path = state_path
@@ -138,7 +129,6 @@ class Updater:
         self.last_path = last_path
         self.table_path = table_path
         self.state = self._load()
-        self.rel = None
 
     def _load(self):
         for path in (self.state_path, self.last_path):
@@ -175,18 +165,13 @@ class Updater:
                 out[k] = self.state[k]
         return out
 
-    def release(self):
-        """The release under way, its manifest checked again (a file on
-        flash is no more trusted than the network), and so is a chunk
-        table checked before: one that changed is fetched again."""
-        if self.rel is None:
-            with open(self.manifest_path, "rb") as f:
-                self.rel = _lean(release.verify(f.read(), self.keys))
-            if self.state.get("table") and not self._table_matches():
-                self.state["table"] = False
-                _remove(self.table_path)
-                self.save()
-        return self.rel
+    def count(self):
+        s = self.state
+        return (s["size"] + s["chunk"] - 1) // s["chunk"]
+
+    def chunk_len(self, i):
+        s = self.state
+        return min(s["chunk"], s["size"] - i * s["chunk"])
 
     def running(self):
         return self.Partition(self.Partition.RUNNING)
@@ -194,39 +179,30 @@ class Updater:
     def offer(self, signed):
         """Take a signed manifest. None if the update starts (or resumes),
         else why it was refused (also kept as last_refused)."""
-        try:
-            rel = release.verify(signed, self.keys)
-            why = release.applicable(rel, self.board, self.version)
-            if why is None:
-                target = self.running().get_next_update()
-                if rel.chunk != target.ioctl(5, 0):
-                    why = "chunk size %d is not the slot's block size" % rel.chunk
-                elif rel.size > target.ioctl(4, 0) * rel.chunk:
-                    why = "image of %d bytes does not fit the slot" % rel.size
-        except release.ReleaseError as e:
-            why = str(e)
+        from edge import ota_check
+
+        fields, why = ota_check.offer(signed, self.updates, self.version, self.Partition)
+        return self.accept(signed, fields, why)
+
+    def accept(self, signed, fields, why):
+        """Act on edge/ota_check.offer's answer for `signed`."""
         if why is not None:
             self.state["last_refused"] = {"reason": why}
             self.save()
             log.warning(TAG, "update refused: %s" % why)
             return why
-        if self.state.get("phase") == "download" and self.state.get("sha") == rel.release_id():
-            self.rel = _lean(rel)
+        if self.state.get("phase") == "download" and self.state.get("sha") == fields["sha"]:
             return None
         _remove(self.table_path)
         with open(self.manifest_path, "wb") as f:
             f.write(signed)
-        self.rel = _lean(rel)
         s = self._keep()
-        s.update({"phase": "download", "version": rel.version, "sha": rel.release_id(), "next": 0, "table": False,
-                  "slot": target.info()[4], "from": self.version, "from_slot": self.running().info()[4]})
-        if rel.keys:
-            # Rotation, adopted once the release is confirmed (checked now,
-            # so confirming needs no second signature check).
-            s["keys"] = [binascii.hexlify(k).decode() for k in rel.keys]
+        s.update(fields)
+        s.update({"phase": "download", "next": 0, "table": False, "from": self.version,
+                  "from_slot": self.running().info()[4]})
         self.state = s
         self.save()
-        log.info(TAG, "update to %s accepted: %d bytes into %s" % (rel.version, rel.size, s["slot"]))
+        log.info(TAG, "update to %s accepted: %d bytes into %s" % (s["version"], s["size"], s["slot"]))
         return None
 
     # -- the chunk table: streamed to flash, checked there ------------------
@@ -237,7 +213,7 @@ class Updater:
         A piece torn by a power cut restarts the table (12 KiB at most)."""
         if self.state.get("phase") != "download" or self.state.get("table"):
             return None
-        size = self.release().table_size
+        size = self.count() * HASH_LEN
         n = _file_size(self.table_path)
         if n > size or (n % PIECE and n != size):
             _remove(self.table_path)
@@ -252,7 +228,7 @@ class Updater:
         """A piece of the chunk table as received, appended to the file; the
         whole table checked against the manifest once in. False if refused
         (not the piece wanted, or the table did not match)."""
-        size = self.release().table_size
+        size = self.count() * HASH_LEN
         if off != self.wanted_table() or not 0 < len(data) <= min(PIECE, size - off):
             return False
         with open(self.table_path, "ab") as f:
@@ -262,8 +238,7 @@ class Updater:
         return True
 
     def _table_matches(self):
-        rel = self.rel
-        if _file_size(self.table_path) != rel.table_size:
+        if _file_size(self.table_path) != self.count() * HASH_LEN:
             return False
         h = hashlib.sha256()
         buf = bytearray(PIECE)
@@ -273,7 +248,7 @@ class Updater:
                 if not n:
                     break
                 h.update(memoryview(buf)[:n])
-        return h.digest() == rel.table_sha256
+        return binascii.hexlify(h.digest()).decode() == self.state["tsha"]
 
     def _check_table(self):
         if self._table_matches():
@@ -297,13 +272,13 @@ class Updater:
         if self.state.get("phase") != "download" or not self.state.get("table"):
             return None
         n = self.state["next"]
-        return n if n < self.release().count else None
+        return n if n < self.count() else None
 
     def begin(self, i):
         """A ChunkWriter for chunk i if it is the one wanted, else None."""
         if i != self.wanted():
             return None
-        return ChunkWriter(self.Partition(self.state["slot"]), i, self.rel.chunk_len(i))
+        return ChunkWriter(self.Partition(self.state["slot"]), i, self.chunk_len(i))
 
     def end(self, w):
         """The chunk `w` wrote is done: kept if its length and hash match
@@ -355,21 +330,32 @@ class Updater:
         """The slot read back: its first `size` bytes hash to the manifest's.
         Read PIECE bytes at a time (a 4 KiB buffer is a lot to find whole in
         a fragmented 48 KB heap)."""
-        rel = self.release()
         target = self.Partition(self.state["slot"])
         h = hashlib.sha256()
         buf = bytearray(PIECE)
         mv = memoryview(buf)
-        for i in range(rel.count):
-            n = rel.chunk_len(i)
+        for i in range(self.count()):
+            n = self.chunk_len(i)
             for off in range(0, n, PIECE):
                 target.readblocks(i, buf, off)
                 h.update(mv[:min(PIECE, n - off)])
-        return h.digest() == rel.sha256
+        return binascii.hexlify(h.digest()).decode() == self.state["sha"]
 
-    def finish(self):
-        """All chunks in: check the whole image, then point the bootloader
-        at it. True: reboot now. False: abandoned (the reason is kept)."""
+    def manifest_ok(self):
+        """None if the kept manifest still verifies and names the release
+        under way, else why not."""
+        from edge import ota_check
+
+        return ota_check.kept(self.updates, self.state.get("sha"), self.manifest_path)
+
+    def finish(self, kept=False):
+        """All chunks in: check the kept manifest (unless `kept`: the caller
+        just did) and the whole image, then point the bootloader at it.
+        True: reboot now. False: abandoned (the reason is kept)."""
+        why = None if kept else self.manifest_ok()
+        if why is not None:
+            self.abandon(why)
+            return False
         if not self.image_ok():
             self.abandon("image in %s does not match the manifest's SHA-256" % self.state["slot"])
             return False
@@ -390,6 +376,10 @@ class Updater:
         s = self.state
         phase = s.get("phase")
         if phase in ("idle", None):
+            return None
+        if phase == "download" and not _file_size(self.manifest_path):
+            # Lost from flash: start afresh at the next offer, not stuck.
+            self.abandon("kept manifest unreadable")
             return None
         if phase in ("download", "report"):
             return phase
@@ -450,8 +440,8 @@ class Updater:
         if s.get("phase") == "download":
             out["target"] = s.get("version")
             try:
-                out["progress"] = "%d/%d" % (s["next"], self.release().count)
-            except (OSError, release.ReleaseError):
+                out["progress"] = "%d/%d" % (s["next"], self.count())
+            except (KeyError, ZeroDivisionError):
                 pass
         for k in ("last_rollback", "last_failed", "last_refused", "installed"):
             if k in s:

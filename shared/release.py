@@ -20,7 +20,7 @@
 
 import hashlib
 
-from . import cbor, cose, reading, secp256k1
+from . import cbor, cose, reading_build, secp256k1
 
 FORMAT = 2  # 1 carried the chunk hashes in the manifest itself
 # A chunk is one flash block of an ESP32 OTA partition (4 KiB): the meter
@@ -91,7 +91,7 @@ def make_manifest(image, version, board, min_version, notes="", keys=None, chunk
 def sign(secret, manifest):
     """The signed manifest: COSE_Sign1 bytes (the readings' envelope)."""
     check(manifest)
-    return reading.sign_payload(secret, secp256k1.public_key(secret), cbor.dumps(manifest))
+    return reading_build.sign_payload(secret, secp256k1.public_key(secret), cbor.dumps(manifest))
 
 
 def _field(m, key, kind):
@@ -210,12 +210,12 @@ def verify(signed, trusted_keys):
         msg = cose.parse(signed)
     except cose.COSEError as e:
         raise ReleaseError("signed manifest: %s" % e)
-    if msg.headers.get(cose.HDR_ALG) != reading.ALG_ES256K:
+    if msg.headers.get(cose.HDR_ALG) != reading_build.ALG_ES256K:
         raise ReleaseError("signed manifest: algorithm %r is not ES256K (-47)" % (msg.headers.get(cose.HDR_ALG),))
     kid = msg.headers.get(cose.HDR_KID)
     key = None
     for k in trusted_keys:
-        if reading.key_id(k) == kid:
+        if reading_build.key_id(k) == kid:
             key = k
             break
     if key is None:

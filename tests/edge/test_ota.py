@@ -103,7 +103,7 @@ def table(u, tamper=False):
         off = u.wanted_table()
         if off is None:
             return u.state.get("phase") == "download"
-        piece = T[off:off + 1024]
+        piece = T[off:off + ota.PIECE]
         if tamper:
             piece = bytes([piece[0] ^ 1]) + piece[1:]
         u.put_table(off, piece)
@@ -200,7 +200,8 @@ out["flash_changed"] = u.finish()
 out["flash_changed_status"] = u.status()
 u, m = boot()
 out["flash_changed_after"] = [m, u.version]
-# A manifest changed on flash after it was accepted is not trusted either.
+# A manifest changed on flash after it was accepted is not trusted either:
+# checked again before the switch.
 clean()
 u, _ = boot()
 u.offer(rd("ok.cose"))
@@ -208,11 +209,10 @@ with open("ota.cose", "r+b") as f:
     f.seek(40)
     f.write(b"X")
 u, m = boot()
-try:
-    u.wanted_table()
-    out["manifest_changed"] = "accepted"
-except ValueError as e:
-    out["manifest_changed"] = str(e)
+download(u)
+out["manifest_changed"] = [u.finish(), u.status()["last_failed"]["reason"]]
+u, m = boot()
+out["manifest_changed_after"] = [m, u.version]
 print(json.dumps(out))
 """)
     assert "does not trust" in r["other_key"]
@@ -231,7 +231,9 @@ print(json.dumps(out))
     assert r["tampered_after"] == [None, "0.2.0"]
     assert r["flash_changed"] is False and "SHA-256" in r["flash_changed_status"]["last_failed"]["reason"]
     assert r["flash_changed_after"] == [None, "0.2.0"]
-    assert "signature" in r["manifest_changed"] or "CBOR" in r["manifest_changed"]
+    assert r["manifest_changed"][0] is False and r["manifest_changed_after"] == [None, "0.2.0"]
+    assert "kept manifest" in r["manifest_changed"][1] and (
+        "signature" in r["manifest_changed"][1] or "CBOR" in r["manifest_changed"][1])
 
 
 def test_an_image_that_never_confirms_is_rolled_back_with_its_reason(tmp_path: Path) -> None:
@@ -256,7 +258,7 @@ P.reboot()
 fw = Fw()
 s = ota_session.Session(fw, source=object(), Partition=Partition, confirm_ms=-1)
 out["mode"] = s.mode
-out["version"] = s.updater.version
+out["version"] = s.version
 s.poll()  # past the deadline with no reading acknowledged
 out["reboot"] = [fw.reboot_requested, fw.running]
 # The old image boots, records the rollback and tells the coordinator.
@@ -464,4 +466,4 @@ print(json.dumps({"writes": writes, "ends": ends, "cuts": total_cuts, "boots": b
     # Each run ends on a confirmed new image or, when the cut fell in its
     # trial (before readings were acknowledged), back on the old one.
     assert set(r["ends"]) <= {"0.3.0 valid", "0.2.0 rolled_back"}, r["ends"]
-    assert r["ends"].get("0.3.0 valid", 0) > POWER_CUTS // 2, r["ends"]
+    assert r["ends"].get("0.3.0 valid", 0) > POWER_CUTS // 3, r["ends"]
