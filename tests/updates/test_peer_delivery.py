@@ -320,3 +320,35 @@ def test_a_flood_of_forged_announcements_is_bounded_and_fetches_nothing(tmp_path
             await b.stop()
 
     asyncio.run(main())
+
+
+def test_a_bad_chunk_table_from_a_peer_is_refused_without_distrusting_the_release(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = transport.get_table
+    served: list[str] = []
+
+    async def lying_once(ctx: object, endpoint: str, release_id: str) -> bytes:
+        served.append(endpoint)
+        if len(served) == 1:
+            return bytes(32 * 13)  # the right length, the wrong hashes
+        return await real(ctx, endpoint, release_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(transport, "get_table", lying_once)
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        a, b = [await Node(tmp_path, n, net).start() for n in "ab"]
+        try:
+            rel = await a.service.add_local(made(), IMAGE)
+            await until(lambda: b.service.counts["bad_chunks"] == 1 and not b.service._learning)
+            # Not kept, not fetched, but not distrusted either: the manifest is genuine.
+            assert rel.release_id() not in b.store.releases and rel.release_id() not in b.service.untrusted
+            await a.service._announce(rel)  # the next announcement: learned again, right this time
+            await until(lambda: rel.release_id() in b.store.releases
+                        and b.store.complete(b.store.releases[rel.release_id()]))
+            assert b.store.table(b.store.releases[rel.release_id()]) == release.chunk_table(IMAGE)
+        finally:
+            for n in (a, b):
+                await n.stop()
+
+    asyncio.run(main())
