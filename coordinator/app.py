@@ -287,8 +287,11 @@ class Coordinator:
 
             store = self.store
             self.updates = mount(self.config, site, self.readings_resource, f"{c.host}:{c.port}",
-                                 lambda d: (dev.public_key if (dev := store.device(d)) else None))
+                                 lambda d: (dev.public_key if (dev := store.device(d)) else None), db=self.db,
+                                 devices=lambda: [d.device_id for d in store.devices()])
             self.console_updates = self.updates.status
+            if self.mqtt is not None:
+                self.updates.on_meter = self.mqtt.publish_firmware
         self.context = await aiocoap.Context.create_server_context(self.link.wrap(site), bind=(c.host, c.port),
                                                                    transports=transports.aiocoap_names(c.transports))
         self.dedup_caches = bound_duplicate_cache(self.context, self.config.ingest.dedup_entries)

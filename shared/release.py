@@ -1,4 +1,5 @@
-# A firmware release: a manifest signed with a release key, plus the image.
+# A firmware release: a manifest signed with a release key, the chunk
+# table it names by hash, and the image.
 #
 # Sans-I/O and MicroPython-safe: `microgrid release` makes manifests on
 # CPython, the coordinators check them before they store or pass on a
@@ -9,18 +10,27 @@
 # map with text keys, so a reading can never pass for a manifest nor the
 # other way round (a reading's payload is a SenML array). Format and
 # rotation rules: docs/UPDATES.md.
+#
+# The chunk table (the SHA-256 of each chunk, concatenated: 32 bytes a
+# chunk, 12 KiB for a full 1.5 MB slot) is not in the signed manifest: the
+# manifest signs its hash (`table`). So the signed bytes stay small whatever
+# the image's size, and a meter never holds the table in RAM: it streams the
+# table to flash, checks it against `table` there, then reads one entry per
+# chunk (edge/ota.py). Coordinators keep it whole (Release.attach).
 
 import hashlib
 
-from . import cbor, cose, reading, secp256k1
+from . import cbor, cose, reading_build, secp256k1
 
-FORMAT = 1
+FORMAT = 2  # 1 carried the chunk hashes in the manifest itself
 # A chunk is one flash block of an ESP32 OTA partition (4 KiB): the meter
 # verifies a chunk in RAM, then writes it whole with one erase.
 CHUNK = 4096
 HASH_LEN = 32
 MAX_NOTES = 1024
 MAX_KEYS = 4
+# A signed manifest: its fields, notes and four keys fit well within this.
+MAX_MANIFEST = 4096
 # An ESP32 app slot in the default 4 MB OTA layout is 1.5 MB.
 MAX_SIZE = 0x180000
 
@@ -44,11 +54,17 @@ def parse_version(text):
     return tuple(out)
 
 
-def chunk_hashes(image, chunk=CHUNK):
-    out = []
+def chunk_table(image, chunk=CHUNK):
+    """The chunk table of `image`: each chunk's SHA-256, in order, as one
+    byte string (32 bytes a chunk)."""
+    parts = []
     for off in range(0, len(image), chunk):
-        out.append(hashlib.sha256(image[off:off + chunk]).digest())
-    return out
+        parts.append(hashlib.sha256(image[off:off + chunk]).digest())
+    return b"".join(parts)
+
+
+def chunk_count(size, chunk):
+    return (size + chunk - 1) // chunk
 
 
 def make_manifest(image, version, board, min_version, notes="", keys=None, chunk=CHUNK):
@@ -62,7 +78,7 @@ def make_manifest(image, version, board, min_version, notes="", keys=None, chunk
         "size": len(image),
         "sha256": hashlib.sha256(image).digest(),
         "chunk": chunk,
-        "chunks": chunk_hashes(image, chunk),
+        "table": hashlib.sha256(chunk_table(image, chunk)).digest(),
         "min_version": min_version,
         "notes": notes,
     }
@@ -75,7 +91,7 @@ def make_manifest(image, version, board, min_version, notes="", keys=None, chunk
 def sign(secret, manifest):
     """The signed manifest: COSE_Sign1 bytes (the readings' envelope)."""
     check(manifest)
-    return reading.sign_payload(secret, secp256k1.public_key(secret), cbor.dumps(manifest))
+    return reading_build.sign_payload(secret, secp256k1.public_key(secret), cbor.dumps(manifest))
 
 
 def _field(m, key, kind):
@@ -103,14 +119,9 @@ def check(m):
     chunk = _field(m, "chunk", int)
     if chunk not in (1024, 2048, 4096):
         raise ReleaseError("manifest chunk %d: expected 1024, 2048 or 4096" % chunk)
-    if len(_field(m, "sha256", bytes)) != HASH_LEN:
-        raise ReleaseError("manifest sha256: expected %d bytes" % HASH_LEN)
-    chunks = _field(m, "chunks", list)
-    if len(chunks) != (size + chunk - 1) // chunk:
-        raise ReleaseError("manifest chunks: %d hashes for %d bytes in chunks of %d" % (len(chunks), size, chunk))
-    for h in chunks:
-        if not isinstance(h, bytes) or len(h) != HASH_LEN:
-            raise ReleaseError("manifest chunks: every hash must be %d bytes" % HASH_LEN)
+    for name in ("sha256", "table"):
+        if len(_field(m, name, bytes)) != HASH_LEN:
+            raise ReleaseError("manifest %s: expected %d bytes" % (name, HASH_LEN))
     if len(_field(m, "notes", str)) > MAX_NOTES:
         raise ReleaseError("manifest notes: at most %d characters" % MAX_NOTES)
     if "keys" in m:
@@ -125,7 +136,7 @@ def check(m):
             except ValueError as e:
                 raise ReleaseError("manifest keys: %s" % e)
     for key in m:
-        if key not in ("format", "version", "board", "size", "sha256", "chunk", "chunks", "min_version", "notes",
+        if key not in ("format", "version", "board", "size", "sha256", "chunk", "table", "min_version", "notes",
                        "keys"):
             raise ReleaseError("manifest field %r is unknown" % (key,))
     return m
@@ -133,7 +144,9 @@ def check(m):
 
 class Release:
     """A verified manifest: its fields, the signed bytes as received and
-    the key that signed it."""
+    the key that signed it. `chunks` is the chunk table once attached
+    (coordinators); a meter checks chunks against entries it reads from
+    flash instead (chunk_ok's `expected`)."""
 
     def __init__(self, signed, manifest, key):
         self.signed = signed
@@ -144,21 +157,42 @@ class Release:
         self.size = manifest["size"]
         self.sha256 = manifest["sha256"]
         self.chunk = manifest["chunk"]
-        self.chunks = manifest["chunks"]
+        self.count = chunk_count(self.size, self.chunk)
+        self.table_sha256 = manifest["table"]
+        self.table_size = self.count * HASH_LEN
+        self.chunks = None
         self.min_version = manifest["min_version"]
         self.notes = manifest["notes"]
         self.keys = manifest.get("keys")
 
+    def table_ok(self, table):
+        """True if `table` is the chunk table the manifest signs."""
+        return len(table) == self.table_size and hashlib.sha256(table).digest() == self.table_sha256
+
+    def attach(self, table):
+        """Keep the chunk table (checked against the manifest): `chunks[i]`
+        is chunk i's hash from then on."""
+        if not self.table_ok(table):
+            raise ReleaseError("chunk table of %d bytes does not match the manifest's (%d chunks)"
+                               % (len(table), self.count))
+        self.chunks = [table[k:k + HASH_LEN] for k in range(0, len(table), HASH_LEN)]
+        return self
+
     def chunk_len(self, i):
-        if i == len(self.chunks) - 1:
+        if i == self.count - 1:
             return self.size - i * self.chunk
         return self.chunk
 
-    def chunk_ok(self, i, data):
-        """True if `data` is chunk i as the manifest names it."""
-        if not 0 <= i < len(self.chunks) or len(data) != self.chunk_len(i):
+    def chunk_ok(self, i, data, expected=None):
+        """True if `data` is chunk i as the chunk table names it
+        (`expected`: its entry, else the attached table's)."""
+        if not 0 <= i < self.count or len(data) != self.chunk_len(i):
             return False
-        return hashlib.sha256(data).digest() == self.chunks[i]
+        if expected is None:
+            if self.chunks is None:
+                raise ReleaseError("no chunk table attached to check chunk %d against" % i)
+            expected = self.chunks[i]
+        return hashlib.sha256(data).digest() == expected
 
     def release_id(self):
         """Content address of the release: SHA-256 of the image, hex."""
@@ -170,18 +204,18 @@ class Release:
 def verify(signed, trusted_keys):
     """The Release if `signed` is a manifest signed by one of
     `trusted_keys` (33-byte compressed keys); ReleaseError saying why not."""
-    if not isinstance(signed, bytes) or len(signed) > 64 * 1024:
-        raise ReleaseError("signed manifest: expected at most 64 KiB of bytes")
+    if not isinstance(signed, bytes) or len(signed) > MAX_MANIFEST:
+        raise ReleaseError("signed manifest: expected at most %d bytes" % MAX_MANIFEST)
     try:
         msg = cose.parse(signed)
     except cose.COSEError as e:
         raise ReleaseError("signed manifest: %s" % e)
-    if msg.headers.get(cose.HDR_ALG) != reading.ALG_ES256K:
+    if msg.headers.get(cose.HDR_ALG) != reading_build.ALG_ES256K:
         raise ReleaseError("signed manifest: algorithm %r is not ES256K (-47)" % (msg.headers.get(cose.HDR_ALG),))
     kid = msg.headers.get(cose.HDR_KID)
     key = None
     for k in trusted_keys:
-        if reading.key_id(k) == kid:
+        if reading_build.key_id(k) == kid:
             key = k
             break
     if key is None:

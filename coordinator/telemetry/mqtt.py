@@ -97,6 +97,7 @@ class MqttPublisher:
         self._on_relay_command: Callable[[str, bool], None] | None = None
         # Wired meters' poll intervals (s): their sensors expire after three.
         self.polled: dict[str, float] = {}
+        self._firmware_discovered: set[str] = set()
         self._started = False
         self._stopping = False
 
@@ -179,6 +180,18 @@ class MqttPublisher:
                     self._enqueue(Outgoing(topic, payload, True))
         self._enqueue(Outgoing(self.topics.meter_state(state.meter), messages.state_payload(state), True))
         self._enqueue(Outgoing(self.topics.meter_senml(state.meter), messages.senml_payload(state), False))
+        self._pump()
+
+    def publish_firmware(self, view: dict[str, Any]) -> None:
+        """A meter's firmware (coordinator/updates/ meter_view): its state and,
+        the first time, Home Assistant's `update` entity (updates/ha.py)."""
+        from ..updates import ha
+
+        meter = view["device_id"]
+        if self.settings.discovery and meter not in self._firmware_discovered:
+            self._firmware_discovered.add(meter)
+            self._enqueue(Outgoing(*ha.update_discovery(self.topics, meter, self.sw_version), True))
+        self._enqueue(Outgoing(ha.firmware_topic(self.topics, meter), ha.firmware_payload(view), True))
         self._pump()
 
     def publish_market(self, summary: Any) -> None:

@@ -12,6 +12,9 @@ N that deliver a reading while it is offered); the others are offered it
 once N meters have reported it confirmed. A single rollback of that
 version halts its rollout (status says which meter and why) until a newer
 release comes. canary = 0 offers every meter at once.
+
+With a `history` (history.py: the coordinator's SQLite database) every
+report, canary and halt is written as it happens and read back at start.
 """
 
 from __future__ import annotations
@@ -71,11 +74,29 @@ class Rollout:
     meters: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> last report
     offered: dict[str, set[str]] = field(default_factory=dict)  # version -> canaries
     halted: dict[str, str] = field(default_factory=dict)  # version -> why
+    history: Any = None  # history.UpdateHistory, or None (kept in memory only)
+    pending: dict[str, str] = field(default_factory=dict)  # device -> version offered, no report since
+
+    def restore(self) -> None:
+        """What the history holds, after a restart."""
+        if self.history is not None:
+            self.meters, self.offered, self.halted = self.history.load()
 
     def record(self, r: Report, now: float) -> None:
-        self.meters[r.device] = {"version": r.version, "tried": r.tried, "ok": r.ok, "why": r.why, "at": int(now)}
+        before = self.meters.get(r.device) or {}
+        m: dict[str, Any] = {"version": r.version, "tried": r.tried, "ok": r.ok, "why": r.why, "at": int(now)}
+        if not r.ok:
+            m["last_rollback"] = {"version": r.tried, "why": r.why, "at": int(now)}
+        elif before.get("last_rollback"):
+            m["last_rollback"] = before["last_rollback"]  # shown until a newer one
+        self.meters[r.device] = m
+        self.pending.pop(r.device, None)
+        if self.history is not None:
+            self.history.meter(r.device, m)
         if not r.ok and r.tried not in self.halted:
             self.halted[r.tried] = f"rolled back on {r.device}: {r.why}"
+            if self.history is not None:
+                self.history.halt(r.tried, self.halted[r.tried])
 
     def confirmed(self, version: str) -> int:
         return sum(1 for m in self.meters.values() if m["ok"] and m["version"] == version)
@@ -93,8 +114,27 @@ class Rollout:
             return True
         if device is not None and len(canaries) < self.canary:
             canaries.add(device)
+            if self.history is not None:
+                self.history.canary(version, device)
             return True
         return False
+
+    def offered_to(self, device: str | None, version: str) -> None:
+        """`device` was just offered `version`: in progress until it reports."""
+        if device:
+            self.pending[device] = version
+
+    def meter_view(self, device: str, latest: str | None) -> dict[str, Any]:
+        """One meter's firmware as users see it (API, MQTT): what it runs
+        (as it last reported; None before any report), the newest release
+        for its board, an update in progress, the last rollback."""
+        m = self.meters.get(device) or {}
+        out: dict[str, Any] = {"device_id": device, "installed_version": m.get("version"),
+                               "latest_version": latest, "in_progress": device in self.pending,
+                               "last_report_at": m.get("at"), "last_rollback": m.get("last_rollback")}
+        if latest is not None and latest in self.halted:
+            out["halted"] = self.halted[latest]
+        return out
 
     def status(self) -> dict[str, Any]:
         return {"canary": self.canary, "halted": dict(self.halted),

@@ -48,7 +48,7 @@ class UpdateService:
     def __init__(self, settings: UpdatesSettings, store: ReleaseStore, overlay: BaseOverlay | None,
                  endpoint: str, clock: Callable[[], float] = time.monotonic,
                  minute_of_day: Callable[[], int] = local_minute_of_day,
-                 device_key: Callable[[str], bytes | None] | None = None) -> None:
+                 device_key: Callable[[str], bytes | None] | None = None, history: Any = None) -> None:
         self.settings = settings
         self.store = store
         self.overlay = overlay
@@ -58,7 +58,11 @@ class UpdateService:
         self.window = parse_window(settings.window)
         self.rate = RateLimit(settings.rate_bytes_s)
         self.device_key = device_key or (lambda _d: None)
-        self.rollout = Rollout(settings.canary)
+        self.rollout = Rollout(settings.canary, history=history)
+        self.rollout.restore()
+        # Called with a meter's view (rollout.meter_view) when it changes:
+        # the MQTT publisher's update entity (app.py wires it).
+        self.on_meter: Callable[[dict[str, Any]], None] | None = None
         self.plans: dict[str, FetchPlan] = {}
         self.untrusted: set[str] = set()  # release ids whose manifest failed verification
         self._learning: set[str] = set()  # manifests being fetched (one fetch per release id)
@@ -170,7 +174,7 @@ class UpdateService:
             return
         try:
             signed = await asyncio.wait_for(transport.get_manifest(self.ctx, endpoint, release_id), CHUNK_TIMEOUT_S)
-            rel = self.store.add_manifest(signed)
+            checked = release.verify(signed, self.store.keys)
         except release.ReleaseError as e:
             if len(self.untrusted) >= MAX_UNTRUSTED:
                 self.untrusted.clear()  # forged ids cannot grow it without bound
@@ -181,9 +185,22 @@ class UpdateService:
             self.counts["fetch_errors"] += 1
             log.info("manifest %s from %s not fetched: %s", release_id[:16], endpoint, e)
             return
-        if rel.release_id() != release_id:
+        if checked.release_id() != release_id:
             log.warning("peer %s announced %s but served the manifest of %s", endpoint, release_id[:16],
-                        rel.release_id()[:16])
+                        checked.release_id()[:16])
+            return
+        try:
+            table = await asyncio.wait_for(transport.get_table(self.ctx, endpoint, release_id), CHUNK_TIMEOUT_S)
+            rel = self.store.add_manifest(signed, table)
+        except release.ReleaseError as e:
+            # A genuine release, a bad copy of its table: the peer is at
+            # fault, not the release; the next announcement tries again.
+            self.counts["bad_chunks"] += 1
+            log.warning("peer %s served a chunk table of %s that fails its hash: %s", endpoint, release_id[:16], e)
+            return
+        except (Exception, asyncio.TimeoutError) as e:
+            self.counts["fetch_errors"] += 1
+            log.info("chunk table %s from %s not fetched: %s", release_id[:16], endpoint, e)
             return
         self._serve(rel)
         plan = self.plans.setdefault(release_id, FetchPlan(rel, self.store.missing(rel)))
@@ -196,7 +213,7 @@ class UpdateService:
             for rid, plan in list(self.plans.items()):
                 if plan.done:
                     del self.plans[rid]
-                    log.info("release %s complete: %d chunks", plan.rel.version, len(plan.rel.chunks))
+                    log.info("release %s complete: %d chunks", plan.rel.version, plan.rel.count)
                     await self._announce(plan.rel)
                     continue
                 step = plan.next(self.clock())
@@ -251,7 +268,27 @@ class UpdateService:
         if rel is None or not self.rollout.may_offer(device, rel.version):
             return ""
         self.counts["offers"] += 1
+        if device and device not in self.rollout.pending:
+            self.rollout.offered_to(device, rel.version)
+            self._changed(device)
         return f" fw={rel.version}"
+
+    def _changed(self, device: str) -> None:
+        if self.on_meter is not None:
+            try:
+                self.on_meter(self.meter_view(device))
+            except Exception as e:  # publishing must never stop an update
+                log.warning("update status of %s not published: %s", device, e)
+
+    def meter_view(self, device: str) -> dict[str, Any]:
+        newest = self.store.newest(self.settings.board)
+        return self.rollout.meter_view(device, newest.version if newest is not None else None)
+
+    def meters_view(self, devices: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every meter's firmware (`devices`: these; else those heard of):
+        what the household web app and GET /api/updates show."""
+        ids = sorted(set(devices or []) | set(self.rollout.meters) | set(self.rollout.pending))
+        return [self.meter_view(d) for d in ids]
 
     def _report(self, data: bytes) -> str | None:
         """A meter's signed update outcome; None when recorded, else why not."""
@@ -260,7 +297,12 @@ class UpdateService:
         except ReportError as e:
             log.warning("update report refused: %s", e)
             return str(e)
-        self.rollout.record(r, time.time())
+        try:
+            self.rollout.record(r, time.time())
+        except Exception as e:  # the database: the meter hears 4.00 and sends it again later
+            log.error("update report of %s not recorded: %s", r.device, e)
+            return f"not recorded: {e}"
+        self._changed(r.device)
         if r.ok:
             log.info("meter %s runs %s", r.device, r.version)
         else:
@@ -272,7 +314,7 @@ class UpdateService:
         for rel in self.store.releases.values():
             missing = len(self.store.missing(rel))
             held.append({"version": rel.version, "board": rel.board, "id": rel.release_id()[:16],
-                         "chunks": f"{len(rel.chunks) - missing}/{len(rel.chunks)}"})
+                         "chunks": f"{rel.count - missing}/{rel.count}"})
         fetching = {p.rel.version: {"missing": len(p.missing), "peers": len(p.peers), "avoided": p.avoided()}
                     for p in self.plans.values()}
         off = self.offered()
@@ -281,15 +323,24 @@ class UpdateService:
 
 
 def mount(config: Any, site: resource.Site, readings: resource.Resource, endpoint: str,
-          device_key: Callable[[str], bytes | None] | None = None) -> UpdateService:
-    """The service for a coordinator's config: fw/ resources on its site and
-    its readings' 2.01s carrying the offer (offer.py). Started later, with
-    the CoAP context and the overlay (UpdateService.start)."""
+          device_key: Callable[[str], bytes | None] | None = None, db: Any = None,
+          devices: Callable[[], list[str]] | None = None) -> UpdateService:
+    """The service for a coordinator's config: fw/ resources on its site,
+    its readings' 2.01s carrying the offer (offer.py), the rollout kept in
+    `db` (history.py) and shown at GET /api/updates (credentials as the
+    rest of /api). Started later, with the CoAP context and the overlay
+    (UpdateService.start)."""
+    from ..ingest.api import ReadOnly
+    from .history import UpdateHistory
     from .offer import OfferingReadings
 
     s = config.updates
     store = ReleaseStore(config.resolve(s.folder), s.keys())
-    service = UpdateService(s, store, None, endpoint, device_key=device_key)
+    service = UpdateService(s, store, None, endpoint, device_key=device_key,
+                            history=UpdateHistory(db) if db is not None else None)
     service.attach(site)
     site.add_resource(["readings"], OfferingReadings(readings, service.offer_suffix))
+    site.add_resource(["api", "updates"], ReadOnly(
+        lambda _q: {"meters": service.meters_view(devices() if devices else None), **service.status()},
+        "microgrid.updates"))
     return service

@@ -2,13 +2,17 @@
 chunks on disk.
 
     <folder>/<release id>/manifest.cose   the signed manifest, as received
-    <folder>/chunks/<sha256 hex>          one verified chunk, named by its hash
+    <folder>/chunks/<sha256 hex>          one verified chunk, named by its hash;
+                                          the release's chunk table is one too
     <folder>/<version>/{manifest.cose,image.bin}   `microgrid release` output, taken in at start
 
 A chunk is written only after its hash matched the manifest (copy, then
 rename: a crash leaves it whole or absent), so what a restart finds on
 disk is exactly what was verified: fetching resumes with the chunks still
 missing. Chunks are shared between releases with identical content.
+A release is held once its manifest and its chunk table (checked against
+the manifest's `table`) are; a manifest whose table is not on disk is
+learned again from the next announcement.
 """
 
 from __future__ import annotations
@@ -35,15 +39,23 @@ class ReleaseStore:
                         # `microgrid release --out <this folder>` output.
                         self.add_release(m.read_bytes(), (d / "image.bin").read_bytes())
                     else:
-                        self.add_manifest(m.read_bytes())
-                except release.ReleaseError:
-                    continue  # not trusted (or a key rotated out): not served
+                        signed = m.read_bytes()
+                        rel = release.verify(signed, self.keys)
+                        table = (self.chunk_dir / rel.table_sha256.hex()).read_bytes()
+                        self.add_manifest(signed, table)
+                except (release.ReleaseError, OSError):
+                    continue  # not trusted (or a key rotated out), or no table yet: not served
 
-    def add_manifest(self, signed: bytes) -> Release:
-        """Verify and keep a manifest; ReleaseError if untrusted or bad."""
-        rel = release.verify(signed, self.keys)
+    def add_manifest(self, signed: bytes, table: bytes) -> Release:
+        """Verify and keep a manifest and its chunk table; ReleaseError if
+        the manifest is untrusted or bad, or the table is not the one it
+        signs."""
+        rel = release.verify(signed, self.keys).attach(table)
         rid = rel.release_id()
         if rid not in self.releases:
+            t = self.chunk_dir / rel.table_sha256.hex()
+            if not t.exists():
+                _write(t, table)
             d = self.folder / rid
             d.mkdir(exist_ok=True)
             _write(d / "manifest.cose", signed)
@@ -52,8 +64,9 @@ class ReleaseStore:
 
     def add_release(self, signed: bytes, image: bytes) -> Release:
         """A release made here (`microgrid release`): manifest and image."""
-        rel = self.add_manifest(signed)
-        for i in range(len(rel.chunks)):
+        chunk = release.verify(signed, self.keys).chunk
+        rel = self.add_manifest(signed, release.chunk_table(image, chunk))
+        for i in range(rel.count):
             if not self.put_chunk(rel, i, image[i * rel.chunk:i * rel.chunk + rel.chunk_len(i)]):
                 raise release.ReleaseError(f"image chunk {i} does not match the manifest")
         return rel
@@ -68,7 +81,13 @@ class ReleaseStore:
         return None
 
     def _chunk_path(self, rel: Release, i: int) -> Path:
+        assert rel.chunks is not None  # held releases have their table attached
         return self.chunk_dir / rel.chunks[i].hex()
+
+    def table(self, rel: Release) -> bytes:
+        """The release's chunk table, as its hashes are kept attached."""
+        assert rel.chunks is not None
+        return b"".join(rel.chunks)
 
     def put_chunk(self, rel: Release, i: int, data: bytes) -> bool:
         """Keep chunk i if it is what the manifest names; False otherwise."""
@@ -86,7 +105,7 @@ class ReleaseStore:
             return None
 
     def missing(self, rel: Release) -> list[int]:
-        return [i for i in range(len(rel.chunks)) if not self._chunk_path(rel, i).exists()]
+        return [i for i in range(rel.count) if not self._chunk_path(rel, i).exists()]
 
     def complete(self, rel: Release) -> bool:
         return not self.missing(rel)

@@ -4,6 +4,7 @@ fetches a manifest or one chunk from a peer.
 
     GET fw/manifest          the newest complete release for the meters' board (signed manifest)
     GET fw/<id16>/manifest   a held release's manifest (peers)
+    GET fw/<id16>/table      its chunk table (peers and meters: the manifest signs its hash)
     GET fw/<id16>            the image, block-wise; a block of a chunk not held yet: 4.04
 """
 
@@ -16,13 +17,16 @@ import aiocoap.resource as resource
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
+from microgrid.shared import release as release_format
 from microgrid.shared.release import Release
 
 from .store import ReleaseStore
 
 SZX = 6
 BLOCK = 1 << (SZX + 4)  # 1024
-MAX_MANIFEST = 64 * 1024
+MAX_MANIFEST = release_format.MAX_MANIFEST
+# The largest chunk table: a full slot in the smallest chunks.
+MAX_TABLE = release_format.MAX_SIZE // 1024 * release_format.HASH_LEN
 
 
 def _block_request(request: aiocoap.Message) -> tuple[int, int]:
@@ -86,7 +90,7 @@ class ImageResource(_BlockwiseResource):
             return None
         start = off - i * rel.chunk
         out = data[start:start + n]
-        if len(out) < n and i + 1 < len(rel.chunks):
+        if len(out) < n and i + 1 < rel.count:
             more = self.store.chunk(rel, i + 1)
             if more is None:
                 return None
@@ -104,6 +108,8 @@ def add_release(site: resource.Site, store: ReleaseStore, rel: Release,
     rid = rel.release_id()[:16]
     site.add_resource(["fw", rid], ImageResource(store, rel, served))
     site.add_resource(["fw", rid, "manifest"], ManifestResource(lambda: rel.signed))
+    table = store.table(rel)
+    site.add_resource(["fw", rid, "table"], ManifestResource(lambda: table))
 
 
 async def get_block(ctx: aiocoap.Context, endpoint: str, path: list[str], num: int) -> tuple[bytes, bool]:
@@ -118,16 +124,25 @@ async def get_block(ctx: aiocoap.Context, endpoint: str, path: list[str], num: i
     return resp.payload, more
 
 
-async def get_manifest(ctx: aiocoap.Context, endpoint: str, release_id: str) -> bytes:
+async def _get_body(ctx: aiocoap.Context, endpoint: str, path: list[str], limit: int) -> bytes:
     out = b""
     num = 0
-    while len(out) <= MAX_MANIFEST:
-        data, more = await get_block(ctx, endpoint, ["fw", release_id[:16], "manifest"], num)
+    while len(out) <= limit:
+        data, more = await get_block(ctx, endpoint, path, num)
         out += data
         if not more:
             return out
         num += 1
-    raise ValueError(f"manifest from {endpoint} exceeds {MAX_MANIFEST} bytes")
+    raise ValueError(f"{'/'.join(path)} from {endpoint} exceeds {limit} bytes")
+
+
+async def get_manifest(ctx: aiocoap.Context, endpoint: str, release_id: str) -> bytes:
+    return await _get_body(ctx, endpoint, ["fw", release_id[:16], "manifest"], MAX_MANIFEST)
+
+
+async def get_table(ctx: aiocoap.Context, endpoint: str, release_id: str) -> bytes:
+    """A release's chunk table (checked by the caller against its manifest)."""
+    return await _get_body(ctx, endpoint, ["fw", release_id[:16], "table"], MAX_TABLE)
 
 
 async def get_chunk(ctx: aiocoap.Context, endpoint: str, rel: Release, i: int) -> bytes:

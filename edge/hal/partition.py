@@ -32,6 +32,7 @@ SLOTS = ("ota_0", "ota_1")
 ROOT = "."
 OTADATA = "otadata"
 
+_FF = b"\xff" * 512  # erased flash, written in pieces: no 4 KiB buffer on a small heap
 _running = None
 _budget = None
 writes = 0  # flash writes so far (blocks, otadata): tests count them
@@ -161,23 +162,25 @@ class Partition:
         pos = block * BLOCK + offset
         with self._file() as f:
             f.seek(pos)
-            data = f.read(len(buf))
-        n = len(data)
-        buf[:n] = data
+            n = f.readinto(buf) or 0
         for i in range(n, len(buf)):
             buf[i] = 0xFF  # erased flash
 
     def writeblocks(self, block, buf, offset=None):
         if block < 0 or block * BLOCK + len(buf) + (offset or 0) > SLOT_BLOCKS * BLOCK:
             raise OSError(22)  # EINVAL: outside the slot
-        data = bytes(buf)
-        if offset is None:
-            # Erase, then program: the erased block reads 0xFF.
-            n = (len(data) + BLOCK - 1) // BLOCK
-            data = data + b"\xff" * (n * BLOCK - len(data))
+        data = buf if isinstance(buf, bytes) else bytes(buf)
+        erase = offset is None
+        if erase:
             offset = 0
         torn = _spend()
         with self._file() as f:
+            if erase:
+                # Erase, then program: the erased blocks read 0xFF.
+                f.seek(block * BLOCK)
+                pieces = max(1, (len(data) + BLOCK - 1) // BLOCK) * (BLOCK // len(_FF))
+                for _ in range(pieces // 2 if torn and not data else pieces):
+                    f.write(_FF)
             f.seek(block * BLOCK + offset)
             f.write(data[:len(data) // 2] if torn else data)
         if torn:
@@ -189,7 +192,7 @@ class Partition:
         if op == 5:
             return BLOCK
         if op == 6:
-            self.writeblocks(arg, b"\xff" * BLOCK)
+            self.writeblocks(arg, b"")  # erase only
             return 0
         return None
 

@@ -117,7 +117,7 @@ def test_a_peer_serving_a_bad_chunk_is_avoided_and_fetching_resumes_after_a_rest
         # A third coordinator that already holds chunks 0..5 from before a restart.
         late = Node(tmp_path, "late", net)
         pre = ReleaseStore(late.folder, late.settings.keys())
-        pre_rel = pre.add_manifest(rel.signed)
+        pre_rel = pre.add_manifest(rel.signed, release.chunk_table(IMAGE))
         for i in range(6):
             assert pre.put_chunk(pre_rel, i, IMAGE[i * 4096:(i + 1) * 4096])
         await late.start()
@@ -140,7 +140,7 @@ def test_a_peer_serving_a_bad_chunk_is_avoided_and_fetching_resumes_after_a_rest
 
 
 def test_a_plan_stops_asking_a_peer_after_one_bad_chunk() -> None:
-    rel = release.verify(made(), [PUB])
+    rel = release.verify(made(), [PUB]).attach(release.chunk_table(IMAGE))
     plan = FetchPlan(rel, list(range(13)))
     plan.add_peer("good:1")
     plan.add_peer("liar:1")
@@ -212,7 +212,8 @@ def test_console_shows_releases_progress_and_the_offer(tmp_path: Path) -> None:
         try:
             await n.service.add_local(made(), IMAGE)
             # A release sharing its first 4 chunks with 0.3.0 (content-addressed: held already).
-            rel = n.store.add_manifest(made(version="0.4.0", image=IMAGE[:16_384] + bytes(3_616)))
+            other = IMAGE[:16_384] + bytes(3_616)
+            rel = n.store.add_manifest(made(version="0.4.0", image=other), release.chunk_table(other))
             n.service.plans[rel.release_id()] = FetchPlan(rel, n.store.missing(rel))
             n.service.plans[rel.release_id()].add_peer("10.0.0.9:5683")
             n.service.plans[rel.release_id()].got(0, "10.0.0.9:5683", False)
@@ -317,5 +318,37 @@ def test_a_flood_of_forged_announcements_is_bounded_and_fetches_nothing(tmp_path
             assert not b.service.plans and not b.store.releases
         finally:
             await b.stop()
+
+    asyncio.run(main())
+
+
+def test_a_bad_chunk_table_from_a_peer_is_refused_without_distrusting_the_release(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = transport.get_table
+    served: list[str] = []
+
+    async def lying_once(ctx: object, endpoint: str, release_id: str) -> bytes:
+        served.append(endpoint)
+        if len(served) == 1:
+            return bytes(32 * 13)  # the right length, the wrong hashes
+        return await real(ctx, endpoint, release_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(transport, "get_table", lying_once)
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        a, b = [await Node(tmp_path, n, net).start() for n in "ab"]
+        try:
+            rel = await a.service.add_local(made(), IMAGE)
+            await until(lambda: b.service.counts["bad_chunks"] == 1 and not b.service._learning)
+            # Not kept, not fetched, but not distrusted either: the manifest is genuine.
+            assert rel.release_id() not in b.store.releases and rel.release_id() not in b.service.untrusted
+            await a.service._announce(rel)  # the next announcement: learned again, right this time
+            await until(lambda: rel.release_id() in b.store.releases
+                        and b.store.complete(b.store.releases[rel.release_id()]))
+            assert b.store.table(b.store.releases[rel.release_id()]) == release.chunk_table(IMAGE)
+        finally:
+            for n in (a, b):
+                await n.stop()
 
     asyncio.run(main())

@@ -27,6 +27,17 @@ def signed(**kw: object) -> bytes:
 def test_a_release_signed_by_a_trusted_key_verifies_with_every_chunk() -> None:
     rel = release.verify(signed(), [secp256k1.public_key(OTHER), PUB])
     assert rel.size == len(IMAGE) and rel.sha256 == hashlib.sha256(IMAGE).digest()
+    # The manifest signs the chunk table's hash, not the table: no chunk
+    # can be checked until a table that matches it is attached.
+    assert rel.count == 3 and rel.chunks is None and rel.table_size == 96
+    with pytest.raises(release.ReleaseError, match="no chunk table"):
+        rel.chunk_ok(0, IMAGE[:4096])
+    table = release.chunk_table(IMAGE)
+    for bad in (table[:-32], table[:-1] + b"\x00", table + bytes(32)):
+        with pytest.raises(release.ReleaseError, match="chunk table"):
+            rel.attach(bad)
+    assert rel.chunk_ok(1, IMAGE[4096:8192], expected=table[32:64])
+    rel.attach(table)
     assert len(rel.chunks) == 3 and rel.chunk_len(2) == len(IMAGE) - 2 * 4096
     for i in range(3):
         assert rel.chunk_ok(i, IMAGE[i * 4096:(i + 1) * 4096])
@@ -61,7 +72,8 @@ def test_wrong_board_old_version_and_running_below_the_minimum_are_not_applicabl
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"size": 8000}, "chunks"),
+    ({"table": b"short"}, "table"),
+    ({"chunks": [b"\x00" * 32]}, "unknown"),
     ({"version": "1.2"}, "MAJOR"),
     ({"chunk": 3000}, "chunk"),
     ({"sha256": b"short"}, "sha256"),

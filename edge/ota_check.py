@@ -1,0 +1,55 @@
+# What a meter accepts as an update, apart from the update's state machine
+# (edge/ota.py): the signed manifest checked against the release keys, the
+# board, the running version and the slot. A module of its own because the
+# signature check is the updater's largest use of the heap (big-integer
+# arithmetic, ~12 KB of a 48 KB heap at its peak): edge/ota_session.py runs
+# it with only this and shared/release.py loaded, then unloads them before
+# the state machine is loaded to act on the answer.
+
+import binascii
+
+MANIFEST_FILE = "ota.cose"
+
+
+def offer(signed, updates, version, Partition):
+    """(fields, None) when the signed manifest may replace `version` on
+    this board, else (None, why). `fields`: what the state machine keeps
+    of it (edge/ota.py Updater.accept)."""
+    from shared import release
+
+    try:
+        rel = release.verify(signed, [binascii.unhexlify(k) for k in updates["keys"]])
+        why = release.applicable(rel, updates["board"], version)
+        if why is None:
+            target = Partition(Partition.RUNNING).get_next_update()
+            if rel.chunk != target.ioctl(5, 0):
+                why = "chunk size %d is not the slot's block size" % rel.chunk
+            elif rel.size > target.ioctl(4, 0) * rel.chunk:
+                why = "image of %d bytes does not fit the slot" % rel.size
+    except release.ReleaseError as e:
+        return None, str(e)
+    if why is not None:
+        return None, why
+    fields = {"version": rel.version, "sha": rel.release_id(), "size": rel.size, "chunk": rel.chunk,
+              "tsha": binascii.hexlify(rel.table_sha256).decode(), "slot": target.info()[4]}
+    if rel.keys:
+        # Rotation, adopted once the release is confirmed (checked now,
+        # so confirming needs no second signature check).
+        fields["keys"] = [binascii.hexlify(k).decode() for k in rel.keys]
+    return fields, None
+
+
+def kept(updates, sha, path=MANIFEST_FILE):
+    """None if the manifest kept on flash still verifies and names the
+    release `sha`, else why not (a file on flash is no more trusted than
+    the network: checked again before the switch)."""
+    from shared import release
+
+    try:
+        with open(path, "rb") as f:
+            rel = release.verify(f.read(), [binascii.unhexlify(k) for k in updates["keys"]])
+    except (OSError, release.ReleaseError) as e:
+        return "kept manifest: %s" % e
+    if rel.release_id() != sha:
+        return "kept manifest names another release"
+    return None
