@@ -136,6 +136,7 @@ class Coordinator:
         self.key = load_or_create_key(config.resolve(config.identity.key_file))
         self.trading: Any = None
         self.planner: Any = None  # coordinator/planner/ when [planner] is enabled
+        self.openadr: Any = None  # energy_company/ven.py when [openadr] is enabled
         self.gpio: Any = None
         self.mqtt: Any = None
         self.modbus: Any = None
@@ -373,6 +374,10 @@ class Coordinator:
             from .planner.wiring import start_planner
 
             self.planner = start_planner(self)
+            if self.config.openadr.enabled:  # the energy company's price events -> the plan's import price
+                from .energy_company.ven import start_openadr
+
+                self.openadr = start_openadr(self.config.openadr, self.planner.scheduler, self.clock.now)
         self._retention_task = asyncio.ensure_future(self._retention_loop())
         self._log_report_task = asyncio.ensure_future(report_suppressed_every())
         await self.console_server.start()
@@ -517,6 +522,9 @@ class Coordinator:
         await self.notifier.stop()
         if self.web is not None:
             await self.web.stop()
+        if self.openadr is not None:
+            await self.openadr.stop()
+            self.openadr = None
         if self.planner is not None:
             await self.planner.stop()
             self.planner = None
