@@ -120,3 +120,33 @@ def test_metering_setting_and_device_ids() -> None:
     # A charger no longer configured counts as a sub-meter: never twice.
     assert m.settled(["ocpp-gone-evse1", "ocpp-own-evse1", "3f2a9c0d1e4b5a67"]) == ["ocpp-own-evse1",
                                                                                    "3f2a9c0d1e4b5a67"]
+
+
+def test_the_coordinator_stores_charger_values_as_a_submeter_and_settles_without_them(tmp_path: Path) -> None:
+    from microgrid.coordinator.app import Coordinator
+    from microgrid.coordinator.config import Config
+
+    from ..conftest import free_udp_port
+
+    config = Config()
+    config.coap.port = free_udp_port()
+    config.store.path = str(tmp_path / "c.db")
+    config.ocpp = OcppSettings(enabled=True, port=0, password=PASSWORD, chargers={"garage": {}})
+    config.validate()
+
+    async def run() -> None:
+        c = Coordinator(config)
+        await c.start()
+        try:
+            assert c.devices is not None and c.devices.central is not None
+            c.store.insert_measurement("modbus-house", "house", START, 1000, 0, None, None, {}, "modbus:house")
+            async with station(c.devices.central.port, "garage", "1.6") as cp:
+                await cp.call(c16.BootNotification(charge_point_model="Wallbox", charge_point_vendor="Acme"))
+                await cp.call(c16.MeterValues(connector_id=1, meter_value=sample(5000, START)))
+            assert [r["import_wh"] for r in c.store.recent_readings("ocpp-garage-evse1", 5)] == [5000]
+            assert sorted(d.device_id for d in c.store.devices()) == ["modbus-house", "ocpp-garage-evse1"]
+            assert c.connection_device_ids() == ["modbus-house"]
+        finally:
+            await c.stop()
+
+    asyncio.run(asyncio.wait_for(run(), 30))

@@ -183,3 +183,51 @@ def test_openadr_configuration_is_validated() -> None:
             from_dict({**base, "openadr": bad})
     with pytest.raises(ConfigError, match=r"\[planner\]"):
         from_dict({"openadr": {"enabled": True, "vtn_url": "http://127.0.0.1:1/x"}})
+
+
+def test_the_coordinator_joins_the_vtn_and_its_planner_plans_with_the_events_price(tmp_path: Path) -> None:
+    from microgrid.coordinator.app import Coordinator
+    from microgrid.coordinator.config import Config
+
+    from ..conftest import free_udp_port
+
+    async def run() -> None:
+        port = free_tcp_port()
+        vtn = OpenADRServer(vtn_id="ENERGYCO", http_host="127.0.0.1", http_port=port,
+                            requested_poll_freq=timedelta(seconds=1), show_fingerprint=False)
+
+        async def on_create_party_registration(info: dict[str, Any]) -> tuple[str, str]:
+            return "ven-app", "reg-app"
+
+        vtn.add_handler("on_create_party_registration", on_create_party_registration)
+        vtn.add_event(ven_id="ven-app", signal_name="SIMPLE", signal_type="level", event_id="simple-1",
+                      intervals=[{"dtstart": utc(MIDNIGHT + 2 * 3600), "duration": timedelta(hours=1),
+                                  "signal_payload": 3}],
+                      callback=lambda ven_id, event_id, opt_type: None)
+        await vtn.run()
+        config = Config()
+        config.coap.port = free_udp_port()
+        config.store.path = str(tmp_path / "c.db")
+        config.planner = planner(pv_kwp=0.0)
+        config.openadr = OpenAdrSettings(enabled=True, vtn_url=f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b",
+                                         ven_name="app")
+        config.validate()
+        c = Coordinator(config)
+        await c.start()
+        try:
+            assert c.openadr is not None and c.planner is not None
+            for _ in range(50):  # bounded: 10 s at most
+                if c.openadr.events.windows:
+                    break
+                await asyncio.sleep(0.2)
+            s = c.planner.scheduler
+            assert s.import_adjust is not None
+            prices = s.inputs(NOW, None, None).buy_sat_per_kwh
+            # SIMPLE level 3 (x3) over 02:00-03:00 on the 100 night tariff; the tariff before and after.
+            assert prices[2:3] == [100.0] and prices[3:7] == [300.0] * 4 and prices[7] == 100.0
+        finally:
+            await c.stop()
+            await vtn.stop()
+        assert c.openadr is None
+
+    asyncio.run(asyncio.wait_for(run(), 25))
