@@ -78,10 +78,6 @@ class Ven:
     def start(self) -> None:
         self.task = asyncio.ensure_future(self._run())
 
-    async def poll(self) -> None:
-        """Ask the VTN for what it has now (openleadr also polls on its own)."""
-        await self.client._poll()
-
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()

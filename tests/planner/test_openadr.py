@@ -26,6 +26,9 @@ from microgrid.processes import free_tcp_port
 
 from .test_scheduler import market, planner
 
+# openleadr's VTN (test side only) keys its aiohttp app with a string.
+pytestmark = pytest.mark.filterwarnings("ignore:It is recommended to use web.AppKey")
+
 # Two days ahead of the real clock, at midnight UTC: openleadr's VTN and VEN
 # judge an event's status (far, active, completed) by the real time, so the
 # events must lie in the future; the planner itself is given its time.
