@@ -136,6 +136,8 @@ class Coordinator:
         self.key = load_or_create_key(config.resolve(config.identity.key_file))
         self.trading: Any = None
         self.planner: Any = None  # coordinator/planner/ when [planner] is enabled
+        self.openadr: Any = None  # energy_company/ven.py when [openadr] is enabled
+        self.charger_metering: Any = None  # devices/charger_metering.py when [ocpp] is enabled
         self.gpio: Any = None
         self.mqtt: Any = None
         self.modbus: Any = None
@@ -330,7 +332,7 @@ class Coordinator:
             ch = self.config.channels
             self.trading = TradingService(
                 key=self.key, overlay=self.overlay, market=self.config.market, clock=self.clock, store=self.store,
-                device_ids=lambda: [d.device_id for d in self.store.devices()], node=node, context=self.context,
+                device_ids=self.connection_device_ids, node=node, context=self.context,
                 own_uri=self.coap_uri("channel"),
                 settings=TradingSettings(increment_wh=ch.increment_wh, channel_capacity_sat=ch.capacity_sat,
                                          channel_lock_s=ch.lock_s, settle_delay_s=ch.settle_delay_s,
@@ -376,6 +378,10 @@ class Coordinator:
             from .planner.wiring import start_planner
 
             self.planner = start_planner(self)
+            if self.config.openadr.enabled:  # the energy company's price events -> the plan's import price
+                from .energy_company.ven import start_openadr
+
+                self.openadr = start_openadr(self.config.openadr, self.planner.scheduler, self.clock.now)
         self._retention_task = asyncio.ensure_future(self._retention_loop())
         self._log_report_task = asyncio.ensure_future(report_suppressed_every())
         await self.console_server.start()
@@ -474,10 +480,24 @@ class Coordinator:
         if cfg.battery.units or cfg.ocpp.enabled:
             from .devices.service import DeviceService
 
-            # Charger meter values stay with their sessions: the house meter
-            # already counts what the car draws, so settlement must not.
+            # Charger meter values are stored, as sub-meters unless a charger has
+            # its own connection: the house meter already counts what the car draws.
+            on_measurement = None
+            if cfg.ocpp.enabled:
+                from .devices.charger_metering import ChargerMetering
+
+                self.charger_metering = ChargerMetering(self.store, cfg.ocpp)
+                on_measurement = self.charger_metering.record
             self.devices = await DeviceService(cfg.battery, cfg.modbus, cfg.ocpp, clock=self.clock.now,
-                                               secrets_dir=Path(cfg.store.path).resolve().parent).start()
+                                               secrets_dir=Path(cfg.store.path).resolve().parent,
+                                               on_measurement=on_measurement).start()
+
+    def connection_device_ids(self) -> list[str]:
+        """The stored devices whose energy is the household's at its grid
+        connection: settlement and the planner's load history (charger
+        sub-meters left out, devices/charger_metering.py)."""
+        ids = [d.device_id for d in self.store.devices()]
+        return ids if self.charger_metering is None else self.charger_metering.settled(ids)
 
     async def _retention_loop(self, every_s: float = 3600.0) -> None:
         from .store.retention import RetentionPolicy, apply_retention
@@ -520,6 +540,9 @@ class Coordinator:
         await self.notifier.stop()
         if self.web is not None:
             await self.web.stop()
+        if self.openadr is not None:
+            await self.openadr.stop()
+            self.openadr = None
         if self.planner is not None:
             await self.planner.stop()
             self.planner = None

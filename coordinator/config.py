@@ -28,6 +28,7 @@ from .secrets import redact_url
 from .telemetry.settings import MqttSettings
 from .overlay.settings import OverlaySettings
 from .planner.settings import PlannerSettings
+from .energy_company.settings import OpenAdrSettings
 from .updates.settings import UpdatesSettings
 from .web.settings import WebSettings
 
@@ -341,6 +342,7 @@ class Config:
     grid: GridSettings = field(default_factory=GridSettings)
     web: WebSettings = field(default_factory=WebSettings)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
+    openadr: OpenAdrSettings = field(default_factory=OpenAdrSettings)
 
     def console_socket(self) -> Path:
         if self.console.socket:
@@ -355,6 +357,9 @@ class Config:
                 raise
             except ValueError as e:  # the subsystems' own settings errors
                 raise ConfigError(str(e)) from None
+        if self.openadr.enabled and not self.planner.enabled:
+            raise ConfigError("openadr.enabled = true: the price events feed the planner; expected [planner] "
+                              "enabled = true")
         if self.channels.export_relay and self.channels.export_relay not in self.gpio.relays:
             raise ConfigError(f"channels.export_relay={self.channels.export_relay!r}: expected a relay of [gpio.relays] "
                               f"({', '.join(self.gpio.relays) or 'none configured'})")

@@ -20,6 +20,8 @@ chargers connect to (ocpp_central.py).
     [ocpp.chargers.garage]     # the table name is the charge point's id, exactly as it connects
     max_power_w = 11000        # set_limit above this is refused before sending
     password_file = ""         # this charger's own password; the [ocpp] one otherwise
+    metering = "submeter"      # its meter values: "submeter" behind the house meter (stored, not
+                               # settled twice) or "connection" (its own grid connection: settled)
 
 A charge point not listed under [ocpp.chargers] is refused at the
 handshake, whatever its password. Passwords are 16 to 40 characters
@@ -50,7 +52,10 @@ class OcppSettingsError(ValueError):
 CHARGER_ID = re.compile(r"^[A-Za-z0-9_.:*+|@-]{1,48}$")
 VERSIONS = ("2.0.1", "1.6")
 SUBPROTOCOLS = {"2.0.1": "ocpp2.0.1", "1.6": "ocpp1.6"}
-_CHARGER_KEYS = {"max_power_w": float, "password": str, "password_file": str}
+_CHARGER_KEYS = {"max_power_w": float, "password": str, "password_file": str, "metering": str}
+# How a charger's meter values count (charger_metering.py): "submeter" behind the house
+# meter (stored, not settled: the house meter already counts the car), "connection" its own.
+METERING = ("submeter", "connection")
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class ChargerSettings:
     max_power_w: float = 22000.0
     password: str = field(default="", repr=False)
     password_file: str = ""
+    metering: str = "submeter"
 
 
 @dataclass
@@ -137,7 +143,9 @@ class OcppSettings:
                 if not ok or isinstance(v, bool):
                     raise OcppSettingsError(f"{key}.{k}: expected {want.__name__}")
             c = ChargerSettings(cid, float(raw.get("max_power_w", 22000.0)), raw.get("password", ""),
-                                raw.get("password_file", ""))
+                                raw.get("password_file", ""), raw.get("metering", "submeter"))
+            if c.metering not in METERING:
+                raise OcppSettingsError(f"{key}.metering={c.metering!r}: expected one of {', '.join(METERING)}")
             _num(f"{key}.max_power_w", c.max_power_w, 100, 1_000_000)
             _password(key, c.password, c.password_file)
             out.append(c)

@@ -31,7 +31,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from ..market.pricing import Battery, Forecast, OrderPlan, plan_interval
 from ..market.settings import MarketSettings
@@ -95,6 +95,9 @@ class Scheduler:
         self.array = settings.pv_array()
         self.latest: Decision | None = None
         self._pruned_day = -1
+        # The energy company's price events (energy_company/events.py): the
+        # import tariff per slot -> the price to plan with; None: the tariff.
+        self.import_adjust: Callable[[Sequence[float], int, int], list[float]] | None = None
 
     def horizon(self, now: int) -> tuple[int, int, int]:
         """(slot 0's start, slots, the interval orders are placed for)."""
@@ -109,7 +112,9 @@ class Scheduler:
         off = self.market.utc_offset_s
         pv = self.pv_forecast(now, slot0, step, slots)
         load, _how = self.load.forecast(now, slot0, step, slots)
-        imp = rule_series(self.import_rule, slot0, step, slots, off)
+        imp: Sequence[float] = rule_series(self.import_rule, slot0, step, slots, off)
+        if self.import_adjust is not None:
+            imp = self.import_adjust(imp, slot0, step)
         exp = rule_series(self.export_rule, slot0, step, slots, off)
         expected = expected_market_prices(self.price_history(), slot0, step, slots, self.settings.price_history_days)
         prices = slot_prices(slot0, step, imp, exp, expected, self.market.policy(), self.market.grid_fee_sat_per_kwh,

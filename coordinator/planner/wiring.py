@@ -103,7 +103,8 @@ def start_planner(coordinator: Any, battery: Any = None, charger: Any = None,
         return cleared_prices(trading.stats.cleared) if trading is not None else []
 
     store = coordinator.store
-    scheduler = build_scheduler(coordinator.config, store, lambda: [d.device_id for d in store.devices()], history)
+    ids = getattr(coordinator, "connection_device_ids", None) or (lambda: [d.device_id for d in store.devices()])
+    scheduler = build_scheduler(coordinator.config, store, ids, history)
     if trading is not None:
         market = trading.market
         before = market.forecaster

@@ -176,7 +176,9 @@ def history(coord: Any, now: float, span: str, utc_offset_s: int = 0) -> list[Bu
     size, count = {"day": (3600, 24), "week": (86_400, 7), "month": (86_400, 30)}[span]
     end = (int(now) + utc_offset_s) // size * size - utc_offset_s + size
     edges = [end - i * size for i in range(count, -1, -1)]
-    ids = [d.device_id for d in coord.store.devices()]
+    # The connection's meters: a charger behind the house meter is a sub-meter (devices/charger_metering.py).
+    connection = getattr(coord, "connection_device_ids", None)
+    ids = connection() if connection is not None else [d.device_id for d in coord.store.devices()]
     return [Bucket(a, b, imp, exp) for (a, b), (imp, exp) in zip(zip(edges, edges[1:]),
                                                                   bucket_energy(coord.store, ids, edges, now))]
 
