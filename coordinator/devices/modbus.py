@@ -27,7 +27,7 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -83,18 +83,16 @@ class ModbusLink:
         if self.bus.rs485:
             self._enable_rs485(what)
 
-    async def read(self, kind: RegisterKind, address: int, count: int, unit: int) -> list[int]:
-        what = self._what(kind, address, count, unit)
+    async def _request(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """One request on the bus, under its lock: connect if needed, send,
+        and turn every failure into a ModbusReadError (the kinds `read`
+        documents). After a failure the connection is dropped so a late
+        reply cannot be taken for the next request's."""
         async with self._lock:
             await self._connect(what)
             try:
-                if kind == "input":
-                    rr = await self.client.read_input_registers(address, count=count, device_id=unit)
-                else:
-                    rr = await self.client.read_holding_registers(address, count=count, device_id=unit)
+                rr = await call()
             except ModbusIOException as e:
-                # No valid answer in time. Drop the connection so a late
-                # reply cannot be taken for the next request's.
                 self.client.close()
                 raise ModbusReadError("timeout", what, f"no valid response within {self.timeout_s} s "
                                       f"(device silent, wrong unit id or corrupted frame): {e}") from None
@@ -107,6 +105,12 @@ class ModbusLink:
         if rr.isError():
             code = getattr(rr, "exception_code", None)
             raise ModbusReadError("exception", what, f"device answered with Modbus exception code {code}", code)
+        return rr
+
+    async def read(self, kind: RegisterKind, address: int, count: int, unit: int) -> list[int]:
+        what = self._what(kind, address, count, unit)
+        name = "read_input_registers" if kind == "input" else "read_holding_registers"
+        rr = await self._request(what, lambda: getattr(self.client, name)(address, count=count, device_id=unit))
         regs = list(rr.registers)
         if len(regs) < count:
             raise ModbusReadError("short", what, f"{len(regs)} registers in the answer; expected {count}")
@@ -119,22 +123,8 @@ class ModbusLink:
         timeout the write may or may not have happened: callers read back."""
         what = f"bus {self.bus.name} ({self.bus.describe()}) unit {unit} write holding registers " \
                f"{address}..{address + len(values) - 1}"
-        async with self._lock:
-            await self._connect(what)
-            try:
-                rr = await self.client.write_registers(address, [v & 0xFFFF for v in values], device_id=unit)
-            except ModbusIOException as e:
-                self.client.close()
-                raise ModbusReadError("timeout", what, f"no valid response within {self.timeout_s} s: {e}") from None
-            except (ConnectionException, OSError) as e:
-                self.client.close()
-                raise ModbusReadError("connection", what, f"connection lost: {e}") from None
-            except ModbusException as e:
-                self.client.close()
-                raise ModbusReadError("timeout", what, f"bad response: {e}") from None
-        if rr.isError():
-            code = getattr(rr, "exception_code", None)
-            raise ModbusReadError("exception", what, f"device answered with Modbus exception code {code}", code)
+        words = [v & 0xFFFF for v in values]
+        await self._request(what, lambda: self.client.write_registers(address, words, device_id=unit))
 
     def _enable_rs485(self, what: str) -> None:
         """Kernel RS-485 mode on the open serial port: RTS high while
