@@ -47,3 +47,15 @@ async def sleep_until(clock: Clock, t: float, sleep: Callable[[float], Awaitable
     while (left := t - clock.now()) > 0:
         real = getattr(clock, "real_seconds", None)
         await sleep(real(left) if real else left)
+
+
+async def wait_or_stop(waiting: Awaitable[Any], stop: asyncio.Event) -> bool:
+    """Wait for `waiting` (a sleep, usually) or for `stop`, whichever comes
+    first, and cancel the other; True when stopped. The service loops wait
+    their next time this way, so a stop never waits out a long sleep."""
+    waiter = asyncio.ensure_future(waiting)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    stopper.cancel()
+    return stop.is_set()

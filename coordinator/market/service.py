@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from bitcoinx import PrivateKey
 
-from ..clock import Clock, sleep_until
+from ..clock import Clock, sleep_until, wait_or_stop
 from . import book as bk
 from .clearing import ClearedInterval, Comparison, clear_interval
 from .orders import SignedOrder
@@ -171,12 +171,7 @@ class MarketService:
         tasks: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
-                waiter = asyncio.ensure_future(self._sleep_until(start - self.settings.order_lead_s))
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
-                if stop.is_set():
+                if await wait_or_stop(self._sleep_until(start - self.settings.order_lead_s), stop):
                     break
                 task = asyncio.ensure_future(round_fn(start) if round_fn is not None else self._guarded(start))
                 tasks.add(task)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from microgrid.shared import cbor
 
-from ..clock import Clock, sleep_until
+from ..clock import Clock, sleep_until, wait_or_stop
 from . import records
 from .gate import board_key
 from .records import MembershipError
@@ -231,12 +231,7 @@ class MembershipSync:
         seconds), until `stop`."""
         next_republish = self.clock.now() + self.republish_s
         while not stop.is_set():
-            waiter = asyncio.ensure_future(sleep_until(self.clock, self.clock.now() + self.refresh_s, self._sleep))
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-            if stop.is_set():
+            if await wait_or_stop(sleep_until(self.clock, self.clock.now() + self.refresh_s, self._sleep), stop):
                 break
             try:
                 if self.clock.now() >= next_republish:

@@ -23,7 +23,7 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable, Protocol
 
-from ..clock import Clock, sleep_until
+from ..clock import Clock, sleep_until, wait_or_stop
 from .model import FOLLOW, BatterySpec, EvNeed
 from .scheduler import Decision, Scheduler
 
@@ -120,12 +120,7 @@ class PlannerService:
         lead = min(30, step // 10)
         boundary = (int(self.clock.now()) // step + 1) * step
         while not stop.is_set():
-            waiter = asyncio.ensure_future(sleep_until(self.clock, boundary - lead, self._sleep))
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-            if stop.is_set():
+            if await wait_or_stop(sleep_until(self.clock, boundary - lead, self._sleep), stop):
                 break
             try:
                 await self.step()
