@@ -464,7 +464,10 @@ async def households(args: argparse.Namespace) -> None:
     from microgrid.coordinator.market.district import clear_district, zone_offer
     from microgrid.coordinator.market.district_link import (
         all_keys, clearer_zones, lots_from, offer_key, offers_from, publish_offer, publish_results, result_key)
-    from microgrid.coordinator.market.orders import BUY, SELL, OrderError, decode_order, make_order
+    from microgrid.coordinator.market.orders import BUY, SELL, make_order
+    from microgrid.coordinator.market.rounds import (
+        SettledRound, households as round_records, make_round, meters_from, meters_hash, orders_from, orders_round,
+        publish_round, publish_settled, round_key)
 
     zones = [f"feeder-{z}" for z in range((args.households + args.zone_size - 1) // args.zone_size)]
     n_settlers = len(zones) * args.settlers
@@ -521,35 +524,37 @@ async def households(args: argparse.Namespace) -> None:
             ep.sent = ep.received = ep.late = 0
             ep.lookups.clear()
         c0, lo0, t0 = counters.read(), loopback_bytes(), time.monotonic()
-        book_key = {z: f"mg/market/{z}/{start + 900}" for z in zones}
-        meter_key = {z: f"mg/metering/{z}/{start}" for z in zones}
-        dkeys = all_keys("district", start + 900, args.district_shards)
-        rkey = {z: result_key("district", start + 900, z, args.district_shards) for z in zones}
+        # One round record per household (market/rounds.py): its meter
+        # total for [start, start + 900) and its order for the interval
+        # whose book reads this round (start + 1800).
+        traded = start + 1800
+        assert orders_round(traded, 900) == start
+        rkeys = {z: round_key(z, start) for z in zones}
+        dkeys = all_keys("district", traded, args.district_shards)
+        rkey = {z: result_key("district", traded, z, args.district_shards) for z in zones}
         first = {z: next(e for e in settlers if zone_of[e.public_key] == z) for z in zones}
-        clearers = [first[z] for z in clearer_zones(zones, start + 900, args.clearers)]
+        clearers = [first[z] for z in clearer_zones(zones, traded, args.clearers)]
         clearer_keys = {ep.public_key for ep in clearers}
         # Settlers subscribe before the interval's records are published (as
         # the market's book collector listens): each record reaches them
         # from the listened storing nodes as it is stored, with no polling.
         heard: dict[tuple[int, str], dict[tuple[bytes, str], Any]] = {}
-        handles = []
+        handles: dict[tuple[int, str], Any] = {}
         for ep in settlers:
             zone = zone_of[ep.public_key]
-            keys = [book_key[zone], meter_key[zone], rkey[zone]] + (dkeys if ep in clearers else [])
+            keys = [rkeys[zone]] + (dkeys if ep in clearers else [])
             for key in keys if args.collect == "listen" else []:
                 got = heard.setdefault((id(ep), key), {})
-                handles.append(ep.listen(key, lambda r, got=got: got.__setitem__((r.publisher, r.slot), r)))
+                handles[(id(ep), key)] = ep.listen(key, lambda r, got=got: got.__setitem__((r.publisher, r.slot), r))
         if handles:
             await asyncio.sleep(1.0)
 
         async def publish(zone: str, ep: Endpoint) -> bool:
             async with gate:
-                # its order for the next interval, then its meter total for this one
-                so = make_order(ep.signing_key, BUY if rng.random() < 0.5 else SELL, zone, start + 900,
-                                rng.randrange(100, 3000), rng.randrange(50, 200), start + 1800, i, int(time.time()))
-                ok = await ep.put(book_key[zone], so.encoded, 1800, slot=f"{so.order.owner.hex()[:16]}:{so.order.nonce}")
-                body = json.dumps({"export_wh": rng.randrange(0, 3000), "import_wh": rng.randrange(0, 3000)}).encode()
-                return await ep.put(meter_key[zone], body, 1800) and ok
+                so = make_order(ep.signing_key, BUY if rng.random() < 0.5 else SELL, zone, traded,
+                                rng.randrange(100, 3000), rng.randrange(50, 200), traded + 900, i, int(time.time()))
+                rec = make_round(start, 900, (rng.randrange(0, 3000), rng.randrange(0, 3000)), [so])
+                return await publish_round(ep, zone, rec)
 
         ok = await asyncio.gather(*(publish(z, ep) for z, ep in homes))
         print(f"  interval {i}: {len(ok)} households published in {time.monotonic() - t0:.0f} s", file=sys.stderr)
@@ -569,34 +574,36 @@ async def households(args: argparse.Namespace) -> None:
                 # A listen that missed a record (a storing node that had not
                 # synced yet): ask the missing publishers by name, as the
                 # overlay's flooded reads do.
-                missing = [p for p in expected[zone_of[ep.public_key]] if (p, "") not in got
-                           and not any(pp == p for pp, _ in got)]
+                missing = [p for p in expected[zone_of[ep.public_key]] if (p, "") not in got]
                 ep.late += len(missing)
                 for r in await ep.get(key, args.read_timeout, publishers=missing):
                     got[(r.publisher, r.slot)] = r
             ep.lookups.append(time.monotonic() - t)
             return list(got.values())
 
-        async def settle(ep: Endpoint) -> tuple[list[Any], list[Any]]:
+        async def settle(ep: Endpoint) -> tuple[list[Any], dict[bytes, tuple[int, int]]]:
             async with settling:
                 zone = zone_of[ep.public_key]
                 def every(got: Any, zone: str = zone) -> bool:
-                    return {p for p, _ in got} >= expected[zone]
-                book = await collect(ep, book_key[zone], every)
-                metering = await collect(ep, meter_key[zone], every)
+                    return {p for p, s in got if s == ""} >= expected[zone]
+                members = expected[zone].__contains__
+                rounds = round_records(await collect(ep, rkeys[zone], every), start, 900, members)
+                # The round is read: its listen is cancelled, and the record
+                # saying what we settled on is the delivery that ends it in
+                # the engine (and the other settlers' cancelled ones).
+                handle = handles.get((id(ep), rkeys[zone]))
+                if handle is not None:
+                    handle.cancel()
+                meters = meters_from(rounds)
+                await publish_settled(ep, zone, SettledRound(start, 900, len(meters), meters_hash(meters)))
                 # Level 1 -> 2: the zone clears its own book and offers what is
                 # left to the district (its first settler publishes; the
                 # others compute the same bytes and would publish a dissent).
-                orders = []
-                for r in book:
-                    try:
-                        orders.append(decode_order(r.body))
-                    except OrderError:
-                        pass
-                offer = zone_offer(orders, clear_interval(orders, zone, start + 900), max_steps=args.offer_steps)
-                if ep is next(e for e in settlers if zone_of[e.public_key] == zone):
+                orders = orders_from(rounds, traded)
+                offer = zone_offer(orders, clear_interval(orders, zone, traded), max_steps=args.offer_steps)
+                if ep is first[zone]:
                     await publish_offer(ep, "district", offer, args.district_shards)
-                return book, metering
+                return orders, meters
 
         read = await asyncio.gather(*(settle(ep) for ep in settlers))
         print(f"  interval {i}: {len(settlers)} settlers read their zones by {time.monotonic() - t0:.0f} s", file=sys.stderr)
@@ -624,10 +631,10 @@ async def households(args: argparse.Namespace) -> None:
                 return set(zones) - {zone_of.get(p, "") for got in shards.values() for p, _ in got}
             for key in dkeys:
                 await wait_heard(ep, key, lambda got, key=key: not {z for z in missing()
-                                                                     if offer_key("district", start + 900, z,
+                                                                     if offer_key("district", traded, z,
                                                                                   args.district_shards) == key})
-            offers = offers_from([r for got in shards.values() for r in got.values()], start + 900, zone_of.get)
-            result = clear_district(offers.values(), "district", start + 900, 900)
+            offers = offers_from([r for got in shards.values() for r in got.values()], traded, zone_of.get)
+            result = clear_district(offers.values(), "district", traded, 900)
             results.append(result)
             await publish_results(ep, "district", result, offers, args.district_shards)
             ep.lookups.append(time.monotonic() - t)
@@ -639,10 +646,13 @@ async def households(args: argparse.Namespace) -> None:
             zone = zone_of[ep.public_key]
             is_clearer = clearer_keys.__contains__
 
-            def enough(got: Any) -> bool:
-                return sum(1 for p, _ in got if p in clearer_keys) > len(clearers) // 2
-            got = await wait_heard(ep, rkey[zone], enough)
-            lots_seen.append((zone, lots_from(got.values(), zone, start + 900, is_clearer)))
+            # Read once the clearers are done, their records only (by name):
+            # a listen here would be refreshed until the engine's next
+            # delivery on the key, and nothing more comes.
+            t = time.monotonic()
+            got = await ep.get(rkey[zone], args.read_timeout, publishers=sorted(clearer_keys))
+            ep.lookups.append(time.monotonic() - t)
+            lots_seen.append((zone, lots_from(got, zone, traded, is_clearer)))
 
         await asyncio.gather(*(down(ep) for ep in settlers))
         ref = results[0] if results and len({r.hash for r in results}) == 1 else None
@@ -650,14 +660,19 @@ async def households(args: argparse.Namespace) -> None:
         district_ok = ref is not None and all(
             lots is not None and (lots.sold, lots.bought) == tuple(map(tuple, ref.lots(z)))
             for z, lots in lots_seen)
-        for h in handles:
+        for h in handles.values():
             h.cancel()
         wire = diff(counters.read(), c0)
         lo = loopback_bytes() - lo0
         took = time.monotonic() - t0
         books, seen = [b for b, _ in read], [m for _, m in read]
-        book_ok = [{r.publisher for r in got} >= expected[zone_of[ep.public_key]] for ep, got in zip(settlers, books)]
-        saw_all = [{r.publisher for r in got} >= expected[zone_of[ep.public_key]] for ep, got in zip(settlers, seen)]
+        book_ok = [{so.order.owner for so in got} >= expected[zone_of[ep.public_key]] for ep, got in zip(settlers, books)]
+        saw_all = [set(got) >= expected[zone_of[ep.public_key]] for ep, got in zip(settlers, seen)]
+        # Every settler of a zone settled on the same meter totals.
+        by_zone: dict[str, set[bytes]] = {}
+        for ep, totals in zip(settlers, seen):
+            by_zone.setdefault(zone_of[ep.public_key], set()).add(meters_hash(totals))
+        settled_agree = all(len(h) == 1 for h in by_zone.values())
         lat = [x for ep in settlers for x in ep.lookups]
         maint = idle_node * max(0.0, 900 - took)
         s_sent = [wire[n.port][0] / 1e3 for n in settler_nodes]
@@ -665,7 +680,7 @@ async def households(args: argparse.Namespace) -> None:
         s_tot = [a + b for a, b in zip(s_sent, s_recv)]
         h_tot = sorted(sum(wire[n.port]) / 1e3 for n in home_nodes)
         check = sum(a for a, _ in wire.values()) / lo if lo and counters.available else float("nan")
-        agree = "agree" if district_ok else "DIFFER"
+        agree = "agree" if district_ok and settled_agree else "DIFFER"
         print(f"{i:>4}{100 * sum(ok) / len(ok):>9.2f}{100 * sum(saw_all) / len(saw_all):>9.1f}"
               f"{100 * sum(book_ok) / len(book_ok):>7.1f}{agree:>9}"
               f"{statistics.mean(ep.received for ep in settlers) / 1e3:>18.1f}{pct(lat, .5):>9.1f}{pct(lat, .99):>7.1f}"
@@ -681,7 +696,7 @@ async def households(args: argparse.Namespace) -> None:
             # settlers, clearers, and for how many of the interval's keys
             # the node is among the 8 closest (it stores them and serves
             # every search, put and listen on them).
-            keys_now = list(book_key.values()) + list(meter_key.values()) + dkeys + sorted(set(rkey.values()))
+            keys_now = list(rkeys.values()) + dkeys + sorted(set(rkey.values()))
             ids = {n.port: int(n.node_id, 16) for n in nodes}
             near: dict[int, int] = {}
             for key in keys_now:

@@ -17,7 +17,7 @@ from microgrid.shared.reading import key_id
 
 # Namespaces whose keys are sharded: per-interval data, one record (or a
 # few) per household and interval.
-SHARDED_PREFIXES = ("mg/market/", "mg/market-result/", "mg/metering/", "mg/live/")
+SHARDED_PREFIXES = ("mg/market/", "mg/market-result/", "mg/metering/", "mg/live/", "mg/round/")
 MAX_SHARDS = 4096
 
 
