@@ -39,6 +39,7 @@ import cbor2
 from microgrid.shared.reading import key_id
 
 from ..clock import Clock
+from . import rounds
 from .clearing import ClearedInterval, Comparison, compare_books
 from .orders import DEFAULT_INTERVAL_S, ZONE_RE, OrderError, OrderFilter, SignedOrder, decode_order
 
@@ -72,6 +73,44 @@ def result_key(zone: str, interval_start: int) -> str:
     """Where coordinators publish their cleared-book hash for comparison."""
     _check(zone, interval_start)
     return f"mg/market-result/{zone}/{interval_start}"
+
+
+def book_key(zone: str, interval_start: int, interval_s: int = DEFAULT_INTERVAL_S, round_records: bool = False) -> str:
+    """Where a zone's orders for an interval are read: under their own key,
+    or with round records (rounds.py) in the round two intervals before."""
+    if round_records:
+        return rounds.round_key(zone, rounds.orders_round(interval_start, interval_s))
+    return order_key(zone, interval_start)
+
+
+def order_bytes(value: Any, round_records: bool = False) -> list[bytes]:
+    """The signed orders an overlay value carries: the value itself, or
+    with round records the orders of a household's record that it owns (a
+    household speaks for itself there; an undecodable record carries none).
+    Raises TypeError for a value that is neither bytes nor a record."""
+    data = value_bytes(value)
+    if not round_records:
+        return [data]
+    if getattr(value, "slot", "") != "":
+        return []  # another slot of the round key (a coordinator's settled record)
+    try:
+        rec = rounds.decode_round(data)
+    except rounds.RoundError as e:
+        log.info("round record ignored: %s", e)
+        return []
+    publisher = getattr(value, "publisher", None)
+    return [o for o in rec.orders if publisher is None or _owner(o) == publisher]
+
+
+def _owner(order: bytes) -> bytes | None:
+    """The owner field of an encoded order, read without checking its
+    signature (the book's filter does that once)."""
+    try:
+        body = cbor2.loads(cbor2.loads(order)[1])
+        owner = body[8]
+    except Exception:
+        return None
+    return owner if isinstance(owner, bytes) else None
 
 
 def _check(zone: str, interval_start: int) -> None:
@@ -122,13 +161,18 @@ class BookCollector:
 
     def __init__(self, overlay: Overlay, zone: str, interval_start: int, clock: Clock,
                  interval_s: int = DEFAULT_INTERVAL_S, gate_lead_s: int = 300,
-                 is_member: Callable[[bytes], bool] | None = None) -> None:
+                 is_member: Callable[[bytes], bool] | None = None, round_records: bool = False) -> None:
         self.overlay = overlay
+        # Orders ride in the households' round records (rounds.py): nothing
+        # is there before the round's interval ends, so the collector
+        # neither listens nor fetches before then.
+        self.round_records = round_records
+        self.quiet_until = rounds.orders_round(interval_start, interval_s) + interval_s if round_records else 0
         # Zone membership (coordinator/membership): an order whose owner is
         # not a current member is refused, whoever published it.
         self.is_member = is_member
         self.clock = clock
-        self.key = order_key(zone, interval_start)
+        self.key = book_key(zone, interval_start, interval_s, round_records)
         self.filter = OrderFilter(zone, interval_start, interval_s, gate_lead_s)
         self._handle: Any = None
         # Digests of values already judged: listen and repeated fetches see
@@ -141,13 +185,19 @@ class BookCollector:
 
     def offer(self, value: Any) -> SignedOrder | None:
         """Take one overlay value (bytes or record) now; the accepted order
-        or None."""
+        (with round records: the last one the record carried) or None."""
         try:
-            data = value_bytes(value)
+            datas = order_bytes(value, self.round_records)
         except TypeError as e:
             log.info("order ignored (invalid): %s", e)
             self.filter.rejected["invalid"] += 1
             return None
+        accepted = None
+        for data in datas:
+            accepted = self._judge(data) or accepted
+        return accepted
+
+    def _judge(self, data: bytes) -> SignedOrder | None:
         digest = hashlib.sha256(data).digest()
         if digest in self._seen:
             return None
@@ -191,6 +241,10 @@ class BookCollector:
         wait is shortened accordingly. The listen delivers orders as they
         are stored, so fetches (what a listen may miss) come no more often
         than every REFETCH_S, and once more at gate closure."""
+        real = getattr(self.clock, "real_seconds", None)
+        if self.quiet_until and self.clock.now() < min(self.quiet_until, self.gate_closes_at):
+            wait = min(self.quiet_until, self.gate_closes_at) - self.clock.now()
+            await sleep(real(wait) if real else wait)
         self.start()
         try:
             while True:
@@ -199,7 +253,6 @@ class BookCollector:
                 if left <= 0:
                     break
                 wait = min(left, max(poll_s, REFETCH_S))
-                real = getattr(self.clock, "real_seconds", None)
                 await sleep(real(wait) if real else wait)
         finally:
             self.stop()

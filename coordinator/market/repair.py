@@ -207,19 +207,20 @@ class BookRepair:
         s = self.settings
         flt = OrderFilter(s.zone, start, s.interval_s, s.gate_lead_s)
         try:
-            values = await self.overlay.get(bk.order_key(s.zone, start))
+            values = await self.overlay.get(bk.book_key(s.zone, start, s.interval_s, s.round_records))
         except Exception as e:  # the next round fetches again
             log.warning("fetching orders for %s/%d failed: %s", s.zone, start, e)
             return
         for v in values:
             try:
-                data = bk.value_bytes(v)
+                datas = bk.order_bytes(v, s.round_records)
             except TypeError:
                 continue
-            # Only what the quorum listed is decoded: nothing else under the
-            # key gets into the book after the gate.
-            if order_hash(data)[:bk.PREFIX_BYTES] not in lacking:
-                continue
-            so = flt.offer(data, flt.gate_closes_at - 1)
-            if so is not None and (self.is_member is None or self.is_member(so.owner)):
-                known.setdefault(so.hash, so)
+            for data in datas:
+                # Only what the quorum listed is decoded: nothing else under
+                # the key gets into the book after the gate.
+                if order_hash(data)[:bk.PREFIX_BYTES] not in lacking:
+                    continue
+                so = flt.offer(data, flt.gate_closes_at - 1)
+                if so is not None and (self.is_member is None or self.is_member(so.owner)):
+                    known.setdefault(so.hash, so)

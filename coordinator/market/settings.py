@@ -17,6 +17,7 @@ and `validate(section)`), so the config loader can adopt it as is:
     import_tariff_sat_per_kwh = 250    # the utility's price for energy bought
     export_tariff_sat_per_kwh = 40     # the utility's price for energy sold to it
     utc_offset_s = 3600                # local time for time-of-day prices
+    round_records = false              # zones at scale: orders ride with the meter total (rounds.py)
 
     [market.prices]                    # this household's prices (pricing.py)
     sell = { time_of_day = { "00:00" = 80, "17:00" = 200, "21:00" = 80 } }
@@ -64,6 +65,11 @@ class MarketSettings:
     export_tariff_sat_per_kwh: int = 40
     utc_offset_s: int = 0
     prices: dict[str, Any] = field(default_factory=dict)
+    # One overlay record per household and interval (market/rounds.py):
+    # the meter total of the interval that ended and the orders for the one
+    # two intervals on, instead of a record per order and one per meter
+    # total. The same on every coordinator of the zone.
+    round_records: bool = False
 
     def validate(self, section: str = "market") -> "MarketSettings":
         def need_int(name: str, lo: int, hi: int) -> None:
@@ -83,6 +89,13 @@ class MarketSettings:
         if self.order_lead_s <= self.gate_lead_s:
             raise MarketSettingsError(f"{section}.order_lead_s={self.order_lead_s}: expected more than"
                                       f" gate_lead_s={self.gate_lead_s} (orders must be out before the gate closes)")
+        if not isinstance(self.round_records, bool):
+            raise MarketSettingsError(f"{section}.round_records={self.round_records!r}: expected true or false")
+        if self.round_records and not (self.gate_lead_s < self.interval_s <= self.order_lead_s):
+            raise MarketSettingsError(
+                f"{section}.round_records: expected gate_lead_s ({self.gate_lead_s}) < interval_s ({self.interval_s}) "
+                f"<= order_lead_s ({self.order_lead_s}): the orders for an interval ride in the records published "
+                "after the interval two before it ends, and must be planned by then and in before the gate")
         need_int("feeder_capacity_w", 0, 10**9)
         need_int("min_order_wh", 1, 10**6)
         need_int("utc_offset_s", -14 * 3600, 14 * 3600)

@@ -45,6 +45,7 @@ from ..market.orders import OrderError, decode_order
 from ..market.pricing import Battery, Forecast
 from ..market.service import MarketRound, MarketService
 from ..market.settings import MarketSettings
+from ..market import rounds
 from ..overlay.directory import Directory
 from ..market.settlement import (P2P, IntervalSettlement, Metered, SettlementError, check_energy_balance,
                                  settle_interval)
@@ -227,13 +228,41 @@ class TradingService:
         # What we publish is what the interval is settled on: a reading
         # arriving from now on dated into it counts in a later interval.
         self.store.close_metering(start + self.market_settings.interval_s)
-        await self._publish_wh(self._metering_key(start), export_wh=m.export_wh, import_wh=m.import_wh)
+        if self.market_settings.round_records:
+            await self._publish_round(start, m)
+        else:
+            await self._publish_wh(self._metering_key(start), export_wh=m.export_wh, import_wh=m.import_wh)
         return m
+
+    async def _publish_round(self, start: int, m: Metered) -> None:
+        """Round records (market/rounds.py): our meter total for `start` and
+        our orders for the interval whose book reads this round, in one
+        record."""
+        step = self.market_settings.interval_s
+        placed = self.market.rounds.get(start + 2 * step)
+        orders = placed.own_orders[:rounds.MAX_ORDERS] if placed is not None else []
+        rec = rounds.make_round(start, step, (m.export_wh, m.import_wh), orders)
+        await rounds.publish_round(self.overlay, self.market_settings.zone, rec, self.settings.record_ttl_s)
+
+    async def _collect_round_meters(self, start: int) -> dict[bytes, tuple[int, int]]:
+        """Every member's meter total from the round's records; then our
+        word on what we settle on (rounds.SettledRound), which peers compare
+        and which ends the round's listens still held by the engine."""
+        step = self.market_settings.interval_s
+        got = rounds.meters_from(await rounds.read_round(self.overlay, self.market_settings.zone, start, step,
+                                                         self.is_member))
+        await rounds.publish_settled(self.overlay, self.market_settings.zone, rounds.SettledRound(
+            start, step, len(got), rounds.meters_hash(got)), self.settings.record_ttl_s)
+        return got
 
     async def collect_metering(self, start: int) -> list[Metered]:
         out = []
-        for publisher, (export_wh, import_wh) in (await self._collect_wh(self._metering_key(start), "export_wh",
-                                                                          "import_wh")).items():
+        if self.market_settings.round_records:
+            totals = await self._collect_round_meters(start)
+        else:
+            totals = {p: (v[0], v[1]) for p, v in (await self._collect_wh(
+                self._metering_key(start), "export_wh", "import_wh")).items()}
+        for publisher, (export_wh, import_wh) in totals.items():
             try:
                 out.append(Metered(publisher, export_wh, import_wh))
             except SettlementError as e:  # a negative figure

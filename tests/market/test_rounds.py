@@ -133,3 +133,51 @@ def test_round_record_dataclass_refuses_what_a_reader_would() -> None:
         round_key("Bad Zone", START)
     assert RoundRecord(START, 900, None, ()).encode() == cbor2.dumps(
         {"v": 1, "start": START, "len": 900, "orders": []}, canonical=True)
+
+
+def test_market_services_with_round_records_clear_the_book_from_the_households_round_records() -> None:
+    # [market] round_records: orders are not published on their own; each
+    # household's round record (here published as trading does after the
+    # interval two before ends) carries them, and every coordinator's
+    # collector reads them from that round's key.
+    from microgrid.coordinator.market.pricing import Forecast
+    from microgrid.coordinator.market.service import MarketService
+    from microgrid.coordinator.market.settings import MarketSettings
+
+    from .overlay_stub import ManualClock
+
+    async def go() -> None:
+        x = START + 1800  # the traded interval; its orders ride in round START
+        clock = ManualClock(x - 2000)
+        net = MemoryNetwork(clock.now)
+        homes = [({"sell": 70, "buy": 180}, 1500, 300), ({"sell": 90, "buy": 170}, 800, 400), ({"buy": 200}, 0, 1700)]
+        keys = [PrivateKey(bytes(31) + bytes([40 + i])) for i in range(3)]
+
+        async def sleep(s: float) -> None:
+            await clock.sleep(min(s, 30.0))
+
+        svcs, overlays = [], []
+        for k, (prices, gen, cons) in zip(keys, homes):
+            ov = MemoryOverlay(k, net, shards=2)
+            await ov.start()
+            overlays.append(ov)
+            settings = MarketSettings(enabled=True, zone=ZONE, feeder_capacity_w=8000, grid_fee_sat_per_kwh=4,
+                                      prices=prices, order_lead_s=1800, gate_lead_s=300, round_records=True).validate()
+            svcs.append(MarketService(ov, k, settings, clock, lambda t, g=gen, c=cons: (Forecast(t, g, c), None),
+                                      sleep=sleep, poll_s=60, result_wait_s=30))
+
+        async def households_publish() -> None:
+            while clock.now() < START + 900 + 120:  # the round's interval ended, plus the settle delay
+                await asyncio.sleep(0)
+            for i, (svc, ov) in enumerate(zip(svcs, overlays)):
+                rec = make_round(START, 900, (100 * i, 10 * i), svc.rounds[x].own_orders)
+                assert await publish_round(ov, ZONE, rec)
+
+        *rnds, _ = await asyncio.gather(*(s.run_interval(x) for s in svcs), households_publish())
+        assert clock.now() < x
+        assert len({r.cleared.hash for r in rnds if r.cleared}) == 1
+        assert [len(r.own_orders) for r in rnds] == [1, 1, 1] and all(len(r.book) == 3 for r in rnds)
+        assert all(r.comparison is not None and r.comparison.unanimous for r in rnds)
+        assert not [k for k in net.values if k.startswith("mg/market/")]  # no order went out on its own
+        assert rnds[0].cleared is not None and rnds[0].cleared.volume_wh == 1600
+    asyncio.run(go())
