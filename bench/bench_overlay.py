@@ -30,14 +30,19 @@ under one district (coordinator/market/district.py; SPEC.md section 7), one
 OpenDHT node per household as far as the hard file-descriptor limit allows
 (4 per node; at 20,000: 4,936 nodes, about two households per node for
 10,000), each settling coordinator (`--settlers` per zone) on a node of its
-own. Each interval, every household publishes its signed order for the
-next interval and its meter total for this one; each settler, listening to
-its zone's two keys and the district's from the interval's start (as the
-market's book collector listens), must see every meter total and order of
-its zone (a record its listen missed is read by name after
-`--listen-wait`), clears the zone's book, the zone's first settler
-publishes the zone's offer, and every settler clears the district, which
-must agree. Prints per interval: the settlers' success, the value bytes
+own. Each interval, every household publishes ONE round record
+(coordinator/market/rounds.py: its meter total for this interval and its
+signed order for the interval two on, whose book reads this round); each
+settler, listening to its zone's round key from the interval's start (the
+interval's clearers also to the district's keys), must see every meter
+total and order of its zone (a record its listen missed is read by name
+after `--listen-wait`), then cancels that listen and publishes what it
+settled on (the record that ends the cancelled listens in the engine),
+clears the zone's book; the zone's first settler publishes the zone's
+offer, the clearers clear the district and publish result slices, and
+every settler reads its slice by the clearers' names: the lots must agree
+with the district's result, and the settlers of a zone on their meter
+totals. Prints per interval: the settlers' success, the value bytes
 they received, and the bytes each OpenDHT node sent and received on the
 wire, measured by the kernel: the bench re-runs itself (as root) in a
 network namespace of its own, where loopback carries its packets only, and

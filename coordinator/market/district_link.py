@@ -153,15 +153,44 @@ def result_key(district: str, interval_start: int, zone: str, shards: int = 1) -
     return base if shards == 1 else f"{base}/{shard_of(zone, shards)}"
 
 
+# A record body (overlay records.MAX_BODY_BYTES): a shard's slice larger
+# than this continues in the slots "result/1", "result/2", ...
+MAX_SLICE_BYTES = 1536
+
+
+def result_slot(part: int) -> str:
+    return RESULT_SLOT if part == 0 else f"{RESULT_SLOT}/{part}"
+
+
+def split_slices(result: DistrictResult, zones: Iterable[str], limit: int = MAX_SLICE_BYTES) -> list[bytes]:
+    """`zones`' lots as slices of at most `limit` bytes each, zones in name
+    order, each zone in one slice. DistrictError when one zone's lots alone
+    exceed the limit."""
+    out: list[bytes] = []
+    group: list[str] = []
+    for z in sorted(set(zones)):
+        if group and len(encode_slice(result, group + [z])) > limit:
+            out.append(encode_slice(result, group))
+            group = []
+        group.append(z)
+        if len(encode_slice(result, group)) > limit:
+            raise DistrictError(f"the lots of zone {z} alone exceed {limit} bytes: fewer offer steps (max_steps)")
+    if group:
+        out.append(encode_slice(result, group))
+    return out
+
+
 async def publish_results(overlay: SigningOverlay, district: str, result: DistrictResult,
                           zones: Iterable[str], shards: int = 1) -> bool:
-    """One slice per shard holding `zones`' lots. True when all were stored."""
+    """One slice per shard holding `zones`' lots (more when it would not fit
+    in one record). True when all were stored."""
     by_key: dict[str, list[str]] = {}
     for z in zones:
         by_key.setdefault(result_key(district, result.interval_start, z, shards), []).append(z)
     ok = True
     for key, zs in sorted(by_key.items()):
-        ok = await overlay.put(key, encode_slice(result, zs), OFFER_TTL_S, slot=RESULT_SLOT) and ok
+        for part, body in enumerate(split_slices(result, zs)):
+            ok = await overlay.put(key, body, OFFER_TTL_S, slot=result_slot(part)) and ok
     return ok
 
 
@@ -172,7 +201,7 @@ def lots_from(recs: Iterable[Any], zone: str, interval_start: int,
     clearers, or that do not decode, are ignored."""
     votes: dict[tuple[bytes, ZoneLots], int] = {}
     for rec in recs:
-        if rec.slot != RESULT_SLOT or not is_clearer(rec.publisher):
+        if not (rec.slot == RESULT_SLOT or rec.slot.startswith(RESULT_SLOT + "/")) or not is_clearer(rec.publisher):
             continue
         try:
             h, start, lots = decode_slice(rec.body)

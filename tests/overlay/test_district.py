@@ -19,7 +19,8 @@ from microgrid.coordinator.market.district import (
     MAX_STEPS, DistrictError, ZoneLots, ZoneOffer, allocate, allocate_lots, check_offer, choose_offers, clear_district,
     decode_offer, decode_slice, encode_slice, residuals, zone_offer)
 from microgrid.coordinator.market.district_link import (
-    RESULT_SLOT, all_keys, clearer_zones, lots_from, offer_key, publish_offer, publish_results, read_offers, result_key)
+    RESULT_SLOT, all_keys, clearer_zones, lots_from, offer_key, publish_offer, publish_results, read_offers, result_key,
+    result_slot, split_slices)
 from microgrid.coordinator.market.orders import BUY, SELL, SignedOrder, make_order
 
 from .conftest import eventually, start_nodes, stop_all
@@ -179,6 +180,25 @@ def test_results_come_back_in_slices_and_a_zone_takes_what_most_clearers_agree_o
     assert clearer_zones(zones, START) == clearer_zones(list(reversed(zones)), START)
     assert len(clearer_zones(zones, START)) == 3
     assert any(clearer_zones(zones, START + 900 * k) != clearer_zones(zones, START) for k in range(1, 5))
+
+
+def test_a_slice_too_big_for_one_record_continues_in_numbered_slots() -> None:
+    # Found at 10,000 households: 17 zones' lots in one district shard made
+    # a 1,562-byte slice, over a record body.
+    sunny_o, sunny = cleared_zone("feeder-1", [(SELL, 4000, 40), (BUY, 1000, 100)], seed=13)
+    shade_o, shade = cleared_zone("feeder-2", [(BUY, 2500, 120)], seed=14)
+    res = clear_district([zone_offer(sunny_o, sunny), zone_offer(shade_o, shade)], "d", START, 900)
+    whole = encode_slice(res, ["feeder-1", "feeder-2"])
+    parts = split_slices(res, ["feeder-2", "feeder-1"], limit=len(whole) - 1)
+    assert len(parts) == 2 and all(len(p) < len(whole) for p in parts)
+    c1 = bytes([2]) + bytes([1]) * 32
+    recs = [Rec(c1, body, slot=result_slot(k)) for k, body in enumerate(parts)]
+    assert [r.slot for r in recs] == ["result", "result/1"]
+    for z in ("feeder-1", "feeder-2"):
+        assert lots_from(recs, z, START, {c1}.__contains__) == decode_slice(whole)[2][z]
+    assert split_slices(res, ["feeder-1", "feeder-2"]) == [whole]  # fits: one record, as before
+    with pytest.raises(DistrictError, match="alone exceed"):
+        split_slices(res, ["feeder-1"], limit=20)
 
 
 def test_a_zone_offer_is_what_most_of_its_coordinators_published() -> None:
