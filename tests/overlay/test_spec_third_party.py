@@ -177,13 +177,15 @@ def test_the_worked_example_in_the_spec_verifies_with_the_spec_alone() -> None:
         assert "copied" in str(e)
     # The spec's key table names the keys the code uses.
     for name in ("mg/dir/<pubhex>", "mg/zone/<zone>", "mg/market/<zone>/<start>",
-                 "mg/market-result/<zone>/<start>", "mg/metering/<zone>/<start>", "mg/live/<zone>/<start>"):
+                 "mg/market-result/<zone>/<start>", "mg/metering/<zone>/<start>", "mg/live/<zone>/<start>",
+                 "mg/round/<zone>/<start>"):
         assert f"`{name}`" in text
 
 
 def test_a_raw_opendht_client_finds_and_verifies_every_record_from_the_spec() -> None:
     from microgrid.coordinator.market import book as bk
     from microgrid.coordinator.market.clearing import clear_interval
+    from microgrid.coordinator.market import rounds
     from microgrid.coordinator.market.orders import BUY, SELL, make_order
     from microgrid.coordinator.overlay.directory import Directory
     from microgrid.coordinator.trading.service import LIVE_PREFIX, METERING_PREFIX
@@ -206,12 +208,18 @@ def test_a_raw_opendht_client_finds_and_verifies_every_record_from_the_spec() ->
                 await n.put(f"{LIVE_PREFIX}{zone}/{start}", json.dumps({"export_wh": i, "import_wh": 1}).encode(), 600)
                 await bk.publish_order(n, orders[i], time.time())
                 await bk.publish_result(n, n.publisher_id, cleared)
+                # round records: the meter total for `start` and an order for two intervals on
+                later = make_order(n.signing_key, SELL, zone, start + 1800, 300 + i, 90, start + 2700, 8, int(time.time()))
+                await rounds.publish_round(n, zone, rounds.make_round(start, 900, (i, 9), [later]), 600)
+            totals = {n.public_key: (i, 9) for i, n in enumerate(nodes)}
+            await rounds.publish_settled(nodes[0], zone, rounds.SettledRound(start, 900, len(nodes),
+                                                                             rounds.meters_hash(totals)), 600)
             pubs = {n.public_key for n in nodes}
             await asyncio.sleep(0.2)
 
             # From here on: the spec's names and formats only.
             def read(name: str) -> dict[tuple[bytes, str], dict[int, Any]]:
-                if not name.startswith(("mg/market/", "mg/market-result/", "mg/metering/", "mg/live/")):
+                if not name.startswith(("mg/market/", "mg/market-result/", "mg/metering/", "mg/live/", "mg/round/")):
                     return third.records(name)
                 out: dict[tuple[bytes, str], dict[int, Any]] = {}
                 for shard in range(shards):
@@ -251,6 +259,24 @@ def test_a_raw_opendht_client_finds_and_verifies_every_record_from_the_spec() ->
             results = await loop.run_in_executor(None, read, f"mg/market-result/{zone}/{start}")
             assert {k for k in results} == {(p, "result:900") for p in pubs}
             assert {cbor2.loads(p[7])["hash"] for p in results.values()} == {cleared.hash}
+            got = await loop.run_in_executor(None, read, f"mg/round/{zone}/{start}")
+            assert set(got) == {(p, "") for p in pubs} | {(nodes[0].public_key, "settled")}
+            seen = []
+            for (pub, slot), p in got.items():
+                m = cbor2.loads(p[7])
+                assert cbor2.dumps(m, canonical=True) == p[7]
+                if slot == "settled":
+                    continue
+                assert (m["v"], m["start"], m["len"]) == (1, start, 900) and m["meter"][1] == 9
+                seen.append([pub, m["meter"][0], m["meter"][1]])
+                (order_body,) = m["orders"]
+                version, order, sig = cbor2.loads(order_body)
+                terms = cbor2.loads(order)
+                assert terms[8] == pub and terms[3] == start + 1800  # its own order, two intervals on
+                assert ecdsa_ok(pub, ORDER_CONTEXT + order, sig), "order signature in a round record"
+            settled = cbor2.loads(got[(nodes[0].public_key, "settled")][7])
+            assert settled["meters"] == len(nodes)
+            assert settled["hash"] == hashlib.sha256(cbor2.dumps(sorted(seen), canonical=True)).digest()
         finally:
             third.close()
             await stop_all(nodes)
