@@ -129,14 +129,19 @@ async def clear_from_overlay(overlay: SigningOverlay, district: str, interval_st
 # 2-3 MB on each). So `CLEARERS` coordinators (the first settler of the
 # zones whose hash with the interval sorts first, a different set each
 # interval) read the offers, clear, and publish the result in slices, one
-# per district shard:
+# per district shard, under the offers' own key:
 #
-#     mg/district-result/<district>/<start>[/<shard>]   slot "result"
+#     mg/district/<district>/<start>[/<shard>]   slot "result" ("result/1", ... when split)
 #
 # holding the whole result's hash and, per zone of that shard, its cleared
-# book hash and lots. A zone's coordinators read their shard's key (a
-# record per clearer) and take the lots most clearers agree on; anyone can
-# check a clearer by clearing the offers itself.
+# book hash and lots. A zone's coordinators read their shard's key for the
+# clearers' records only (by name: the offers do not travel) and take the
+# lots most clearers agree on; anyone can check a clearer by clearing the
+# offers itself. Under the offers' key, not a key of their own: a clearer's
+# slice is the delivery that ends its cancelled listens on the offers (the
+# engine stops a listen at its next delivery, overlay/engine.py), which
+# would otherwise be refreshed on into the next interval, and the district
+# needs no keys beyond its shards.
 
 CLEARERS = 3
 RESULT_SLOT = "result"
@@ -148,9 +153,8 @@ def clearer_zones(zones: Iterable[str], interval_start: int, count: int = CLEARE
 
 
 def result_key(district: str, interval_start: int, zone: str, shards: int = 1) -> str:
-    """Where the result slice for `zone` is published."""
-    base = district_key(district, interval_start).replace("mg/district/", "mg/district-result/", 1)
-    return base if shards == 1 else f"{base}/{shard_of(zone, shards)}"
+    """Where the result slice for `zone` is published: its offer's key."""
+    return offer_key(district, interval_start, zone, shards)
 
 
 # A record body (overlay records.MAX_BODY_BYTES): a shard's slice larger
