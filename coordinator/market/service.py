@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from bitcoinx import PrivateKey
 
 from ..clock import Clock, sleep_until, wait_or_stop
-from . import book as bk
+from . import book as bk, rounds
 from .clearing import ClearedInterval, Comparison, clear_interval
 from .orders import SignedOrder
 from .pricing import Battery, Forecast, plan_interval, sign_plans
@@ -111,7 +111,17 @@ class MarketService:
         orders = sign_plans(plans, self.key, s.zone, interval_start, int(now), interval_start + s.interval_s,
                             first_nonce=int(now * 1000) * 4, interval_s=s.interval_s)
         if s.round_records:
-            return orders  # published in our round record with a meter total (trading, rounds.py)
+            # Published in our round record for the round two intervals
+            # before, with its meter total (trading, rounds.py), when we run
+            # that round; when we do not (we started after it), now, alone.
+            carrier = rounds.orders_round(interval_start, s.interval_s)
+            if carrier not in self.rounds and orders:
+                rec = rounds.make_round(carrier, s.interval_s, None, orders[:rounds.MAX_ORDERS])
+                ttl = int(interval_start + s.interval_s - now)
+                if not await rounds.publish_round(self.overlay, s.zone, rec, ttl):  # type: ignore[arg-type]
+                    log.warning("round record with our orders for %s/%d not confirmed by the overlay", s.zone,
+                                interval_start)
+            return orders
         for so in orders:
             if not await bk.publish_order(self.overlay, so, now):
                 log.warning("order %s for %s/%d not confirmed by the overlay", so.hash_hex[:16], s.zone,

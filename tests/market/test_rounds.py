@@ -135,7 +135,9 @@ def test_round_record_dataclass_refuses_what_a_reader_would() -> None:
         {"v": 1, "start": START, "len": 900, "orders": []}, canonical=True)
 
 
-def test_market_services_with_round_records_clear_the_book_from_the_households_round_records() -> None:
+@pytest.mark.parametrize("trading_publishes", [True, False])
+def test_market_services_with_round_records_clear_the_book_from_the_households_round_records(
+        trading_publishes: bool) -> None:
     # [market] round_records: orders are not published on their own; each
     # household's round record (here published as trading does after the
     # interval two before ends) carries them, and every coordinator's
@@ -167,6 +169,10 @@ def test_market_services_with_round_records_clear_the_book_from_the_households_r
                                       sleep=sleep, poll_s=60, result_wait_s=30))
 
         async def households_publish() -> None:
+            # Without trading's record (a coordinator that started after the
+            # round), each market published its orders alone at order time.
+            if not trading_publishes:
+                return
             while clock.now() < START + 900 + 120:  # the round's interval ended, plus the settle delay
                 await asyncio.sleep(0)
             for i, (svc, ov) in enumerate(zip(svcs, overlays)):
@@ -180,4 +186,7 @@ def test_market_services_with_round_records_clear_the_book_from_the_households_r
         assert all(r.comparison is not None and r.comparison.unanimous for r in rnds)
         assert not [k for k in net.values if k.startswith("mg/market/")]  # no order went out on its own
         assert rnds[0].cleared is not None and rnds[0].cleared.volume_wh == 1600
+        published = await read_round(overlays[0], ZONE, START, 900)
+        assert len(published) == 3
+        assert all((r.meter is not None) == trading_publishes and len(r.orders) == 1 for r in published.values())
     asyncio.run(go())
