@@ -475,7 +475,7 @@ async def households(args: argparse.Namespace) -> None:
     from microgrid.coordinator.market.clearing import clear_interval
     from microgrid.coordinator.market.district import clear_district, zone_offer
     from microgrid.coordinator.market.district_link import (
-        all_keys, clearer_zones, lots_from, offer_key, offers_from, publish_offer, publish_results, result_key)
+        all_keys, clearer_zones, offer_key, offers_from, publish_offer, publish_results, read_lots, result_key)
     from microgrid.coordinator.market.orders import BUY, SELL, make_order
     from microgrid.coordinator.market.rounds import (
         SettledRound, households as round_records, make_round, meters_from, meters_hash, orders_from, orders_round,
@@ -661,15 +661,14 @@ async def households(args: argparse.Namespace) -> None:
 
         async def down(ep: Endpoint) -> None:
             zone = zone_of[ep.public_key]
-            is_clearer = clearer_keys.__contains__
-
-            # Read once the clearers are done, their records only (by name):
-            # a listen here would be refreshed until the engine's next
-            # delivery on the key, and nothing more comes.
+            # Read once the clearers are done, their records only (by name,
+            # a majority first): a listen here would be refreshed until the
+            # engine's next delivery on the key, and nothing more comes.
             t = time.monotonic()
-            got = await ep.get(rkey[zone], args.read_timeout, publishers=sorted(clearer_keys))
+            lots = await read_lots(ep, "district", traded, zone, [c.public_key for c in clearers],
+                                   args.district_shards, args.read_timeout)
             ep.lookups.append(time.monotonic() - t)
-            lots_seen.append((zone, lots_from(got, zone, traded, is_clearer)))
+            lots_seen.append((zone, lots))
 
         await asyncio.gather(*(down(ep) for ep in settlers))
         ref = results[0] if results and len({r.hash for r in results}) == 1 else None

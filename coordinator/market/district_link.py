@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from .district import (
     DistrictError, DistrictResult, ZoneLots, ZoneOffer, choose_offers, clear_district, decode_offer, decode_slice,
@@ -36,7 +36,8 @@ OFFER_TTL_S = 3600
 class SigningOverlay(Protocol):
     async def put(self, key: str, value: bytes, ttl_s: int, *, slot: str = "") -> bool: ...
 
-    async def get(self, key: str, timeout_s: float | None = None) -> list[Any]: ...
+    async def get(self, key: str, timeout_s: float | None = None, *,
+                  publishers: Iterable[bytes] | None = None) -> list[Any]: ...
 
 
 MAX_SHARDS = 256
@@ -218,3 +219,34 @@ def lots_from(recs: Iterable[Any], zone: str, interval_start: int,
     if not votes:
         return None
     return max(sorted(votes.items(), key=lambda kv: kv[0][0]), key=lambda kv: kv[1])[0][1]
+
+
+def _agreeing(recs: Iterable[Any], zone: str, interval_start: int, is_clearer: Callable[[bytes], bool]) -> int:
+    """How many clearers' records give `zone` the lots lots_from picks."""
+    recs = list(recs)
+    best = lots_from(recs, zone, interval_start, is_clearer)
+    n = 0
+    for rec in recs:
+        if not (rec.slot == RESULT_SLOT or rec.slot.startswith(RESULT_SLOT + "/")) or not is_clearer(rec.publisher):
+            continue
+        try:
+            _h, start, lots = decode_slice(rec.body)
+        except DistrictError:
+            continue
+        n += start == interval_start and lots.get(zone) == best
+    return n
+
+
+async def read_lots(overlay: SigningOverlay, district: str, interval_start: int, zone: str,
+                    clearers: Sequence[bytes], shards: int = 1, timeout_s: float | None = None) -> ZoneLots | None:
+    """`zone`'s lots as most clearers published them, reading as few of
+    their records as a majority needs: a majority of the clearers by name
+    first (a get pulls each record from every storing node, 16 copies), the
+    others only when those do not agree."""
+    key = result_key(district, interval_start, zone, shards)
+    need = len(clearers) // 2 + 1
+    is_clearer = set(clearers).__contains__
+    recs = list(await overlay.get(key, timeout_s, publishers=list(clearers[:need])))
+    if _agreeing(recs, zone, interval_start, is_clearer) < need and len(clearers) > need:
+        recs += await overlay.get(key, timeout_s, publishers=list(clearers[need:]))
+    return lots_from(recs, zone, interval_start, is_clearer)

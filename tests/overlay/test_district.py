@@ -272,3 +272,43 @@ def test_zones_meet_through_one_district_key_on_real_nodes() -> None:
             await stop_all(nodes)
 
     asyncio.run(go())
+
+
+def test_a_zone_reads_a_majority_of_clearers_first_and_the_rest_only_when_they_disagree() -> None:
+    from microgrid.coordinator.market.district_link import read_lots
+    from microgrid.coordinator.overlay import MemoryNetwork, MemoryOverlay
+
+    sunny_o, sunny = cleared_zone("feeder-1", [(SELL, 4000, 40), (BUY, 1000, 100)], seed=13)
+    shade_o, shade = cleared_zone("feeder-2", [(BUY, 2500, 120)], seed=14)
+    res = clear_district([zone_offer(sunny_o, sunny), zone_offer(shade_o, shade)], "d", START, 900)
+    forged = cbor2.loads(encode_slice(res, ["feeder-1", "feeder-2"]))
+    forged["zones"]["feeder-2"][2] = [[10**6, 2500]]
+
+    async def go(liar: int) -> tuple[ZoneLots | None, list[int]]:
+        net = MemoryNetwork(lambda: float(START))
+        nodes = [MemoryOverlay(PrivateKey(bytes(31) + bytes([60 + i])), net) for i in range(4)]
+        for n in nodes:
+            await n.start()
+        for i, c in enumerate(nodes[:3]):
+            if i == liar:
+                await c.put(result_key("d", START, "feeder-2", 2), cbor2.dumps(forged, canonical=True), 600,
+                            slot=RESULT_SLOT)
+            else:
+                await publish_results(c, "d", res, ["feeder-1", "feeder-2"], shards=2)
+        reader = nodes[3]
+        asked: list[int] = []
+        orig = reader.get
+
+        async def counted(key, timeout_s=None, *, publishers=None):  # type: ignore[no-untyped-def]
+            asked.append(len(publishers or []))
+            return await orig(key, timeout_s, publishers=publishers)
+        reader.get = counted  # type: ignore[method-assign]
+        lots = await read_lots(reader, "d", START, "feeder-2", [n.public_key for n in nodes[:3]], shards=2)
+        return lots, asked
+
+    want = decode_slice(encode_slice(res, ["feeder-2"]))[2]["feeder-2"]
+    assert asyncio.run(go(liar=2)) == (want, [2])  # the first two agree: the third is not read
+    assert asyncio.run(go(liar=0)) == (want, [2, 1])  # they disagree: the third decides
+    with pytest.raises(DistrictError, match="prefix"):
+        decode_slice(cbor2.dumps(dict(cbor2.loads(encode_slice(res, ["feeder-2"])),
+                                      zones={"feeder-2": [shade.hash, [], []]}), canonical=True))
