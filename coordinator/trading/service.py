@@ -240,7 +240,17 @@ class TradingService:
         record."""
         step = self.market_settings.interval_s
         placed = self.market.rounds.get(start + 2 * step)
-        orders = placed.own_orders[:rounds.MAX_ORDERS] if placed is not None else []
+        orders: list[Any] = list(placed.own_orders[:rounds.MAX_ORDERS]) if placed is not None else []
+        if not orders:
+            # After a restart the round that planned them may be gone while
+            # our record for this round already carries them (published at
+            # order time): a record without them would supersede it and
+            # take them out of the book.
+            zone = self.market_settings.zone
+            me = bytes.fromhex(self.public_hex)
+            ours = rounds.households(await self.overlay.get(rounds.round_key(zone, start), publishers=[me]),
+                                     start, step).get(me)
+            orders = list(ours.orders) if ours is not None else []
         rec = rounds.make_round(start, step, (m.export_wh, m.import_wh), orders)
         await rounds.publish_round(self.overlay, self.market_settings.zone, rec, self.settings.record_ttl_s)
 

@@ -65,3 +65,31 @@ def test_one_record_carries_the_meter_total_and_the_orders_and_only_members_coun
         assert settled[me.public_key.to_bytes(compressed=True)].hash == rounds.meters_hash(
             {p: (e, 0) for p, e in metered.items()})
     asyncio.run(main())
+
+
+def test_after_a_restart_the_meter_total_keeps_the_orders_already_published_for_the_round(
+        tmp_path: Path, ledger: LocalLedger) -> None:  # noqa: F811
+    # The market published our orders alone at order time (round records
+    # carry them); we restarted since, and no market round remembers them.
+    # Our meter total for the round must not supersede them away.
+    clock = FixedClock(START + 900 + 120)
+    node = make_node(tmp_path, "t", ledger, clock)
+    me = PrivateKey(bytes(31) + b"\x0b")
+
+    async def main() -> None:
+        net = MemoryNetwork(clock.now)
+        overlay = MemoryOverlay(me, net, shards=2)
+        await overlay.start()
+        mine = make_order(me, BUY, ZONE, START + 1800, 700, 150, START + 2700, 1, START - 1800)
+        assert await rounds.publish_round(overlay, ZONE, rounds.make_round(START, 900, None, [mine]))
+        svc = TradingService(key=me, overlay=overlay, clock=clock,
+                             market=MarketSettings(enabled=True, zone=ZONE, round_records=True).validate(),
+                             store=ReadingStore(open_database(tmp_path / "t.db")), device_ids=lambda: [],
+                             node=node, context=None,  # type: ignore[arg-type]
+                             own_uri="coap://127.0.0.1:1/channel")
+        assert START + 1800 not in svc.market.rounds
+        clock.t += 1  # a newer version
+        m = await svc.publish_metering(START)
+        ours = (await rounds.read_round(overlay, ZONE, START, 900))[me.public_key.to_bytes(compressed=True)]
+        assert ours.meter == (m.export_wh, m.import_wh) and ours.orders == (mine.encoded,)
+    asyncio.run(main())
