@@ -131,6 +131,12 @@ class TradingService:
         self.node = node
         self.own_uri = own_uri
         self.settings = settings or TradingSettings()
+        if market.round_records and self.settings.settle_delay_s >= market.interval_s - market.gate_lead_s:
+            # Our round record (meter total, and orders for two intervals
+            # on) goes out settle_delay_s after an interval ends; the book
+            # it feeds closes gate_lead_s before the next interval ends.
+            raise ValueError(f"settle_delay_s={self.settings.settle_delay_s}: with [market] round_records, expected "
+                             f"less than interval_s - gate_lead_s = {market.interval_s - market.gate_lead_s}")
         self._sleep = sleep
         # Zone membership: orders, metering and live totals of members only.
         self.is_member = is_member

@@ -190,3 +190,13 @@ def test_market_services_with_round_records_clear_the_book_from_the_households_r
         assert len(published) == 3
         assert all((r.meter is not None) == trading_publishes and len(r.orders) == 1 for r in published.values())
     asyncio.run(go())
+
+
+def test_round_records_settings_are_checked() -> None:
+    from microgrid.coordinator.market.settings import MarketSettings, MarketSettingsError
+
+    assert MarketSettings(enabled=True, zone=ZONE, round_records=True).validate().round_records
+    with pytest.raises(MarketSettingsError, match="round_records"):
+        MarketSettings(enabled=True, zone=ZONE, round_records="yes").validate()  # type: ignore[arg-type]
+    with pytest.raises(MarketSettingsError, match="order_lead_s"):  # orders must be planned by the round's end
+        MarketSettings(enabled=True, zone=ZONE, round_records=True, order_lead_s=600, gate_lead_s=300).validate()

@@ -93,3 +93,17 @@ def test_after_a_restart_the_meter_total_keeps_the_orders_already_published_for_
         ours = (await rounds.read_round(overlay, ZONE, START, 900))[me.public_key.to_bytes(compressed=True)]
         assert ours.meter == (m.export_wh, m.import_wh) and ours.orders == (mine.encoded,)
     asyncio.run(main())
+
+
+def test_round_records_refuse_a_settle_delay_that_would_miss_the_gate(tmp_path: Path, ledger: LocalLedger) -> None:  # noqa: F811
+    import pytest
+
+    from microgrid.coordinator.trading.service import TradingSettings
+
+    clock = FixedClock(START)
+    with pytest.raises(ValueError, match="settle_delay_s=600"):
+        TradingService(key=PrivateKey(bytes(31) + b"\x0c"), overlay=None, clock=clock,
+                       market=MarketSettings(enabled=True, zone=ZONE, round_records=True).validate(),
+                       store=ReadingStore(open_database(tmp_path / "t.db")), device_ids=lambda: [],
+                       node=make_node(tmp_path, "t", ledger, clock), context=None,  # type: ignore[arg-type]
+                       own_uri="coap://127.0.0.1:1/channel", settings=TradingSettings(settle_delay_s=600))
