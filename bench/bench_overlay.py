@@ -282,7 +282,7 @@ async def floods(args: argparse.Namespace) -> None:
     from microgrid.coordinator.market.clearing import clear_interval
     from microgrid.coordinator.market.orders import BUY, SELL, make_order
     from microgrid.coordinator.overlay.directory import Directory
-    from microgrid.coordinator.trading.service import LIVE_PREFIX, METERING_PREFIX
+    from microgrid.coordinator.trading.exchange import LIVE_PREFIX, METERING_PREFIX
 
     raise_fd_limit(args.flood_nodes)
     nodes = await start_nodes(args.flood_nodes, get_timeout_s=10.0)

@@ -14,7 +14,8 @@ The decisions live in market/ (orders, clearing, settlement) and channels/
                              each buyer's stream should have reached, and
                              open our export relay on one too far behind
     S + I + settle_delay     publish our connection's metering for [S, S+I)
-                             on the overlay (signed, like every record)
+                             on the overlay (signed, like every record;
+                             trading/exchange.py moves the figures)
     S + I + 2 settle_delay   collect every participant's metering, settle the
                              interval (the same result on every coordinator),
                              and pay each seller what the settlement says we
@@ -45,23 +46,21 @@ from ..market.orders import OrderError, decode_order
 from ..market.pricing import Battery, Forecast
 from ..market.service import MarketRound, MarketService
 from ..market.settings import MarketSettings
-from ..market import rounds
 from ..overlay.directory import Directory
-from ..market.settlement import (P2P, IntervalSettlement, Metered, SettlementError, check_energy_balance,
+from ..market.settlement import (P2P, IntervalSettlement, Metered, check_energy_balance,
                                  settle_interval)
 from ..store.books import BookStore, StoredBook
 from ..store.dues import Due, DuesStore
 from ..store.readings import ReadingStore
 from .credit import SellerCredit
 from .delivery import SellerAccounts, expected_streams, streamed_due
+from .exchange import MeteringExchange
 from .metering import interval_energy
 from .payer import ChannelPayer
 from .rollover import RolloverPolicy
 
 log = logging.getLogger("microgrid.trading")
 
-METERING_PREFIX = "mg/metering/"
-LIVE_PREFIX = "mg/live/"  # each trader's running export and import during an interval
 
 
 @dataclass
@@ -145,6 +144,11 @@ class TradingService:
         self.directory = Directory(overlay, {"coap": own_uri, "zone": market.zone, "capabilities": "market,channels"},
                                    ttl_s=self.settings.record_ttl_s,
                                    republish_s=self.settings.record_ttl_s / 4)
+        # Our figures out, the zone's in (trading/exchange.py).
+        self.exchange = MeteringExchange(
+            overlay=overlay, public_hex=self.public_hex, market=market, store=store, device_ids=device_ids,
+            record_ttl_s=self.settings.record_ttl_s, is_member=is_member,
+            planned_orders=lambda start: list(r.own_orders) if (r := self.market.rounds.get(start)) else [])
         self.stats = TradingStats()
         # Called with each interval's settlement (MQTT, reports).
         self.on_settled: Callable[[IntervalSettlement], None] | None = None
@@ -184,43 +188,21 @@ class TradingService:
         return Forecast(interval_start, e.export_wh, e.import_wh), None
 
     def metered(self, start: int) -> Metered:
-        e = interval_energy(self.store, self.device_ids(), start, start + self.market_settings.interval_s)
-        return Metered(bytes.fromhex(self.public_hex), e.net_export_wh, e.net_import_wh)
+        return self.exchange.metered(start)
 
-    # -- overlay records --------------------------------------------------------
+    async def publish_metering(self, start: int) -> Metered:
+        return await self.exchange.publish_metering(start)
 
-    def _metering_key(self, start: int) -> str:
-        return f"{METERING_PREFIX}{self.market_settings.zone}/{start}"
-
-    def _live_key(self, start: int) -> str:
-        return f"{LIVE_PREFIX}{self.market_settings.zone}/{start}"
-
-    async def _publish_wh(self, key: str, **wh: int) -> None:
-        await self.overlay.put(key, json.dumps(wh).encode(), self.settings.record_ttl_s)
-
-    async def _collect_wh(self, key: str, *fields: str) -> dict[bytes, tuple[int, ...]]:
-        """Each publisher's integer `fields` under `key` (the overlay gives
-        the newest record per publisher); malformed records are logged and
-        skipped."""
-        out: dict[bytes, tuple[int, ...]] = {}
-        for rec in await self.overlay.get(key):
-            if self.is_member is not None and not self.is_member(rec.publisher):
-                continue  # not a member of the zone: its figures count for nothing
-            try:
-                d = json.loads(rec.body)
-                out[rec.publisher] = tuple(int(d[f]) for f in fields)
-            except (ValueError, KeyError, TypeError) as e:
-                log.warning("ignored record under %s from %s: %s", key, rec.publisher.hex()[:16], e)
-        return out
+    async def collect_metering(self, start: int) -> list[Metered]:
+        return await self.exchange.collect_metering(start)
 
     async def publish_live(self, start: int, export_wh: int, import_wh: int) -> None:
-        await self._publish_wh(self._live_key(start), export_wh=export_wh, import_wh=import_wh)
+        await self.exchange.publish_live(start, export_wh, import_wh)
 
     async def collect_live(self, start: int) -> dict[bytes, tuple[int, int]]:
-        """Each trader's running (export, import) Wh for the interval, as
-        last published."""
-        got = await self._collect_wh(self._live_key(start), "export_wh", "import_wh")
-        return {p: (v[0], v[1]) for p, v in got.items()}
+        return await self.exchange.collect_live(start)
+
+    # -- overlay directory -------------------------------------------------------
 
     async def publish_directory(self) -> None:
         await self.directory.publish()
@@ -228,62 +210,6 @@ class TradingService:
     async def lookup_uri(self, public_hex: str) -> str | None:
         contact = await self.directory.lookup(public_hex)
         return None if contact is None else contact.get("coap")
-
-    async def publish_metering(self, start: int) -> Metered:
-        m = self.metered(start)
-        # What we publish is what the interval is settled on: a reading
-        # arriving from now on dated into it counts in a later interval.
-        self.store.close_metering(start + self.market_settings.interval_s)
-        if self.market_settings.round_records:
-            await self._publish_round(start, m)
-        else:
-            await self._publish_wh(self._metering_key(start), export_wh=m.export_wh, import_wh=m.import_wh)
-        return m
-
-    async def _publish_round(self, start: int, m: Metered) -> None:
-        """Round records (market/rounds.py): our meter total for `start` and
-        our orders for the interval whose book reads this round, in one
-        record."""
-        step = self.market_settings.interval_s
-        placed = self.market.rounds.get(start + 2 * step)
-        orders: list[Any] = list(placed.own_orders[:rounds.MAX_ORDERS]) if placed is not None else []
-        if not orders:
-            # After a restart the round that planned them may be gone while
-            # our record for this round already carries them (published at
-            # order time): a record without them would supersede it and
-            # take them out of the book.
-            zone = self.market_settings.zone
-            me = bytes.fromhex(self.public_hex)
-            ours = rounds.households(await self.overlay.get(rounds.round_key(zone, start), publishers=[me]),
-                                     start, step).get(me)
-            orders = list(ours.orders) if ours is not None else []
-        rec = rounds.make_round(start, step, (m.export_wh, m.import_wh), orders)
-        await rounds.publish_round(self.overlay, self.market_settings.zone, rec, self.settings.record_ttl_s)
-
-    async def _collect_round_meters(self, start: int) -> dict[bytes, tuple[int, int]]:
-        """Every member's meter total from the round's records; then our
-        word on what we settle on (rounds.SettledRound), which peers compare
-        and which ends the round's listens still held by the engine."""
-        step = self.market_settings.interval_s
-        got = rounds.meters_from(await rounds.read_round(self.overlay, self.market_settings.zone, start, step,
-                                                         self.is_member))
-        await rounds.publish_settled(self.overlay, self.market_settings.zone, rounds.SettledRound(
-            start, step, len(got), rounds.meters_hash(got)), self.settings.record_ttl_s)
-        return got
-
-    async def collect_metering(self, start: int) -> list[Metered]:
-        out = []
-        if self.market_settings.round_records:
-            totals = await self._collect_round_meters(start)
-        else:
-            totals = {p: (v[0], v[1]) for p, v in (await self._collect_wh(
-                self._metering_key(start), "export_wh", "import_wh")).items()}
-        for publisher, (export_wh, import_wh) in totals.items():
-            try:
-                out.append(Metered(publisher, export_wh, import_wh))
-            except SettlementError as e:  # a negative figure
-                log.warning("ignored metering record from %s: %s", publisher.hex()[:16], e)
-        return out
 
     # -- payments ----------------------------------------------------------------
 

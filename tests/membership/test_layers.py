@@ -155,8 +155,8 @@ def test_metering_and_live_totals_count_members_only(tmp_path: Path, ledger: Loc
         svc = service(street.gate.is_member)
         for k in street.members + [street.revoked] + street.strangers:
             o = await street.node(k, gated=False)
-            await o.put(svc._metering_key(START), json.dumps({"export_wh": 5000, "import_wh": 0}).encode(), 3600)
-            await o.put(svc._live_key(START), json.dumps({"export_wh": 4000, "import_wh": 0}).encode(), 3600)
+            await o.put(svc.exchange.metering_key(START), json.dumps({"export_wh": 5000, "import_wh": 0}).encode(), 3600)
+            await o.put(svc.exchange.live_key(START), json.dumps({"export_wh": 4000, "import_wh": 0}).encode(), 3600)
         metered = {m.participant for m in await svc.collect_metering(START)}
         live = set(await svc.collect_live(START))
         everyone = {m.participant for m in await service(None).collect_metering(START)}

@@ -20,7 +20,7 @@ from microgrid.coordinator.market.clearing import clear_interval
 from microgrid.coordinator.market.orders import BUY, SELL, make_order
 from microgrid.coordinator.overlay import records
 from microgrid.coordinator.overlay.directory import Directory, directory_key, zone_key
-from microgrid.coordinator.trading.service import LIVE_PREFIX, METERING_PREFIX
+from microgrid.coordinator.trading.exchange import LIVE_PREFIX, METERING_PREFIX
 
 from .conftest import start_nodes, stop_all
 

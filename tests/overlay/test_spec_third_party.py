@@ -188,7 +188,7 @@ def test_a_raw_opendht_client_finds_and_verifies_every_record_from_the_spec() ->
     from microgrid.coordinator.market import rounds
     from microgrid.coordinator.market.orders import BUY, SELL, make_order
     from microgrid.coordinator.overlay.directory import Directory
-    from microgrid.coordinator.trading.service import LIVE_PREFIX, METERING_PREFIX
+    from microgrid.coordinator.trading.exchange import LIVE_PREFIX, METERING_PREFIX
 
     async def go() -> None:
         shards = 4

@@ -190,7 +190,7 @@ async def _restart_before_settling(tmp_path: Path, ledger: LocalLedger, mid_inte
     from microgrid.coordinator.market.orders import make_order
     from microgrid.coordinator.market.service import MarketRound
     from microgrid.coordinator.overlay.memory import MemoryNetwork, MemoryOverlay
-    from microgrid.coordinator.trading.service import LIVE_PREFIX, METERING_PREFIX
+    from microgrid.coordinator.trading.exchange import LIVE_PREFIX, METERING_PREFIX
     from microgrid.shared import reading, secp256k1
 
     from ..market.overlay_stub import ManualClock

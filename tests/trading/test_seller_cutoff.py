@@ -20,7 +20,8 @@ from microgrid.coordinator.market.settings import MarketSettings
 from microgrid.coordinator.overlay.memory import MemoryNetwork, MemoryOverlay
 from microgrid.coordinator.store.database import open_database
 from microgrid.coordinator.store.readings import ReadingStore
-from microgrid.coordinator.trading.service import LIVE_PREFIX, TradingService, TradingSettings
+from microgrid.coordinator.trading.exchange import LIVE_PREFIX
+from microgrid.coordinator.trading.service import TradingService, TradingSettings
 from microgrid.shared import reading, secp256k1
 
 from ..channels.conftest import ledger, make_node  # noqa: F401 - the ledger fixture

@@ -19,7 +19,8 @@ from microgrid.coordinator.market.settlement import unsettled_report
 from microgrid.coordinator.overlay.memory import MemoryNetwork, MemoryOverlay
 from microgrid.coordinator.store.database import open_database
 from microgrid.coordinator.store.readings import HELD_CLOSED, ReadingStore
-from microgrid.coordinator.trading.service import METERING_PREFIX, TradingService, TradingSettings
+from microgrid.coordinator.trading.exchange import METERING_PREFIX
+from microgrid.coordinator.trading.service import TradingService, TradingSettings
 from microgrid.shared import reading, secp256k1
 
 from ..channels.conftest import ledger, make_node  # noqa: F401 - the ledger fixture
