@@ -25,12 +25,16 @@ The decisions live in market/ (orders, clearing, settlement) and channels/
 
 A seller's coordinator address is found in the overlay directory
 (overlay/directory.py), which every coordinator re-publishes each round.
+
+This module is the conductor: each phase's work is a module of its own
+(exchange.py the figures on the overlay, paying.py the buyer's payments,
+payer.py and rollover.py the channels they go through, credit.py the
+seller's side, delivery.py what is due as energy arrives).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -53,10 +57,11 @@ from ..store.books import BookStore, StoredBook
 from ..store.dues import Due, DuesStore
 from ..store.readings import ReadingStore
 from .credit import SellerCredit
-from .delivery import SellerAccounts, expected_streams, streamed_due
+from .delivery import SellerAccounts, expected_streams
 from .exchange import MeteringExchange
 from .metering import interval_energy
 from .payer import ChannelPayer
+from .paying import BuyerPayments
 from .rollover import RolloverPolicy
 
 log = logging.getLogger("microgrid.trading")
@@ -103,17 +108,6 @@ class TradingStats:
     payment_log: list[tuple[float, str, int]] = field(default_factory=list)
 
 
-def split_increments(wh: int, sats: int, increment_wh: int) -> list[int]:
-    """Sats per delivered increment: ceil(wh / increment) updates whose
-    amounts add up to exactly `sats` (earlier ones take the remainder)."""
-    if sats <= 0 or wh <= 0:
-        return []
-    n = max(1, -(-wh // max(increment_wh, 1)))
-    n = min(n, sats)  # never an update of 0 sat
-    base, rem = divmod(sats, n)
-    return [base + (1 if i < rem else 0) for i in range(n)]
-
-
 class TradingService:
     def __init__(self, *, key: PrivateKey, overlay: Any, market: MarketSettings, clock: Clock,
                  store: ReadingStore, device_ids: Callable[[], list[str]], node: ChannelNode,
@@ -158,7 +152,6 @@ class TradingService:
                                   RolloverPolicy(self.settings.renew_before_s, self.settings.reserve_sat),
                                   self.settings.channel_capacity_sat, self.settings.channel_lock_s,
                                   self.lookup_uri, self.stats, self._spawn)
-        self._pay_lock = asyncio.Lock()
         # The books, rebuilt from what is durable: the settled dues (our
         # database) and every signed update (the channel store), so a
         # restart neither pays a seller twice nor forgets who is behind.
@@ -172,9 +165,11 @@ class TradingService:
         # As a buyer: what we owe each seller by the settlements and have
         # signed to it (streamed or settled), and per interval what was
         # streamed (seller hex -> Wh, sat).
-        self.accounts = SellerAccounts(owed=self.dues.owed_by(self.public_hex),
-                                       signed=node.signed_by_peer("payer"))
-        self.streamed: dict[int, dict[str, tuple[int, int]]] = {}
+        self.paying = BuyerPayments(node, self.payer, clock, self.stats, self.public_hex, self.settings.increment_wh,
+                                    SellerAccounts(owed=self.dues.owed_by(self.public_hex),
+                                                   signed=node.signed_by_peer("payer")))
+        self.accounts = self.paying.accounts
+        self.streamed = self.paying.streamed
         self._streams: dict[int, asyncio.Task[None]] = {}
         node.payment_listeners.append(self._on_payment)
 
@@ -252,68 +247,6 @@ class TradingService:
                 owed[d.payer] = owed.get(d.payer, 0) + d.sats
         self.credit.settled(interval_start, owed)
 
-    async def _send(self, payee_hex: str, amounts: list[int], why: str, wh: int, **evidence: int) -> None:
-        """One channel update per amount to `payee_hex`. What is signed
-        counts as paid even when an acknowledgement is lost, because the
-        channel resends a pending update before the next. The channel's
-        journal keeps why (`stream` or `settle`), for how many Wh, and the
-        figures it was worked out from, so a dispute can be replayed."""
-        before = {cid: ch.paid for cid, ch in self.payer.channels(payee_hex)}
-        acked = None
-        try:
-            for amount in amounts:
-                acked = await self.payer.pay_one(payee_hex, amount)
-                self.stats.payment_updates += 1
-        finally:
-            # Paid is what is signed (the payee can claim it), acknowledged
-            # or not: an update in flight when we stop counts, as it does
-            # in the accounts. A rollover spreads one call over two
-            # channels; each journal gets its part (the Wh go with the first).
-            wh_left = wh
-            for cid, ch in self.payer.channels(payee_hex):
-                signed = ch.paid - before.get(cid, 0)
-                if not signed:
-                    continue
-                self.stats.paid_sat += signed
-                self.accounts.add_signed(payee_hex, signed)
-                self.node.store.record_event(cid, self.clock.now(), f"trade-{why}", wh=wh_left, amount=signed,
-                                             seq=ch.sent.seq if ch.sent else None,
-                                             detail=json.dumps(evidence, sort_keys=True))
-                wh_left = 0
-            if acked is not None:
-                self.stats.payment_log.append((self.clock.now(), payee_hex, acked))
-
-    async def pay(self, interval_start: int, dues: list[Due]) -> None:
-        """Pay each seller what these (newly recorded) dues add to what we
-        owe it, and anything still unpaid from before (a failed payment, a
-        restart between settling and paying), less what we have already
-        signed to it. One seller failing does not hold up the others."""
-        streamed = self.streamed.get(interval_start, {})
-        async with self._pay_lock:
-            # What the chain settled counts, not what we signed: a channel
-            # the seller closed at an older state, or we refunded, paid it
-            # less (see channels.protocol.signed_amount); the rest is paid
-            # here, through the next channel.
-            self.accounts.signed = self.node.signed_by_peer("payer")
-            new_wh: dict[str, int] = {}
-            for d in dues:
-                if d.payer == self.public_hex:
-                    self.accounts.settle(d.payee, d.sats)
-                    new_wh[d.payee] = new_wh.get(d.payee, 0) + d.wh
-            behind = {s for s in self.accounts.sellers() if self.accounts.unpaid(s) > 0}
-            for payee in sorted(behind):
-                due = self.accounts.unpaid(payee)
-                wh_left = max(new_wh.get(payee, 0) - streamed.get(payee, (0, 0))[0], 1)
-                try:
-                    await self._send(payee, split_increments(wh_left, due, self.settings.increment_wh), "settle",
-                                     wh_left, interval=interval_start, owed=self.accounts.owed.get(payee, 0))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    self.stats.errors += 1
-                    log.warning("paying %d sat owed to %s failed (retried after the next settlement): %s",
-                                due, payee[:16], e)
-
     async def stream_interval(self, cleared: ClearedInterval) -> None:
         """Pay as energy arrives during the interval. Publish our export
         and import so far; as a buyer, pay for what our meters show
@@ -327,7 +260,6 @@ class TradingService:
         if not (buying or selling) or poll <= 0:
             return
         start, end = cleared.interval_start, cleared.interval_start + cleared.interval_s
-        sent = self.streamed.setdefault(start, {})
         t = float(start)
         while t < end:
             # A poll that took longer than `poll` (a slow overlay, the demo's
@@ -345,44 +277,10 @@ class TradingService:
                 log.warning("reading the traders' energy so far for interval %d failed: %s", start, e)
                 continue
             if buying:
-                await self._stream_payments(cleared, live, energy.net_import_wh, sent)
+                await self.paying.stream(cleared, live, energy.net_import_wh)
             if selling:
                 for buyer, sats in expected_streams(cleared.trades, me, live, self.settings.increment_wh).items():
                     self.credit.expect_streamed(start, buyer.hex(), sats)
-
-    async def _stream_payments(self, cleared: ClearedInterval, live: dict[bytes, tuple[int, int]], import_wh: int,
-                               sent: dict[str, tuple[int, int]]) -> None:
-        """As a buyer, one poll: pay each seller what its trades make due
-        beyond what we streamed to it this interval (`sent`: seller hex ->
-        Wh, sat)."""
-        me, start = bytes.fromhex(self.public_hex), cleared.interval_start
-        exports = {p: v[0] for p, v in live.items()}
-        due_now = streamed_due(cleared.trades, me, import_wh, self.settings.increment_wh, exports)
-        for seller, due in sorted(due_now.items()):
-            if seller == me:  # our own sell order matched our buy: nothing to pay
-                continue
-            payee = seller.hex()
-            wh_sent, sat_sent = sent.get(payee, (0, 0))
-            if due.sats <= sat_sent:
-                continue
-            async with self._pay_lock:
-                before = self.accounts.signed.get(payee, 0)  # under the lock: settlement pays this seller too
-                try:
-                    await self._send(payee, split_increments(max(due.wh - wh_sent, self.settings.increment_wh),
-                                                             due.sats - sat_sent, self.settings.increment_wh),
-                                     "stream", due.wh - wh_sent, interval=start, import_wh=import_wh,
-                                     seller_export_wh=exports.get(seller, 0), due_sat=due.sats)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    log.warning("streaming %d sat to %s for interval %d failed (retried at the next poll, "
-                                "settled after the interval): %s", due.sats - sat_sent, payee[:16], start, e)
-                finally:
-                    # What was signed counts, even from an update that failed.
-                    signed = self.accounts.signed.get(payee, 0) - before
-                    if signed:
-                        sent[payee] = (due.wh if signed >= due.sats - sat_sent else wh_sent, sat_sent + signed)
-                        self.stats.streamed_sat += signed
 
     def channel_summary(self) -> dict[str, Any]:
         """Our channels and both sides' books, as MQTT publishes them after
@@ -438,7 +336,7 @@ class TradingService:
         dues = self.record_dues(s)
         self.books.mark_settled(self.market_settings.zone, start)
         self.expect_payments(start, dues)
-        await self.pay(start, dues)
+        await self.paying.settle(start, dues)
         return s
 
     def _keep_book(self, rnd: MarketRound) -> None:
@@ -498,7 +396,7 @@ class TradingService:
             if self.clock.now() < start + book.interval_s:
                 # Still running: stream on from what the channel journals
                 # say was streamed for it before the restart.
-                self.streamed[start] = self._streamed_before(start)
+                self.streamed[start] = self.paying.journal_streamed(start)
                 self._streams[start] = asyncio.ensure_future(self.stream_interval(cleared))
             self._spawn(self._settle_resumed(start))
             picked.append(start)
@@ -509,25 +407,6 @@ class TradingService:
         if picked:
             log.info("picked up intervals %s: cleared here and not settled, or with orders already due", picked)
         return picked
-
-    def _streamed_before(self, start: int) -> dict[str, tuple[int, int]]:
-        """Per seller, the (Wh, sat) our journals record streamed for the
-        interval at `start` (see `_send`)."""
-        out: dict[str, tuple[int, int]] = {}
-        for cid, e in self.node.channels.items():
-            if e.role != "payer":
-                continue
-            for ev in self.node.store.events(cid):
-                if ev["kind"] != "trade-stream" or not ev["detail"]:
-                    continue
-                try:
-                    interval = json.loads(ev["detail"]).get("interval")
-                except ValueError:
-                    continue
-                if interval == start:
-                    wh, sats = out.get(e.peer.hex(), (0, 0))
-                    out[e.peer.hex()] = (wh + int(ev["wh"] or 0), sats + int(ev["amount"] or 0))
-        return out
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

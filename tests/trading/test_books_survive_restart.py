@@ -52,7 +52,7 @@ def settlement(start: int, *payments: tuple[str, str, int, int]) -> IntervalSett
 async def settle(svc: TradingService, s: IntervalSettlement) -> list[Due]:
     dues = svc.record_dues(s)
     svc.expect_payments(s.interval_start, dues)
-    await svc.pay(s.interval_start, dues)
+    await svc.paying.settle(s.interval_start, dues)
     return dues
 
 
@@ -114,7 +114,7 @@ async def _books_survive_restarts(tmp_path: Path, ledger: LocalLedger) -> None:
         cid = await buyer.client.open_channel(channel_uri("127.0.0.1", port), 100_000, 7_200, b.public_key)
 
         # Interval 900: 300 sat streamed while energy arrived, settled at 700.
-        await buyer._send(seller_hex, [100, 100, 100], "stream", 30, interval=900)
+        await buyer.paying.send(seller_hex, [100, 100, 100], "stream", 30, interval=900)
         s900 = settlement(900, (buyer_hex, seller_hex, 700, 70))
         await settle(buyer, s900)
         await settle(seller, s900)
@@ -123,7 +123,7 @@ async def _books_survive_restarts(tmp_path: Path, ledger: LocalLedger) -> None:
         journal = [(e["kind"], e["amount"], json.loads(e["detail"]).get("interval")) for e in a.store.events(cid)]
         assert journal == [("trade-stream", 300, 900), ("trade-settle", 400, 900)]
         # Interval 1800: the seller fell short; 200 streamed, settled at 150.
-        await buyer._send(seller_hex, [100, 100], "stream", 20, interval=1800)
+        await buyer.paying.send(seller_hex, [100, 100], "stream", 20, interval=1800)
         s1800 = settlement(1800, (buyer_hex, seller_hex, 150, 15))
         await settle(buyer, s1800)
         await settle(seller, s1800)
@@ -242,7 +242,7 @@ async def _restart_before_settling(tmp_path: Path, ledger: LocalLedger, mid_inte
         if mid_interval:  # it streamed for the first 100 Wh before it stopped
             clock.t = start + 300
             before = trade_value(100, cleared.trades[0].price_sat_per_kwh)
-            await buyer._send(b.public_key.hex(), [before], "stream", 100, interval=start)
+            await buyer.paying.send(b.public_key.hex(), [before], "stream", 100, interval=start)
         # ... and the buyer stops, and is back after the interval, or in the
         # middle of it.
         await buyer.overlay.stop()

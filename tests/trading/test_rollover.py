@@ -72,7 +72,7 @@ async def _rollovers(tmp_path: Path, ledger: LocalLedger) -> None:
                 # moves the buyer on within that same payment.
                 b.close(buyer.channel_to[seller_hex])
             before = sum(b.payee(cid).received for cid in b.channels)
-            await buyer._send(seller_hex, [AMOUNT], "stream", 10, interval=0)
+            await buyer.paying.send(seller_hex, [AMOUNT], "stream", 10, interval=0)
             got = sum(b.payee(cid).received for cid in b.channels) - before
             received.append(got)
             assert got == AMOUNT, (step, clock.t, [r for r in a.rows()])

@@ -135,7 +135,7 @@ async def _sixty_days(tmp_path: Path) -> None:
             owed[name] += sats
         s = settlement(t, *[(a.public_key.hex(), sellers[n].public_key.hex(), sats, 40) for n, sats in dues.items()])
         before = {n: sum(ch.received for ch in payees(sellers[n])) for n in sellers}
-        await buyer.pay(t, buyer.record_dues(s))
+        await buyer.paying.settle(t, buyer.record_dues(s))
         for n in sellers:
             paid_in_step[n].append(sum(ch.received for ch in payees(sellers[n])) - before[n])
         for n, lc in lifecycles.items():
