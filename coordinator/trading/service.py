@@ -101,6 +101,8 @@ class TradingStats:
     errors: int = 0
     # (time, payee public key hex, cumulative sat acknowledged on that channel)
     payment_log: list[tuple[float, str, int]] = field(default_factory=list)
+    # Intervals `resume` picked up at start (after a restart: what was in flight).
+    picked_up: list[int] = field(default_factory=list)
 
 
 def split_increments(wh: int, sats: int, increment_wh: int) -> list[int]:
@@ -537,6 +539,7 @@ class TradingService:
                 picked.append(start)
         if picked:
             log.info("picked up intervals %s: cleared here and not settled, or with orders already due", picked)
+        self.stats.picked_up = picked
         return picked
 
     def _streamed_before(self, start: int) -> dict[str, tuple[int, int]]:

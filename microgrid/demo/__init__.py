@@ -26,6 +26,7 @@ from .neighbourhood import DAY, MAX_COORDINATORS, MAX_DAYS, MAX_METERS, Neighbou
 
 INTERVAL_S = 900  # market interval, simulated seconds
 DEFAULT_START = calendar.timegm((2026, 6, 21, 0, 0, 0))  # midsummer: plenty of sun
+MAX_SPEED = 5000  # --speed's ceiling at most: simulated s per real s
 
 
 # Per participant, from the settlements and the channels (microgrid/demo/money.py
@@ -42,6 +43,7 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
 
     from .accounting import Ledger
 
+    hood.finish_incidents()
     ledger = Ledger(INTERVAL_S)
     participants = []
     produced = stored = rejected = 0
@@ -168,13 +170,17 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
     if not traders:
         return out
     for t in traders:
-        out["payment_updates"] += t.stats.payment_updates
-        out["paid_sat"] += t.stats.paid_sat
-        out["streamed_sat"] += t.stats.streamed_sat
+        # Rebuilt from the database at a restart: the current instance's.
         for seller in t.accounts.sellers():
             out["p2p_owed_sat"] += t.accounts.owed.get(seller, 0)
             out["p2p_prepaid_sat"] += t.accounts.prepaid(seller)
             out["p2p_unpaid_sat"] += t.accounts.unpaid(seller)
+    # Counts kept in memory: the instances before a restart count too
+    # (after the current ones, which come first in `cleared` and `settled`).
+    for t in traders + hood.retired_traders:
+        out["payment_updates"] += t.stats.payment_updates
+        out["paid_sat"] += t.stats.paid_sat
+        out["streamed_sat"] += t.stats.streamed_sat
         out["errors"] += t.stats.errors
         out["export_relay_cuts"] += t.credit.disconnects
         payer = t.public_hex
@@ -186,6 +192,8 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
                 out["disagreements"] += 1
         for start, s in t.stats.settled.items():
             out["settled"].setdefault(start, s)
+    for series in out["channel_series"].values():
+        series.sort(key=lambda point: point[0])  # a restarted payer's two instances, in time order
     for start, cleared in out["cleared"].items():
         out["trades"] += len(cleared.trades)
         out["matched_wh"] += cleared.volume_wh
@@ -357,11 +365,14 @@ def _run(args: argparse.Namespace) -> int:
         print("money per seller (paid = signed by buyers on channels; value = delivered Wh x clearing price):")
         for m in data["money"]:
             print(f"  {m['line']}")
+        print("  every seller's ledger receipts within 1 sat per interval of delivered Wh x clearing price: "
+              + ("yes" if summary["money_within_1_sat_per_interval"] else "NO"))
         print(f"result digest: {summary['result_digest']}")
         print(f"report: {page}")
     for failure in summary["incident_failures"]:
         print(f"error: incident: {failure}", file=sys.stderr)
-    ok = not summary["incident_failures"] and summary["money_reconciles"] and summary["readings_stored"] > 0 and \
+    ok = not summary["incident_failures"] and summary["money_reconciles"] and \
+        summary["money_within_1_sat_per_interval"] and summary["readings_stored"] > 0 and \
         summary["readings_produced"] == summary["readings_accepted"] and summary["readings_rejected"] == 0 and summary["energy_balance_error_wh"] == 0
     return 0 if ok or summary["stopped_early"] else 1
 
@@ -380,16 +391,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=_positive_limited("--days", 0.01, MAX_DAYS, float), default=1.0,
                    help=f"simulated days, 0.01..{MAX_DAYS} (default 1)")
     p.add_argument("--seed", type=int, default=1, help="seed for profiles and keys (default 1)")
-    p.add_argument("--speed", type=_positive_limited("--speed", 1, 5000, float), default=None,
-                   help="at most this many simulated seconds per real second (default: no ceiling; "
-                        "simulated time waits for the slowest meter or coordinator either way)")
+    p.add_argument("--speed", type=_positive_limited("--speed", 1, MAX_SPEED, float), default=None,
+                   help=f"at most this many simulated seconds per real second, 1..{MAX_SPEED} (default: no "
+                        f"ceiling; simulated time waits for the slowest meter or coordinator either way, so any "
+                        f"--speed, {MAX_SPEED} included, gives the same result_digest, only later)")
     p.add_argument("--start-hour", type=_positive_limited("--start-hour", 0, 23.99, float), default=0.0,
                    help="simulated time of day to start at, in hours (default 0: midnight)")
     p.add_argument("--increment-wh", type=_positive_limited("--increment-wh", 1, 10000), default=10,
                    help="energy paid for by each channel update, Wh (default 10)")
     p.add_argument("--incidents", choices=("auto", "on", "off"), default="auto",
-                   help="a coordinator restart and a meter power cut at times the seed picks "
-                        "(auto: on for runs of 2 days or more)")
+                   help="a restart of every coordinator and power cuts of several meters, at times the seed "
+                        "picks; the summary says what each did (auto: on for runs of 2 days or more)")
     p.add_argument("--out", help="folder for databases, images, logs and the report (default demo-out/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
