@@ -37,7 +37,7 @@ _PAYER_KEYS = {"grid fee": "grid_fee_sat", "utility import": "utility_bill_sat"}
 _PAYEE_KEYS = {"utility export": "utility_credit_sat"}
 
 
-def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
+def collect(hood: Neighbourhood, elapsed: float, grid_check: bool = False) -> dict[str, Any]:
     from microgrid.coordinator.store.database import open_database
     from microgrid.coordinator.store.readings import ReadingStore
 
@@ -145,9 +145,26 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
     channels = [{"name": f"{names.get(payer, payer[:8])} -> {names.get(payee, payee[:8])}",
                  "capacity_sat": hood.plans[0].coordinator.config.channels.capacity_sat if hood.plans[0].coordinator else 0,
                  "series": series} for (payer, payee), series in sorted(market["channel_series"].items())]
-    return {"summary": summary, "intervals": intervals, "participants": participants, "channels": channels,
+    data = {"summary": summary, "intervals": intervals, "participants": participants, "channels": channels,
             "money": [m.as_dict() for m in market["money"]],
             "economics": market["economics"]}
+    if grid_check and market["settled"]:
+        data["grid"] = run_grid_check(market["settled"], hood.peer_keys)
+        summary["grid_intervals_outside_limits"] = data["grid"].get("summary", {}).get("intervals_outside_limits")
+    return data
+
+
+def run_grid_check(settled: dict[int, Any], households: list[str], network: str | None = None) -> dict[str, Any]:
+    """The feeder's power flow of every settled interval (demo/grid.py);
+    a check that cannot run is said in the report, the run goes on."""
+    from .grid import NETWORK, grid_check
+
+    try:
+        grid = grid_check(settled, households, INTERVAL_S, network or NETWORK)
+    except Exception as e:  # noqa: BLE001 - pandapower's failures are many; the report says which
+        logging.getLogger("microgrid.demo").exception("grid check failed")
+        return {"error": f"{type(e).__name__}: {e}"}
+    return grid
 
 
 def collect_market(hood: Neighbourhood) -> dict[str, Any]:
@@ -289,7 +306,8 @@ async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         progress.finish()
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)
-    data = collect(hood, time.time() - started)
+    grid = args.grid_check == "on" or (args.grid_check == "auto" and args.days >= 1)
+    data = collect(hood, time.time() - started, grid_check=grid)
     data["params"] = {"coordinators": args.coordinators, "meters": args.meters, "days": args.days,
                       "seed": args.seed, "speed": round(speed, 1) if speed else None,
                       "start": datetime.fromtimestamp(sim_start, timezone.utc).isoformat(),
@@ -306,6 +324,21 @@ async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     data["title"] = (f"A simulated street of {args.coordinators} households with {args.meters} meters, "
                      f"{args.days:g} day(s) from {start_day}, seed {args.seed}")
     return data
+
+
+def grid_line(grid: dict[str, Any]) -> str:
+    """The grid check in one line of the text summary."""
+    if "error" in grid:
+        return f"the power flow check could not run ({grid['error']})"
+    s = grid["summary"]
+    if not s["intervals"] or s["min_vm_pu"] is None:
+        return f"{s['intervals']} interval(s) checked on {grid['network']}, no power flow solved"
+    from .grid import NOMINAL_V
+
+    return (f"{s['intervals']} intervals checked on {grid['network']}: voltage {s['min_vm_pu'] * NOMINAL_V:.1f} to "
+            f"{s['max_vm_pu'] * NOMINAL_V:.1f} V, cables at most {s['max_line_loading_percent']:.0f} % and the "
+            f"transformer {s['max_trafo_loading_percent']:.0f} % loaded, {s['intervals_outside_limits']} interval(s) "
+            f"outside the limits")
 
 
 def _positive_limited(name: str, lo: float, hi: float, kind: type = int) -> Any:
@@ -362,6 +395,8 @@ def _run(args: argparse.Namespace) -> int:
             when = datetime.fromtimestamp(inc["at"], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             print(f"incident: {when} {inc['what']}")
         print(f"energy balance error: {summary['energy_balance_error_wh']} Wh")
+        if "grid" in data:
+            print(f"feeder: {grid_line(data['grid'])}")
         print("money per seller (paid = signed by buyers on channels; value = delivered Wh x clearing price):")
         for m in data["money"]:
             print(f"  {m['line']}")
@@ -402,6 +437,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--incidents", choices=("auto", "on", "off"), default="auto",
                    help="a restart of every coordinator and power cuts of several meters, at times the seed "
                         "picks; the summary says what each did (auto: on for runs of 2 days or more)")
+    p.add_argument("--grid-check", choices=("auto", "on", "off"), default="auto",
+                   help="after the run, a power flow of every settled interval on a benchmark low-voltage feeder "
+                        "with the households on it, in the report (auto: on for runs of 1 day or more)")
     p.add_argument("--out", help="folder for databases, images, logs and the report (default demo-out/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
