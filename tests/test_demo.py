@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from microgrid.demo import MAX_SPEED
+
 from .test_report import chromium_dom, raw_key_names, time_axis_ticks
 
 REQUIRED = ["readings_produced", "readings_stored", "readings_rejected", "energy_traded_wh", "trades",
@@ -65,6 +67,8 @@ def test_ctrl_c_stops_every_process_and_still_writes_the_report(tmp_path: Path) 
 def test_limits_are_enforced_with_a_clear_message() -> None:
     proc = subprocess.run(demo("--meters", "500"), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--meters must be between 1 and 40 on a 2-core machine" in proc.stderr
+    proc = subprocess.run(demo("--speed", str(MAX_SPEED + 1)), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and f"--speed must be between 1 and {MAX_SPEED}" in proc.stderr
 
 
 def test_a_sunny_morning_trades_pays_through_channels_and_settles_on_the_ledger(tmp_path: Path) -> None:
@@ -134,7 +138,7 @@ def test_the_same_seed_twice_gives_the_same_result_digest(reference: dict, tmp_p
 def test_both_cores_busy_and_the_fastest_speed_give_the_same_result_digest(reference: dict, tmp_path: Path) -> None:
     busy = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(2)]
     try:
-        loaded = _run_small(tmp_path / "run", "--speed", "5000")
+        loaded = _run_small(tmp_path / "run", "--speed", str(MAX_SPEED))  # the highest ceiling --speed takes
     finally:
         for p in busy:
             p.kill()
