@@ -384,7 +384,7 @@ class Neighbourhood:
         # how many readings it found waiting on flash) and sent them.
         await sleep(self.reading_s)
         async with self.conductor.busy():
-            booted = _boot_line(m)
+            booted = _boot_line(m, m.power_cuts + 1)
             if booted is None:
                 self.incident_failures.append(f"meter {m.name} did not boot after its power cut")
                 entry["what"] += ": did not boot again"
@@ -669,16 +669,17 @@ def _signed_sat(node: Any) -> int:
     return sum(node.signed_by_peer("payer").values()) + sum(node.signed_by_peer("payee").values())
 
 
-def _boot_line(m: MeterPlan) -> tuple[int, int] | None:
-    """(next seq, readings waiting on flash) from the meter's last boot
-    line in its log (edge/firmware.py: "..., next seq N, K buffered")."""
+def _boot_line(m: MeterPlan, boots: int) -> tuple[int, int] | None:
+    """(next seq, readings waiting on flash) from the meter's boot line
+    number `boots` in its log (edge/firmware.py: "..., next seq N, K
+    buffered"); None if it has not booted that often."""
     assert m.image is not None
     try:
         text = (m.image.parent / f"{m.name}.log").read_text()
     except OSError:
         return None
     found = re.findall(r"next seq (\d+), (\d+) buffered", text)
-    return (int(found[-1][0]), int(found[-1][1])) if found else None
+    return (int(found[boots - 1][0]), int(found[boots - 1][1])) if len(found) >= boots else None
 
 
 def _alive(proc: subprocess.Popen) -> Callable[[], bool]:
