@@ -150,13 +150,14 @@ def _nice_max(v: float) -> float:
 
 def line_chart(title: str, xs: Sequence[float], series: list[tuple[str, Sequence[float | None]]], unit: str,
                bars: bool = False, ymax: float | None = None, tz: timezone = timezone.utc,
-               zone_name: str = "UTC") -> str:
+               zone_name: str = "UTC", ymin: float | None = None) -> str:
     """An SVG chart of one or more series over time (None = gap; a point
-    with no neighbour is drawn as a dot)."""
+    with no neighbour is drawn as a dot). The y axis starts at 0 (or
+    below, for negative values) unless `ymin` is given."""
     if not xs:
         return f'<figure><figcaption>{html.escape(title)}</figcaption><p>No data.</p></figure>'
     values = [v for _, ys in series for v in ys if v is not None]
-    vmin = min(0.0, min(values, default=0.0))
+    vmin = ymin if ymin is not None else min(0.0, min(values, default=0.0))
     vmax = ymax if ymax is not None else _nice_max(max(values, default=1.0))
     x0, x1 = min(xs), max(xs)
     span = (x1 - x0) or 1.0
@@ -307,10 +308,12 @@ def grid_section(data: dict[str, Any], chart: Any) -> str:
     xs = [c["start"] for c in checks]
     charts = ""
     if xs:
-        charts = chart("Voltage on the feeder", xs, [
-            ("lowest", [volts(c["min_vm_pu"]) for c in checks]),
-            ("highest", [volts(c["max_vm_pu"]) for c in checks]),
-        ], "V at the connection points") + chart("Loading of the feeder", xs, [
+        lowest = [volts(c["min_vm_pu"]) for c in checks]
+        highest = [volts(c["max_vm_pu"]) for c in checks]
+        seen = [v for v in lowest + highest if v is not None]
+        # 200..260 V shows the allowed band (207..253 V) and what lies near it.
+        charts = chart("Voltage on the feeder", xs, [("lowest", lowest), ("highest", highest)],
+                       "V at the connection points", ymin=min([200.0] + seen), ymax=max([260.0] + seen)) + chart("Loading of the feeder", xs, [
             ("busiest cable", [pct(c["max_line_loading_percent"]) for c in checks]),
             ("transformer", [pct(c["max_trafo_loading_percent"]) for c in checks]),
         ], "% of rating")

@@ -50,6 +50,9 @@ def test_a_quiet_street_stays_inside_the_limits_and_a_huge_export_does_not() -> 
     lowest = re.search(r"Lowest voltage at a connection point \(V\)\s+([\d.]+)", text)
     assert lowest and 150 < float(lowest.group(1)) < 230
     assert "Voltage on the feeder" in text and "Loading of the feeder" in text
+    # The voltage axis shows the allowed band, not 0 to 250 V.
+    volt_svg = re.search(r'(?s)aria-label="Voltage on the feeder".*?</svg>', page)
+    assert volt_svg and ">0<" not in volt_svg.group(0) and ">230<" in volt_svg.group(0)
     assert "intervals checked on kerber_landnetz_kabel_1" in grid_line(g)
 
 
