@@ -20,6 +20,7 @@ Input (the `data` dict):
     channels      list of {"name", "capacity_sat", "series": [[unix s, paid_sat], ...]}
     participants  list of dicts (one row per household; keys as PARTICIPANT_COLUMNS)
     money         list of per-seller reconciliation rows (microgrid/demo/money.py)
+    grid          optional: the feeder's power flow per interval (microgrid/demo/grid.py)
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ SUMMARY_LABELS = [
     ("on_ledger_sat", "Received by sellers on the ledger (sat)"),
     ("p2p_unpaid_sat", "Owed and not yet paid (sat)"),
     ("money_reconciles", "Money reconciles to the satoshi"),
+    ("money_within_1_sat_per_interval", "Each seller's receipts within 1 sat per interval of its energy's worth"),
     ("payment_updates", "Channel payments made"),
     ("channels_opened", "Payment channels opened"),
     ("channel_rollovers", "Of those, opened to replace an expiring one"),
@@ -148,13 +150,14 @@ def _nice_max(v: float) -> float:
 
 def line_chart(title: str, xs: Sequence[float], series: list[tuple[str, Sequence[float | None]]], unit: str,
                bars: bool = False, ymax: float | None = None, tz: timezone = timezone.utc,
-               zone_name: str = "UTC") -> str:
+               zone_name: str = "UTC", ymin: float | None = None) -> str:
     """An SVG chart of one or more series over time (None = gap; a point
-    with no neighbour is drawn as a dot)."""
+    with no neighbour is drawn as a dot). The y axis starts at 0 (or
+    below, for negative values) unless `ymin` is given."""
     if not xs:
         return f'<figure><figcaption>{html.escape(title)}</figcaption><p>No data.</p></figure>'
     values = [v for _, ys in series for v in ys if v is not None]
-    vmin = min(0.0, min(values, default=0.0))
+    vmin = ymin if ymin is not None else min(0.0, min(values, default=0.0))
     vmax = ymax if ymax is not None else _nice_max(max(values, default=1.0))
     x0, x1 = min(xs), max(xs)
     span = (x1 - x0) or 1.0
@@ -273,6 +276,52 @@ HOUSEHOLD_MONEY = [
 ]
 
 
+GRID_NOMINAL_V = 230.0
+GRID_DEFINITION = ("Each household is placed on a connection point of a benchmark low-voltage feeder "
+                   "(pandapower's {network}); its metered net energy in each 15-minute interval is an average "
+                   "power there, and an AC power flow gives the voltage at every connection point and the "
+                   "loading of every cable and of the transformer. EN 50160 allows 207 to 253 V (230 V "
+                   "+/- 10 %); cables and the transformer should stay at or below 100 % of their rating.")
+
+
+def grid_section(data: dict[str, Any], chart: Any) -> str:
+    """The feeder's power flow (microgrid/demo/grid.py), in words, a table and two charts."""
+    grid = data.get("grid")
+    if not grid:
+        return ""
+    if "error" in grid:
+        return f"<h2>The feeder</h2><p>The power flow check could not run: {html.escape(str(grid['error']))}.</p>"
+    s = grid.get("summary", {})
+    volts = lambda pu: None if pu is None else round(pu * GRID_NOMINAL_V, 1)  # noqa: E731
+    pct = lambda v: None if v is None else round(v, 1)  # noqa: E731
+    rows = [
+        ("Intervals checked", s.get("intervals")),
+        ("Lowest voltage at a connection point (V)", volts(s.get("min_vm_pu"))),
+        ("Highest voltage at a connection point (V)", volts(s.get("max_vm_pu"))),
+        ("Highest cable loading (%)", pct(s.get("max_line_loading_percent"))),
+        ("Highest transformer loading (%)", pct(s.get("max_trafo_loading_percent"))),
+        ("Intervals with a voltage outside 207 to 253 V", s.get("intervals_with_voltage_violations")),
+        ("Intervals with a cable or the transformer overloaded", s.get("intervals_with_overloads")),
+        ("Intervals the power flow found no solution for", s.get("not_converged")),
+    ]
+    checks = grid.get("intervals", [])
+    xs = [c["start"] for c in checks]
+    charts = ""
+    if xs:
+        lowest = [volts(c["min_vm_pu"]) for c in checks]
+        highest = [volts(c["max_vm_pu"]) for c in checks]
+        seen = [v for v in lowest + highest if v is not None]
+        # 200..260 V shows the allowed band (207..253 V) and what lies near it.
+        charts = chart("Voltage on the feeder", xs, [("lowest", lowest), ("highest", highest)],
+                       "V at the connection points", ymin=min([200.0] + seen), ymax=max([260.0] + seen)) + chart("Loading of the feeder", xs, [
+            ("busiest cable", [pct(c["max_line_loading_percent"]) for c in checks]),
+            ("transformer", [pct(c["max_trafo_loading_percent"]) for c in checks]),
+        ], "% of rating")
+    definition = GRID_DEFINITION.format(network=str(grid.get("network", "")).replace("_", " "))
+    return (f"<h2>The feeder</h2>{_table([('what', 'Figure'), ('value', 'Value')], [{'what': w, 'value': v} for w, v in rows])}"
+            f"<p class=\"note\">{html.escape(definition)}</p>{charts}")
+
+
 def render_html(data: dict[str, Any]) -> str:
     tz, zone = _tz(data)
     intervals = data.get("intervals", [])
@@ -330,6 +379,7 @@ h2 {{ break-after: avoid; margin-top: 1.4em; }}
 <h2>Money, reconciled per seller</h2>{_table(MONEY_COLUMNS, data.get("money", []))}
 <p class="note">{html.escape(MONEY_DEFINITION)}</p>
 <h2>Charts</h2>{"".join(charts)}
+{grid_section(data, chart)}
 <h2>How the run was set up</h2>{_table([("what", "Setting"), ("value", "Value")], param_rows)}
 <p class="note">All figures: <a href="report.json">report.json</a> beside this page.</p>
 </body></html>

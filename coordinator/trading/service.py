@@ -106,6 +106,8 @@ class TradingStats:
     errors: int = 0
     # (time, payee public key hex, cumulative sat acknowledged on that channel)
     payment_log: list[tuple[float, str, int]] = field(default_factory=list)
+    # Intervals `resume` picked up at start (after a restart: what was in flight).
+    picked_up: list[int] = field(default_factory=list)
 
 
 class TradingService:
@@ -406,6 +408,7 @@ class TradingService:
                 picked.append(start)
         if picked:
             log.info("picked up intervals %s: cleared here and not settled, or with orders already due", picked)
+        self.stats.picked_up = picked
         return picked
 
     def _spawn(self, coro: Any) -> None:

@@ -26,6 +26,8 @@ from .neighbourhood import DAY, MAX_COORDINATORS, MAX_DAYS, MAX_METERS, Neighbou
 
 INTERVAL_S = 900  # market interval, simulated seconds
 DEFAULT_START = calendar.timegm((2026, 6, 21, 0, 0, 0))  # midsummer: plenty of sun
+MAX_SPEED = 5000  # --speed's ceiling at most: simulated s per real s
+GRID_CHECK_AUTO_DAYS = 31  # --grid-check auto: a year would be 35,000 power flows
 
 
 # Per participant, from the settlements and the channels (microgrid/demo/money.py
@@ -36,12 +38,13 @@ _PAYER_KEYS = {"grid fee": "grid_fee_sat", "utility import": "utility_bill_sat"}
 _PAYEE_KEYS = {"utility export": "utility_credit_sat"}
 
 
-def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
+def collect(hood: Neighbourhood, elapsed: float, grid_check: bool = False) -> dict[str, Any]:
     from microgrid.coordinator.store.database import open_database
     from microgrid.coordinator.store.readings import ReadingStore
 
     from .accounting import Ledger
 
+    hood.finish_incidents()
     ledger = Ledger(INTERVAL_S)
     participants = []
     produced = stored = rejected = 0
@@ -143,9 +146,26 @@ def collect(hood: Neighbourhood, elapsed: float) -> dict[str, Any]:
     channels = [{"name": f"{names.get(payer, payer[:8])} -> {names.get(payee, payee[:8])}",
                  "capacity_sat": hood.plans[0].coordinator.config.channels.capacity_sat if hood.plans[0].coordinator else 0,
                  "series": series} for (payer, payee), series in sorted(market["channel_series"].items())]
-    return {"summary": summary, "intervals": intervals, "participants": participants, "channels": channels,
+    data = {"summary": summary, "intervals": intervals, "participants": participants, "channels": channels,
             "money": [m.as_dict() for m in market["money"]],
             "economics": market["economics"]}
+    if grid_check and market["settled"]:
+        data["grid"] = run_grid_check(market["settled"], hood.peer_keys)
+        summary["grid_intervals_outside_limits"] = data["grid"].get("summary", {}).get("intervals_outside_limits")
+    return data
+
+
+def run_grid_check(settled: dict[int, Any], households: list[str], network: str | None = None) -> dict[str, Any]:
+    """The feeder's power flow of every settled interval (demo/grid.py);
+    a check that cannot run is said in the report, the run goes on."""
+    from .grid import NETWORK, grid_check
+
+    try:
+        grid = grid_check(settled, households, INTERVAL_S, network or NETWORK)
+    except Exception as e:  # noqa: BLE001 - pandapower's failures are many; the report says which
+        logging.getLogger("microgrid.demo").exception("grid check failed")
+        return {"error": f"{type(e).__name__}: {e}"}
+    return grid
 
 
 def collect_market(hood: Neighbourhood) -> dict[str, Any]:
@@ -168,13 +188,17 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
     if not traders:
         return out
     for t in traders:
-        out["payment_updates"] += t.stats.payment_updates
-        out["paid_sat"] += t.stats.paid_sat
-        out["streamed_sat"] += t.stats.streamed_sat
+        # Rebuilt from the database at a restart: the current instance's.
         for seller in t.accounts.sellers():
             out["p2p_owed_sat"] += t.accounts.owed.get(seller, 0)
             out["p2p_prepaid_sat"] += t.accounts.prepaid(seller)
             out["p2p_unpaid_sat"] += t.accounts.unpaid(seller)
+    # Counts kept in memory: the instances before a restart count too
+    # (after the current ones, which come first in `cleared` and `settled`).
+    for t in traders + hood.retired_traders:
+        out["payment_updates"] += t.stats.payment_updates
+        out["paid_sat"] += t.stats.paid_sat
+        out["streamed_sat"] += t.stats.streamed_sat
         out["errors"] += t.stats.errors
         out["export_relay_cuts"] += t.credit.disconnects
         payer = t.public_hex
@@ -186,6 +210,8 @@ def collect_market(hood: Neighbourhood) -> dict[str, Any]:
                 out["disagreements"] += 1
         for start, s in t.stats.settled.items():
             out["settled"].setdefault(start, s)
+    for series in out["channel_series"].values():
+        series.sort(key=lambda point: point[0])  # a restarted payer's two instances, in time order
     for start, cleared in out["cleared"].items():
         out["trades"] += len(cleared.trades)
         out["matched_wh"] += cleared.volume_wh
@@ -281,7 +307,8 @@ async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         progress.finish()
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)
-    data = collect(hood, time.time() - started)
+    grid = args.grid_check == "on" or (args.grid_check == "auto" and 1 <= args.days <= GRID_CHECK_AUTO_DAYS)
+    data = collect(hood, time.time() - started, grid_check=grid)
     data["params"] = {"coordinators": args.coordinators, "meters": args.meters, "days": args.days,
                       "seed": args.seed, "speed": round(speed, 1) if speed else None,
                       "start": datetime.fromtimestamp(sim_start, timezone.utc).isoformat(),
@@ -298,6 +325,21 @@ async def run_demo(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     data["title"] = (f"A simulated street of {args.coordinators} households with {args.meters} meters, "
                      f"{args.days:g} day(s) from {start_day}, seed {args.seed}")
     return data
+
+
+def grid_line(grid: dict[str, Any]) -> str:
+    """The grid check in one line of the text summary."""
+    if "error" in grid:
+        return f"the power flow check could not run ({grid['error']})"
+    s = grid["summary"]
+    if not s["intervals"] or s["min_vm_pu"] is None:
+        return f"{s['intervals']} interval(s) checked on {grid['network']}, no power flow solved"
+    from .grid import NOMINAL_V
+
+    return (f"{s['intervals']} intervals checked on {grid['network']}: voltage {s['min_vm_pu'] * NOMINAL_V:.1f} to "
+            f"{s['max_vm_pu'] * NOMINAL_V:.1f} V, cables at most {s['max_line_loading_percent']:.0f} % and the "
+            f"transformer {s['max_trafo_loading_percent']:.0f} % loaded, {s['intervals_outside_limits']} interval(s) "
+            f"outside the limits")
 
 
 def _positive_limited(name: str, lo: float, hi: float, kind: type = int) -> Any:
@@ -354,14 +396,19 @@ def _run(args: argparse.Namespace) -> int:
             when = datetime.fromtimestamp(inc["at"], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             print(f"incident: {when} {inc['what']}")
         print(f"energy balance error: {summary['energy_balance_error_wh']} Wh")
+        if "grid" in data:
+            print(f"feeder: {grid_line(data['grid'])}")
         print("money per seller (paid = signed by buyers on channels; value = delivered Wh x clearing price):")
         for m in data["money"]:
             print(f"  {m['line']}")
+        print("  every seller's ledger receipts within 1 sat per interval of delivered Wh x clearing price: "
+              + ("yes" if summary["money_within_1_sat_per_interval"] else "NO"))
         print(f"result digest: {summary['result_digest']}")
         print(f"report: {page}")
     for failure in summary["incident_failures"]:
         print(f"error: incident: {failure}", file=sys.stderr)
-    ok = not summary["incident_failures"] and summary["money_reconciles"] and summary["readings_stored"] > 0 and \
+    ok = not summary["incident_failures"] and summary["money_reconciles"] and \
+        summary["money_within_1_sat_per_interval"] and summary["readings_stored"] > 0 and \
         summary["readings_produced"] == summary["readings_accepted"] and summary["readings_rejected"] == 0 and summary["energy_balance_error_wh"] == 0
     return 0 if ok or summary["stopped_early"] else 1
 
@@ -380,16 +427,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=_positive_limited("--days", 0.01, MAX_DAYS, float), default=1.0,
                    help=f"simulated days, 0.01..{MAX_DAYS} (default 1)")
     p.add_argument("--seed", type=int, default=1, help="seed for profiles and keys (default 1)")
-    p.add_argument("--speed", type=_positive_limited("--speed", 1, 5000, float), default=None,
-                   help="at most this many simulated seconds per real second (default: no ceiling; "
-                        "simulated time waits for the slowest meter or coordinator either way)")
+    p.add_argument("--speed", type=_positive_limited("--speed", 1, MAX_SPEED, float), default=None,
+                   help=f"at most this many simulated seconds per real second, 1..{MAX_SPEED} (default: no "
+                        f"ceiling; simulated time waits for the slowest meter or coordinator either way, so any "
+                        f"--speed, {MAX_SPEED} included, gives the same result_digest, only later)")
     p.add_argument("--start-hour", type=_positive_limited("--start-hour", 0, 23.99, float), default=0.0,
                    help="simulated time of day to start at, in hours (default 0: midnight)")
     p.add_argument("--increment-wh", type=_positive_limited("--increment-wh", 1, 10000), default=10,
                    help="energy paid for by each channel update, Wh (default 10)")
     p.add_argument("--incidents", choices=("auto", "on", "off"), default="auto",
-                   help="a coordinator restart and a meter power cut at times the seed picks "
-                        "(auto: on for runs of 2 days or more)")
+                   help="a restart of every coordinator and power cuts of several meters, at times the seed "
+                        "picks; the summary says what each did (auto: on for runs of 2 days or more)")
+    p.add_argument("--grid-check", choices=("auto", "on", "off"), default="auto",
+                   help="after the run, a power flow of every settled interval on a benchmark low-voltage feeder "
+                        f"with the households on it, in the report (auto: on for runs of 1 to "
+                        f"{GRID_CHECK_AUTO_DAYS} days; some 0.05 s of CPU per interval)")
     p.add_argument("--out", help="folder for databases, images, logs and the report (default demo-out/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -20,6 +20,7 @@ import json
 import os
 import logging
 import random
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -128,6 +129,9 @@ class Neighbourhood:
         self.incidents = plan_incidents(seed, start, days, [c.name for c in self.plans],
                                         [m.name for m in self.all_meters()], int(self.reading_s)) if incidents else []
         self.incident_log: list[dict[str, Any]] = []
+        # Trading services of coordinators since restarted (stopped): their
+        # counts before the restart.
+        self.retired_traders: list[Any] = []
         self.incident_failures: list[str] = []  # what an incident broke (the run then fails)
         self._housekeeping_by: dict[str, asyncio.Task[None]] = {}
 
@@ -306,47 +310,124 @@ class Neighbourhood:
             self._housekeeping.append(asyncio.ensure_future(self._incident(inc)))
 
     async def _incident(self, inc: Any) -> None:
-        """Carry out one scripted incident at its simulated time."""
+        """Carry out one scripted incident at its simulated time, and
+        record what it did (one entry of `incident_log` each; its `what`
+        says it in words)."""
         sleep = self.conductor.sleeper(len(self.plans))  # after the coordinators' own work of that instant
         await sleep(inc.at - self.clock.now())
         if inc.kind == "restart":
-            c = [c for c in self.plans if c.name == inc.target][0]
-            try:
-                async with self.conductor.busy():
-                    await self._restart(c)
-            except Exception as e:  # noqa: BLE001 - shown in the summary, fails the run
-                log.exception("restarting coordinator %s failed", c.name)
-                self.incident_failures.append(f"restart of {c.name}: {e}")
-                self.incident_log.append({"at": inc.at, "what": f"coordinator {c.name} failed to restart: {e}",
-                                          "kind": inc.kind, "target": inc.target})
-                return
-            self.incident_log.append({"at": inc.at, "what": inc.describe(), "kind": inc.kind, "target": inc.target})
-            # A reading later: every other coordinator finds the address the
-            # restarted one announced since (not the record from before).
-            await sleep(self.reading_s)
+            await self._restart_incident(inc, sleep)
+        else:
+            await self._power_cut_incident(inc, sleep)
+
+    async def _restart_incident(self, inc: Any, sleep: Any) -> None:
+        c = [c for c in self.plans if c.name == inc.target][0]
+        entry: dict[str, Any] = {"at": inc.at, "kind": inc.kind, "target": inc.target, "what": inc.describe()}
+        self.incident_log.append(entry)
+        try:
             async with self.conductor.busy():
-                found = await self._directory_found(c, since=inc.at)
-            others = len(self.plans) - 1
-            self.incident_log.append({"at": int(self.clock.now()), "kind": "directory", "target": c.name,
-                                      "found_by": found, "of": others,
-                                      "what": f"coordinator {c.name}'s new directory record found by "
-                                              f"{found} of {others} neighbours"})
-            if found < others:
-                self.incident_failures.append(f"directory record of {c.name} found by {found} of {others}")
+                await self._restart(c)
+        except Exception as e:  # noqa: BLE001 - shown in the summary, fails the run
+            log.exception("restarting coordinator %s failed", c.name)
+            self.incident_failures.append(f"restart of {c.name}: {e}")
+            entry["what"] = f"coordinator {c.name} failed to restart: {e}"
             return
-        m = [m for m in self.all_meters() if m.name == inc.target][0]  # a power cut
+        co = c.coordinator
+        assert co is not None
+        node = co.trading.node if co.trading is not None else None
+        # Reloaded from the channel store by the new instance: open ones
+        # go on carrying payments. What they carry from now on is counted
+        # at the end (`finish_incidents`).
+        entry["channels_resumed"] = len(node.open_channels()) if node is not None else 0
+        entry["signed_at_restart_sat"] = _signed_sat(node)
+        entry["found_by"], entry["of"] = None, len(self.plans) - 1
+        # A reading later: every other coordinator finds the address the
+        # restarted one announced since (not the record from before), and
+        # the new instance has picked up what was in flight.
+        await sleep(self.reading_s)
+        async with self.conductor.busy():
+            found = await self._directory_found(c, since=inc.at)
+        entry["found_by"] = found
+        entry["intervals_picked_up"] = len(co.trading.stats.picked_up) if co.trading is not None else 0
+        if found < entry["of"]:
+            self.incident_failures.append(f"directory record of {c.name} found by {found} of {entry['of']}")
+        entry["what"] = self._restart_words(c, entry)
+
+    def _restart_words(self, c: CoordinatorPlan, entry: dict[str, Any]) -> str:
+        words = (f"coordinator {c.name} restarted: {entry['channels_resumed']} open channel(s) reloaded from its "
+                 f"store, {entry.get('intervals_picked_up', 0)} interval(s) in flight picked up, its new directory "
+                 f"record found by {entry['found_by']} of {entry['of']} neighbours")
+        if "moved_after_sat" in entry:
+            words += f"; {entry['moved_after_sat']:,} sat paid or received on its channels after"
+        return words
+
+    async def _power_cut_incident(self, inc: Any, sleep: Any) -> None:
+        m = [m for m in self.all_meters() if m.name == inc.target][0]
+        c = [c for c in self.plans if m in c.meters][0]
+        entry: dict[str, Any] = {"at": inc.at, "kind": inc.kind, "target": inc.target, "what": inc.describe(),
+                                 "outage_s": inc.outage_s}
         async with self.conductor.busy():
             if m.process is None or m.process.poll() is not None:
                 return
+            # What the coordinator had stored of it: anything newer was
+            # still on the meter's flash, waiting for an acknowledgement.
+            entry["stored_seq_at_cut"] = self._stored_seq(c, m)
             m.process.kill()
             m.process.wait()
             m.power_cuts += 1
-        self.incident_log.append({"at": inc.at, "what": inc.describe(), "kind": inc.kind, "target": inc.target})
+        self.incident_log.append(entry)
         await sleep(inc.outage_s)
         async with self.conductor.busy():
             self._power_on(m, self.clock.now())
-        self.incident_log.append({"at": int(self.clock.now()), "what": f"meter {m.name} power back",
-                                  "kind": "power back", "target": m.name})
+        entry["power_back_at"] = int(self.clock.now())
+        # A reading after power back: the meter has booted (its log says
+        # how many readings it found waiting on flash) and sent them.
+        await sleep(self.reading_s)
+        async with self.conductor.busy():
+            booted = _boot_line(m, m.power_cuts + 1)
+            if booted is None:
+                self.incident_failures.append(f"meter {m.name} did not boot after its power cut")
+                entry["what"] += ": did not boot again"
+                return
+            next_seq, on_flash = booted
+            before = entry["stored_seq_at_cut"] or 0
+            # Made before the cut and not stored then: the coordinator must have them now.
+            waiting = list(range(before + 1, next_seq))
+            recovered = sum(1 for seq in waiting if self._has_seq(c, m, seq))
+        entry.update(next_seq=next_seq, on_flash=on_flash, waiting=len(waiting), recovered=recovered,
+                     not_made=inc.outage_s // int(self.reading_s))
+        if recovered < len(waiting):
+            self.incident_failures.append(f"meter {m.name}: {len(waiting) - recovered} reading(s) made before its "
+                                          f"power cut not stored after it")
+        # The journal's acknowledged mark is saved every few readings: at
+        # boot the meter may send again some the coordinator already has
+        # (answered "duplicate", stored once).
+        again = max(on_flash - len(waiting), 0)
+        entry["what"] = (f"meter {m.name} lost power for {inc.outage_s // 60} min: it booted with {on_flash} "
+                         f"reading(s) on its flash not marked acknowledged and sent them ({again} the coordinator "
+                         f"already had); {len(waiting)} reading(s) made before the cut were not stored yet, "
+                         f"{recovered} of them are now; {entry['not_made']} reading(s) not made while off; its "
+                         f"sequence went on from {next_seq}")
+
+    def _stored_seq(self, c: CoordinatorPlan, m: MeterPlan) -> int | None:
+        assert c.coordinator is not None
+        return c.coordinator.store.last_seq(m.device_id)
+
+    def _has_seq(self, c: CoordinatorPlan, m: MeterPlan, seq: int) -> bool:
+        assert c.coordinator is not None
+        return c.coordinator.store.stored_message(m.device_id, seq) is not None
+
+    def finish_incidents(self) -> None:
+        """At the end: what each restarted coordinator's channels carried
+        after its restart (paid as buyer plus received as seller)."""
+        for entry in self.incident_log:
+            if entry["kind"] != "restart" or "signed_at_restart_sat" not in entry:
+                continue
+            c = [c for c in self.plans if c.name == entry["target"]][0]
+            node = c.coordinator.trading.node if c.coordinator and c.coordinator.trading else None
+            entry["moved_after_sat"] = _signed_sat(node) - entry["signed_at_restart_sat"]
+            if entry.get("found_by") is not None:
+                entry["what"] = self._restart_words(c, entry)
 
     async def _directory_found(self, c: CoordinatorPlan, since: float) -> int:
         """How many other coordinators read `c`'s directory record issued
@@ -378,7 +459,15 @@ class Neighbourhood:
         if task is not None:
             task.cancel()
         await old.stop()
-        config = c.config
+        if old.trading is not None:
+            # Its counts (trades cleared, settlements, updates) up to now:
+            # the summary is the household's over the whole run.
+            self.retired_traders.append(old.trading)
+        # Its overlay node joins through the neighbours' nodes (the first
+        # coordinator bootstraps nobody's at the start: it is the first).
+        config = dataclasses.replace(c.config)
+        config.overlay = dataclasses.replace(
+            c.config.overlay, bootstrap=[f"127.0.0.1:{o.overlay_port}" for o in self.plans if o is not c])
         wallet = Wallet.open(config.resolve(config.channels.wallet_path), "demo-" + c.name)
         new = self._coordinator(c, config, wallet)
         await new.start(defer_trading=True)
@@ -571,6 +660,26 @@ class Neighbourhood:
             if c.coordinator is not None:
                 await c.coordinator.stop()
         self.conductor.close_gate()
+
+
+def _signed_sat(node: Any) -> int:
+    """Every satoshi signed on a channel node's channels, as payer and as payee."""
+    if node is None:
+        return 0
+    return sum(node.signed_by_peer("payer").values()) + sum(node.signed_by_peer("payee").values())
+
+
+def _boot_line(m: MeterPlan, boots: int) -> tuple[int, int] | None:
+    """(next seq, readings waiting on flash) from the meter's boot line
+    number `boots` in its log (edge/firmware.py: "..., next seq N, K
+    buffered"); None if it has not booted that often."""
+    assert m.image is not None
+    try:
+        text = (m.image.parent / f"{m.name}.log").read_text()
+    except OSError:
+        return None
+    found = re.findall(r"next seq (\d+), (\d+) buffered", text)
+    return (int(found[boots - 1][0]), int(found[boots - 1][1])) if len(found) >= boots else None
 
 
 def _alive(proc: subprocess.Popen) -> Callable[[], bool]:

@@ -253,6 +253,7 @@ async def _restart_before_settling(tmp_path: Path, ledger: LocalLedger, mid_inte
         buyer = buyer_service()
         await buyer.overlay.start()
         assert buyer.resume() == ([start, start + 900] if mid_interval else [start])
+        assert buyer.stats.picked_up == ([start, start + 900] if mid_interval else [start])  # the demo reports it
         await asyncio.gather(*buyer._resumed)
         settled = buyer.stats.settled[start]
         owed = sum(p.sats for p in settled.payments if p.kind == P2P and p.payer == a.public_key.hex())
