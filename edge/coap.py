@@ -214,12 +214,13 @@ class Client:
             return None  # perhaps cut short: not a message we can take
         return decode(data)
 
-    def _payload(self, start):
-        # The answer's payload: a view into the datagram when the caller
-        # asked for one (no copy: the updater's blocks), else bytes.
+    def _payload(self, at):
+        # The answer's payload (from offset `at`): a view into the datagram
+        # when the caller asked for one (no copy: the updater's blocks),
+        # else bytes.
         if self.view:
-            return memoryview(self.datagram)[start:]
-        return self.datagram[start:]
+            return memoryview(self.datagram)[at:]
+        return self.datagram[at:]
 
     def _readable(self):
         return bool(self.poller.poll(0))
@@ -274,7 +275,7 @@ class Client:
                     if left <= 0 or ticks.since(start) >= timeout:
                         break
                     continue
-                mtype, code, rmid, rtoken, start = got
+                mtype, code, rmid, rtoken, at = got
                 if mtype == RST and rmid == mid:
                     raise CoAPError("coordinator reset the exchange")
                 if mtype == ACK and rmid == mid:
@@ -283,7 +284,7 @@ class Client:
                         break
                     if rtoken == token:
                         if protect is None:
-                            return code, self._payload(start)
+                            return code, self._payload(at)
                         got = protect.response(self.datagram)
                         if got is not None:
                             return got
@@ -293,7 +294,7 @@ class Client:
                 if rtoken == token and mtype in (CON, NON) and code >= 64:
                     if mtype == CON:
                         self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), addr)
-                    got = (code, self._payload(start)) if protect is None else protect.response(self.datagram)
+                    got = (code, self._payload(at)) if protect is None else protect.response(self.datagram)
                     if got is not None:
                         return got
                     continue
@@ -313,14 +314,14 @@ class Client:
             got = self._recv(wait - ticks.since(start))
             if got is None:
                 continue
-            mtype, code, rmid, rtoken, start = got
+            mtype, code, rmid, rtoken, at = got
             # Protected, the real piggybacked answer still counts after an
             # empty ACK (a forged one must not make us miss it).
             late = protect is not None and mtype == ACK and rmid == mid
             if rtoken == token and (mtype in (CON, NON) or late) and code >= 64:
                 if mtype == CON:
                     self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), addr)
-                got = (code, self._payload(start)) if protect is None else protect.response(self.datagram)
+                got = (code, self._payload(at)) if protect is None else protect.response(self.datagram)
                 if got is not None:
                     return got
         raise CoAPError("acknowledged but no response within %d ms" % wait)

@@ -148,10 +148,6 @@ def work(s):
             return False
         return _take_offer(s)
     u = _updater(s)
-    rep = u.state.get("report")
-    if rep is not None:
-        u = None
-        return _report(s, rep)
     done = _step(s, u)
     if done == "finish":
         # Every chunk in: checked and switched to at the next boot, in a
@@ -220,29 +216,23 @@ def _step(s, u):
         return False
 
 
-def _report(s, rep):
-    """Tell the coordinator how the update ended, signed with the device
-    key (coordinator/updates/rollout.py): its staged rollout goes on or
-    halts on it. Sent once; an answer of any kind ends it. Signed with the
-    state machine released (the signature needs its room); no room this
-    time is tried again later, like a network failure."""
-    import edge
-    from shared import cbor, reading_build
-
-    for name in ("edge.ota", "edge.ota_check", "edge.hal.partition"):
-        edge.release(name)
-    gc.collect()
-    try:
-        msg = reading_build.sign_payload(s.fw.secret, s.fw.public_key, cbor.dumps(rep))
-        code = _source(s).report(msg)
-    except (OSError, MemoryError) as e:
-        log.warning(TAG, "update report not sent: %r" % (e,))
-        s._retry_later()
-        return False
-    except Exception as e:  # no reporting must stop metering
-        code = None
-        log.warning(TAG, "update report dropped: %r" % (e,))
-    msg = None
+def report(s, msg):
+    """Tell the coordinator how the update ended (`msg`: the outcome signed
+    with the device key by the Session; None when there was none to send):
+    its staged rollout (coordinator/updates/rollout.py) goes on or halts on
+    it. Sent once; an answer of any kind ends it, no answer is tried again
+    later."""
+    code = None
+    if msg is not None:
+        try:
+            code = _source(s).report(msg)
+        except OSError as e:
+            log.warning(TAG, "update report not sent: %s" % e)
+            s._retry_later()
+            return False
+        except Exception as e:  # no reporting must stop metering
+            log.warning(TAG, "update report dropped: %r" % (e,))
+        msg = None
     if code is not None and code >> 5 != 2:
         log.warning(TAG, "update report answered %s" % coap.code_str(code))
     u = _updater(s)
