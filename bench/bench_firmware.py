@@ -2,6 +2,7 @@
 
     python bench/bench_firmware.py [--count 200] [--loop-readings 30]
     python bench/bench_firmware.py --esp32like-only [--no-mpy-baseline]
+    python bench/bench_firmware.py --update-only
 
 Measures, in one run: building and signing a complete reading message in
 MicroPython with the precomputed generator table (unix port, boards with
@@ -47,11 +48,24 @@ limit a run succeeds or not with the heap's fragmentation, which follows
 the timing: the figure is the heap where the loop ran every time (three
 runs at each bisection step, ten more at the end), and the few KB below it
 where it runs only sometimes are printed with their success counts.
+
+A full-size firmware update (a 1.5 MB release, 384 chunks, made with
+`microgrid release` and served by a real coordinator over CoAP Block2) is
+measured the same way in the frozen esp32-like build: the smallest heap in
+which a freshly flashed meter, booted again after each reboot the update
+asks for (to check the offer, to switch), ends on the new image confirmed
+with every reading stored once and in order and no MemoryError; with the
+simulated meter and with the PZEM driver and the console (answering
+`status` and `update` at every boot), against the firmware's metering peak
+measured in the same run (--update-only: the two update figures alone).
+Target: <= 48 KB.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -450,11 +464,165 @@ def esp32like_lines(readings: int, baseline: bool = True) -> list[str]:
     else:
         lines.append(f"    below it the loop runs only sometimes: {band_text(frozen_band)}")
     lines += oscore_lines(readings, frozen_binary, frozen_result)
+    lines += update_lines(frozen_binary, frozen_peak)
     lines.append(
         f"    counted in these runs: the unix port's scripted hardware layer, {hal['scripted'] / 1024:.1f} KB of heap "
         f"imported; a board's (edge/hal/board.py) takes {hal['machine'] / 1024:.1f} KB "
         f"(ratio {hal['scripted'] / hal['machine']:.2f}): on a board the firmware needs "
         f"{(hal['scripted'] - hal['machine']) / 1024:.1f} KB less")
+    return lines
+
+
+# -- a full-size firmware update, as an ESP32 runs it -----------------------
+
+UPDATE_TRIAL_BOOTS = 16
+UPDATE_BOOT_TIMEOUT_S = 300.0
+UPDATE_READINGS = 40
+UPDATE_REPEATS = 1  # trials a bisection step needs (each is a whole update, about a minute)
+UPDATE_CONFIRM = 2  # further trials in a row at the heap found
+
+
+def stand_in_image(version: str, size: int, seed: int) -> bytes:
+    """A unix-port slot image: a header naming its version, then bytes."""
+    import random
+
+    head = b"MGFW " + json.dumps({"version": version}).encode() + b"\n"
+    return head + random.Random(seed).randbytes(size - len(head))
+
+
+def update_trial(root: Path, frozen_binary: str, heap: int, pzem_console: bool) -> tuple[bool, str]:
+    """A freshly flashed frozen meter (the simulated meter, or with
+    `pzem_console` the PZEM driver and the console answering `status` and
+    `update` at every boot) updated with a full 1.5 MB release
+    by a real coordinator while it sends UPDATE_READINGS readings a boot,
+    booted again (as a board resets) until the new image is confirmed.
+    (True, detail) if it was, with no MemoryError, every reading stored once
+    and in order."""
+    from microgrid.cli import main as cli_main
+    from microgrid.coordinator.store.database import open_database
+    from microgrid.coordinator.store.readings import ReadingStore
+    from microgrid.flash.image import write_image
+    from microgrid.shared.release import MAX_SIZE
+
+    work = root / f"update-{heap}-{time.monotonic_ns()}"
+    work.mkdir()
+    try:
+        key_file = work / "release.key"
+        (work / "fw.bin").write_bytes(stand_in_image("0.3.0", MAX_SIZE, 2))
+        releases = work / "releases"
+        with contextlib.redirect_stdout(io.StringIO()):  # the release tool's own lines
+            cli_main(["release", "--new-key", str(key_file)])
+            cli_main(["release", "--key", str(key_file), "--image", str(work / "fw.bin"), "--version", "0.3.0",
+                      "--board", "unix", "--min-version", "0.2.0", "--out", str(releases)])
+        pub = secp256k1.public_key(bytes.fromhex(key_file.read_text().strip()))
+        config = work / "coordinator.toml"
+        config.write_text(f'[updates]\nenabled = true\nrelease_keys = ["{pub.hex()}"]\nboard = "unix"\n'
+                          f'folder = "{releases}"\n')
+        db = work / "coordinator.db"
+        port = free_udp_port()
+        meter_key = PrivateKey.from_random()
+        meter_pub = meter_key.public_key.to_bytes(compressed=True)
+        store = ReadingStore(open_database(db))
+        store.register_device(meter_pub, "bench-meter")
+        store.db.close()
+        cfg = {"device_name": "bench-meter", "coordinator_port": port, "interval_s": 0.25,
+               "clock_start": 1_700_000_000, "clock_speed": 60, "ack_timeout_s": 0.2, "retry_after_s": 0.2,
+               "max_readings": UPDATE_READINGS, "meter": {"type": "simulated", "profile": "prosumer", "seed": 3},
+               "updates": {"board": "unix", "keys": [pub.hex()]}}
+        if pzem_console:
+            cfg.update(meter=PZEM, console=True)
+        image = write_image(work / "image", cfg, meter_key.to_bytes())
+        shutil.rmtree(image / "edge")
+        shutil.rmtree(image / "shared")
+        (image / "hal_script.json").write_text(pzem_script())
+        (image / "ota_0.bin").write_bytes(stand_in_image("0.2.0", 9_000, 1))
+        env = dict(os.environ, MICROPYPATH=".frozen:" + str(image.resolve()))
+        coordinator = CoordinatorProcess(db, port, config, log=work / "coordinator.log").start(COORDINATOR_START_S)
+        log = ""
+        try:
+            for _ in range(UPDATE_TRIAL_BOOTS):
+                proc = subprocess.run([frozen_binary, "-X", f"heapsize={heap}", "main.py"], cwd=str(image), env=env,
+                                      input="status\nupdate\n" if pzem_console else "", capture_output=True, text=True,
+                                      timeout=UPDATE_BOOT_TIMEOUT_S)
+                log += proc.stdout + proc.stderr
+                if proc.returncode not in (0, 3) or "MemoryError" in log:
+                    first = [ln for ln in log.splitlines() if "MemoryError" in ln][:1] or log.strip().splitlines()[-2:]
+                    return False, f"exit {proc.returncode}: " + " | ".join(first)
+                if "confirmed" in log and not (image / "ota.json").exists():
+                    break
+        except subprocess.TimeoutExpired:
+            return False, f"a boot took over {UPDATE_BOOT_TIMEOUT_S:g} s"
+        finally:
+            coordinator.stop()
+        if "running 0.3.0 confirmed" not in log:
+            waits = "; it waited for memory" if "update waits" in log else ""
+            return False, "not confirmed after %d boots%s" % (UPDATE_TRIAL_BOOTS, waits)
+        store = ReadingStore(open_database(db))
+        seqs = [r["seq"] for r in store.readings(reading.device_id(meter_pub))]
+        store.db.close()
+        if seqs != list(range(1, len(seqs) + 1)):
+            return False, "readings lost or repeated: %s" % seqs
+        return True, f"{len(seqs)} readings"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def update_peak(root: Path, frozen_binary: str, pzem_console: bool) -> tuple[int, dict[int, str]]:
+    """Smallest heap (to 1 KB) in which the frozen firmware takes a
+    full-size update (1.5 MB, 384 chunks) to the end: UPDATE_REPEATS trials
+    at each bisection step, UPDATE_CONFIRM more at the heap found. With it,
+    how the last failed trial at each heap tried ended."""
+    failed: dict[int, str] = {}
+
+    def runs(heap: int, trials: int) -> bool:
+        for _ in range(trials):
+            ok, detail = update_trial(root, frozen_binary, heap, pzem_console)
+            if not ok:
+                failed[heap] = detail
+                return False
+        return True
+
+    top = 64 * 1024
+    ok, detail = update_trial(root, frozen_binary, top, pzem_console)
+    if not ok:
+        raise RuntimeError(f"a full update did not complete in a {top // 1024} KB heap: {detail}")
+    peak = bisect_heap(lambda heap: runs(heap, UPDATE_REPEATS), lo=40 * 1024, hi=top)
+    for _ in range(LOOP_MAX_STEPS):
+        if runs(peak, UPDATE_CONFIRM):
+            return peak, failed
+        peak += 1024
+    raise RuntimeError(f"no heap up to {peak // 1024} KB took the update {UPDATE_CONFIRM} times in a row")
+
+
+def failures_text(failed: dict[int, str], peak: int) -> str:
+    below = sorted((h for h in failed if h >= peak - 2048), reverse=True)
+    return "; ".join(f"{h / 1024:.1f} KB: {failed[h]}" for h in below) or "none"
+
+
+def update_lines(frozen_binary: str, metering_peak: int | None) -> list[str]:
+    """Peak heap of a full-size update (1.5 MB from a coordinator over CoAP
+    Block2 while readings go on, checked at boot, switched, confirmed) in
+    the frozen esp32-like build: with the simulated meter, and with the
+    PZEM driver and the console; against `metering_peak` (the firmware with
+    PZEM and console without an update, measured in this run) if given."""
+    with tempfile.TemporaryDirectory(prefix="bench-update-") as tmp:
+        root = Path(tmp)
+        plain, plain_failed = update_peak(root, frozen_binary, False)
+        full, full_failed = update_peak(root, frozen_binary, True)
+    runs = UPDATE_REPEATS + UPDATE_CONFIRM
+    lines = [
+        f"    a full-size update (1.5 MB, 384 chunks over CoAP Block2 while readings go on, checked at boot, "
+        f"switched, confirmed), frozen, in each of {runs} updates:",
+        f"      simulated meter, no console: peak heap {plain / 1024:.0f} KB "
+        f"(target <= 48 KB: {'met' if plain <= 48 * 1024 else 'NOT met'}); just below it: "
+        f"{failures_text(plain_failed, plain)}",
+        f"      PZEM driver and console (status and update at every boot): peak heap {full / 1024:.0f} KB "
+        f"(target <= 48 KB: {'met' if full <= 48 * 1024 else 'NOT met'}); ratio to the simulated meter "
+        f"{full / plain:.2f}; just below it: {failures_text(full_failed, full)}",
+    ]
+    if metering_peak:
+        lines.append(f"      the same firmware metering without an update: {metering_peak / 1024:.0f} KB; the update "
+                     f"costs {(full - metering_peak) / 1024:+.0f} KB, ratio {full / metering_peak:.2f}")
     return lines
 
 
@@ -478,8 +646,15 @@ def main() -> int:
     ap.add_argument("--no-mpy-baseline", action="store_true",
                     help="with --esp32like-only: skip the .mpy baseline (frozen in clear is the baseline of the "
                          "OSCORE figure)")
+    ap.add_argument("--update-only", action="store_true",
+                    help="measure only the peak heap of a full-size firmware update in the esp32-like build "
+                         "(frozen, PZEM driver and console)")
     args = ap.parse_args()
     n = args.count
+    if args.update_only:
+        print("firmware benchmark: peak heap of a full-size update as an ESP32 runs it")
+        print("\n".join(update_lines(str(frozen.esp32like_binary()), None)))
+        return 0
     if args.esp32like_only:
         print("firmware benchmark: peak heap as an ESP32 runs it")
         print("\n".join(esp32like_lines(args.loop_readings, not args.no_mpy_baseline)))

@@ -36,6 +36,14 @@ OPT_URI_PATH = 11
 OPT_CONTENT_FORMAT = 12
 
 RANDOM_FACTOR = 1.5
+# The largest datagram the meter takes: a 512-byte Block2 block of a
+# firmware update (edge/ota_session.py) with its header and options, an
+# OSCORE-protected answer to a reading, all well under it. Smaller than the
+# RFC's 1152 because recvfrom allocates this much for every datagram,
+# which must find a free run of its size in a 48 KB heap (MicroPython has
+# no recv_into for datagrams); one that fills it may have been cut short
+# and is dropped, as one the meter cannot take.
+RECV_MAX = 640
 
 
 class CoAPError(OSError):
@@ -82,8 +90,10 @@ def encode(mtype, code, mid, token, options, payload):
 
 
 def decode(data):
-    """(type, code, mid, token, payload) or None if the datagram is not a
-    well-formed CoAP message (it is then ignored, as RFC 7252 asks)."""
+    """(type, code, mid, token, payload's offset) or None if the datagram
+    is not a well-formed CoAP message (it is then ignored, as RFC 7252
+    asks). The payload is not copied: only an answer that is ours is
+    (Client.post)."""
     if len(data) < 4:
         return None
     b0 = data[0]
@@ -100,7 +110,7 @@ def decode(data):
     # Skip options; we need none from responses.
     while i < len(data):
         if data[i] == 0xFF:
-            return mtype, code, mid, token, bytes(data[i + 1:])
+            return mtype, code, mid, token, i + 1
         d = data[i] >> 4
         l = data[i] & 0x0F
         i += 1
@@ -121,7 +131,7 @@ def decode(data):
         i += l
     if i > len(data):
         return None
-    return mtype, code, mid, token, b""
+    return mtype, code, mid, token, len(data)
 
 
 class Client:
@@ -142,6 +152,8 @@ class Client:
         self.token_base = bytes(r[2:6])
         self.token_counter = 0
         self.retransmissions = 0
+        self.datagram = b""
+        self.view = False
 
     def close(self):
         self.sock.close()
@@ -186,8 +198,8 @@ class Client:
             timeout_ms = 1
         self.sock.settimeout(timeout_ms / 1000)
         try:
-            data, addr = self.sock.recvfrom(1152)
-            self.datagram = data  # for a `protect` hook (edge/oscore.py)
+            data, addr = self.sock.recvfrom(RECV_MAX)
+            self.datagram = data  # for a `protect` hook (edge/oscore.py), and the payload
         except OSError:
             # A timeout is OSError(EAGAIN/ETIMEDOUT) on MicroPython and
             # socket.timeout (an OSError) on CPython; a refused port (ICMP)
@@ -198,19 +210,32 @@ class Client:
             # any other address (a spoofed 4.09 telling the meter to jump
             # its sequence, say) is ignored as if never received.
             return None
+        if len(data) >= RECV_MAX:
+            return None  # perhaps cut short: not a message we can take
         return decode(data)
+
+    def _payload(self, at):
+        # The answer's payload (from offset `at`): a view into the datagram
+        # when the caller asked for one (no copy: the updater's blocks),
+        # else bytes.
+        if self.view:
+            return memoryview(self.datagram)[at:]
+        return self.datagram[at:]
 
     def _readable(self):
         return bool(self.poller.poll(0))
 
-    def post(self, path, payload, content_format=None, method=POST, more=(), protect=None):
+    def post(self, path, payload, content_format=None, method=POST, more=(), protect=None, view=False):
         """Send a confirmable POST; return (code, payload) of the response.
         Raises CoAPError when the host does not resolve, when no
         acknowledgement arrives after the last retransmission, or when the
         server resets the exchange; Interrupted when `idle` asked to stop.
         `protect` (edge/oscore.py's Link) encrypts the request and judges
         each answer: one it returns None for is ignored, as if never
-        received."""
+        received. `view`: the answer's payload as a memoryview into the
+        datagram instead of a copy (valid until the next exchange)."""
+        self.view = view
+        self.datagram = b""  # the last answer's datagram freed before this one's arrives
         addr = self._address()
         mid = self._next_mid()
         token = self._next_token()
@@ -250,7 +275,7 @@ class Client:
                     if left <= 0 or ticks.since(start) >= timeout:
                         break
                     continue
-                mtype, code, rmid, rtoken, rpayload = got
+                mtype, code, rmid, rtoken, at = got
                 if mtype == RST and rmid == mid:
                     raise CoAPError("coordinator reset the exchange")
                 if mtype == ACK and rmid == mid:
@@ -259,7 +284,7 @@ class Client:
                         break
                     if rtoken == token:
                         if protect is None:
-                            return code, rpayload
+                            return code, self._payload(at)
                         got = protect.response(self.datagram)
                         if got is not None:
                             return got
@@ -269,7 +294,7 @@ class Client:
                 if rtoken == token and mtype in (CON, NON) and code >= 64:
                     if mtype == CON:
                         self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), addr)
-                    got = (code, rpayload) if protect is None else protect.response(self.datagram)
+                    got = (code, self._payload(at)) if protect is None else protect.response(self.datagram)
                     if got is not None:
                         return got
                     continue
@@ -289,14 +314,14 @@ class Client:
             got = self._recv(wait - ticks.since(start))
             if got is None:
                 continue
-            mtype, code, rmid, rtoken, rpayload = got
+            mtype, code, rmid, rtoken, at = got
             # Protected, the real piggybacked answer still counts after an
             # empty ACK (a forged one must not make us miss it).
             late = protect is not None and mtype == ACK and rmid == mid
             if rtoken == token and (mtype in (CON, NON) or late) and code >= 64:
                 if mtype == CON:
                     self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), addr)
-                got = (code, rpayload) if protect is None else protect.response(self.datagram)
+                got = (code, self._payload(at)) if protect is None else protect.response(self.datagram)
                 if got is not None:
                     return got
         raise CoAPError("acknowledged but no response within %d ms" % wait)

@@ -108,6 +108,9 @@ class Firmware:
             # tables fragment the heap.
             from edge.console import Console
         log.set_level(cfg["log_level"])
+        # An update's signature checks run here, in a fresh heap, before the
+        # meter, key, outbox and client take theirs (edge/ota_boot.py).
+        switched = cfg["updates"] and _exists("ota.json") and _ota_at_boot(cfg["updates"])
         self.errors = Errors()
         # The driver's modules load (compile, under the unix port) before
         # the signer's tables fragment the heap.
@@ -154,7 +157,10 @@ class Firmware:
         elif cfg["console"]:
             self.console = Console(self)
         self.ota = None  # edge/ota.py: loaded only while an update is offered or under way
-        if self.cfg["updates"] and _exists("ota.json"):
+        if switched:
+            self.reboot_requested = True  # into the new image, before anything else
+            self.running = False
+        elif self.cfg["updates"] and _exists("ota.json"):
             self.start_ota()
         log.info(TAG, "device %s (%s) -> coap://%s:%d/readings, next seq %d, %d buffered" % (
             self.device, cfg["device_name"], cfg["coordinator_host"], cfg["coordinator_port"], self.seq + 1,
@@ -614,6 +620,12 @@ class Firmware:
                 self.wait(min(wait, 1000))
         self.stop()
         return self.summary()
+
+
+def _ota_at_boot(updates):
+    from edge import ota_boot
+
+    return ota_boot.run(updates, VERSION)
 
 
 def _exists(path):

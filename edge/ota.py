@@ -8,12 +8,13 @@
 # for it while it signs a reading, and nothing when it is not updating.
 # Each step starts from ota.json: what the checked manifest said (size,
 # chunk size, the image's and the chunk table's SHA-256) is kept there, so
-# a step needs no signature check; the kept manifest is checked again once,
-# before the switch. The steps (docs/UPDATES.md):
+# a step needs no signature check; the signature checks run at boot, in a
+# fresh heap (edge/ota_boot.py). The steps (docs/UPDATES.md):
 #   1. offer: the coordinator's 2.01 to a reading says " fw=VERSION"; the
-#      meter fetches the signed manifest and checks it (a trusted release
-#      key, this board, newer than the running version and the running one
-#      not below the release's minimum: shared/release.py).
+#      meter fetches the signed manifest, keeps it (offered()) and reboots;
+#      at boot it is checked (a trusted release key, this board, newer than
+#      the running version and the running one not below the release's
+#      minimum: shared/release.py) and accepted or refused.
 #   2. download: first the chunk table (each chunk's SHA-256; the manifest
 #      signs only the table's hash), streamed to a file and checked there;
 #      then one 4 KiB chunk per pass of the firmware's loop, only when the
@@ -23,7 +24,8 @@
 #      chunk's number is saved after each good chunk, so a power cut
 #      resumes where it was. Neither the table nor a whole chunk is ever
 #      held in RAM: a full 1.5 MB slot updates in a 48 KB heap.
-#   3. switch: the kept manifest checked again (a file on flash is no more
+#   3. switch: after the last chunk (ready()) the meter reboots; at boot
+#      the kept manifest is checked again (a file on flash is no more
 #      trusted than the network), the whole slot read back and its SHA-256
 #      compared with the manifest's, then set_boot() and a reboot.
 #   4. trial: the new image runs "pending verify"; once CONFIRM_READINGS
@@ -55,26 +57,9 @@ ROLLBACKS = 2  # rollbacks of one version (a power cut in its trial counts) befo
 BAD_CHUNKS = 3  # bad copies of one chunk before the update is abandoned
 
 
-def partition_class():
-    try:
-        from esp32 import Partition
-    except ImportError:
-        from edge.hal.partition import Partition
-    return Partition
-
-
-def running_version(default):
-    """The running image's version: the firmware's VERSION on a board; under
-    the unix port the stand-in slot's header names it (edge/hal/partition.py)."""
-    try:
-        import esp32  # noqa: F401
-
-        return default
-    except ImportError:
-        from edge.hal.partition import Partition, image_header
-
-        hdr = image_header(Partition(Partition.RUNNING))
-        return hdr["version"] if hdr and isinstance(hdr.get("version"), str) else default
+# Where the slots are and what runs: edge/ota_check.py (small, so that the
+# steps that need only these do not load this module).
+from edge.ota_check import partition_class, running_version  # noqa: E402,F401
 
 
 def _remove(path):
@@ -204,6 +189,25 @@ class Updater:
         self.save()
         log.info(TAG, "update to %s accepted: %d bytes into %s" % (s["version"], s["size"], s["slot"]))
         return None
+
+    def offered(self, version, signed):
+        """Keep an offered manifest, unchecked, for edge/ota_boot.py to check
+        at the next boot (the check needs more heap than a running meter
+        has free). Nothing else changes until it is checked."""
+        with open(self.manifest_path, "wb") as f:
+            f.write(signed)
+        s = self._keep()
+        s.update({"phase": "offered", "version": version})
+        self.state = s
+        self.save()
+        log.info(TAG, "update to %s offered: checked at the next boot" % version)
+
+    def ready(self):
+        """Every chunk is in: the image is checked and switched to at the
+        next boot, in a fresh heap (edge/ota_boot.py)."""
+        self.state["phase"] = "verify"
+        self.save()
+        log.info(TAG, "update to %s downloaded: checked and switched at the next boot" % self.state.get("version"))
 
     # -- the chunk table: streamed to flash, checked there ------------------
 
@@ -381,8 +385,8 @@ class Updater:
             # Lost from flash: start afresh at the next offer, not stuck.
             self.abandon("kept manifest unreadable")
             return None
-        if phase in ("download", "report"):
-            return phase
+        if phase in ("download", "report", "offered", "verify"):
+            return phase  # offered, verify: edge/ota_boot.py's, before the firmware starts
         here = self.running().info()[4]
         if here == s.get("slot"):
             if phase != "trial":

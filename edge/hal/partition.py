@@ -33,7 +33,11 @@ ROOT = "."
 OTADATA = "otadata"
 
 _FF = b"\xff" * 512  # erased flash, written in pieces: no 4 KiB buffer on a small heap
-_running = None
+# The slot the bootloader chose at this power-up is kept in the edge.hal
+# package, not here: the updater releases this module between its steps
+# (edge/ota_session.py), and importing it again must not run the
+# bootloader a second time.
+_RUNNING = "partition_running"
 _budget = None
 writes = 0  # flash writes so far (blocks, otadata): tests count them
 
@@ -66,8 +70,7 @@ def _spend():
 def reboot():
     """Power up again: the bootloader runs at the next Partition use (a
     cut armed with cut_after stays armed)."""
-    global _running
-    _running = None
+    _hal().__dict__.pop(_RUNNING, None)
 
 
 def _load():
@@ -99,8 +102,13 @@ def _other(label):
     return SLOTS[1] if label == SLOTS[0] else SLOTS[0]
 
 
+def _hal():
+    import edge.hal
+
+    return edge.hal
+
+
 def _boot():
-    global _running
     d = _load()
     sel = d["boot"]
     state = d["state"].get(sel, "valid")
@@ -114,12 +122,12 @@ def _boot():
         sel = _other(sel)
         d["boot"] = sel
         _save(d)
-    _running = sel
+    _hal().__dict__[_RUNNING] = sel
     return sel
 
 
 def running_label():
-    return _running if _running is not None else _boot()
+    return _hal().__dict__.get(_RUNNING) or _boot()
 
 
 def slot_state(label):
@@ -169,7 +177,7 @@ class Partition:
     def writeblocks(self, block, buf, offset=None):
         if block < 0 or block * BLOCK + len(buf) + (offset or 0) > SLOT_BLOCKS * BLOCK:
             raise OSError(22)  # EINVAL: outside the slot
-        data = buf if isinstance(buf, bytes) else bytes(buf)
+        data = buf  # bytes or a memoryview (a received block): written as it is, not copied
         erase = offset is None
         if erase:
             offset = 0

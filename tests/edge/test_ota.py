@@ -401,25 +401,45 @@ def put_table(self, off, data):
     return orig_put_table(self, off, data)
 Updater.put_table = put_table
 
-def attempt():
-    # What the meter does from power-up: resume, or take the coordinator's offer.
-    u, m = boot()
-    seen[running_hash()] = 1
+import edge
+from edge import ota_boot
+edge.release = lambda name: None  # the patched modules stay loaded (a board releases them)
+
+def power_up():
+    # As the firmware starts: edge/ota_boot.py's checks first, then the
+    # state machine. None: the bootloader was pointed at the new image and
+    # the board reboots at once.
+    P.reboot()
     boots[0] += 1
-    if m is None and u.state.get("last_rollback") is None and u.version == "0.2.0":
-        if u.offer(rd("ok.cose")) is not None:
-            return "refused"
-        m = "download"
-    if m in ("download", "switch"):
-        if not download(u):
-            return "failed"
-        if u.finish():
-            u, m = boot()
-            seen[running_hash()] = 1
-            boots[0] += 1
-    if m == "trial":
-        u.confirm()
-    return "done"
+    if ota_boot._run(UPD, running_version("0.0.0")):
+        return None
+    u = Updater(UPD, running_version("0.0.0"), Partition)
+    m = u.at_boot()
+    seen[running_hash()] = 1
+    return u, m
+
+def attempt():
+    # What the meter does from power-up: resume, or take the coordinator's
+    # offer (kept, checked at the next boot), download, and reboot to switch.
+    offered = False
+    for _ in range(8):
+        got = power_up()
+        if got is None:
+            continue
+        u, m = got
+        if m is None and not offered and u.state.get("last_rollback") is None and u.version == "0.2.0":
+            u.offered("0.3.0", rd("ok.cose"))
+            offered = True
+            continue
+        if m == "download":
+            if not download(u):
+                return "failed"
+            u.ready()
+            continue
+        if m == "trial":
+            u.confirm()
+        return "done"
+    return "stuck"
 
 # One clean run counts the flash writes an update makes.
 seen = {}
@@ -450,9 +470,7 @@ for seed in range(%(n)d):
             break
         except PowerCut:
             pass
-    u, m = boot()
-    seen[running_hash()] = 1
-    boots[0] += 1
+    u, m = power_up() or power_up()
     end = "%%s %%s" %% (u.version, "rolled_back" if u.state.get("last_rollback") else P.slot_state(Partition(Partition.RUNNING).info()[4]))
     if u.state.get("last_failed"):
         end += " " + u.state["last_failed"]["reason"]
@@ -467,3 +485,42 @@ print(json.dumps({"writes": writes, "ends": ends, "cuts": total_cuts, "boots": b
     # trial (before readings were acknowledged), back on the old one.
     assert set(r["ends"]) <= {"0.3.0 valid", "0.2.0 rolled_back"}, r["ends"]
     assert r["ends"].get("0.3.0 valid", 0) > POWER_CUTS // 3, r["ends"]
+
+
+def test_with_too_little_free_heap_an_update_step_waits_and_metering_goes_first(tmp_path: Path) -> None:
+    # A step (its modules, the state, a block) must not crowd out the next
+    # reading's signature: below FREE_FLOOR free after a collection the
+    # Session takes no step, says why once, and tries again later.
+    r = run(tmp_path, """
+class Fw:
+    def __init__(self):
+        self.cfg = {"updates": UPD, "retry_after_s": 0}
+        self.outbox = []
+        self.client = None
+        self.running = True
+        self.reboot_requested = False
+        self.config_path = "config.json"
+        self.ota = None
+class Source:
+    asked = 0
+    def manifest(self):
+        Source.asked += 1
+        raise OSError("coordinator away")
+clean()
+s = ota_session.Session(Fw(), source=Source(), Partition=Partition)
+s.offered(b"stored x/1 t=1 fw=0.3.0")
+out = {"offer": s.offer}
+floor = ota_session.FREE_FLOOR
+# As a heap that has less free than a step needs (the test's heap is large).
+ota_session.FREE_FLOOR = gc.mem_free() + (1 << 24)
+out["short"] = [s.poll(), Source.asked, s.offer, s.short, s.retry_at is not None]
+out["again"] = [s.poll(), Source.asked]  # within its retry delay: nothing asked
+ota_session.FREE_FLOOR = floor
+s.retry_at = None
+out["room"] = [s.poll(), Source.asked, s.offer, s.short]
+print(json.dumps(out))
+""")
+    assert r["offer"] == "0.3.0"
+    assert r["short"] == [False, 0, "0.3.0", True, True], r  # no fetch: the offer waits
+    assert r["again"] == [False, 0], r
+    assert r["room"] == [False, 1, None, False], r  # room again: the manifest was asked for

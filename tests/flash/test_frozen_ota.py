@@ -1,21 +1,23 @@
 """A full-size release (a whole 1.5 MB ESP32 OTA slot, 384 chunks) updates a
 meter whose firmware is frozen into the esp32-like MicroPython (32-bit, as an
-ESP32) running in a 52 KB heap, from a real coordinator over CoAP Block2.
+ESP32) in the firmware's 48 KB heap bound (HEAP_BOUND, test_frozen_image.py),
+from a real coordinator over CoAP Block2, while readings go on.
 
-The firmware's bound is 48 KB (HEAP_BOUND, test_frozen_image.py). Measured
-(docs/UPDATES.md, Figures): at 48 KB the manifest verifies and the
-download starts, then a 1152-byte receive buffer no longer finds a free run
-in the fragmented heap; at 50 KB all 384 chunks come in and the signature
-check before the switch runs out; at 52 KB the update completes, as here.
-Before the chunk table left the signed manifest it took 56 KB.
-
-This is what moving the chunk table out of the signed manifest is for: the
-manifest verifies in a few hundred bytes whatever the image's size, the
-meter streams the 12 KiB chunk table to flash and each 4 KiB chunk into its
-block, 1 KiB at a time, and never holds either whole (docs/UPDATES.md). The
-same update runs in pip's unix port (64-bit) with the firmware as files, so
-both runtimes take the same path; only the frozen build can show the heap a
-board needs."""
+What makes it fit (docs/UPDATES.md, Memory): the signature checks (an
+offered manifest, the kept one before the switch) run at boot, before the
+firmware takes its heap (edge/ota_boot.py: the meter reboots to check);
+between steps only a ~1 KB Session stays (edge/ota_session.py), and each
+step's modules and, under the unix ports, the partition stand-in are
+released after it; a block is received into one 640-byte datagram and
+streamed to flash from a view of it (edge/coap.py), not copied. Before:
+52 KB. At 48 KB a step now and then finds no free run for a 525-byte
+datagram and is retried (bench_firmware.py --update-only: every time
+without a retry from 49 KB). With the PZEM driver and the console the firmware has ~2 KB less
+free: there a step does not fit in 48 KB, the update waits and metering
+goes on (bench/bench_firmware.py --update-only measures the heap it needs).
+The same update runs in pip's unix port (64-bit) with the firmware as
+files, so both runtimes take the same path; only the frozen build can show
+the heap a board needs."""
 
 from __future__ import annotations
 
@@ -33,10 +35,9 @@ from microgrid.shared import release, secp256k1
 
 from ..conftest import free_udp_port, meter_summary
 from ..e2e.test_meter_to_coordinator import assert_all_verify, provision, stored_rows
-from .test_frozen_image import HEAP_BOUND
+from .test_frozen_image import HEAP_BOUND, PZEM, pzem_script
 
 FULL = release.MAX_SIZE  # 1,572,864 bytes: the whole slot
-UPDATE_HEAP = HEAP_BOUND + 4 * 1024  # see the module's docstring
 
 
 def stand_in_image(version: str, size: int, seed: int) -> bytes:
@@ -45,8 +46,8 @@ def stand_in_image(version: str, size: int, seed: int) -> bytes:
 
 
 @pytest.mark.timeout(900)  # the first test to ask builds the frozen binary (about a minute)
-@pytest.mark.parametrize("runtime", ["esp32like-frozen-52k", "unix-files"])
-def test_a_full_slot_release_updates_a_frozen_meter_in_a_52_kb_heap(
+@pytest.mark.parametrize("runtime", ["esp32like-frozen-48k", "unix-files"])
+def test_a_full_slot_release_updates_a_frozen_meter_in_48_kb(
         tmp_path: Path, runtime: str, frozen_micropython: str, coordinator_factory, monkeypatch) -> None:
     key_file = tmp_path / "release.key"
     assert cli_main(["release", "--new-key", str(key_file)]) == 0
@@ -71,25 +72,31 @@ def test_a_full_slot_release_updates_a_frozen_meter_in_a_52_kb_heap(
         # Only main.py, config and key on the filesystem: the firmware runs frozen.
         shutil.rmtree(image / "edge")
         shutil.rmtree(image / "shared")
-        binary, heap = frozen_micropython, UPDATE_HEAP
+        binary, heap = frozen_micropython, HEAP_BOUND
     else:
         monkeypatch.setenv("MICROGRID_MICROPYTHON", "unix")
         binary, heap = None, None
     coordinator_factory(db=db, port=port, config=config)
     log = ""
     codes = []
-    for _ in range(8):
+    for _ in range(16):
         meter = boot(image, micropython=binary, heapsize=heap)
         out, _ = meter.communicate(timeout=300)
         log += out
         codes.append(meter.returncode)
         assert meter.returncode in (0, 3), out[-3000:]
-        assert "Traceback" not in out and "MemoryError" not in out, out[-3000:]
+        # At 48 KB a step now and then finds no free run for a 525-byte
+        # datagram (bench_firmware: every time from 49 KB): it is retried,
+        # as designed. Any other MemoryError fails the test.
+        others = [ln for ln in out.splitlines() if "MemoryError" in ln and "update step failed" not in ln]
+        assert "Traceback" not in out and not others, out[-3000:]
         if "confirmed" in log and not (image / "ota.json").exists():
             break  # confirmed and reported
-    assert 3 in codes, log[-3000:]  # the switch rebooted the board
+    # Rebooted to check the offered manifest, to switch after the download.
+    assert codes.count(3) >= 2, (codes, log[-3000:])
+    assert "update to 0.3.0 offered: checked at the next boot" in log, log[-3000:]
     assert "update to 0.3.0 accepted: 1572864 bytes" in log and "running 0.3.0 confirmed" in log, log[-3000:]
-    assert "fault" not in log and "does not match" not in log, log[-3000:]
+    assert "fault" not in log and "does not match" not in log and "update waits" not in log, log[-3000:]
     last = json.loads((image / "ota.last").read_text())
     assert last["installed"] == {"version": "0.3.0", "from": "0.2.0"} and "last_failed" not in last
     assert (image / "ota_1.bin").read_bytes() == new
@@ -103,11 +110,12 @@ def test_a_full_slot_release_updates_a_frozen_meter_in_a_52_kb_heap(
 
 
 @pytest.mark.timeout(900)
-def test_in_the_48_kb_bound_an_update_waits_and_metering_goes_on(
+def test_with_pzem_and_console_in_48_kb_an_update_waits_and_metering_goes_on(
         tmp_path: Path, frozen_micropython: str, coordinator_factory) -> None:
-    # Until the bound is met (docs/UPDATES.md, Not done yet), a meter with
-    # too little free heap takes no update step: no reading's
-    # acknowledgement fails for want of a buffer, nothing is lost.
+    # A step needs ~10 KB free (FREE_FLOOR); with the driver and the
+    # console a 48 KB heap leaves less. The offer is noted, no step is
+    # taken, no reading's exchange fails for want of memory, the console's
+    # `update` says what it would need instead of loading the updater.
     key_file = tmp_path / "release.key"
     assert cli_main(["release", "--new-key", str(key_file)]) == 0
     pub = secp256k1.public_key(bytes.fromhex(key_file.read_text().strip()))
@@ -120,19 +128,21 @@ def test_in_the_48_kb_bound_an_update_waits_and_metering_goes_on(
                       f'folder = "{releases}"\n')
     db = tmp_path / "c.db"
     port = free_udp_port()
-    image, meter_pub = provision(tmp_path, db, port, max_readings=20, interval_s=0.05,
+    image, meter_pub = provision(tmp_path, db, port, max_readings=20, interval_s=0.05, meter=PZEM, console=True,
                                  updates={"board": "unix", "keys": [pub.hex()]})
+    pzem_script(image)
     (image / "ota_0.bin").write_bytes(stand_in_image("0.2.0", 9_000, 1))
     shutil.rmtree(image / "edge")
     shutil.rmtree(image / "shared")
     coordinator_factory(db=db, port=port, config=config)
     log = ""
     for _ in range(2):
-        meter = boot(image, micropython=frozen_micropython, heapsize=HEAP_BOUND)
-        out, _ = meter.communicate(timeout=300)
+        meter = boot(image, micropython=frozen_micropython, heapsize=HEAP_BOUND, stdin=subprocess.PIPE)
+        out, _ = meter.communicate("status\nupdate\n", timeout=300)
         log += out
         assert meter.returncode == 0 and "MemoryError" not in out and "Traceback" not in out, out[-3000:]
-    assert "update waits:" in log and "a step needs 11264" in log, log[-3000:]
-    assert not (image / "ota_1.bin").exists() or b"0.3.0" not in (image / "ota_1.bin").read_bytes()[:64]
+        assert "free memory" in out, out[-3000:]
+    assert "update waits:" in log and "a step needs 10240" in log, log[-3000:]
+    assert "offered" not in log and not (image / "ota.json").exists(), log[-3000:]
     seqs = [r["seq"] for r in stored_rows(db, meter_pub)]
     assert seqs == list(range(1, 41)), seqs
