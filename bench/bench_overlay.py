@@ -475,7 +475,10 @@ async def households(args: argparse.Namespace) -> None:
     from microgrid.coordinator.market.clearing import clear_interval
     from microgrid.coordinator.market.district import clear_district, zone_offer
     from microgrid.coordinator.market.district_link import (
-        all_keys, clearer_zones, offer_key, offers_from, publish_offer, publish_results, read_lots, result_key)
+        all_keys, clearer_zones, district_key, offers_from, publish_offer, publish_results, publish_zone_lots,
+        read_lots, result_key, shard_of)
+    from microgrid.coordinator.market.shards import (
+        clear_in_shards, leftovers, levels_hash, shard_name, shard_offer, zone_lots)
     from microgrid.coordinator.market.orders import BUY, SELL, make_order
     from microgrid.coordinator.market.rounds import (
         SettledRound, households as round_records, make_round, meters_from, meters_hash, orders_from, orders_round,
@@ -483,7 +486,8 @@ async def households(args: argparse.Namespace) -> None:
 
     zones = [f"feeder-{z}" for z in range((args.households + args.zone_size - 1) // args.zone_size)]
     n_settlers = len(zones) * args.settlers
-    args.district_shards = args.district_shards or max(1, len(zones) // 16)
+    # The shard level (market/shards.py) needs two keys at least.
+    args.district_shards = args.district_shards or max(2, len(zones) // 16)
     raise_fd_limit(args.nodes + n_settlers)
     t_start = time.monotonic()
     # Households share OpenDHT nodes (many endpoints per node); each
@@ -505,6 +509,11 @@ async def households(args: argparse.Namespace) -> None:
             await ep.start()
             homes.append((zone, ep))
     zone_of = {ep.public_key: z for z, ep in homes}
+    # Coordinators of a zone that do not settle: the interval's shard and
+    # district clearers are taken from them (a settler already reads its
+    # zone's round; the clearers' reads come on top of a household's).
+    idle_homes = {z: [ep for zz, ep in homes if zz == z and ep not in settlers] for z in zones}
+    by_shard = {k: [z for z in zones if shard_of(z, args.district_shards) == k] for k in range(args.district_shards)}
     expected = {z: {ep.public_key for zz, ep in homes if zz == z} for z in zones}
     per_node = (args.households - n_settlers) / args.nodes
     counters = WireCounters([n.port for n in nodes])
@@ -544,19 +553,31 @@ async def households(args: argparse.Namespace) -> None:
         assert orders_round(traded, 900) == start
         rkeys = {z: round_key(z, start) for z in zones}
         dkeys = all_keys("district", traded, args.district_shards)
+        top_key = district_key("district", traded)
         rkey = {z: result_key("district", traded, z, args.district_shards) for z in zones}
         first = {z: next(e for e in settlers if zone_of[e.public_key] == z) for z in zones}
-        clearers = [first[z] for z in clearer_zones(zones, traded, args.clearers)]
-        clearer_keys = {ep.public_key for ep in clearers}
+        # The interval's clearers (market/shards.py): per district shard, the
+        # first idle coordinator of the shard's clearer zones reads the
+        # shard's offers; the district's clearers, the second idle one of the
+        # district's clearer zones, read one offer per shard.
+        shard_clearers = {k: [idle_homes[z][0] for z in clearer_zones(zs, traded, args.clearers)]
+                          for k, zs in by_shard.items()}
+        clears_shard = {ep.public_key: k for k, eps in shard_clearers.items() for ep in eps}
+        clearers = [idle_homes[z][1] for z in clearer_zones(zones, traded, args.clearers)]
+        listens = {id(ep): [rkeys[zone_of[ep.public_key]]] for ep in settlers}
+        for k, eps in shard_clearers.items():
+            for ep in eps:
+                listens[id(ep)] = [dkeys[k]]
+        for ep in clearers:
+            listens[id(ep)] = [top_key]
+        offers_made: dict[str, Any] = {}
         # Settlers subscribe before the interval's records are published (as
         # the market's book collector listens): each record reaches them
         # from the listened storing nodes as it is stored, with no polling.
         heard: dict[tuple[int, str], dict[tuple[bytes, str], Any]] = {}
         handles: dict[tuple[int, str], Any] = {}
-        for ep in settlers:
-            zone = zone_of[ep.public_key]
-            keys = [rkeys[zone]] + (dkeys if ep in clearers else [])
-            for key in keys if args.collect == "listen" else []:
+        for ep in settlers + [ep for eps in shard_clearers.values() for ep in eps] + clearers:
+            for key in listens[id(ep)] if args.collect == "listen" else []:
                 got = heard.setdefault((id(ep), key), {})
                 handles[(id(ep), key)] = ep.listen(key, lambda r, got=got: got.__setitem__((r.publisher, r.slot), r))
         if handles:
@@ -615,18 +636,20 @@ async def households(args: argparse.Namespace) -> None:
                 orders = orders_from(rounds, traded)
                 offer = zone_offer(orders, clear_interval(orders, zone, traded), max_steps=args.offer_steps)
                 if ep is first[zone]:
+                    offers_made[zone] = offer
                     await publish_offer(ep, "district", offer, args.district_shards)
                 return orders, meters
 
         read = await asyncio.gather(*(settle(ep) for ep in settlers))
         print(f"  interval {i}: {len(settlers)} settlers read their zones by {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        # Level 2: the interval's clearers read every zone's offer, clear the
-        # district and publish the result in slices; every settler reads its
-        # zone's slice (a record per clearer) and takes what most agree on.
+        # Level 2 (market/shards.py): each shard's clearers read its zones'
+        # offers, clear them and offer the district what is left; the
+        # district's clearers read one offer per shard and clear those.
         results: list[Any] = []
+        shard_done: dict[int, Any] = {}
 
         async def wait_heard(ep: Endpoint, key: str, done: Any) -> dict[tuple[bytes, str], Any]:
-            got = heard[(id(ep), key)]
+            got = heard.setdefault((id(ep), key), {})
             deadline = time.monotonic() + args.listen_wait
             while not done(got) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
@@ -634,50 +657,71 @@ async def households(args: argparse.Namespace) -> None:
                 ep.late += 1
                 for r in await ep.get(key, args.read_timeout):
                     got[(r.publisher, r.slot)] = r
+            handle = handles.get((id(ep), key))
+            if handle is not None:
+                # Read: our own record under this key, published next, is
+                # the delivery that ends the listen in the engine.
+                handle.cancel()
             return got
 
-        async def clear(ep: Endpoint) -> None:
+        async def clear_shard(ep: Endpoint, k: int) -> None:
             t = time.monotonic()
-            shards = {key: heard[(id(ep), key)] for key in dkeys}
-
-            def missing() -> set[str]:
-                return set(zones) - {zone_of.get(p, "") for got in shards.values() for p, _ in got}
-            for key in dkeys:
-                await wait_heard(ep, key, lambda got, key=key: not {z for z in missing()
-                                                                     if offer_key("district", traded, z,
-                                                                                  args.district_shards) == key})
-            offers = offers_from([r for got in shards.values() for r in got.values()], traded, zone_of.get)
-            result = clear_district(offers.values(), "district", traded, 900)
-            results.append(result)
-            # The offers are read: our slices, published under the offers'
-            # keys, are the deliveries that end these listens in the engine.
-            for key in dkeys:
-                handles[(id(ep), key)].cancel()
-            await publish_results(ep, "district", result, offers, args.district_shards)
+            publishers = {first[z].public_key for z in by_shard[k]}
+            got = await wait_heard(ep, dkeys[k], lambda got: {p for p, _ in got} >= publishers)
+            offers = offers_from(got.values(), traded, zone_of.get)
+            res = clear_district(offers.values(), shard_name(k), traded, 900)
+            shard_done[id(ep)] = (offers, res)
+            await publish_offer(ep, "district", shard_offer(k, leftovers(offers.values(), res), res,
+                                                            args.offer_steps), 1)
             ep.lookups.append(time.monotonic() - t)
 
-        await asyncio.gather(*(clear(ep) for ep in clearers))
+        async def clear_top(ep: Endpoint) -> None:
+            t = time.monotonic()
+            got = await wait_heard(ep, top_key, lambda got: {p for p, _ in got} >= set(clears_shard))
+            offers = offers_from(got.values(), traded, lambda p: shard_name(clears_shard[p]) if p in clears_shard else None)
+            result = clear_district(offers.values(), "district", traded, 900)
+            results.append(result)
+            await publish_results(ep, "district", result, offers, 1)
+            ep.lookups.append(time.monotonic() - t)
+
+        await asyncio.gather(*(clear_shard(ep, k) for k, eps in shard_clearers.items() for ep in eps),
+                             *(clear_top(ep) for ep in clearers))
+
+        async def shard_down(ep: Endpoint, k: int) -> None:
+            # The shard's share of the district (the district clearers'
+            # records only, by name), then its zones' lots in slices.
+            t = time.monotonic()
+            offers, res = shard_done[id(ep)]
+            mine = await read_lots(ep, "district", traded, shard_name(k), [c.public_key for c in clearers], 1,
+                                   args.read_timeout)
+            lots = zone_lots(offers, res, mine)
+            await publish_zone_lots(ep, "district", traded, 900, levels_hash(res, mine), lots, args.district_shards)
+            ep.lookups.append(time.monotonic() - t)
+
+        await asyncio.gather(*(shard_down(ep, k) for k, eps in shard_clearers.items() for ep in eps))
         lots_seen: list[Any] = []
 
         async def down(ep: Endpoint) -> None:
             zone = zone_of[ep.public_key]
-            # Read once the clearers are done, their records only (by name,
-            # a majority first): a listen here would be refreshed until the
-            # engine's next delivery on the key, and nothing more comes.
+            # Read once the shard's clearers are done, their records only (by
+            # name, a majority first): a listen here would be refreshed until
+            # the engine's next delivery on the key, and nothing more comes.
             t = time.monotonic()
-            lots = await read_lots(ep, "district", traded, zone, [c.public_key for c in clearers],
+            k = shard_of(zone, args.district_shards)
+            lots = await read_lots(ep, "district", traded, zone, [c.public_key for c in shard_clearers[k]],
                                    args.district_shards, args.read_timeout)
             ep.lookups.append(time.monotonic() - t)
             lots_seen.append((zone, lots))
 
         await asyncio.gather(*(down(ep) for ep in settlers))
-        ref = results[0] if results and len({r.hash for r in results}) == 1 else None
         district_hashes = {r.hash for r in results}
+        ref = clear_in_shards(offers_made.values(), args.district_shards, "district", traded, 900,
+                              args.offer_steps) if len(district_hashes) == 1 else None
         district_ok = ref is not None and all(
-            lots is not None and (lots.sold, lots.bought) == tuple(map(tuple, ref.lots(z)))
-            for z, lots in lots_seen)
+            lots is not None and (lots.sold, lots.bought) == (ref[z].sold, ref[z].bought) for z, lots in lots_seen)
         for h in handles.values():
             h.cancel()
+        shard_eps = [ep for eps in shard_clearers.values() for ep in eps]
         wire = diff(counters.read(), c0)
         lo = loopback_bytes() - lo0
         took = time.monotonic() - t0
@@ -708,12 +752,12 @@ async def households(args: argparse.Namespace) -> None:
                   f"household nodes KB p50/p99/max {pct(h_tot, .5):.0f}/{pct(h_tot, .99):.0f}/{max(h_tot):.0f}; "
                   f"loopback {lo / 1e6:.1f} MB; values put per household {statistics.mean(ep.sent for _, ep in homes):.0f} B; "
                   f"district results {len(district_hashes)}; records a listen missed, read by name: "
-                  f"{sum(ep.late for ep in settlers)}")
+                  f"{sum(ep.late for ep in settlers + shard_eps + clearers)}")
             # The busiest nodes, and why: seeds (everyone's first contact),
             # settlers, clearers, and for how many of the interval's keys
             # the node is among the 8 closest (it stores them and serves
             # every search, put and listen on them).
-            keys_now = list(rkeys.values()) + sorted(set(dkeys) | set(rkey.values()))
+            keys_now = list(rkeys.values()) + sorted(set(dkeys) | set(rkey.values())) + [top_key]
             ids = {n.port: int(n.node_id, 16) for n in nodes}
             near: dict[int, int] = {}
             for key in keys_now:
@@ -722,10 +766,13 @@ async def households(args: argparse.Namespace) -> None:
                     near[port] = near.get(port, 0) + 1
             roles = {n.port: "seed" for n in nodes[:SEEDS]}
             roles.update({ep.host.port: "settler" for ep in settlers})
+            roles.update({ep.host.port: "shard clearer" for ep in shard_eps})
             roles.update({ep.host.port: "clearer" for ep in clearers})
             top = sorted(nodes, key=lambda n: -sum(wire[n.port]))[:6]
-            print("      clearers KB (keys stored): " + ", ".join(
+            shard_kb = [sum(wire[ep.host.port]) / 1e3 for ep in shard_eps]
+            print("      district clearers' nodes KB (keys stored): " + ", ".join(
                 f"{sum(wire[ep.host.port]) / 1e3:.0f} ({near.get(ep.host.port, 0)})" for ep in clearers)
+                + f"; {len(shard_eps)} shard clearers' nodes KB p50/max {pct(shard_kb, .5):.0f}/{max(shard_kb):.0f}"
                 + "; seeds KB: " + ", ".join(f"{sum(wire[n.port]) / 1e3:.0f}" for n in nodes[:SEEDS]))
             print("      busiest nodes KB (role, keys stored): " + ", ".join(
                 f"{sum(wire[n.port]) / 1e3:.0f} ({roles.get(n.port, 'household')}, {near.get(n.port, 0)})" for n in top)

@@ -406,12 +406,19 @@ def encode_slice(result: DistrictResult, zones: Iterable[str]) -> bytes:
     whole result's hash (readers compare it across clearers) and per zone
     its cleared book hash's first BOOK_PREFIX_BYTES and lots."""
     books = dict(result.books)
-    m = {}
-    for z in sorted(set(zones) & set(books)):
+    lots = {}
+    for z in set(zones) & set(books):
         sold, bought = result.lots(z)
-        m[z] = [books[z][:BOOK_PREFIX_BYTES], [list(x) for x in sold], [list(x) for x in bought]]
-    return bytes(cbor2.dumps({"v": FORMAT_VERSION, "start": result.interval_start, "len": result.interval_s,
-                              "hash": result.hash, "zones": m}, canonical=True))
+        lots[z] = ZoneLots(z, books[z], tuple(sold), tuple(bought))
+    return encode_lots(result.hash, result.interval_start, result.interval_s, lots)
+
+
+def encode_lots(result_hash: bytes, interval_start: int, interval_s: int, lots: Mapping[str, ZoneLots]) -> bytes:
+    """A slice's body from zones' lots (encode_slice; shards.zone_lots)."""
+    m = {z: [zl.book_hash[:BOOK_PREFIX_BYTES], [list(x) for x in zl.sold], [list(x) for x in zl.bought]]
+         for z, zl in sorted(lots.items())}
+    return bytes(cbor2.dumps({"v": FORMAT_VERSION, "start": interval_start, "len": interval_s,
+                              "hash": result_hash, "zones": m}, canonical=True))
 
 
 def decode_slice(data: bytes) -> tuple[bytes, int, dict[str, ZoneLots]]:

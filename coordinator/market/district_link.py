@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from .district import (
     DistrictError, DistrictResult, ZoneLots, ZoneOffer, choose_offers, clear_district, decode_offer, decode_slice,
-    encode_slice)
+    encode_lots)
 from .orders import ZONE_RE
 
 log = logging.getLogger("microgrid.market.district")
@@ -171,17 +171,28 @@ def split_slices(result: DistrictResult, zones: Iterable[str], limit: int = MAX_
     """`zones`' lots as slices of at most `limit` bytes each, zones in name
     order, each zone in one slice. DistrictError when one zone's lots alone
     exceed the limit."""
+    books = dict(result.books)
+    lots = {}
+    for z in set(zones) & set(books):
+        sold, bought = result.lots(z)
+        lots[z] = ZoneLots(z, books[z], tuple(sold), tuple(bought))
+    return split_lots_slices(result.hash, result.interval_start, result.interval_s, lots, limit)
+
+
+def split_lots_slices(result_hash: bytes, interval_start: int, interval_s: int, lots: Mapping[str, ZoneLots],
+                      limit: int = MAX_SLICE_BYTES) -> list[bytes]:
+    """split_slices from zones' lots (a shard's clearers: shards.zone_lots)."""
     out: list[bytes] = []
-    group: list[str] = []
-    for z in sorted(set(zones)):
-        if group and len(encode_slice(result, group + [z])) > limit:
-            out.append(encode_slice(result, group))
-            group = []
-        group.append(z)
-        if len(encode_slice(result, group)) > limit:
+    group: dict[str, ZoneLots] = {}
+    for z in sorted(lots):
+        if group and len(encode_lots(result_hash, interval_start, interval_s, {**group, z: lots[z]})) > limit:
+            out.append(encode_lots(result_hash, interval_start, interval_s, group))
+            group = {}
+        group[z] = lots[z]
+        if len(encode_lots(result_hash, interval_start, interval_s, group)) > limit:
             raise DistrictError(f"the lots of zone {z} alone exceed {limit} bytes: fewer offer steps (max_steps)")
     if group:
-        out.append(encode_slice(result, group))
+        out.append(encode_lots(result_hash, interval_start, interval_s, group))
     return out
 
 
@@ -196,6 +207,20 @@ async def publish_results(overlay: SigningOverlay, district: str, result: Distri
     for key, zs in sorted(by_key.items()):
         for part, body in enumerate(split_slices(result, zs)):
             ok = await overlay.put(key, body, OFFER_TTL_S, slot=result_slot(part)) and ok
+    return ok
+
+
+async def publish_zone_lots(overlay: SigningOverlay, district: str, interval_start: int, interval_s: int,
+                            result_hash: bytes, lots: Mapping[str, ZoneLots], shards: int) -> bool:
+    """A shard's clearers: their zones' lots (shards.zone_lots), in slices
+    under the shard's key, read by the zones as a district's (read_lots)."""
+    keys = {result_key(district, interval_start, z, shards) for z in lots}
+    if len(keys) != 1:
+        raise DistrictError(f"zones of {len(keys)} shards given: one shard's zones at a time")
+    key = keys.pop()
+    ok = True
+    for part, body in enumerate(split_lots_slices(result_hash, interval_start, interval_s, lots)):
+        ok = await overlay.put(key, body, OFFER_TTL_S, slot=result_slot(part)) and ok
     return ok
 
 
