@@ -75,7 +75,7 @@ import opendht as dht  # noqa: E402
 
 from microgrid.coordinator.overlay import OverlaySettings, records  # noqa: E402
 from microgrid.coordinator.overlay.directory import directory_key, zone_key  # noqa: E402
-from microgrid.coordinator.overlay.engine import Overlay  # noqa: E402
+from microgrid.coordinator.overlay.engine import Overlay, join_parked  # noqa: E402
 from microgrid.coordinator.overlay.interface import BaseOverlay, ListenHandle, PeerInfo, RawSink  # noqa: E402
 
 SEEDS = 3
@@ -348,6 +348,25 @@ class _Clock:
 # -- households -------------------------------------------------------------------------
 
 
+# Value bytes put per key in the current interval (households): what the
+# nodes closest to each key store.
+PUT_BYTES: dict[str, int] = {}
+
+
+def stored_per_node(nodes: list[Overlay], replicas: int = 8) -> dict[int, int]:
+    """port -> value bytes put this interval under the keys the node is
+    among the `replicas` closest to (OpenDHT stores a value on the 8 nodes
+    closest to its key: an estimate from ids and the bytes put, since
+    reading a node's storage log takes its engine lock, engine.py)."""
+    ids = {n.port: int(n.node_id, 16) for n in nodes}
+    out = dict.fromkeys(ids, 0)
+    for key, size in PUT_BYTES.items():
+        h = int(str(dht.InfoHash.get(key)), 16)
+        for port in sorted(ids, key=lambda p: ids[p] ^ h)[:replicas]:
+            out[port] += size
+    return out
+
+
 class Endpoint(BaseOverlay):
     """A household's overlay endpoint hosted on a shared OpenDHT node: its
     own key and records, the host's engine; counts the value bytes it puts
@@ -372,6 +391,7 @@ class Endpoint(BaseOverlay):
 
     async def _put_raw(self, key: str, data: bytes, ttl_s: int, tag: str) -> bool:
         self.sent += len(data)
+        PUT_BYTES[key] = PUT_BYTES.get(key, 0) + len(data)
         return await self.host._put_raw(key, data, ttl_s, tag)
 
     async def _stream(self, key: str, tag: str | None, sink: RawSink, stop: asyncio.Event, timeout_s: float) -> None:
@@ -418,6 +438,7 @@ class WireCounters:
         import shutil
         import subprocess
         self.ports = ports
+        self.groups = (len(ports) + 31) // 32
         self.available = all(shutil.which(t) and shutil.which(t + "-restore") for t in IPTABLES)
         if not self.available:
             return
@@ -435,6 +456,27 @@ class WireCounters:
         for tool in IPTABLES:
             subprocess.run([tool + "-restore"], input=payload.encode(), check=True)
 
+    def add(self, ports: list[int]) -> None:
+        """Count these ports too (nodes started later: churn). A port
+        already counted keeps its rule (a second would count it twice)."""
+        import subprocess
+        new = sorted(set(ports) - set(self.ports))
+        self.ports = self.ports + new
+        if not self.available or not new:
+            return
+        text, rules = ["*filter"], []
+        for k in range(0, len(new), 32):
+            group = new[k:k + 32]
+            for chain, opt, top in (("S", "--sport", "OUTPUT"), ("R", "--dport", "INPUT")):
+                name = f"{chain}{self.groups}"
+                text.append(f":{name} - [0:0]")
+                rules.append(f"-A {top} -p udp -m udp {opt} {group[0]}:{group[-1]} -j {name}")
+                rules += [f"-A {name} -p udp -m udp {opt} {port} -j RETURN" for port in group]
+            self.groups += 1
+        payload = "\n".join(text + rules + ["COMMIT", ""])
+        for tool in IPTABLES:
+            subprocess.run([tool + "-restore", "--noflush"], input=payload.encode(), check=True)
+
     def read(self) -> dict[int, list[int]]:
         """port -> [bytes sent, bytes received], IPv4 and IPv6 together."""
         import re
@@ -446,7 +488,7 @@ class WireCounters:
         for tool in IPTABLES:
             for line in subprocess.run([tool + "-save", "-c"], capture_output=True, text=True, check=True).stdout.splitlines():
                 m = pat.match(line)
-                if m:
+                if m and int(m.group(4)) in out:
                     out[int(m.group(4))][0 if m.group(3) == "s" else 1] += int(m.group(2))
         return out
 
@@ -468,7 +510,7 @@ def reexec_in_netns() -> None:
 
 
 def diff(after: dict[int, list[int]], before: dict[int, list[int]]) -> dict[int, tuple[int, int]]:
-    return {p: (after[p][0] - before[p][0], after[p][1] - before[p][1]) for p in after}
+    return {p: (after[p][0] - before.get(p, [0, 0])[0], after[p][1] - before.get(p, [0, 0])[1]) for p in after}
 
 
 async def households(args: argparse.Namespace) -> None:
@@ -488,7 +530,7 @@ async def households(args: argparse.Namespace) -> None:
     n_settlers = len(zones) * args.settlers
     # The shard level (market/shards.py) needs two keys at least.
     args.district_shards = args.district_shards or max(2, len(zones) // 16)
-    raise_fd_limit(args.nodes + n_settlers)
+    raise_fd_limit(args.nodes + n_settlers + int(args.nodes * args.churn))
     t_start = time.monotonic()
     # Households share OpenDHT nodes (many endpoints per node); each
     # settling coordinator runs its own node, as on the appliance, so its
@@ -545,6 +587,36 @@ async def households(args: argparse.Namespace) -> None:
         for _, ep in homes:
             ep.sent = ep.received = ep.late = 0
             ep.lookups.clear()
+        if args.churn and i == 1:
+            # 25 % of the household nodes die without warning between
+            # intervals 0 and 1 (no goodbye: maintain_storage is off) and
+            # come back as new nodes with new ids; the households they
+            # hosted move there, as coordinators that restarted.
+            t_churn = time.monotonic()
+            crng = random.Random(args.seed + 7)
+            victims = crng.sample(home_nodes, int(len(home_nodes) * args.churn))
+            dead = {id(v) for v in victims}
+            await asyncio.gather(*(v.stop() for v in victims))
+            await join_parked()
+            alive = [n for n in nodes if id(n) not in dead]
+            fresh: dict[int, Overlay] = {}
+            for v in victims:
+                node = Overlay(PrivateKey.from_random(), settings([x.port for x in crng.sample(alive, SEEDS)],
+                                                                  get_timeout_s=10.0, put_timeout_s=30.0))
+                await node.start()
+                fresh[id(v)] = node
+            moved = 0
+            for _, ep in homes:
+                if id(ep.host) in fresh:
+                    ep.host = fresh[id(ep.host)]
+                    moved += 1
+            home_nodes = [fresh.get(id(n), n) for n in home_nodes]
+            nodes = [fresh.get(id(n), n) for n in nodes]
+            counters.add([n.port for n in fresh.values()])
+            print(f"churn: {len(victims)} of {len(home_nodes)} household nodes killed without warning and "
+                  f"replaced by new nodes ({moved} households moved) in {time.monotonic() - t_churn:.0f} s; "
+                  f"interval 1 runs right after, interval 2 and on later")
+        PUT_BYTES.clear()
         c0, lo0, t0 = counters.read(), loopback_bytes(), time.monotonic()
         # One round record per household (market/rounds.py): its meter
         # total for [start, start + 900) and its order for the interval
@@ -734,6 +806,7 @@ async def households(args: argparse.Namespace) -> None:
             by_zone.setdefault(zone_of[ep.public_key], set()).add(meters_hash(totals))
         settled_agree = all(len(h) == 1 for h in by_zone.values())
         lat = [x for ep in settlers for x in ep.lookups]
+        stored = sorted(v / 1e3 for v in stored_per_node(nodes).values())
         maint = idle_node * max(0.0, 900 - took)
         s_sent = [wire[n.port][0] / 1e3 for n in settler_nodes]
         s_recv = [wire[n.port][1] / 1e3 for n in settler_nodes]
@@ -747,6 +820,10 @@ async def households(args: argparse.Namespace) -> None:
               f"{'':>18}{statistics.mean(s_sent):>6.0f}{statistics.mean(s_recv):>6.0f}{max(s_tot):>6.0f}"
               f"{max(s_tot) + maint / 1e3:>12.0f}{'':>24}{pct(h_tot, .5):>6.0f}{max(h_tot):>6.0f}"
               f"{pct(h_tot, .5) / max(1.0, per_node) + maint / 1e3:>14.0f}{check:>9.2f}{took:>5.0f}")
+        print(f"      stored this interval per node (estimate: the 8 nodes closest to each key) KB p50/p99/max "
+              f"{pct(stored, .5):.1f}/{pct(stored, .99):.0f}/{max(stored):.0f}; reads per settler "
+              f"{statistics.mean(len(ep.lookups) for ep in settlers):.1f}, per clearer "
+              f"{statistics.mean(len(ep.lookups) for ep in shard_eps + clearers):.1f}")
         if args.verbose:
             print(f"      settler nodes KB p50/p99/max {pct(s_tot, .5):.0f}/{pct(s_tot, .99):.0f}/{max(s_tot):.0f}; "
                   f"household nodes KB p50/p99/max {pct(h_tot, .5):.0f}/{pct(h_tot, .99):.0f}/{max(h_tot):.0f}; "
@@ -823,6 +900,9 @@ if __name__ == "__main__":
                     help="households: settlers listen to their zone's keys from the interval's start, or get them after")
     ap.add_argument("--read-timeout", type=float, default=60.0, help="seconds a settler's read may take")
     ap.add_argument("--settle-s", type=float, default=5.0, help="pause after start and between publications")
+    ap.add_argument("--churn", type=float, default=0.0,
+                    help="households: fraction of household nodes killed without warning and replaced before "
+                         "interval 1 (0.25: the issue's churn)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bootstrap", choices=("spread", "seeds"), default="spread",
                     help="households: each node bootstraps from 3 nodes started before it, or all from the first 3")
@@ -846,7 +926,9 @@ if __name__ == "__main__":
             # always get their own.
             settlers = (a.households + a.zone_size - 1) // a.zone_size * a.settlers
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            room = (hard - 256) // FDS_PER_NODE - settlers if hard != resource.RLIM_INFINITY else a.households
+            # (with churn, room for the replacements too)
+            room = int(((hard - 256) // FDS_PER_NODE - settlers) / (1 + a.churn)) \
+                if hard != resource.RLIM_INFINITY else a.households
             a.nodes = a.nodes if a.mode == "households" and a.nodes else max(1, min(a.households - settlers, room))
             asyncio.run(households(a))
         print()

@@ -1,20 +1,22 @@
-"""The district's overlay keys (district.py has the rules).
+"""The district's overlay keys (district.py and shards.py have the rules).
 
     mg/district/<district>/<interval start>/<shard>   slot "zone:<zone>": one ZoneOffer per publisher
+    mg/district/<district>/<interval start>           slot "zone:shard.<k>": a shard's leftovers (shards.py)
 
 `shard` = the first two bytes of SHA-256 of the zone name, big-endian, mod
 the district's shard count (`shards`, the same on every coordinator of the
-district, like a zone's; 1 means no suffix). Every settling coordinator of
-every zone reads every offer, so the storing nodes of one key would push
-each offer to all of them: spread over shards, no storing node carries
-more than its share of that fan-out (measured: one key for 100 zones put
-1.1-1.5 MB per interval on its storing nodes, bench_overlay households).
+district, like a zone's; 1 means no suffix and no shard level). Spread over
+shards, no storing node carries more than its share of the offers
+(measured: one key for 100 zones put 1.1-1.5 MB per interval on its
+storing nodes, bench_overlay households), and each shard's clearers read
+only their shard's offers.
 
-A coordinator publishes its own zone's offer and reads these keys only: a
-record per zone (a few hundred bytes each), not another zone's orders or
-meter totals. Which zone a publisher speaks for is
-the caller's knowledge (each zone's membership), never what the record
-says: `zone_of(publisher public key) -> zone name or None`.
+A coordinator publishes its own zone's offer and reads its level's keys
+only: a record per zone (a few hundred bytes each), not another zone's
+orders or meter totals. Which zone (or shard) a publisher speaks for is
+the caller's knowledge (each zone's membership, the interval's clearers),
+never what the record says: `zone_of(publisher public key) -> zone name
+or None`.
 """
 
 from __future__ import annotations
@@ -127,29 +129,36 @@ async def clear_from_overlay(overlay: SigningOverlay, district: str, interval_st
 # every settling coordinator of every zone listened to every offer, the
 # offers' storing nodes would push each offer to all of them (100 zones x
 # 200 settlers: 20,000 deliveries per listened node and interval, measured
-# 2-3 MB on each). So `CLEARERS` coordinators (the first settler of the
-# zones whose hash with the interval sorts first, a different set each
-# interval) read the offers, clear, and publish the result in slices, one
-# per district shard, under the offers' own key:
+# 2-3 MB on each). So `CLEARERS` coordinators a level read the offers,
+# clear, and publish the result in slices under the key they read:
 #
-#     mg/district/<district>/<start>[/<shard>]   slot "result" ("result/1", ... when split)
+#     mg/district/<district>/<start>/<shard>   slot "result" ("result/1", ... when split)
 #
 # holding the whole result's hash and, per zone of that shard, its cleared
-# book hash and lots. A zone's coordinators read their shard's key for the
-# clearers' records only (by name: the offers do not travel) and take the
-# lots most clearers agree on; anyone can check a clearer by clearing the
-# offers itself. Under the offers' key, not a key of their own: a clearer's
-# slice is the delivery that ends its cancelled listens on the offers (the
-# engine stops a listen at its next delivery, overlay/engine.py), which
-# would otherwise be refreshed on into the next interval, and the district
-# needs no keys beyond its shards.
+# book hash and lots. With district shards (market/shards.py) each shard
+# has its own clearers, who read the shard's offers, publish the shard's
+# leftovers under the district's base key (`publish_offer(..., shards=1)`,
+# the zone name `shard.<k>`), where the district's clearers read one offer
+# per shard and publish the shards' lots (`publish_results(..., shards=1)`);
+# each shard's clearers read their shard's lots there (`read_lots(...,
+# shards=1)`) and publish their zones' lots (`publish_zone_lots`). A zone's
+# coordinators read their shard's key for its clearers' records only (by
+# name: the offers do not travel) and take the lots most clearers agree on;
+# anyone can check a clearer by clearing the offers itself
+# (shards.clear_in_shards). Under the key read, not a key of their own: a
+# clearer's slice is the delivery that ends its cancelled listen on that
+# key (the engine stops a listen at its next delivery, overlay/engine.py),
+# which would otherwise be refreshed on into the next interval. Clearers
+# are chosen among coordinators that do not settle the interval (a settler
+# already reads its whole zone's round).
 
 CLEARERS = 3
 RESULT_SLOT = "result"
 
 
 def clearer_zones(zones: Iterable[str], interval_start: int, count: int = CLEARERS) -> list[str]:
-    """The zones whose first settler clears the district for this interval."""
+    """The zones one of whose coordinators (not settling this interval)
+    clears `zones` (a shard's, or the whole district's) for this interval."""
     return sorted(zones, key=lambda z: hashlib.sha256(f"{z}/{interval_start}".encode()).digest())[:count]
 
 
