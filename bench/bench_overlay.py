@@ -518,7 +518,7 @@ async def households(args: argparse.Namespace) -> None:
     from microgrid.coordinator.market.district import clear_district, zone_offer
     from microgrid.coordinator.market.district_link import (
         all_keys, clearer_zones, district_key, offers_from, publish_offer, publish_results, publish_zone_lots,
-        read_lots, result_key, shard_of)
+        read_lots, read_result, result_key, shard_of)
     from microgrid.coordinator.market.shards import (
         clear_in_shards, leftovers, levels_hash, shard_name, shard_offer, zone_lots)
     from microgrid.coordinator.market.orders import BUY, SELL, make_order
@@ -764,10 +764,11 @@ async def households(args: argparse.Namespace) -> None:
             # records only, by name), then its zones' lots in slices.
             t = time.monotonic()
             offers, res = shard_done[id(ep)]
-            mine = await read_lots(ep, "district", traded, shard_name(k), [c.public_key for c in clearers], 1,
-                                   args.read_timeout)
-            lots = zone_lots(offers, res, mine)
-            await publish_zone_lots(ep, "district", traded, 900, levels_hash(res, mine), lots, args.district_shards)
+            got = await read_result(ep, "district", traded, shard_name(k), [c.public_key for c in clearers], 1,
+                                    args.read_timeout)
+            lots = zone_lots(offers, res, None if got is None else got[1])
+            await publish_zone_lots(ep, "district", traded, 900, levels_hash(res, None if got is None else got[0]),
+                                    lots, args.district_shards)
             ep.lookups.append(time.monotonic() - t)
 
         await asyncio.gather(*(shard_down(ep, k) for k, eps in shard_clearers.items() for ep in eps))

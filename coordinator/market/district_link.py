@@ -238,6 +238,13 @@ def lots_from(recs: Iterable[Any], zone: str, interval_start: int,
     """`zone`'s lots as most clearers published them (None: no clearer's
     slice holds the zone). Slices of publishers who are not this interval's
     clearers, or that do not decode, are ignored."""
+    got = result_from(recs, zone, interval_start, is_clearer)
+    return None if got is None else got[1]
+
+
+def result_from(recs: Iterable[Any], zone: str, interval_start: int,
+                is_clearer: Callable[[bytes], bool]) -> tuple[bytes, ZoneLots] | None:
+    """lots_from with the result hash the majority's slices name."""
     votes: dict[tuple[bytes, ZoneLots], int] = {}
     for rec in recs:
         if not (rec.slot == RESULT_SLOT or rec.slot.startswith(RESULT_SLOT + "/")) or not is_clearer(rec.publisher):
@@ -252,7 +259,7 @@ def lots_from(recs: Iterable[Any], zone: str, interval_start: int,
             votes[k] = votes.get(k, 0) + 1
     if not votes:
         return None
-    return max(sorted(votes.items(), key=lambda kv: kv[0][0]), key=lambda kv: kv[1])[0][1]
+    return max(sorted(votes.items(), key=lambda kv: kv[0][0]), key=lambda kv: kv[1])[0]
 
 
 def _agreeing(recs: Iterable[Any], zone: str, interval_start: int, is_clearer: Callable[[bytes], bool]) -> int:
@@ -277,10 +284,19 @@ async def read_lots(overlay: SigningOverlay, district: str, interval_start: int,
     their records as a majority needs: a majority of the clearers by name
     first (a get pulls each record from every storing node, 16 copies), the
     others only when those do not agree."""
+    got = await read_result(overlay, district, interval_start, zone, clearers, shards, timeout_s)
+    return None if got is None else got[1]
+
+
+async def read_result(overlay: SigningOverlay, district: str, interval_start: int, zone: str,
+                      clearers: Sequence[bytes], shards: int = 1,
+                      timeout_s: float | None = None) -> tuple[bytes, ZoneLots] | None:
+    """read_lots with the result hash (a shard's clearers name the
+    district's result in their own slices: shards.levels_hash)."""
     key = result_key(district, interval_start, zone, shards)
     need = len(clearers) // 2 + 1
     is_clearer = set(clearers).__contains__
     recs = list(await overlay.get(key, timeout_s, publishers=list(clearers[:need])))
     if _agreeing(recs, zone, interval_start, is_clearer) < need and len(clearers) > need:
         recs += await overlay.get(key, timeout_s, publishers=list(clearers[need:]))
-    return lots_from(recs, zone, interval_start, is_clearer)
+    return result_from(recs, zone, interval_start, is_clearer)

@@ -43,7 +43,7 @@ import hashlib
 from typing import Iterable, Mapping
 
 from .district import (
-    MAX_STEPS, MAX_WH, DistrictError, DistrictResult, ZoneLots, ZoneOffer, _merge, clear_district, encode_lots)
+    MAX_STEPS, MAX_WH, DistrictError, DistrictResult, ZoneLots, ZoneOffer, _merge, clear_district)
 from .district_link import shard_of
 from .orders import ZONE_RE
 
@@ -149,12 +149,13 @@ def zone_lots(offers: Mapping[str, ZoneOffer], result: DistrictResult,
     return out
 
 
-def levels_hash(shard_result: DistrictResult, district_lots: ZoneLots | None) -> bytes:
-    """What a shard's result slices name as the result: its own clearing and
-    its share of the district's, together (clearers that agree on both
-    publish equal bytes)."""
-    share = b"" if district_lots is None else encode_lots(b"\0" * 32, 0, 0, {district_lots.zone: district_lots})
-    return hashlib.sha256(shard_result.hash + share).digest()
+def levels_hash(shard_result: DistrictResult, district_hash: bytes | None) -> bytes:
+    """What a shard's result slices name as the result: SHA-256 of its own
+    clearing's hash and the district result's hash (no district result:
+    of its own alone), so clearers that agree on both publish equal bytes
+    and anyone holding the shard's offer (`book`) and the district's slice
+    (`hash`) can check it."""
+    return hashlib.sha256(shard_result.hash + (district_hash or b"")).digest()
 
 
 def clear_in_shards(offers: Iterable[ZoneOffer], shards: int, district: str, interval_start: int,

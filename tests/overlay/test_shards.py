@@ -17,7 +17,7 @@ from microgrid.coordinator.market.clearing import clear_interval
 from microgrid.coordinator.market.district import (
     MAX_WH, DistrictError, ZoneLots, ZoneOffer, allocate_lots, clear_district, zone_offer)
 from microgrid.coordinator.market.district_link import (
-    all_keys, clearer_zones, offers_from, publish_offer, publish_results, publish_zone_lots, read_lots, shard_of)
+    all_keys, clearer_zones, offers_from, publish_offer, publish_results, publish_zone_lots, read_lots, read_result, shard_of)
 from microgrid.coordinator.market.orders import BUY, SELL, make_order
 from microgrid.coordinator.market.shards import (
     clear_in_shards, leftovers, levels_hash, shard_name, shard_offer, split_lots, zone_lots)
@@ -196,9 +196,10 @@ def test_three_levels_over_the_overlay_each_reader_at_its_own_level() -> None:
         for k, ns in shard_clearers.items():  # down: the shard's share to its zones
             for n in ns:
                 got, res = results[(k, n.public_key)]
-                mine = await read_lots(n, "d", START, shard_name(k), [t.public_key for t in top], 1)
-                lots = zone_lots(got, res, mine)
-                await publish_zone_lots(n, "d", START, 900, levels_hash(res, mine),
+                share = await read_result(n, "d", START, shard_name(k), [t.public_key for t in top], 1)
+                assert share is not None
+                lots = zone_lots(got, res, share[1])
+                await publish_zone_lots(n, "d", START, 900, levels_hash(res, share[0]),
                                         lots, shards)
         for n in [*clr.values(), *top]:  # nobody read another level's key
             keys = read.get(id(n), set())

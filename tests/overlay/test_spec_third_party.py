@@ -281,3 +281,83 @@ def test_a_raw_opendht_client_finds_and_verifies_every_record_from_the_spec() ->
             third.close()
             await stop_all(nodes)
     asyncio.run(go())
+
+
+def test_a_third_party_follows_a_district_through_its_shards_from_the_spec() -> None:
+    """SPEC.md section 7 alone: the zones' offers under their shard's key,
+    each shard's leftovers and the district's slices under the district's
+    key, the zones' slices under their shard's key; every hash that links
+    the levels checks out, and energy sold equals energy bought."""
+    from microgrid.coordinator.market.district import ZoneOffer, clear_district
+    from microgrid.coordinator.market.district_link import (
+        publish_offer, publish_results, publish_zone_lots, read_result)
+    from microgrid.coordinator.market.shards import leftovers, levels_hash, shard_name, shard_offer, zone_lots
+
+    async def go() -> None:
+        nodes = await start_nodes(6)
+        district, shards = "d-1", 2
+        start = (int(time.time()) // 900 + 8) * 900
+        third = ThirdParty(nodes[0].port)
+        zones = ["feeder-1", "feeder-2", "feeder-3", "feeder-4"]
+        k_of = {z: int.from_bytes(hashlib.sha256(z.encode()).digest()[:2], "big") % shards for z in zones}
+        assert set(k_of.values()) == {0, 1}
+        try:
+            # Publishing side (the project's code): a coordinator per zone,
+            # then one clearer per shard and one for the district.
+            pubs, shard_clearer, top = nodes[:4], {0: nodes[4], 1: nodes[5]}, nodes[0]
+            offers = {z: ZoneOffer(z, start, 900, hashlib.sha256(z.encode()).digest(),
+                                   ((30 + 10 * i, 1000),) if i % 2 else (), ((150 - 10 * i, 800),) if not i % 2 else (),
+                                   2**40, 2**40) for i, z in enumerate(zones)}
+            for z, n in zip(zones, pubs):
+                assert await publish_offer(n, district, offers[z], shards)
+            results = {}
+            for k, n in shard_clearer.items():
+                mine = {z: o for z, o in offers.items() if k_of[z] == k}
+                res = clear_district(mine.values(), shard_name(k), start, 900)
+                results[k] = (mine, res)
+                assert await publish_offer(n, district, shard_offer(k, leftovers(mine.values(), res), res), 1)
+            up = [shard_offer(k, leftovers(m.values(), r), r) for k, (m, r) in results.items()]
+            assert await publish_results(top, district, clear_district(up, district, start, 900),
+                                         [o.zone for o in up], 1)
+            for k, n in shard_clearer.items():
+                mine, res = results[k]
+                share = await read_result(n, district, start, shard_name(k), [top.public_key], 1)
+                assert await publish_zone_lots(n, district, start, 900,
+                                               levels_hash(res, None if share is None else share[0]),
+                                               zone_lots(mine, res, None if share is None else share[1]), shards)
+            await asyncio.sleep(0.2)
+
+            # From here on: the spec's names and formats only.
+            loop = asyncio.get_running_loop()
+            base = f"mg/district/{district}/{start}"
+            top_recs = await loop.run_in_executor(None, third.records, base)
+            district_slice = cbor2.loads(top_recs[(top.public_key, "result")][7])
+            assert cbor2.dumps(district_slice, canonical=True) == top_recs[(top.public_key, "result")][7]
+            assert any(e[1] or e[2] for e in district_slice["zones"].values())  # shards traded with each other
+            sold = bought = 0
+            for k, clearer in shard_clearer.items():
+                shard = f"shard.{k}"
+                offer = cbor2.loads(top_recs[(clearer.public_key, f"zone:{shard}")][7])
+                assert offer["zone"] == shard and offer["start"] == start and offer["exp"] == 2**40
+                entry = district_slice["zones"].get(shard)
+                if entry is not None:
+                    assert entry[0] == offer["book"][:8]  # the district cleared this shard's offer
+                want_hash = hashlib.sha256(offer["book"] + (district_slice["hash"] if entry else b"")).digest()
+                recs = await loop.run_in_executor(None, third.records, f"{base}/{k}")
+                zone_slice = cbor2.loads(recs[(clearer.public_key, "result")][7])
+                assert zone_slice["hash"] == want_hash
+                for z in zones:
+                    if k_of[z] != k:
+                        continue
+                    zo = cbor2.loads(recs[(pubs[zones.index(z)].public_key, f"zone:{z}")][7])
+                    assert zo["zone"] == z and zo["v"] == 1
+                    prefix, s_lots, b_lots = zone_slice["zones"][z]
+                    assert prefix == zo["book"][:8]
+                    assert all(p >= zo["asks"][0][0] for p, _ in s_lots) if s_lots else True
+                    sold += sum(p * w for p, w in s_lots)
+                    bought += sum(p * w for p, w in b_lots)
+            assert sold == bought > 0  # every Wh sold is bought, at the same price
+        finally:
+            third.close()
+            await stop_all(nodes)
+    asyncio.run(go())
