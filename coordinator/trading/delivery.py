@@ -88,6 +88,19 @@ def expected_streams(trades: Iterable[Trade], seller: bytes, live: Mapping[bytes
     return out
 
 
+def live_needed(trades: Iterable[Trade], me: bytes) -> set[bytes]:
+    """Whose live records `me` needs while the interval of `trades` runs:
+    as a buyer, its sellers' exports (streamed_due); as a seller, its
+    buyers' imports and their sellers' exports (expected_streams). Read by
+    name, these few records are all that travels: the zone's whole live
+    key would bring every trader's every version (overlay/README.md)."""
+    trades = list(trades)
+    buyers = {t.buyer for t in trades if t.seller == me}
+    needed = {t.seller for t in trades if t.buyer == me} | buyers | {t.seller for t in trades if t.buyer in buyers}
+    needed.discard(me)
+    return needed
+
+
 @dataclass
 class SellerAccounts:
     """A buyer's running account with each seller (public key hex): what

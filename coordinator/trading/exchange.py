@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..market import rounds
 from ..market.settings import MarketSettings
@@ -101,10 +101,11 @@ class MeteringExchange:
     async def publish_live(self, start: int, export_wh: int, import_wh: int) -> None:
         await self._publish_wh(self.live_key(start), export_wh=export_wh, import_wh=import_wh)
 
-    async def collect_live(self, start: int) -> dict[bytes, tuple[int, int]]:
+    async def collect_live(self, start: int, publishers: Iterable[bytes] | None = None) -> dict[bytes, tuple[int, int]]:
         """Each trader's running (export, import) Wh for the interval, as
-        last published."""
-        got = await self._collect_wh(self.live_key(start), "export_wh", "import_wh")
+        last published; with `publishers`, theirs only, each asked for by
+        name (delivery.live_needed: a trader's counterparties)."""
+        got = await self._collect_wh(self.live_key(start), "export_wh", "import_wh", publishers=publishers)
         return {p: (v[0], v[1]) for p, v in got.items()}
 
     # -- record formats ---------------------------------------------------------
@@ -112,12 +113,14 @@ class MeteringExchange:
     async def _publish_wh(self, key: str, **wh: int) -> None:
         await self.overlay.put(key, json.dumps(wh).encode(), self.record_ttl_s)
 
-    async def _collect_wh(self, key: str, *fields: str) -> dict[bytes, tuple[int, ...]]:
+    async def _collect_wh(self, key: str, *fields: str,
+                          publishers: Iterable[bytes] | None = None) -> dict[bytes, tuple[int, ...]]:
         """Each publisher's integer `fields` under `key` (the overlay gives
-        the newest record per publisher); malformed records are logged and
-        skipped."""
+        the newest record per publisher; with `publishers`, theirs only);
+        malformed records are logged and skipped."""
         out: dict[bytes, tuple[int, ...]] = {}
-        for rec in await self.overlay.get(key):
+        recs = await (self.overlay.get(key) if publishers is None else self.overlay.get(key, publishers=publishers))
+        for rec in recs:
             if self.is_member is not None and not self.is_member(rec.publisher):
                 continue  # not a member of the zone: its figures count for nothing
             try:

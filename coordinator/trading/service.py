@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import aiocoap
 from bitcoinx import PrivateKey
@@ -57,7 +57,7 @@ from ..store.books import BookStore, StoredBook
 from ..store.dues import Due, DuesStore
 from ..store.readings import ReadingStore
 from .credit import SellerCredit
-from .delivery import SellerAccounts, expected_streams
+from .delivery import SellerAccounts, expected_streams, live_needed
 from .exchange import MeteringExchange
 from .metering import interval_energy
 from .payer import ChannelPayer
@@ -196,8 +196,8 @@ class TradingService:
     async def publish_live(self, start: int, export_wh: int, import_wh: int) -> None:
         await self.exchange.publish_live(start, export_wh, import_wh)
 
-    async def collect_live(self, start: int) -> dict[bytes, tuple[int, int]]:
-        return await self.exchange.collect_live(start)
+    async def collect_live(self, start: int, publishers: Iterable[bytes] | None = None) -> dict[bytes, tuple[int, int]]:
+        return await self.exchange.collect_live(start, publishers)
 
     # -- overlay directory -------------------------------------------------------
 
@@ -274,10 +274,14 @@ class TradingService:
             except Exception as e:  # payments then wait for the settlement
                 log.warning("publishing our energy so far for interval %d failed: %s", start, e)
             try:
-                live = await self.collect_live(start)
+                # Our counterparties' records only, by name; ours is what we
+                # just published.
+                needed = sorted(live_needed(cleared.trades, me))
+                live = await self.collect_live(start, needed) if needed else {}
             except Exception as e:
                 log.warning("reading the traders' energy so far for interval %d failed: %s", start, e)
                 continue
+            live[me] = (energy.net_export_wh, energy.net_import_wh)
             if buying:
                 await self.paying.stream(cleared, live, energy.net_import_wh)
             if selling:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from microgrid.coordinator.market.clearing import Trade, ZoneRules, clear_interval
 from microgrid.coordinator.market.orders import BUY, SELL
 from microgrid.coordinator.market.settlement import P2P, Metered, Tariff, settle_interval
-from microgrid.coordinator.trading.delivery import SellerAccounts, expected_streams, streamed_due
+from microgrid.coordinator.trading.delivery import SellerAccounts, expected_streams, live_needed, streamed_due
 
 from ..market.helpers import KEYS, START, order
 
@@ -165,3 +165,27 @@ def test_a_seller_expects_exactly_what_a_keeping_up_buyer_pays_and_no_more(specs
     # A buyer that has published nothing yet is expected to have paid nothing.
     quiet = {p: v for p, v in live.items() if p == seller}
     assert expected_streams(cleared.trades, seller, quiet, increment) == {}
+
+
+@given(st.lists(spec, min_size=2, max_size=12), st.lists(meter, min_size=5, max_size=5),
+       st.sampled_from([1, 10, 25]), st.integers(0, 4), st.integers(0, 1500))
+@settings(max_examples=200, deadline=None)
+def test_the_live_records_read_by_name_decide_exactly_what_all_of_them_do(specs: list, meters: list, increment: int,
+                                                                         who: int, running: int) -> None:
+    """A trader reads only live_needed's records (and knows its own): what
+    it streams as a buyer and expects as a seller is what reading every
+    trader's record gives."""
+    book = [order(s, wh, p * 5, who=w, nonce=i) for i, (s, wh, p, w) in enumerate(specs)]
+    cleared = clear_interval(book, "zone-a", START, 900, ZoneRules())
+    live = {PK[i]: (e, m) for i, (e, m, _, _) in enumerate(meters)}
+    me = PK[who]
+    needed = live_needed(cleared.trades, me)
+    assert me not in needed and needed <= {t.buyer for t in cleared.trades} | {t.seller for t in cleared.trades}
+    some = {p: v for p, v in live.items() if p in needed or p == me}
+    assert expected_streams(cleared.trades, me, some, increment) == expected_streams(cleared.trades, me, live, increment)
+    exports = {p: e for p, (e, _) in live.items()}
+    some_exports = {p: e for p, (e, _) in some.items()}
+    assert (streamed_due(cleared.trades, me, running, increment, some_exports)
+            == streamed_due(cleared.trades, me, running, increment, exports))
+    if not any(me in (t.buyer, t.seller) for t in cleared.trades):
+        assert needed == set()  # not trading: nothing to read

@@ -82,10 +82,10 @@ async def _cutoff(tmp_path: Path, ledger: LocalLedger, overlay_read_s: int) -> N
     # minutes later with stale figures.
     get = seller_overlay.get
 
-    async def timed_get(key: str, timeout_s: float | None = None):  # type: ignore[no-untyped-def]
+    async def timed_get(key: str, timeout_s: float | None = None, *, publishers=None):  # type: ignore[no-untyped-def]
         polls.append((clock.now(), str(relay.state)))
         await clock.sleep(overlay_read_s)
-        return await get(key, timeout_s)
+        return await get(key, timeout_s, publishers=publishers)
     seller_overlay.get = timed_get  # type: ignore[method-assign]
 
     await seller.stream_interval(cleared)
