@@ -185,16 +185,26 @@ class BaseOverlay(ABC):
     @abstractmethod
     def peers(self) -> list[PeerInfo]: ...
 
-    async def put(self, key: str, value: bytes, ttl_s: int, *, slot: str = "") -> bool:
+    async def put(self, key: str, value: bytes, ttl_s: int, *, slot: str = "", store_s: int | None = None) -> bool:
         """Sign `value` as a record under `key`, living `ttl_s` seconds, and
         publish it. A later put with the same slot supersedes this one for
         readers. True when the engine confirmed storage on other nodes.
-        Raises records.RecordError for a value readers would refuse."""
+        Raises records.RecordError for a value readers would refuse.
+
+        `store_s` (1..ttl_s): how long the storing nodes keep this version,
+        when shorter than its life: for records republished often (live
+        totals), whose older versions would otherwise pile up under the key
+        and travel with every read (OpenDHT keeps each version as a value
+        of its own, README.md "Versions"). Readers keep the newest they saw
+        (records.ReplayGuard) until `ttl_s`."""
         self._require_running("put")
+        if store_s is not None and (isinstance(store_s, bool) or not isinstance(store_s, int)
+                                    or not 1 <= store_s <= ttl_s):
+            raise records.RecordError(f"store_s={store_s!r} for {key!r}: expected an integer in 1..ttl_s ({ttl_s})")
         now = self.clock()
         key = shard_keys.key_for(key, self.public_key, self.shards)
         raw = records.sign(self.signing_key, key, bytes(value), self._next_seq(now), int(now), ttl_s, slot)
-        ok = await self._put_raw(key, raw, ttl_s, records.publisher_tag(self.public_key))
+        ok = await self._put_raw(key, raw, ttl_s if store_s is None else store_s, records.publisher_tag(self.public_key))
         self.counts["put" if ok else "put_failed"] += 1
         return ok
 

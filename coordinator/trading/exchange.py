@@ -48,7 +48,7 @@ class MeteringExchange:
     def __init__(self, *, overlay: Any, public_hex: str, market: MarketSettings, store: ReadingStore,
                  device_ids: Callable[[], list[str]], record_ttl_s: int,
                  planned_orders: Callable[[int], list[Any]],
-                 is_member: Callable[[bytes], bool] | None = None) -> None:
+                 is_member: Callable[[bytes], bool] | None = None, live_store_s: int | None = None) -> None:
         self.overlay = overlay
         self.public_hex = public_hex
         self.market = market
@@ -57,6 +57,9 @@ class MeteringExchange:
         self.record_ttl_s = record_ttl_s
         self.planned_orders = planned_orders
         self.is_member = is_member
+        # How long storing nodes keep each live version (a couple of polls):
+        # only the newest few travel with a read by name.
+        self.live_store_s = live_store_s
 
     def metering_key(self, start: int) -> str:
         return f"{METERING_PREFIX}{self.market.zone}/{start}"
@@ -99,7 +102,9 @@ class MeteringExchange:
     # -- during the interval ----------------------------------------------------
 
     async def publish_live(self, start: int, export_wh: int, import_wh: int) -> None:
-        await self._publish_wh(self.live_key(start), export_wh=export_wh, import_wh=import_wh)
+        body = json.dumps({"export_wh": export_wh, "import_wh": import_wh}).encode()
+        store_s = None if self.live_store_s is None else min(self.live_store_s, self.record_ttl_s)
+        await self.overlay.put(self.live_key(start), body, self.record_ttl_s, store_s=store_s)
 
     async def collect_live(self, start: int, publishers: Iterable[bytes] | None = None) -> dict[bytes, tuple[int, int]]:
         """Each trader's running (export, import) Wh for the interval, as

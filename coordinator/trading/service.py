@@ -144,7 +144,9 @@ class TradingService:
         self.exchange = MeteringExchange(
             overlay=overlay, public_hex=self.public_hex, market=market, store=store, device_ids=device_ids,
             record_ttl_s=self.settings.record_ttl_s, is_member=is_member,
-            planned_orders=lambda start: list(r.own_orders) if (r := self.market.rounds.get(start)) else [])
+            planned_orders=lambda start: list(r.own_orders) if (r := self.market.rounds.get(start)) else [],
+            # Two polls: the version read is never the only one kept.
+            live_store_s=max(1, int(2 * self.settings.stream_poll_s)) if self.settings.stream_poll_s > 0 else None)
         self.stats = TradingStats()
         # Called with each interval's settlement (MQTT, reports).
         self.on_settled: Callable[[IntervalSettlement], None] | None = None

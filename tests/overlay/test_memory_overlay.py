@@ -132,3 +132,24 @@ def test_a_publisher_flooding_listeners_is_cut_to_the_stated_rate_and_others_sti
         await asyncio.sleep(0.05)
         assert heard[-1] == a.public_key
     asyncio.run(go())
+
+
+def test_a_version_stored_briefly_leaves_the_nodes_but_not_the_readers_that_saw_it() -> None:
+    async def go() -> None:
+        clock = Clock()
+        a, b, net = await pair(clock)
+        c = MemoryOverlay(PrivateKey.from_random(), net)
+        await c.start()
+        for v in range(5):  # a live total republished every 60 s, each version kept 120 s
+            assert await a.put("mg/live/z/1750000000", b"v%d" % v, 3600, store_s=120)
+            assert [r.body for r in await b.get("mg/live/z/1750000000", publishers=[a.public_key])] == [b"v%d" % v]
+            assert len(net.load("mg/live/z/1750000000")) == min(v + 1, 2)  # older versions left the nodes
+            clock.t += 60
+        clock.t += 200  # no new version for a while: the nodes hold none
+        assert net.load("mg/live/z/1750000000") == []
+        assert [r.body for r in await b.get("mg/live/z/1750000000", publishers=[a.public_key])] == [b"v4"]
+        assert await c.get("mg/live/z/1750000000") == []  # a reader that never saw it
+        for bad in (0, 3601, True, 1.5):
+            with pytest.raises(RecordError, match="store_s"):
+                await a.put("mg/live/z/1750000000", b"x", 3600, store_s=bad)  # type: ignore[arg-type]
+    asyncio.run(go())

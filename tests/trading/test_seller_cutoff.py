@@ -87,6 +87,14 @@ async def _cutoff(tmp_path: Path, ledger: LocalLedger, overlay_read_s: int) -> N
         await clock.sleep(overlay_read_s)
         return await get(key, timeout_s, publishers=publishers)
     seller_overlay.get = timed_get  # type: ignore[method-assign]
+    published: list[bytes] = []
+    put = seller_overlay.put
+
+    async def spied_put(key: str, value: bytes, ttl_s: int, **kw):  # type: ignore[no-untyped-def]
+        if key.startswith(LIVE_PREFIX):
+            published.append(value)
+        return await put(key, value, ttl_s, **kw)
+    seller_overlay.put = spied_put  # type: ignore[method-assign]
 
     await seller.stream_interval(cleared)
     assert clock.now() <= START + 900 + 2 * overlay_read_s, clock.now() - START  # not 15 slow polls
@@ -101,8 +109,14 @@ async def _cutoff(tmp_path: Path, ledger: LocalLedger, overlay_read_s: int) -> N
     summary = seller.channel_summary()
     assert summary["export_relay"] == "disconnected" and summary["export_relay_cuts"] == 1
     assert summary["buyers_behind_sat"] == {buyer.hex(): 1200}
-    # The seller published its own running export and import for its buyers.
+    # The seller published its own running export and import for its buyers
+    # (kept by the storing nodes for two polls: after reads of 200 s each,
+    # its last version is gone from them; its buyers keep what they read).
+    seller_overlay.get = get  # type: ignore[method-assign]
     live = await seller.collect_live(START)
-    assert live[seller_node.public_key] == (600, 0) and live[buyer] == (0, 600)
+    assert live[buyer] == (0, 600)
+    assert published and json.loads(published[-1]) == {"export_wh": 600, "import_wh": 0}
+    if not overlay_read_s:
+        assert live[seller_node.public_key] == (600, 0)
     await seller_overlay.stop()
     await buyer_overlay.stop()
