@@ -379,6 +379,7 @@ class Endpoint(BaseOverlay):
         self.received = 0
         self.lookups: list[float] = []
         self.late = 0  # records a listen missed, read by name
+        self.values = 0  # values read (gets)
 
     async def start(self) -> None:
         self.running = True
@@ -397,6 +398,7 @@ class Endpoint(BaseOverlay):
     async def _stream(self, key: str, tag: str | None, sink: RawSink, stop: asyncio.Event, timeout_s: float) -> None:
         def count(raw: bytes) -> None:
             self.received += len(raw)
+            self.values += 1
             sink(raw)
         t0 = time.monotonic()
         await self.host._stream(key, tag, count, stop, timeout_s)
@@ -582,6 +584,44 @@ async def households(args: argparse.Namespace) -> None:
     print(f"\n{'int.':>4}{'puts ok%':>9}{'saw all%':>9}{'book%':>7}{'district':>9}{'values/settler KB':>18}"
           f"{'wait p50':>9}{'p99 s':>7}{'| settler node KB:':>18}{'sent':>6}{'recv':>6}{'max':>6}{'with maint.':>12}"
           f"{'| household node KB p50':>24}{'max':>6}{'per household':>14}{'lo check':>9}{'s':>5}")
+    # Live totals (trading/exchange.py): while an interval runs every
+    # trader republishes its export and import so far each poll, and reads
+    # by name the few records that decide what it streams and expects
+    # (delivery.live_needed; here 3 members of its zone), each version
+    # kept by the storing nodes for --live-store-s only.
+    lrng = random.Random(args.seed + 11)
+    members = {z: [ep for zz, ep in homes if zz == z] for z in zones}
+    needed = {id(ep): [o.public_key for o in lrng.sample([m for m in members[z] if m is not ep],
+                                                         min(3, len(members[z]) - 1))] for z, ep in homes}
+    index = {ep.public_key: n for n, (_, ep) in enumerate(homes)}
+    live_stats: dict[str, float] = {}
+
+    async def live_polls(interval: int, start: int) -> None:
+        from microgrid.coordinator.trading.exchange import LIVE_PREFIX
+        key = {z: f"{LIVE_PREFIX}{z}/{start}" for z in zones}
+        newest, reads, values0 = 0, 0, sum(ep.values for _, ep in homes)
+        t_live = time.monotonic()
+        for poll in range(args.live_polls):
+            async def put_live(zone: str, ep: Endpoint, poll: int = poll) -> None:
+                async with gate:
+                    body = json.dumps({"export_wh": poll * 100_000 + index[ep.public_key], "import_wh": poll}).encode()
+                    await ep.put(key[zone], body, 3600, store_s=args.live_store_s)
+
+            async def read_live(zone: str, ep: Endpoint, poll: int = poll) -> int:
+                async with gate:
+                    got = await ep.get(key[zone], args.read_timeout, publishers=needed[id(ep)])
+                return sum(json.loads(r.body)["import_wh"] == poll for r in got)
+
+            await asyncio.gather(*(put_live(z, ep) for z, ep in homes))
+            seen = await asyncio.gather(*(read_live(z, ep) for z, ep in homes))
+            newest += sum(seen)
+            reads += sum(len(needed[id(ep)]) for _, ep in homes)
+        took = time.monotonic() - t_live
+        live_stats.update(newest=100 * newest / max(1, reads), took=took,
+                          versions=(sum(ep.values for _, ep in homes) - values0) / max(1, reads))
+        print(f"  interval {interval}: {args.live_polls} live polls by {len(homes)} households in {took:.0f} s "
+              f"({took / args.live_polls:.1f} s a poll, versions kept {args.live_store_s} s)", file=sys.stderr)
+
     for i in range(args.intervals):
         start = start0 + 900 * i
         for _, ep in homes:
@@ -662,6 +702,8 @@ async def households(args: argparse.Namespace) -> None:
                 rec = make_round(start, 900, (rng.randrange(0, 3000), rng.randrange(0, 3000)), [so])
                 return await publish_round(ep, zone, rec)
 
+        if args.live_polls:
+            await live_polls(i, start)
         ok = await asyncio.gather(*(publish(z, ep) for z, ep in homes))
         print(f"  interval {i}: {len(ok)} households published in {time.monotonic() - t0:.0f} s", file=sys.stderr)
         # Gets run a few at a time (each pages many values through this one
@@ -821,6 +863,10 @@ async def households(args: argparse.Namespace) -> None:
               f"{'':>18}{statistics.mean(s_sent):>6.0f}{statistics.mean(s_recv):>6.0f}{max(s_tot):>6.0f}"
               f"{max(s_tot) + maint / 1e3:>12.0f}{'':>24}{pct(h_tot, .5):>6.0f}{max(h_tot):>6.0f}"
               f"{pct(h_tot, .5) / max(1.0, per_node) + maint / 1e3:>14.0f}{check:>9.2f}{took:>5.0f}")
+        if args.live_polls:
+            print(f"      live totals: {args.live_polls} polls, {live_stats['took'] / args.live_polls:.1f} s apart, "
+                  f"each version kept {args.live_store_s} s: the newest version seen in {live_stats['newest']:.2f} % "
+                  f"of the reads by name, {live_stats['versions']:.2f} versions per publisher read")
         print(f"      stored this interval per node (estimate: the 8 nodes closest to each key) KB p50/p99/max "
               f"{pct(stored, .5):.1f}/{pct(stored, .99):.0f}/{max(stored):.0f}; reads per settler "
               f"{statistics.mean(len(ep.lookups) for ep in settlers):.1f}, per clearer "
@@ -904,6 +950,11 @@ if __name__ == "__main__":
     ap.add_argument("--churn", type=float, default=0.0,
                     help="households: fraction of household nodes killed without warning and replaced before "
                          "interval 1 (0.25: the issue's churn)")
+    ap.add_argument("--live-polls", type=int, default=0,
+                    help="households: live-total polls per interval (each household publishes its own and reads "
+                         "3 zone members' by name; 15 = a 900-s interval at the default 60-s poll)")
+    ap.add_argument("--live-store-s", type=int, default=60,
+                    help="households: how long storing nodes keep each live version (about two polls)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bootstrap", choices=("spread", "seeds"), default="spread",
                     help="households: each node bootstraps from 3 nodes started before it, or all from the first 3")
