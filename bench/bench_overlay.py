@@ -584,11 +584,13 @@ async def households(args: argparse.Namespace) -> None:
     print(f"\n{'int.':>4}{'puts ok%':>9}{'saw all%':>9}{'book%':>7}{'district':>9}{'values/settler KB':>18}"
           f"{'wait p50':>9}{'p99 s':>7}{'| settler node KB:':>18}{'sent':>6}{'recv':>6}{'max':>6}{'with maint.':>12}"
           f"{'| household node KB p50':>24}{'max':>6}{'per household':>14}{'lo check':>9}{'s':>5}")
-    # Live totals (trading/exchange.py): while an interval runs every
-    # trader republishes its export and import so far each poll, and reads
-    # by name the few records that decide what it streams and expects
-    # (delivery.live_needed; here 3 members of its zone), each version
-    # kept by the storing nodes for --live-store-s only.
+    # Live totals on the overlay (what a coordinator without CoAP does,
+    # trading/exchange.py; the appliance fetches them from its
+    # counterparties' coordinators instead, trading/live.py): while an
+    # interval runs every trader republishes its export and import so far
+    # each poll, and reads by name the few records that decide what it
+    # streams and expects (delivery.live_needed; here 3 members of its
+    # zone), each version kept by the storing nodes for --live-store-s.
     lrng = random.Random(args.seed + 11)
     members = {z: [ep for zz, ep in homes if zz == z] for z in zones}
     needed = {id(ep): [o.public_key for o in lrng.sample([m for m in members[z] if m is not ep],
@@ -951,8 +953,8 @@ if __name__ == "__main__":
                     help="households: fraction of household nodes killed without warning and replaced before "
                          "interval 1 (0.25: the issue's churn)")
     ap.add_argument("--live-polls", type=int, default=0,
-                    help="households: live-total polls per interval (each household publishes its own and reads "
-                         "3 zone members' by name; 15 = a 900-s interval at the default 60-s poll)")
+                    help="households: live-total polls per interval over the overlay (each household publishes its own "
+                         "and reads 3 zone members' by name; 15 = a 900-s interval at the default 60-s poll)")
     ap.add_argument("--live-store-s", type=int, default=60,
                     help="households: how long storing nodes keep each live version (about two polls)")
     ap.add_argument("--seed", type=int, default=1)

@@ -284,6 +284,11 @@ class Coordinator:
             node = self._channel_node()
             channel_site(node, site)
             self.console_channels = node.rows
+            from .trading.live import PATH as LIVE_PATH, LiveResource
+
+            # Our live totals, for the counterparties that stream by them.
+            site.add_resource(list(LIVE_PATH), LiveResource(
+                lambda start: self.trading.exchange.live.get(start) if self.trading is not None else None))
         if self.config.updates.enabled:
             from .updates.service import mount
 

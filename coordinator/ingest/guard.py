@@ -12,7 +12,8 @@ token read a registration, GET /devices?id=).
 
 OPEN holds what must work without an application's credentials: meters
 post signed readings, installers register keys (installer token inside),
-peer coordinators exchange signed channel messages, anyone may ask
+peer coordinators exchange signed channel messages and fetch each other's
+signed live totals, anyone may ask
 `/.well-known/core` what is served and `/health` whether the coordinator
 is alive (without credentials it answers only {"status": "ok"}).
 """
@@ -34,6 +35,9 @@ OPEN: dict[tuple[str, ...], frozenset[str]] = {
     ("health",): frozenset({"GET"}),
     ("devices",): frozenset({"POST"}),
     ("channel",): frozenset({"POST"}),
+    # A coordinator's signed live totals (trading/live.py): the record
+    # proves itself; counterparties fetch it without credentials.
+    ("live",): frozenset({"GET"}),
 }
 # Firmware releases (coordinator/updates/): images and manifests are signed
 # and hashed, reports are signed with the meter's key; meters and peer

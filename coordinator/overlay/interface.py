@@ -201,12 +201,19 @@ class BaseOverlay(ABC):
         if store_s is not None and (isinstance(store_s, bool) or not isinstance(store_s, int)
                                     or not 1 <= store_s <= ttl_s):
             raise records.RecordError(f"store_s={store_s!r} for {key!r}: expected an integer in 1..ttl_s ({ttl_s})")
-        now = self.clock()
         key = shard_keys.key_for(key, self.public_key, self.shards)
-        raw = records.sign(self.signing_key, key, bytes(value), self._next_seq(now), int(now), ttl_s, slot)
+        raw = self.sign(key, value, ttl_s, slot=slot)
         ok = await self._put_raw(key, raw, ttl_s if store_s is None else store_s, records.publisher_tag(self.public_key))
         self.counts["put" if ok else "put_failed"] += 1
         return ok
+
+    def sign(self, key: str, value: bytes, ttl_s: int, *, slot: str = "") -> bytes:
+        """`value` as the signed record `put` would publish under `key` (the
+        key name as given: no shard suffix), with this publisher's next
+        sequence number: for records handed over another way (live totals
+        fetched from our coordinator, trading/live.py)."""
+        now = self.clock()
+        return records.sign(self.signing_key, key, bytes(value), self._next_seq(now), int(now), ttl_s, slot)
 
     async def put_raw(self, key: str, data: bytes, ttl_s: int, tag: str = "") -> bool:
         """Publish bytes as they are, unsigned, with any OpenDHT user_type

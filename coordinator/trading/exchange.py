@@ -8,7 +8,8 @@ ones:
     mg/metering/<zone>/<start>   each household's export and import at its
                                  connection for the interval (JSON, Wh)
     mg/live/<zone>/<start>       the same, so far, during the interval: what
-                                 streamed payments follow
+                                 streamed payments follow (with CoAP served
+                                 from our coordinator, trading/live.py)
     mg/round/<zone>/<start>      with `[market] round_records`: the meter
                                  total and the orders for two intervals on
                                  in one record (market/rounds.py), then
@@ -31,6 +32,7 @@ from ..market import rounds
 from ..market.settings import MarketSettings
 from ..market.settlement import Metered, SettlementError
 from ..store.readings import ReadingStore
+from .live import LiveFetcher, LiveRecords
 from .metering import interval_energy
 
 log = logging.getLogger("microgrid.trading")
@@ -48,7 +50,8 @@ class MeteringExchange:
     def __init__(self, *, overlay: Any, public_hex: str, market: MarketSettings, store: ReadingStore,
                  device_ids: Callable[[], list[str]], record_ttl_s: int,
                  planned_orders: Callable[[int], list[Any]],
-                 is_member: Callable[[bytes], bool] | None = None, live_store_s: int | None = None) -> None:
+                 is_member: Callable[[bytes], bool] | None = None, live_store_s: int | None = None,
+                 live_fetcher: LiveFetcher | None = None) -> None:
         self.overlay = overlay
         self.public_hex = public_hex
         self.market = market
@@ -60,6 +63,11 @@ class MeteringExchange:
         # How long storing nodes keep each live version (a couple of polls):
         # only the newest few travel with a read by name.
         self.live_store_s = live_store_s
+        # With a CoAP context (the appliance): live records go between the
+        # counterparties (trading/live.py), ours served from `live`; without
+        # one (tools, tests), over the overlay.
+        self.live_fetcher = live_fetcher
+        self.live = LiveRecords()
 
     def metering_key(self, start: int) -> str:
         return f"{METERING_PREFIX}{self.market.zone}/{start}"
@@ -103,6 +111,9 @@ class MeteringExchange:
 
     async def publish_live(self, start: int, export_wh: int, import_wh: int) -> None:
         body = json.dumps({"export_wh": export_wh, "import_wh": import_wh}).encode()
+        if self.live_fetcher is not None:
+            self.live.put(start, self.overlay.sign(self.live_key(start), body, self.record_ttl_s))
+            return
         store_s = None if self.live_store_s is None else min(self.live_store_s, self.record_ttl_s)
         await self.overlay.put(self.live_key(start), body, self.record_ttl_s, store_s=store_s)
 
@@ -110,6 +121,9 @@ class MeteringExchange:
         """Each trader's running (export, import) Wh for the interval, as
         last published; with `publishers`, theirs only, each asked for by
         name (delivery.live_needed: a trader's counterparties)."""
+        if self.live_fetcher is not None and publishers is not None:
+            wanted = [bytes(p) for p in publishers if self.is_member is None or self.is_member(bytes(p))]
+            return await self.live_fetcher.fetch_all(wanted, start, self.live_key(start))
         got = await self._collect_wh(self.live_key(start), "export_wh", "import_wh", publishers=publishers)
         return {p: (v[0], v[1]) for p, v in got.items()}
 

@@ -59,6 +59,7 @@ from ..store.readings import ReadingStore
 from .credit import SellerCredit
 from .delivery import SellerAccounts, expected_streams, live_needed
 from .exchange import MeteringExchange
+from .live import LiveFetcher
 from .metering import interval_energy
 from .payer import ChannelPayer
 from .paying import BuyerPayments
@@ -146,7 +147,8 @@ class TradingService:
             record_ttl_s=self.settings.record_ttl_s, is_member=is_member,
             planned_orders=lambda start: list(r.own_orders) if (r := self.market.rounds.get(start)) else [],
             # Two polls: the version read is never the only one kept.
-            live_store_s=max(1, int(2 * self.settings.stream_poll_s)) if self.settings.stream_poll_s > 0 else None)
+            live_store_s=max(1, int(2 * self.settings.stream_poll_s)) if self.settings.stream_poll_s > 0 else None,
+            live_fetcher=None if context is None else LiveFetcher(context, self.lookup_uri, clock.now))
         self.stats = TradingStats()
         # Called with each interval's settlement (MQTT, reports).
         self.on_settled: Callable[[IntervalSettlement], None] | None = None

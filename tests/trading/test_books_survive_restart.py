@@ -16,7 +16,7 @@ import pytest
 
 from microgrid.coordinator.channels.chain import LocalLedger
 from microgrid.coordinator.channels.protocol import ChannelNode
-from microgrid.coordinator.channels.transport import channel_uri, serve
+from microgrid.coordinator.channels.transport import channel_uri, serve, site as channel_site
 from microgrid.coordinator.devices.gpio import Relay, SimulatedGpio
 from microgrid.coordinator.market.settings import MarketSettings
 from microgrid.coordinator.market.settlement import P2P, IntervalSettlement, PaymentInstruction
@@ -24,6 +24,8 @@ from microgrid.coordinator.store.database import MIGRATIONS, open_database
 from microgrid.coordinator.store.books import StoredBook
 from microgrid.coordinator.store.dues import Due, DuesStore
 from microgrid.coordinator.store.readings import ReadingStore
+from microgrid.coordinator.overlay.directory import Directory
+from microgrid.coordinator.trading.live import PATH as LIVE_PATH, LiveRecords, LiveResource
 from microgrid.coordinator.trading.service import TradingService, TradingSettings
 
 from ..channels.conftest import FixedClock, ledger, make_node  # noqa: F401 - the ledger fixture
@@ -201,7 +203,12 @@ async def _restart_before_settling(tmp_path: Path, ledger: LocalLedger, mid_inte
     a = make_node(tmp_path, "a", ledger, clock, funds=500_000)
     b = make_node(tmp_path, "b", ledger, clock)
     port = free_udp_port()
-    server = await serve(b, port=port)
+    # The seller's coordinator: its channel node, and its live totals
+    # (trading/live.py) for the buyer to stream by.
+    seller_live = LiveRecords()
+    site = channel_site(b)
+    site.add_resource(list(LIVE_PATH), LiveResource(seller_live.get))
+    server = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
     ctx = await aiocoap.Context.create_client_context()
     net = MemoryNetwork(clock.now)
     market = MarketSettings(enabled=True, zone=ZONE, gate_lead_s=300, order_lead_s=600)
@@ -233,9 +240,11 @@ async def _restart_before_settling(tmp_path: Path, ledger: LocalLedger, mid_inte
         buyer._keep_book(MarketRound(start, book=[buy, sell], cleared=cleared))
         seller_overlay = MemoryOverlay(b.identity, net)
         await seller_overlay.start()
-        # The seller shows 400 Wh exported, live and then as its metering.
-        await seller_overlay.put(f"{LIVE_PREFIX}{ZONE}/{start}", json.dumps({"export_wh": 400, "import_wh": 0}).encode(),
-                                 3600)
+        # The seller shows 400 Wh exported, live (from its coordinator, found
+        # by its directory record) and then as its metering.
+        await Directory(seller_overlay, {"coap": channel_uri("127.0.0.1", port), "zone": ZONE}).publish()
+        seller_live.put(start, seller_overlay.sign(f"{LIVE_PREFIX}{ZONE}/{start}",
+                                                   json.dumps({"export_wh": 400, "import_wh": 0}).encode(), 3600))
         await seller_overlay.put(f"{METERING_PREFIX}{ZONE}/{start}",
                                  json.dumps({"export_wh": 400, "import_wh": 0}).encode(), 3600)
         before = 0
