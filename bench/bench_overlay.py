@@ -439,28 +439,20 @@ class WireCounters:
     def __init__(self, ports: list[int]) -> None:
         import shutil
         import subprocess
-        self.ports = ports
-        self.groups = (len(ports) + 31) // 32
+        self.ports: list[int] = []
+        self.groups = 0
         self.available = all(shutil.which(t) and shutil.which(t + "-restore") for t in IPTABLES)
-        if not self.available:
-            return
-        text = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
-        rules = []
-        order = sorted(ports)
-        for k in range(0, len(order), 32):
-            group = order[k:k + 32]
-            for chain, opt, top in (("S", "--sport", "OUTPUT"), ("R", "--dport", "INPUT")):
-                name = f"{chain}{k // 32}"
-                text.append(f":{name} - [0:0]")
-                rules.append(f"-A {top} -p udp -m udp {opt} {group[0]}:{group[-1]} -j {name}")
-                rules += [f"-A {name} -p udp -m udp {opt} {port} -j RETURN" for port in group]
-        payload = "\n".join(text + rules + ["COMMIT", ""])
-        for tool in IPTABLES:
-            subprocess.run([tool + "-restore"], input=payload.encode(), check=True)
+        if self.available:  # empty tables first: the namespace is ours
+            payload = "\n".join(["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+                                  "COMMIT", ""])
+            for tool in IPTABLES:
+                subprocess.run([tool + "-restore"], input=payload.encode(), check=True)
+        self.add(ports)
 
     def add(self, ports: list[int]) -> None:
-        """Count these ports too (nodes started later: churn). A port
-        already counted keeps its rule (a second would count it twice)."""
+        """Count these ports (more later: nodes started by churn), 32 to a
+        chain. A port already counted keeps its rule (a second would count
+        it twice)."""
         import subprocess
         new = sorted(set(ports) - set(self.ports))
         self.ports = self.ports + new

@@ -401,16 +401,21 @@ def check_offer(offer: ZoneOffer, ours: ZoneOffer) -> Sequence[str]:
 BOOK_PREFIX_BYTES = 8
 
 
+def result_lots(result: DistrictResult, zones: Iterable[str]) -> dict[str, ZoneLots]:
+    """The lots of each of `zones` that `result` cleared."""
+    books = dict(result.books)
+    out = {}
+    for z in set(zones) & set(books):
+        sold, bought = result.lots(z)
+        out[z] = ZoneLots(z, books[z], tuple(sold), tuple(bought))
+    return out
+
+
 def encode_slice(result: DistrictResult, zones: Iterable[str]) -> bytes:
     """The part of `result` that `zones` need, as one record body: the
     whole result's hash (readers compare it across clearers) and per zone
     its cleared book hash's first BOOK_PREFIX_BYTES and lots."""
-    books = dict(result.books)
-    lots = {}
-    for z in set(zones) & set(books):
-        sold, bought = result.lots(z)
-        lots[z] = ZoneLots(z, books[z], tuple(sold), tuple(bought))
-    return encode_lots(result.hash, result.interval_start, result.interval_s, lots)
+    return encode_lots(result.hash, result.interval_start, result.interval_s, result_lots(result, zones))
 
 
 def encode_lots(result_hash: bytes, interval_start: int, interval_s: int, lots: Mapping[str, ZoneLots]) -> bytes:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from .district import (
     DistrictError, DistrictResult, ZoneLots, ZoneOffer, choose_offers, clear_district, decode_offer, decode_slice,
-    encode_lots)
+    encode_lots, result_lots)
 from .orders import ZONE_RE
 
 log = logging.getLogger("microgrid.market.district")
@@ -180,12 +180,7 @@ def split_slices(result: DistrictResult, zones: Iterable[str], limit: int = MAX_
     """`zones`' lots as slices of at most `limit` bytes each, zones in name
     order, each zone in one slice. DistrictError when one zone's lots alone
     exceed the limit."""
-    books = dict(result.books)
-    lots = {}
-    for z in set(zones) & set(books):
-        sold, bought = result.lots(z)
-        lots[z] = ZoneLots(z, books[z], tuple(sold), tuple(bought))
-    return split_lots_slices(result.hash, result.interval_start, result.interval_s, lots, limit)
+    return split_lots_slices(result.hash, result.interval_start, result.interval_s, result_lots(result, zones), limit)
 
 
 def split_lots_slices(result_hash: bytes, interval_start: int, interval_s: int, lots: Mapping[str, ZoneLots],
