@@ -41,6 +41,9 @@ PATH = ("live",)
 COSE_SIGN1 = 18  # CoAP Content-Format application/cose; cose-type="cose-sign1"
 KEEP_INTERVALS = 4  # the newest record of this many intervals is served
 FETCH_TIMEOUT_S = 5.0
+# A coordinator whose directory record was not found is looked up again
+# after this long, not at every poll (each lookup is an overlay read).
+UNKNOWN_RETRY_S = 300.0
 
 
 class LiveRecords:
@@ -143,16 +146,22 @@ class LiveFetcher:
         self.clock = clock
         self.timeout_s = timeout_s
         self.uris: dict[bytes, str] = {}
+        self.unknown_until: dict[bytes, float] = {}
         self.counts = {"fetched": 0, "missing": 0, "unreachable": 0, "unknown": 0}
 
     async def fetch(self, publisher: bytes, start: int, key: str) -> tuple[int, int] | None:
         uri = self.uris.get(publisher)
         if uri is None:
+            if self.clock() < self.unknown_until.get(publisher, 0.0):
+                self.counts["unknown"] += 1
+                return None
             uri = await self.lookup_uri(publisher.hex())
             if uri is None:
                 self.counts["unknown"] += 1
+                self.unknown_until[publisher] = self.clock() + UNKNOWN_RETRY_S
                 return None
             self.uris[publisher] = uri
+            self.unknown_until.pop(publisher, None)
         try:
             got = await fetch_live(self.context, uri, start, key, publisher, self.clock(), self.timeout_s)
         except Unreachable as e:

@@ -103,6 +103,23 @@ def test_an_unanswering_coordinator_is_looked_up_again_and_payments_wait() -> No
             assert await fetcher.fetch_all([seller.public_key], START, KEY) == {seller.public_key: (120, 0)}
             assert len(lookups) == 2  # looked up again after it stopped answering, then remembered
             assert fetcher.counts["fetched"] == 2
+            # A coordinator with no directory record is not looked up at
+            # every poll (each lookup reads the overlay), only now and then.
+            stranger, t = signer(4).public_key, [1_750_000_000.0]
+            quiet = LiveFetcher(client, lambda hex_: asyncio.sleep(0, result=None), lambda: t[0])
+            asked = []
+            orig = quiet.lookup_uri
+
+            async def counted(public_hex: str) -> str | None:
+                asked.append(public_hex)
+                return await orig(public_hex)
+            quiet.lookup_uri = counted
+            for _ in range(5):
+                assert await quiet.fetch_all([stranger], START, KEY) == {}
+                t[0] += 60
+            assert len(asked) == 1 and quiet.counts["unknown"] == 5
+            t[0] += 300
+            assert await quiet.fetch_all([stranger], START, KEY) == {} and len(asked) == 2
         finally:
             await client.shutdown()
             await server.shutdown()
