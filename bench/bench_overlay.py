@@ -548,7 +548,11 @@ async def households(args: argparse.Namespace) -> None:
     # Coordinators of a zone that do not settle: the interval's shard and
     # district clearers are taken from them (a settler already reads its
     # zone's round; the clearers' reads come on top of a household's).
-    idle_homes = {z: [ep for zz, ep in homes if zz == z and ep not in settlers] for z in zones}
+    settler_ids = {id(ep) for ep in settlers}
+    idle_homes: dict[str, list[Endpoint]] = {z: [] for z in zones}
+    for zone_name, ep in homes:
+        if id(ep) not in settler_ids:
+            idle_homes[zone_name].append(ep)
     by_shard = {k: [z for z in zones if shard_of(z, args.district_shards) == k] for k in range(args.district_shards)}
     expected = {z: {ep.public_key for zz, ep in homes if zz == z} for z in zones}
     per_node = (args.households - n_settlers) / args.nodes

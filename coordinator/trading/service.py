@@ -266,6 +266,9 @@ class TradingService:
         if not (buying or selling) or poll <= 0:
             return
         start, end = cleared.interval_start, cleared.interval_start + cleared.interval_s
+        # Our counterparties' live records only (the trades are fixed for
+        # the interval); ours is what we publish each poll.
+        needed = sorted(live_needed(cleared.trades, me))
         t = float(start)
         while t < end:
             # A poll that took longer than `poll` (a slow overlay, the demo's
@@ -278,9 +281,6 @@ class TradingService:
             except Exception as e:  # payments then wait for the settlement
                 log.warning("publishing our energy so far for interval %d failed: %s", start, e)
             try:
-                # Our counterparties' records only, by name; ours is what we
-                # just published.
-                needed = sorted(live_needed(cleared.trades, me))
                 live = await self.collect_live(start, needed) if needed else {}
             except Exception as e:
                 log.warning("reading the traders' energy so far for interval %d failed: %s", start, e)
